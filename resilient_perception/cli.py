@@ -1,0 +1,291 @@
+"""The `resilient-perception` command: train, evaluate, benchmark and demo.
+
+Every subcommand writes its raw results (JSON/CSV) next to what it prints, so any number in
+the docs can be regenerated. Errors in options or inputs exit with status 2 and a message
+that says what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+from .core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .core.datasets import DATASET_NAMES, DatasetError
+from .core.experiment import (
+    DeviceViews,
+    default_view_spec,
+    evaluate_devices,
+    format_failure_table,
+    load_device_views,
+    train_devices,
+)
+from .core.training import TrainConfig, measure_training_throughput
+from .core.views import ViewSpec, parse_noise
+
+EXIT_USAGE = 2
+
+
+def _write_json(path: Path, payload: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: " ".join(map(str, v)) if isinstance(v, tuple) else v
+                             for k, v in row.items()})
+
+
+def _grid(text: str) -> tuple[int, int]:
+    try:
+        rows, cols = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS such as 3x2, got {text!r}") from None
+    if rows < 1 or cols < 1:
+        raise argparse.ArgumentTypeError(f"grid needs at least 1x1, got {text!r}")
+    return rows, cols
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def _add_data_options(p: argparse.ArgumentParser, split: str) -> None:
+    p.add_argument(
+        "--dataset", default="mnist",
+        help=f"one of {', '.join(DATASET_NAMES)}, or idx:IMAGES:LABELS for any IDX pair "
+        "(default: mnist)",
+    )
+    p.add_argument("--split", default=split, help=f"dataset split (default: {split})")
+    p.add_argument(
+        "--data-root", type=Path, default=None,
+        help="folder holding the datasets (default: $RESILIENT_PERCEPTION_DATA or "
+        "../shared/datasets)",
+    )
+    p.add_argument(
+        "--limit", type=_positive_int, default=None,
+        help="use only the first N samples (quick runs)",
+    )
+
+
+def _view_spec(args: argparse.Namespace) -> ViewSpec:
+    if args.dataset == "mvmc" and args.grid is None:
+        return default_view_spec("mvmc")
+    rows, cols = args.grid or (3, 2)
+    return ViewSpec(kind="grid", rows=rows, cols=cols, overlap=args.overlap)
+
+
+def _load(args: argparse.Namespace, spec: ViewSpec) -> DeviceViews:
+    return load_device_views(args.dataset, args.split, spec, args.data_root, args.limit)
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        lambda_kl=args.lambda_kl, fail_simulation=args.fail_sim, drop_k=args.drop_k,
+        seed=args.seed, num_threads=args.threads,
+    )
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--grid", type=_grid, default=None,
+        help="cut each image into ROWSxCOLS device views, row-major (default 3x2, the "
+        "paper's 6 patches; MVMC uses its 6 real cameras unless --grid is given)",
+    )
+    p.add_argument("--overlap", type=_fraction, default=0.0,
+                   help="grid views overlap by this fraction of a cell (default 0)")
+    p.add_argument("--epochs", type=_positive_int, default=4, help="training epochs (default 4)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="default 128")
+    p.add_argument("--lr", type=float, default=0.1,
+                   help="peak SGD learning rate (momentum 0.9, warm-up + cosine; default 0.1)")
+    p.add_argument("--lambda-kl", type=float, default=1.0,
+                   help="weight of the fail-simulation KL term (default 1.0, the paper's)")
+    p.add_argument("--no-fail-sim", dest="fail_sim", action="store_false",
+                   help="train without fail-simulation (the paper's baseline)")
+    p.add_argument("--drop-k", type=_positive_int, default=1,
+                   help="devices dropped per step in fail-simulation (default 1)")
+    p.add_argument("--non-iid", type=_positive_int, default=None, metavar="K",
+                   help="class-specialised devices: each learns only K classes' samples")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and batch order")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default: torch's choice)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train the N device CNNs jointly and save a checkpoint plus the training history."""
+    data = _load(args, _view_spec(args))
+    config = _train_config(args)
+    print(f"training {data.n_devices} devices on {len(data.labels)} {args.dataset} "
+          f"{args.split} samples, views {tuple(data.views.shape[2:])}, "
+          f"fail-simulation {'on' if config.fail_simulation else 'off'}, seed {config.seed}")
+    model, history, metadata = train_devices(data, config, args.non_iid)
+    path = save_checkpoint(args.out / "model.safetensors", model, metadata)
+    _write_json(args.out / "history.json", history)
+    _write_csv(args.out / "history.csv", [
+        {k: v for k, v in h.items() if not isinstance(v, list)} for h in history
+    ])
+    last = history[-1]
+    print(f"saved {path} (train accuracy {100 * last['train_acc']:.2f}%, "
+          f"{last['images_per_s']:.0f} images/s)")
+    return 0
+
+
+def _evaluate(checkpoint: Path, args: argparse.Namespace, out: Path) -> dict:
+    model, meta = load_checkpoint(checkpoint)
+    spec = ViewSpec.from_dict(meta["view_spec"])
+    data = load_device_views(meta["dataset"], args.split, spec, args.data_root, args.limit)
+    noise = parse_noise(args.noise) if args.noise else None
+    rows, summary = evaluate_devices(model, data, noise, args.seed, tuple(args.modes))
+    _write_csv(out / "failures.csv", rows)
+    _write_json(out / "summary.json", {
+        "checkpoint": str(checkpoint), "dataset": meta["dataset"], "split": args.split,
+        "samples": int(len(data.labels)), "noise": args.noise, "seed": args.seed,
+        "train_seed": meta.get("seed"), "summary": summary,
+    })
+    print(f"{meta['dataset']} {args.split} ({len(data.labels)} samples), accuracy %:")
+    print(format_failure_table(summary))
+    for mode in summary:
+        by_n = summary[mode]["modifier"]["by_n_failed"]
+        print(f"{mode} with Modifier by number of failed devices: "
+              + ", ".join(f"{i}: {100 * a:.1f}" for i, a in enumerate(by_n)))
+    print(f"wrote {out / 'failures.csv'} and {out / 'summary.json'}")
+    return summary
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score every failure subset of a checkpoint, with and without the Modifier."""
+    _evaluate(args.checkpoint, args, args.out or args.checkpoint.parent / f"eval-{args.split}")
+    return 0
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    """Time one epoch of vectorised joint training against a naive loop over devices."""
+    data = _load(args, _view_spec(args))
+    config = TrainConfig(batch_size=args.batch_size, seed=args.seed, num_threads=args.threads)
+    print(f"timing one epoch of {len(data.labels)} images, {data.n_devices} devices ...")
+    result = measure_training_throughput(
+        data.views, data.labels, config, naive_batches=args.naive_batches, progress=True
+    )
+    result.update({"dataset": args.dataset, "view_spec": data.spec.to_dict(),
+                   "seed": args.seed, "torch_threads": result["threads"]})
+    _write_json(args.out, result)
+    print(f"vectorised {result['vectorised_s_per_epoch']:.1f} s/epoch, naive loop "
+          f"{result['naive_s_per_epoch']:.1f} s/epoch, speed-up {result['speedup']:.2f}x; "
+          f"wrote {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train a quick MNIST model (reused when present) and print its failure table."""
+    checkpoint = args.out / "model.safetensors"
+    if checkpoint.exists():
+        print(f"reusing {checkpoint} (delete it to retrain)")
+    else:
+        train_args = argparse.Namespace(
+            dataset="mnist", split="train", data_root=args.data_root, limit=None, grid=None,
+            overlap=0.0, epochs=args.epochs, batch_size=128, lr=0.1, lambda_kl=1.0,
+            fail_sim=True, drop_k=1, non_iid=None, seed=0, threads=None, out=args.out,
+        )
+        cmd_train(train_args)
+    eval_args = argparse.Namespace(split="test", data_root=args.data_root, limit=None,
+                                   noise=None, seed=0, modes=["avg", "max"])
+    _evaluate(checkpoint, eval_args, args.out / "eval-test")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand (also used to document the CLI)."""
+    parser = argparse.ArgumentParser(
+        prog="resilient-perception",
+        description="Fault-tolerant multi-camera perception: train device CNNs with "
+        "fail-simulation, evaluate them under every failure set with the Modifier.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
+    _add_data_options(p, "train")
+    _add_train_options(p)
+    p.add_argument("--out", type=Path, default=Path("runs/train"),
+                   help="output folder: model.safetensors, history.json/csv "
+                   "(default runs/train)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__, description=cmd_evaluate.__doc__)
+    p.add_argument("checkpoint", type=Path, help="model.safetensors written by `train`")
+    p.add_argument("--split", default="test", help="dataset split to score (default test)")
+    p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")
+    p.add_argument("--limit", type=_positive_int, default=None, help="first N samples only")
+    p.add_argument("--noise", default=None, metavar="SPEC",
+                   help="per-device input noise, e.g. 0:gaussian:0.2,1:salt_pepper:0.05 "
+                   "(device:kind:level; gaussian level = std / 255, salt_pepper = pixel "
+                   "fraction)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    p.add_argument("--modes", nargs="+", choices=["avg", "max"], default=["avg", "max"],
+                   help="fusion modes to score (default both)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder for failures.csv and summary.json "
+                   "(default: next to the checkpoint, eval-<split>)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench-train", help=cmd_bench_train.__doc__,
+                       description=cmd_bench_train.__doc__)
+    _add_data_options(p, "train")
+    p.add_argument("--grid", type=_grid, default=None, help="ROWSxCOLS views (default 3x2)")
+    p.add_argument("--overlap", type=_fraction, default=0.0, help="grid overlap fraction")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="default 128")
+    p.add_argument("--naive-batches", type=_positive_int, default=None,
+                   help="time only this many batches of the naive loop and extrapolate")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--out", type=Path, default=Path("docs/results/training_throughput.json"),
+                   help="JSON result (default docs/results/training_throughput.json)")
+    p.set_defaults(func=cmd_bench_train)
+
+    p = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
+    p.add_argument("--epochs", type=_positive_int, default=2,
+                   help="epochs when a model must be trained (default 2)")
+    p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"),
+                   help="output folder (default runs/demo)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    started = time.monotonic()
+    try:
+        status = args.func(args)
+    except (DatasetError, CheckpointError, ValueError) as exc:
+        print(f"resilient-perception {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(f"done in {time.monotonic() - started:.1f} s")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Checkpoints as safetensors (tensors only, no pickle) with JSON metadata.
+
+The safetensors header metadata holds one key, ``"resilient_perception"``, whose value is
+``json.dumps`` of ``{format_version, kind, model (constructor kwargs), created, ...caller
+metadata (train config, seed, dataset, view spec, classes, history)}``. Writes are atomic
+(temporary file in the same directory, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .model import DeviceCNN, MultiDeviceCNN
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "load_checkpoint",
+    "load_device_checkpoint",
+    "save_checkpoint",
+    "save_device_checkpoint",
+]
+
+FORMAT_VERSION = 1
+META_KEY = "resilient_perception"
+_KINDS = {"multi_device_cnn": MultiDeviceCNN, "device_cnn": DeviceCNN}
+
+
+class CheckpointError(ValueError):
+    """A file is not a readable resilient_perception checkpoint."""
+
+
+def _save(path, module, kind: str, metadata: dict | None) -> Path:
+    path = Path(path)
+    meta = dict(metadata or {})
+    meta.setdefault("created", datetime.now(UTC).isoformat())
+    meta.update({"format_version": FORMAT_VERSION, "kind": kind, "model": module.kwargs()})
+    try:
+        header = {META_KEY: json.dumps(meta)}
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint metadata must be JSON-serialisable: {exc}") from exc
+    tensors = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _load(path, kind: str):
+    path = Path(path)
+    expected = f"a safetensors file with '{META_KEY}' metadata of kind '{kind}'"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file (expected {expected})")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises several types for bad files
+        raise CheckpointError(f"{path}: not a valid safetensors file ({exc}); "
+                              f"expected {expected}") from exc
+    if META_KEY not in header:
+        raise CheckpointError(f"{path}: missing '{META_KEY}' metadata; expected {expected}")
+    try:
+        meta = json.loads(header[META_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: metadata is not valid JSON ({exc})") from exc
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r}, "
+                              f"expected {FORMAT_VERSION}")
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"{path}: checkpoint kind {meta.get('kind')!r}, expected {kind!r}")
+    try:
+        module = _KINDS[kind](**meta["model"])
+        module.load_state_dict(tensors, strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: tensors do not match the model in its metadata "
+                              f"({exc})") from exc
+    module.eval()
+    return module, meta
+
+
+def save_checkpoint(path, model: MultiDeviceCNN, metadata: dict | None = None) -> Path:
+    """Atomically save ``model`` and JSON-safe ``metadata`` to ``path`` (.safetensors)."""
+    return _save(path, model, "multi_device_cnn", metadata)
+
+
+def load_checkpoint(path) -> tuple[MultiDeviceCNN, dict]:
+    """Load ``(model in eval mode, metadata)``; raises :class:`CheckpointError` on bad files."""
+    return _load(path, "multi_device_cnn")
+
+
+def save_device_checkpoint(path, device: DeviceCNN, metadata: dict | None = None) -> Path:
+    """Atomically save one :class:`DeviceCNN` (e.g. ``model.device(i)``) with metadata."""
+    return _save(path, device, "device_cnn", metadata)
+
+
+def load_device_checkpoint(path) -> tuple[DeviceCNN, dict]:
+    """Load ``(DeviceCNN in eval mode, metadata)``; raises :class:`CheckpointError`."""
+    return _load(path, "device_cnn")
+

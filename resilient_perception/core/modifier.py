@@ -1,0 +1,167 @@
+"""The Modifier module and output fusion (vectorised over a batch, differentiable).
+
+The Modifier synthesises a failed device's output from its live peers (paper, "Modifier
+module design", Algorithm 1/3)::
+
+    p_hat = softmax(mean_live(W) @ mean_live(f) + mean_live(b))
+
+Design choices (documented here once, used everywhere):
+
+* **Bias.** The paper writes ``softmax(W_bar . z_bar)`` without a bias, but each device's
+  classifier (Table 2: "16*10 + 10") has one. We average the live biases too, so the
+  surrogate is exactly the linear classifier whose parameters are the average of the live
+  heads, applied to the average live feature. Dropping the bias would make the surrogate a
+  different function from the one the devices are trained with.
+* **Several failed devices.** The surrogate depends only on the live set, so every failed
+  device in a frame receives the same surrogate (a surrogate has no features, so the
+  paper's "one at a time, updating the pool" cannot add information).
+* **No live device.** With zero live devices there is nothing to average: the surrogate and
+  the fused output are the uniform distribution ``1/K`` (the caller decides how to score
+  such rows; :mod:`.evaluation` counts them as errors).
+* Entries of dead devices are never read (they are zeroed / masked before any product),
+  so they may hold stale values or NaN.
+* Everything is masked means written as matrix products: no Python loop over devices or
+  samples, and each row of the batch may have its own live set.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "fuse",
+    "fuse_average",
+    "fuse_max",
+    "fuse_with_failures",
+    "surrogate_logits",
+    "synthesize_surrogate",
+]
+
+FUSION_MODES = ("avg", "max")
+
+
+def _live_weights(live: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row averaging weights ``live / n_live`` (B, N) and the ``n_live > 0`` flag (B,)."""
+    m = live.to(dtype)
+    cnt = m.sum(dim=1, keepdim=True)
+    return m / cnt.clamp(min=1.0), cnt.squeeze(1) > 0
+
+
+def surrogate_logits(
+    features: torch.Tensor,
+    weights: torch.Tensor,
+    biases: torch.Tensor,
+    live: torch.Tensor,
+) -> torch.Tensor:
+    """Logits of the Modifier surrogate: ``mean_live(W) @ mean_live(f) + mean_live(b)``.
+
+    Args:
+        features: (B, N, D) per-device feature vectors.
+        weights: (N, K, D) classifier weights of the N devices.
+        biases: (N, K) classifier biases.
+        live: (B, N) bool, the devices whose outputs are available for each row.
+
+    Returns:
+        (B, K) logits; rows with no live device are all zeros (softmax = uniform).
+
+    """
+    if features.ndim != 3 or weights.ndim != 3 or biases.ndim != 2 or live.ndim != 2:
+        raise ValueError("expected features (B,N,D), weights (N,K,D), biases (N,K), live (B,N)")
+    live = live.to(torch.bool)
+    a, _ = _live_weights(live, features.dtype)  # (B, N)
+    # zero dead entries first: they may hold garbage/NaN and 0 * NaN = NaN
+    features = torch.where(live[:, :, None], features, torch.zeros_like(features))
+    f_bar = torch.einsum("bn,bnd->bd", a, features)  # (B, D)
+    b_bar = a @ biases  # (B, K)
+    # mean_live(W) @ f_bar without materialising W_bar per row:
+    # sum_n a_bn W_n f_bar_b = einsum over (B,N,K)
+    wf = torch.einsum("nkd,bd->bnk", weights, f_bar)
+    return torch.einsum("bn,bnk->bk", a, wf) + b_bar
+
+
+def synthesize_surrogate(
+    features: torch.Tensor,
+    weights: torch.Tensor,
+    biases: torch.Tensor,
+    live: torch.Tensor,
+) -> torch.Tensor:
+    """Return the Modifier surrogate probabilities (B, K) built from each row's live devices.
+
+    See :func:`surrogate_logits`; rows with no live device return the uniform ``1/K``.
+    """
+    return torch.softmax(surrogate_logits(features, weights, biases, live), dim=-1)
+
+
+def fuse_average(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average of ``probs`` (B, N, K) over the devices in ``mask`` (B, N) -> (B, K).
+
+    Rows with an empty mask return the uniform distribution.
+    """
+    mask = mask.to(torch.bool)
+    a, any_live = _live_weights(mask, probs.dtype)
+    probs = torch.where(mask[:, :, None], probs, torch.zeros_like(probs))  # NaN-safe
+    fused = torch.einsum("bn,bnk->bk", a, probs)
+    uniform = torch.full_like(fused, 1.0 / probs.shape[-1])
+    return torch.where(any_live[:, None], fused, uniform)
+
+
+def fuse_max(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Element-wise max of ``probs`` (B, N, K) over the devices in ``mask`` -> (B, K).
+
+    The result is not renormalised (the paper's max pooling; only its argmax is used).
+    Rows with an empty mask return the uniform distribution.
+    """
+    mask = mask.to(torch.bool)
+    # probabilities are >= 0, so -1 is a safe "absent" sentinel (no inf, no NaN gradients)
+    masked = torch.where(mask[:, :, None], probs, torch.full_like(probs, -1.0))
+    fused = masked.amax(dim=1)
+    uniform = torch.full_like(fused, 1.0 / probs.shape[-1])
+    return torch.where(mask.any(dim=1)[:, None], fused, uniform)
+
+
+def fuse(probs: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Dispatch to :func:`fuse_average` (``"avg"``) or :func:`fuse_max` (``"max"``)."""
+    if mode == "avg":
+        return fuse_average(probs, mask)
+    if mode == "max":
+        return fuse_max(probs, mask)
+    raise ValueError(f"unknown fusion mode {mode!r}; expected one of {FUSION_MODES}")
+
+
+def fuse_with_failures(
+    probs: torch.Tensor,
+    features: torch.Tensor,
+    weights: torch.Tensor,
+    biases: torch.Tensor,
+    live: torch.Tensor,
+    mode: str = "avg",
+    use_modifier: bool = True,
+) -> torch.Tensor:
+    """Fuse device outputs when the devices outside ``live`` (B, N) have failed.
+
+    Without the Modifier only the live devices are fused. With it, each failed device's
+    output is replaced by the surrogate from that row's live peers and all N are fused
+    (Algorithm 3). Any failure set (per row) is allowed; rows with no live device give
+    the uniform distribution.
+
+    Args:
+        probs: (B, N, K) device probabilities (entries of failed devices are ignored).
+        features: (B, N, D) device features (entries of failed devices are ignored).
+        weights: (N, K, D) classifier weights.
+        biases: (N, K) classifier biases.
+        live: (B, N) bool.
+        mode: ``"avg"`` or ``"max"``.
+        use_modifier: substitute Modifier surrogates for failed devices.
+
+    Returns:
+        (B, K) fused scores.
+
+    """
+    live = live.to(torch.bool)
+    if not use_modifier:
+        return fuse(probs, live, mode)
+    p_hat = synthesize_surrogate(features, weights, biases, live)  # (B, K)
+    filled = torch.where(live[:, :, None], probs, p_hat[:, None, :])
+    # every device now has an output, unless no device was live at all
+    any_live = live.any(dim=1, keepdim=True).expand_as(live)
+    return fuse(filled, any_live, mode)

@@ -1,0 +1,1 @@
+"""Thin rclpy adapters over ``resilient_perception.core``: one module per node."""

@@ -1,0 +1,30 @@
+"""pip install of the Python package alone, for the ML-only workflow (train / evaluate / plan).
+
+ROS users build the package with colcon (CMakeLists.txt), which also generates the messages;
+`pip install .` gives the same modules without `resilient_perception.msg` and installs the
+`resilient-perception` console script.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="resilient_perception",
+    version="0.1.0",
+    description="Fault-tolerant multi-camera perception: device CNNs, Modifier surrogates, "
+    "fusion, and distributed ResNet placement.",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["resilient_perception", "resilient_perception.*"]),
+    install_requires=[
+        "numpy>=1.24",
+        "torch>=2.1",
+        "safetensors>=0.4",
+        "pillow>=9",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        "scipy>=1.10",
+        "matplotlib>=3.6",
+    ],
+    extras_require={"onnx": ["onnx>=1.15", "onnxruntime>=1.17"]},
+    entry_points={"console_scripts": ["resilient-perception=resilient_perception.cli:main"]},
+)

@@ -1,0 +1,96 @@
+"""Tests of the joint training loop on 2,000 real MNIST test images cut 3x2."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from resilient_perception.core.model import DeviceCNN, MultiDeviceCNN, views_to_float
+from resilient_perception.core.training import (
+    TrainConfig,
+    joint_loss,
+    train,
+    train_epoch_loop,
+)
+
+FAST = {"epochs": 1, "batch_size": 64, "lr": 0.1, "num_threads": 2}
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return MultiDeviceCNN(6, 1, 10)
+
+
+def test_one_epoch_learns(mnist_views):
+    views, labels = mnist_views
+    model = _model()
+    cfg = TrainConfig(**FAST)
+    with torch.no_grad():
+        ce0 = float(joint_loss(*model(views_to_float(views[:500])),
+                               *model.classifier_heads(), torch.as_tensor(labels[:500]))[1])
+    hist = train(model, views, labels, cfg, progress=False)
+    assert len(hist) == 1 and hist[0]["kl"] > 0 and hist[0]["images"] == 2000
+    json.dumps(hist)
+    with torch.no_grad():
+        logits, _ = model(views_to_float(views[:500]))
+    ce1 = float(joint_loss(logits, _, *model.classifier_heads(), torch.as_tensor(labels[:500]))[1])
+    assert ce1 < 0.8 * ce0
+    fused_acc = float((logits.softmax(-1).mean(1).argmax(1) == torch.as_tensor(labels[:500]))
+                      .float().mean())
+    assert fused_acc > 0.3  # chance is 0.1
+    assert not model.training
+
+
+def test_same_seed_same_weights(mnist_views):
+    views, labels = mnist_views
+    v, y = views[:256], labels[:256]
+    cfg = TrainConfig(**FAST, seed=7)
+    a, b = _model(), _model()
+    train(a, v, y, cfg, progress=False)
+    train(b, v, y, cfg, progress=False)
+    for (k, ta), tb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(ta, tb), k
+    c = _model()
+    train(c, v, y, TrainConfig(**FAST, seed=8), progress=False)
+    assert not torch.equal(c.head_weight, a.head_weight)
+
+
+def test_baseline_has_no_kl_and_drop_k2_works(mnist_views):
+    views, labels = mnist_views
+    v, y = views[:256], labels[:256]
+    h0 = train(_model(), v, y, TrainConfig(**FAST, fail_simulation=False), progress=False)
+    assert h0[0]["kl"] == 0.0 and h0[0]["loss"] == pytest.approx(h0[0]["ce"])
+    h2 = train(_model(), v, y, TrainConfig(**FAST, drop_k=2), progress=False)
+    assert h2[0]["kl"] > 0 and np.isfinite(h2[0]["loss"])
+    with pytest.raises(ValueError, match="drop_k"):
+        train(_model(), v, y, TrainConfig(**FAST, drop_k=6), progress=False)
+
+
+def test_kl_gradient_target_detached(mnist_views):
+    views, labels = mnist_views
+    model = _model()
+    logits, feats = model(views_to_float(views[:32]))
+    w, b = model.classifier_heads()
+    y = torch.as_tensor(labels[:32])
+    _, _, kl = joint_loss(logits, feats, w, b, y, dropped=[2], detach_target=True)
+    assert kl > 0
+    kl.backward()
+    assert model.head_weight.grad[2].abs().sum() == 0  # dropped device is only the target
+    assert model.head_weight.grad[0].abs().sum() > 0
+
+
+def test_masks_and_naive_loop(mnist_views):
+    views, labels = mnist_views
+    v, y = views[:256], labels[:256]
+    avail = np.ones((256, 6), bool)
+    avail[:128, 5] = False
+    smask = np.ones((256, 6), bool)
+    smask[:, 0] = y % 2 == 0  # device 0 learns only even digits
+    h = train(_model(), v, y, TrainConfig(**FAST), available=avail, sample_mask=smask,
+              progress=False)
+    assert np.isfinite(h[0]["loss"])
+    torch.manual_seed(0)
+    stats = train_epoch_loop([DeviceCNN(1, 10) for _ in range(6)], v, y, TrainConfig(**FAST),
+                             progress=False, max_batches=2)
+    assert stats["images"] == 128 and stats["kl"] > 0
