@@ -1,0 +1,78 @@
+"""The `resilient-perception` command end to end on real MNIST, and its error handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "datasets"
+CLI = shutil.which("resilient-perception", path=os.path.dirname(sys.executable))
+
+pytestmark = [
+    pytest.mark.skipif(CLI is None, reason="CLI not installed: run scripts/setup.sh"),
+    pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present"),
+]
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RESILIENT_PERCEPTION_DATA": str(DATA)}
+    return subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_train_then_evaluate_writes_results(tmp_path):
+    trained = run("train", "--limit", "1500", "--epochs", "1", "--seed", "3", "--out", "m",
+                  cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    for name in ("model.safetensors", "history.json", "history.csv"):
+        assert (tmp_path / "m" / name).is_file()
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert len(history) == 1 and history[0]["images"] == 1500
+
+    evaluated = run("evaluate", "m/model.safetensors", "--limit", "500", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    summary = json.loads((tmp_path / "m" / "eval-test" / "summary.json").read_text())
+    assert summary["samples"] == 500 and summary["train_seed"] == 3
+    assert set(summary["summary"]) == {"avg", "max"}
+    rows = (tmp_path / "m" / "eval-test" / "failures.csv").read_text().splitlines()
+    # header + 63 failure sets x 2 modes x with/without Modifier
+    assert len(rows) == 1 + 63 * 2 * 2
+    assert "mean single" in evaluated.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("train", "--dataset", "nope"), "unknown dataset"),
+        (("train", "--grid", "3by2"), "ROWSxCOLS"),
+        (("train", "--epochs", "0"), "must be >= 1"),
+        (("train", "--drop-k", "6", "--limit", "10"), "drop_k"),
+        (("evaluate", "missing.safetensors"), "missing.safetensors"),
+        (("evaluate", "--noise", "9:gaussian:0.1", "x"), "x"),
+    ],
+)
+def test_bad_options_exit_non_zero_with_a_message(tmp_path, args, message):
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_corrupt_checkpoint_is_rejected(tmp_path):
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    result = run("evaluate", "bad.safetensors", cwd=tmp_path)
+    assert result.returncode == 2 and "bad.safetensors" in result.stderr
+
+
+def test_help_documents_every_subcommand(tmp_path):
+    result = run("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for command in ("train", "evaluate", "bench-train", "demo"):
+        assert command in result.stdout
