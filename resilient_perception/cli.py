@@ -22,8 +22,10 @@ from .core.experiment import (
     evaluate_devices,
     format_failure_table,
     load_device_views,
+    markdown_report,
     train_devices,
 )
+from .core.export import export_checkpoint
 from .core.training import TrainConfig, measure_training_throughput
 from .core.views import ViewSpec, parse_noise
 
@@ -53,6 +55,16 @@ def _grid(text: str) -> tuple[int, int]:
     if rows < 1 or cols < 1:
         raise argparse.ArgumentTypeError(f"grid needs at least 1x1, got {text!r}")
     return rows, cols
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 28x28, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"size needs at least 1x1, got {text!r}")
+    return height, width
 
 
 def _positive_int(text: str) -> int:
@@ -102,7 +114,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         lambda_kl=args.lambda_kl, fail_simulation=args.fail_sim, drop_k=args.drop_k,
-        seed=args.seed, num_threads=args.threads,
+        fused_weight=args.fused_weight, seed=args.seed, num_threads=args.threads,
     )
 
 
@@ -120,6 +132,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="peak SGD learning rate (momentum 0.9, warm-up + cosine; default 0.1)")
     p.add_argument("--lambda-kl", type=float, default=1.0,
                    help="weight of the fail-simulation KL term (default 1.0, the paper's)")
+    p.add_argument("--fused-weight", type=float, default=1.0,
+                   help="weight of the cross-entropy of the fused output, with all devices and "
+                   "with the dropped ones replaced by their surrogate (default 1.0; 0 = the "
+                   "paper's loss: per-device cross-entropy + KL only)")
     p.add_argument("--no-fail-sim", dest="fail_sim", action="store_false",
                    help="train without fail-simulation (the paper's baseline)")
     p.add_argument("--drop-k", type=_positive_int, default=1,
@@ -204,12 +220,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
         train_args = argparse.Namespace(
             dataset="mnist", split="train", data_root=args.data_root, limit=None, grid=None,
             overlap=0.0, epochs=args.epochs, batch_size=128, lr=0.1, lambda_kl=1.0,
-            fail_sim=True, drop_k=1, non_iid=None, seed=0, threads=None, out=args.out,
+            fail_sim=True, drop_k=1, fused_weight=1.0, non_iid=None, seed=0, threads=None, out=args.out,
         )
         cmd_train(train_args)
     eval_args = argparse.Namespace(split="test", data_root=args.data_root, limit=None,
                                    noise=None, seed=0, modes=["avg", "max"])
     _evaluate(checkpoint, eval_args, args.out / "eval-test")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export device CNNs of a checkpoint to ONNX (device_<i>.onnx) for the camera nodes."""
+    paths = export_checkpoint(args.checkpoint, args.out, args.devices, args.image_size,
+                              args.opset)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Render evaluation summaries (and a training benchmark) as Markdown tables."""
+    summaries = {}
+    for path in args.summaries:
+        name, _, file = path.partition("=")
+        if not file:
+            raise ValueError(f"expected NAME=PATH/summary.json, got {path!r}")
+        try:
+            summaries[name] = json.loads(Path(file).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{file}: cannot read an evaluate summary.json ({exc})") from exc
+    throughput = json.loads(args.throughput.read_text()) if args.throughput else None
+    text = markdown_report(summaries, throughput)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    print(text, end="")
     return 0
 
 
@@ -261,6 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON result (default docs/results/training_throughput.json)")
     p.set_defaults(func=cmd_bench_train)
 
+    p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
+    p.add_argument("summaries", nargs="+", metavar="NAME=SUMMARY_JSON",
+                   help="runs to tabulate, e.g. fail-sim=runs/a/eval-test/summary.json")
+    p.add_argument("--throughput", type=Path, default=None,
+                   help="training_throughput.json written by bench-train")
+    p.add_argument("--out", type=Path, default=None, help="also write the Markdown here")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
     p.add_argument("--epochs", type=_positive_int, default=2,
                    help="epochs when a model must be trained (default 2)")
@@ -268,6 +321,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/demo"),
                    help="output folder (default runs/demo)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)
+    p.add_argument("checkpoint", type=Path, help="model.safetensors written by `train`")
+    p.add_argument("--out", type=Path, required=True, help="output folder for device_<i>.onnx")
+    p.add_argument("--devices", type=int, nargs="+", default=None, metavar="I",
+                   help="device ids to export (default: all)")
+    p.add_argument("--image-size", type=_size, default=None, metavar="HxW",
+                   help="full image size the views are cut from (default: from the "
+                   "checkpoint's dataset; needed for idx: datasets)")
+    p.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default 17)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

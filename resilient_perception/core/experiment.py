@@ -155,3 +155,40 @@ def format_failure_table(summary: dict) -> str:
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
     return "\n".join(fmt.format(*c) for c in [header, *lines])
 
+
+
+def markdown_report(summaries: dict[str, dict], throughput: dict | None = None) -> str:
+    """Markdown tables of several runs' ``summary.json`` (and a training-throughput JSON).
+
+    ``summaries`` maps a run name to the content of its ``summary.json`` as written by
+    ``resilient-perception evaluate``.
+    """
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}"
+
+    lines = [
+        "| run | fusion | no failure | mean single failure, no Modifier | with Modifier "
+        "| recovery ratio | 5 of 6 failed, with Modifier |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, payload in summaries.items():
+        for mode, s in sorted(payload["summary"].items()):
+            base, mod, ratio = s["baseline"], s["modifier"], s["recovery_ratio"]
+            lines.append(
+                f"| {name} | {mode} | {pct(base['no_failure'])} "
+                f"| {pct(base['single_failure_mean'])} | {pct(mod['single_failure_mean'])} "
+                f"| {'-' if ratio is None else f'{100 * ratio:.0f}%'} "
+                f"| {pct(mod['by_n_failed'][-1])} |"
+            )
+    if throughput:
+        lines += [
+            "",
+            "| training, one epoch | seconds | images/s |",
+            "|---|---|---|",
+            f"| vectorised (grouped convolutions) | {throughput['vectorised_s_per_epoch']:.1f} "
+            f"| {throughput['vectorised_images_per_s']:.0f} |",
+            f"| naive loop over {throughput.get('n_devices', 6)} devices "
+            f"| {throughput['naive_s_per_epoch']:.1f} | {throughput['naive_images_per_s']:.0f} |",
+        ]
+    return "\n".join(lines) + "\n"

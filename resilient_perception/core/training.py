@@ -69,6 +69,7 @@ class TrainConfig:
     fail_simulation: bool = True
     drop_k: int = 1  # devices dropped per step, 1..N-1
     detach_target: bool = True  # KL target p_j is a constant (see module docstring)
+    fused_weight: float = 1.0  # CE of the fused output; 0 = the paper's loss (see docstring)
     seed: int = 0
     num_threads: int | None = None  # torch.set_num_threads; None leaves it unchanged
 
@@ -111,6 +112,7 @@ def joint_loss(
     dropped: Sequence[int] | None = None,
     lambda_kl: float = 1.0,
     detach_target: bool = True,
+    fused_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Algorithm 2's loss for one batch: ``(total, ce, kl)``.
 
@@ -125,6 +127,9 @@ def joint_loss(
         dropped: device indices whose failure is simulated (None/empty = no KL term).
         lambda_kl: weight of the KL term.
         detach_target: treat ``p_j`` as a constant target.
+        fused_weight: weight of the cross-entropy of the average-fused output, counted in
+            ``ce``: with all devices, plus (when ``dropped``) with the dropped devices
+            replaced by their Modifier surrogate.
 
     """
     b, n, _ = logits.shape
@@ -152,7 +157,20 @@ def joint_loss(
             valid = valid & available[:, drop]
         v = valid.to(kl_bj.dtype)
         kl = (kl_bj * v).sum() / v.sum().clamp(min=1.0)
+        if fused_weight:
+            present = torch.ones(b, n, dtype=torch.bool) if available is None else available
+            probs = torch.where(live[..., None], logp.exp(), log_phat.exp()[:, None, :])
+            ce = ce + fused_weight * _fused_nll(probs, present, labels)
+    if fused_weight:
+        present = torch.ones(b, n, dtype=torch.bool) if available is None else available
+        ce = ce + fused_weight * _fused_nll(logp.exp(), present, labels)
     return ce + lambda_kl * kl, ce, kl
+
+
+def _fused_nll(probs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the average-fused prediction."""
+    fused = fuse_average(probs, mask).clamp_min(1e-12)
+    return -fused.log().gather(1, labels[:, None]).mean()
 
 
 def _as_inputs(views, labels, available, sample_mask):
@@ -215,7 +233,8 @@ def _run_epoch(
         logits, feats = forward(x)
         w, b = heads()
         loss, ce, kl = joint_loss(
-            logits, feats, w, b, y, cm, av, dropped, cfg.lambda_kl, cfg.detach_target
+            logits, feats, w, b, y, cm, av, dropped, cfg.lambda_kl, cfg.detach_target,
+            cfg.fused_weight,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
