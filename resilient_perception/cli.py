@@ -217,15 +217,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if checkpoint.exists():
         print(f"reusing {checkpoint} (delete it to retrain)")
     else:
-        train_args = argparse.Namespace(
-            dataset="mnist", split="train", data_root=args.data_root, limit=None, grid=None,
-            overlap=0.0, epochs=args.epochs, batch_size=128, lr=0.1, lambda_kl=1.0,
-            fail_sim=True, drop_k=1, fused_weight=1.0, non_iid=None, seed=0, threads=None, out=args.out,
-        )
-        cmd_train(train_args)
-    eval_args = argparse.Namespace(split="test", data_root=args.data_root, limit=None,
-                                   noise=None, seed=0, modes=["avg", "max"])
-    _evaluate(checkpoint, eval_args, args.out / "eval-test")
+        # The same defaults as `resilient-perception train`, from the one parser.
+        train_args = ["train", "--epochs", str(args.epochs), "--out", str(args.out)]
+        if args.data_root:
+            train_args += ["--data-root", str(args.data_root)]
+        cmd_train(build_parser().parse_args(train_args))
+    eval_args = ["evaluate", str(checkpoint)]
+    if args.data_root:
+        eval_args += ["--data-root", str(args.data_root)]
+    _evaluate(checkpoint, build_parser().parse_args(eval_args), args.out / "eval-test")
     return 0
 
 

@@ -1,0 +1,195 @@
+"""numpy-only conversion between ``sensor_msgs/Image`` and arrays, and to device CNN input.
+
+ROS 2's ``cv_bridge`` is not installable from PyPI here (the PyPI ``cv-bridge`` is a ROS 1
+port that fails on numpy 2), and the conversion is small, so it is done with numpy alone.
+
+:func:`image_to_array` reads any object with the ``sensor_msgs/Image`` fields (``height``,
+``width``, ``encoding``, ``is_bigendian``, ``step``, ``data``): a real message, or one
+deserialised by ``rosbags``. It honours row padding (``step`` larger than a row's bytes)
+and ``is_bigendian``, and returns a native-byte-order ``(H, W, C)`` copy. Supported
+encodings: rgb8, bgr8, rgba8, bgra8, mono8, mono16, 16UC1, 32FC1.
+
+:func:`to_model_input` turns such an array into what a device CNN was trained on: uint8,
+channel-first, RGB for 3 input channels or BT.601 luma for 1 (see its docstring).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ENCODINGS",
+    "ImageConversionError",
+    "array_to_image",
+    "image_to_array",
+    "to_model_input",
+]
+
+
+class ImageConversionError(ValueError):
+    """An image message or array cannot be converted (encoding, size or layout is wrong)."""
+
+
+@dataclass(frozen=True)
+class _Encoding:
+    dtype: np.dtype  # element type, byte order unspecified
+    channels: int
+    color_order: str | None  # "rgb"/"bgr"/"rgba"/"bgra" for color, None for one channel
+
+
+ENCODINGS: dict[str, _Encoding] = {
+    "rgb8": _Encoding(np.dtype(np.uint8), 3, "rgb"),
+    "bgr8": _Encoding(np.dtype(np.uint8), 3, "bgr"),
+    "rgba8": _Encoding(np.dtype(np.uint8), 4, "rgba"),
+    "bgra8": _Encoding(np.dtype(np.uint8), 4, "bgra"),
+    "mono8": _Encoding(np.dtype(np.uint8), 1, None),
+    "mono16": _Encoding(np.dtype(np.uint16), 1, None),
+    "16UC1": _Encoding(np.dtype(np.uint16), 1, None),
+    "32FC1": _Encoding(np.dtype(np.float32), 1, None),
+}
+
+# ITU-R BT.601 luma weights (R, G, B): what PIL's "L" mode and OpenCV's RGB2GRAY use.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _encoding(name: str) -> _Encoding:
+    try:
+        return ENCODINGS[name]
+    except KeyError:
+        raise ImageConversionError(
+            f"unsupported image encoding {name!r}; supported: {', '.join(ENCODINGS)}"
+        ) from None
+
+
+def _as_uint8_buffer(data: Any) -> np.ndarray:
+    """The message's ``data`` as a flat uint8 array without copying when possible."""
+    if isinstance(data, np.ndarray):  # rosbags deserialises uint8[] to numpy
+        return data.reshape(-1).view(np.uint8)
+    try:
+        return np.frombuffer(data, dtype=np.uint8)  # array.array('B'), bytes, memoryview
+    except TypeError:
+        return np.asarray(data, dtype=np.uint8)  # a plain list of ints
+
+
+def image_to_array(msg: Any) -> np.ndarray:
+    """Convert a ``sensor_msgs/Image``-like object to a native-byte-order ``(H, W, C)`` copy.
+
+    Channels keep the encoding's order (bgr8 stays BGR); single-channel encodings give
+    ``C = 1``. Raises :class:`ImageConversionError` for an unknown encoding, a zero size, a
+    ``step`` shorter than one row, or ``data`` whose length is not ``height * step``.
+    """
+    enc = _encoding(msg.encoding)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ImageConversionError(f"image has zero size ({height}x{width})")
+    row_bytes = width * enc.channels * enc.dtype.itemsize
+    if step < row_bytes:
+        raise ImageConversionError(
+            f"step {step} is smaller than one row of {width} {msg.encoding} pixels "
+            f"({row_bytes} bytes)"
+        )
+    buf = _as_uint8_buffer(msg.data)
+    if buf.size != height * step:
+        raise ImageConversionError(
+            f"data has {buf.size} bytes, expected height*step = {height}*{step} = "
+            f"{height * step} for a {height}x{width} {msg.encoding} image"
+        )
+    # Drop row padding, then reinterpret the bytes in the message's byte order.
+    rows = np.ascontiguousarray(buf.reshape(height, step)[:, :row_bytes])
+    wire = enc.dtype.newbyteorder(">" if msg.is_bigendian else "<")
+    pixels = rows.view(wire).reshape(height, width, enc.channels)
+    return pixels.astype(enc.dtype.newbyteorder("="), copy=True)
+
+
+def array_to_image(
+    array: np.ndarray, encoding: str, stamp: Any = None, frame_id: str = ""
+) -> Any:
+    """Build a ``sensor_msgs/Image`` from ``(H, W, C)`` (or ``(H, W)`` for one channel).
+
+    The array's dtype must be the encoding's (uint8 for rgb8/bgr8/rgba8/bgra8/mono8, uint16
+    for mono16/16UC1, float32 for 32FC1): nothing is rescaled silently. The message is
+    little-endian with unpadded rows; ``stamp`` is a ``builtin_interfaces/Time`` (default
+    zero).
+    """
+    from sensor_msgs.msg import Image  # here, so the rest of the module needs no ROS
+
+    enc = _encoding(encoding)
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] != enc.channels:
+        raise ImageConversionError(
+            f"{encoding} needs an (H, W, {enc.channels}) array, got shape {array.shape}"
+        )
+    if array.dtype.newbyteorder("=") != enc.dtype:
+        raise ImageConversionError(
+            f"{encoding} needs {enc.dtype} pixels, got {array.dtype} (convert with astype)"
+        )
+    height, width = array.shape[:2]
+    if height == 0 or width == 0:
+        raise ImageConversionError(f"image has zero size ({height}x{width})")
+    msg = Image()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width, msg.encoding = height, width, encoding
+    msg.is_bigendian = 0
+    msg.step = width * enc.channels * enc.dtype.itemsize
+    msg.data = np.ascontiguousarray(array, dtype=enc.dtype.newbyteorder("<")).tobytes()
+    return msg
+
+
+def _to_8bit(array: np.ndarray, encoding: str) -> np.ndarray:
+    """Scale one array of ``encoding`` to uint8, keeping its shape."""
+    dtype = ENCODINGS[encoding].dtype
+    if dtype == np.uint8:
+        return array
+    if dtype == np.uint16:
+        # Full 16-bit range onto 8 bits; /257 inverts the usual v*257 8->16 bit expansion.
+        return np.rint(array.astype(np.float32) / 257.0).astype(np.uint8)
+    # 32FC1: assumed in [0, 1]; NaN (no reading, as in depth images) becomes 0.
+    scaled = np.clip(np.nan_to_num(array, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+    return np.rint(scaled * 255.0).astype(np.uint8)
+
+
+def _to_rgb(array: np.ndarray, color_order: str | None) -> np.ndarray:
+    """(H, W, C) uint8 of any supported channel order -> (H, W, 3) RGB."""
+    if color_order is None:
+        return np.repeat(array, 3, axis=2)
+    rgb = array[:, :, :3]  # drops alpha
+    return rgb[:, :, ::-1] if color_order.startswith("bgr") else rgb
+
+
+def to_model_input(array: np.ndarray, encoding: str, in_channels: int) -> np.ndarray:
+    """Convert ``(H, W, C)`` from :func:`image_to_array` to device CNN input uint8 ``(C, H, W)``.
+
+    The devices were trained on uint8 pixels, RGB for 3 channels (CIFAR-10, MVMC) and
+    grayscale for 1 (MNIST), so:
+
+    * ``in_channels == 3``: color encodings are reordered to RGB (alpha dropped); a
+      single-channel image is replicated to 3 channels.
+    * ``in_channels == 1``: color is reduced to BT.601 luma ``0.299 R + 0.587 G + 0.114 B``
+      (rounded); single-channel images are used as they are.
+    * mono16/16UC1 are scaled from the full 16-bit range to 8 bits (``round(v / 257)``);
+      32FC1 is assumed to lie in ``[0, 1]`` (clipped, NaN -> 0) and mapped to
+      ``round(255 v)``.
+    """
+    enc = _encoding(encoding)
+    if array.ndim != 3 or array.shape[2] != enc.channels:
+        raise ImageConversionError(
+            f"{encoding} needs an (H, W, {enc.channels}) array, got shape {array.shape}"
+        )
+    if in_channels not in (1, 3):
+        raise ImageConversionError(f"device CNNs take 1 or 3 channels, got {in_channels}")
+    pixels = _to_8bit(array, encoding)
+    if in_channels == 3:
+        out = _to_rgb(pixels, enc.color_order)
+    elif enc.color_order is None:
+        out = pixels
+    else:
+        luma = _to_rgb(pixels, enc.color_order).astype(np.float32) @ _LUMA
+        out = np.clip(np.rint(luma), 0, 255).astype(np.uint8)[:, :, None]
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
