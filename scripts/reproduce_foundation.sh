@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Produce every number of docs/results/foundation/ (the package-foundation results):
+# MNIST, 6 devices, 3x2 grid; three training variants, seed 0; their failure evaluation on
+# the 10k test set; and the training-throughput benchmark (vectorised vs a naive loop).
+# Resumable: a finished run (its model or summary exists) is not redone.
+# Usage: scripts/reproduce_foundation.sh [EPOCHS]      (after scripts/setup.sh)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+epochs="${1:-4}"
+runs=runs/foundation
+out=docs/results/foundation
+mkdir -p "$out"
+
+variant() {  # name, extra train options...
+  local name="$1"; shift
+  [ -f "$runs/$name/model.safetensors" ] ||
+    resilient-perception train --epochs "$epochs" --seed 0 --threads 2 --out "$runs/$name" "$@"
+  cp "$runs/$name/history.csv" "$out/$name-history.csv"
+  [ -f "$out/$name/summary.json" ] ||
+    resilient-perception evaluate "$runs/$name/model.safetensors" --out "$out/$name"
+}
+
+variant fail-sim-fused                              # ours: fail-simulation + fused-output loss
+variant fail-sim-paper --fused-weight 0             # the paper's Algorithm 2 loss
+variant no-fail-sim-paper --fused-weight 0 --no-fail-sim   # the paper's baseline
+
+[ -f "$out/training_throughput.json" ] ||
+  resilient-perception bench-train --threads 2 --naive-batches 100 \
+    --out "$out/training_throughput.json"
+
+resilient-perception report \
+  "fail-sim + fused loss (ours)=$out/fail-sim-fused/summary.json" \
+  "fail-sim, paper loss=$out/fail-sim-paper/summary.json" \
+  "no fail-sim, paper loss=$out/no-fail-sim-paper/summary.json" \
+  --throughput "$out/training_throughput.json" --out "$out/tables.md"
