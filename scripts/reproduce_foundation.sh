@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Produce every number of docs/results/foundation/ (the package-foundation results):
-# MNIST, 6 devices, 3x2 grid; three training variants, seed 0; their failure evaluation on
+# MNIST, 6 devices, 3x2 grid; five training variants, seed 0; their failure evaluation on
 # the 10k test set; and the training-throughput benchmark (vectorised vs a naive loop).
 # Resumable: a finished run (its model or summary exists) is not redone.
 # Usage: scripts/reproduce_foundation.sh [EPOCHS]      (after scripts/setup.sh)
@@ -24,6 +24,9 @@ variant() {  # name, extra train options...
 variant fail-sim-fused                              # ours: fail-simulation + fused-output loss
 variant fail-sim-paper --fused-weight 0             # the paper's Algorithm 2 loss
 variant no-fail-sim-paper --fused-weight 0 --no-fail-sim   # the paper's baseline
+# Two attempts past the paper (run side by side, one thread each):
+variant fail-sim-fused-overlap50 --overlap 0.5 --threads 1  # grid views overlapping by 50%
+variant fail-sim-fused4 --fused-weight 4 --threads 1        # a heavier fused-output loss
 
 [ -f "$out/training_throughput.json" ] ||
   resilient-perception bench-train --threads 2 --naive-batches 100 \
@@ -33,4 +36,6 @@ resilient-perception report \
   "fail-sim + fused loss (ours)=$out/fail-sim-fused/summary.json" \
   "fail-sim, paper loss=$out/fail-sim-paper/summary.json" \
   "no fail-sim, paper loss=$out/no-fail-sim-paper/summary.json" \
+  "fail-sim + fused loss, 50% overlap=$out/fail-sim-fused-overlap50/summary.json" \
+  "fail-sim + fused loss x4=$out/fail-sim-fused4/summary.json" \
   --throughput "$out/training_throughput.json" --out "$out/tables.md"

@@ -46,6 +46,15 @@ def test_train_then_evaluate_writes_results(tmp_path):
     assert len(rows) == 1 + 63 * 2 * 2
     assert "mean single" in evaluated.stdout
 
+    reported = run("report", "quick=m/eval-test/summary.json", "--out", "tables.md",
+                   cwd=tmp_path)
+    assert reported.returncode == 0, reported.stderr
+    table = (tmp_path / "tables.md").read_text()
+    assert "| paper (mnist) | avg | 96.25 |" in table
+    assert table.count("| quick |") == 2  # avg and max rows
+    bad = run("report", "no-equals-sign", cwd=tmp_path)
+    assert bad.returncode == 2 and "NAME=" in bad.stderr
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
