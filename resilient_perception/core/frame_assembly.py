@@ -1,0 +1,431 @@
+"""ROS-free core of the fusion node: device health, frame assembly by source stamp, fusion.
+
+The fusion node (DESIGN.md, "Data flow (perception)") receives one ``DevicePrediction`` per
+device per camera frame, groups them by the stamp of the source image, waits until every
+live device has reported or the frame's timeout passes, and fuses the frame with Modifier
+surrogates for the devices that are missing. Everything that decision needs lives here,
+with time passed in as float seconds, so it is testable without clocks, executors or
+messages. The node only translates ROS callbacks into these calls::
+
+    result = assembler.add(stamp_ns, device, probs, features, now)
+    if result is AddResult.ACCEPTED:
+        monitor.heard(device, now)
+    elif 0 <= device < n_devices:
+        monitor.record_rejection(device)
+    monitor.check_watchdog(now)            # also from a timer, so silence is noticed
+    for frame in assembler.ready(now, monitor.live_devices()):
+        probs, surrogates = fuse_frame(frame, heads, mode)
+
+Only *accepted* predictions count as hearing from a device: a device that sends nothing but
+NaN, duplicates or late frames is useless to fusion, so the watchdog retires it and frames
+stop waiting for it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .modifier import fuse_with_failures
+
+__all__ = [
+    "DEATH_REASONS",
+    "AddResult",
+    "ClassifierHeads",
+    "DeviceHealth",
+    "DeviceMonitor",
+    "Frame",
+    "FrameAssembler",
+    "fuse_frame",
+]
+
+# deadline / liveliness come from the subscription's QoS events, watchdog from check_watchdog
+DEATH_REASONS = ("deadline", "liveliness", "watchdog")
+
+
+class DeviceHealth(enum.Enum):
+    """Health of one device as seen by the fusion node."""
+
+    UNKNOWN = "unknown"  # never heard from
+    ALIVE = "alive"
+    DEAD = "dead"
+
+
+@dataclass
+class _DeviceRecord:
+    health: DeviceHealth = DeviceHealth.UNKNOWN
+    death_reason: str = ""  # set while DEAD
+    last_death: float | None = None
+    last_heard: float | None = None
+    messages: int = 0
+    rejected: int = 0
+    deaths: int = 0
+
+
+class DeviceMonitor:
+    """Tracks which devices are alive, from arrivals, QoS events and a watchdog.
+
+    A device is ALIVE from its first accepted prediction until it is marked dead (QoS
+    deadline missed, liveliness lost) or the watchdog finds it silent for longer than
+    ``watchdog_timeout``; a dead device that is heard again is ALIVE again, so it is used
+    from its next frame on.
+    """
+
+    def __init__(self, n_devices: int, watchdog_timeout: float):
+        if n_devices < 1 or watchdog_timeout <= 0:
+            raise ValueError("need n_devices >= 1 and watchdog_timeout > 0")
+        self.n_devices = n_devices
+        self.watchdog_timeout = float(watchdog_timeout)
+        self._devices = [_DeviceRecord() for _ in range(n_devices)]
+        self._started_at: float | None = None
+
+    def start(self, now: float) -> None:
+        """Start the watchdog clock: a device never heard by ``now + timeout`` is declared dead.
+
+        This is needed because QoS deadline events never fire for a publisher that never
+        sent a sample, so a device that fails to come up would otherwise go unnoticed.
+        """
+        self._started_at = now
+
+    def heard(self, device: int, now: float) -> bool:
+        """Record an accepted prediction from ``device``; return True if it became ALIVE."""
+        record = self._devices[device]
+        record.messages += 1
+        record.last_heard = now
+        revived = record.health is not DeviceHealth.ALIVE
+        record.health = DeviceHealth.ALIVE
+        record.death_reason = ""
+        return revived
+
+    def record_rejection(self, device: int) -> None:
+        """Count a prediction from ``device`` that the assembler rejected."""
+        self._devices[device].rejected += 1
+
+    def mark_dead(self, device: int, reason: str, now: float) -> bool:
+        """Declare ``device`` dead for ``reason`` at ``now``; return True if newly dead."""
+        if reason not in DEATH_REASONS:
+            raise ValueError(f"unknown death reason {reason!r}; expected one of {DEATH_REASONS}")
+        record = self._devices[device]
+        if record.health is DeviceHealth.DEAD:
+            return False
+        record.health = DeviceHealth.DEAD
+        record.death_reason = reason
+        record.deaths += 1
+        record.last_death = now
+        return True
+
+    def check_watchdog(self, now: float) -> list[int]:
+        """Mark dead every device silent for longer than the timeout; return the newly dead.
+
+        A device never heard counts as silent since :meth:`start`.
+
+        Raises:
+            RuntimeError: if :meth:`start` has not been called.
+
+        """
+        if self._started_at is None:
+            raise RuntimeError("DeviceMonitor.start(now) must be called before check_watchdog")
+        newly_dead = []
+        for device, record in enumerate(self._devices):
+            if record.health is DeviceHealth.DEAD:
+                continue
+            silent_since = self._started_at if record.last_heard is None else record.last_heard
+            if now - silent_since > self.watchdog_timeout:
+                self.mark_dead(device, "watchdog", now)
+                newly_dead.append(device)
+        return newly_dead
+
+    def health(self, device: int) -> DeviceHealth:
+        """Current health of ``device``."""
+        return self._devices[device].health
+
+    def live_devices(self) -> set[int]:
+        """Devices currently ALIVE (UNKNOWN ones are not waited for: they may never start)."""
+        return {i for i, r in enumerate(self._devices) if r.health is DeviceHealth.ALIVE}
+
+    def snapshot(self) -> dict[int, dict[str, object]]:
+        """Per-device health, death reason, last arrival time and counters, for diagnostics."""
+        return {
+            i: {
+                "health": r.health.value,
+                "reason": r.death_reason,
+                "last_heard": r.last_heard,
+                "last_death": r.last_death,
+                "messages": r.messages,
+                "rejected": r.rejected,
+                "deaths": r.deaths,
+            }
+            for i, r in enumerate(self._devices)
+        }
+
+
+class AddResult(enum.StrEnum):
+    """Outcome of :meth:`FrameAssembler.add`: accepted, or why the prediction was rejected."""
+
+    ACCEPTED = "accepted"
+    DEVICE_OUT_OF_RANGE = "device_out_of_range"
+    BAD_PROBS_LENGTH = "bad_probs_length"
+    BAD_FEATURES_LENGTH = "bad_features_length"
+    NON_FINITE = "non_finite"
+    DUPLICATE = "duplicate"  # this device already reported for this stamp
+    STALE = "stale"  # stamp <= the newest frame already emitted
+
+
+@dataclass
+class Frame:
+    """All device predictions for one source stamp (device rows that did not report are 0).
+
+    Attributes:
+        stamp_ns: source image stamp in nanoseconds.
+        probs: (N, K) float32 device probabilities.
+        features: (N, D) float32 device features.
+        present: (N,) bool, the devices that reported for this frame.
+        first_arrival: time (s) of the first prediction for this frame.
+
+    """
+
+    stamp_ns: int
+    probs: np.ndarray
+    features: np.ndarray
+    present: np.ndarray
+    first_arrival: float
+
+
+class FrameAssembler:
+    """Groups device predictions by source stamp and releases frames in stamp order.
+
+    A pending frame is ready once every live device has reported for it, or once
+    ``frame_timeout`` seconds have passed since its first prediction. Frames are released
+    oldest first and never overtake an older pending frame (whose own timeout bounds the
+    wait). At most ``max_pending`` frames are held: a new frame beyond that forces the
+    oldest pending one out, and it is returned by the next :meth:`ready` call whatever its
+    state (the node calls :meth:`ready` after every :meth:`add`, so that queue holds at most
+    one frame).
+    """
+
+    def __init__(
+        self,
+        n_devices: int,
+        n_classes: int,
+        feature_dim: int,
+        frame_timeout: float,
+        max_pending: int = 32,
+    ):
+        if min(n_devices, n_classes, feature_dim, max_pending) < 1 or frame_timeout <= 0:
+            raise ValueError("sizes and max_pending must be >= 1 and frame_timeout > 0")
+        self.n_devices = n_devices
+        self.n_classes = n_classes
+        self.feature_dim = feature_dim
+        self.frame_timeout = float(frame_timeout)
+        self.max_pending = max_pending
+        self._pending: dict[int, Frame] = {}
+        self._forced_out: list[Frame] = []
+        self._last_released_ns: int | None = None
+        self._counts = {result.value: 0 for result in AddResult}
+
+    @property
+    def pending_count(self) -> int:
+        """Number of frames waiting for devices (never more than ``max_pending``)."""
+        return len(self._pending)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many predictions ended with each :class:`AddResult` (a copy)."""
+        return dict(self._counts)
+
+    def add(
+        self,
+        stamp_ns: int,
+        device: int,
+        probs: np.ndarray,
+        features: np.ndarray,
+        now: float,
+    ) -> AddResult:
+        """Validate one device prediction and store it in the frame for ``stamp_ns``.
+
+        Invalid input is rejected (and counted), never raised: one misbehaving device must
+        not take the fusion node down.
+
+        Args:
+            stamp_ns: stamp of the source image, nanoseconds.
+            device: device index in ``[0, n_devices)``.
+            probs: (K,) probabilities.
+            features: (D,) features.
+            now: arrival time, seconds.
+
+        Returns:
+            ``AddResult.ACCEPTED`` or the rejection reason.
+
+        """
+        result = self._validate(stamp_ns, device, probs, features)
+        self._counts[result.value] += 1
+        if result is not AddResult.ACCEPTED:
+            return result
+        frame = self._pending.get(stamp_ns)
+        if frame is None:
+            frame = Frame(
+                stamp_ns=stamp_ns,
+                probs=np.zeros((self.n_devices, self.n_classes), np.float32),
+                features=np.zeros((self.n_devices, self.feature_dim), np.float32),
+                present=np.zeros(self.n_devices, bool),
+                first_arrival=now,
+            )
+            self._pending[stamp_ns] = frame
+            if len(self._pending) > self.max_pending:
+                self._force_out_oldest()
+        frame.probs[device] = probs
+        frame.features[device] = features
+        frame.present[device] = True
+        return result
+
+    def _validate(
+        self, stamp_ns: int, device: int, probs: np.ndarray, features: np.ndarray
+    ) -> AddResult:
+        if not 0 <= device < self.n_devices:
+            return AddResult.DEVICE_OUT_OF_RANGE
+        if np.shape(probs) != (self.n_classes,):
+            return AddResult.BAD_PROBS_LENGTH
+        if np.shape(features) != (self.feature_dim,):
+            return AddResult.BAD_FEATURES_LENGTH
+        if not (np.isfinite(probs).all() and np.isfinite(features).all()):
+            return AddResult.NON_FINITE
+        if self._last_released_ns is not None and stamp_ns <= self._last_released_ns:
+            return AddResult.STALE
+        frame = self._pending.get(stamp_ns)
+        if frame is not None and frame.present[device]:
+            return AddResult.DUPLICATE
+        return AddResult.ACCEPTED
+
+    def _release_oldest(self) -> Frame:
+        stamp_ns = min(self._pending)
+        self._last_released_ns = stamp_ns
+        return self._pending.pop(stamp_ns)
+
+    def _force_out_oldest(self) -> None:
+        # Released now (later arrivals for it are stale) and handed out by the next ready().
+        self._forced_out.append(self._release_oldest())
+
+    def ready(self, now: float, live: set[int]) -> list[Frame]:
+        """Return the frames to fuse now, oldest first, and forget them.
+
+        Args:
+            now: current time, seconds.
+            live: devices to wait for (``DeviceMonitor.live_devices()``).
+
+        Returns:
+            Frames forced out by the ``max_pending`` bound, then every pending frame, in
+            stamp order, up to the first one that is neither complete nor timed out.
+
+        """
+        released, self._forced_out = self._forced_out, []
+        while self._pending:
+            oldest = self._pending[min(self._pending)]
+            complete = all(oldest.present[d] for d in live)
+            if not (complete or now - oldest.first_arrival >= self.frame_timeout):
+                break
+            released.append(self._release_oldest())
+        return released
+
+
+@dataclass
+class ClassifierHeads:
+    """The devices' classifier heads as received so far (heads arrive once, latched).
+
+    Attributes:
+        weights: (N, K, D) float32; rows of unknown heads are zero.
+        biases: (N, K) float32; rows of unknown heads are zero.
+        known: (N,) bool, which heads have been received.
+
+    """
+
+    weights: np.ndarray
+    biases: np.ndarray
+    known: np.ndarray
+
+    @classmethod
+    def empty(cls, n_devices: int, n_classes: int, feature_dim: int) -> ClassifierHeads:
+        """Heads of ``n_devices`` devices, none known yet."""
+        return cls(
+            weights=np.zeros((n_devices, n_classes, feature_dim), np.float32),
+            biases=np.zeros((n_devices, n_classes), np.float32),
+            known=np.zeros(n_devices, bool),
+        )
+
+    def set_head(self, device: int, weight: np.ndarray, bias: np.ndarray) -> None:
+        """Store ``device``'s head: weight (K, D), bias (K,).
+
+        Raises:
+            ValueError: on a wrong device id, wrong shape or a non-finite value.
+
+        """
+        if not 0 <= device < self.weights.shape[0]:
+            raise ValueError(f"device {device} out of range")
+        if np.shape(weight) != self.weights.shape[1:] or np.shape(bias) != self.biases.shape[1:]:
+            raise ValueError(
+                f"head of device {device} has shapes {np.shape(weight)}, {np.shape(bias)}; "
+                f"expected {self.weights.shape[1:]}, {self.biases.shape[1:]}"
+            )
+        if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+            raise ValueError(f"head of device {device} has non-finite values")
+        self.weights[device] = weight
+        self.biases[device] = bias
+        self.known[device] = True
+
+
+def _float32_tensor(array: np.ndarray) -> torch.Tensor:
+    # one dtype for every operand: torch.einsum refuses to mix float32 and float64
+    return torch.as_tensor(np.asarray(array, np.float32))
+
+
+def fuse_frame(
+    frame: Frame,
+    heads: ClassifierHeads | None,
+    mode: str,
+    use_modifier: bool = True,
+) -> tuple[np.ndarray, list[int]]:
+    """Fuse one frame with :func:`~.modifier.fuse_with_failures`, live = ``frame.present``.
+
+    The devices that did not report get Modifier surrogates when ``use_modifier`` is set,
+    at least one device is present and the heads of *all* present devices are known (the
+    surrogate averages the present devices' heads; a missing device's own head is never
+    used). If a present device's head has not arrived yet, the frame is fused from the
+    present devices only and no surrogate is reported: a surrogate built from a subset of
+    the present heads would be a different function from the one the devices were trained
+    with.
+
+    Args:
+        frame: a frame released by :meth:`FrameAssembler.ready`.
+        heads: the classifier heads received so far, or None if none.
+        mode: ``"avg"`` or ``"max"``.
+        use_modifier: substitute surrogates for the missing devices.
+
+    Returns:
+        Fused scores (K,) float32 and the devices that received a surrogate.
+
+    """
+    present = frame.present.astype(bool)
+    with_surrogates = (
+        use_modifier
+        and heads is not None
+        and bool(present.any())
+        and bool(heads.known[present].all())
+    )
+    n_devices, n_classes = frame.probs.shape
+    if heads is None:
+        # without the Modifier the heads are not read; zeros keep the call's shapes valid
+        heads = ClassifierHeads.empty(n_devices, n_classes, frame.features.shape[1])
+    with torch.no_grad():
+        fused = fuse_with_failures(
+            _float32_tensor(frame.probs)[None],
+            _float32_tensor(frame.features)[None],
+            _float32_tensor(heads.weights),
+            _float32_tensor(heads.biases),
+            torch.from_numpy(present)[None],
+            mode=mode,
+            use_modifier=with_surrogates,
+        )[0]
+    surrogates = np.flatnonzero(~present).tolist() if with_surrogates else []
+    return fused.numpy(), surrogates
