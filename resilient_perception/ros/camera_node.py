@@ -1,0 +1,317 @@
+"""Camera node: one device CNN on one camera's images, publishing its predictions.
+
+Subscribes ``image_raw`` (``sensor_msgs/Image``; remap it, e.g.
+``-r image_raw:=camera_2/image_raw``), crops this device's view out of the full image
+(per the model's view spec) and runs the device CNN with ONNX Runtime or torch. Publishes
+
+* ``prediction`` (``DevicePrediction``): one per accepted image, ``header`` copied from the
+  image (stamp and frame_id), with :func:`~resilient_perception.ros.qos.prediction_qos`
+  (deadline and liveliness lease from the parameters);
+* ``head`` (``ClassifierHead``): once on activation, transient local
+  (:func:`~resilient_perception.ros.qos.head_qos`), for the fusion node's Modifier.
+
+A lifecycle node: ``configure`` loads and validates the model, ``activate`` creates the
+subscription and publishers. Publishers exist only while active, so a deactivated camera
+stops asserting liveliness and the fusion node sees it as gone. With ``autostart`` (the
+default) the node configures and activates itself, so it runs without a lifecycle manager;
+if that fails the process exits with code 1.
+
+Bad images (unknown encoding, inconsistent size, wrong view size) are logged (throttled),
+counted and skipped; the node never crashes on a message.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+)
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import Node, State, TransitionCallbackReturn
+from sensor_msgs.msg import Image
+
+from resilient_perception.core.views import ViewSpec, crop_view
+from resilient_perception.msg import ClassifierHead, DevicePrediction
+from resilient_perception.ros.image_conversion import (
+    ImageConversionError,
+    image_to_array,
+    to_model_input,
+)
+from resilient_perception.ros.qos import head_qos, image_qos, prediction_qos
+
+__all__ = ["CameraNode", "main"]
+
+BACKENDS = ("onnxruntime", "torch")
+_THROTTLE_S = 5.0
+
+
+def _descriptor(
+    description: str,
+    kind: int,
+    int_range: tuple[int, int] | None = None,
+    float_range: tuple[float, float] | None = None,
+) -> ParameterDescriptor:
+    descriptor = ParameterDescriptor(description=description, type=kind)
+    if int_range is not None:
+        descriptor.integer_range = [
+            IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)]
+    if float_range is not None:
+        descriptor.floating_point_range = [
+            FloatingPointRange(from_value=float_range[0], to_value=float_range[1], step=0.0)]
+    return descriptor
+
+
+class _Model:
+    """What configure loaded: the runner and how to cut this device's view."""
+
+    def __init__(self, runner, classes: list[str], view_spec: ViewSpec | None,
+                 input_hw: tuple[int, int] | None) -> None:
+        self.runner, self.classes = runner, classes
+        self.view_spec, self.input_hw = view_spec, input_hw
+
+
+class CameraNode(Node):
+    """Lifecycle node running one device CNN on one camera topic."""
+
+    def __init__(self, node_name: str = "camera_node", **kwargs) -> None:
+        """Declare the parameters; the model is loaded in ``on_configure``."""
+        super().__init__(node_name, **kwargs)
+        # Parameter types: integer, double, string, string array, bool.
+        i, d, s, p, b = (ParameterType.PARAMETER_INTEGER, ParameterType.PARAMETER_DOUBLE,
+                         ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_STRING_ARRAY,
+                         ParameterType.PARAMETER_BOOL)
+        self.declare_parameter("device_id", 0, _descriptor(
+            "Index of this device in the fleet (which view of the model it runs).", i, (0, 63)))
+        self.declare_parameter("model_path", "", _descriptor(
+            "A .onnx from `resilient-perception export`, or a .safetensors training "
+            "checkpoint (device `device_id` is taken from it and run with torch).", s))
+        self.declare_parameter("backend", "onnxruntime", _descriptor(
+            "Inference backend for .onnx models: 'onnxruntime' or 'torch'.", s))
+        self.declare_parameter("providers", ["CPUExecutionProvider"], _descriptor(
+            "ONNX Runtime execution providers in order of preference; unavailable ones are "
+            "skipped and CPU is always the last resort.", p))
+        self.declare_parameter("threads", 1, _descriptor(
+            "Intra-op threads of the inference backend.", i, (1, 64)))
+        self.declare_parameter("input_topic", "image_raw", _descriptor(
+            "Camera image topic (sensor_msgs/Image); remap rather than change it.", s))
+        self.declare_parameter("output_topic", "prediction", _descriptor(
+            "DevicePrediction topic.", s))
+        self.declare_parameter("head_topic", "head", _descriptor(
+            "ClassifierHead topic (transient local, published once on activation).", s))
+        self.declare_parameter("crop_view", True, _descriptor(
+            "Crop this device's view from a full image per the model's view spec; false "
+            "when the image already is the view.", b))
+        self.declare_parameter("deadline", 0.5, _descriptor(
+            "Offered QoS deadline of predictions, s; must be <= the fusion node's.", d,
+            float_range=(0.001, 3600.0)))
+        self.declare_parameter("liveliness_lease", 1.0, _descriptor(
+            "Offered liveliness lease of predictions, s; must be <= the fusion node's.", d,
+            float_range=(0.001, 3600.0)))
+        self.declare_parameter("autostart", True, _descriptor(
+            "Configure and activate at start-up (no lifecycle manager needed).", b))
+        self._model: _Model | None = None
+        self._sub = self._pred_pub = self._head_pub = None
+        self.accepted = 0
+        self.rejected = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        """Load and validate the model; FAILURE (with the reason logged) if it cannot be."""
+        try:
+            self._model = self._load_model()
+        except Exception as exc:  # any load error must become FAILURE, never a crash
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        return super().on_configure(state)
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        """Create publishers and the image subscription; publish the head once."""
+        param = self.get_parameter
+        try:
+            qos = prediction_qos(param("deadline").value, param("liveliness_lease").value)
+        except ValueError as exc:
+            self.get_logger().error(f"activate failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self._pred_pub = self.create_lifecycle_publisher(
+            DevicePrediction, param("output_topic").value, qos)
+        self._head_pub = self.create_lifecycle_publisher(
+            ClassifierHead, param("head_topic").value, head_qos())
+        result = super().on_activate(state)  # activates the lifecycle publishers
+        if result != TransitionCallbackReturn.SUCCESS:
+            return result
+        self._head_pub.publish(self._head_message())
+        self._sub = self.create_subscription(
+            Image, param("input_topic").value, self._on_image, image_qos())
+        self.get_logger().info(
+            f"active: {self.resolve_topic_name(param('input_topic').value)} -> "
+            f"{self._pred_pub.topic_name}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        """Stop listening and remove the publishers (liveliness of this device ends)."""
+        result = super().on_deactivate(state)
+        self._destroy_endpoints()
+        return result
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        """Release the model."""
+        self._model = None
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        """Release everything."""
+        self._destroy_endpoints()
+        self._model = None
+        return super().on_shutdown(state)
+
+    def _destroy_endpoints(self) -> None:
+        if self._sub is not None:
+            self.destroy_subscription(self._sub)
+        for pub in (self._pred_pub, self._head_pub):
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+        self._sub = self._pred_pub = self._head_pub = None
+
+    # -- model -----------------------------------------------------------------------------
+    def _load_model(self) -> _Model:
+        # Imported here: torch and onnxruntime take seconds to import, and only configure
+        # needs them.
+        from resilient_perception.core.export import DeviceRunner, ExportError, view_hw
+
+        param = self.get_parameter
+        device_id, backend = param("device_id").value, param("backend").value
+        if not param("model_path").value:
+            raise ValueError("parameter model_path is not set")
+        path, threads = Path(param("model_path").value), param("threads").value
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if path.suffix == ".safetensors":
+            import torch
+
+            from resilient_perception.core.checkpoint import load_checkpoint
+
+            model, meta = load_checkpoint(path)
+            if not device_id < model.n_devices:
+                raise ValueError(f"device_id {device_id} out of range: {path} has devices "
+                                 f"0..{model.n_devices - 1}")
+            torch.set_num_threads(threads)
+            runner = DeviceRunner.from_torch(model.device(device_id))
+            try:
+                input_hw = view_hw(meta)
+            except (ExportError, KeyError):
+                input_hw = None  # unknown image size: any view size is accepted
+        elif path.suffix == ".onnx":
+            if backend != "onnxruntime":
+                raise ValueError(f"backend {backend!r} needs a .safetensors checkpoint, "
+                                 f"got {path}")
+            runner = DeviceRunner.from_onnx(path, param("providers").value, threads)
+            meta, input_hw = runner.metadata, runner.input_hw
+            if meta["device_id"] != device_id:
+                raise ValueError(f"{path} holds device {meta['device_id']}, but device_id "
+                                 f"is {device_id}")
+        else:
+            raise ValueError(f"model_path must be a .onnx or .safetensors file, got {path}")
+        spec = None
+        if param("crop_view").value:
+            spec = ViewSpec.from_dict(meta["view_spec"])
+            if spec.kind != "grid":
+                spec = None  # "cameras" views are whole camera images: nothing to crop
+            elif not device_id < spec.rows * spec.cols:
+                raise ValueError(f"device_id {device_id} has no view in a "
+                                 f"{spec.rows}x{spec.cols} grid")
+        size = "any size" if input_hw is None else f"{input_hw[0]}x{input_hw[1]}"
+        self.get_logger().info(
+            f"device {device_id}: {path.name} on {runner.provider}, view {size}, "
+            f"{'cropped from the full image' if spec else 'image used as the view'}")
+        return _Model(runner, list(meta.get("classes") or ()), spec, input_hw)
+
+    def _head_message(self) -> ClassifierHead:
+        weight, bias = self._model.runner.head()
+        msg = ClassifierHead(
+            device_id=self.get_parameter("device_id").value,
+            num_classes=weight.shape[0], feature_dim=weight.shape[1],
+            weight=weight.ravel().tolist(), bias=bias.tolist(),
+            class_names=self._model.classes)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        return msg
+
+    # -- images ----------------------------------------------------------------------------
+    def _view(self, msg: Image) -> np.ndarray:
+        """The device's uint8 ``(C, h, w)`` view of an image message; raises on bad input."""
+        model = self._model
+        image = to_model_input(image_to_array(msg), msg.encoding, model.runner.in_channels)
+        if model.view_spec is not None:
+            boxes = model.view_spec.boxes(image.shape[1], image.shape[2])
+            image = crop_view(image, boxes[self.get_parameter("device_id").value])
+        if model.input_hw is not None and tuple(image.shape[1:]) != model.input_hw:
+            h, w = model.input_hw
+            raise ImageConversionError(
+                f"view is {image.shape[1]}x{image.shape[2]}, the model takes {h}x{w} "
+                f"(image {msg.width}x{msg.height} {msg.encoding})")
+        return image
+
+    def _on_image(self, msg: Image) -> None:
+        start = time.perf_counter()
+        try:
+            probs, features = self._model.runner.run(self._view(msg)[None])
+        except (ImageConversionError, ValueError) as exc:
+            self._reject(f"image rejected: {exc}")
+            return
+        except Exception as exc:  # inference failures are counted too, never fatal
+            self._reject(f"inference failed: {type(exc).__name__}: {exc}")
+            return
+        out = DevicePrediction(
+            header=msg.header, device_id=self.get_parameter("device_id").value,
+            probabilities=probs[0].tolist(), features=features[0].tolist(),
+            inference_time=time.perf_counter() - start)
+        self._pred_pub.publish(out)
+        self.accepted += 1
+
+    def _reject(self, reason: str) -> None:
+        self.rejected += 1
+        self.get_logger().warning(f"{reason} ({self.rejected} rejected so far)",
+                                  throttle_duration_sec=_THROTTLE_S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a camera node until SIGINT/SIGTERM; return the process exit code.
+
+    Exit codes: 0 after SIGINT/SIGTERM, 1 when autostart cannot configure or activate the
+    node, 2 for a parameter of the wrong type or out of its range.
+    """
+    rclpy.init(args=argv)
+    node = None
+    try:
+        try:
+            node = CameraNode()
+        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+            rclpy.logging.get_logger("camera_node").fatal(f"invalid parameter: {exc}")
+            return 2
+        if node.get_parameter("autostart").value and not (
+            node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            and node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        ):
+            node.get_logger().fatal("autostart failed (see above); exiting")
+            return 1
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
