@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -219,7 +220,9 @@ def _run_epoch(
     if max_batches is not None:
         n_batches = min(n_batches, max_batches)
     tot = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "correct": 0, "dev_correct": 0.0, "seen": 0}
-    bar = tqdm(range(n_batches), desc=desc, disable=not progress, unit="batch", leave=False)
+    # A log file (CI, nohup) gets a line every 30 s instead of a redraw per batch.
+    bar = tqdm(range(n_batches), desc=desc, disable=not progress, unit="batch", leave=False,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)
     t0 = time.perf_counter()
     for bi in bar:
         idx = torch.from_numpy(order[bi * cfg.batch_size : (bi + 1) * cfg.batch_size])
