@@ -21,3 +21,34 @@ def mnist_views():
     data = load_mnist(DATA_ROOT, "test")
     views, _ = make_views(ViewSpec(kind="grid", rows=3, cols=2), data)
     return np.ascontiguousarray(views[:2000]), data.labels[:2000].copy()
+
+
+@pytest.fixture(scope="session")
+def briefly_trained_model(mnist_views):
+    """Six devices after 8 SGD steps on 256 real MNIST views: BN statistics are not defaults.
+
+    For tests that compare backends or processes on one model; not for accuracy.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from resilient_perception.core.model import MultiDeviceCNN, views_to_float
+
+    views, labels = mnist_views
+    x, y = views_to_float(views[:256]), torch.from_numpy(labels[:256])
+    torch.manual_seed(7)
+    net = MultiDeviceCNN(6, 1, 10)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    # One thread: for a model this small thread hand-offs cost more than they save, and on a
+    # loaded 2-core machine they made these 8 steps take 13 s instead of 0.6 s.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for step in range(8):
+        batch = slice(32 * step, 32 * (step + 1))
+        logits, _ = net(x[batch])
+        loss = F.cross_entropy(logits.reshape(-1, 10), y[batch].repeat_interleave(6))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_num_threads(threads)
+    return net.eval()

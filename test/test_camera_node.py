@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
 msgs = pytest.importorskip(
@@ -26,7 +24,6 @@ from sensor_msgs.msg import Image  # noqa: E402
 from resilient_perception.core.checkpoint import save_checkpoint  # noqa: E402
 from resilient_perception.core.datasets import load_mnist  # noqa: E402
 from resilient_perception.core.export import DeviceRunner, export_checkpoint  # noqa: E402
-from resilient_perception.core.model import MultiDeviceCNN  # noqa: E402
 from resilient_perception.core.views import ViewSpec, crop_views  # noqa: E402
 from resilient_perception.ros.image_conversion import array_to_image  # noqa: E402
 from resilient_perception.ros.qos import head_qos, image_qos, prediction_qos  # noqa: E402
@@ -53,23 +50,9 @@ def images() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def model_files(images, tmp_path_factory) -> dict[str, Path]:
+def model_files(briefly_trained_model, tmp_path_factory) -> dict[str, Path]:
     """A checkpoint after a few SGD steps (non-default BN statistics) and device 2's ONNX."""
-    labels = torch.from_numpy(load_mnist(DATA, "test").labels[:256])
-    x = torch.from_numpy(crop_views(images, SPEC.boxes(28, 28))).float() / 255
-    torch.manual_seed(11)
-    net = MultiDeviceCNN(6, 1, 10)
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model on a busy machine: one thread is fastest
-    for step in range(8):
-        batch = slice(32 * step, 32 * (step + 1))
-        logits, _ = net(x[batch])
-        loss = F.cross_entropy(logits.reshape(-1, 10), labels[batch].repeat_interleave(6))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    torch.set_num_threads(threads)
+    net = briefly_trained_model
     folder = tmp_path_factory.mktemp("camera_model")
     checkpoint = save_checkpoint(folder / "model.safetensors", net.eval(), {
         "view_spec": SPEC.to_dict(), "classes": CLASSES, "dataset": "mnist"})

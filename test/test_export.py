@@ -14,7 +14,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-import torch.nn.functional as F
 
 from resilient_perception.core.checkpoint import save_checkpoint
 from resilient_perception.core.datasets import load_mnist
@@ -46,27 +45,9 @@ def views_labels() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def model(views_labels) -> MultiDeviceCNN:
+def model(briefly_trained_model) -> MultiDeviceCNN:
     """Six devices after a few SGD steps, so BN running statistics are not the defaults."""
-    views, labels = views_labels
-    torch.manual_seed(7)
-    net = MultiDeviceCNN(6, 1, 10)
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    x = torch.from_numpy(views).float() / 255
-    y = torch.from_numpy(labels)
-    # One thread: for a model this small, thread hand-offs cost more than they save, and
-    # on a loaded 2-core machine they made these 8 steps take 13 s instead of 0.6 s.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    for step in range(8):
-        batch = slice(32 * step, 32 * (step + 1))
-        logits, _ = net(x[batch])
-        loss = F.cross_entropy(logits.reshape(-1, 10), y[batch].repeat_interleave(6))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    torch.set_num_threads(threads)
-    return net.eval()
+    return briefly_trained_model
 
 
 @pytest.fixture(scope="module")
