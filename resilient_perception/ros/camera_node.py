@@ -27,12 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
-    ParameterType,
-)
+from rcl_interfaces.msg import ParameterType
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import Node, State, TransitionCallbackReturn
@@ -45,28 +40,13 @@ from resilient_perception.ros.image_conversion import (
     image_to_array,
     to_model_input,
 )
+from resilient_perception.ros.node_utils import THROTTLE_S as _THROTTLE_S
+from resilient_perception.ros.node_utils import descriptor as _descriptor
 from resilient_perception.ros.qos import head_qos, image_qos, prediction_qos
 
 __all__ = ["CameraNode", "main"]
 
 BACKENDS = ("onnxruntime", "torch")
-_THROTTLE_S = 5.0
-
-
-def _descriptor(
-    description: str,
-    kind: int,
-    int_range: tuple[int, int] | None = None,
-    float_range: tuple[float, float] | None = None,
-) -> ParameterDescriptor:
-    descriptor = ParameterDescriptor(description=description, type=kind)
-    if int_range is not None:
-        descriptor.integer_range = [
-            IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)]
-    if float_range is not None:
-        descriptor.floating_point_range = [
-            FloatingPointRange(from_value=float_range[0], to_value=float_range[1], step=0.0)]
-    return descriptor
 
 
 class _Model:

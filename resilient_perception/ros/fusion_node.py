@@ -1,0 +1,358 @@
+"""Fusion node: groups the devices' predictions by frame and fuses them with surrogates.
+
+Subscribes, for each device ``i`` in ``0..num_devices-1``,
+
+* ``prediction_topic_format.format(i)`` (``DevicePrediction``) with
+  :func:`~resilient_perception.ros.qos.prediction_qos` (requested deadline and liveliness
+  lease from the parameters; a camera must offer values <= these, else DDS never matches
+  them) and QoS event callbacks: a missed deadline or lost liveliness marks the device dead;
+* ``head_topic_format.format(i)`` (``ClassifierHead``, transient local) for the Modifier.
+
+Publishes
+
+* ``output_topic`` (``FusedPrediction``): one per source stamp, in stamp order;
+* ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``) every ``diagnostics_period``: one
+  status per device (OK alive, WARN never heard, ERROR dead) and one for the rejections.
+
+All fusion logic is in :mod:`resilient_perception.core.frame_assembly`; this node converts
+messages, forwards QoS events and runs a 10 ms timer for the watchdog and frame timeouts.
+
+Time: every "now" (arrival times, frame and watchdog timeouts, ``latency``) is the node's
+clock in seconds, i.e. system time, or ``/clock`` with ``use_sim_time`` (bag replay,
+Gazebo), so latency is comparable with the source stamps. System time is not monotonic:
+a clock step makes one round of timeouts fire early or late, nothing worse.
+
+Class count and feature size come from the ``num_classes`` / ``feature_dim`` parameters,
+or, when those are 0 (the default), from the first valid classifier head; predictions
+that arrive before the sizes are known are rejected and counted. Bad messages (wrong
+sizes, NaN/Inf, a device id that does not match the topic, duplicate or stale stamps, a
+malformed head) are logged (throttled), counted and dropped; the node never crashes on a
+message.
+
+Revival: only accepted predictions count as hearing from a device, except that a *stale*
+prediction (its frame was already released) from a device that is not ALIVE revives it.
+Frames never wait for dead or never-heard devices, so without this a device that comes
+(back) up would always report after its frame was released and never be used again. A
+device that keeps arriving later than ``frame_timeout`` then alternates between revival
+and watchdog death (frames wait ``frame_timeout`` while it is ALIVE).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterType
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+
+from resilient_perception.core.frame_assembly import (
+    AddResult,
+    ClassifierHeads,
+    DeviceHealth,
+    DeviceMonitor,
+    FrameAssembler,
+    fuse_frame,
+)
+from resilient_perception.msg import ClassifierHead, DevicePrediction, FusedPrediction
+from resilient_perception.ros.node_utils import THROTTLE_S, descriptor
+from resilient_perception.ros.qos import head_qos, prediction_qos
+
+__all__ = ["FUSION_MODES", "FusionNode", "main"]
+
+FUSION_MODES = ("avg", "max")
+TICK_S = 0.01  # period of the watchdog / frame-timeout timer
+_LEVELS = {
+    DeviceHealth.ALIVE: DiagnosticStatus.OK,
+    DeviceHealth.UNKNOWN: DiagnosticStatus.WARN,
+    DeviceHealth.DEAD: DiagnosticStatus.ERROR,
+}
+# Rejections the node itself decides (the assembler counts the rest).
+_NODE_REJECTIONS = ("device_id_mismatch", "sizes_unknown", "bad_head", "callback_error")
+
+
+def _output_qos() -> QoSProfile:
+    # RELIABLE, VOLATILE, KEEP_LAST 50: a slow consumer loses nothing at ~10-30 Hz.
+    return QoSProfile(depth=50)
+
+
+class FusionNode(Node):
+    """Fuses ``num_devices`` device predictions per frame, with Modifier surrogates."""
+
+    def __init__(self, node_name: str = "fusion_node", **kwargs) -> None:
+        """Declare and validate the parameters, create the subscriptions and publishers.
+
+        Raises:
+            InvalidParameterValueException: for a ``fusion_mode`` other than avg/max or a
+                topic format without a ``{}`` field.
+        """
+        super().__init__(node_name, **kwargs)
+        i, d, s, b = (ParameterType.PARAMETER_INTEGER, ParameterType.PARAMETER_DOUBLE,
+                      ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_BOOL)
+        seconds = (0.001, 3600.0)
+        self.declare_parameter("num_devices", 6, descriptor(
+            "Number of camera devices (topics are formatted with 0..num_devices-1).", i,
+            (1, 64)))
+        self.declare_parameter("fusion_mode", "avg", descriptor(
+            "Pooling of the device probabilities: 'avg' or 'max'.", s))
+        self.declare_parameter("use_modifier", True, descriptor(
+            "Insert Modifier surrogates for dead or late devices (else fuse the present "
+            "ones only).", b))
+        self.declare_parameter("deadline", 0.5, descriptor(
+            "Requested QoS deadline of predictions, s; must be >= the cameras' offered.", d,
+            float_range=seconds))
+        self.declare_parameter("liveliness_lease", 1.0, descriptor(
+            "Requested liveliness lease of predictions, s; must be >= the cameras' offered.",
+            d, float_range=seconds))
+        self.declare_parameter("watchdog_timeout", 1.0, descriptor(
+            "A device silent (no accepted prediction) this long is declared dead, s.", d,
+            float_range=seconds))
+        self.declare_parameter("frame_timeout", 0.1, descriptor(
+            "How long a frame waits for late devices after its first prediction, s.", d,
+            float_range=seconds))
+        self.declare_parameter("num_classes", 0, descriptor(
+            "Number of classes; 0 = take it from the first classifier head.", i, (0, 100000)))
+        self.declare_parameter("feature_dim", 0, descriptor(
+            "Feature vector length; 0 = take it from the first classifier head.", i,
+            (0, 1000000)))
+        self.declare_parameter("prediction_topic_format", "perception/device_{}/prediction",
+                               descriptor("DevicePrediction topic of device i: "
+                                          "format(i).", s))
+        self.declare_parameter("head_topic_format", "perception/device_{}/head", descriptor(
+            "ClassifierHead topic of device i (transient local): format(i).", s))
+        self.declare_parameter("output_topic", "perception/fused", descriptor(
+            "FusedPrediction topic.", s))
+        self.declare_parameter("diagnostics_period", 1.0, descriptor(
+            "Period of /diagnostics, s.", d, float_range=seconds))
+
+        p = {name: self.get_parameter(name).value for name in (
+            "num_devices", "fusion_mode", "use_modifier", "deadline", "liveliness_lease",
+            "watchdog_timeout", "frame_timeout", "num_classes", "feature_dim",
+            "prediction_topic_format", "head_topic_format", "output_topic",
+            "diagnostics_period")}
+        if p["fusion_mode"] not in FUSION_MODES:
+            raise InvalidParameterValueException(
+                "fusion_mode", p["fusion_mode"], f"must be one of {FUSION_MODES}")
+        for name in ("prediction_topic_format", "head_topic_format"):
+            if p[name].format(0) == p[name].format(1):
+                raise InvalidParameterValueException(name, p[name], "needs a '{}' field")
+        self.n_devices = p["num_devices"]
+        self.mode, self.use_modifier = p["fusion_mode"], p["use_modifier"]
+        self.frame_timeout = p["frame_timeout"]
+        self.monitor = DeviceMonitor(self.n_devices, p["watchdog_timeout"])
+        self.monitor.start(self._now())
+        self.assembler: FrameAssembler | None = None
+        self.heads: ClassifierHeads | None = None
+        self.rejections = dict.fromkeys(_NODE_REJECTIONS, 0)
+        self.fused_count = 0
+        self._bad_heads = [0] * self.n_devices
+        if p["num_classes"] > 0 and p["feature_dim"] > 0:
+            self._set_sizes(p["num_classes"], p["feature_dim"])
+
+        self._pub = self.create_publisher(FusedPrediction, p["output_topic"], _output_qos())
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        pred_qos = prediction_qos(p["deadline"], p["liveliness_lease"])
+        self._subs = []
+        for device in range(self.n_devices):
+            events = SubscriptionEventCallbacks(
+                deadline=lambda info, dev=device: self._on_deadline(dev, info),
+                liveliness=lambda info, dev=device: self._on_liveliness(dev, info))
+            self._subs.append(self.create_subscription(
+                DevicePrediction, p["prediction_topic_format"].format(device),
+                lambda msg, dev=device: self._on_prediction(dev, msg), pred_qos,
+                event_callbacks=events))
+            self._subs.append(self.create_subscription(
+                ClassifierHead, p["head_topic_format"].format(device),
+                lambda msg, dev=device: self._on_head(dev, msg), head_qos()))
+        self.create_timer(TICK_S, self._on_tick)
+        self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
+        self.get_logger().info(
+            f"fusing {self.n_devices} devices ({self.mode}, modifier "
+            f"{'on' if self.use_modifier else 'off'}) -> {self._pub.topic_name}")
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _set_sizes(self, n_classes: int, feature_dim: int) -> None:
+        self.assembler = FrameAssembler(self.n_devices, n_classes, feature_dim,
+                                        self.frame_timeout)
+        self.heads = ClassifierHeads.empty(self.n_devices, n_classes, feature_dim)
+
+    def _warn(self, text: str) -> None:
+        self.get_logger().warning(text, throttle_duration_sec=THROTTLE_S)
+
+    def _reject(self, device: int, reason: str, detail: str = "") -> None:
+        if reason in self.rejections:
+            self.rejections[reason] += 1
+        self.monitor.record_rejection(device)
+        self._warn(f"device {device}: prediction rejected ({reason}){detail}")
+
+    # -- callbacks -------------------------------------------------------------------------
+    def _on_head(self, device: int, msg: ClassifierHead) -> None:
+        try:
+            k, dim = int(msg.num_classes), int(msg.feature_dim)
+            if msg.device_id != device:
+                raise ValueError(f"device_id {msg.device_id} on device {device}'s topic")
+            if k < 1 or dim < 1 or len(msg.weight) != k * dim or len(msg.bias) != k:
+                raise ValueError(f"inconsistent sizes: {k}x{dim} with {len(msg.weight)} "
+                                 f"weights and {len(msg.bias)} biases")
+            weight = np.asarray(msg.weight, np.float32).reshape(k, dim)
+            bias = np.asarray(msg.bias, np.float32)
+            if self.heads is None and np.isfinite(weight).all() and np.isfinite(bias).all():
+                self._set_sizes(k, dim)
+                self.get_logger().info(f"{k} classes, {dim} features (from device {device}'s "
+                                       "head)")
+            if self.heads is None:
+                raise ValueError("non-finite values")
+            self.heads.set_head(device, weight, bias)
+        except Exception as exc:  # a bad head is logged and counted, never fatal
+            self.rejections["bad_head"] += 1
+            self._bad_heads[device] += 1
+            self._warn(f"device {device}: classifier head rejected: {exc}")
+            return
+        self.get_logger().info(f"device {device}: classifier head received")
+
+    def _on_prediction(self, device: int, msg: DevicePrediction) -> None:
+        try:
+            now = self._now()
+            if msg.device_id != device:
+                self._reject(device, "device_id_mismatch",
+                             f": device_id {msg.device_id} on device {device}'s topic")
+                return
+            if self.assembler is None:
+                self._reject(device, "sizes_unknown", ": no classifier head received yet")
+                return
+            stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            result = self.assembler.add(
+                stamp_ns, device, np.asarray(msg.probabilities, np.float32),
+                np.asarray(msg.features, np.float32), now)
+            if result is AddResult.ACCEPTED:
+                if self.monitor.heard(device, now):
+                    self.get_logger().info(f"device {device}: alive")
+            else:
+                self._reject(device, result.value, f" at stamp {stamp_ns}")
+                if (result is AddResult.STALE
+                        and self.monitor.health(device) is not DeviceHealth.ALIVE):
+                    # Frames do not wait for a dead (or never heard) device, so its
+                    # predictions arrive after their frame was released and would stay
+                    # stale forever: a timely, valid prediction for a released frame revives
+                    # it, and the next frames wait for it again. One that keeps missing the
+                    # frame timeout is retired again by the watchdog.
+                    self.monitor.heard(device, now)
+                    self.get_logger().info(f"device {device}: alive again")
+            self._emit(now)
+        except Exception as exc:  # never crash on a message
+            self.rejections["callback_error"] += 1
+            self._warn(f"device {device}: prediction failed: {type(exc).__name__}: {exc}")
+
+    def _on_deadline(self, device: int, info) -> None:
+        self._mark_dead(device, "deadline")
+
+    def _on_liveliness(self, device: int, info) -> None:
+        if info.alive_count == 0:  # the device's last writer is gone (or its lease expired)
+            self._mark_dead(device, "liveliness")
+
+    def _mark_dead(self, device: int, reason: str) -> None:
+        try:
+            now = self._now()
+            if self.monitor.mark_dead(device, reason, now):
+                self.get_logger().warning(f"device {device}: dead ({reason})")
+            self._emit(now)  # frames need not wait for it any more
+        except Exception as exc:
+            self.rejections["callback_error"] += 1
+            self._warn(f"device {device}: {reason} event failed: {type(exc).__name__}: {exc}")
+
+    def _on_tick(self) -> None:
+        try:
+            now = self._now()
+            for device in self.monitor.check_watchdog(now):
+                self.get_logger().warning(f"device {device}: dead (watchdog)")
+            self._emit(now)
+        except Exception as exc:
+            self.rejections["callback_error"] += 1
+            self._warn(f"timer failed: {type(exc).__name__}: {exc}")
+
+    # -- output ----------------------------------------------------------------------------
+    def _emit(self, now: float) -> None:
+        if self.assembler is None:
+            return
+        for frame in self.assembler.ready(now, self.monitor.live_devices()):
+            probs, surrogates = fuse_frame(frame, self.heads, self.mode, self.use_modifier)
+            label = int(np.argmax(probs))
+            msg = FusedPrediction(
+                probabilities=probs.tolist(), label=label, confidence=float(probs[label]),
+                live_devices=np.flatnonzero(frame.present).tolist(),
+                surrogate_devices=surrogates, fusion_mode=self.mode)
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(frame.stamp_ns,
+                                                                    1_000_000_000)
+            msg.latency = self._now() - frame.stamp_ns * 1e-9
+            self._pub.publish(msg)
+            self.fused_count += 1
+
+    def _publish_diagnostics(self) -> None:
+        try:
+            array = DiagnosticArray()
+            array.header.stamp = self.get_clock().now().to_msg()
+            name = self.get_name()
+            for device, rec in self.monitor.snapshot().items():
+                health = DeviceHealth(rec["health"])
+                status = DiagnosticStatus(
+                    level=_LEVELS[health], name=f"{name}: device {device}",
+                    hardware_id=f"device_{device}",
+                    message=health.value + (f" ({rec['reason']})" if rec["reason"] else ""))
+                head = self.heads is not None and bool(self.heads.known[device])
+                values = {"health": health.value, "messages": rec["messages"],
+                          "rejected": rec["rejected"], "deaths": rec["deaths"],
+                          "reason": rec["reason"], "head_known": head,
+                          "bad_heads": self._bad_heads[device]}
+                status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+                array.status.append(status)
+            counts = dict(self.assembler.counts) if self.assembler else {}
+            counts.update(self.rejections)
+            counts["fused"] = self.fused_count
+            counts["pending"] = self.assembler.pending_count if self.assembler else 0
+            counts["heads_known"] = int(self.heads.known.sum()) if self.heads else 0
+            rejected = sum(v for k, v in counts.items()
+                           if k not in ("accepted", "fused", "pending", "heads_known"))
+            array.status.append(DiagnosticStatus(
+                level=DiagnosticStatus.OK, name=f"{name}: frame assembly",
+                hardware_id="fusion",
+                message=f"{self.fused_count} frames fused, {rejected} inputs rejected",
+                values=[KeyValue(key=k, value=str(v)) for k, v in counts.items()]))
+            self._diag_pub.publish(array)
+        except Exception as exc:
+            self._warn(f"diagnostics failed: {type(exc).__name__}: {exc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a fusion node until SIGINT/SIGTERM; return the process exit code.
+
+    Exit codes: 0 after SIGINT/SIGTERM, 2 for a parameter of the wrong type or an invalid
+    value.
+    """
+    rclpy.init(args=argv)
+    node = None
+    try:
+        try:
+            node = FusionNode()
+        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+            rclpy.logging.get_logger("fusion_node").fatal(f"invalid parameter: {exc}")
+            return 2
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
