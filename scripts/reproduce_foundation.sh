@@ -27,6 +27,7 @@ variant no-fail-sim-paper --fused-weight 0 --no-fail-sim   # the paper's baselin
 # Two attempts past the paper (run side by side, one thread each):
 variant fail-sim-fused-overlap50 --overlap 0.5 --threads 1  # grid views overlapping by 50%
 variant fail-sim-fused4 --fused-weight 4 --threads 1        # a heavier fused-output loss
+variant fail-sim-fused4-overlap50 --overlap 0.5 --fused-weight 4 --threads 2  # both together
 
 [ -f "$out/training_throughput.json" ] ||
   resilient-perception bench-train --threads 2 --naive-batches 100 \
@@ -38,4 +39,5 @@ resilient-perception report \
   "no fail-sim, paper loss=$out/no-fail-sim-paper/summary.json" \
   "fail-sim + fused loss, 50% overlap=$out/fail-sim-fused-overlap50/summary.json" \
   "fail-sim + fused loss x4=$out/fail-sim-fused4/summary.json" \
+  "fail-sim + fused loss x4, 50% overlap=$out/fail-sim-fused4-overlap50/summary.json" \
   --throughput "$out/training_throughput.json" --out "$out/tables.md"
