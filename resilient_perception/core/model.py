@@ -229,7 +229,9 @@ class MultiDeviceCNN(nn.Module):
                 f"expected views (B, {self.n_devices}, {self.in_channels}, h, w), "
                 f"got {tuple(views.shape)}"
             )
-        f = self.trunk(views.reshape(b, n * c, h, w)).reshape(b, n, self.feature_dim)
+        # channels_last: oneDNN's grouped convolutions run ~1.5x faster in NHWC on CPU.
+        x = views.reshape(b, n * c, h, w).contiguous(memory_format=torch.channels_last)
+        f = self.trunk(x).reshape(b, n, self.feature_dim)
         logits = torch.einsum("bnd,nkd->bnk", f, self.head_weight) + self.head_bias
         return logits, f
 
