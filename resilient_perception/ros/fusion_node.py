@@ -39,6 +39,9 @@ and watchdog death (frames wait ``frame_timeout`` while it is ALIVE).
 
 from __future__ import annotations
 
+import time
+from collections import deque
+
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -148,6 +151,9 @@ class FusionNode(Node):
         self.heads: ClassifierHeads | None = None
         self.rejections = dict.fromkeys(_NODE_REJECTIONS, 0)
         self.fused_count = 0
+        # Seconds from the start of the callback that released a frame to its publish: the
+        # fusion node's own share of the end-to-end latency (reported in the diagnostics).
+        self._fusion_times: deque[float] = deque(maxlen=1000)
         self._bad_heads = [0] * self.n_devices
         if p["num_classes"] > 0 and p["feature_dim"] > 0:
             self._set_sizes(p["num_classes"], p["feature_dim"])
@@ -217,6 +223,7 @@ class FusionNode(Node):
         self.get_logger().info(f"device {device}: classifier head received")
 
     def _on_prediction(self, device: int, msg: DevicePrediction) -> None:
+        started = time.perf_counter()
         try:
             now = self._now()
             if msg.device_id != device:
@@ -244,7 +251,7 @@ class FusionNode(Node):
                     # frame timeout is retired again by the watchdog.
                     self.monitor.heard(device, now)
                     self.get_logger().info(f"device {device}: alive again")
-            self._emit(now)
+            self._emit(now, started)
         except Exception as exc:  # never crash on a message
             self.rejections["callback_error"] += 1
             self._warn(f"device {device}: prediction failed: {type(exc).__name__}: {exc}")
@@ -257,27 +264,29 @@ class FusionNode(Node):
             self._mark_dead(device, "liveliness")
 
     def _mark_dead(self, device: int, reason: str) -> None:
+        started = time.perf_counter()
         try:
             now = self._now()
             if self.monitor.mark_dead(device, reason, now):
                 self.get_logger().warning(f"device {device}: dead ({reason})")
-            self._emit(now)  # frames need not wait for it any more
+            self._emit(now, started)  # frames need not wait for it any more
         except Exception as exc:
             self.rejections["callback_error"] += 1
             self._warn(f"device {device}: {reason} event failed: {type(exc).__name__}: {exc}")
 
     def _on_tick(self) -> None:
+        started = time.perf_counter()
         try:
             now = self._now()
             for device in self.monitor.check_watchdog(now):
                 self.get_logger().warning(f"device {device}: dead (watchdog)")
-            self._emit(now)
+            self._emit(now, started)
         except Exception as exc:
             self.rejections["callback_error"] += 1
             self._warn(f"timer failed: {type(exc).__name__}: {exc}")
 
     # -- output ----------------------------------------------------------------------------
-    def _emit(self, now: float) -> None:
+    def _emit(self, now: float, started: float) -> None:
         if self.assembler is None:
             return
         for frame in self.assembler.ready(now, self.monitor.live_devices()):
@@ -292,6 +301,7 @@ class FusionNode(Node):
             msg.latency = self._now() - frame.stamp_ns * 1e-9
             self._pub.publish(msg)
             self.fused_count += 1
+            self._fusion_times.append(time.perf_counter() - started)
 
     def _publish_diagnostics(self) -> None:
         try:
@@ -316,8 +326,13 @@ class FusionNode(Node):
             counts["fused"] = self.fused_count
             counts["pending"] = self.assembler.pending_count if self.assembler else 0
             counts["heads_known"] = int(self.heads.known.sum()) if self.heads else 0
+            if self._fusion_times:
+                times_ms = 1e3 * np.asarray(self._fusion_times)
+                counts["fusion_ms_p50"] = round(float(np.percentile(times_ms, 50)), 4)
+                counts["fusion_ms_p99"] = round(float(np.percentile(times_ms, 99)), 4)
             rejected = sum(v for k, v in counts.items()
-                           if k not in ("accepted", "fused", "pending", "heads_known"))
+                           if k not in ("accepted", "fused", "pending", "heads_known")
+                           and not k.startswith("fusion_ms"))
             array.status.append(DiagnosticStatus(
                 level=DiagnosticStatus.OK, name=f"{name}: frame assembly",
                 hardware_id="fusion",
