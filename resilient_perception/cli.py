@@ -332,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint's dataset; needed for idx: datasets)")
     p.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default 17)")
     p.set_defaults(func=cmd_export)
+
+    from .ros.bag_commands import add_bag_commands  # imports no ROS until a command runs
+
+    add_bag_commands(sub)
     return parser
 
 

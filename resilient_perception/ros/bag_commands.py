@@ -1,0 +1,134 @@
+"""The CLI's rosbag2 subcommands: record-dataset, check-bag, score-bag, bench-bag.
+
+:func:`add_bag_commands` adds them to ``resilient-perception``'s parser. Building the parser
+imports nothing of ROS; each command imports what it needs when it runs (``bench-bag``
+starts nodes and needs rclpy, the others only ``rosbags``). Bag problems raise
+:class:`~resilient_perception.ros.bags.BagError`, a ``ValueError``, so the CLI exits with
+status 2 and the message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from resilient_perception.cli import _positive_int, _write_json
+
+__all__ = ["add_bag_commands", "cmd_check_bag", "cmd_record_dataset", "cmd_score_bag"]
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def cmd_record_dataset(args: argparse.Namespace) -> int:
+    """Write a dataset split as a camera bag: N image topics with shared stamps, plus labels."""
+    from resilient_perception.core.datasets import load_dataset
+    from resilient_perception.ros.bags import dataset_frames, write_frames
+
+    data = load_dataset(args.dataset, args.split, args.data_root)
+    size = len(data.labels)
+    if args.start_index >= size:
+        raise ValueError(f"--start-index {args.start_index} is past the {size} frames of "
+                         f"{args.dataset} {args.split}")
+    stop = size if args.count is None else min(size, args.start_index + args.count)
+    indices = range(args.start_index, stop)
+    frames = dataset_frames(data, indices, args.cameras, args.rate, time.time_ns())
+    custom = {"dataset": args.dataset, "split": args.split, "rate_hz": f"{args.rate:g}",
+              "first_frame_index": str(args.start_index)}
+    bar = tqdm(frames, total=len(indices), unit="frame", desc="recording", mininterval=1.0)
+    stats = write_frames(args.out, bar, args.cameras, args.storage, custom)
+    megabytes = stats.bytes / 1e6
+    print(f"wrote {args.out}: {stats.frames} frames x {args.cameras} cameras + labels "
+          f"({stats.messages} messages, {megabytes:.1f} MB, {args.storage}) in "
+          f"{stats.seconds:.2f} s: {stats.frames / stats.seconds:.0f} frames/s, "
+          f"{megabytes / stats.seconds:.1f} MB/s")
+    return 0
+
+
+def cmd_check_bag(args: argparse.Namespace) -> int:
+    """Check a camera bag (metadata, camera topics, every image decodes) and summarise it."""
+    from resilient_perception.ros.bags import camera_topics, read_frames, summarize
+
+    summary = summarize(args.bag)
+    cameras = camera_topics(summary, args.cameras)
+    frames = sum(1 for _ in tqdm(read_frames(args.bag, len(cameras)), unit="frame",
+                                 desc="reading", mininterval=1.0))
+    print(f"{summary.path}: rosbag2 v{summary.version} {summary.storage}, "
+          f"{summary.message_count} messages over {summary.duration_ns / 1e9:.2f} s, "
+          f"{frames} frames from {len(cameras)} cameras")
+    for topic in summary.topics.values():
+        print(f"  {topic.name}: {topic.msgtype} x {topic.count}")
+    return 0
+
+
+def cmd_score_bag(args: argparse.Namespace) -> int:
+    """Score a bag of pipeline outputs: accuracy, availability, surrogate use, latency."""
+    from resilient_perception.ros.bags import score_bag
+
+    result = score_bag(args.bag, args.fused_topic)
+    out = args.out or args.bag.with_name(f"{args.bag.name}_score.json")
+    _write_json(out, result)
+    score = result["score"]
+    accuracy = score["accuracy"]
+    latency = score["latency_s"]
+    print(f"{args.bag}: {score['scored_frames']} of {score['labelled_frames']} labelled "
+          f"frames fused ({score['missing']} missing), accuracy "
+          + ("n/a" if accuracy is None else f"{100 * accuracy:.2f}%"))
+    print("device availability (live in fused frames): " + ", ".join(
+        f"{i}: {100 * a:.1f}%" for i, a in enumerate(score["device_availability"])))
+    print(f"frames with a surrogate: {score['frames_with_surrogate']}; per device: "
+          f"{score['device_surrogate_frames']}")
+    if latency["p50"] is not None:
+        print(f"latency p50 {1e3 * latency['p50']:.1f} ms, p99 {1e3 * latency['p99']:.1f} ms, "
+              f"max {1e3 * latency['max']:.1f} ms")
+    print(f"wrote {out}")
+    return 0
+
+
+def add_bag_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the bag subcommands to the CLI's subparsers."""
+    from resilient_perception.core.datasets import DATASET_NAMES
+
+    p = sub.add_parser("record-dataset", help=cmd_record_dataset.__doc__,
+                       description=cmd_record_dataset.__doc__ + " The bag holds what the "
+                       "dataset player publishes, so replay_node can stand in for it.")
+    p.add_argument("--dataset", default="mnist",
+                   help=f"one of {', '.join(DATASET_NAMES)} or idx:IMAGES:LABELS "
+                   "(default mnist)")
+    p.add_argument("--split", default="test", help="dataset split (default test)")
+    p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")
+    p.add_argument("--cameras", type=_positive_int, default=6,
+                   help="camera topics (default 6; MVMC has at most 6)")
+    p.add_argument("--rate", type=_positive_float, default=30.0,
+                   help="frames per second of the recording (default 30)")
+    p.add_argument("--count", type=_positive_int, default=None,
+                   help="frames to record (default: to the end of the split)")
+    p.add_argument("--start-index", type=int, default=0, help="first frame (default 0)")
+    p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap",
+                   help="rosbag2 storage (default mcap)")
+    p.add_argument("--out", type=Path, required=True, help="new bag folder")
+    p.set_defaults(func=cmd_record_dataset)
+
+    p = sub.add_parser("check-bag", help=cmd_check_bag.__doc__,
+                       description=cmd_check_bag.__doc__)
+    p.add_argument("bag", type=Path, help="bag folder")
+    p.add_argument("--cameras", type=_positive_int, default=None,
+                   help="expected cameras (default: as recorded in the bag)")
+    p.set_defaults(func=cmd_check_bag)
+
+    p = sub.add_parser("score-bag", help=cmd_score_bag.__doc__,
+                       description=cmd_score_bag.__doc__ + " Fused predictions are matched "
+                       "to labels by stamp.")
+    p.add_argument("bag", type=Path, help="bag written by recorder_node")
+    p.add_argument("--fused-topic", default="perception/fused",
+                   help="FusedPrediction topic to score (default perception/fused)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON result (default BAG_score.json beside the bag folder)")
+    p.set_defaults(func=cmd_score_bag)
