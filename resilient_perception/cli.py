@@ -333,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default 17)")
     p.set_defaults(func=cmd_export)
 
+    from .resnet_commands import add_parsers as add_resnet_commands  # needs this module's helpers
+
+    add_resnet_commands(sub)
+
     from .ros.bag_commands import add_bag_commands  # imports no ROS until a command runs
 
     add_bag_commands(sub)

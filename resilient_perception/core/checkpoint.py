@@ -3,7 +3,9 @@
 The safetensors header metadata holds one key, ``"resilient_perception"``, whose value is
 ``json.dumps`` of ``{format_version, kind, model (constructor kwargs), created, ...caller
 metadata (train config, seed, dataset, view spec, classes, history)}``. Writes are atomic
-(temporary file in the same directory, then ``os.replace``).
+(temporary file in the same directory, then ``os.replace``). Training state that is not part
+of the model (optimiser buffers of a resumable run) is stored as extra tensors whose names
+start with ``"extra."``; loading the model ignores them.
 """
 
 from __future__ import annotations
@@ -18,26 +20,31 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .model import DeviceCNN, MultiDeviceCNN
+from .resnet import ResNet
 
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "load_checkpoint",
     "load_device_checkpoint",
+    "load_resnet_checkpoint",
     "save_checkpoint",
     "save_device_checkpoint",
+    "save_resnet_checkpoint",
 ]
 
 FORMAT_VERSION = 1
 META_KEY = "resilient_perception"
-_KINDS = {"multi_device_cnn": MultiDeviceCNN, "device_cnn": DeviceCNN}
+_KINDS = {"multi_device_cnn": MultiDeviceCNN, "device_cnn": DeviceCNN, "resnet": ResNet}
+EXTRA_PREFIX = "extra."
+
 
 
 class CheckpointError(ValueError):
     """A file is not a readable resilient_perception checkpoint."""
 
 
-def _save(path, module, kind: str, metadata: dict | None) -> Path:
+def _save(path, module, kind: str, metadata: dict | None, extra: dict | None = None) -> Path:
     path = Path(path)
     meta = dict(metadata or {})
     meta.setdefault("created", datetime.now(UTC).isoformat())
@@ -47,6 +54,8 @@ def _save(path, module, kind: str, metadata: dict | None) -> Path:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint metadata must be JSON-serialisable: {exc}") from exc
     tensors = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    tensors.update({EXTRA_PREFIX + k: v.detach().contiguous().clone()
+                    for k, v in (extra or {}).items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -84,6 +93,8 @@ def _load(path, kind: str):
                               f"expected {FORMAT_VERSION}")
     if meta.get("kind") != kind:
         raise CheckpointError(f"{path}: checkpoint kind {meta.get('kind')!r}, expected {kind!r}")
+    extra = {k.removeprefix(EXTRA_PREFIX): tensors.pop(k)
+             for k in list(tensors) if k.startswith(EXTRA_PREFIX)}
     try:
         module = _KINDS[kind](**meta["model"])
         module.load_state_dict(tensors, strict=True)
@@ -91,7 +102,7 @@ def _load(path, kind: str):
         raise CheckpointError(f"{path}: tensors do not match the model in its metadata "
                               f"({exc})") from exc
     module.eval()
-    return module, meta
+    return module, meta, extra
 
 
 def save_checkpoint(path, model: MultiDeviceCNN, metadata: dict | None = None) -> Path:
@@ -101,7 +112,7 @@ def save_checkpoint(path, model: MultiDeviceCNN, metadata: dict | None = None) -
 
 def load_checkpoint(path) -> tuple[MultiDeviceCNN, dict]:
     """Load ``(model in eval mode, metadata)``; raises :class:`CheckpointError` on bad files."""
-    return _load(path, "multi_device_cnn")
+    return _load(path, "multi_device_cnn")[:2]
 
 
 def save_device_checkpoint(path, device: DeviceCNN, metadata: dict | None = None) -> Path:
@@ -111,5 +122,16 @@ def save_device_checkpoint(path, device: DeviceCNN, metadata: dict | None = None
 
 def load_device_checkpoint(path) -> tuple[DeviceCNN, dict]:
     """Load ``(DeviceCNN in eval mode, metadata)``; raises :class:`CheckpointError`."""
-    return _load(path, "device_cnn")
+    return _load(path, "device_cnn")[:2]
+
+
+def save_resnet_checkpoint(path, model: ResNet, metadata: dict | None = None,
+                           extra: dict | None = None) -> Path:
+    """Atomically save a :class:`ResNet`, metadata and ``extra`` tensors (training state)."""
+    return _save(path, model, "resnet", metadata, extra)
+
+
+def load_resnet_checkpoint(path) -> tuple[ResNet, dict, dict]:
+    """Load ``(ResNet in eval mode, metadata, extra tensors)``; raises :class:`CheckpointError`."""
+    return _load(path, "resnet")
 

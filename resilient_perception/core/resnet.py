@@ -42,7 +42,15 @@ from torch import nn
 
 from .block_profile import BlockCost, LayerCost
 
-__all__ = ["Bottleneck", "DROP_MODES", "ResNet", "profile_blocks"]
+__all__ = [
+    "DROP_MODES",
+    "Bottleneck",
+    "ResNet",
+    "module_macs",
+    "profile_blocks",
+    "trace_costs",
+    "weight_bytes",
+]
 
 DROP_MODES = ("none", "dc", "sc")
 """How a block runs: complete, DC (residual branch) dropped, or SC (shortcut) dropped."""
@@ -188,7 +196,7 @@ class ResNet(nn.Module):
         return self.forward_from(0, self.stem(x), drop_dc, drop_sc)
 
 
-def _macs_of(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
+def _macs_of(module: nn.Module, output: torch.Tensor) -> int:
     """Multiply-accumulates of one conv/linear call per image, from its real shapes."""
     if isinstance(module, nn.Conv2d):
         kh, kw = module.kernel_size
@@ -199,10 +207,47 @@ def _macs_of(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
     return 0
 
 
-def _weight_bytes(module: nn.Module, dtype_bytes: int) -> int:
+def weight_bytes(module: nn.Module, dtype_bytes: int = 4) -> int:
     """Bytes of the weights needed at inference: parameters and floating-point buffers."""
     tensors = itertools.chain(module.parameters(), module.buffers())
     return dtype_bytes * sum(t.numel() for t in tensors if t.is_floating_point())
+
+
+def trace_costs(model: ResNet, input_shape: Sequence[int] = (3, 32, 32)
+                ) -> tuple[dict[nn.Module, int], list[tuple[int, int]]]:
+    """One forward pass of a zero image, part by part (stem, blocks, head).
+
+    Returns the MACs per image of every convolution and linear layer (the paper's Eq. 2:
+    output elements x input channels per group x kernel area) and, per part, the element
+    counts of its input and output activation.
+    """
+    macs: dict[nn.Module, int] = {}
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        macs[module] = macs.get(module, 0) + _macs_of(module, output)
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, nn.Conv2d | nn.Linear)]
+    sizes = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            x = torch.zeros(1, *input_shape)
+            for part in [model.stem, *model.blocks, model.head]:
+                y = part(x)
+                sizes.append((x.numel(), y.numel()))
+                x = y
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return macs, sizes
+
+
+def module_macs(module: nn.Module, macs: dict[nn.Module, int]) -> int:
+    """Total MACs of ``module``'s layers in a :func:`trace_costs` result."""
+    return sum(macs.get(m, 0) for m in module.modules())
 
 
 def profile_blocks(
@@ -210,39 +255,16 @@ def profile_blocks(
 ) -> tuple[LayerCost, list[BlockCost], LayerCost]:
     """Per-image costs of the stem, every residual block and the head of ``model``.
 
-    One forward pass of a zero image with hooks on every convolution and linear layer
-    counts MACs (the paper's Eq. 2: output elements x input channels per group x kernel
-    area); memory is the parameter and BN-statistics count times ``dtype_bytes`` (Eq. 1);
-    input/output bytes are the activation sizes each part receives and sends.
+    MACs come from :func:`trace_costs` (Eq. 2); memory is the weights' element count times
+    ``dtype_bytes`` (Eq. 1, :func:`weight_bytes`); input/output bytes are the activation
+    sizes each part receives and sends.
     """
-    macs: dict[nn.Module, int] = {}
-
-    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        macs[module] = macs.get(module, 0) + _macs_of(module, inputs, output)
-
-    hooks = [m.register_forward_hook(count) for m in model.modules()
-             if isinstance(m, nn.Conv2d | nn.Linear)]
-    parts = [("stem", model.stem), *zip(model.block_names, model.blocks, strict=True),
-             ("head", model.head)]
-    sizes = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            x = torch.zeros(1, *input_shape)
-            for _, module in parts:
-                y = module(x)
-                sizes.append((x.numel() * dtype_bytes, y.numel() * dtype_bytes))
-                x = y
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
+    macs, sizes = trace_costs(model, input_shape)
 
     def cost(name: str, module: nn.Module, io: tuple[int, int]) -> dict:
-        return {"name": name, "param_bytes": _weight_bytes(module, dtype_bytes),
-                "macs": sum(macs.get(m, 0) for m in module.modules()),
-                "input_bytes": io[0], "output_bytes": io[1]}
+        return {"name": name, "param_bytes": weight_bytes(module, dtype_bytes),
+                "macs": module_macs(module, macs),
+                "input_bytes": io[0] * dtype_bytes, "output_bytes": io[1] * dtype_bytes}
 
     stem = LayerCost(**cost("stem", model.stem, sizes[0]))
     head = LayerCost(**cost("head", model.head, sizes[-1]))
