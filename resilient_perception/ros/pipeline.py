@@ -1,0 +1,485 @@
+"""Start the perception pipeline's nodes as OS processes, as the launch file does; watch it.
+
+``ros2 launch`` needs the ``launch`` packages, which a machine with ROS 2 from PyPI wheels
+does not have. Tests, the demo and the benchmark therefore start the installed executables
+(``<prefix>/lib/resilient_perception/<executable>``) themselves, each as its own process,
+with exactly the command line ``launch/perception.launch.py`` gives them: both take their
+nodes from :func:`pipeline_nodes`, pass the config YAML first and each node's own
+parameters second (a params file keyed by the node's full name, as ``launch_ros`` writes
+for a dict), and remap the same topics::
+
+    with Pipeline.from_config("config/mnist_6cam.yaml", model_path="runs/mnist/model.safetensors",
+                              overrides={"player": {"count": 300}}) as pipeline:
+        pipeline.start()
+        ...
+        pipeline.kill("camera_2")       # SIGKILL: a crash
+        pipeline.restart("camera_2")
+    # leaving the block stops every node: SIGINT, then SIGKILL after a timeout
+
+Each process writes stdout and stderr to ``<log_dir>/<name>.log`` (appended across
+restarts) and its rcl log files under ``<log_dir>/ros`` (unless ``ROS_LOG_DIR`` is set).
+Children inherit the environment, ``ROS_AUTOMATIC_DISCOVERY_RANGE`` included, and the
+working directory; ``domain_id`` sets ``ROS_DOMAIN_ID``. An :class:`Observer` is an rclpy
+node in the calling process for watching the pipeline's topics.
+
+Config files: rcl merges parameters by node-name key, and a key naming the node exactly
+beats ``/**`` whatever the file order, so a node's own parameters are keyed by its full
+name (``/camera_2``), never ``/**``; within those, later files win.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+__all__ = [
+    "HEAD_TOPIC_FORMAT",
+    "IMAGE_TOPIC_FORMAT",
+    "PACKAGE",
+    "PREDICTION_TOPIC_FORMAT",
+    "NodeSpec",
+    "Observer",
+    "Pipeline",
+    "PipelineError",
+    "package_prefix",
+    "pipeline_nodes",
+]
+
+PACKAGE = "resilient_perception"
+# Topic names of DESIGN.md; the fusion node is told these formats explicitly.
+IMAGE_TOPIC_FORMAT = "camera_{}/image_raw"
+PREDICTION_TOPIC_FORMAT = "perception/device_{}/prediction"
+HEAD_TOPIC_FORMAT = "perception/device_{}/head"
+_LOG_TAIL_LINES = 30
+T = TypeVar("T")
+
+
+class PipelineError(RuntimeError):
+    """A node cannot be started, or exited when it should be running."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of a pipeline: what ``launch_ros.actions.Node`` is told about it.
+
+    Attributes:
+        name: Node name (``-r __node:=name``), also the key of its process and log file.
+        executable: Executable under ``lib/resilient_perception``.
+        parameters: This node's own parameters, on top of the config file's.
+        remappings: ``(from, to)`` topic remappings.
+    """
+
+    name: str
+    executable: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    remappings: tuple[tuple[str, str], ...] = ()
+
+
+def pipeline_nodes(
+    num_cameras: int = 6,
+    *,
+    player: bool = True,
+    model_path: str | os.PathLike[str] | None = None,
+    image_topic_format: str = IMAGE_TOPIC_FORMAT,
+) -> list[NodeSpec]:
+    """The perception pipeline's nodes in start order: fusion, cameras, then the player.
+
+    Camera ``i`` is node ``camera_i`` with ``device_id`` ``i``, reading
+    ``image_topic_format.format(i)`` and publishing on the fusion node's device ``i``
+    topics; the fusion node fuses ``num_cameras`` devices; the player (if wanted) publishes
+    ``num_cameras`` image topics of the same format and is started last.
+
+    Args:
+        num_cameras: Number of camera nodes (devices).
+        player: Include the dataset player node.
+        model_path: Model of every camera (``model_path`` parameter); None keeps the
+            config file's.
+        image_topic_format: Image topic of camera ``i``: ``format(i)``.
+
+    Returns:
+        The node specs.
+    """
+    if num_cameras < 1:
+        raise ValueError(f"num_cameras must be >= 1, got {num_cameras}")
+    if image_topic_format.format(0) == image_topic_format.format(1):
+        raise ValueError(f"image_topic_format needs a '{{}}' field, got {image_topic_format!r}")
+    nodes = [NodeSpec("fusion", "fusion_node", {
+        "num_devices": num_cameras, "prediction_topic_format": PREDICTION_TOPIC_FORMAT,
+        "head_topic_format": HEAD_TOPIC_FORMAT})]
+    model = {} if model_path is None else {"model_path": os.fspath(model_path)}
+    for i in range(num_cameras):
+        nodes.append(NodeSpec(f"camera_{i}", "camera_node", {"device_id": i, **model}, (
+            ("image_raw", image_topic_format.format(i)),
+            ("prediction", PREDICTION_TOPIC_FORMAT.format(i)),
+            ("head", HEAD_TOPIC_FORMAT.format(i)))))
+    if player:
+        nodes.append(NodeSpec("player", "player_node", {
+            "num_cameras": num_cameras, "image_topic_format": image_topic_format}))
+    return nodes
+
+
+def package_prefix() -> Path:
+    """Install prefix of the package: the ament index if it knows it, else this venv.
+
+    Without ``AMENT_PREFIX_PATH`` (a venv with the ROS wheels, nothing sourced) the package
+    is where scripts/setup.sh installs it: the running interpreter's prefix.
+    """
+    try:
+        from ament_index_python.packages import get_package_prefix
+
+        return Path(get_package_prefix(PACKAGE))
+    except (ImportError, OSError, LookupError):  # PackageNotFoundError is a KeyError
+        return Path(sys.prefix)
+
+
+def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class Pipeline:
+    """Named node processes: start, signal, kill -9, restart and stop them.
+
+    Use it as a context manager (or call :meth:`stop` in a ``finally``) so no process
+    outlives the caller.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeSpec],
+        config: str | os.PathLike[str] | None = None,
+        *,
+        log_dir: str | os.PathLike[str] | None = None,
+        domain_id: int | None = None,
+        prefix: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """Describe the processes; nothing starts before :meth:`start`.
+
+        Args:
+            nodes: The nodes, in start order (stopped in reverse order); unique names.
+            config: ROS 2 params file given to every node first (``--params-file``).
+            log_dir: Folder for logs and generated params files; default a new temp folder.
+            domain_id: ``ROS_DOMAIN_ID`` of the children; None inherits it.
+            prefix: Install prefix holding ``lib/resilient_perception``; default
+                :func:`package_prefix`.
+
+        Raises:
+            PipelineError: For duplicate node names, a missing config file or executable.
+        """
+        self.nodes = {spec.name: spec for spec in nodes}
+        if len(self.nodes) != len(nodes):
+            raise PipelineError(f"node names must be unique: {[n.name for n in nodes]}")
+        self.config = None if config is None else Path(config).resolve()
+        if self.config is not None and not self.config.is_file():
+            raise PipelineError(f"{config}: params file not found")
+        self.prefix = Path(prefix) if prefix is not None else package_prefix()
+        for spec in nodes:
+            if not self.executable(spec.name).is_file():
+                raise PipelineError(f"{self.executable(spec.name)} not found: build the "
+                                    "package (scripts/setup.sh) or pass prefix=")
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="resilient_perception_"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.domain_id = domain_id
+        self._processes: dict[str, subprocess.Popen] = {}
+        self._signalled: set[str] = set()  # nodes this object signalled since their start
+
+    @classmethod
+    def from_config(
+        cls,
+        config: str | os.PathLike[str],
+        *,
+        model_path: str | os.PathLike[str] | None = None,
+        num_cameras: int = 6,
+        player: bool = True,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        image_topic_format: str = IMAGE_TOPIC_FORMAT,
+        log_dir: str | os.PathLike[str] | None = None,
+        domain_id: int | None = None,
+    ) -> Pipeline:
+        """The perception pipeline of :func:`pipeline_nodes` with a config file.
+
+        Args:
+            config: Params file, e.g. ``config/mnist_6cam.yaml``.
+            model_path: Model of every camera; None keeps the config file's. Relative
+                paths are resolved against the current directory.
+            num_cameras: Number of cameras (and fused devices, and player topics).
+            player: Include the dataset player.
+            overrides: Extra parameters per node name, e.g. ``{"player": {"count": 30}}``;
+                they win over the config file and the pipeline's own.
+            image_topic_format: Image topic of camera ``i``.
+            log_dir: See :class:`Pipeline`.
+            domain_id: See :class:`Pipeline`.
+
+        Raises:
+            PipelineError: For overrides of a node the pipeline does not have (and see
+                :class:`Pipeline`).
+        """
+        model = None if model_path is None else Path(model_path).resolve()
+        nodes = pipeline_nodes(num_cameras, player=player, model_path=model,
+                               image_topic_format=image_topic_format)
+        names = [spec.name for spec in nodes]
+        unknown = sorted(set(overrides or {}) - set(names))
+        if unknown:
+            raise PipelineError(f"overrides for unknown nodes {unknown}; nodes are {names}")
+        nodes = [replace(spec, parameters={**spec.parameters, **(overrides or {}).get(
+            spec.name, {})}) for spec in nodes]
+        return cls(nodes, config, log_dir=log_dir, domain_id=domain_id)
+
+    # -- paths and command lines -------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        """Node names in start order."""
+        return list(self.nodes)
+
+    def executable(self, name: str) -> Path:
+        """Path of the node's installed executable."""
+        return self.prefix / "lib" / PACKAGE / self.nodes[name].executable
+
+    def log_path(self, name: str) -> Path:
+        """The node's stdout + stderr log file."""
+        self._spec(name)  # an unknown name is an error, not a path
+        return self.log_dir / f"{name}.log"
+
+    def params_path(self, name: str) -> Path:
+        """The node's own params file (written by :meth:`start`)."""
+        self._spec(name)
+        return self.log_dir / f"{name}.params.yaml"
+
+    def command(self, name: str) -> list[str]:
+        """The node's command line, as ``launch_ros`` builds it for the launch file."""
+        spec = self._spec(name)
+        cmd = [str(self.executable(name)), "--ros-args", "-r", f"__node:={spec.name}"]
+        if self.config is not None:
+            cmd += ["--params-file", str(self.config)]
+        if spec.parameters:
+            cmd += ["--params-file", str(self.params_path(name))]
+        for source, target in spec.remappings:
+            cmd += ["-r", f"{source}:={target}"]
+        return cmd
+
+    def _spec(self, name: str) -> NodeSpec:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise PipelineError(f"no node {name!r}; nodes are {self.names}") from None
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.domain_id is not None:
+            env["ROS_DOMAIN_ID"] = str(self.domain_id)
+        env.setdefault("ROS_LOG_DIR", str(self.log_dir / "ros"))
+        env["PYTHONUNBUFFERED"] = "1"  # log lines reach the file as they happen
+        return env
+
+    # -- processes -------------------------------------------------------------------------
+    def start(self, *names: str) -> Pipeline:
+        """Start the given nodes (default: all) that are not running, in pipeline order."""
+        for name in names or self.names:
+            if not self.running(name):
+                self._start(name)
+        return self
+
+    def _start(self, name: str) -> None:
+        spec = self._spec(name)
+        if spec.parameters:
+            # Keyed by the node's full name, like launch_ros: beats the config's /** and
+            # its plain `name:` section (an earlier file).
+            params = {k: os.fspath(v) if isinstance(v, os.PathLike) else v
+                      for k, v in spec.parameters.items()}
+            self.params_path(name).write_text(yaml.safe_dump(
+                {f"/{name}": {"ros__parameters": params}}, sort_keys=False))
+        cmd = self.command(name)
+        with open(self.log_path(name), "a") as log:  # the child keeps its own copy of the fd
+            log.write(f"[pipeline] {time.strftime('%H:%M:%S')} $ {' '.join(cmd)}\n")
+            log.flush()
+            self._processes[name] = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self._env())
+        self._signalled.discard(name)
+
+    def running(self, name: str) -> bool:
+        """Whether the node's process is alive."""
+        process = self._processes.get(self._spec(name).name)
+        return process is not None and process.poll() is None
+
+    def pid(self, name: str) -> int | None:
+        """Process id of the node's last start, or None if never started."""
+        process = self._processes.get(self._spec(name).name)
+        return None if process is None else process.pid
+
+    def returncode(self, name: str) -> int | None:
+        """Exit code of the node's process (negative: killed by that signal), or None."""
+        process = self._processes.get(self._spec(name).name)
+        return None if process is None else process.poll()
+
+    def wait(self, name: str, timeout: float) -> int:
+        """Wait until the node's process exits and return its exit code.
+
+        Raises:
+            PipelineError: If it was never started or is still running after ``timeout`` s.
+        """
+        process = self._processes.get(self._spec(name).name)
+        if process is None:
+            raise PipelineError(f"{name} was never started")
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise PipelineError(f"{name} still running after {timeout} s; log tail:\n"
+                                f"{_tail(self.log_path(name))}") from None
+
+    def signal(self, name: str, sig: int, timeout: float | None = 10.0) -> int | None:
+        """Send ``sig`` to the node's process and, unless ``timeout`` is None, wait for it.
+
+        Returns:
+            The exit code, or None when not waiting (or it was not running).
+        """
+        if not self.running(name):
+            return self.returncode(name)
+        self._signalled.add(name)
+        self._processes[name].send_signal(sig)
+        return None if timeout is None else self.wait(name, timeout)
+
+    def kill(self, name: str) -> int | None:
+        """``kill -9`` the node (a crash: no cleanup, DDS learns it from lost liveliness)."""
+        return self.signal(name, signal.SIGKILL)
+
+    def interrupt(self, name: str, timeout: float = 10.0) -> int | None:
+        """SIGINT the node (a clean shutdown) and wait for it to exit."""
+        return self.signal(name, signal.SIGINT, timeout)
+
+    def restart(self, name: str, timeout: float = 10.0) -> Pipeline:
+        """Stop the node if it runs (SIGINT, then SIGKILL after ``timeout``) and start it."""
+        self._stop([name], timeout)
+        self._start(name)
+        return self
+
+    def check(self) -> None:
+        """Raise if a node exited with an error that this object did not cause.
+
+        Raises:
+            PipelineError: Naming each such node, its exit code and its log's tail.
+        """
+        failed = [name for name, process in self._processes.items()
+                  if process.poll() not in (None, 0) and name not in self._signalled]
+        if failed:
+            raise PipelineError("\n".join(
+                f"{name} exited with code {self.returncode(name)}; log tail "
+                f"({self.log_path(name)}):\n{_tail(self.log_path(name))}" for name in failed))
+
+    def log_tails(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last lines of every started node's log, for failure messages."""
+        return "\n".join(f"--- {name} ({self.log_path(name)}):\n{_tail(self.log_path(name), lines)}"
+                         for name in self._processes)
+
+    def stop(self, timeout: float = 10.0) -> dict[str, int | None]:
+        """SIGINT every running node (reverse start order), SIGKILL what outlives ``timeout``.
+
+        Returns:
+            Each started node's exit code.
+        """
+        self._stop(list(reversed(self._processes)), timeout)
+        return {name: self.returncode(name) for name in self._processes}
+
+    def _stop(self, names: list[str], timeout: float) -> None:
+        for name in names:
+            self.signal(name, signal.SIGINT, timeout=None)
+        deadline = time.monotonic() + timeout
+        for name in names:
+            if name in self._processes:
+                try:
+                    self._processes[name].wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self._processes[name].kill()
+                    self._processes[name].wait()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class Observer:
+    """An rclpy node in its own context in this process, to watch a pipeline's topics.
+
+    Example::
+
+        with Observer(domain_id=pipeline.domain_id) as observer:
+            fused = observer.collect(FusedPrediction, "perception/fused")
+            pipeline.start()
+            observer.spin_until(lambda: len(fused) >= 30, "30 fused frames", 20.0, pipeline)
+    """
+
+    def __init__(self, name: str = "pipeline_observer", domain_id: int | None = None) -> None:
+        """Create the context (on ``domain_id``, default ``ROS_DOMAIN_ID``) and the node."""
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = rclpy.Context()
+        self.context.init(domain_id=domain_id)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def collect(self, msg_type: type[T], topic: str, qos: Any = None) -> list[T]:
+        """Subscribe ``topic`` and return the list its messages are appended to.
+
+        ``qos`` defaults to RELIABLE, VOLATILE, KEEP_LAST 1000 (nothing is lost to depth).
+        """
+        from rclpy.qos import QoSProfile
+
+        received: list[T] = []
+        self.node.create_subscription(msg_type, topic, received.append,
+                                      qos if qos is not None else QoSProfile(depth=1000))
+        return received
+
+    def spin_for(self, seconds: float) -> None:
+        """Process callbacks for ``seconds``."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.executor.spin_once(timeout_sec=min(left, 0.05))
+
+    def spin_until(self, condition: Callable[[], T], what: str, timeout: float,
+                   pipeline: Pipeline | None = None) -> T:
+        """Process callbacks until ``condition()`` is truthy; return its value.
+
+        With ``pipeline``, its nodes are checked as well (:meth:`Pipeline.check`).
+
+        Raises:
+            TimeoutError: After ``timeout`` s, with the pipeline's log tails if given.
+            PipelineError: If a node of ``pipeline`` exited with an error.
+        """
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            value = condition()
+            if value:
+                return value
+            if pipeline is not None:
+                pipeline.check()
+            self.executor.spin_once(timeout_sec=0.02)
+        logs = f"\n{pipeline.log_tails()}" if pipeline is not None else ""
+        raise TimeoutError(f"timed out after {timeout} s waiting for {what}{logs}")
+
+    def close(self) -> None:
+        """Destroy the node and shut the context down."""
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+    def __enter__(self) -> Observer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

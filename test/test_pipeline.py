@@ -1,0 +1,163 @@
+"""The pipeline launcher and the config files: command lines, parameters, and a live run.
+
+The live run starts what ``launch/perception.launch.py`` starts (player, six camera nodes,
+fusion node, each its own process, with ``config/mnist_6cam.yaml``) through
+:class:`~resilient_perception.ros.pipeline.Pipeline` and checks every labelled frame comes
+out of the fusion node, fused from all six devices, as the offline model computes it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
+msgs = pytest.importorskip(
+    "resilient_perception.msg", reason="messages not built: run scripts/setup.sh"
+)
+
+from resilient_perception.core.checkpoint import save_checkpoint  # noqa: E402
+from resilient_perception.core.views import ViewSpec  # noqa: E402
+from resilient_perception.ros.pipeline import (  # noqa: E402
+    NodeSpec,
+    Observer,
+    Pipeline,
+    PipelineError,
+    package_prefix,
+)
+from resilient_perception.ros.player_node import label_qos  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "datasets"
+CONFIGS = sorted((ROOT / "config").glob("*.yaml"))
+MNIST_CONFIG = ROOT / "config" / "mnist_6cam.yaml"
+LIB = package_prefix() / "lib" / "resilient_perception"
+COUNT = 30  # labelled frames of the live run
+DOMAIN_ID = (os.getpid() + 53) % 90 + 110
+
+pytestmark = [
+    pytest.mark.ros,
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(not (LIB / "player_node").is_file(),
+                       reason="nodes not installed: run scripts/setup.sh"),
+]
+
+
+@pytest.fixture(autouse=True)
+def localhost_only(monkeypatch):
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(briefly_trained_model, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("pipeline_model")
+    return save_checkpoint(folder / "model.safetensors", briefly_trained_model, {
+        "view_spec": ViewSpec(kind="grid").to_dict(), "classes": [str(k) for k in range(10)],
+        "dataset": "mnist"})
+
+
+def test_command_lines_are_the_launch_files(tmp_path):
+    pipeline = Pipeline.from_config(MNIST_CONFIG, model_path="model.onnx", log_dir=tmp_path,
+                                    overrides={"player": {"count": 30}})
+    assert pipeline.names == ["fusion", *(f"camera_{i}" for i in range(6)), "player"]
+    assert pipeline.command("camera_2") == [
+        str(LIB / "camera_node"), "--ros-args", "-r", "__node:=camera_2",
+        "--params-file", str(MNIST_CONFIG), "--params-file", str(tmp_path / "camera_2.params.yaml"),
+        "-r", "image_raw:=camera_2/image_raw", "-r", "prediction:=perception/device_2/prediction",
+        "-r", "head:=perception/device_2/head"]
+    camera = pipeline.nodes["camera_2"].parameters
+    assert camera == {"device_id": 2, "model_path": str(Path("model.onnx").resolve())}
+    assert pipeline.nodes["fusion"].parameters["num_devices"] == 6
+    assert pipeline.nodes["player"].parameters == {
+        "num_cameras": 6, "image_topic_format": "camera_{}/image_raw", "count": 30}
+
+
+def test_bad_pipelines_are_rejected_with_the_reason(tmp_path):
+    with pytest.raises(PipelineError, match=r"unknown nodes \['camera_9'\]"):
+        Pipeline.from_config(MNIST_CONFIG, overrides={"camera_9": {"threads": 2}},
+                             log_dir=tmp_path)
+    with pytest.raises(PipelineError, match="params file not found"):
+        Pipeline.from_config(tmp_path / "missing.yaml", log_dir=tmp_path)
+    with pytest.raises(PipelineError, match="not found: build the package"):
+        Pipeline([NodeSpec("x", "no_such_node")], log_dir=tmp_path)
+    with pytest.raises(PipelineError, match="no node 'camera_7'"):
+        Pipeline.from_config(MNIST_CONFIG, log_dir=tmp_path).kill("camera_7")
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[path.name for path in CONFIGS])
+def test_config_parameters_are_declared_and_applied(config):
+    """rcl parses the file, and every parameter in it is one its nodes declare and take."""
+    from resilient_perception.ros.camera_node import CameraNode
+    from resilient_perception.ros.fusion_node import FusionNode
+    from resilient_perception.ros.player_node import PlayerNode
+
+    sections = yaml.safe_load(config.read_text())
+    assert set(sections) == {"/**", "fusion", "player"}
+    context = rclpy.Context()
+    context.init(args=["--ros-args", "--params-file", str(config)], domain_id=DOMAIN_ID)
+    try:
+        nodes = {"camera_0": CameraNode("camera_0", context=context),
+                 "fusion": FusionNode("fusion", context=context),
+                 "player": PlayerNode("player", context=context)}
+        declared = {name: set(node.list_parameters([], 0).names) for name, node in nodes.items()}
+        shared = sections["/**"]["ros__parameters"]
+        assert set(shared) <= set().union(*declared.values())
+        for name, node in nodes.items():
+            own = sections.get(name, {}).get("ros__parameters", {})
+            assert set(own) <= declared[name], f"{config.name}: {name} does not declare " \
+                f"{sorted(set(own) - declared[name])}"
+            for key, value in {**shared, **own}.items():
+                if key in declared[name]:
+                    assert node.get_parameter(key).value == value, (name, key)
+        for node in nodes.values():
+            node.destroy_node()
+    finally:
+        context.try_shutdown()
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present")
+def test_every_labelled_frame_is_fused_from_all_six_devices(checkpoint, mnist_views,
+                                                          briefly_trained_model, tmp_path):
+    import torch
+
+    from resilient_perception.core.model import views_to_float
+
+    overrides = {"player": {"count": COUNT, "on_end": "shutdown"}}
+    with (Observer(domain_id=DOMAIN_ID) as observer,
+          Pipeline.from_config(MNIST_CONFIG, model_path=checkpoint, overrides=overrides,
+                               log_dir=tmp_path, domain_id=DOMAIN_ID) as pipeline):
+        labels = observer.collect(msgs.FrameLabel, "perception/label", label_qos())
+        fused = observer.collect(msgs.FusedPrediction, "perception/fused")
+        pipeline.start()
+
+        def stamp(msg) -> int:
+            return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+        observer.spin_until(lambda: len(labels) == COUNT and {stamp(m) for m in labels}
+                            <= {stamp(m) for m in fused}, "every labelled frame fused",
+                            timeout=60.0, pipeline=pipeline)
+        assert pipeline.wait("player", timeout=10.0) == 0
+        observer.spin_for(0.3)  # a duplicate would arrive by now
+        pipeline.check()
+
+    views, truth = mnist_views
+    assert [m.frame_index for m in labels] == list(range(COUNT))
+    assert [m.label for m in labels] == truth[:COUNT].tolist()
+    assert [m.class_name for m in labels] == [str(k) for k in truth[:COUNT]]
+
+    by_stamp: dict[int, list] = {}
+    for msg in fused:
+        by_stamp.setdefault(stamp(msg), []).append(msg)
+    with torch.no_grad():
+        logits, _ = briefly_trained_model(views_to_float(views[:COUNT]))
+    offline = torch.softmax(logits, dim=-1).mean(dim=1).numpy()
+    for label, expected in zip(labels, offline, strict=True):
+        (msg,) = by_stamp[stamp(label)]  # exactly one fused prediction per frame
+        assert list(msg.live_devices) == list(range(6)) and list(msg.surrogate_devices) == []
+        np.testing.assert_allclose(msg.probabilities, expected, atol=1e-5)
+    # The rest are the player's unlabelled warm-up frames.
+    assert len(by_stamp) - COUNT <= 10
