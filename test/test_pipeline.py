@@ -9,6 +9,7 @@ out of the fusion node, fused from all six devices, as the offline model compute
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +162,35 @@ def test_every_labelled_frame_is_fused_from_all_six_devices(checkpoint, mnist_vi
         np.testing.assert_allclose(msg.probabilities, expected, atol=1e-5)
     # The rest are the player's unlabelled warm-up frames.
     assert len(by_stamp) - COUNT <= 10
+
+
+def wait_for_log(pipeline: Pipeline, name: str, text: str, times: int = 1) -> None:
+    end = time.monotonic() + 30.0
+    while pipeline.log_path(name).read_text().count(text) < times:
+        assert time.monotonic() < end, pipeline.log_tails()
+        pipeline.check()
+        time.sleep(0.05)
+
+
+def test_kill_restart_and_stop_one_node(tmp_path):
+    # The player alone, looping, is a cheap long-running node.
+    spec = NodeSpec("player", "player_node", {"loop": True, "count": 2, "num_cameras": 1})
+    with Pipeline([spec], log_dir=tmp_path, domain_id=DOMAIN_ID) as pipeline:
+        first = pipeline.start().pid("player")
+        wait_for_log(pipeline, "player", "playing mnist test frames")
+        assert pipeline.kill("player") == -9
+        pipeline.check()  # a node this object killed is not a failure
+        pipeline.restart("player")
+        assert pipeline.running("player") and pipeline.pid("player") != first
+        wait_for_log(pipeline, "player", "playing mnist test frames", times=2)
+    assert pipeline.returncode("player") == 0  # stop(): SIGINT, clean exit
+    assert pipeline.log_path("player").read_text().count("[pipeline]") == 2
+
+
+def test_check_reports_a_node_that_failed_with_its_log(tmp_path):
+    spec = NodeSpec("player", "player_node", {"encoding": "yuv422"})
+    with Pipeline([spec], log_dir=tmp_path, domain_id=DOMAIN_ID) as pipeline:
+        pipeline.start()
+        assert pipeline.wait("player", timeout=30.0) == 2
+        with pytest.raises(PipelineError, match=r"(?s)player exited with code 2.*encoding"):
+            pipeline.check()
