@@ -1,0 +1,430 @@
+"""Replay node: plays a rosbag2 bag into the live graph, a drop-in for the dataset player.
+
+Publishes every topic of the bag at ``bag_path`` (except ``exclude_topics``) with the
+recorded timing: a message logged ``t`` after the first played one is published ``t / rate``
+after playback starts. Topic names are published *relative* (``/camera_0/image_raw`` as
+``camera_0/image_raw``), so a node namespace and ``-r from:=to`` remappings apply exactly as
+they do to the player. Each topic's publisher offers the QoS the bag recorded for it (as
+``ros2 bag play`` does; rosbag2's default, RELIABLE depth 10, when none or conflicting ones
+were recorded). Messages are published as the recorded bytes, never deserialised.
+
+Stamps: by default every message that starts with a ``std_msgs/Header`` gets
+``header.stamp`` = its scheduled publish time on the node clock, so the messages of one
+recorded frame (the cameras' images and the label) share one fresh stamp, as the player's
+do. The fusion node needs that: it reports latency as *now - stamp* and drops frames whose
+stamp is not newer than the last fused one, so original stamps give meaningless latencies
+and, when looping, only stale frames. ``original_stamps: true`` keeps the recorded stamps
+(a one-pass replay into tools that compare stamps with the recording).
+
+Timing: each message is due at a point on the monotonic clock; the node sleeps until just
+before it and spins the last fraction of a millisecond, so publish times do not drift and
+do not inherit timer jitter. After the run it logs (and writes to ``stats_path`` as JSON)
+how late frames were published and the error of the intervals between frames.
+
+Like the player: ``warmup_frames`` publishes the first frame's non-label messages that many
+times before playing (every camera is heard once before the first labelled frame),
+``wait_for_subscribers`` waits for that many subscribers on every camera topic (every topic
+if the bag has no camera topics), ``on_end`` is ``stop`` (keep running) or ``shutdown``
+(wait until the last messages are acknowledged, exit with code 0).
+
+Exit codes: 0 after SIGINT/SIGTERM or a ``shutdown`` end, 1 when the bag turns out damaged
+while playing, 2 for an invalid parameter or a bag that cannot be played (missing,
+truncated, corrupt, a camera topic missing, a message type not installed).
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import ParameterType
+from rclpy.duration import Duration
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    LivelinessPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+)
+from rclpy.task import Future
+from rosbags.interfaces import Qos
+
+from resilient_perception.ros.bags import (
+    LABEL_TYPE,
+    BagError,
+    camera_topics,
+    has_header,
+    iter_messages,
+    restamp,
+    summarize,
+)
+from resilient_perception.ros.node_utils import descriptor
+
+__all__ = ["ON_END", "ReplayNode", "main", "recorded_qos", "timing_stats"]
+
+ON_END = ("stop", "shutdown")
+# How long an ``on_end: shutdown`` waits for subscribers to acknowledge the last messages.
+_ACK_TIMEOUT_S = 2.0
+# Sleep until this long before a message is due, then spin: sleep overshoots by ~0.1 ms.
+_SPIN_S = 0.0005
+# Longest single sleep, so a stop request is noticed during long gaps in a bag.
+_MAX_SLEEP_S = 0.1
+_INFINITE_NS = 9223372036854775807
+
+
+def _duration(time_: tuple[int, int]) -> Duration | None:
+    ns = time_[0] * 1_000_000_000 + time_[1]
+    return None if ns in (0, _INFINITE_NS) else Duration(nanoseconds=ns)
+
+
+def _policy(enum: type, value: int):
+    """The rclpy policy of a recorded value; unknown ones fall back to the system default."""
+    try:
+        policy = enum(value)
+    except ValueError:
+        return enum.SYSTEM_DEFAULT
+    return enum.SYSTEM_DEFAULT if policy.name == "UNKNOWN" else policy
+
+
+def recorded_qos(profiles: tuple[Qos, ...]) -> QoSProfile | None:
+    """The profile to offer for a topic whose publishers offered ``profiles``.
+
+    As rosbag2's player: when all recorded publishers agree on what decides compatibility
+    (reliability, durability, deadline, liveliness and its lease), offer that; otherwise,
+    or when nothing was recorded, None (the caller offers rosbag2's default).
+    """
+    if not profiles:
+        return None
+    first = profiles[0]
+
+    def key(q: Qos) -> tuple:
+        return (q.reliability, q.durability, q.deadline, q.liveliness,
+                q.liveliness_lease_duration)
+
+    if any(key(q) != key(first) for q in profiles[1:]):
+        return None
+    # DDS does not tell subscribers a publisher's history, so recordings of live topics
+    # say "unknown", depth 0: offer rosbag2's default history then, KEEP_LAST 10.
+    history = _policy(HistoryPolicy, first.history.value)
+    keep_last = history == HistoryPolicy.KEEP_LAST and first.depth > 0
+    qos = QoSProfile(
+        history=HistoryPolicy.KEEP_ALL if history == HistoryPolicy.KEEP_ALL
+        else HistoryPolicy.KEEP_LAST,
+        depth=first.depth if keep_last else 10,
+        reliability=_policy(ReliabilityPolicy, first.reliability.value),
+        durability=_policy(DurabilityPolicy, first.durability.value),
+        liveliness=_policy(LivelinessPolicy, first.liveliness.value))
+    for name, value in (("deadline", first.deadline), ("lifespan", first.lifespan),
+                        ("liveliness_lease_duration", first.liveliness_lease_duration)):
+        duration = _duration(value)
+        if duration is not None:
+            setattr(qos, name, duration)
+    return qos
+
+
+def _message_class(msgtype: str) -> type:
+    package, kind, name = msgtype.split("/")
+    try:
+        return getattr(importlib.import_module(f"{package}.{kind}"), name)
+    except (ImportError, AttributeError):
+        raise BagError(f"message type {msgtype} is not installed (no Python module "
+                       f"{package}.{kind} with {name}): install or build its package") from None
+
+
+def timing_stats(scheduled_ns: list[int], actual_ns: list[int]) -> dict:
+    """Publish timing of frames: lateness and inter-frame interval error, in milliseconds.
+
+    Args:
+        scheduled_ns: When each frame was due (monotonic ns).
+        actual_ns: When its first message was published (monotonic ns).
+
+    Returns:
+        ``frames``, and p50/p99/max of ``lateness_ms`` (actual - due) and of
+        ``interval_error_ms`` (|actual interval - due interval| between consecutive frames).
+    """
+    due, actual = np.asarray(scheduled_ns, np.int64), np.asarray(actual_ns, np.int64)
+
+    def summary(values: np.ndarray) -> dict:
+        if values.size == 0:
+            return {"p50": None, "p99": None, "max": None}
+        ms = values.astype(np.float64) / 1e6
+        return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+                "max": float(ms.max())}
+
+    return {"frames": int(due.size), "lateness_ms": summary(actual - due),
+            "interval_error_ms": summary(np.abs(np.diff(actual) - np.diff(due)))}
+
+
+class ReplayNode(Node):
+    """Plays a bag's topics with the recorded timing; see the module docstring."""
+
+    def __init__(self, node_name: str = "replay_node", **kwargs) -> None:
+        """Declare and check the parameters, read the bag's metadata, create the publishers.
+
+        Raises:
+            InvalidParameterValueException: For a value no range can express.
+            BagError: If the bag cannot be played.
+        """
+        super().__init__(node_name, **kwargs)
+        i, d, s, b, sa = (ParameterType.PARAMETER_INTEGER, ParameterType.PARAMETER_DOUBLE,
+                          ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_BOOL,
+                          ParameterType.PARAMETER_STRING_ARRAY)
+        self.declare_parameter("bag_path", "", descriptor(
+            "The rosbag2 bag folder to play (e.g. from `resilient-perception "
+            "record-dataset`).", s))
+        self.declare_parameter("rate", 1.0, descriptor(
+            "Playback speed factor: 2.0 plays twice as fast as recorded.", d,
+            float_range=(0.01, 1000.0)))
+        self.declare_parameter("start_offset", 0.0, descriptor(
+            "Skip the first seconds of the bag (bag time).", d, float_range=(0.0, 1e9)))
+        self.declare_parameter("loop", False, descriptor(
+            "Play the bag again and again (fresh stamps each pass).", b))
+        self.declare_parameter("exclude_topics", [""], descriptor(
+            "Topics of the bag not to publish, e.g. [camera_3/image_raw] to drop a camera.",
+            sa))
+        self.declare_parameter("original_stamps", False, descriptor(
+            "Keep the recorded header stamps instead of stamping with the publish time.", b))
+        self.declare_parameter("warmup_frames", 0, descriptor(
+            "Publish the first frame's non-label messages this many times before playing.",
+            i, (0, 100000)))
+        self.declare_parameter("wait_for_subscribers", 0, descriptor(
+            "Before playing, wait until every camera topic has this many subscribers.", i,
+            (0, 1000)))
+        self.declare_parameter("on_end", "stop", descriptor(
+            "After the last message: 'stop' publishing and keep running, or 'shutdown'.", s))
+        self.declare_parameter("realtime_priority", 0, descriptor(
+            "SCHED_FIFO priority of the playback thread (1-99; needs CAP_SYS_NICE or root) "
+            "so CPU load from other processes cannot delay frames; 0 = normal scheduling.",
+            i, (0, 99)))
+        self.declare_parameter("stats_path", "", descriptor(
+            "Write the publish timing statistics here (JSON) after the run; empty: only log.",
+            s))
+        p = {name: self.get_parameter(name).value for name in (
+            "bag_path", "rate", "start_offset", "loop", "exclude_topics", "original_stamps",
+            "warmup_frames", "wait_for_subscribers", "on_end", "realtime_priority",
+            "stats_path")}
+        if p["on_end"] not in ON_END:
+            raise InvalidParameterValueException("on_end", p["on_end"], f"one of {ON_END}")
+        if not p["bag_path"]:
+            raise InvalidParameterValueException("bag_path", "", "set it to a bag folder")
+        if p["original_stamps"] and p["warmup_frames"]:
+            raise InvalidParameterValueException(
+                "warmup_frames", p["warmup_frames"], "needs fresh stamps (original_stamps "
+                "false): repeated frames with one stamp are duplicates")
+
+        self.bag = summarize(p["bag_path"])
+        if "cameras" in self.bag.custom:  # a camera bag: it must have all its cameras
+            cameras = set(camera_topics(self.bag))
+        else:
+            cameras = {t for t in self.bag.topics if t.rstrip("/").endswith("image_raw")}
+        excluded = {"/" + t.lstrip("/") for t in p["exclude_topics"] if t}
+        unknown = sorted(excluded - set(self.bag.topics))
+        if unknown:
+            raise InvalidParameterValueException(
+                "exclude_topics", p["exclude_topics"],
+                f"{unknown} not in the bag; its topics are {sorted(self.bag.topics)}")
+        self.topics = sorted(set(self.bag.topics) - excluded)
+        self.rate, self.loop, self.on_end = p["rate"], p["loop"], p["on_end"]
+        self.original_stamps, self.warmup = p["original_stamps"], p["warmup_frames"]
+        self.wait_for_subscribers = p["wait_for_subscribers"]
+        self.stats_path, self.realtime_priority = p["stats_path"], p["realtime_priority"]
+        self.start_ns = self.bag.start_ns + round(p["start_offset"] * 1e9)
+        self._restamp = {t: not self.original_stamps and has_header(self.bag.topics[t].msgtype)
+                         for t in self.topics}
+        self._pubs = {}
+        for topic in self.topics:
+            summary = self.bag.topics[topic]
+            qos = recorded_qos(summary.qos)
+            if qos is None:
+                self.get_logger().warning(f"{topic}: no single recorded QoS; offering "
+                                          "RELIABLE, VOLATILE, depth 10")
+                qos = QoSProfile(depth=10)
+            self._pubs[topic] = self.create_publisher(
+                _message_class(summary.msgtype), topic.lstrip("/"), qos)
+        self._waited = [self._pubs[t] for t in self.topics if t in cameras] or list(
+            self._pubs.values())
+        self.published = 0  # messages
+        self.scheduled_ns: list[int] = []  # per played frame: when due (monotonic)
+        self.actual_ns: list[int] = []  # when its first message went out
+        self.finished = Future()  # done when on_end is 'shutdown' and the bag has played
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._play, name="replay", daemon=True)
+        span = f"from {p['start_offset']:g} s " if p["start_offset"] else ""
+        self.get_logger().info(
+            f"playing {self.bag.path} {span}at {self.rate:g}x"
+            f"{', looped' if self.loop else ''}: {len(self.topics)} topics "
+            f"({', '.join(self._pubs[t].topic_name for t in self.topics)})"
+            + (f", excluding {sorted(excluded)}" if excluded else ""))
+
+    def start(self) -> None:
+        """Start playing in a background thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the playback thread to stop and wait for it."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    # -- playback --------------------------------------------------------------------------
+    def _sleep_until(self, due_ns: int) -> bool:
+        """Wait until monotonic ``due_ns``; False if a stop was requested meanwhile."""
+        while (left := (due_ns - time.monotonic_ns()) / 1e9) > _SPIN_S:
+            if self._stop.wait(min(left - _SPIN_S, _MAX_SLEEP_S)):
+                return False
+        while time.monotonic_ns() < due_ns:
+            pass
+        return not self._stop.is_set()
+
+    def _messages(self) -> Iterator[tuple[str, int, bytes]]:
+        for topic, _, log_ns, data in iter_messages(self.bag.path, self.topics, self.start_ns):
+            yield topic, log_ns, data
+
+    def _set_realtime(self) -> None:
+        if not self.realtime_priority:
+            return
+        try:  # pid 0: the calling thread only
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.realtime_priority))
+        except (OSError, AttributeError) as exc:
+            self.get_logger().warning(f"cannot use SCHED_FIFO priority "
+                                      f"{self.realtime_priority} ({exc}); normal scheduling")
+
+    def _play(self) -> None:
+        try:
+            self._set_realtime()
+            self._wait_for_subscribers()
+            # Bag time -> monotonic time: t0 + (log - first) / rate, plus a pass offset.
+            clock_offset = self.get_clock().now().nanoseconds - time.monotonic_ns()
+            period = round(self.bag.frame_period_ns() / self.rate)
+            t0 = time.monotonic_ns() + period
+            first, messages = _first_frame(self._messages())
+            if not first:
+                self.get_logger().warning(f"nothing to play in {self.bag.path} from the offset")
+                self._finish()
+                return
+            unlabelled = [m for m in first if self.bag.topics[m[0]].msgtype != LABEL_TYPE]
+            for k in range(self.warmup):
+                if not self._publish_frame(unlabelled, t0 + k * period, clock_offset):
+                    return
+            t0 += self.warmup * period
+            first_log = first[0][1]
+            while True:
+                last_due = self._play_pass(messages, first_log, t0, clock_offset)
+                if last_due is None or not self.loop:
+                    break
+                t0 = last_due + period
+                messages = self._messages()
+            if last_due is not None:
+                self._finish()
+        except Exception as exc:
+            if not self.context.ok():  # SIGINT/SIGTERM shut ROS down under a publish
+                return
+            # A storage file damaged past its index (BagError), or a publish that failed.
+            self.error = exc
+            self.get_logger().error(f"playback stopped: {type(exc).__name__}: {exc}")
+            self.finished.set_result(False)
+
+    def _play_pass(self, messages, first_log: int, t0: int, clock_offset: int) -> int | None:
+        """Play one pass; returns the monotonic time its last frame was due (None: stopped)."""
+        frame, frame_log = [], None
+        due = t0
+        for message in messages:
+            if frame and message[1] != frame_log:
+                if not self._publish_frame(frame, due, clock_offset):
+                    return None
+                frame = []
+            frame_log = message[1]
+            due = t0 + round((frame_log - first_log) / self.rate)
+            frame.append(message)
+        if frame and not self._publish_frame(frame, due, clock_offset):
+            return None
+        return due
+
+    def _publish_frame(self, frame: list[tuple[str, int, bytes]], due_ns: int,
+                       clock_offset: int) -> bool:
+        """Publish messages of one bag time at ``due_ns``; False if stopped first."""
+        if not self._sleep_until(due_ns):
+            return False
+        self.actual_ns.append(time.monotonic_ns())
+        self.scheduled_ns.append(due_ns)
+        stamp = due_ns + clock_offset
+        for topic, _, data in frame:
+            self._pubs[topic].publish(restamp(data, stamp) if self._restamp[topic] else data)
+            self.published += 1
+        return True
+
+    def _wait_for_subscribers(self) -> None:
+        while not self._stop.is_set() and any(
+                pub.get_subscription_count() < self.wait_for_subscribers for pub in self._waited):
+            self._stop.wait(0.05)
+
+    def _finish(self) -> None:
+        stats = timing_stats(self.scheduled_ns, self.actual_ns)
+        stats.update(messages=self.published, rate=self.rate, bag=str(self.bag.path))
+        late, interval = stats["lateness_ms"], stats["interval_error_ms"]
+        self.get_logger().info(
+            f"played {self.published} messages in {stats['frames']} frames; lateness p50 "
+            f"{late['p50']} ms p99 {late['p99']} ms, interval error p50 {interval['p50']} ms "
+            f"p99 {interval['p99']} ms; {self.on_end}")
+        if self.stats_path:
+            Path(self.stats_path).write_text(json.dumps(stats, indent=2) + "\n")
+        if self.on_end == "shutdown":
+            # Exiting at once could drop the last reliable messages still in flight.
+            for pub in self._pubs.values():
+                pub.wait_for_all_acked(Duration(seconds=_ACK_TIMEOUT_S))
+            self.finished.set_result(True)
+
+
+def _first_frame(messages: Iterator[tuple[str, int, bytes]]
+                 ) -> tuple[list[tuple[str, int, bytes]], Iterator[tuple[str, int, bytes]]]:
+    """The messages of the first bag time, and an iterator over all messages (those too)."""
+    first: list[tuple[str, int, bytes]] = []
+    for message in messages:
+        if first and message[1] != first[0][1]:
+            return first, itertools.chain(first, [message], messages)
+        first.append(message)
+    return first, iter(first)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the replay node until SIGINT/SIGTERM (or its end with ``on_end: shutdown``)."""
+    rclpy.init(args=argv)
+    node = None
+    log = rclpy.logging.get_logger("replay_node")
+    try:
+        try:
+            node = ReplayNode()
+        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+            log.fatal(f"invalid parameter: {exc}")
+            return 2
+        except BagError as exc:
+            log.fatal(f"cannot play the bag: {exc}")
+            return 2
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        node.start()
+        executor.spin_until_future_complete(node.finished)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.stop()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 1 if node is not None and node.error is not None else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
