@@ -62,7 +62,8 @@ def checkpoint(briefly_trained_model, tmp_path_factory) -> Path:
 
 
 def test_command_lines_are_the_launch_files(tmp_path):
-    pipeline = Pipeline.from_config(MNIST_CONFIG, model_path="model.onnx", log_dir=tmp_path,
+    pipeline = Pipeline.from_config(MNIST_CONFIG, model_path="onnx/device_{}.onnx",
+                                    log_dir=tmp_path,
                                     overrides={"player": {"count": 30}})
     assert pipeline.names == ["fusion", *(f"camera_{i}" for i in range(6)), "player"]
     assert pipeline.command("camera_2") == [
@@ -71,7 +72,7 @@ def test_command_lines_are_the_launch_files(tmp_path):
         "-r", "image_raw:=camera_2/image_raw", "-r", "prediction:=perception/device_2/prediction",
         "-r", "head:=perception/device_2/head"]
     camera = pipeline.nodes["camera_2"].parameters
-    assert camera == {"device_id": 2, "model_path": str(Path("model.onnx").resolve())}
+    assert camera == {"device_id": 2, "model_path": str(Path("onnx/device_2.onnx").resolve())}
     assert pipeline.nodes["fusion"].parameters["num_devices"] == 6
     assert pipeline.nodes["player"].parameters == {
         "num_cameras": 6, "image_topic_format": "camera_{}/image_raw", "count": 30}

@@ -102,8 +102,9 @@ def pipeline_nodes(
     Args:
         num_cameras: Number of camera nodes (devices).
         player: Include the dataset player node.
-        model_path: Model of every camera (``model_path`` parameter); None keeps the
-            config file's.
+        model_path: Model of the cameras (``model_path`` parameter): one .safetensors
+            checkpoint, or per-device files with a ``{}`` for the device index (the
+            ``.onnx`` files of ``resilient-perception export``); None keeps the config's.
         image_topic_format: Image topic of camera ``i``: ``format(i)``.
 
     Returns:
@@ -116,8 +117,9 @@ def pipeline_nodes(
     nodes = [NodeSpec("fusion", "fusion_node", {
         "num_devices": num_cameras, "prediction_topic_format": PREDICTION_TOPIC_FORMAT,
         "head_topic_format": HEAD_TOPIC_FORMAT})]
-    model = {} if model_path is None else {"model_path": os.fspath(model_path)}
     for i in range(num_cameras):
+        model = {} if model_path is None else {
+            "model_path": os.fspath(model_path).replace("{}", str(i))}
         nodes.append(NodeSpec(f"camera_{i}", "camera_node", {"device_id": i, **model}, (
             ("image_raw", image_topic_format.format(i)),
             ("prediction", PREDICTION_TOPIC_FORMAT.format(i)),
@@ -212,8 +214,8 @@ class Pipeline:
 
         Args:
             config: Params file, e.g. ``config/mnist_6cam.yaml``.
-            model_path: Model of every camera; None keeps the config file's. Relative
-                paths are resolved against the current directory.
+            model_path: Model of the cameras, see :func:`pipeline_nodes`; relative paths
+                are resolved against the current directory.
             num_cameras: Number of cameras (and fused devices, and player topics).
             player: Include the dataset player.
             overrides: Extra parameters per node name, e.g. ``{"player": {"count": 30}}``;

@@ -1,0 +1,61 @@
+r"""The perception pipeline: N camera nodes and the fusion node, plus the dataset player.
+
+    ros2 launch resilient_perception perception.launch.py model_path:=/abs/model.safetensors
+    ros2 launch resilient_perception perception.launch.py model_path:=/abs/onnx_dir/device_{}.onnx
+    ros2 launch resilient_perception perception.launch.py player:=false \
+        config:=/abs/my_params.yaml num_cameras:=4
+
+Nodes (names, executables, per-node parameters, remappings) come from
+``resilient_perception.ros.pipeline.pipeline_nodes``, the function ``Pipeline`` uses to
+start the same processes without ``launch`` (tests, demo, benchmark): node ``camera_i``
+reads ``camera_i/image_raw`` and publishes ``perception/device_i/{prediction,head}``, the
+``fusion`` node publishes ``perception/fused`` and ``/diagnostics``, and the ``player``
+publishes the images and ``perception/label``. Everything else is in the config file.
+"""
+
+from pathlib import Path
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.launch_context import LaunchContext
+from launch.launch_description import LaunchDescription
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from resilient_perception.ros.pipeline import PACKAGE, pipeline_nodes
+
+
+def _nodes(context: LaunchContext) -> list[Node]:
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    specs = pipeline_nodes(int(arg("num_cameras")), player=arg("player") == "true",
+                           model_path=arg("model_path") or None)
+    # namespace="" makes launch_ros key each node's own parameters by its full name
+    # (/camera_2), which beats the config file's sections; without a namespace it would use
+    # /**, which the config file's `fusion:` / `player:` sections beat.
+    return [Node(package=PACKAGE, executable=spec.executable, name=spec.name, namespace="",
+                 parameters=[arg("config"), spec.parameters], remappings=list(spec.remappings),
+                 output="screen")
+            for spec in specs]
+
+
+def generate_launch_description() -> LaunchDescription:
+    """Launch arguments config, model_path, num_cameras and player; the nodes."""
+    share = Path(get_package_share_directory(PACKAGE))
+    return LaunchDescription([
+        DeclareLaunchArgument(
+            "config", default_value=str(share / "config" / "mnist_6cam.yaml"),
+            description="ROS 2 params file of the nodes (see config/)"),
+        DeclareLaunchArgument(
+            "model_path", default_value="",
+            description="Device model of every camera: a .safetensors checkpoint, or .onnx "
+                        "files with '{}' for the device index; empty keeps the config's"),
+        DeclareLaunchArgument(
+            "num_cameras", default_value="6",
+            description="Number of camera nodes, fused devices and player image topics"),
+        DeclareLaunchArgument(
+            "player", default_value="true", choices=["true", "false"],
+            description="Start the dataset player (else bring your own camera topics)"),
+        OpaqueFunction(function=_nodes),
+    ])
