@@ -1,0 +1,307 @@
+"""rosbag2 bags: dataset -> bag -> exact read-back, metadata for ros2 bag play, damaged bags,
+and the live round trip bag -> replay_node -> cameras -> fusion -> recorder_node -> score.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("rosbags", reason="rosbags not installed: run scripts/setup.sh")
+
+from resilient_perception.core.datasets import load_dataset  # noqa: E402
+from resilient_perception.ros.bags import (  # noqa: E402
+    IMAGE_TYPE,
+    LABEL_TOPIC,
+    LABEL_TYPE,
+    BagError,
+    BagWriter,
+    camera_topic,
+    dataset_frames,
+    make_qos,
+    read_frames,
+    restamp,
+    score_bag,
+    summarize,
+    typestore,
+    write_frames,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "datasets"
+START_NS = 1_700_000_000_000_000_000
+RATE = 30.0
+DOMAIN_ID = (os.getpid() + 71) % 90 + 110
+
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present")
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    if not DATA.is_dir():
+        pytest.skip("../shared/datasets not present")
+    return load_dataset("mnist", "test", DATA)
+
+
+def record(path: Path, data, indices, cameras: int = 6, storage: str = "mcap"):
+    """Write frames ``indices`` of ``data`` as a camera bag; returns the frames written."""
+    frames = list(dataset_frames(data, indices, cameras, RATE, START_NS))
+    write_frames(path, frames, cameras, storage, {"dataset": "test", "rate_hz": f"{RATE:g}"})
+    return frames
+
+
+# -- writing and reading back ----------------------------------------------------------------
+@needs_data
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_mnist_frames_read_back_exactly(mnist, tmp_path, storage):
+    record(tmp_path / "bag", mnist, range(40, 60), storage=storage)
+    frames = list(read_frames(tmp_path / "bag"))
+    assert [f.frame_index for f in frames] == list(range(40, 60))
+    assert [f.label for f in frames] == mnist.labels[40:60].tolist()
+    assert [f.class_name for f in frames] == [str(k) for k in mnist.labels[40:60]]
+    period = round(1e9 / RATE)
+    assert [f.stamp_ns for f in frames] == [START_NS + round(k * 1e9 / RATE) for k in range(20)]
+    assert abs(np.diff([f.stamp_ns for f in frames]) - period).max() <= 1
+    for frame, index in zip(frames, range(40, 60), strict=True):
+        assert frame.encoding == "mono8" and len(frame.images) == 6
+        for image in frame.images:  # every camera gets the full digit, pixel for pixel
+            np.testing.assert_array_equal(image, mnist.images[index].transpose(1, 2, 0))
+    summary = summarize(tmp_path / "bag")
+    assert summary.storage == storage and summary.version == 9
+    assert summary.message_count == 20 * 7
+    assert summary.custom["cameras"] == "6" and summary.frame_period_ns() == period
+
+
+@needs_data
+def test_mvmc_cameras_get_their_own_views_and_missing_views_stay_missing(tmp_path):
+    mvmc = load_dataset("mvmc", "test", DATA)
+    indices = range(100, 110)  # frames 105 lacks a view
+    assert not mvmc.available[105].all()
+    record(tmp_path / "bag", mvmc, indices)
+    for frame, index in zip(read_frames(tmp_path / "bag"), indices, strict=True):
+        assert frame.encoding == "rgb8"
+        for camera, image in enumerate(frame.images):
+            if mvmc.available[index, camera]:
+                np.testing.assert_array_equal(
+                    image, mvmc.views[index, camera].transpose(1, 2, 0))
+            else:
+                assert image is None
+
+
+def test_cdr_bytes_are_what_rclpy_reads_and_writes():
+    """A bag's message bytes deserialise with rclpy, and rclpy's bytes with the bag's types."""
+    serialization = pytest.importorskip("rclpy.serialization")
+    msgs = pytest.importorskip("resilient_perception.msg", reason="messages not built")
+    from sensor_msgs.msg import Image
+
+    from resilient_perception.ros.bags import CameraFrame as Frame
+    from resilient_perception.ros.bags import _image_bytes, _label_bytes
+    from resilient_perception.ros.image_conversion import array_to_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    frame = Frame(START_NS + 123, (pixels,), "rgb8", 7, 42, "seven")
+    image = serialization.deserialize_message(bytes(_image_bytes(pixels, "rgb8", frame.stamp_ns,
+                                                                 "camera_0")), Image)
+    expected = array_to_image(pixels, "rgb8", image.header.stamp, "camera_0")
+    assert image == expected
+    assert (image.header.stamp.sec, image.header.stamp.nanosec) == divmod(START_NS + 123, 10**9)
+    label = serialization.deserialize_message(bytes(_label_bytes(frame)), msgs.FrameLabel)
+    assert (label.frame_index, label.label, label.class_name) == (42, 7, "seven")
+    back = typestore().deserialize_cdr(serialization.serialize_message(expected), IMAGE_TYPE)
+    np.testing.assert_array_equal(back.data, pixels.reshape(-1))
+
+
+def test_restamp_replaces_only_the_header_stamp():
+    store = typestore()
+    msg = store.types[LABEL_TYPE](store.types["std_msgs/msg/Header"](
+        store.types["builtin_interfaces/msg/Time"](5, 6), "frame"), 3, 4, "four")
+    data = bytes(store.serialize_cdr(msg, LABEL_TYPE))
+    moved = store.deserialize_cdr(restamp(data, 12 * 10**9 + 34), LABEL_TYPE)
+    assert (moved.header.stamp.sec, moved.header.stamp.nanosec) == (12, 34)
+    assert (moved.header.frame_id, moved.frame_index, moved.label) == ("frame", 3, 4)
+
+
+# -- what ros2 bag play reads --------------------------------------------------------------
+def _installed_hash(msgtype: str) -> str | None:
+    """RIHS01 hash that rosidl generated for ``msgtype`` (share/<pkg>/msg/<Type>.json)."""
+    package, _, name = msgtype.split("/")
+    for prefix in (*os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep), sys.prefix):
+        path = Path(prefix) / "share" / package / "msg" / f"{name}.json"
+        if prefix and path.is_file():
+            return json.loads(path.read_text())["type_hashes"][0]["hash_string"]
+    return None
+
+
+@needs_data
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_metadata_has_what_ros2_bag_play_needs(mnist, tmp_path, storage):
+    record(tmp_path / "bag", mnist, range(3), storage=storage)
+    info = yaml.safe_load((tmp_path / "bag" / "metadata.yaml").read_text())[
+        "rosbag2_bagfile_information"]
+    # Jazzy and Kilted write and read version 9: QoS profiles as YAML lists of policy names.
+    assert info["version"] == 9 and info["storage_identifier"] == storage
+    for relative in info["relative_file_paths"]:
+        assert (tmp_path / "bag" / relative).is_file()
+    assert isinstance(info["custom_data"], dict)
+    topics = {t["topic_metadata"]["name"]: t for t in info["topics_with_message_count"]}
+    assert set(topics) == {f"/{camera_topic(i)}" for i in range(6)} | {f"/{LABEL_TOPIC}"}
+    for name, topic in topics.items():
+        meta = topic["topic_metadata"]
+        assert meta["serialization_format"] == "cdr" and topic["message_count"] == 3
+        (qos,) = meta["offered_qos_profiles"]
+        assert (qos["reliability"], qos["durability"], qos["history"], qos["liveliness"]) == (
+            "reliable", "volatile", "keep_last", "automatic")
+        assert qos["depth"] == (100 if name.endswith("label") else 5)
+        # rmw's "infinite": what rosbag2 records for a publisher without a deadline.
+        assert qos["deadline"] == {"sec": 9223372036, "nsec": 854775807}
+        assert meta["type_description_hash"].startswith("RIHS01_")
+        installed = _installed_hash(meta["type"])
+        if installed is not None:
+            assert meta["type_description_hash"] == installed, meta["type"]
+    if storage == "mcap":  # the record rosbag2's MCAP plugin takes the version from
+        data = next((tmp_path / "bag").glob("*.mcap")).read_bytes()
+        assert data.startswith(b"\x89MCAP0\r\n") and b"serialized_metadata" in data
+        assert b"ros2msg" in data and b"offered_qos_profiles" in data
+
+
+def test_type_hashes_match_what_rclpy_publishers_carry():
+    """The bag's RIHS01 hash of each type equals the one rclpy announces for live topics."""
+    rclpy = pytest.importorskip("rclpy")
+    msgs = pytest.importorskip("resilient_perception.msg", reason="messages not built")
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+
+    types = {IMAGE_TYPE: Image, LABEL_TYPE: msgs.FrameLabel,
+             "resilient_perception/msg/FusedPrediction": msgs.FusedPrediction,
+             "resilient_perception/msg/DevicePrediction": msgs.DevicePrediction,
+             "resilient_perception/msg/ClassifierHead": msgs.ClassifierHead,
+             "diagnostic_msgs/msg/DiagnosticArray": DiagnosticArray}
+    context = rclpy.Context()
+    context.init(domain_id=DOMAIN_ID)
+    try:
+        node = rclpy.create_node("hash_probe", context=context)
+        for k, (name, cls) in enumerate(types.items()):
+            node.create_publisher(cls, f"probe_{k}", 1)
+            (info,) = node.get_publishers_info_by_topic(f"probe_{k}")
+            assert typestore().hash_rihs01(name) == str(info.topic_type_hash), name
+        node.destroy_node()
+    finally:
+        context.try_shutdown()
+
+
+# -- damaged bags ----------------------------------------------------------------------------
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    """The CLI in this process (its start-up imports torch: seconds per process)."""
+    from resilient_perception.cli import main
+
+    status = main(list(args))
+    return status, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def good_bags(mnist, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("good_bags")
+    for storage in ("mcap", "sqlite3"):
+        record(folder / storage, mnist, range(30), storage=storage)
+    return {"mcap": folder / "mcap", "sqlite3": folder / "sqlite3"}
+
+
+def damaged_copy(good: Path, tmp_path: Path, damage: str) -> Path:
+    bag = tmp_path / f"{good.name}-{damage}"
+    shutil.copytree(good, bag)
+    storage_file = next(p for p in bag.iterdir() if p.suffix in (".mcap", ".db3"))
+    data = storage_file.read_bytes()
+    if damage == "truncated":  # a recording killed before its writer closed the file
+        storage_file.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage-header":  # overwritten file header (magic, schema)
+        storage_file.write_bytes(b"\xa5" * 100 + data[100:])
+    elif damage == "no-metadata":
+        (bag / "metadata.yaml").unlink()
+    elif damage == "bad-metadata":
+        (bag / "metadata.yaml").write_text("rosbag2_bagfile_information: {version: 9\n")
+    return bag
+
+
+@needs_data
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage-header", "no-metadata", "bad-metadata"])
+def test_damaged_bags_give_a_clear_error(good_bags, tmp_path, capsys, storage, damage):
+    bag = damaged_copy(good_bags[storage], tmp_path, damage)
+    with pytest.raises(BagError, match=str(bag)):
+        list(read_frames(bag))
+    status, err = run_cli(capsys, "check-bag", str(bag))
+    assert status == 2 and f"check-bag: error: bag {bag}" in err
+    status, err = run_cli(capsys, "score-bag", str(bag))
+    assert status == 2 and f"score-bag: error: bag {bag}" in err
+
+
+def test_a_bag_missing_a_camera_topic_is_rejected(tmp_path, capsys):
+    with BagWriter(tmp_path / "bag", custom_data={"cameras": "6"}) as bag:
+        for camera in (0, 1, 2, 4, 5):  # camera 3's topic was never recorded
+            bag.add_topic(camera_topic(camera), IMAGE_TYPE, [make_qos(depth=5)])
+        bag.add_topic(LABEL_TOPIC, LABEL_TYPE)
+    with pytest.raises(BagError, match=r"lacks camera topics \['/camera_3/image_raw'\]"):
+        list(read_frames(tmp_path / "bag"))
+    status, err = run_cli(capsys, "check-bag", str(tmp_path / "bag"))
+    assert status == 2 and "camera_3" in err
+    # Asking for fewer cameras than recorded reads what is there.
+    assert list(read_frames(tmp_path / "bag", cameras=3)) == []
+
+
+def test_unknown_message_types_and_existing_folders_are_rejected(tmp_path):
+    from rosbags.rosbag2 import Writer
+
+    with Writer(tmp_path / "foreign", version=9) as writer:  # a type nobody here knows
+        writer.add_connection("/odd", "odd_msgs/msg/Thing", msgdef="int32 x\n",
+                              rihs01="RIHS01_" + "0" * 64)
+    with pytest.raises(BagError, match="odd_msgs/msg/Thing"):
+        summarize(tmp_path / "foreign")
+    with pytest.raises(BagError, match="exists already"):
+        BagWriter(tmp_path / "foreign")
+    with pytest.raises(BagError, match="does not exist"):
+        summarize(tmp_path / "missing")
+
+
+# -- scoring a bag of outputs ----------------------------------------------------------------
+def test_score_bag_joins_fused_predictions_to_labels_by_stamp(tmp_path):
+    store = typestore()
+    header, time_ = store.types["std_msgs/msg/Header"], store.types["builtin_interfaces/msg/Time"]
+    fused_type = "resilient_perception/msg/FusedPrediction"
+    pred_type = "resilient_perception/msg/DevicePrediction"
+    with BagWriter(tmp_path / "out", custom_data={"devices": "2"}) as bag:
+        for topic, msgtype in ((LABEL_TOPIC, LABEL_TYPE), ("perception/fused", fused_type),
+                               ("perception/device_0/prediction", pred_type),
+                               ("perception/device_1/prediction", pred_type)):
+            bag.add_topic(topic, msgtype)
+        for k in range(4):  # frame 3 is never fused; frame 2 had device 1 replaced
+            h = header(time_(100 + k, 0), "")
+            bag.write(LABEL_TOPIC, k, store.serialize_cdr(
+                store.types[LABEL_TYPE](h, k, k % 2, ""), LABEL_TYPE))
+            bag.write("perception/device_0/prediction", k, store.serialize_cdr(
+                store.types[pred_type](h, 0, np.ones(2, np.float32), np.ones(1, np.float32),
+                                       0.0), pred_type))
+            if k == 3:
+                continue
+            live, surrogates = ([0], [1]) if k == 2 else ([0, 1], [])
+            bag.write("perception/fused", k, store.serialize_cdr(store.types[fused_type](
+                h, np.array([0.5, 0.5], np.float32), [0, 1, 1][k], 0.5,
+                np.array(live, np.uint16), np.array(surrogates, np.uint16), "avg",
+                0.01 * (k + 1)), fused_type))
+    result = score_bag(tmp_path / "out")
+    score = result["score"]
+    assert result["devices"] == 2
+    assert (score["labelled_frames"], score["scored_frames"], score["missing"]) == (4, 3, 1)
+    assert score["accuracy"] == pytest.approx(2 / 3)  # frame 2 (label 0) predicted 1
+    assert score["device_availability"] == pytest.approx([1.0, 2 / 3])
+    assert score["device_surrogate_frames"] == [0, 1]
+    assert score["latency_s"]["max"] == pytest.approx(0.03)
+    assert [d["labelled_frames"] for d in result["device_predictions"]] == [4, 0]
+    with pytest.raises(BagError, match="no /perception/other topic"):
+        score_bag(tmp_path / "out", "perception/other")
