@@ -134,7 +134,7 @@ def test_every_labelled_frame_is_fused_from_all_six_devices(checkpoint, mnist_vi
                                log_dir=tmp_path, domain_id=DOMAIN_ID) as pipeline):
         labels = observer.collect(msgs.FrameLabel, "perception/label", label_qos())
         fused = observer.collect(msgs.FusedPrediction, "perception/fused")
-        pipeline.start()
+        pipeline.start_ready(observer, timeout=60.0)
 
         def stamp(msg) -> int:
             return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec

@@ -8,9 +8,11 @@ nodes from :func:`pipeline_nodes`, pass the config YAML first and each node's ow
 parameters second (a params file keyed by the node's full name, as ``launch_ros`` writes
 for a dict), and remap the same topics::
 
-    with Pipeline.from_config("config/mnist_6cam.yaml", model_path="runs/mnist/model.safetensors",
-                              overrides={"player": {"count": 300}}) as pipeline:
-        pipeline.start()
+    with (Pipeline.from_config("config/mnist_6cam.yaml", model_path="runs/mnist/model.safetensors",
+                               overrides={"player": {"count": 300}}) as pipeline,
+          Observer(domain_id=pipeline.domain_id) as observer):
+        fused = observer.collect(FusedPrediction, "perception/fused")
+        pipeline.start_ready(observer)  # the player last, once the fusion node is ready
         ...
         pipeline.kill("camera_2")       # SIGKILL: a crash
         pipeline.restart("camera_2")
@@ -20,7 +22,7 @@ Each process writes stdout and stderr to ``<log_dir>/<name>.log`` (appended acro
 restarts) and its rcl log files under ``<log_dir>/ros`` (unless ``ROS_LOG_DIR`` is set).
 Children inherit the environment, ``ROS_AUTOMATIC_DISCOVERY_RANGE`` included, and the
 working directory; ``domain_id`` sets ``ROS_DOMAIN_ID``. An :class:`Observer` is an rclpy
-node in the calling process for watching the pipeline's topics.
+node in the calling process for watching the pipeline's topics and its readiness.
 
 Config files: rcl merges parameters by node-name key, and a key naming the node exactly
 beats ``/**`` whatever the file order, so a node's own parameters are keyed by its full
@@ -311,6 +313,25 @@ class Pipeline:
                 env=self._env())
         self._signalled.discard(name)
 
+    def start_ready(self, observer: Observer, timeout: float = 60.0) -> Pipeline:
+        """Start every node, the players last, once the fusion node can fuse.
+
+        Starts all nodes but the players, waits (through ``observer``) until the fusion
+        node reports every camera's classifier head (until then it rejects predictions: it
+        does not know their sizes), then starts the players, so no played frame is lost to
+        start-up. Processes start in seconds each (importing torch), so this is what tests,
+        the demo and the benchmark want; :meth:`start` is for starting nodes on their own.
+
+        Raises:
+            TimeoutError: If the fusion node is not ready after ``timeout`` s.
+            PipelineError: If a node exits with an error meanwhile.
+        """
+        players = [name for name, spec in self.nodes.items() if spec.executable == "player_node"]
+        self.start(*(name for name in self.names if name not in players))
+        cameras = sum(spec.executable == "camera_node" for spec in self.nodes.values())
+        observer.wait_for_fusion(cameras, timeout, self)
+        return self.start(*players) if players else self
+
     def running(self, name: str) -> bool:
         """Whether the node's process is alive."""
         process = self._processes.get(self._spec(name).name)
@@ -473,6 +494,31 @@ class Observer:
             self.executor.spin_once(timeout_sec=0.02)
         logs = f"\n{pipeline.log_tails()}" if pipeline is not None else ""
         raise TimeoutError(f"timed out after {timeout} s waiting for {what}{logs}")
+
+    def wait_for_fusion(self, num_devices: int, timeout: float,
+                        pipeline: Pipeline | None = None) -> None:
+        """Wait until a fusion node's ``/diagnostics`` report ``num_devices`` known heads.
+
+        Raises:
+            TimeoutError: After ``timeout`` s (see :meth:`spin_until`).
+            PipelineError: If a node of ``pipeline`` exited with an error.
+        """
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        arrays: list[DiagnosticArray] = []
+        subscription = self.node.create_subscription(DiagnosticArray, "/diagnostics",
+                                                     arrays.append, 10)
+
+        def heads_known() -> bool:
+            return any(status.name.endswith(": frame assembly") and any(
+                kv.key == "heads_known" and kv.value == str(num_devices) for kv in status.values)
+                for array in arrays for status in array.status)
+
+        try:
+            self.spin_until(heads_known, f"the fusion node to know {num_devices} classifier "
+                            "heads", timeout, pipeline)
+        finally:
+            self.node.destroy_subscription(subscription)
 
     def close(self) -> None:
         """Destroy the node and shut the context down."""
