@@ -54,7 +54,7 @@ def cmd_train_resnet(args: argparse.Namespace) -> int:
     print(f"{'resuming' if resuming else 'training'} ResNet (base width {config.base_width}, "
           f"stochastic depth {config.stochastic_depth}) for {config.epochs} epochs on "
           f"CIFAR-10, {torch.get_num_threads()} torch thread(s), seed {config.seed}")
-    history = train_resnet(args.out, config, train, test, resume=args.resume)
+    history = train_resnet(args.out, config, train, test, resume=args.resume, chunk=args.chunk)
     last = history[-1]
     print(f"epoch {last['epoch']}/{config.epochs}: test accuracy {100 * last['test_acc']:.2f}%; "
           f"wrote {args.out / CHECKPOINT_NAME} and history.csv")
@@ -147,6 +147,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out after its last finished epoch (starts "
                    "fresh when there is none)")
+    p.add_argument("--chunk", type=_positive_int, default=None, metavar="N",
+                   help="train at most N epochs now, then stop (continue with --resume)")
     p.add_argument("--out", type=Path, default=Path("runs/resnet/plain"),
                    help="run folder: checkpoint.safetensors, history.csv "
                    "(default runs/resnet/plain)")

@@ -238,11 +238,10 @@ def _validate(profile: BlockProfile) -> None:
         if not isinstance(cost, kind):
             raise ProfileError(f"'{where}' must be a {kind.__name__}")
         _check_cost(cost, where)
-    for i, (before, after) in enumerate(itertools.pairwise(
-            [profile.stem, *profile.blocks, profile.head])):
+    for before, after in itertools.pairwise([profile.stem, *profile.blocks, profile.head]):
         if before.output_bytes != after.input_bytes:
-            raise ProfileError(f"{before.name} outputs {before.output_bytes} bytes but "
-                               f"{after.name} (part {i + 1}) takes {after.input_bytes}")
+            raise ProfileError(f"{before.name} outputs {before.output_bytes} bytes but the next "
+                               f"part, {after.name}, takes {after.input_bytes}")
     n = profile.n_blocks
     expected = {key for size in range(1, MAX_DROPPED + 1)
                 for key in itertools.combinations(range(n), size)}

@@ -126,10 +126,12 @@ def train_resnet(
     test_data: LabeledImages,
     resume: bool = False,
     progress: bool = True,
+    chunk: int | None = None,
 ) -> list[dict]:
-    """Train (or, with ``resume``, continue training) a ResNet; returns the full history.
+    """Train (or, with ``resume``, continue training) a ResNet; returns the history so far.
 
-    Writes ``<out>/checkpoint.safetensors`` and ``<out>/history.csv`` after every epoch. A
+    Writes ``<out>/checkpoint.safetensors`` and ``<out>/history.csv`` after every epoch.
+    ``chunk`` stops after that many epochs of this call (resume later for the rest). A
     finished run (all ``config.epochs`` done) returns its history without training.
     """
     config.validate()
@@ -158,7 +160,8 @@ def train_resnet(
     lr_factor = _lr_factor(config, config.epochs * steps_per_epoch)
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
 
-    for epoch in range(len(history), config.epochs):
+    last_epoch = config.epochs if chunk is None else min(config.epochs, len(history) + chunk)
+    for epoch in range(len(history), last_epoch):
         rng = np.random.default_rng([config.seed, epoch])
         torch.manual_seed(int(rng.integers(2**62)))
         order = torch.from_numpy(rng.permutation(len(labels)))
