@@ -26,7 +26,7 @@ from .core.experiment import (
     train_devices,
 )
 from .core.export import export_checkpoint
-from .core.training import TrainConfig, measure_training_throughput
+from .core.training import PRECISIONS, TrainConfig, measure_training_throughput
 from .core.views import ViewSpec, parse_noise
 
 EXIT_USAGE = 2
@@ -115,6 +115,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         lambda_kl=args.lambda_kl, fail_simulation=args.fail_sim, drop_k=args.drop_k,
         fused_weight=args.fused_weight, seed=args.seed, num_threads=args.threads,
+        precision=args.precision,
     )
 
 
@@ -145,6 +146,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of weights and batch order")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default), or bf16: forward pass under bfloat16 autocast, "
+                   "~1.6x faster on CPUs with AVX512-BF16")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -197,7 +201,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_bench_train(args: argparse.Namespace) -> int:
     """Time one epoch of vectorised joint training against a naive loop over devices."""
     data = _load(args, _view_spec(args))
-    config = TrainConfig(batch_size=args.batch_size, seed=args.seed, num_threads=args.threads)
+    config = TrainConfig(batch_size=args.batch_size, seed=args.seed, num_threads=args.threads,
+                         precision=args.precision)
     print(f"timing one epoch of {len(data.labels)} images, {data.n_devices} devices ...")
     result = measure_training_throughput(
         data.views, data.labels, config, naive_batches=args.naive_batches, progress=True
@@ -302,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time only this many batches of the naive loop and extrapolate")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default) or bf16 autocast of the forward pass")
     p.add_argument("--out", type=Path, default=Path("docs/results/training_throughput.json"),
                    help="JSON result (default docs/results/training_throughput.json)")
     p.set_defaults(func=cmd_bench_train)

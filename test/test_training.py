@@ -22,10 +22,11 @@ def _model(seed=0):
     return MultiDeviceCNN(6, 1, 10)
 
 
-def test_one_epoch_learns(mnist_views):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_one_epoch_learns(mnist_views, precision):
     views, labels = mnist_views
     model = _model()
-    cfg = TrainConfig(**FAST)
+    cfg = TrainConfig(**FAST, precision=precision)
     with torch.no_grad():
         ce0 = float(joint_loss(*model(views_to_float(views[:500])),
                                *model.classifier_heads(), torch.as_tensor(labels[:500]))[1])
@@ -40,6 +41,7 @@ def test_one_epoch_learns(mnist_views):
                       .float().mean())
     assert fused_acc > 0.3  # chance is 0.1
     assert not model.training
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_same_seed_same_weights(mnist_views):

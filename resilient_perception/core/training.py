@@ -24,6 +24,9 @@ One loop, no framework. Per step (mini-batch)::
   batch order and the dropped devices) and a fixed thread count.
 * The dataset stays uint8 in memory; each batch is converted with
   :func:`.model.views_to_float`.
+* ``precision="bf16"`` runs the forward pass under CPU bfloat16 autocast (convolutions in
+  bf16, loss and optimiser state in fp32): ~1.6x faster on CPUs with AVX512-BF16, at an
+  accuracy cost measured in ``docs/results/foundation/``.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from .model import DeviceCNN, MultiDeviceCNN, views_to_float
 from .modifier import fuse_average, surrogate_logits
 
 __all__ = [
+    "PRECISIONS",
     "TrainConfig",
     "joint_loss",
     "measure_training_throughput",
@@ -53,6 +57,7 @@ __all__ = [
 ]
 
 SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -73,6 +78,7 @@ class TrainConfig:
     fused_weight: float = 1.0  # CE of the fused output; 0 = the paper's loss (see docstring)
     seed: int = 0
     num_threads: int | None = None  # torch.set_num_threads; None leaves it unchanged
+    precision: str = "fp32"  # "fp32", or "bf16": forward pass under bfloat16 autocast
 
     def asdict(self) -> dict:
         """Plain-dict copy (JSON-serialisable)."""
@@ -84,6 +90,8 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be >= 1")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.fail_simulation and not 1 <= self.drop_k <= n_devices - 1:
             raise ValueError(f"drop_k must be in 1..{n_devices - 1}, got {self.drop_k}")
 
@@ -233,7 +241,9 @@ def _run_epoch(
         dropped = None
         if cfg.fail_simulation:
             dropped = rng.choice(n, size=cfg.drop_k, replace=False).tolist()
-        logits, feats = forward(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            logits, feats = forward(x)
+        logits, feats = logits.float(), feats.float()
         w, b = heads()
         loss, ce, kl = joint_loss(
             logits, feats, w, b, y, cm, av, dropped, cfg.lambda_kl, cfg.detach_target,
@@ -398,6 +408,7 @@ def measure_training_throughput(
         "images": len(labels),
         "threads": torch.get_num_threads(),
         "batch_size": cfg.batch_size,
+        "precision": cfg.precision,
         "vectorised_s_per_epoch": vec["seconds"],
         "vectorised_images_per_s": vec["images_per_s"],
         "naive_s_per_epoch": naive_epoch,
