@@ -97,7 +97,7 @@ def cmd_drop_study(args: argparse.Namespace) -> int:
         "table1": rows_one, "table2": rows_two,
     }
     _write_json(out / "drop_study.json", result)
-    (out / "tables.md").write_text(drop_study_markdown(result))
+    (out / "tables.md").write_text(drop_study_markdown({**result, "profile": profile}))
     print(f"clean accuracy {100 * study.clean:.2f}%; mean with one block DC dropped "
           f"{100 * sum(study.dc) / len(study.dc):.2f}%, SC dropped "
           f"{100 * sum(study.sc) / len(study.sc):.2f}%")

@@ -4,11 +4,11 @@
 # and write the comparison report (tables.md + figure).
 # Resumable: re-running continues each training after its last finished epoch and redoes a
 # drop study only when its checkpoint is newer than its results.
-# Usage: scripts/reproduce_resnet.sh [EPOCHS]      (after scripts/setup.sh; default 10)
+# Usage: scripts/reproduce_resnet.sh [EPOCHS]      (after scripts/setup.sh; default 6)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$PWD/.venv/bin:$PATH"
-epochs="${1:-10}"
+epochs="${1:-6}"
 runs=runs/resnet
 out=docs/results/resnet
 mkdir -p "$runs/plain" "$runs/stochastic-depth" "$out"

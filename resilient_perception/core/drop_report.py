@@ -12,6 +12,9 @@ import json
 from pathlib import Path
 from statistics import mean
 
+from .block_profile import BlockProfile, load_profile
+from .resnet import ResNet, profile_blocks
+
 __all__ = [
     "PAPER",
     "degradation_summary",
@@ -33,7 +36,10 @@ _STUDY_KEYS = ("name", "samples", "clean_accuracy", "model", "history", "table1"
 
 
 def read_study(folder: Path) -> dict:
-    """Read ``<folder>/drop_study.json``; raises ``ValueError`` saying what is wrong."""
+    """Read ``<folder>/drop_study.json`` and its ``profile.json`` (under key ``"profile"``).
+
+    Raises ``ValueError`` saying what is wrong.
+    """
     path = Path(folder) / "drop_study.json"
     try:
         study = json.loads(path.read_text())
@@ -43,7 +49,28 @@ def read_study(folder: Path) -> dict:
     missing = [key for key in _STUDY_KEYS if key not in study]
     if missing:
         raise ValueError(f"{path}: missing keys {missing}; re-run drop-study")
+    study["profile"] = load_profile(Path(folder) / "profile.json")
     return study
+
+
+def _totals(profile: BlockProfile) -> tuple[int, int]:
+    """Weight bytes and MACs per image of the whole network."""
+    parts = [profile.stem, *profile.blocks, profile.head]
+    return sum(p.param_bytes for p in parts), sum(p.macs for p in parts)
+
+
+def _width_choice(study: dict) -> list[str]:
+    """Cost of the model's width next to twice that and ResNet-50's 64, from the real layers."""
+    kwargs = study["model"]
+    width = kwargs["base_width"]
+    lines = ["| base width | weights (MB) | MACs per image (M) |", "|---|---|---|"]
+    for w in sorted({width, 2 * width, 64}):
+        stem, blocks, head = profile_blocks(ResNet(**{**kwargs, "base_width": w}))
+        parts = [stem, *blocks, head]
+        weights, macs = sum(p.param_bytes for p in parts), sum(p.macs for p in parts)
+        label = f"{w} (ResNet-50's)" if w == 64 else f"{w} (ours)" if w == width else str(w)
+        lines.append(f"| {label} | {weights / 1e6:.2f} | {macs / 1e6:.1f} |")
+    return lines
 
 
 def _pct(value: float) -> str:
@@ -83,7 +110,9 @@ def _model_line(study: dict) -> str:
     epochs = f"{len(history)} epochs" if history else "untrained"
     seconds = (f", {mean(h['seconds'] for h in history):.0f} s per epoch on "
                f"{study.get('torch_threads')} thread(s)" if history else "")
-    return (f"base width {kwargs['base_width']}, stochastic depth "
+    weights, macs = _totals(study["profile"])
+    return (f"base width {kwargs['base_width']} ({weights / 1e6:.2f} MB of weights, "
+            f"{macs / 1e6:.1f} M MACs per image), stochastic depth "
             f"{kwargs['stochastic_depth']}, {epochs}{seconds}, seed {study.get('seed')}, "
             f"batch {config.get('batch_size', '-')}, peak lr {config.get('lr', '-')}")
 
@@ -163,6 +192,22 @@ def report_markdown(studies: dict[str, dict], figure: str | None = None) -> str:
     ]
     lines += [f"| {name} | {_model_line(studies[name])} | {_pct(s['clean'])} |"
               for name, s in summaries.items()]
+    first = studies[names[0]]
+    lines += [
+        "",
+        "## Choice of width",
+        "",
+        "The paper fine-tunes an ImageNet ResNet-50 at 224x224 on a GPU. We keep ResNet-50's "
+        "16 bottleneck blocks (3-4-6-3, expansion 4) and train from scratch on 32x32 images "
+        "with a 3x3 stem and no max pooling (stages at 32, 16, 8 and 4 pixels), on a CPU. "
+        "Compute grows with the square of the width, so the base width is chosen for the "
+        "training budget: a few minutes per epoch on one thread of a 2-core machine"
+        + (f" (measured here: {mean(h['seconds'] for h in first['history']):.0f} s per "
+           "epoch including the test pass, with other jobs sharing the CPU)"
+           if first["history"] else "") + ".",
+        "",
+        *_width_choice(first),
+    ]
     lines += [
         "",
         "## How gracefully each model degrades",
