@@ -347,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .ros.bag_commands import add_bag_commands  # imports no ROS until a command runs
 
     add_bag_commands(sub)
+
+    from .placement_commands import add_parsers as add_placement_commands
+
+    add_placement_commands(sub)
     return parser
 
 

@@ -171,10 +171,11 @@ class Fleet:
 class Problem:
     """One time step: a network, a fleet, the link rates and the requests to serve.
 
-    ``rates_bps[i, k]`` is the rate from device i to device k (the diagonal is unused: a
-    device hands data to itself for free). ``sources[r]`` is the device holding request r's
-    image. ``round_seconds`` is the time step's length, the window of Eq. 14's computation
-    limit (a device runs at most ``macs_per_second * round_seconds`` MACs per step).
+    ``rates_bps[i, k]`` is the rate from device i to device k (the diagonal is ignored and
+    stored as infinity: a device hands data to itself for free). ``sources[r]`` is the
+    device holding request r's image. ``round_seconds`` is the time step's length, the
+    window of Eq. 14's computation limit (a device runs at most ``macs_per_second *
+    round_seconds`` MACs per step).
     """
 
     network: Network
@@ -198,7 +199,9 @@ class Problem:
             i, k = np.argwhere(off & ~(np.isfinite(rates) & (rates > 0)))[0]
             raise ValueError(f"rates must be finite and > 0 between different devices "
                              f"({self.fleet.names[i]} -> {self.fleet.names[k]})")
-        object.__setattr__(self, "rates_bps", rates)
+        # A device hands data to itself instantly; an infinite rate makes every
+        # bytes / rate on the diagonal 0 without special cases.
+        object.__setattr__(self, "rates_bps", np.where(off, rates, np.inf))
         sources = np.asarray(self.sources, dtype=np.int64).reshape(-1)
         if sources.size < 1 or np.any((sources < 0) | (sources >= n)):
             raise ValueError(f"needs at least one request, each with a source device in "
@@ -231,8 +234,7 @@ class Problem:
 
     def transfer_seconds(self, n_bytes: np.ndarray | float) -> np.ndarray:
         """Seconds to send ``n_bytes`` over every link (N x N; zero on the diagonal)."""
-        seconds = np.asarray(n_bytes, dtype=float)[..., None, None] * 8.0 / self.rates_bps
-        return np.where(np.eye(self.fleet.n_devices, dtype=bool), 0.0, seconds)
+        return np.asarray(n_bytes, dtype=float)[..., None, None] * 8.0 / self.rates_bps
 
     @property
     def reference_latency_s(self) -> float:

@@ -1,0 +1,138 @@
+"""Subcommands of the block placement optimiser: ``plan``, ``placement-sweep``, ``-report``.
+
+``plan`` places a profiled ResNet on the fleet of a fleet file with one solver, prints the
+plan (per unit and request: a device or "skipped") with its metrics and constraints, and
+saves it as JSON. Invalid fleet files and profiles, and instances without a feasible plan,
+exit with status 2 and a message saying what to change (for an infeasible instance: which
+constraint binds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .core.block_profile import load_profile
+from .core.fleet_config import load_fleet
+from .core.placement import DROPPED, Network, PlanEvaluation, Problem, evaluate_plan
+from .core.placement_solvers import SOLVERS, SolveResult, binding_constraints, solve
+
+_HOW_TO_RELAX = {
+    "memory": "more memory_mb, or more devices",
+    "compute": "more compute_gmacs, a longer round_seconds, or fewer requests",
+    "energy": "more energy_j (battery), or faster links (rates_mbps)",
+    "accuracy": "a lower accuracy_threshold",
+}
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def format_plan(problem: Problem, evaluation: PlanEvaluation) -> str:
+    """The plan as a table (units x requests) followed by its metrics and constraints."""
+    names = problem.fleet.names
+    net = problem.network
+    headers = ["unit", *(f"request {r} (image on {names[s]})"
+                         for r, s in enumerate(problem.sources))]
+    rows = [[unit, *("skipped" if d == DROPPED else names[d]
+                     for d in evaluation.plan.devices[:, u])]
+            for u, unit in enumerate(net.names)]
+    widths = [max(len(str(row[c])) for row in [headers, *rows]) for c in range(len(headers))]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in [headers, *rows]]
+    m = evaluation.metrics()
+    lines += [
+        "",
+        f"objective {m['objective']:.6f} (alpha {problem.alpha:g} x normalised latency "
+        f"{m['normalised_latency']:.4f} + beta {problem.beta:g} x accuracy loss "
+        f"{net.clean_accuracy - m['accuracy']:.4f})",
+        f"expected accuracy {100 * m['accuracy']:.2f}% (clean {100 * net.clean_accuracy:.2f}%), "
+        f"{m['dropped_blocks']:g} blocks dropped per request",
+        f"latency per request {m['latency_s']:.3f} s = compute {m['compute_s']:.3f} + image "
+        f"{m['input_s']:.3f} + direct connections {m['direct_s']:.3f} + skip connections "
+        f"{m['skip_s']:.3f}",
+        f"shared data {m['shared_bytes'] / 1e6:.3f} MB, computation {m['macs'] / 1e9:.4f} GMAC, "
+        f"energy {m['energy_j']:.2f} J",
+        "constraints (tightest use / limit):",
+    ]
+    for c in evaluation.constraints[1:]:
+        state = "ok" if c.satisfied else "VIOLATED"
+        lines.append(f"  {c.name:9s} {100 * c.utilisation:6.1f}% at {c.where} ({state})")
+    lines.append(f"  tightest: {evaluation.tightest.name}")
+    return "\n".join(lines)
+
+
+def plan_json(problem: Problem, result: SolveResult, evaluation: PlanEvaluation) -> dict:
+    """The JSON document ``plan --out`` writes."""
+    names = problem.fleet.names
+    return {
+        **{k: v for k, v in result.to_dict().items() if k != "plan"},
+        "alpha": problem.alpha, "beta": problem.beta,
+        "accuracy_threshold": problem.accuracy_threshold,
+        "requests": [
+            {"source": names[s], "dropped": [problem.network.names[u]
+                                             for u in evaluation.plan.dropped(r)],
+             "units": [{"unit": unit, "device": None if d == DROPPED else names[d]}
+                       for unit, d in zip(problem.network.names, evaluation.plan.devices[r],
+                                          strict=True)]}
+            for r, s in enumerate(problem.sources)
+        ],
+        "metrics": evaluation.metrics(),
+        "constraints": [c.__dict__ for c in evaluation.constraints],
+    }
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Place a profiled ResNet on a fleet: which device runs each block, which are skipped."""
+    profile = load_profile(args.profile)
+    problem = load_fleet(args.fleet).problem(Network.from_profile(profile))
+    options = {"seed": args.seed} if args.solver in ("cpsat", "ga") else {}
+    if args.solver == "cpsat":
+        options["workers"] = args.workers
+    result = solve(problem, args.solver, args.time_limit, **options)
+    if result.plan is None:
+        if result.status == "unknown" and args.solver != "cpsat":
+            raise ValueError(f"{args.solver} found no feasible plan; try --solver cpsat, which "
+                             "proves whether one exists")
+        binding = binding_constraints(problem, args.time_limit)
+        if not binding:
+            raise ValueError(f"no plan found within --time-limit {args.time_limit:g} s; "
+                             "raise it")
+        raise ValueError("infeasible: no plan meets the " + " and ".join(binding)
+                         + " constraint" + ("s" if len(binding) > 1 else "")
+                         + " together with the others (relax with: "
+                         + "; ".join(_HOW_TO_RELAX[b] for b in binding) + ")")
+    evaluation = evaluate_plan(problem, result.plan)
+    print(f"{args.solver}: {result.status}, objective {result.objective:.6f}, bound "
+          f"{result.bound:.6f}, gap {result.gap:.2e}, {result.seconds:.2f} s")
+    print(format_plan(problem, evaluation))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    document = plan_json(problem, result, evaluation)
+    document.update(fleet=str(args.fleet), profile=str(args.profile), model=profile.model)
+    args.out.write_text(json.dumps(document, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register the placement subcommands on the main parser's subparsers."""
+    p = sub.add_parser("plan", help=cmd_plan.__doc__, description=cmd_plan.__doc__)
+    p.add_argument("fleet", type=Path, help="fleet YAML (see config/fleet_example.yaml)")
+    p.add_argument("--profile", type=Path, required=True,
+                   help="profile.json of the network, written by `drop-study`")
+    p.add_argument("--solver", choices=list(SOLVERS), default="cpsat",
+                   help="cpsat: exact (optimum or bound + gap); heuristic: the paper's "
+                   "relaxation + Algorithm 1; ga: the paper's genetic algorithm "
+                   "(default cpsat)")
+    p.add_argument("--time-limit", type=_positive_float, default=10.0,
+                   help="seconds the solver may search (default 10)")
+    p.add_argument("--workers", type=int, default=1, help="CP-SAT threads (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="solver seed (default 0)")
+    p.add_argument("--out", type=Path, default=Path("plan.json"),
+                   help="where to save the plan (default plan.json)")
+    p.set_defaults(func=cmd_plan)
