@@ -81,6 +81,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _schedule(text: str) -> tuple:
+    from .ros.live_demo import parse_schedule  # imports rclpy: only when the option is given
+
+    try:
+        return parse_schedule(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_data_options(p: argparse.ArgumentParser, split: str) -> None:
     p.add_argument(
         "--dataset", default="mnist",
@@ -217,7 +226,12 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train a quick MNIST model (reused when present) and print its failure table."""
+    """Train (or reuse) an MNIST model, print its offline failure table, then run it live.
+
+    Live: player + 6 camera processes + fusion with and without the Modifier over DDS;
+    cameras are killed and restarted on a schedule; a live table is printed every second
+    and a report is written to OUT/live/.
+    """
     checkpoint = args.out / "model.safetensors"
     if checkpoint.exists():
         print(f"reusing {checkpoint} (delete it to retrain)")
@@ -231,7 +245,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.data_root:
         eval_args += ["--data-root", str(args.data_root)]
     _evaluate(checkpoint, build_parser().parse_args(eval_args), args.out / "eval-test")
-    return 0
+    if args.no_live:
+        return 0
+    try:  # ROS is optional for the ML-only install (pip install .)
+        from .ros.live_demo import DEFAULT_SCHEDULE, run_live_demo
+        from .ros.pipeline import package_prefix
+    except ImportError as exc:
+        raise ValueError(f"the live demo needs ROS 2 and the built package ({exc}); run "
+                         "scripts/setup.sh, or pass --no-live") from exc
+    if args.duration <= 0 or args.rate <= 0:
+        raise ValueError("--duration and --rate must be > 0")
+    schedule = args.schedule or DEFAULT_SCHEDULE
+    onnx_dir = args.out / "onnx"
+    if not (onnx_dir / "device_0.onnx").exists() or (
+            (onnx_dir / "device_0.onnx").stat().st_mtime < checkpoint.stat().st_mtime):
+        export_checkpoint(checkpoint, onnx_dir)
+    config = args.config or package_prefix() / "share/resilient_perception/config/mnist_6cam.yaml"
+    if not config.is_file():
+        raise ValueError(f"{config}: config file not found")
+    print(f"\nlive pipeline: {args.duration:g} s at {args.rate:g} Hz, failures: "
+          + ", ".join(f"{e.action} {e.node} at {e.at:g} s" for e in schedule))
+    report = run_live_demo(config, str(onnx_dir.resolve() / "device_{}.onnx"),
+                           args.out / "live", args.duration, args.rate, schedule)
+    print()
+    print((args.out / "live" / "report.md").read_text(), end="")
+    lost = report["streams"]["modifier"]["missing"]
+    return 0 if lost == 0 else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -327,6 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")
     p.add_argument("--out", type=Path, default=Path("runs/demo"),
                    help="output folder (default runs/demo)")
+    p.add_argument("--duration", type=float, default=24.0,
+                   help="seconds of live streaming (default 24)")
+    p.add_argument("--rate", type=float, default=30.0, help="frames per second (default 30)")
+    p.add_argument("--schedule", type=_schedule, default=None,
+                   help="failures as SECONDS:kill|restart:NODE,... (default "
+                   "6:kill:camera_1,12:kill:camera_4,18:restart:camera_1)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="params file (default the installed config/mnist_6cam.yaml)")
+    p.add_argument("--no-live", action="store_true",
+                   help="only train/reuse and print the offline failure table")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)

@@ -38,6 +38,12 @@ def failed_set_key(devices: tuple[int, ...] | list[int]) -> str:
     return ",".join(str(d) for d in sorted(devices)) or "none"
 
 
+def _set_order(key: str) -> tuple[int, list[int]]:
+    """Sort key of :func:`failed_set_key` keys: by size, then by device ids."""
+    devices = [] if key == "none" else [int(d) for d in key.split(",")]
+    return len(devices), devices
+
+
 def _percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p99": None, "max": None, "mean": None}
@@ -89,14 +95,19 @@ class StreamScore:
     def summary(self) -> dict:
         """Counts, accuracy (overall and per failed set), availability, latency (JSON-safe).
 
+        The failed set of a frame is the devices not in its ``live`` list.
+
         ``missing`` counts labelled frames without a fused output: frames the pipeline lost
         (only meaningful once the stream has drained).
         """
         rows = self.matched()
         correct = [r.predicted == label for _, label, r in rows]
         by_set: dict[str, list[bool]] = defaultdict(list)
+        everyone = set(range(self.n_devices))
         for (*_, r), ok in zip(rows, correct, strict=True):
-            by_set[failed_set_key(r.surrogates)].append(ok)
+            # keyed by the devices not used live, so a stream without the Modifier (no
+            # surrogates) is grouped like one with it
+            by_set[failed_set_key(tuple(everyone - set(r.live)))].append(ok)
         live_counts = np.zeros(self.n_devices, dtype=np.int64)
         surrogate_counts = np.zeros(self.n_devices, dtype=np.int64)
         for r in self.fused.values():
@@ -113,7 +124,7 @@ class StreamScore:
             "accuracy": float(np.mean(correct)) if correct else None,
             "accuracy_by_failed_set": {
                 key: {"frames": len(v), "accuracy": float(np.mean(v))}
-                for key, v in sorted(by_set.items(), key=lambda kv: (len(kv[0]), kv[0]))
+                for key, v in sorted(by_set.items(), key=lambda kv: _set_order(kv[0]))
             },
             "frames_with_surrogate": sum(1 for r in self.fused.values() if r.surrogates),
             "device_availability": (live_counts / max(1, n_fused)).tolist(),
