@@ -1,0 +1,81 @@
+"""The live demo: schedule parsing, its node set, and a short live run with one kill."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
+pytest.importorskip("resilient_perception.msg", reason="messages not built: run scripts/setup.sh")
+
+from resilient_perception.cli import main  # noqa: E402
+from resilient_perception.core.checkpoint import save_checkpoint  # noqa: E402
+from resilient_perception.core.export import export_checkpoint  # noqa: E402
+from resilient_perception.core.views import ViewSpec  # noqa: E402
+from resilient_perception.ros.live_demo import (  # noqa: E402
+    FailureEvent,
+    demo_nodes,
+    parse_schedule,
+    run_live_demo,
+)
+from resilient_perception.ros.pipeline import package_prefix  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST_CONFIG = ROOT / "config" / "mnist_6cam.yaml"
+LIB = package_prefix() / "lib" / "resilient_perception"
+
+
+def test_parse_schedule_sorts_and_validates():
+    assert parse_schedule("12:kill:camera_4, 6:kill:camera_1,18:restart:camera_1") == (
+        FailureEvent(6.0, "kill", "camera_1"), FailureEvent(12.0, "kill", "camera_4"),
+        FailureEvent(18.0, "restart", "camera_1"))
+    for bad in ("6:kill", "x:kill:camera_1", "6:pause:camera_1", "-1:kill:camera_1",
+                "6:kill:camera_1:extra"):
+        with pytest.raises(ValueError, match="SECONDS:kill\\|restart:NODE"):
+            parse_schedule(bad)
+
+
+def test_bad_schedule_option_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--schedule", "soon:kill:camera_1"])
+    assert exc.value.code == 2
+    assert "SECONDS:kill|restart:NODE" in capsys.readouterr().err
+
+
+def test_demo_runs_a_second_fusion_node_without_the_modifier():
+    nodes = {n.name: n for n in demo_nodes(MNIST_CONFIG, "m/device_{}.onnx", 6, 15.0, 99)}
+    assert set(nodes) == {"fusion", "fusion_no_modifier", "player",
+                          *(f"camera_{i}" for i in range(6))}
+    plain = nodes["fusion_no_modifier"].parameters
+    assert plain["use_modifier"] is False
+    assert plain["output_topic"] != nodes["fusion"].parameters["output_topic"]
+    assert plain["frame_timeout"] == 0.1 and plain["num_devices"] == 6  # config + pipeline
+    assert nodes["player"].parameters["rate_hz"] == 15.0
+    assert nodes["camera_3"].parameters["model_path"] == "m/device_3.onnx"
+
+
+@pytest.mark.ros
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not (LIB / "player_node").is_file(),
+                    reason="nodes not installed: run scripts/setup.sh")
+def test_short_live_run_with_one_kill(briefly_trained_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    monkeypatch.setenv("ROS_DOMAIN_ID", str((os.getpid() + 29) % 90 + 110))
+    checkpoint = save_checkpoint(tmp_path / "model.safetensors", briefly_trained_model, {
+        "view_spec": ViewSpec(kind="grid").to_dict(), "classes": [str(k) for k in range(10)],
+        "dataset": "mnist"})
+    export_checkpoint(checkpoint, tmp_path / "onnx")
+    lines: list[str] = []
+    report = run_live_demo(MNIST_CONFIG, str(tmp_path / "onnx" / "device_{}.onnx"),
+                           tmp_path / "live", duration=5.0, rate_hz=30.0,
+                           schedule=(FailureEvent(2.0, "kill", "camera_3"),), emit=lines.append)
+    assert any(line.strip().startswith("time") for line in lines)
+    assert json.loads((tmp_path / "live" / "report.json").read_text()) == report
+    assert "| 3 |" in (tmp_path / "live" / "report.md").read_text()
+    mod, plain = report["streams"]["modifier"], report["streams"]["no_modifier"]
+    assert mod["missing"] == 0 and plain["missing"] == 0
+    assert mod["device_surrogate_frames"][3] > 0 and plain["frames_with_surrogate"] == 0
+    assert report["events"][0]["reaction_s"] is not None
