@@ -13,9 +13,10 @@ import argparse
 import json
 from pathlib import Path
 
-from .core.block_profile import load_profile
+from .core.block_profile import load_profile, save_profile
 from .core.fleet_config import load_fleet
 from .core.placement import DROPPED, Network, PlanEvaluation, Problem, evaluate_plan
+from .core.placement_experiments import EXPERIMENTS, run_sweep, write_report
 from .core.placement_solvers import SOLVERS, SolveResult, binding_constraints, solve
 
 _HOW_TO_RELAX = {
@@ -119,6 +120,34 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_placement_sweep(args: argparse.Namespace) -> int:
+    """Run the paper's Section V sweeps for each solver and seed (resumable), then report."""
+    import torch
+
+    torch.set_num_threads(1)
+    profile = load_profile(args.profile)
+    network = Network.from_profile(profile)
+    # The profile the results were made with sits beside them; never mix two profiles.
+    kept = args.out / "profile.json"
+    if kept.exists() and load_profile(kept) != profile:
+        raise ValueError(f"{args.out} holds results of another profile ({kept}); delete "
+                         f"{args.out / 'raw'} and {kept}, or choose another --out")
+    save_profile(kept, profile)
+    paths = run_sweep(network, args.out, args.experiments, args.solvers, args.seeds,
+                      args.time_limit, args.ga_generations)
+    print(f"{len(paths)} run results in {args.out / 'raw'}")
+    write_report(args.out, f"{args.profile} ({profile.model})")
+    print(f"wrote {args.out / 'tables.md'}")
+    return 0
+
+
+def cmd_placement_report(args: argparse.Namespace) -> int:
+    """Tables (tables.md), summary CSVs and figures from placement-sweep's raw results."""
+    text = write_report(args.results, args.profile_name)
+    print(text)
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register the placement subcommands on the main parser's subparsers."""
     p = sub.add_parser("plan", help=cmd_plan.__doc__, description=cmd_plan.__doc__)
@@ -136,3 +165,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("plan.json"),
                    help="where to save the plan (default plan.json)")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("placement-sweep", help=cmd_placement_sweep.__doc__,
+                       description=cmd_placement_sweep.__doc__)
+    p.add_argument("--profile", type=Path, required=True, help="profile.json of the network")
+    p.add_argument("--out", type=Path, default=Path("docs/results/placement"),
+                   help="results folder: raw/<experiment>/*.json, tables.md, figures "
+                   "(default docs/results/placement)")
+    p.add_argument("--experiments", nargs="+", choices=list(EXPERIMENTS),
+                   default=list(EXPERIMENTS), help="which sweeps (default all)")
+    p.add_argument("--solvers", nargs="+", choices=list(SOLVERS), default=list(SOLVERS),
+                   help="default all three")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="default 0 1")
+    p.add_argument("--time-limit", type=_positive_float, default=5.0,
+                   help="seconds per solve and time step (default 5)")
+    p.add_argument("--ga-generations", type=int, default=1000,
+                   help="most GA generations (population 100); the time limit usually stops "
+                   "it first (default 1000)")
+    p.set_defaults(func=cmd_placement_sweep)
+
+    p = sub.add_parser("placement-report", help=cmd_placement_report.__doc__,
+                       description=cmd_placement_report.__doc__)
+    p.add_argument("results", type=Path, nargs="?", default=Path("docs/results/placement"),
+                   help="placement-sweep's --out folder (default docs/results/placement)")
+    p.add_argument("--profile-name", default="", help="profile path to name in the tables")
+    p.set_defaults(func=cmd_placement_report)
