@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -32,6 +33,13 @@ from resilient_perception.ros.bags import (  # noqa: E402
     summarize,
     typestore,
     write_frames,
+)
+from resilient_perception.ros.pipeline import (  # noqa: E402
+    NodeSpec,
+    Observer,
+    Pipeline,
+    package_prefix,
+    pipeline_nodes,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,3 +313,219 @@ def test_score_bag_joins_fused_predictions_to_labels_by_stamp(tmp_path):
     assert [d["labelled_frames"] for d in result["device_predictions"]] == [4, 0]
     with pytest.raises(BagError, match="no /perception/other topic"):
         score_bag(tmp_path / "out", "perception/other")
+
+
+# -- live: bag -> replay_node -> cameras -> fusion -> recorder_node -> score -----------------
+MNIST_CONFIG = ROOT / "config" / "mnist_6cam.yaml"
+LIB = package_prefix() / "lib" / "resilient_perception"
+COUNT = 30  # labelled frames per live run
+LIVE_RATE = 10.0  # frames/s: a loaded CI machine keeps up with six camera processes
+WARMUP = 10
+DROPPED = 3
+
+
+def live(test):
+    """Marks of a test that starts node processes."""
+    for mark in (pytest.mark.ros, pytest.mark.timeout(240), needs_data,
+                 pytest.mark.skipif(not (LIB / "replay_node").is_file(),
+                                    reason="nodes not installed: run scripts/setup.sh")):
+        test = mark(test)
+    return test
+
+
+def stamp_of(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+@pytest.fixture(scope="module")
+def live_runs(mnist, briefly_trained_model, tmp_path_factory):
+    """One pipeline (fusion + 6 cameras), fed twice from one bag by replay_node, recorded.
+
+    Run "full" plays every camera; run "dropped" excludes camera 3's topic. Each run has its
+    own recorder_node (stopped with SIGINT and SIGTERM respectively) writing its own bag.
+    """
+    from resilient_perception.core.checkpoint import save_checkpoint
+    from resilient_perception.core.views import ViewSpec
+
+    folder = tmp_path_factory.mktemp("live_bags")
+    checkpoint = save_checkpoint(folder / "model.safetensors", briefly_trained_model, {
+        "view_spec": ViewSpec(kind="grid").to_dict(), "classes": [str(k) for k in range(10)],
+        "dataset": "mnist"})
+    frames = list(dataset_frames(mnist, range(COUNT), 6, LIVE_RATE, START_NS))
+    write_frames(folder / "camera_bag", frames, 6, "mcap", {"rate_hz": f"{LIVE_RATE:g}"})
+    replay = {"bag_path": str(folder / "camera_bag"), "warmup_frames": WARMUP,
+              "wait_for_subscribers": 1, "on_end": "shutdown"}
+    runs = {"full": {}, "dropped": {"exclude_topics": [camera_topic(DROPPED)]}}
+    nodes = pipeline_nodes(6, player=False, model_path=checkpoint)
+    for run, extra in runs.items():
+        nodes.insert(0, NodeSpec(f"recorder_{run}", "recorder_node",
+                                 {"bag_path": str(folder / run)}))
+        nodes.append(NodeSpec(f"replay_{run}", "replay_node", {**replay, **extra}))
+    stops = {"full": signal.SIGINT, "dropped": signal.SIGTERM}
+    with (Observer(domain_id=DOMAIN_ID) as observer,
+          Pipeline(nodes, MNIST_CONFIG, log_dir=folder / "logs",
+                   domain_id=DOMAIN_ID) as pipeline):
+        observed = {run: play_and_record(observer, pipeline, run, stops[run]) for run in runs}
+        pipeline.check()
+    return {"folder": folder, "observed": observed}
+
+
+def play_and_record(observer: Observer, pipeline: Pipeline, run: str,
+                    stop: int) -> list:
+    """Start fusion, cameras and recorder_<run>; once ready, play replay_<run>; stop.
+
+    "Ready" means the fusion node knows all six classifier heads (its diagnostics say so)
+    and the recorder subscribes to the labels: on a loaded machine DDS discovery between
+    freshly started processes can take seconds, longer than the replay's warm-up frames.
+
+    Returns the fused predictions the observer saw.
+    """
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from resilient_perception import msg as msgs
+
+    fused = observer.collect(msgs.FusedPrediction, "perception/fused")
+    diagnostics = observer.collect(DiagnosticArray, "/diagnostics")
+    recorder, replay = f"recorder_{run}", f"replay_{run}"
+    pipeline.start(recorder, *(name for name in pipeline.names
+                               if name == "fusion" or name.startswith("camera_")))
+
+    def ready() -> bool:
+        heads = {kv.value for msg in diagnostics[-1:] for status in msg.status
+                 for kv in status.values if kv.key == "heads_known"}
+        return heads == {"6"} and any(
+            info.node_name == recorder
+            for info in observer.node.get_subscriptions_info_by_topic(LABEL_TOPIC))
+
+    observer.spin_until(ready, "fusion to know every head and the recorder to subscribe",
+                        90.0, pipeline)
+    pipeline.start(replay)
+    observer.spin_until(lambda: pipeline.returncode(replay) is not None, f"{replay} to end",
+                        120.0, pipeline)
+    assert pipeline.returncode(replay) == 0, pipeline.log_tails()
+    seen = -1
+    while seen != len(fused):  # until no fused frame came for a second
+        seen = len(fused)
+        observer.spin_for(1.0)
+    observer.spin_for(1.2)  # one more /diagnostics, with the final counts, to record
+    assert pipeline.signal(recorder, stop) == 0, pipeline.log_tails()
+    return list(fused)  # the subscription goes on filling the list
+
+
+def offline_labels(model, views: np.ndarray, failed_sets: list[tuple[int, ...]]) -> np.ndarray:
+    """What `resilient-perception evaluate` predicts for these frames with these failures."""
+    from resilient_perception.core.evaluation import device_outputs
+    from resilient_perception.core.stream_score import offline_predictions
+
+    probs, features = device_outputs(model, views)
+    weights, biases = (t.detach() for t in model.classifier_heads())
+    return offline_predictions(probs, features, weights, biases, list(range(len(views))),
+                               failed_sets)
+
+
+def recorded(bag: Path, topic: str) -> list:
+    from resilient_perception.ros.bags import read_messages
+
+    return [msg for _, _, msg in read_messages(bag, [topic])]
+
+
+def check_run(live_runs, run: str, model, views, truth) -> tuple[dict, list]:
+    """Score the run's bag and compare it frame by frame with the offline evaluation."""
+    bag = live_runs["folder"] / run
+    result = score_bag(bag)
+    score = result["score"]
+    assert (score["labelled_frames"], score["scored_frames"], score["missing"]) == (
+        COUNT, COUNT, 0)
+    # Nothing the pipeline published was lost: the recorder has every label the replay
+    # sent, every fused frame the observer saw and the fusion node counted.
+    topics = summarize(bag).topics
+    assert topics[f"/{LABEL_TOPIC}"].count == COUNT
+    fused_count = topics["/perception/fused"].count
+    assert fused_count == len(live_runs["observed"][run])
+    earlier = 0 if run == "full" else summarize(  # the fusion node counts since its start
+        live_runs["folder"] / "full").topics["/perception/fused"].count
+    assert int(result["diagnostics"]["fusion: frame assembly"]["fused"]) == earlier + fused_count
+    by_stamp = {stamp_of(m): m for m in recorded(bag, "perception/fused")}
+    frames = [by_stamp[stamp_of(label)] for label in recorded(bag, LABEL_TOPIC)]
+    failed = [tuple(m.surrogate_devices) for m in frames]
+    expected = offline_labels(model, views[:COUNT], failed)
+    assert [m.label for m in frames] == expected.tolist()
+    assert score["accuracy"] == pytest.approx(float(np.mean(expected == truth[:COUNT])))
+    return result, failed
+
+
+@live
+def test_round_trip_gives_the_offline_accuracy(live_runs, mnist_views, briefly_trained_model):
+    views, truth = mnist_views
+    result, failed = check_run(live_runs, "full", briefly_trained_model, views, truth)
+    assert failed == [()] * COUNT  # every device live in every frame: plain offline fusion
+    assert set(result["score"]["accuracy_by_failed_set"]) == {"none"}
+    # Every replayed image, warm-up frames included, gave a recorded prediction.
+    topics = summarize(live_runs["folder"] / "full").topics
+    for device in range(6):
+        assert topics[f"/perception/device_{device}/prediction"].count == COUNT + WARMUP
+    assert "/diagnostics" in topics
+
+
+@live
+def test_a_dropped_camera_is_replaced_by_its_modifier_surrogate(live_runs, mnist_views,
+                                                               briefly_trained_model):
+    views, truth = mnist_views
+    result, failed = check_run(live_runs, "dropped", briefly_trained_model, views, truth)
+    assert failed == [(DROPPED,)] * COUNT
+    score = result["score"]
+    assert set(score["accuracy_by_failed_set"]) == {str(DROPPED)}
+    assert score["device_availability"][DROPPED] == 0.0
+    assert score["device_surrogate_frames"][DROPPED] >= COUNT
+    assert result["device_predictions"][DROPPED]["messages"] == 0
+    assert "/perception/device_3/prediction" not in summarize(
+        live_runs["folder"] / "dropped").topics
+
+
+@live
+def test_replay_node_rate_offset_loop_remapping_and_stamps(mnist, tmp_path):
+    from sensor_msgs.msg import Image
+
+    from resilient_perception import msg as msgs
+
+    frames = list(dataset_frames(mnist, range(5), 2, 10.0, START_NS))
+    write_frames(tmp_path / "bag", frames, 2, "sqlite3", {"rate_hz": "10"})
+    looped = NodeSpec("replay", "replay_node", {
+        "bag_path": str(tmp_path / "bag"), "rate": 2.0, "start_offset": 0.2, "loop": True},
+        remappings=(("camera_1/image_raw", "moved/image_raw"),))
+    once = NodeSpec("replay_once", "replay_node", {
+        "bag_path": str(tmp_path / "bag"), "original_stamps": True, "on_end": "shutdown",
+        "wait_for_subscribers": 1})
+    missing = NodeSpec("replay_missing", "replay_node", {"bag_path": str(tmp_path / "none")})
+    with (Observer(domain_id=DOMAIN_ID) as observer,
+          Pipeline([looped, once, missing], log_dir=tmp_path / "logs",
+                   domain_id=DOMAIN_ID) as pipeline):
+        labels = observer.collect(msgs.FrameLabel, LABEL_TOPIC)
+        images = {topic: observer.collect(Image, topic) for topic in (
+            "camera_0/image_raw", "camera_1/image_raw", "moved/image_raw")}
+        pipeline.start("replay")
+        observer.spin_until(lambda: len(labels) >= 8, "two passes", 30.0, pipeline)
+        assert pipeline.signal("replay", signal.SIGTERM) == 0
+        observer.spin_for(0.3)
+        # Frames 2..4 (0.2 s skipped), again and again, at twice the recorded 10 Hz, with
+        # fresh stamps every 50 ms, shared by the frame's images and label.
+        indices = [m.frame_index for m in labels]
+        start = indices.index(2)
+        assert indices[start:start + 6] == [2, 3, 4, 2, 3, 4]
+        stamps = [stamp_of(m) for m in labels]
+        assert np.all(np.abs(np.diff(stamps) - 50_000_000) <= 1)
+        assert set(stamps) <= {stamp_of(m) for m in images["camera_0/image_raw"]}
+        assert set(stamps) <= {stamp_of(m) for m in images["moved/image_raw"]}
+        assert images["camera_1/image_raw"] == []  # remapped away
+        for msg in images["moved/image_raw"]:
+            assert msg.header.frame_id == "camera_1" and msg.encoding == "mono8"
+
+        labels.clear()
+        pipeline.start("replay_once")  # original stamps, once, then exit 0
+        assert pipeline.wait("replay_once", timeout=30.0) == 0, pipeline.log_tails()
+        observer.spin_for(0.3)
+        assert [stamp_of(m) for m in labels] == [f.stamp_ns for f in frames]
+
+        pipeline.start("replay_missing")  # a bag that is not there: exit 2, and why
+        assert pipeline.wait("replay_missing", timeout=30.0) == 2
+        assert "does not exist" in pipeline.log_path("replay_missing").read_text()
