@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -24,6 +25,11 @@ from resilient_perception.core.placement import (
     Problem,
     evaluate_batch,
     evaluate_plan,
+)
+from resilient_perception.core.placement_experiments import (
+    EXPERIMENTS,
+    run_one,
+    write_report,
 )
 from resilient_perception.core.placement_solvers import (
     _build,
@@ -266,6 +272,27 @@ def test_infeasible_instances_name_the_binding_constraint(real_profile_problems,
     assert solve(tight, "cpsat", time_limit=20).status == "infeasible"
     assert binding_constraints(tight, time_limit=20) == (family,)
     assert binding_constraints(problem, time_limit=20) == ()
+
+
+def test_a_sweep_run_and_its_report(tmp_path, real_profile_problems):
+    network = real_profile_problems[0].network
+    _, base = EXPERIMENTS["weights"]["points"][2]
+    setting = dataclasses.replace(base, n_devices=4, fixed_requests=1, rounds=2)
+    for solver in ("cpsat", "ga"):
+        run = run_one(network, setting, solver, seed=0, time_limit=10, ga_generations=20)
+        assert [s["requests"] for s in run["steps"]] == [1, 1]
+        assert all(s["metrics"]["feasible"] for s in run["steps"])
+        assert run["accuracy_threshold"] == pytest.approx(0.8 / 0.9473 * 0.9)
+        path = tmp_path / "raw" / "weights" / f"p2-{solver}-seed0.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run))
+    text = write_report(tmp_path, "test")
+    assert "| 0.5 | CP-SAT (exact) |" in text and "| 0.5 | GA (paper) |" in text
+    assert (tmp_path / "weights.png").stat().st_size > 0
+    rows = (tmp_path / "instances.csv").read_text().splitlines()
+    assert len(rows) == 2 and "ga_minus_cpsat" in rows[0]
+    gap = float(rows[1].split(",")[rows[0].split(",").index("ga_minus_cpsat")])
+    assert gap >= -cpsat_tolerance(real_profile_problems[0])
 
 
 # --- fleet files and the plan command ----------------------------------------------------
