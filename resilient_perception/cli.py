@@ -247,30 +247,65 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _evaluate(checkpoint, build_parser().parse_args(eval_args), args.out / "eval-test")
     if args.no_live:
         return 0
-    try:  # ROS is optional for the ML-only install (pip install .)
-        from .ros.live_demo import DEFAULT_SCHEDULE, run_live_demo
-        from .ros.pipeline import package_prefix
-    except ImportError as exc:
-        raise ValueError(f"the live demo needs ROS 2 and the built package ({exc}); run "
-                         "scripts/setup.sh, or pass --no-live") from exc
+    live_demo, pipeline, _ = _live_imports()
     if args.duration <= 0 or args.rate <= 0:
         raise ValueError("--duration and --rate must be > 0")
-    schedule = args.schedule or DEFAULT_SCHEDULE
-    onnx_dir = args.out / "onnx"
-    if not (onnx_dir / "device_0.onnx").exists() or (
-            (onnx_dir / "device_0.onnx").stat().st_mtime < checkpoint.stat().st_mtime):
-        export_checkpoint(checkpoint, onnx_dir)
-    config = args.config or package_prefix() / "share/resilient_perception/config/mnist_6cam.yaml"
-    if not config.is_file():
-        raise ValueError(f"{config}: config file not found")
+    schedule = args.schedule or live_demo.DEFAULT_SCHEDULE
+    models = _onnx_models(checkpoint, args.out / "onnx")
+    config = _installed_config(args, pipeline)
     print(f"\nlive pipeline: {args.duration:g} s at {args.rate:g} Hz, failures: "
           + ", ".join(f"{e.action} {e.node} at {e.at:g} s" for e in schedule))
-    report = run_live_demo(config, str(onnx_dir.resolve() / "device_{}.onnx"),
-                           args.out / "live", args.duration, args.rate, schedule)
+    report = live_demo.run_live_demo(config, models, args.out / "live", args.duration,
+                                     args.rate, schedule)
     print()
     print((args.out / "live" / "report.md").read_text(), end="")
     lost = report["streams"]["modifier"]["missing"]
     return 0 if lost == 0 else 1
+
+
+def _live_imports():
+    """The ROS modules of the live commands, or a clear error without ROS (pip install .)."""
+    try:
+        from .ros import live_demo, pipeline, pipeline_benchmark
+    except ImportError as exc:
+        raise ValueError(f"this command needs ROS 2 and the built package ({exc}); run "
+                         "scripts/setup.sh") from exc
+    return live_demo, pipeline, pipeline_benchmark
+
+
+def _onnx_models(checkpoint: Path, onnx_dir: Path) -> str:
+    """Export ``checkpoint`` to ``onnx_dir`` unless up to date; the cameras' model pattern."""
+    first = onnx_dir / "device_0.onnx"
+    if not first.exists() or first.stat().st_mtime < checkpoint.stat().st_mtime:
+        export_checkpoint(checkpoint, onnx_dir)
+    return str(onnx_dir.resolve() / "device_{}.onnx")
+
+
+def _installed_config(args: argparse.Namespace, pipeline) -> Path:
+    config = args.config or (pipeline.package_prefix()
+                             / "share/resilient_perception/config/mnist_6cam.yaml")
+    if not config.is_file():
+        raise ValueError(f"{config}: config file not found")
+    return config
+
+
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    """Benchmark the live pipeline (6 camera processes + fusion at 30 Hz over DDS).
+
+    Measures end-to-end and fusion-only latency, failure reaction time, max sustained
+    frame rate, CPU and memory per process, and the Modifier's cost vs a device forward.
+    Writes benchmark.json and benchmark.md to --out.
+    """
+    _, pipeline, pipeline_benchmark = _live_imports()
+    if not args.checkpoint.is_file():
+        raise ValueError(f"{args.checkpoint}: no such checkpoint (train one with "
+                         "`resilient-perception train`)")
+    models = _onnx_models(args.checkpoint, args.checkpoint.parent / "onnx")
+    result = pipeline_benchmark.run_pipeline_benchmark(
+        _installed_config(args, pipeline), models, args.out, args.rate, args.steady,
+        args.kills)
+    print((args.out / "benchmark.md").read_text(), end="")
+    return 0 if result["steady"]["stream"]["missing"] == 0 else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -377,6 +412,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-live", action="store_true",
                    help="only train/reuse and print the offline failure table")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench-pipeline", help="benchmark the live pipeline (latency, failure "
+                       "reaction, max rate, CPU/memory, Modifier cost)",
+                       description=cmd_bench_pipeline.__doc__)
+    p.add_argument("checkpoint", type=Path, help="model.safetensors written by `train` "
+                   "(exported to ONNX beside it)")
+    p.add_argument("--out", type=Path, default=Path("docs/results/pipeline"),
+                   help="output folder (default docs/results/pipeline)")
+    p.add_argument("--rate", type=float, default=30.0, help="frame rate (default 30)")
+    p.add_argument("--steady", type=float, default=20.0,
+                   help="seconds of steady-state streaming (default 20)")
+    p.add_argument("--kills", type=_positive_int, default=3,
+                   help="cameras killed one at a time for the reaction time (default 3)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="params file (default the installed config/mnist_6cam.yaml)")
+    p.set_defaults(func=cmd_bench_pipeline)
 
     p = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)
     p.add_argument("checkpoint", type=Path, help="model.safetensors written by `train`")

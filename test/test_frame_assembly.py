@@ -239,8 +239,11 @@ def _frame(present):
 
 @pytest.mark.parametrize("mode", ["avg", "max"])
 @pytest.mark.parametrize("use_modifier", [True, False])
-def test_fuse_frame_equals_fuse_with_failures(mode, use_modifier):
-    frame, heads = _frame([True, False, True]), _heads()
+@pytest.mark.parametrize("present", [[True, False, True], [True, True, True],
+                                     [False, True, False], [False, False, False]])
+def test_fuse_frame_equals_fuse_with_failures(mode, use_modifier, present):
+    frame, heads = _frame(present), _heads()
+    fuse_frame(frame, heads, mode, use_modifier)  # twice: the second uses the cached head
     fused, surrogates = fuse_frame(frame, heads, mode, use_modifier)
     expected = fuse_with_failures(
         torch.from_numpy(frame.probs)[None],
@@ -252,7 +255,16 @@ def test_fuse_frame_equals_fuse_with_failures(mode, use_modifier):
         use_modifier=use_modifier,
     )[0].numpy()
     np.testing.assert_allclose(fused, expected, rtol=1e-6, atol=1e-7)
-    assert surrogates == ([1] if use_modifier else [])
+    missing = [i for i, p in enumerate(present) if not p]
+    assert surrogates == (missing if use_modifier and any(present) else [])
+
+
+def test_a_new_head_replaces_the_cached_average_head():
+    frame, heads = _frame([True, True, False]), _heads()
+    before, _ = fuse_frame(frame, heads, "avg")
+    heads.set_head(0, heads.weights[0] * 3.0, heads.biases[0])
+    after, _ = fuse_frame(frame, heads, "avg")
+    assert not np.allclose(before, after)
 
 
 def test_fuse_frame_surrogate_needs_only_present_heads():

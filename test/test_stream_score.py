@@ -37,6 +37,16 @@ def test_summary_counts_accuracy_availability_and_latency():
     assert [m[0] for m in score.matched()] == [1, 2, 3]
 
 
+def test_window_keeps_the_frames_stamped_inside():
+    score = StreamScore(n_devices=2)
+    for stamp in (10, 20, 30):
+        score.add_truth(stamp, stamp, 0)
+        score.add_fused(FusedRecord(stamp, 0, (0, 1), (), 0.001))
+    part = score.window(15, 30)
+    assert list(part.truth) == [20] and list(part.fused) == [20]
+    assert len(score.truth) == 3  # the original is untouched
+
+
 def test_failed_set_key_is_order_free():
     assert failed_set_key((4, 1)) == "1,4"
     assert failed_set_key([]) == "none"

@@ -86,6 +86,13 @@ class StreamScore:
             return
         self.fused[record.stamp_ns] = record
 
+    def window(self, start_ns: int, end_ns: int) -> StreamScore:
+        """A new score with only the frames stamped in ``[start_ns, end_ns)``."""
+        out = StreamScore(self.n_devices)
+        out.truth = {s: t for s, t in self.truth.items() if start_ns <= s < end_ns}
+        out.fused = {s: r for s, r in self.fused.items() if start_ns <= s < end_ns}
+        return out
+
     def matched(self) -> list[tuple[int, int, FusedRecord]]:
         """``(frame index, label, record)`` for every stamp with both, in stamp order."""
         return [
