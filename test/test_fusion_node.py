@@ -24,6 +24,7 @@ msgs = pytest.importorskip(
     "resilient_perception.msg", reason="messages not built: run scripts/setup.sh"
 )
 
+from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
@@ -245,6 +246,8 @@ def test_every_frame_fused_and_a_stopped_device_gets_a_surrogate(fleet):
 
 
 def test_malformed_predictions_are_rejected_and_good_frames_keep_flowing(fleet):
+    earlier = fleet.publish_frames(2, [0, 2])
+    fleet.spin_until(lambda: set(earlier) <= set(fleet.fused_by_stamp()), "two frames")
     bad_stamps = []
     # Too long, NaN, and a valid one claiming to be device 2 on device 0's topic.
     for device_id, values in ((0, [0.5] * (K + 1)), (0, [float("nan")] + [0.5] * (K - 1)),
@@ -255,11 +258,48 @@ def test_malformed_predictions_are_rejected_and_good_frames_keep_flowing(fleet):
             header=Header(stamp=stamp), device_id=device_id,
             probabilities=values, features=[0.0] * D))
         fleet.spin_for(0.02)
-    good = fleet.publish_frames(8, [0, 2])
+    # Inf features, a stale stamp (a frame fused long ago), and a head of the wrong shape.
+    stamp = fleet.stamp_now()
+    bad_stamps.append(stamp.sec * 1_000_000_000 + stamp.nanosec)
+    fleet.preds[0].publish(msgs.DevicePrediction(
+        header=Header(stamp=stamp), device_id=0, probabilities=[0.1] * K,
+        features=[float("inf")] + [0.0] * (D - 1)))
+    oldest = earlier[0]
+    fleet.preds[2].publish(msgs.DevicePrediction(
+        header=Header(stamp=Time(sec=oldest // 1_000_000_000, nanosec=oldest % 1_000_000_000)),
+        device_id=2, probabilities=[0.1] * K, features=[0.0] * D))
+    fleet.heads[0].publish(msgs.ClassifierHead(device_id=0, num_classes=K, feature_dim=D + 1,
+                                               weight=[0.0] * (K * (D + 1)), bias=[0.0] * K))
+    good = fleet.publish_frames(4, [0, 2])
+    # A duplicate: device 0 reports twice for one frame; the first report counts.
+    stamp = fleet.stamp_now()
+    dup = stamp.sec * 1_000_000_000 + stamp.nanosec
+    first, second = device_output(0, 999), device_output(0, 998)
+    for features, probs in (first, second):
+        fleet.preds[0].publish(msgs.DevicePrediction(
+            header=Header(stamp=stamp), device_id=0, probabilities=probs.tolist(),
+            features=features.tolist()))
+    fleet.spin_for(0.02)
+    features2, probs2 = device_output(2, 999)
+    fleet.preds[2].publish(msgs.DevicePrediction(
+        header=Header(stamp=stamp), device_id=2, probabilities=probs2.tolist(),
+        features=features2.tolist()))
+    fleet.sent[dup] = {0: first, 2: (features2, probs2)}
+    good += [dup, *fleet.publish_frames(4, [0, 2])]
     fleet.spin_until(lambda: set(good) <= set(fleet.fused_by_stamp()),
                      "the good frames after the bad ones", timeout=5.0)
     assert not set(bad_stamps) & set(fleet.fused_by_stamp())
     assert fleet.process.poll() is None
+    # The good frames' output is exactly what it would be without the bad messages (the
+    # heads are unchanged: the malformed head was rejected).
+    by_stamp = fleet.fused_by_stamp()
+    # (A frame whose device 2 came after the frame timeout on a loaded machine is fused
+    # from device 0 alone; it must still be exactly that.)
+    for s in good:
+        (msg, _), = by_stamp[s]
+        live = list(msg.live_devices)
+        assert 0 in live and set(live) <= {0, 2}, live
+        np.testing.assert_allclose(msg.probabilities, expected(fleet, s, live), atol=1e-6)
 
     def counted():
         diag = fleet.latest_diagnostics()
@@ -267,6 +307,9 @@ def test_malformed_predictions_are_rejected_and_good_frames_keep_flowing(fleet):
         return (int(assembly.get("bad_probs_length", 0)) >= 1
                 and int(assembly.get("non_finite", 0)) >= 1
                 and int(assembly.get("device_id_mismatch", 0)) >= 1
+                and int(assembly.get("stale", 0)) >= 1
+                and int(assembly.get("duplicate", 0)) >= 1
+                and int(assembly.get("bad_head", 0)) >= 1
                 and int(diag.get("fusion_node: device 0", {}).get("rejected", 0)) >= 3
                 and diag)
 
