@@ -243,6 +243,7 @@ def test_every_frame_fused_and_a_stopped_device_gets_a_surrogate(fleet):
     assert diag["fusion_node: device 1"]["_level"] == DiagnosticStatus.ERROR
     assert diag["fusion_node: device 1"]["reason"] in ("liveliness", "deadline", "watchdog")
     assert diag["fusion_node: device 0"]["_level"] == DiagnosticStatus.OK
+    assert float(diag["fusion_node: device 0"]["rate_hz"]) >= 0.0  # messages/s since last
 
 
 def test_malformed_predictions_are_rejected_and_good_frames_keep_flowing(fleet):

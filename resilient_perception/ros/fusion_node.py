@@ -155,6 +155,8 @@ class FusionNode(Node):
         # fusion node's own share of the end-to-end latency (reported in the diagnostics).
         self._fusion_times: deque[float] = deque(maxlen=1000)
         self._bad_heads = [0] * self.n_devices
+        # (time, accepted-message counts) at the previous diagnostics, for the rates
+        self._last_counts: tuple[float, list[int]] | None = None
         if p["num_classes"] > 0 and p["feature_dim"] > 0:
             self._set_sizes(p["num_classes"], p["feature_dim"])
 
@@ -308,7 +310,14 @@ class FusionNode(Node):
             array = DiagnosticArray()
             array.header.stamp = self.get_clock().now().to_msg()
             name = self.get_name()
-            for device, rec in self.monitor.snapshot().items():
+            now, snapshot = self._now(), self.monitor.snapshot()
+            counts_now = [rec["messages"] for rec in snapshot.values()]
+            rates = [0.0] * self.n_devices
+            if self._last_counts is not None and now > self._last_counts[0]:
+                then, before = self._last_counts
+                rates = [(c - b) / (now - then) for c, b in zip(counts_now, before, strict=True)]
+            self._last_counts = (now, counts_now)
+            for device, rec in snapshot.items():
                 health = DeviceHealth(rec["health"])
                 status = DiagnosticStatus(
                     level=_LEVELS[health], name=f"{name}: device {device}",
@@ -316,6 +325,7 @@ class FusionNode(Node):
                     message=health.value + (f" ({rec['reason']})" if rec["reason"] else ""))
                 head = self.heads is not None and bool(self.heads.known[device])
                 values = {"health": health.value, "messages": rec["messages"],
+                          "rate_hz": round(rates[device], 2),
                           "rejected": rec["rejected"], "deaths": rec["deaths"],
                           "reason": rec["reason"], "head_known": head,
                           "bad_heads": self._bad_heads[device]}
