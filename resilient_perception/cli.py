@@ -303,7 +303,7 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     models = _onnx_models(args.checkpoint, args.checkpoint.parent / "onnx")
     result = pipeline_benchmark.run_pipeline_benchmark(
         _installed_config(args, pipeline), models, args.out, args.rate, args.steady,
-        args.kills)
+        args.kills, log_dir=args.log_dir)
     print((args.out / "benchmark.md").read_text(), end="")
     return 0 if result["steady"]["stream"]["missing"] == 0 else 1
 
@@ -425,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of steady-state streaming (default 20)")
     p.add_argument("--kills", type=_positive_int, default=3,
                    help="cameras killed one at a time for the reaction time (default 3)")
+    p.add_argument("--log-dir", type=Path, default=Path("runs/bench-pipeline/logs"),
+                   help="node logs (default runs/bench-pipeline/logs)")
     p.add_argument("--config", type=Path, default=None,
                    help="params file (default the installed config/mnist_6cam.yaml)")
     p.set_defaults(func=cmd_bench_pipeline)

@@ -155,8 +155,12 @@ def run_pipeline_benchmark(
     rate_step_s: float = 5.0,
     n_cameras: int = 6,
     emit: Callable[[str], None] = print,
+    log_dir: Path | None = None,
 ) -> dict:
-    """Run the four phases (see the module docstring) and write the results; returns them."""
+    """Run the four phases (see the module docstring) and write the results; returns them.
+
+    Node logs go to ``log_dir`` (default ``out_dir/logs``).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = yaml.safe_load(Path(config).read_text()) or {}
     shared = (sections.get("/**") or {}).get("ros__parameters") or {}
@@ -168,7 +172,7 @@ def run_pipeline_benchmark(
         "config": {"rate_hz": rate_hz, "cameras": n_cameras, "deadline_s": deadline,
                    "frame_timeout_s": frame_timeout, "steady_s": steady_s},
     }
-    bench = _Bench(config, onnx_pattern, n_cameras, out_dir / "logs")
+    bench = _Bench(config, onnx_pattern, n_cameras, log_dir or out_dir / "logs")
     try:
         with bench.pipeline:
             emit(f"starting fusion + {n_cameras} cameras ...")
