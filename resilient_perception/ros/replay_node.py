@@ -24,8 +24,9 @@ how late frames were published and the error of the intervals between frames.
 Like the player: ``warmup_frames`` publishes the first frame's non-label messages that many
 times before playing (every camera is heard once before the first labelled frame),
 ``wait_for_subscribers`` waits for that many subscribers on every camera topic (every topic
-if the bag has no camera topics), ``on_end`` is ``stop`` (keep running) or ``shutdown``
-(wait until the last messages are acknowledged, exit with code 0).
+if the bag has no camera topics), ``wait_for_label_subscribers`` for that many on the label
+topic (a scorer or recorder must not miss the first labels), and ``on_end`` is ``stop``
+(keep running) or ``shutdown`` (wait until the last messages are acknowledged, exit 0).
 
 Exit codes: 0 after SIGINT/SIGTERM or a ``shutdown`` end, 1 when the bag turns out damaged
 while playing, 2 for an invalid parameter or a bag that cannot be played (missing,
@@ -201,6 +202,9 @@ class ReplayNode(Node):
         self.declare_parameter("wait_for_subscribers", 0, descriptor(
             "Before playing, wait until every camera topic has this many subscribers.", i,
             (0, 1000)))
+        self.declare_parameter("wait_for_label_subscribers", 0, descriptor(
+            "Before playing, also wait until the FrameLabel topic has this many subscribers.",
+            i, (0, 1000)))
         self.declare_parameter("on_end", "stop", descriptor(
             "After the last message: 'stop' publishing and keep running, or 'shutdown'.", s))
         self.declare_parameter("realtime_priority", 0, descriptor(
@@ -212,7 +216,8 @@ class ReplayNode(Node):
             s))
         p = {name: self.get_parameter(name).value for name in (
             "bag_path", "rate", "start_offset", "loop", "exclude_topics", "original_stamps",
-            "warmup_frames", "wait_for_subscribers", "on_end", "realtime_priority",
+            "warmup_frames", "wait_for_subscribers", "wait_for_label_subscribers", "on_end",
+            "realtime_priority",
             "stats_path")}
         if p["on_end"] not in ON_END:
             raise InvalidParameterValueException("on_end", p["on_end"], f"one of {ON_END}")
@@ -237,7 +242,6 @@ class ReplayNode(Node):
         self.topics = sorted(set(self.bag.topics) - excluded)
         self.rate, self.loop, self.on_end = p["rate"], p["loop"], p["on_end"]
         self.original_stamps, self.warmup = p["original_stamps"], p["warmup_frames"]
-        self.wait_for_subscribers = p["wait_for_subscribers"]
         self.stats_path, self.realtime_priority = p["stats_path"], p["realtime_priority"]
         self.start_ns = self.bag.start_ns + round(p["start_offset"] * 1e9)
         self._restamp = {t: not self.original_stamps and has_header(self.bag.topics[t].msgtype)
@@ -252,8 +256,11 @@ class ReplayNode(Node):
                 qos = QoSProfile(depth=10)
             self._pubs[topic] = self.create_publisher(
                 _message_class(summary.msgtype), topic.lstrip("/"), qos)
-        self._waited = [self._pubs[t] for t in self.topics if t in cameras] or list(
-            self._pubs.values())
+        # (publisher, subscribers it waits for) before the first message
+        waited = [t for t in self.topics if t in cameras] or self.topics
+        self._waits = [(self._pubs[t], p["wait_for_subscribers"]) for t in waited]
+        self._waits += [(self._pubs[t], p["wait_for_label_subscribers"]) for t in self.topics
+                        if self.bag.topics[t].msgtype == LABEL_TYPE]
         self.published = 0  # messages
         self.scheduled_ns: list[int] = []  # per played frame: when due (monotonic)
         self.actual_ns: list[int] = []  # when its first message went out
@@ -367,7 +374,7 @@ class ReplayNode(Node):
 
     def _wait_for_subscribers(self) -> None:
         while not self._stop.is_set() and any(
-                pub.get_subscription_count() < self.wait_for_subscribers for pub in self._waited):
+                pub.get_subscription_count() < count for pub, count in self._waits):
             self._stop.wait(0.05)
 
     def _finish(self) -> None:
