@@ -24,14 +24,17 @@ problem (rows of z sum to ``loc[r,u]``, columns to ``loc[r,u+1]``), which is exa
 values. A dropped unit sits where its input is (``sum_i z[r,u-1,i,i] >= dropped``), so a
 hop out of it is the paper's skip-connection transfer. ``y[i,u]`` marks the weights of u
 stored on i (memory). Costs are per unit of objective; CP-SAT needs integers, so the
-objective is multiplied by :data:`OBJECTIVE_SCALE` and rounded (each term is off by at most
-0.5 / scale, see :func:`cpsat_tolerance`), and the energy rows are in microjoules with
+objective is multiplied by a power of ten and rounded: large enough that the smallest term
+keeps :data:`OBJECTIVE_RESOLUTION` integer steps (the alpha = 0 tie-break terms are ~1e-10),
+at most :data:`MAX_OBJECTIVE_SCALE`; each term is off by at most 0.5 / scale, see
+:func:`cpsat_tolerance`, and the energy rows are in microjoules with
 coefficients rounded up and budgets down, so CP-SAT never accepts a plan that
 ``evaluate_plan`` rejects. Memory (bytes) and computation (MACs) rows are exact integers.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,7 +46,6 @@ from scipy.optimize import linprog
 from .placement import CONSTRAINTS, DROPPED, Plan, Problem, evaluate_batch, evaluate_plan
 
 __all__ = [
-    "OBJECTIVE_SCALE",
     "SOLVERS",
     "SolveResult",
     "binding_constraints",
@@ -54,8 +56,11 @@ __all__ = [
     "solve_heuristic",
 ]
 
-OBJECTIVE_SCALE = 1e9
-"""CP-SAT's integer objective = round(objective coefficient x this) per term."""
+OBJECTIVE_RESOLUTION = 100
+"""CP-SAT's objective scale gives the smallest cost term at least this many integer steps."""
+
+MAX_OBJECTIVE_SCALE = 1e13
+"""...but never more than this (integer objective sums stay far inside int64)."""
 
 FULL_LP_MAX_VARS = 40_000
 """CP-SAT uses its full linear relaxation up to this many variables (about 25 devices)."""
@@ -274,6 +279,12 @@ def _encode(problem: Problem, model: _Model, plan: Plan) -> np.ndarray | None:
     return values
 
 
+def _objective_scale(program: _Program) -> float:
+    smallest = min((abs(c) for c in program.cost.values() if c != 0.0), default=1.0)
+    return float(min(10.0 ** math.ceil(math.log10(OBJECTIVE_RESOLUTION / smallest)),
+                     MAX_OBJECTIVE_SCALE))
+
+
 def cpsat_tolerance(problem: Problem) -> float:
     """How far CP-SAT's plan may be above the true optimum from rounding the objective.
 
@@ -281,7 +292,9 @@ def cpsat_tolerance(problem: Problem) -> float:
     links, the image link, one drop set); each is rounded by at most 0.5 / scale, so the
     plan CP-SAT proves optimal is within twice that sum of the true optimum.
     """
-    return problem.n_requests * (2 * problem.network.n_units + 1) / OBJECTIVE_SCALE
+    model = _build(problem)
+    scale = _objective_scale(model.program) if model is not None else MAX_OBJECTIVE_SCALE
+    return problem.n_requests * (2 * problem.network.n_units + 1) / scale
 
 
 def _cpsat(model: _Model, time_limit: float, workers: int, seed: int, with_objective: bool,
@@ -306,8 +319,9 @@ def _cpsat(model: _Model, time_limit: float, workers: int, seed: int, with_objec
                 cp.add(expr >= int(np.ceil(lo)))
             if np.isfinite(hi):
                 cp.add(expr <= int(np.floor(hi)))
+    scale = _objective_scale(program)
     if with_objective:
-        items = [(var[j], round(c * OBJECTIVE_SCALE)) for j, c in program.cost.items()]
+        items = [(var[j], round(c * scale)) for j, c in program.cost.items()]
         cp.minimize(cp_model.LinearExpr.weighted_sum([v for v, _ in items],
                                                      [c for _, c in items]))
     if hint is not None:
@@ -328,7 +342,7 @@ def _cpsat(model: _Model, time_limit: float, workers: int, seed: int, with_objec
         values = np.array(solver.boolean_values(var), dtype=float)
     name = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible",
             cp_model.INFEASIBLE: "infeasible"}.get(status, "unknown")
-    bound = solver.best_objective_bound / OBJECTIVE_SCALE if with_objective else float("nan")
+    bound = solver.best_objective_bound / scale if with_objective else float("nan")
     return name, values, bound
 
 
@@ -419,14 +433,17 @@ def _relaxation(model: _Model, time_limit: float) -> tuple[str, np.ndarray | Non
     cost = np.zeros(program.n_vars)
     for j, c in program.cost.items():
         cost[j] = c
-    res = linprog(cost, A_ub=matrix(ub, b_ub), b_ub=b_ub, A_eq=matrix(eq, b_eq), b_eq=b_eq,
+    # HiGHS's tolerances are absolute (1e-7): costs of ~1e-9 (an alpha = 0 tie-break) would
+    # be noise to it, and made it slow and inexact. The optimum is the same when scaled.
+    scale = float(np.abs(cost).max()) or 1.0
+    res = linprog(cost / scale, A_ub=matrix(ub, b_ub), b_ub=b_ub, A_eq=matrix(eq, b_eq), b_eq=b_eq,
                   bounds=(0, 1), method="highs",
                   options={"time_limit": max(float(time_limit), 0.01)})
     if res.status == 2:
         return "infeasible", None, float("nan")
     if res.status != 0:
         return "unknown", None, float("nan")
-    return "optimal", res.x, float(res.fun)
+    return "optimal", res.x, float(res.fun) * scale
 
 
 class _Room:
