@@ -376,3 +376,9 @@ def test_plan_command_errors_exit_2(tmp_path, changes, message):
 def test_plan_command_rejects_a_missing_profile(tmp_path):
     result = run("plan", str(EXAMPLE), "--profile", "nope.json", cwd=tmp_path)
     assert result.returncode == 2 and "nope.json" in result.stderr
+
+
+@needs_cli
+def test_placement_report_without_results_exits_2(tmp_path):
+    result = run("placement-report", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2 and "run placement-sweep first" in result.stderr
