@@ -1,10 +1,10 @@
-"""Small helpers shared by the package's nodes (parameter descriptors)."""
+"""Small helpers shared by the package's nodes (parameter descriptors, a main loop)."""
 
 from __future__ import annotations
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-__all__ = ["THROTTLE_S", "descriptor"]
+__all__ = ["THROTTLE_S", "descriptor", "run_node"]
 
 # Period of throttled warnings about bad messages, seconds.
 THROTTLE_S = 5.0
@@ -35,3 +35,37 @@ def descriptor(
         result.floating_point_range = [
             FloatingPointRange(from_value=float_range[0], to_value=float_range[1], step=0.0)]
     return result
+
+
+def run_node(node_class: type, name: str, argv: list[str] | None = None) -> int:
+    """Create ``node_class()`` and spin it until SIGINT/SIGTERM; return the exit code.
+
+    Exit codes: 0 after SIGINT/SIGTERM, 2 for a parameter of the wrong type or out of its
+    range, or another invalid configuration (a ``ValueError`` from the constructor).
+    """
+    import rclpy
+    from rclpy.exceptions import (
+        InvalidParameterTypeException,
+        InvalidParameterValueException,
+    )
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    rclpy.init(args=argv)
+    node = None
+    try:
+        try:
+            node = node_class()
+        except (InvalidParameterTypeException, InvalidParameterValueException,
+                ValueError) as exc:
+            rclpy.logging.get_logger(name).fatal(f"invalid configuration: {exc}")
+            return 2
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,83 @@
+"""Link measurement math for the link probes: burst goodput, round-trip time, smoothing.
+
+A probe node measures the link *into* its robot from a peer with timed bursts: the peer
+sends ``count`` messages of equal size back to back; the receiver notes each arrival time.
+The first message only starts the clock (its transfer began before anyone could time it),
+so the rate is the bytes of messages 2..n over the time from the first arrival to the last.
+A burst shorter than the link's queue (``tc tbf``'s ``latency`` x rate) is not dropped, so
+this measures the shaped rate, not the sender's speed. Round-trip times come from echoed
+probes on the sender's own clock. Both are reported as the median of a short window of
+samples (:class:`SampleWindow`), so that one disturbed sample does not re-plan the fleet.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from collections.abc import Sequence
+
+__all__ = ["SampleWindow", "burst_rate_bps", "relative_change", "round_trip_s"]
+
+
+def burst_rate_bps(arrival_ns: Sequence[int], message_bytes: int) -> float | None:
+    """Goodput in bits/s of one burst from the arrival times of its messages.
+
+    Args:
+        arrival_ns: Receiver's monotonic arrival times of the burst's messages (any order;
+            lost messages simply missing).
+        message_bytes: Bytes per message (the payload the sender sent).
+
+    Returns:
+        ``(n - 1) * message_bytes * 8 / (last - first)``, or None with fewer than two
+        arrivals or no time between them (nothing to measure).
+    """
+    if len(arrival_ns) < 2 or message_bytes <= 0:
+        return None
+    span_ns = max(arrival_ns) - min(arrival_ns)
+    if span_ns <= 0:
+        return None
+    return (len(arrival_ns) - 1) * message_bytes * 8.0 / (span_ns * 1e-9)
+
+
+def round_trip_s(sent_ns: int, received_ns: int) -> float | None:
+    """Round-trip time in seconds of an echo sent and received on the same clock.
+
+    Returns None for a reply that arrives before it was sent (a corrupt or foreign probe).
+    """
+    if received_ns < sent_ns:
+        return None
+    return (received_ns - sent_ns) * 1e-9
+
+
+class SampleWindow:
+    """The median of the last ``size`` samples of one measured quantity.
+
+    A burst that shares a link with another robot's burst, or an echo delayed by a busy
+    executor, gives a sample that is too low or too high; the median of a short window
+    ignores such outliers, where a moving average would drift with each.
+    """
+
+    def __init__(self, size: int) -> None:
+        """Keep at most ``size`` (>= 1) samples."""
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self._samples: deque[float] = deque(maxlen=size)
+        self.count = 0
+        """Samples added in total (not only those still in the window)."""
+
+    def add(self, sample: float) -> None:
+        """Add a sample, forgetting the oldest one when the window is full."""
+        self._samples.append(float(sample))
+        self.count += 1
+
+    @property
+    def value(self) -> float | None:
+        """Median of the window, None before the first sample."""
+        return statistics.median(self._samples) if self._samples else None
+
+
+def relative_change(reference: float, value: float) -> float:
+    """``|value - reference| / reference`` (infinite when the reference is not positive)."""
+    if reference <= 0:
+        return float("inf")
+    return abs(value - reference) / reference

@@ -1,0 +1,185 @@
+"""Link probe node: measures throughput and round-trip time from each peer robot over DDS.
+
+One runs on every robot (parameter ``robot``, peers in ``peers``). Probes travel on the
+receiver's ``<robot>/link_probe`` topic (``LinkProbe`` messages):
+
+* echo: every ``echo_period_s`` it sends each peer a small ECHO_REQUEST stamped with its
+  own monotonic clock; the peer answers with an ECHO_REPLY carrying the stamp back, so the
+  round-trip time needs no synchronised clocks;
+* burst: every ``burst_period_s`` it sends the next peer (round robin, so two bursts of one
+  robot never share its uplink) ``burst_count`` messages of ``burst_bytes`` back to back;
+  the peer times their arrivals (:func:`..core.link_estimation.burst_rate_bps`).
+
+Every ``publish_period_s`` it publishes, per peer, a ``LinkMeasurement`` on
+``link_measurements``: the rate from the peer to this robot (measured here, as receiver)
+and the round-trip time to it, each the median of the last ``window`` samples. Keep a burst
+below the link's queue (``tc tbf`` latency x rate) so it measures the link, not drops.
+
+Probes addressed to another robot, from an unknown peer or with inconsistent fields are
+logged (throttled), counted and ignored.
+"""
+
+from __future__ import annotations
+
+import array
+import time
+
+from rcl_interfaces.msg import ParameterType
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from resilient_perception.core.link_estimation import SampleWindow, burst_rate_bps, round_trip_s
+from resilient_perception.msg import LinkMeasurement, LinkProbe
+from resilient_perception.ros.node_utils import THROTTLE_S, descriptor, run_node
+
+__all__ = ["PROBE_TOPIC_FORMAT", "LinkProbeNode", "main"]
+
+PROBE_TOPIC_FORMAT = "{}/link_probe"
+"""Topic of the probes a robot receives: ``format(robot name)``."""
+
+
+def probe_qos(depth: int) -> QoSProfile:
+    """RELIABLE, KEEP_LAST ``depth``: a whole burst fits in the history, none is dropped."""
+    return QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                      depth=depth)
+
+
+class LinkProbeNode(Node):
+    """Sends probes to the peers, answers theirs, publishes the measured links."""
+
+    def __init__(self) -> None:
+        """Declare parameters, create the topics and timers; ValueError for a bad setup."""
+        super().__init__("link_probe")
+        string, array = ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_STRING_ARRAY
+        double, integer = ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_INTEGER
+        self.robot = self.declare_parameter("robot", "", descriptor(
+            "This robot's name (as in the fleet file).", string)).value
+        self.peers = list(self.declare_parameter("peers", [""], descriptor(
+            "Names of the robots to measure the links from.", array)).value)
+        burst_period = self.declare_parameter("burst_period_s", 0.5, descriptor(
+            "Seconds between two bursts (to the next peer in turn).", double,
+            float_range=(0.01, 60.0))).value
+        self.burst_count = self.declare_parameter("burst_count", 8, descriptor(
+            "Messages per burst.", integer, int_range=(2, 1000))).value
+        self.burst_bytes = self.declare_parameter("burst_bytes", 32768, descriptor(
+            "Payload bytes per burst message.", integer, int_range=(1, 1_000_000))).value
+        echo_period = self.declare_parameter("echo_period_s", 0.2, descriptor(
+            "Seconds between two echo probes to each peer.", double,
+            float_range=(0.01, 60.0))).value
+        self.echo_bytes = self.declare_parameter("echo_bytes", 64, descriptor(
+            "Payload bytes of an echo probe.", integer, int_range=(0, 65_000))).value
+        window = self.declare_parameter("window", 5, descriptor(
+            "Samples whose median is published.", integer, int_range=(1, 1000))).value
+        publish_period = self.declare_parameter("publish_period_s", 0.5, descriptor(
+            "Seconds between two published measurements.", double,
+            float_range=(0.01, 60.0))).value
+        self.peers = [peer for peer in self.peers if peer]
+        if not self.robot:
+            raise ValueError("parameter 'robot' (this robot's name) is required")
+        if not self.peers or self.robot in self.peers or len(set(self.peers)) != len(
+                self.peers):
+            raise ValueError(f"'peers' must name other robots, each once; got {self.peers}")
+
+        self.throughput = {peer: SampleWindow(window) for peer in self.peers}
+        self.rtt = {peer: SampleWindow(window) for peer in self.peers}
+        self.rejected = 0
+        self._arrivals: dict[str, tuple[int, list[int]]] = {}  # peer -> (burst, arrival ns)
+        self._sequence = 0
+        self._burst = 0
+        self._next_peer = 0
+        qos = probe_qos(max(self.burst_count, 10) * 2)
+        self._to_peer = {peer: self.create_publisher(LinkProbe, PROBE_TOPIC_FORMAT.format(peer),
+                                                     qos) for peer in self.peers}
+        self.create_subscription(LinkProbe, PROBE_TOPIC_FORMAT.format(self.robot),
+                                 self._on_probe, qos)
+        self._measurements = self.create_publisher(LinkMeasurement, "link_measurements", 10)
+        # Arrays are assigned to uint8[] fields as they are (bytes are checked one by one).
+        self._burst_payload = array.array("B", bytes(self.burst_bytes))
+        self._echo_payload = array.array("B", bytes(self.echo_bytes))
+        self.create_timer(echo_period, self._send_echoes)
+        self.create_timer(burst_period, self._send_burst)
+        self.create_timer(publish_period, self._publish)
+        self.get_logger().info(f"probing links of {self.robot} from {self.peers}")
+
+    def _probe(self, kind: int, peer: str, payload: array.array) -> LinkProbe:
+        self._sequence += 1
+        return LinkProbe(kind=kind, from_robot=self.robot, to_robot=peer,
+                         sequence=self._sequence, sent_ns=time.monotonic_ns(), payload=payload)
+
+    def _send_echoes(self) -> None:
+        for peer, publisher in self._to_peer.items():
+            publisher.publish(self._probe(LinkProbe.ECHO_REQUEST, peer, self._echo_payload))
+
+    def _send_burst(self) -> None:
+        peer = self.peers[self._next_peer]
+        self._next_peer = (self._next_peer + 1) % len(self.peers)
+        self._burst += 1
+        for index in range(self.burst_count):
+            probe = self._probe(LinkProbe.BURST, peer, self._burst_payload)
+            probe.burst, probe.index, probe.count = self._burst, index, self.burst_count
+            self._to_peer[peer].publish(probe)
+
+    def _on_probe(self, probe: LinkProbe) -> None:
+        now = time.monotonic_ns()
+        if probe.to_robot != self.robot or probe.from_robot not in self._to_peer:
+            self._reject(f"probe from {probe.from_robot!r} to {probe.to_robot!r} ignored: "
+                         f"this is {self.robot}, peers {self.peers}")
+            return
+        peer = probe.from_robot
+        if probe.kind == LinkProbe.ECHO_REQUEST:
+            reply = LinkProbe(kind=LinkProbe.ECHO_REPLY, from_robot=self.robot, to_robot=peer,
+                              sequence=probe.sequence, sent_ns=probe.sent_ns)
+            self._to_peer[peer].publish(reply)
+        elif probe.kind == LinkProbe.ECHO_REPLY:
+            rtt = round_trip_s(probe.sent_ns, now)
+            if rtt is None:
+                self._reject(f"echo reply from {peer} stamped in the future")
+            else:
+                self.rtt[peer].add(rtt)
+        elif probe.kind == LinkProbe.BURST:
+            self._on_burst(peer, probe, now)
+        else:
+            self._reject(f"probe of unknown kind {probe.kind} from {peer}")
+
+    def _on_burst(self, peer: str, probe: LinkProbe, now: int) -> None:
+        if probe.count < 2 or probe.index >= probe.count:
+            self._reject(f"burst message {probe.index} of {probe.count} from {peer}")
+            return
+        burst, arrivals = self._arrivals.get(peer, (None, []))
+        if burst != probe.burst:  # a new burst; an unfinished older one is dropped
+            burst, arrivals = probe.burst, []
+            self._arrivals[peer] = (burst, arrivals)
+        arrivals.append(now)
+        if probe.index == probe.count - 1:
+            rate = burst_rate_bps(arrivals, len(probe.payload))
+            if rate is not None and len(arrivals) == probe.count:
+                self.throughput[peer].add(rate)
+            del self._arrivals[peer]
+
+    def _publish(self) -> None:
+        stamp = self.get_clock().now().to_msg()
+        for peer in self.peers:
+            rate, rtt = self.throughput[peer].value, self.rtt[peer].value
+            if rate is None and rtt is None:
+                continue
+            msg = LinkMeasurement(from_robot=peer, to_robot=self.robot,
+                                  throughput_bps=rate or 0.0, rtt_s=rtt or 0.0,
+                                  throughput_samples=self.throughput[peer].count,
+                                  rtt_samples=self.rtt[peer].count)
+            msg.header.stamp = stamp
+            msg.header.frame_id = self.robot
+            self._measurements.publish(msg)
+
+    def _reject(self, reason: str) -> None:
+        self.rejected += 1
+        self.get_logger().warning(f"{reason} ({self.rejected} rejected so far)",
+                                  throttle_duration_sec=THROTTLE_S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the node until SIGINT/SIGTERM (exit 0); exit 2 for invalid parameters."""
+    return run_node(LinkProbeNode, "link_probe", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""Planner node: places the ResNet's units on the live robots from measured links.
+
+Reads the fleet file and the block profile (the formats of ``resilient-perception plan``),
+watches every robot's stage heartbeat (``<robot>/stage_alive``) and the link probes'
+``link_measurements``, and publishes a ``PlacementPlan`` on ``placement_plan`` (RELIABLE,
+TRANSIENT_LOCAL: a stage that starts later still gets the current plan). It re-plans
+
+* at once when a robot's heartbeat is older than ``robot_timeout_s`` (robot lost) or a
+  robot joins (or comes back),
+* when a measured rate between live robots differs from the one the current plan used by
+  more than ``rate_change_threshold`` (relative),
+* every ``replan_period_s`` (0 = never on a timer).
+
+Measured rates replace the fleet file's (which are the starting values, used until a link
+is measured). The problem is solved for the live robots only
+(:func:`..core.distributed.live_problem`); requests whose image is on a dead robot are
+left out. Measurements naming unknown robots or carrying non-finite rates are logged
+(throttled), counted and ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+from rcl_interfaces.msg import ParameterType
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Header
+
+from resilient_perception.core.block_profile import load_profile
+from resilient_perception.core.distributed import fleet_plan, live_problem
+from resilient_perception.core.fleet_config import load_fleet
+from resilient_perception.core.link_estimation import relative_change
+from resilient_perception.core.placement import Network, evaluate_plan
+from resilient_perception.core.placement_solvers import SOLVERS, solve
+from resilient_perception.msg import LinkMeasurement, PlacementPlan
+from resilient_perception.ros.node_utils import THROTTLE_S, descriptor, run_node
+
+__all__ = ["HEARTBEAT_TOPIC_FORMAT", "PlannerNode", "main", "plan_qos"]
+
+HEARTBEAT_TOPIC_FORMAT = "{}/stage_alive"
+"""Topic of a robot's stage heartbeat: ``format(robot name)``."""
+
+
+def plan_qos() -> QoSProfile:
+    """Profile of ``placement_plan``: latched (RELIABLE, TRANSIENT_LOCAL, depth 1)."""
+    return QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                      depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class PlannerNode(Node):
+    """Solves the placement for the live robots and publishes it as a PlacementPlan."""
+
+    def __init__(self) -> None:
+        """Load the fleet and profile, subscribe heartbeats and measurements."""
+        super().__init__("planner")
+        string, double = ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_DOUBLE
+        boolean = ParameterType.PARAMETER_BOOL
+        fleet_path = self.declare_parameter("fleet", "", descriptor(
+            "Fleet YAML (devices, rates, requests), as for `resilient-perception plan`.",
+            string)).value
+        profile_path = self.declare_parameter("profile", "", descriptor(
+            "Block profile JSON (drop-study's profile.json).", string)).value
+        self.solver = self.declare_parameter("solver", "cpsat", descriptor(
+            f"Placement solver: one of {', '.join(SOLVERS)}.", string)).value
+        self.time_limit = self.declare_parameter("time_limit_s", 1.0, descriptor(
+            "Solver time limit in seconds.", double, float_range=(0.01, 600.0))).value
+        self.replan_period = self.declare_parameter("replan_period_s", 0.0, descriptor(
+            "Re-plan every this many seconds (0 = only on changes).", double,
+            float_range=(0.0, 86400.0))).value
+        self.rate_threshold = self.declare_parameter("rate_change_threshold", 0.3, descriptor(
+            "Re-plan when a measured rate changes by more than this fraction.", double,
+            float_range=(0.0, 100.0))).value
+        self.robot_timeout = self.declare_parameter("robot_timeout_s", 0.5, descriptor(
+            "A robot whose stage heartbeat is older than this is lost.", double,
+            float_range=(0.01, 60.0))).value
+        self.use_measured = self.declare_parameter("use_measured_rates", True, descriptor(
+            "Replace the fleet file's rates with the link probes' measurements.",
+            boolean)).value
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {list(SOLVERS)}, got {self.solver!r}")
+        if not fleet_path or not profile_path:
+            raise ValueError("parameters 'fleet' and 'profile' (file paths) are required")
+        profile = load_profile(profile_path)
+        self.problem = load_fleet(fleet_path).problem(Network.from_profile(profile))
+        self.names = list(self.problem.fleet.names)
+        n = len(self.names)
+        self.rates = np.array(self.problem.rates_bps, dtype=float)  # current estimates
+        self.last_seen = np.full(n, -math.inf)  # monotonic time of each robot's heartbeat
+        self.rejected = 0
+        self.version = 0
+        self._plan_alive: np.ndarray | None = None  # alive set of the current plan
+        self._plan_rates = self.rates.copy()  # rates the current plan was made with
+        self._last_plan_time = -math.inf
+
+        self._publisher = self.create_publisher(PlacementPlan, "placement_plan", plan_qos())
+        for i, name in enumerate(self.names):
+            self.create_subscription(Header, HEARTBEAT_TOPIC_FORMAT.format(name),
+                                     lambda msg, i=i: self._on_heartbeat(i, msg), 10)
+        self.create_subscription(LinkMeasurement, "link_measurements", self._on_link, 50)
+        self.create_timer(0.02, self._check)
+        self.get_logger().info(f"planning {profile.model} ({len(profile.blocks)} blocks) on "
+                               f"{self.names} with {self.solver}")
+
+    def _on_heartbeat(self, robot: int, msg: Header) -> None:
+        if msg.frame_id != self.names[robot]:
+            self._reject(f"heartbeat of {msg.frame_id!r} on {self.names[robot]}'s topic")
+            return
+        self.last_seen[robot] = time.monotonic()
+
+    def _on_link(self, msg: LinkMeasurement) -> None:
+        if msg.from_robot not in self.names or msg.to_robot not in self.names or (
+                msg.from_robot == msg.to_robot):
+            self._reject(f"measurement of unknown link {msg.from_robot!r} -> {msg.to_robot!r}")
+            return
+        if not (math.isfinite(msg.throughput_bps) and msg.throughput_bps >= 0):
+            self._reject(f"measurement with throughput {msg.throughput_bps}")
+            return
+        if self.use_measured and msg.throughput_bps > 0:
+            i, k = self.names.index(msg.from_robot), self.names.index(msg.to_robot)
+            self.rates[i, k] = msg.throughput_bps
+
+    def _alive(self) -> np.ndarray:
+        return time.monotonic() - self.last_seen <= self.robot_timeout
+
+    def _rates_changed(self, alive: np.ndarray) -> bool:
+        live = np.ix_(alive, alive)
+        off = ~np.eye(int(alive.sum()), dtype=bool)
+        old, new = self._plan_rates[live][off], self.rates[live][off]
+        return any(relative_change(a, b) > self.rate_threshold for a, b in zip(old, new,
+                                                                                strict=True))
+
+    def _check(self) -> None:
+        alive = self._alive()
+        if not alive.any():
+            return
+        reason = None
+        if self._plan_alive is None:
+            reason = "initial"
+        elif np.any(self._plan_alive & ~alive):
+            reason = "robot lost"
+        elif np.any(alive & ~self._plan_alive):
+            reason = "robot joined"
+        elif self._rates_changed(alive):
+            reason = "rate change"
+        elif self.replan_period > 0 and (
+                time.monotonic() - self._last_plan_time >= self.replan_period):
+            reason = "timer"
+        if reason is not None:
+            self._replan(alive, reason)
+
+    def _replan(self, alive: np.ndarray, reason: str) -> None:
+        # Remember what this attempt saw even if it fails, so a hopeless set of robots is
+        # not re-solved 50 times a second.
+        self._plan_alive, self._plan_rates = alive.copy(), self.rates.copy()
+        self._last_plan_time = time.monotonic()
+        try:
+            problem = dataclasses.replace(self.problem, rates_bps=self.rates)
+            live, robots, requests = live_problem(problem, alive)
+        except ValueError as exc:
+            self.get_logger().error(f"cannot plan ({reason}): {exc}")
+            return
+        options = {"seed": 0, "workers": 1} if self.solver == "cpsat" else {}
+        result = solve(live, self.solver, self.time_limit, **options)
+        if result.plan is None:
+            self.get_logger().error(f"{self.solver} found no plan for robots "
+                                    f"{[self.names[i] for i in robots]} ({result.status}); "
+                                    "keeping the previous plan")
+            return
+        metrics = evaluate_plan(live, result.plan).metrics()
+        self.version += 1
+        msg = PlacementPlan(
+            version=self.version, robot_names=self.names,
+            unit_names=list(self.problem.network.names),
+            sources=[int(s) for s in self.problem.sources[requests]],
+            devices=[int(d) for d in fleet_plan(result.plan, robots).reshape(-1)],
+            robots_alive=[bool(a) for a in alive],
+            expected_accuracy=metrics["accuracy"], latency_s=metrics["latency_s"],
+            energy_j=metrics["energy_j"], shared_bytes=metrics["shared_bytes"],
+            solver=self.solver, status=result.status, objective=result.objective,
+            solve_seconds=result.seconds, reason=reason)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._publisher.publish(msg)
+        self.get_logger().info(
+            f"plan {self.version} ({reason}, {result.status} in {result.seconds:.2f} s): "
+            f"units on {[self.names[d] if d >= 0 else '-' for d in msg.devices]}, expected "
+            f"latency {metrics['latency_s'] * 1e3:.1f} ms, accuracy {metrics['accuracy']:.3f}")
+
+    def _reject(self, reason: str) -> None:
+        self.rejected += 1
+        self.get_logger().warning(f"{reason} ({self.rejected} rejected so far)",
+                                  throttle_duration_sec=THROTTLE_S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the node until SIGINT/SIGTERM (exit 0); exit 2 for invalid parameters or files."""
+    return run_node(PlannerNode, "planner", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
