@@ -32,12 +32,16 @@ __all__ = [
     "fuse",
     "fuse_average",
     "fuse_max",
+    "fuse_vote",
     "fuse_with_failures",
     "surrogate_logits",
     "synthesize_surrogate",
 ]
 
 FUSION_MODES = ("avg", "max")
+# Majority voting is the "ensemble voting" baseline of the paper's Figure 7: scored offline
+# (evaluation), not offered by the fusion node.
+EVALUATION_MODES = (*FUSION_MODES, "vote")
 
 
 def _live_weights(live: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,13 +123,28 @@ def fuse_max(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.any(dim=1)[:, None], fused, uniform)
 
 
+def fuse_vote(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Majority vote of the argmax of each device in ``mask`` -> (B, K) scores.
+
+    A class scores its number of votes plus half its average probability, so ties between
+    equally voted classes go to the more probable one and a vote is never outweighed.
+    Rows with an empty mask return the uniform distribution (via :func:`fuse_average`).
+    """
+    mask = mask.to(torch.bool)
+    votes = torch.nn.functional.one_hot(probs.argmax(dim=-1), probs.shape[-1]).to(probs.dtype)
+    counts = (votes * mask[:, :, None].to(probs.dtype)).sum(dim=1)
+    return counts + 0.5 * fuse_average(probs, mask)
+
+
 def fuse(probs: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """Dispatch to :func:`fuse_average` (``"avg"``) or :func:`fuse_max` (``"max"``)."""
+    """Dispatch to :func:`fuse_average` (``"avg"``), :func:`fuse_max` or :func:`fuse_vote`."""
     if mode == "avg":
         return fuse_average(probs, mask)
     if mode == "max":
         return fuse_max(probs, mask)
-    raise ValueError(f"unknown fusion mode {mode!r}; expected one of {FUSION_MODES}")
+    if mode == "vote":
+        return fuse_vote(probs, mask)
+    raise ValueError(f"unknown fusion mode {mode!r}; expected one of {EVALUATION_MODES}")
 
 
 def fuse_with_failures(

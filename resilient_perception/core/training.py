@@ -24,6 +24,11 @@ One loop, no framework. Per step (mini-batch)::
   batch order and the dropped devices) and a fixed thread count.
 * The dataset stays uint8 in memory; each batch is converted with
   :func:`.model.views_to_float`.
+* Baselines of the paper's Figure 7 as options: ``feature_dropout`` (dropout-trained
+  devices: units of each device's feature vector dropped before its classifier) and
+  ``failout`` (ResiliNet-style failout: each device's whole output is dropped for a sample
+  with that probability, so its CE term and its share of the fused output vanish; a sample
+  always keeps at least one device).
 * ``precision="bf16"`` runs the forward pass under CPU bfloat16 autocast (convolutions in
   bf16, loss and optimiser state in fp32): ~1.6x faster on CPUs with AVX512-BF16, at an
   accuracy cost measured in ``docs/results/foundation/``.
@@ -79,6 +84,8 @@ class TrainConfig:
     seed: int = 0
     num_threads: int | None = None  # torch.set_num_threads; None leaves it unchanged
     precision: str = "fp32"  # "fp32", or "bf16": forward pass under bfloat16 autocast
+    feature_dropout: float = 0.0  # dropout on the features before each head (a baseline)
+    failout: float = 0.0  # probability a device's whole output is dropped per sample
 
     def asdict(self) -> dict:
         """Plain-dict copy (JSON-serialisable)."""
@@ -92,6 +99,9 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("feature_dropout", "failout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.fail_simulation and not 1 <= self.drop_k <= n_devices - 1:
             raise ValueError(f"drop_k must be in 1..{n_devices - 1}, got {self.drop_k}")
 
@@ -238,6 +248,11 @@ def _run_epoch(
         y = labels[idx]
         av = available[idx] if available is not None else None
         cm = ce_mask[idx] if ce_mask is not None else None
+        if cfg.failout:
+            survives = torch.from_numpy(rng.random((len(y), n)) >= cfg.failout)
+            survives[~survives.any(dim=1)] = True
+            av = survives if av is None else av & survives
+            cm = survives if cm is None else cm & survives
         dropped = None
         if cfg.fail_simulation:
             dropped = rng.choice(n, size=cfg.drop_k, replace=False).tolist()
@@ -245,6 +260,9 @@ def _run_epoch(
             logits, feats = forward(x)
         logits, feats = logits.float(), feats.float()
         w, b = heads()
+        if cfg.feature_dropout:
+            feats = F.dropout(feats, cfg.feature_dropout)
+            logits = torch.einsum("bnd,nkd->bnk", feats, w) + b
         loss, ce, kl = joint_loss(
             logits, feats, w, b, y, cm, av, dropped, cfg.lambda_kl, cfg.detach_target,
             cfg.fused_weight,

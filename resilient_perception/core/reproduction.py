@@ -1,0 +1,422 @@
+"""The Modifier paper's evaluation (issue 4): protocol as data, a resumable run cache, statistics.
+
+A *run* is one (dataset, method, seed): the N device CNNs trained with that method's
+:class:`~.training.TrainConfig` options, then every failure subset scored with and without
+the Modifier for average, max and vote fusion (:func:`.experiment.evaluate_devices`).
+Runs live under ``<root>/<dataset>/<method>/seed<k>/``:
+
+* ``model.safetensors`` -- written atomically when training ends, so an interrupted run
+  leaves no model and is trained again from scratch;
+* ``history.json`` -- the per-epoch training curve;
+* ``evaluation.json`` -- the run's key, failure-subset rows and summary, written last
+  (atomically). A run whose ``evaluation.json`` holds the expected key is finished and
+  skipped; a key that differs (other epochs, limits, options) makes the run stale, and it
+  is redone.
+
+Methods (:data:`METHODS`) are named training options; *strategies* (:data:`STRATEGIES`) are
+what the aggregator does at inference with a method's model: a fusion mode, with or without
+the Modifier, and optionally a redundant standby unit. Statistics over seeds:
+:func:`mean_ci` (t-distribution confidence interval), :func:`paired_t_test`
+(``scipy.stats.ttest_rel`` on the same seeds), :func:`error_rate_reduction` (Table 6) and
+:func:`recovery_ratio`.
+
+Readings of the paper written down here:
+
+* **Redundant standby** (Figure 7, "an extra identical device model runs in parallel as a
+  standby"): one extra unit holding copies of the device models takes over the first
+  failed device's stream (the camera is intact; its compute unit or link failed). It covers
+  one failure exactly and costs a seventh unit; with k failures, k - 1 stay uncovered.
+  Scored from the no-Modifier rows: failed set ``S`` is scored as ``S`` minus its first
+  device.
+* **Ensemble voting** (Figure 7): majority vote of the remaining devices' argmax
+  (:func:`.modifier.fuse_vote`), on the model trained without fail-simulation.
+* **Dropout-trained** devices drop feature units before their classifier (p = 0.3);
+  **failout** (ResiliNet) drops a device's whole output per sample (p = 0.1) and trains the
+  fused output of the survivors. Neither uses the Modifier at inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .evaluation import summarise
+from .experiment import DeviceViews, evaluate_devices, load_device_views, train_devices
+from .modifier import EVALUATION_MODES
+from .training import TrainConfig
+
+__all__ = [
+    "FULL_EPOCHS",
+    "METHODS",
+    "OURS",
+    "STRATEGIES",
+    "DatasetPlan",
+    "Method",
+    "Protocol",
+    "Strategy",
+    "error_rate_reduction",
+    "full_protocol",
+    "load_results",
+    "mean_ci",
+    "paired_t_test",
+    "quick_protocol",
+    "recovery_ratio",
+    "run_dir",
+    "run_protocol",
+    "seed_metrics",
+    "strategy_summary",
+]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named way of training the devices: :class:`TrainConfig` overrides."""
+
+    name: str
+    label: str
+    options: dict = field(default_factory=dict)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("paper", "fail-sim, the paper's loss (Algorithm 2)",
+           {"fail_simulation": True, "fused_weight": 0.0}),
+    Method("ours", "fail-sim + fused-output loss (ours)",
+           {"fail_simulation": True, "fused_weight": 1.0}),
+    Method("no-fail-sim", "no fail-simulation (the paper's baseline system)",
+           {"fail_simulation": False, "fused_weight": 0.0}),
+    Method("dropout", "dropout-trained devices (p = 0.3)",
+           {"fail_simulation": False, "fused_weight": 0.0, "feature_dropout": 0.3}),
+    Method("failout", "ResiliNet-style failout (p = 0.1)",
+           {"fail_simulation": False, "fused_weight": 1.0, "failout": 0.1}),
+    Method("ours-k2", "ours with k = 2 simulated failures",
+           {"fail_simulation": True, "fused_weight": 1.0, "drop_k": 2}),
+)}
+MAIN_METHODS = ("paper", "ours", "no-fail-sim")  # always run on every seed
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """What the aggregator does with a method's model when devices fail."""
+
+    label: str
+    method: str
+    mode: str  # fusion: "avg", "max" or "vote"
+    modifier: bool
+    standby: int = 0  # failed devices a redundant standby unit takes over
+
+
+STRATEGIES: tuple[Strategy, ...] = (
+    Strategy("no Modifier", "no-fail-sim", "avg", False),
+    Strategy("ensemble voting", "no-fail-sim", "vote", False),
+    Strategy("dropout-trained", "dropout", "avg", False),
+    Strategy("redundant standby", "no-fail-sim", "avg", False, standby=1),
+    Strategy("failout (ResiliNet-style)", "failout", "avg", False),
+    Strategy("paper: fail-sim + Modifier", "paper", "avg", True),
+    Strategy("ours: fail-sim + fused loss + Modifier", "ours", "avg", True),
+    Strategy("ours, k = 2 + Modifier", "ours-k2", "avg", True),
+)
+# the strategy every baseline is t-tested against
+OURS = next(s for s in STRATEGIES if s.method == "ours")
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    """Epochs and sample limits of one dataset in a protocol (None = the whole split)."""
+
+    epochs: int
+    train_limit: int | None = None
+    test_limit: int | None = None
+
+
+# Epochs of the full protocol, chosen so it fits ~10 CPU hours on 2 cores (see
+# scripts/reproduce_paper.sh for the measured per-epoch times behind them).
+FULL_EPOCHS = {"mnist": 4, "cifar10": 4, "mvmc": 30}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Which runs make up the reproduction and how each is trained."""
+
+    datasets: dict[str, DatasetPlan]
+    methods: tuple[str, ...] = tuple(METHODS)
+    seeds: tuple[int, ...] = tuple(range(10))
+    baseline_seeds: int | None = None  # seeds for methods outside MAIN_METHODS (None = all)
+    batch_size: int = 128
+    precision: str = "fp32"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        """Reject unknown methods and datasets early, naming the valid ones."""
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        if not self.seeds:
+            raise ValueError("need at least one seed")
+
+    def seeds_for(self, method: str) -> tuple[int, ...]:
+        """Seeds a method runs on: all, or the first ``baseline_seeds`` for a baseline."""
+        if method in MAIN_METHODS or self.baseline_seeds is None:
+            return self.seeds
+        return self.seeds[: self.baseline_seeds]
+
+    def runs(self) -> list[tuple[str, str, int]]:
+        """Every (dataset, method, seed) of the protocol, dataset by dataset."""
+        return [(d, m, s) for d in self.datasets for m in self.methods for s in self.seeds_for(m)]
+
+    def train_config(self, dataset: str, method: str, seed: int) -> TrainConfig:
+        """The training configuration of one run."""
+        return TrainConfig(
+            epochs=self.datasets[dataset].epochs, batch_size=self.batch_size, seed=seed,
+            num_threads=self.threads, precision=self.precision, **METHODS[method].options,
+        )
+
+    def run_key(self, dataset: str, method: str, seed: int) -> dict:
+        """Everything a run's result depends on; a cached result with another key is stale."""
+        plan = self.datasets[dataset]
+        config = self.train_config(dataset, method, seed).asdict()
+        config.pop("num_threads")  # results do not depend on the thread count
+        return {"dataset": dataset, "method": method, "seed": seed, "train_config": config,
+                "train_limit": plan.train_limit, "test_limit": plan.test_limit}
+
+
+def full_protocol(datasets: Iterable[str] = ("mnist", "cifar10", "mvmc"), **kwargs) -> Protocol:
+    """The issue's protocol: whole splits, :data:`FULL_EPOCHS`, 10 seeds by default."""
+    return Protocol({d: DatasetPlan(FULL_EPOCHS[d]) for d in datasets}, **kwargs)
+
+
+def quick_protocol(datasets: Iterable[str] = ("mnist",), **kwargs) -> Protocol:
+    """The CI profile: one epoch on a few hundred samples, one seed by default."""
+    kwargs.setdefault("seeds", (0,))
+    kwargs.setdefault("batch_size", 64)
+    return Protocol({d: DatasetPlan(1, train_limit=256, test_limit=256) for d in datasets},
+                    **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# Run cache
+
+
+def run_dir(root: Path, dataset: str, method: str, seed: int) -> Path:
+    """Folder of one run: ``<root>/<dataset>/<method>/seed<k>``."""
+    return Path(root) / dataset / method / f"seed{seed}"
+
+
+def _write_json_atomic(path: Path, payload: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)  # an interrupted write leaves the old file or none
+
+
+def _cached_result(path: Path, key: dict) -> dict | None:
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if result.get("key") == key else None
+
+
+def _trained_model(folder: Path, key: dict):
+    """The run's model if training finished with this key, else None."""
+    try:
+        model, meta = load_checkpoint(folder / "model.safetensors")
+    except CheckpointError:
+        return None, None
+    return (model, meta) if meta.get("run_key") == key else (None, None)
+
+
+def run_one(protocol: Protocol, root: Path, dataset: str, method: str, seed: int,
+            train_data: DeviceViews, test_data: DeviceViews, progress: bool = False) -> dict:
+    """Train (unless a finished model exists) and evaluate one run; write its cache files."""
+    key = protocol.run_key(dataset, method, seed)
+    folder = run_dir(root, dataset, method, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for leftover in folder.glob(".*.tmp"):  # from a process killed mid-write
+        leftover.unlink()
+    model, meta = _trained_model(folder, key)
+    if model is None:
+        config = protocol.train_config(dataset, method, seed)
+        model, history, meta = train_devices(train_data, config, progress=progress)
+        meta["run_key"] = key
+        save_checkpoint(folder / "model.safetensors", model, meta)
+        _write_json_atomic(folder / "history.json", history)
+    rows, summary = evaluate_devices(model, test_data, modes=EVALUATION_MODES)
+    result = {"key": key, "test_samples": int(len(test_data.labels)),
+              "history": meta["history"], "rows": rows, "summary": summary}
+    _write_json_atomic(folder / "evaluation.json", result)
+    return result
+
+
+def pending_runs(protocol: Protocol, root: Path) -> list[tuple[str, str, int]]:
+    """The runs of ``protocol`` without a finished result under ``root``."""
+    return [
+        (d, m, s) for d, m, s in protocol.runs()
+        if _cached_result(run_dir(root, d, m, s) / "evaluation.json",
+                          protocol.run_key(d, m, s)) is None
+    ]
+
+
+def run_protocol(protocol: Protocol, root: Path, data_root: Path | None = None,
+                 progress: bool = True) -> list[tuple[str, str, int]]:
+    """Run every pending run of ``protocol`` (tqdm over runs); returns the runs done now."""
+    from tqdm.auto import tqdm
+
+    todo = pending_runs(protocol, root)
+    data: dict[tuple[str, str], DeviceViews] = {}
+
+    def views(dataset: str, split: str) -> DeviceViews:
+        if (dataset, split) not in data:
+            plan = protocol.datasets[dataset]
+            limit = plan.train_limit if split == "train" else plan.test_limit
+            data[dataset, split] = load_device_views(dataset, split, root=data_root,
+                                                     limit=limit)
+        return data[dataset, split]
+
+    bar = tqdm(todo, desc="paper runs", unit="run", disable=not progress)
+    for dataset, method, seed in bar:
+        bar.set_postfix_str(f"{dataset} {method} seed {seed}")
+        run_one(protocol, root, dataset, method, seed, views(dataset, "train"),
+                views(dataset, "test"), progress=progress)
+    return todo
+
+
+def load_results(protocol: Protocol, root: Path) -> dict[tuple[str, str, int], dict]:
+    """Finished results of the protocol's runs by (dataset, method, seed); missing ones left out."""
+    results = {}
+    for d, m, s in protocol.runs():
+        result = _cached_result(run_dir(root, d, m, s) / "evaluation.json",
+                                protocol.run_key(d, m, s))
+        if result is not None:
+            for row in result["rows"]:
+                row["failed"] = tuple(row["failed"])
+            results[d, m, s] = result
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# Statistics
+
+
+def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of its two-sided t-distribution confidence interval.
+
+    The half-width is NaN for fewer than two values (no spread to estimate).
+    """
+    x = np.asarray(list(values), dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan
+    if x.size < 2:
+        return float(x.mean()), math.nan
+    sem = x.std(ddof=1) / math.sqrt(x.size)
+    return float(x.mean()), float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * sem)
+
+
+def paired_t_test(a: Iterable[float], b: Iterable[float]) -> tuple[float, float]:
+    """Paired t-test ``(t, p)`` of ``a`` vs ``b`` on the same seeds (two-sided).
+
+    NaN for fewer than two pairs or when every pair differs by the same amount.
+    """
+    x, y = np.asarray(list(a), dtype=float), np.asarray(list(b), dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples need equal lengths, got {x.size} and {y.size}")
+    diff = x - y
+    if x.size < 2 or np.allclose(diff, diff[0]):
+        return math.nan, math.nan
+    result = stats.ttest_rel(x, y)
+    return float(result.statistic), float(result.pvalue)
+
+
+def error_rate_reduction(baseline_accuracy: float, new_accuracy: float) -> float:
+    """Relative error reduction ``(err_base - err_new) / err_base`` (Table 6); accuracies in [0, 1].
+
+    MNIST max pooling in the paper: 81.11% -> 82.60% is errors 18.89% -> 17.40%, a 7.9%
+    reduction.
+    """
+    base_error = 1.0 - baseline_accuracy
+    if base_error <= 0:
+        return math.nan
+    return (new_accuracy - baseline_accuracy) / base_error
+
+
+def recovery_ratio(no_failure: float, without: float, with_modifier: float) -> float:
+    """Share of the accuracy a failure costs that the Modifier wins back (NaN if it costs 0)."""
+    cost = no_failure - without
+    return math.nan if math.isclose(cost, 0.0, abs_tol=1e-12) else (with_modifier - without) / cost
+
+
+# ---------------------------------------------------------------------------------------
+# Per-seed metrics of a strategy
+
+
+def _standby_rows(rows: list[dict], covered: int) -> list[dict]:
+    """No-Modifier rows as a standby unit sees them: failed set S scored as S[covered:]."""
+    by_set = {(r["mode"], r["failed"]): r for r in rows if not r["modifier"]}
+    out = []
+    for r in rows:
+        if not r["modifier"]:
+            source = by_set[r["mode"], r["failed"][covered:]]
+            out.append({**r, "accuracy": source["accuracy"],
+                        "balanced_accuracy": source["balanced_accuracy"]})
+    return out
+
+
+def strategy_summary(result: dict, mode: str, modifier: bool, standby: int = 0) -> dict:
+    """One run's summary (see :func:`.evaluation.summarise`) for a strategy."""
+    rows = [r for r in result["rows"] if r["mode"] == mode]
+    if standby:
+        rows = _standby_rows(rows, standby)
+    summary = summarise(rows)[mode]
+    return summary["modifier" if modifier else "baseline"]
+
+
+def seed_metrics(summary: dict) -> dict[str, float]:
+    """Flat metrics of a strategy summary: no failure, single-failure mean, per device, by n."""
+    nan = math.nan
+    out = {"no_failure": summary["no_failure"],
+           "single_failure_mean": summary["single_failure_mean"]}
+    for i, acc in enumerate(summary["single_failure_per_device"]):
+        out[f"device_{i + 1}_failed"] = nan if acc is None else acc
+    for k, acc in enumerate(summary["by_n_failed"]):
+        out[f"{k}_failed"] = nan if acc is None else acc
+    return out
+
+
+def method_values(results: dict, dataset: str, method: str, strategy: Strategy | None = None,
+                  mode: str = "avg", modifier: bool = True) -> dict[int, dict[str, float]]:
+    """Per seed: :func:`seed_metrics` of a method's runs under a strategy (or mode/modifier)."""
+    if strategy is not None:
+        method, mode, modifier = strategy.method, strategy.mode, strategy.modifier
+    standby = strategy.standby if strategy is not None else 0
+    return {
+        seed: seed_metrics(strategy_summary(result, mode, modifier, standby))
+        for (d, m, seed), result in sorted(results.items()) if d == dataset and m == method
+    }
+
+
+def compare(a: dict[int, dict], b: dict[int, dict], metric: str) -> dict:
+    """Mean/CI of ``a`` and ``b`` on their common seeds, the paired t-test and error reduction."""
+    seeds = sorted(set(a) & set(b))
+    xa = [a[s][metric] for s in seeds]
+    xb = [b[s][metric] for s in seeds]
+    mean_a, ci_a = mean_ci(xa)
+    mean_b, ci_b = mean_ci(xb)
+    t, p = paired_t_test(xa, xb)
+    return {"seeds": seeds, "a": mean_a, "a_ci": ci_a, "b": mean_b, "b_ci": ci_b,
+            "difference": mean_a - mean_b, "t": t, "p": p,
+            "error_rate_reduction": error_rate_reduction(mean_b, mean_a)}
+
+
+def protocol_dict(protocol: Protocol) -> dict:
+    """JSON-safe description of a protocol (written beside the results)."""
+    out = dataclasses.asdict(protocol)
+    out["methods"] = {m: dataclasses.asdict(METHODS[m]) for m in protocol.methods}
+    out["strategies"] = [dataclasses.asdict(s) for s in STRATEGIES]
+    return out

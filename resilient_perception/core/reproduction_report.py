@@ -1,0 +1,354 @@
+"""Tables, raw CSV/JSON and figures of the Modifier paper reproduction, paper vs ours.
+
+:func:`write_report` reads the finished runs of a :class:`~.reproduction.Protocol` and
+writes into ``out``:
+
+* ``tables.md`` -- Tables 4/5 (single failures per device, without/with the Modifier),
+  Table 6 (improvement, paired t-test, error-rate reduction, recovery ratio), accuracy vs
+  number of failed devices (Figure 4), baselines (Figure 7) with t-tests against ours;
+* ``seeds.csv`` -- the raw per-seed metrics every table is computed from;
+* ``summary.json`` -- the protocol and every aggregated number with its seeds;
+* ``fig4_failed_devices.png``, ``fig5_pooling.png``, ``fig6_per_device.png``,
+  ``fig7_baselines.png``, ``training_curves.png``.
+
+Accuracies are in percent in the outputs; "±" is the half-width of the 95% t-interval
+over seeds ("-" with a single seed).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from .reproduction import (
+    METHODS,
+    OURS,
+    STRATEGIES,
+    Protocol,
+    compare,
+    load_results,
+    mean_ci,
+    method_values,
+    protocol_dict,
+    recovery_ratio,
+)
+
+__all__ = ["PAPER_TABLE4", "PAPER_TABLE5", "PAPER_TABLE6", "write_report"]
+
+# The paper's Table 4 (without the Modifier): no failure, devices 1..6 failed, overall.
+PAPER_TABLE4 = {
+    ("mnist", "max"): (85.23, 85.85, 86.22, 76.22, 76.27, 85.85, 76.27, 81.11),
+    ("mnist", "avg"): (96.25, 96.42, 95.78, 91.77, 90.38, 95.52, 90.38, 93.37),
+    ("cifar10", "max"): (75.50, 70.49, 70.74, 70.88, 70.81, 70.29, 70.25, 70.57),
+    ("cifar10", "avg"): (83.49, 80.45, 80.04, 78.73, 78.57, 79.56, 79.83, 79.53),
+}
+# Table 5 (with the Modifier): devices 1..6 failed, overall (no "no failure" row).
+PAPER_TABLE5 = {
+    ("mnist", "max"): (85.85, 86.22, 76.22, 76.27, 85.11, 85.93, 82.60),
+    ("mnist", "avg"): (96.35, 95.85, 92.23, 90.19, 95.53, 95.55, 94.28),
+    ("cifar10", "max"): (70.56, 71.04, 70.92, 70.83, 69.48, 76.28, 71.51),
+    ("cifar10", "avg"): (81.05, 80.06, 79.04, 78.36, 79.56, 82.91, 80.16),
+}
+# Table 6: p value of the paired t-test and error-rate reduction (%), as printed.
+PAPER_TABLE6 = {
+    ("mnist", "max"): (0.0021, 7.9), ("mnist", "avg"): (0.005, 13.7),
+    ("cifar10", "max"): (0.016, 3.2), ("cifar10", "avg"): (0.027, 3.0),
+}
+# Figure 7 and its text give only approximate values (one failure, %).
+PAPER_FIGURE7_TEXT = {
+    "mnist": "ensemble voting ~92, the paper's method ~94 (ResiliNet, Table 4: 94.45)",
+    "cifar10": "dropout-trained ~78, redundancy ~79, the paper's method > 80 "
+               "(ResiliNet, Table 4: 79.87)",
+}
+MODES = ("avg", "max")
+FIGURE_METHODS = ("paper", "ours")  # the methods of Figures 4-6 and Tables 4-6
+
+
+def _pct(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def _pm(values: list[float]) -> str:
+    mean, ci = mean_ci(values)
+    if math.isnan(mean):
+        return "-"
+    return f"{100 * mean:.2f}" if math.isnan(ci) else f"{100 * mean:.2f} ± {100 * ci:.2f}"
+
+
+def _p(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2g}"
+
+
+def _column(per_seed: dict[int, dict], metric: str) -> list[float]:
+    return [m[metric] for m in per_seed.values()]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
+def _single_failure_table(results, dataset: str, method: str, n_devices: int) -> list[str]:
+    values = {(mode, mod): method_values(results, dataset, method, mode=mode, modifier=mod)
+              for mode in MODES for mod in (False, True)}
+    has_paper = (dataset, "avg") in PAPER_TABLE4
+    header = ["failed device"]
+    for mode in MODES:
+        for label in ("no Modifier", "Modifier"):
+            if has_paper:
+                header.append(f"printed {mode} {label}")
+            header.append(f"measured {mode} {label}")
+    metrics = ["no_failure", *(f"device_{i + 1}_failed" for i in range(n_devices)),
+               "single_failure_mean"]
+    labels = ["none", *(str(i + 1) for i in range(n_devices)), "mean single"]
+    rows = []
+    for r, (metric, label) in enumerate(zip(metrics, labels, strict=True)):
+        row = [label]
+        for mode in MODES:
+            for mod in (False, True):
+                if has_paper:
+                    paper = PAPER_TABLE4 if not mod else PAPER_TABLE5
+                    index = r if not mod else r - 1  # Table 5 has no "no failure" row
+                    row.append(f"{paper[dataset, mode][index]:.2f}" if index >= 0 else "-")
+                row.append(_pm(_column(values[mode, mod], metric)))
+        rows.append(row)
+    return _table(header, rows)
+
+
+def _table6(results, dataset: str, methods: list[str]) -> tuple[list[str], list[dict]]:
+    header = ["method", "fusion", "no Modifier", "Modifier", "improvement", "p (paired t)",
+              "error-rate reduction %", "recovery ratio %", "seeds"]
+    rows, raw = [], []
+    for mode in MODES:
+        if (dataset, mode) in PAPER_TABLE6:
+            p, err = PAPER_TABLE6[dataset, mode]
+            base, with_mod = PAPER_TABLE4[dataset, mode][-1], PAPER_TABLE5[dataset, mode][-1]
+            ratio = recovery_ratio(PAPER_TABLE4[dataset, mode][0], base, with_mod)
+            rows.append(["paper (printed)", mode, f"{base:.2f}", f"{with_mod:.2f}",
+                         f"{with_mod - base:+.2f}", f"{p:g}", f"{err:.1f}",
+                         f"{100 * ratio:.1f}", "10"])
+        for method in methods:
+            without = method_values(results, dataset, method, mode=mode, modifier=False)
+            with_mod = method_values(results, dataset, method, mode=mode, modifier=True)
+            c = compare(with_mod, without, "single_failure_mean")
+            ratios = [recovery_ratio(without[s]["no_failure"], without[s]["single_failure_mean"],
+                                     with_mod[s]["single_failure_mean"]) for s in c["seeds"]]
+            rows.append([method, mode, _pm(_column(without, "single_failure_mean")),
+                         _pm(_column(with_mod, "single_failure_mean")),
+                         f"{100 * c['difference']:+.2f}", _p(c["p"]),
+                         _pct(c["error_rate_reduction"]),
+                         _pm([r for r in ratios if not math.isnan(r)]), str(len(c["seeds"]))])
+            raw.append({"dataset": dataset, "method": method, "mode": mode,
+                        "recovery_ratios": ratios, **c})
+    return _table(header, rows), raw
+
+
+def _failed_count_table(results, dataset: str, n_devices: int) -> list[str]:
+    header = ["failed devices"]
+    columns = []
+    for method in FIGURE_METHODS:
+        for mode in MODES:
+            for mod in (False, True):
+                header.append(f"{method} {mode} {'Modifier' if mod else 'no Modifier'}")
+                columns.append(method_values(results, dataset, method, mode=mode, modifier=mod))
+    rows = [[str(k), *(_pm(_column(col, f"{k}_failed")) for col in columns)]
+            for k in range(n_devices)]
+    return _table(header, rows)
+
+
+def _baseline_table(results, dataset: str, n_devices: int) -> tuple[list[str], list[dict]]:
+    ours = method_values(results, dataset, OURS.method, OURS)
+    header = ["strategy (avg fusion)", "model", "no failure", "mean single failure",
+              f"{n_devices - 1} failed", "vs ours", "p (paired t)", "seeds"]
+    rows, raw = [], []
+    for strategy in STRATEGIES:
+        values = method_values(results, dataset, strategy.method, strategy)
+        if not values:
+            continue
+        c = compare(ours, values, "single_failure_mean") if ours else None
+        rows.append([strategy.label, strategy.method, _pm(_column(values, "no_failure")),
+                     _pm(_column(values, "single_failure_mean")),
+                     _pm(_column(values, f"{n_devices - 1}_failed")),
+                     "-" if c is None else f"{100 * c['difference']:+.2f}",
+                     "-" if c is None else _p(c["p"]), str(len(values))])
+        raw.append({"dataset": dataset, "strategy": strategy.label, "method": strategy.method,
+                    "single_failure_mean": _column(values, "single_failure_mean"),
+                    "seeds": sorted(values), "vs_ours": c})
+    return _table(header, rows), raw
+
+
+def _seed_rows(results) -> list[dict]:
+    variants = [(m, mode, mod, 0) for m in METHODS for mode in ("avg", "max", "vote")
+                for mod in (False, True)]
+    variants += [(s.method, s.mode, s.modifier, s.standby) for s in STRATEGIES if s.standby]
+    rows = []
+    for dataset in sorted({d for d, _, _ in results}):
+        for method, mode, mod, standby in variants:
+            strategy = None
+            if standby:
+                strategy = next(s for s in STRATEGIES if s.standby == standby
+                                and s.method == method and s.mode == mode)
+            per_seed = method_values(results, dataset, method, strategy, mode, mod)
+            for seed, metrics in per_seed.items():
+                rows.append({"dataset": dataset, "method": method, "mode": mode,
+                             "modifier": mod, "standby": standby, "seed": seed,
+                             **{k: round(v, 6) for k, v in metrics.items()}})
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _figures(results, datasets: list[str], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def errorbars(values: list[list[float]]) -> tuple[list[float], list[float]]:
+        stats = [mean_ci(v) for v in values]
+        return ([100 * m for m, _ in stats],
+                [0.0 if math.isnan(c) else 100 * c for _, c in stats])
+
+    written = []
+    n = len(datasets)
+
+    def panels(name: str, draw, width: float = 4.2) -> None:
+        fig, axes = plt.subplots(1, n, figsize=(width * n, 3.4), squeeze=False)
+        for ax, dataset in zip(axes[0], datasets, strict=True):
+            draw(ax, dataset)
+            ax.set_title(dataset)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        written.append(name)
+
+    def fig4(ax, dataset):
+        for method in FIGURE_METHODS:
+            for mode in MODES:
+                for mod in (False, True):
+                    values = method_values(results, dataset, method, mode=mode, modifier=mod)
+                    if not values:
+                        continue
+                    ks = sorted(int(k.split("_")[0]) for k in next(iter(values.values()))
+                                if k[0].isdigit())
+                    y, e = errorbars([_column(values, f"{k}_failed") for k in ks])
+                    ax.errorbar(ks, y, yerr=e, capsize=2, linestyle="-" if mod else "--",
+                                label=f"{method} {mode}{' + Modifier' if mod else ''}")
+        ax.set_xlabel("failed devices")
+        ax.set_ylabel("accuracy %")
+
+    def bars(ax, groups: list[str], series: dict[str, list[list[float]]]) -> None:
+        width = 0.8 / max(1, len(series))
+        for i, (label, values) in enumerate(series.items()):
+            y, e = errorbars(values)
+            ax.bar([g + i * width for g in range(len(groups))], y, width, yerr=e, capsize=2,
+                   label=label)
+        ax.set_xticks([g + width * (len(series) - 1) / 2 for g in range(len(groups))], groups,
+                      fontsize=7, rotation=20, ha="right")
+        ax.set_ylabel("accuracy %")
+
+    def fig5(ax, dataset):
+        groups = [f"{m} {mode}" for m in FIGURE_METHODS for mode in MODES]
+        series = {label: [_column(method_values(results, dataset, m, mode=mode, modifier=mod),
+                                  "single_failure_mean") for m in FIGURE_METHODS for mode in MODES]
+                  for mod, label in ((False, "no Modifier"), (True, "Modifier"))}
+        bars(ax, groups, series)
+
+    def fig6(ax, dataset):
+        without = method_values(results, dataset, "paper", mode="avg", modifier=False)
+        with_mod = method_values(results, dataset, "paper", mode="avg", modifier=True)
+        if not without:
+            return
+        devices = [k for k in next(iter(without.values())) if k.startswith("device_")]
+        bars(ax, [d.split("_")[1] for d in devices], {
+            "paper avg, no Modifier": [_column(without, d) for d in devices],
+            "paper avg, Modifier": [_column(with_mod, d) for d in devices]})
+        ax.set_xlabel("failed device")
+
+    def fig7(ax, dataset):
+        shown = [s for s in STRATEGIES if method_values(results, dataset, s.method, s)]
+        bars(ax, [s.label for s in shown], {"mean single failure, avg fusion": [
+            _column(method_values(results, dataset, s.method, s), "single_failure_mean")
+            for s in shown]})
+
+    def curves(ax, dataset):
+        for method in METHODS:
+            runs = [r for (d, m, _), r in results.items() if d == dataset and m == method]
+            if runs:
+                epochs = range(1, len(runs[0]["history"]) + 1)
+                y = [sum(r["history"][e - 1]["ce"] for r in runs) / len(runs) for e in epochs]
+                ax.plot(list(epochs), y, marker="o", label=method)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training CE (mean over seeds)")
+
+    panels("fig4_failed_devices.png", fig4)
+    panels("fig5_pooling.png", fig5)
+    panels("fig6_per_device.png", fig6)
+    panels("fig7_baselines.png", fig7, width=5.0)
+    panels("training_curves.png", curves)
+    return written
+
+
+def write_report(protocol: Protocol, root: Path, out: Path, command: str = "") -> dict:
+    """Write tables, raw per-seed results and figures of the finished runs into ``out``."""
+    results = load_results(protocol, root)
+    out.mkdir(parents=True, exist_ok=True)
+    datasets = [d for d in protocol.datasets if any(k[0] == d for k in results)]
+    done, total = len(results), len(protocol.runs())
+    lines = [
+        "# The Modifier paper reproduction: paper vs ours", "",
+        f"Produced by `{command or 'resilient-perception reproduce'}` from {done} of "
+        f"{total} runs of the protocol (raw per-seed metrics: `seeds.csv`; every aggregate "
+        "with its seeds: `summary.json`). Accuracy %, mean ± half-width of the 95% "
+        "t-interval over seeds; p from paired t-tests on the same seeds.", "",
+        "| dataset | epochs | train samples | test samples | seeds |",
+        "|---|---|---|---|---|",
+    ]
+    for dataset, plan in protocol.datasets.items():
+        lines.append(f"| {dataset} | {plan.epochs} | {plan.train_limit or 'all'} "
+                     f"| {plan.test_limit or 'all'} | {len(protocol.seeds)} "
+                     f"(baselines {protocol.baseline_seeds or len(protocol.seeds)}) |")
+    lines += ["", "Methods: " + "; ".join(f"`{m}` = {METHODS[m].label}"
+                                          for m in protocol.methods) + ".", ""]
+    summary: dict = {"protocol": protocol_dict(protocol), "runs_done": done, "runs": total,
+                     "table6": [], "baselines": []}
+    for dataset in datasets:
+        any_result = next(r for k, r in results.items() if k[0] == dataset)
+        n_devices = len(any_result["summary"]["avg"]["baseline"]["single_failure_per_device"])
+        lines += [f"## {dataset}", ""]
+        for method in FIGURE_METHODS:
+            if method in protocol.methods:
+                lines += [f"### Single failures per device, `{method}` "
+                          "(Tables 4 and 5)", ""]
+                lines += _single_failure_table(results, dataset, method, n_devices)
+        table6, raw6 = _table6(results, dataset,
+                               [m for m in METHODS if m in protocol.methods])
+        lines += ["### Modifier improvement and significance (Table 6)", "", *table6]
+        summary["table6"] += raw6
+        lines += ["### Accuracy vs number of failed devices (Figure 4)", ""]
+        lines += _failed_count_table(results, dataset, n_devices)
+        baselines, raw7 = _baseline_table(results, dataset, n_devices)
+        lines += ["### Baselines, one failed device (Figure 7)", ""]
+        if dataset in PAPER_FIGURE7_TEXT:
+            lines += [f"Paper (approximate, from its text): {PAPER_FIGURE7_TEXT[dataset]}.", ""]
+        lines += baselines
+        summary["baselines"] += raw7
+    figures = _figures(results, datasets, out) if datasets else []
+    lines += ["## Figures", "", *(f"![{f}]({f})" for f in figures), ""]
+    (out / "tables.md").write_text("\n".join(lines))
+    if results:
+        _write_csv(out / "seeds.csv", _seed_rows(results))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    return summary

@@ -1,0 +1,119 @@
+"""The ``reproduce`` subcommand: the Modifier paper's evaluation protocol, resumable.
+
+It runs every (dataset, method, seed) of the protocol that has no finished result in the
+run cache (``--runs``, default ``runs/paper``), then writes tables, raw CSV/JSON and figures
+of all finished runs into ``--out``. Interrupt it at any time and run it again: finished
+runs are skipped, an interrupted one starts over. ``--quick`` is the CI-sized profile (one
+epoch on a few hundred samples, one seed) with its own cache and output folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from .core.datasets import DATASET_NAMES
+from .core.reproduction import (
+    FULL_EPOCHS,
+    METHODS,
+    full_protocol,
+    pending_runs,
+    quick_protocol,
+    run_protocol,
+)
+from .core.reproduction_report import write_report
+from .core.training import PRECISIONS
+
+QUICK_RUNS, QUICK_OUT = Path("runs/paper-quick"), Path("runs/paper-quick/report")
+FULL_RUNS, FULL_OUT = Path("runs/paper"), Path("docs/results/paper")
+
+
+def _names(valid: tuple[str, ...] | list[str]):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+        unknown = [n for n in names if n not in valid]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {unknown or 'empty list'}; use a comma-separated list of "
+                f"{', '.join(valid)}")
+        return names
+    return parse
+
+
+def _epochs(text: str) -> dict[str, int]:
+    """``mnist=4,cifar10=6`` -> {"mnist": 4, "cifar10": 6}."""
+    out = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if name not in DATASET_NAMES or not value.isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: expected DATASET=EPOCHS with DATASET one of "
+                f"{', '.join(DATASET_NAMES)} and EPOCHS >= 1")
+        out[name] = int(value)
+    return out
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Run the Modifier paper's protocol (missing runs only) and write its report."""
+    options = {"methods": args.methods or tuple(METHODS), "threads": args.threads,
+               "precision": args.precision, "baseline_seeds": args.baseline_seeds}
+    if args.seeds:
+        options["seeds"] = tuple(range(args.seeds))
+    protocol = (quick_protocol if args.quick else full_protocol)(args.datasets, **options)
+    for dataset, epochs in (args.epochs or {}).items():
+        if dataset not in protocol.datasets:
+            raise ValueError(f"--epochs names {dataset}, which is not in --datasets")
+        plan = dataclasses.replace(protocol.datasets[dataset], epochs=epochs)
+        protocol = dataclasses.replace(protocol, datasets={**protocol.datasets, dataset: plan})
+    runs = args.runs or (QUICK_RUNS if args.quick else FULL_RUNS)
+    out = args.out or (QUICK_OUT if args.quick else FULL_OUT)
+    todo = pending_runs(protocol, runs)
+    epochs = ", ".join(f"{d} {p.epochs}" for d, p in protocol.datasets.items())
+    print(f"{len(protocol.runs())} runs in the protocol (epochs: {epochs}), "
+          f"{len(todo)} to do, cache {runs}")
+    if todo and not args.report_only:
+        run_protocol(protocol, runs, args.data_root)
+    command = (f"resilient-perception reproduce --datasets {','.join(args.datasets)} "
+               f"--seeds {len(protocol.seeds)}" + (" --quick" if args.quick else ""))
+    summary = write_report(protocol, runs, out, command)
+    print(f"wrote {out / 'tables.md'} ({summary['runs_done']} of {summary['runs']} runs)")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register ``reproduce`` on the main parser's subcommands."""
+    p = sub.add_parser("reproduce", help=cmd_reproduce.__doc__, description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", type=_names(DATASET_NAMES), default=DATASET_NAMES,
+                   help="comma-separated datasets (default: mnist,cifar10,mvmc)")
+    p.add_argument("--seeds", type=_positive_int, default=None,
+                   help="seeds 0..N-1 (default 10; 1 with --quick)")
+    p.add_argument("--baseline-seeds", type=_positive_int, default=None,
+                   help="seeds for the baselines (dropout, failout, ours-k2); default: all")
+    p.add_argument("--methods", type=_names(tuple(METHODS)), default=None,
+                   help=f"comma-separated training methods (default: {','.join(METHODS)})")
+    p.add_argument("--epochs", type=_epochs, default=None, metavar="DATASET=E,...",
+                   help="override epochs per dataset (full protocol: "
+                   + ", ".join(f"{d}={e}" for d, e in FULL_EPOCHS.items()) + ")")
+    p.add_argument("--quick", action="store_true",
+                   help="CI profile: 1 epoch, 256 training / 256 test samples, 1 seed")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report of the finished runs without running missing ones")
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="torch CPU threads per run (default 1)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="training precision (default fp32)")
+    p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")
+    p.add_argument("--runs", type=Path, default=None,
+                   help=f"run cache (default {FULL_RUNS}; {QUICK_RUNS} with --quick)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"report folder (default {FULL_OUT}; {QUICK_OUT} with --quick)")
+    p.set_defaults(func=cmd_reproduce)
