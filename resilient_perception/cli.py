@@ -453,6 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .placement_commands import add_parsers as add_placement_commands
 
     add_placement_commands(sub)
+
+    from .reproduction_commands import add_parsers as add_reproduction_commands
+
+    add_reproduction_commands(sub)
     return parser
 
 
