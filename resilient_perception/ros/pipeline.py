@@ -79,12 +79,18 @@ class NodeSpec:
         executable: Executable under ``lib/resilient_perception``.
         parameters: This node's own parameters, on top of the config file's.
         remappings: ``(from, to)`` topic remappings.
+        command_prefix: Words put before the command, e.g. ``("ip", "netns", "exec",
+            "robot0")`` to run the node in a network namespace (``ip netns exec`` execs
+            the command, so signals still reach the node's own process).
+        env: Extra environment variables of this node's process.
     """
 
     name: str
     executable: str
     parameters: dict[str, Any] = field(default_factory=dict)
     remappings: tuple[tuple[str, str], ...] = ()
+    command_prefix: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def pipeline_nodes(
@@ -264,7 +270,8 @@ class Pipeline:
     def command(self, name: str) -> list[str]:
         """The node's command line, as ``launch_ros`` builds it for the launch file."""
         spec = self._spec(name)
-        cmd = [str(self.executable(name)), "--ros-args", "-r", f"__node:={spec.name}"]
+        cmd = [*spec.command_prefix, str(self.executable(name)), "--ros-args", "-r",
+               f"__node:={spec.name}"]
         if self.config is not None:
             cmd += ["--params-file", str(self.config)]
         if spec.parameters:
@@ -310,7 +317,7 @@ class Pipeline:
             log.flush()
             self._processes[name] = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=self._env())
+                env={**self._env(), **spec.env})
         self._signalled.discard(name)
 
     def start_ready(self, observer: Observer, timeout: float = 60.0) -> Pipeline:
