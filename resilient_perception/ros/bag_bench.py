@@ -1,16 +1,18 @@
 """The bag benchmark behind ``resilient-perception bench-bag``: record, read, replay, record.
 
-Five measurements on one MNIST camera bag (``frames`` frames, ``cameras`` cameras, ``rate``
-frames per second, test split from frame 0):
+Five measurements on MNIST camera bags (``cameras`` cameras, ``rate`` frames per second,
+test split from frame 0):
 
-1. **record**: frames (already cut and encoded) -> bag, MCAP and sqlite3 (frames/s, MB/s of
-   the bag written);
-2. **read**: the MCAP bag's raw messages read back (frames/s, MB/s);
+1. **record**: ``record_frames`` frames (already cut and encoded) -> bag, MCAP and sqlite3
+   (frames/s, MB/s of the bag written);
+2. **read**: that MCAP bag's raw messages read back (frames/s, MB/s);
 3. **replay throughput**: ``replay_node`` at ``rate`` x 1000 (as fast as it can) into a
-   subscriber of every camera and the label topic (frames/s, MB/s received, messages lost);
-4. **replay timing** at the recorded rate, with normal scheduling and with SCHED_FIFO
-   (``realtime_priority``): the inter-frame interval error, published (the middleware's
-   source timestamps) and received (its reception timestamps, free of executor delays),
+   subscriber of every camera and the label topic (frames/s and MB/s published, messages
+   the Python subscriber did not get);
+4. **replay timing** at the recorded rate, with normal scheduling, with SCHED_FIFO
+   (``realtime_priority``) for the replay thread, and with SCHED_FIFO for the receiver's
+   DDS threads too: the inter-frame interval error, published (the middleware's source
+   timestamps) and received (its reception timestamps, free of executor delays),
    p50/p99/max, plus the node's own lateness statistics;
 5. **pipeline recording**: the bag replayed into the six camera nodes and the fusion node
    while ``recorder_node`` records their outputs; the recorder's counts are compared with
@@ -25,6 +27,7 @@ average before and after.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -45,7 +48,6 @@ from resilient_perception.ros.bags import (
 
 __all__ = ["bench_bags", "markdown_table"]
 
-_CONFIG = Path(__file__).resolve().parents[2] / "config" / "mnist_6cam.yaml"
 WARMUP = 10
 
 
@@ -65,8 +67,12 @@ def _interval_error_ms(times_ns: list[int], period_ns: float) -> dict:
 def _record(data, args, folder: Path) -> dict:
     results = {}
     # Frames made first: this times the bag writer, not the cutting and encoding of images.
-    frames = list(dataset_frames(data, range(args.frames), args.cameras, args.rate,
+    # A bag of record_frames (long enough that opening and closing it do not dominate) per
+    # storage; the replays use its first `frames` frames, written again as its own bag.
+    frames = list(dataset_frames(data, range(args.record_frames), args.cameras, args.rate,
                                  time.time_ns()))
+    write_frames(folder / "replayed", frames[:args.frames], args.cameras, "mcap",
+                 {"dataset": "mnist", "split": "test", "rate_hz": f"{args.rate:g}"})
     for storage in ("mcap", "sqlite3"):
         stats = write_frames(folder / storage, frames, args.cameras, storage,
                              {"dataset": "mnist", "split": "test", "rate_hz": f"{args.rate:g}"})
@@ -130,36 +136,51 @@ def _replay(pipeline, observer, receiver, name: str, expected: int, timeout: flo
         observer.spin_for(0.05)
 
 
+@contextlib.contextmanager
+def _realtime(priority: int):
+    """SCHED_FIFO for the calling thread meanwhile: threads it starts inherit it."""
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except OSError as exc:
+        print(f"warning: no SCHED_FIFO for the receiver ({exc}); normal scheduling")
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(0, before[0], before[1])
+
+
 def _replay_benchmarks(bag: Path, args, folder: Path, domain_id: int) -> dict:
     from resilient_perception.ros.pipeline import NodeSpec, Observer, Pipeline
 
     common = {"bag_path": str(bag), "wait_for_subscribers": 1,
               "wait_for_label_subscribers": 1, "on_end": "shutdown"}
-    nodes = [NodeSpec("replay_fast", "replay_node", {**common, "rate": 1000.0}),
-             NodeSpec("replay_normal", "replay_node", {
-                 **common, "stats_path": str(folder / "normal.json")}),
-             NodeSpec("replay_fifo", "replay_node", {
-                 **common, "realtime_priority": args.realtime_priority,
-                 "stats_path": str(folder / "fifo.json")})]
+    fifo = {"realtime_priority": args.realtime_priority}
+    # (replay parameters, receiver's DDS threads real-time too)
+    runs = {"fast": ({"rate": 1000.0}, False), "normal": ({}, False),
+            "fifo": (fifo, False), "fifo_both": (fifo, True)}
+    nodes = [NodeSpec(f"replay_{name}", "replay_node", {
+        **common, **params, "stats_path": str(folder / f"{name}.json")})
+        for name, (params, _) in runs.items()]
     expected = args.frames * (args.cameras + 1)
     results = {}
-    with (Observer("bag_bench", domain_id=domain_id) as observer,
-          Pipeline(nodes, log_dir=folder / "logs", domain_id=domain_id) as pipeline):
-        for name in ("replay_fast", "replay_normal", "replay_fifo"):
-            receiver = _Receiver(observer, args.cameras)
-            _replay(pipeline, observer, receiver, name, expected,
-                    60.0 + 3 * args.frames / args.rate)
-            images = [r for i in range(args.cameras) for r in receiver.received[camera_topic(i)]]
+    with Pipeline(nodes, log_dir=folder / "logs", domain_id=domain_id) as pipeline:
+        for name, (_, realtime_receiver) in runs.items():
+            with contextlib.ExitStack() as stack:
+                if realtime_receiver:
+                    stack.enter_context(_realtime(args.realtime_priority))
+                observer = Observer(f"bag_bench_{name}", domain_id=domain_id)
+            with observer:
+                receiver = _Receiver(observer, args.cameras)
+                _replay(pipeline, observer, receiver, f"replay_{name}", expected,
+                        60.0 + 3 * args.frames / args.rate)
+            node = json.loads((folder / f"{name}.json").read_text())
             received = receiver.count()
-            first = min(r[1] for r in images) if images else 0
-            last = max(r[1] for r in images) if images else 0
-            seconds = max(1e-9, (last - first) / 1e9)
-            frames = len(receiver.received[LABEL_TOPIC])
             run = {"messages_expected": expected, "messages_received": received,
-                   "messages_lost": expected - received}
-            if name == "replay_fast":
-                run.update(seconds=seconds, frames_per_s=frames / seconds,
-                           mb_per_s=sum(r[2] for r in images) / 1e6 / seconds)
+                   "messages_lost": expected - received, "node": node}
+            if name == "fast":  # what the node published, and how fast
+                run.update(frames_per_s=node["frames"] / node["seconds"],
+                           mb_per_s=node["bytes"] / 1e6 / node["seconds"])
             else:
                 period = 1e9 / args.rate
                 camera0 = receiver.received[camera_topic(0)]
@@ -167,10 +188,8 @@ def _replay_benchmarks(bag: Path, args, folder: Path, domain_id: int) -> dict:
                     published_interval_error_ms=_interval_error_ms([r[0] for r in camera0],
                                                                    period),
                     received_interval_error_ms=_interval_error_ms([r[1] for r in camera0],
-                                                                  period),
-                    node=json.loads((folder / f"{name.split('_')[1]}.json").read_text()))
-            results[name.removeprefix("replay_")] = run
-            receiver.close()
+                                                                  period))
+            results[name] = run
     return results
 
 
@@ -178,8 +197,16 @@ def _pipeline_recording(bag: Path, checkpoint: Path, args, folder: Path,
                         domain_id: int) -> dict:
     from diagnostic_msgs.msg import DiagnosticArray
 
-    from resilient_perception.ros.pipeline import NodeSpec, Observer, Pipeline, pipeline_nodes
+    from resilient_perception.ros.pipeline import (
+        PACKAGE,
+        NodeSpec,
+        Observer,
+        Pipeline,
+        package_prefix,
+        pipeline_nodes,
+    )
 
+    config = package_prefix() / "share" / PACKAGE / "config" / "mnist_6cam.yaml"
     nodes = [NodeSpec("recorder", "recorder_node", {"bag_path": str(folder / "outputs")}),
              *pipeline_nodes(args.cameras, player=False, model_path=checkpoint),
              NodeSpec("replay", "replay_node", {
@@ -187,7 +214,7 @@ def _pipeline_recording(bag: Path, checkpoint: Path, args, folder: Path,
                  "wait_for_label_subscribers": 1, "on_end": "shutdown",
                  "realtime_priority": args.realtime_priority})]
     with (Observer("bag_bench_pipeline", domain_id=domain_id) as observer,
-          Pipeline(nodes, _CONFIG, log_dir=folder / "logs", domain_id=domain_id) as pipeline):
+          Pipeline(nodes, config, log_dir=folder / "logs", domain_id=domain_id) as pipeline):
         diagnostics = observer.collect(DiagnosticArray, "/diagnostics")
         pipeline.start(*(n for n in pipeline.names if n != "replay"))
 
@@ -229,6 +256,7 @@ def bench_bags(args, data) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_bag_") as tmp:
         folder = Path(tmp)
         result = {"config": {"dataset": "mnist", "split": "test", "frames": args.frames,
+                             "record_frames": args.record_frames,
                              "cameras": args.cameras, "rate_hz": args.rate,
                              "warmup_frames": WARMUP,
                              "realtime_priority": args.realtime_priority,
@@ -236,8 +264,8 @@ def bench_bags(args, data) -> dict:
                   "machine": {"cpus": os.cpu_count(), "load_average_before": load_before}}
         print("recording ...")
         result["record"] = _record(data, args, folder)
-        bag = folder / "mcap"
-        result["read"] = _read(bag)
+        result["read"] = _read(folder / "mcap")
+        bag = folder / "replayed"
         print("replaying (throughput, then timing with normal and SCHED_FIFO scheduling) ...")
         result["replay"] = _replay_benchmarks(bag, args, folder, domain_id)
         print("replaying into the pipeline while recording its outputs ...")
@@ -257,10 +285,12 @@ def markdown_table(result: dict) -> str:
                           for k in ("p50", "p99", "max"))
 
     lines = [
-        f"MNIST test, {c['frames']} frames x {c['cameras']} cameras (28x28 mono8, every "
+        f"MNIST test frames x {c['cameras']} cameras (28x28 mono8, every "
         f"camera the full image) + labels, {c['rate_hz']:g} Hz; {result['machine']['cpus']} "
         f"CPUs, load average {result['machine']['load_average_before'][0]:.1f} before and "
         f"{result['machine']['load_average_after'][0]:.1f} after.",
+        "",
+        f"Record and read: {c['record_frames']} frames; replay and pipeline: {c['frames']}.",
         "",
         "| step | frames/s | MB/s | lost messages |",
         "|---|---:|---:|---:|",
@@ -269,8 +299,9 @@ def markdown_table(result: dict) -> str:
         f"| record, sqlite3 | {rec['sqlite3']['frames_per_s']:.0f} | "
         f"{rec['sqlite3']['mb_per_s']:.1f} | |",
         f"| read, MCAP | {rd['frames_per_s']:.0f} | {rd['mb_per_s']:.1f} | |",
-        f"| replay as fast as possible (received) | {rp['fast']['frames_per_s']:.0f} | "
-        f"{rp['fast']['mb_per_s']:.1f} | {rp['fast']['messages_lost']} |",
+        f"| replay as fast as possible (published; lost = not received by a Python "
+        f"subscriber) | {rp['fast']['frames_per_s']:.0f} | {rp['fast']['mb_per_s']:.1f} | "
+        f"{rp['fast']['messages_lost']} of {rp['fast']['messages_expected']} |",
         f"| pipeline outputs recorded (recorder_node) | | | {pipe['messages_lost']} of "
         f"{sum(pipe['expected'].values())} |",
         "",
@@ -279,8 +310,9 @@ def markdown_table(result: dict) -> str:
         "| scheduling | published | received | node: lateness | lost messages |",
         "|---|---|---|---|---:|",
     ]
-    for name, label in (("normal", "normal"),
-                        ("fifo", f"SCHED_FIFO {c['realtime_priority']}")):
+    fifo = f"SCHED_FIFO {c['realtime_priority']}"
+    for name, label in (("normal", "normal"), ("fifo", f"replay {fifo}"),
+                        ("fifo_both", f"replay and receiver {fifo}")):
         run = rp[name]
         lines.append(f"| {label} | {ms(run['published_interval_error_ms'])} | "
                      f"{ms(run['received_interval_error_ms'])} | "

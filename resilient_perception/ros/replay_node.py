@@ -262,6 +262,7 @@ class ReplayNode(Node):
         self._waits += [(self._pubs[t], p["wait_for_label_subscribers"]) for t in self.topics
                         if self.bag.topics[t].msgtype == LABEL_TYPE]
         self.published = 0  # messages
+        self.published_bytes = 0
         self.scheduled_ns: list[int] = []  # per played frame: when due (monotonic)
         self.actual_ns: list[int] = []  # when its first message went out
         self.finished = Future()  # done when on_end is 'shutdown' and the bag has played
@@ -370,6 +371,7 @@ class ReplayNode(Node):
         for topic, _, data in frame:
             self._pubs[topic].publish(restamp(data, stamp) if self._restamp[topic] else data)
             self.published += 1
+            self.published_bytes += len(data)
         return True
 
     def _wait_for_subscribers(self) -> None:
@@ -379,7 +381,9 @@ class ReplayNode(Node):
 
     def _finish(self) -> None:
         stats = timing_stats(self.scheduled_ns, self.actual_ns)
-        stats.update(messages=self.published, rate=self.rate, bag=str(self.bag.path))
+        seconds = (self.actual_ns[-1] - self.actual_ns[0]) / 1e9 if self.actual_ns else 0.0
+        stats.update(messages=self.published, bytes=self.published_bytes, seconds=seconds,
+                     rate=self.rate, bag=str(self.bag.path))
         late, interval = stats["lateness_ms"], stats["interval_error_ms"]
         self.get_logger().info(
             f"played {self.published} messages in {stats['frames']} frames; lateness p50 "
