@@ -348,7 +348,6 @@ def write_report(protocol: Protocol, root: Path, out: Path, command: str = "") -
     figures = _figures(results, datasets, out) if datasets else []
     lines += ["## Figures", "", *(f"![{f}]({f})" for f in figures), ""]
     (out / "tables.md").write_text("\n".join(lines))
-    if results:
-        _write_csv(out / "seeds.csv", _seed_rows(results))
+    _write_csv(out / "seeds.csv", _seed_rows(results))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     return summary

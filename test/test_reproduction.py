@@ -1,0 +1,162 @@
+"""The paper reproduction: statistics on known numbers, baselines, and the quick profile."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from resilient_perception.cli import main
+from resilient_perception.core.model import MultiDeviceCNN
+from resilient_perception.core.modifier import fuse_vote
+from resilient_perception.core.reproduction import (
+    METHODS,
+    error_rate_reduction,
+    mean_ci,
+    paired_t_test,
+    recovery_ratio,
+    run_dir,
+    strategy_summary,
+)
+from resilient_perception.core.training import TrainConfig, train
+
+
+def test_mean_ci_is_the_t_interval():
+    mean, half = mean_ci([1, 2, 3, 4, 5])
+    # by hand: sem = sqrt(2.5 / 5) = 0.70711, t(0.975, 4) = 2.77645
+    assert mean == 3.0 and half == pytest.approx(2.77645 * 0.70711, rel=1e-4)
+    x = [0.912, 0.934, 0.921, 0.940, 0.915, 0.929]
+    low, high = stats.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
+    assert mean_ci(x)[1] == pytest.approx((high - low) / 2)
+    assert mean_ci([0.9])[0] == 0.9 and math.isnan(mean_ci([0.9])[1])
+
+
+def test_paired_t_test_known_numbers():
+    a, b = [1.0, 2.0, 3.0, 4.0], [1.1, 2.3, 3.2, 4.6]
+    t, p = paired_t_test(a, b)
+    # by hand: differences -0.1 -0.3 -0.2 -0.6, mean -0.3, sd 0.21602, t = -0.3 / (sd / 2)
+    assert t == pytest.approx(-2.7775, rel=1e-3)
+    assert p == pytest.approx(stats.ttest_rel(a, b).pvalue) and 0.05 < p < 0.1
+    assert all(math.isnan(v) for v in paired_t_test([1, 2], [0, 1]))  # constant difference
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_t_test([1, 2, 3], [1, 2])
+
+
+@pytest.mark.parametrize(("base", "new", "printed"), [
+    (0.8111, 0.8260, 0.079), (0.9337, 0.9428, 0.137), (0.7057, 0.7151, 0.032),
+])
+def test_error_rate_reduction_reproduces_table6(base, new, printed):
+    assert error_rate_reduction(base, new) == pytest.approx(printed, abs=0.001)
+
+
+def test_recovery_ratio():
+    # the paper's MNIST avg: 96.25 -> 93.37 without, 94.28 with: about a third recovered
+    assert recovery_ratio(0.9625, 0.9337, 0.9428) == pytest.approx(0.316, abs=0.001)
+    assert math.isnan(recovery_ratio(0.9, 0.9, 0.95))
+
+
+def _rows(n_devices=3):
+    """Synthetic evaluation rows: accuracy 1 - 0.1 * (failed devices) - 0.01 * first failed."""
+    from resilient_perception.core.evaluation import failure_subsets
+
+    rows = []
+    for failed in failure_subsets(n_devices):
+        for modifier in (False, True):
+            acc = 1 - 0.1 * len(failed) - 0.01 * (failed[0] if failed else 0) + 0.05 * modifier
+            rows.append({"failed": failed, "n_failed": len(failed), "mode": "avg",
+                         "modifier": modifier, "accuracy": acc, "balanced_accuracy": acc})
+    return {"rows": rows}
+
+
+def test_standby_takes_over_the_first_failed_device():
+    plain = strategy_summary(_rows(), "avg", modifier=False)
+    standby = strategy_summary(_rows(), "avg", modifier=False, standby=1)
+    assert standby["single_failure_per_device"] == [1.0, 1.0, 1.0]  # = no failure
+    assert plain["single_failure_per_device"] == pytest.approx([0.9, 0.89, 0.88])
+    # two failed: {0,1} -> {1}, {0,2} -> {2}, {1,2} -> {2}
+    assert standby["by_n_failed"][2] == pytest.approx(np.mean([0.89, 0.88, 0.88]))
+    assert strategy_summary(_rows(), "avg", modifier=True)["no_failure"] == pytest.approx(1.05)
+
+
+def test_fuse_vote_majority_then_probability():
+    probs = torch.tensor([[[0.1, 0.2, 0.7], [0.2, 0.1, 0.7], [0.0, 0.9, 0.1]],  # 2 votes for 2
+                          [[0.6, 0.4, 0.0], [0.1, 0.8, 0.1], [0.0, 0.0, 1.0]]])  # tie 0 vs 1
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    assert fuse_vote(probs, mask).argmax(dim=1).tolist() == [2, 1]
+    mask[0, 0] = False  # now 1 vote each for classes 2 and 1; class 1 is more probable
+    assert fuse_vote(probs, mask).argmax(dim=1).tolist() == [1, 1]
+
+
+def test_baseline_training_options(mnist_views):
+    views, labels = mnist_views[0][:128], mnist_views[1][:128]
+
+    def trained(**options):
+        torch.manual_seed(0)
+        model = MultiDeviceCNN(6, 1, 10)
+        config = TrainConfig(epochs=1, batch_size=64, num_threads=1, **options)
+        return model, train(model, views, labels, config, progress=False)[0]
+
+    plain, _ = trained(fail_simulation=False)
+    for options in METHODS["dropout"].options, METHODS["failout"].options:
+        model, history = trained(**options)
+        assert np.isfinite(history["loss"]) and history["kl"] == 0.0
+        assert not torch.equal(model.head_weight, plain.head_weight), options
+    with pytest.raises(ValueError, match="failout"):
+        trained(failout=1.0)
+    with pytest.raises(ValueError, match="feature_dropout"):
+        trained(feature_dropout=-0.1)
+
+
+def test_reproduce_quick_profile(tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    args = ["reproduce", "--quick", "--datasets", "mnist", "--runs", str(runs),
+            "--out", str(out)]
+    assert main(args) == 0
+    for name in ("tables.md", "seeds.csv", "summary.json", "fig4_failed_devices.png",
+                 "fig5_pooling.png", "fig6_per_device.png", "fig7_baselines.png",
+                 "training_curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    tables = (out / "tables.md").read_text()
+    assert "Table 6" in tables and "93.37" in tables and "redundant standby" in tables
+    with (out / "seeds.csv").open() as fh:
+        seeds = list(csv.DictReader(fh))
+    assert {r["method"] for r in seeds} == set(METHODS)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runs_done"] == summary["runs"] == len(METHODS)
+
+    # Rerun: every run is cached, nothing is trained or evaluated again.
+    results = {m: run_dir(runs, "mnist", m, 0) / "evaluation.json" for m in METHODS}
+    stamps = {m: p.stat().st_mtime_ns for m, p in results.items()}
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "0 to do" in capsys.readouterr().out
+    assert {m: p.stat().st_mtime_ns for m, p in results.items()} == stamps
+
+    # A run interrupted after training is only evaluated; one without a model is retrained.
+    model = run_dir(runs, "mnist", "ours", 0) / "model.safetensors"
+    model_stamp = model.stat().st_mtime_ns
+    results["ours"].unlink()
+    (run_dir(runs, "mnist", "paper", 0) / "model.safetensors").unlink()
+    results["paper"].unlink()
+    assert main(args) == 0
+    assert "2 to do" in capsys.readouterr().out
+    assert results["ours"].exists() and model.stat().st_mtime_ns == model_stamp
+    assert results["paper"].exists()
+    unchanged = [m for m in METHODS if m not in ("ours", "paper")]
+    assert all(results[m].stat().st_mtime_ns == stamps[m] for m in unchanged)
+
+    # Another epoch count is another protocol: its runs are stale, reported as to do.
+    assert main([*args, "--epochs", "mnist=2", "--report-only"]) == 0
+    assert f"{len(METHODS)} to do" in capsys.readouterr().out
+
+
+def test_reproduce_rejects_bad_options(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "--datasets", "mnist,imagenet"])
+    assert exc.value.code == 2 and "imagenet" in capsys.readouterr().err
+    assert main(["reproduce", "--quick", "--datasets", "mnist", "--epochs", "cifar10=2",
+                 "--report-only"]) == 2
+    assert "not in --datasets" in capsys.readouterr().err
