@@ -132,8 +132,7 @@ class _Program:
 
     def row(self, ids: Iterable, coefs: Iterable, lo: float, hi: float,
             family: str = "assignment") -> None:
-        self.rows.append((np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids,
-                                     dtype=np.int64).ravel(),
+        self.rows.append((np.asarray(ids, dtype=np.int64).ravel(),
                           np.asarray(coefs, dtype=float).ravel(), lo, hi, family))
 
     def add_cost(self, ids: np.ndarray, coefs: np.ndarray) -> None:
@@ -509,7 +508,12 @@ def _algorithm1(problem: Problem, model: _Model, values: np.ndarray) -> Plan | N
     return Plan(devices)
 
 
-def _place_request(problem, room, x, dropped, r, rates, mps) -> np.ndarray | None:
+def _place_request(problem: Problem, room: _Room, x: np.ndarray, dropped: tuple[int, ...],
+                   r: int, rates: np.ndarray, mps: np.ndarray) -> np.ndarray | None:
+    """Algorithm 1 for one request and drop set: its device row (None: a unit fits nowhere).
+
+    ``room`` is updated as units are placed.
+    """
     net = problem.network
     row = np.full(net.n_units, DROPPED)
     holder, size = int(problem.sources[r]), float(net.input_bytes)
