@@ -84,8 +84,10 @@ def distributed_nodes(
 
 
 def read_records(path: str | os.PathLike[str], kind: str | None = None) -> list[dict]:
-    """The request node's records so far (of one ``kind`` if given); a torn last line is
-    skipped (the file is being written)."""
+    """The request node's records so far, of one ``kind`` if given.
+
+    A torn last line (the file is being written) is skipped.
+    """
     records = []
     try:
         lines = Path(path).read_text().splitlines()

@@ -161,7 +161,7 @@ class PlannerNode(Node):
             problem = dataclasses.replace(self.problem, rates_bps=self.rates)
             live, robots, requests = live_problem(problem, alive)
         except ValueError as exc:
-            self.get_logger().error(f"cannot plan ({reason}): {exc}")
+            self.get_logger().warning(f"cannot plan yet ({reason}): {exc}")
             return
         options = {"seed": 0, "workers": 1} if self.solver == "cpsat" else {}
         result = solve(live, self.solver, self.time_limit, **options)

@@ -9,7 +9,8 @@ moving weights. It
 * keeps the last ``plan_history`` plans from ``placement_plan`` (transient local);
 * receives ``ActivationTensor`` messages on ``<robot>/activation``. A message with
   ``plan_version`` 0 is a new request (an image, unit 0): it is pinned to the newest plan
-  and to the plan row of this robot's image. Every stage then executes the request under
+  and to the plan row of this robot's image, and sent on as it is if the plan puts the
+  stem on another robot. Every stage then executes the request under
   that version, so a plan change takes effect between requests, never in the middle of
   one. The stage runs its units (:func:`..core.distributed.stage_work`), skipped blocks
   included, and sends the activation to ``<next robot>/activation``;
@@ -140,7 +141,12 @@ class StageNode(Node):
         if msg.request_row >= len(plan.sources):
             raise ValueError(f"plan {plan.version} has no request row {msg.request_row}")
         row = plan.devices[msg.request_row * self.n_units:(msg.request_row + 1) * self.n_units]
-        work = stage_work(row, list(plan.robot_names).index(self.robot), msg.next_unit)
+        me = list(plan.robot_names).index(self.robot)
+        if msg.next_unit == 0 and row[0] != me:  # the stem runs elsewhere: send the image on
+            msg.bytes_sent += len(msg.data)
+            self._publisher_of(plan.robot_names[row[0]]).publish(msg)
+            return
+        work = stage_work(row, me, msg.next_unit)
         x = torch.from_numpy(decode_tensor(msg.shape, msg.dtype, msg.data.tobytes()).copy())
         dropped = {u for u in range(self.n_units) if row[u] == DROPPED}
         y = run_units(self.model, x, work.units, dropped).numpy()

@@ -1,0 +1,359 @@
+"""Distributed ResNet inference: link math, stage logic, and the planner + stages + probes live.
+
+Unit tests cover the pure parts (burst rates, windows, stage work, live-robot problems,
+tensor coding). The live tests start real node processes talking over DDS:
+
+* loopback: planner + 3 stages + request node on localhost; the distributed output equals
+  the single-process model's with the same skipped blocks (1e-5), and killing a stage that
+  the plan uses leads to a new plan without it and inference continuing;
+* network namespaces: 3 robots, each a namespace behind its own ``tc tbf``-shaped veth
+  link, with link probes; measured rates are within 10% of the shaped rate, and throttling
+  one robot's link moves every unit off that robot in the next plan. Skipped (with the
+  reason) only where ``ip netns add`` is not allowed.
+
+The model is a tiny seeded ResNet (untrained; its BatchNorm scales are randomised so that
+every residual branch matters) profiled with the real drop study on 200 CIFAR-10 images.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from resilient_perception.core.distributed import (
+    StageWork,
+    decode_tensor,
+    encode_tensor,
+    fleet_plan,
+    live_problem,
+    run_units,
+    stage_work,
+)
+from resilient_perception.core.link_estimation import (
+    SampleWindow,
+    burst_rate_bps,
+    relative_change,
+    round_trip_s,
+)
+from resilient_perception.core.placement import DROPPED, Fleet, Network, Plan, Problem
+
+DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
+DOMAIN_ID = (os.getpid() + 37) % 90 + 110
+ROBOTS = ["robot0", "robot1", "robot2"]
+
+
+# -- pure functions ------------------------------------------------------------------------
+def test_burst_rate_counts_the_messages_after_the_first():
+    # 5 messages of 1000 bytes, one every 1 ms: 4 x 8000 bits in 4 ms = 8 Mbit/s.
+    arrivals = [0, 1_000_000, 2_000_000, 3_000_000, 4_000_000]
+    assert burst_rate_bps(arrivals, 1000) == pytest.approx(8e6)
+    assert burst_rate_bps(arrivals[::-1], 1000) == pytest.approx(8e6)
+    assert burst_rate_bps([5], 1000) is None
+    assert burst_rate_bps([5, 5], 1000) is None
+
+
+def test_round_trip_and_relative_change():
+    assert round_trip_s(1_000_000, 3_500_000) == pytest.approx(0.0025)
+    assert round_trip_s(2, 1) is None
+    assert relative_change(10.0, 13.0) == pytest.approx(0.3)
+    assert relative_change(0.0, 1.0) == float("inf")
+
+
+def test_sample_window_is_a_median_of_the_last_samples():
+    window = SampleWindow(3)
+    assert window.value is None
+    for sample in (10.0, 1000.0, 12.0, 11.0):  # 1000 is an outlier, then forgotten
+        window.add(sample)
+    assert window.value == 12.0  # median of 1000, 12, 11
+    window.add(13.0)
+    assert window.value == 12.0 and window.count == 5
+    with pytest.raises(ValueError):
+        SampleWindow(0)
+
+
+def test_stage_work_runs_own_and_skipped_units_then_hands_over():
+    row = [0, 0, DROPPED, 2, DROPPED, 1, 1]
+    assert stage_work(row, 0, 0) == StageWork((0, 1, 2), 3, 2)
+    assert stage_work(row, 2, 3) == StageWork((3, 4), 5, 1)
+    assert stage_work(row, 1, 5) == StageWork((5, 6), None, None)
+    with pytest.raises(ValueError, match="assigned to robot 2"):
+        stage_work(row, 1, 3)
+    with pytest.raises(ValueError, match="not in"):
+        stage_work(row, 1, 7)
+
+
+def test_tensor_coding_round_trips_and_rejects_bad_tensors():
+    array = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
+    shape, dtype, data = encode_tensor(array)
+    np.testing.assert_array_equal(decode_tensor(shape, dtype, data), array)
+    with pytest.raises(ValueError, match="needs 96 bytes"):
+        decode_tensor(shape, dtype, data[:-4])
+    with pytest.raises(ValueError, match="dtype"):
+        decode_tensor(shape, "complex64", data)
+    with pytest.raises(ValueError, match="NaN"):
+        decode_tensor([1], "float32", np.array([np.nan], np.float32).tobytes())
+
+
+def _tiny_model(seed: int = 0):
+    from resilient_perception.core.resnet import ResNet
+
+    torch.manual_seed(seed)
+    model = ResNet(base_width=4, stage_blocks=(2, 2, 1, 1))
+    with torch.no_grad():
+        # Untrained blocks start as their shortcut (zero-init residual); random BatchNorm
+        # scales and statistics make every branch, and so every skip decision, matter.
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.1)
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_units_split_over_stages_equal_the_whole_model():
+    model = _tiny_model()
+    x = torch.rand(1, 3, 32, 32)
+    dropped = {2, 4}  # the two identity blocks (units 2, 4 = blocks 1, 3)
+    expected = model(x, drop_dc=[u - 1 for u in dropped])
+    y = run_units(model, x, [0, 1, 2, 3], dropped)
+    y = run_units(model, y, [4, 5], dropped)
+    y = run_units(model, y, [6, 7], dropped)
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(expected, model(x), atol=1e-4)  # the skips changed something
+
+
+def test_live_problem_leaves_out_dead_robots_and_their_requests():
+    from resilient_perception.core.placement_solvers import solve
+
+    network = Network(names=("stem", "b0", "head"), param_bytes=np.array([10, 10, 10]),
+                      macs=np.array([100, 100, 100]), output_bytes=np.array([40, 40, 4]),
+                      input_bytes=40, droppable=np.array([False, True, False]),
+                      clean_accuracy=0.9, drop_accuracy={(1,): 0.8})
+    fleet = Fleet(("a", "b", "c"), np.array([100.0, 100, 100]), np.array([1e3, 1e4, 1e4]),
+                  np.array([1e3, 1e3, 1e3]))
+    rates = np.array([[0, 1e3, 2e3], [3e3, 0, 4e3], [5e3, 6e3, 0]])
+    problem = Problem(network, fleet, rates, np.array([0, 1]))
+    live, robots, requests = live_problem(problem, [True, False, True])
+    assert live.fleet.names == ("a", "c") and robots.tolist() == [0, 2]
+    assert requests.tolist() == [0] and live.sources.tolist() == [0]
+    assert live.rates_bps[0, 1] == 2e3 and live.rates_bps[1, 0] == 5e3
+    plan = solve(live, "cpsat", 5.0).plan
+    full = fleet_plan(plan, robots)
+    assert set(full.reshape(-1).tolist()) <= {0, 2, DROPPED}
+    assert fleet_plan(Plan(np.array([[1, -1, 0]])), robots).tolist() == [[2, -1, 0]]
+    with pytest.raises(ValueError, match="no live robot holds"):
+        live_problem(problem, [False, False, True])
+
+
+# -- live runs -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny model's checkpoint and its drop-study profile (200 CIFAR-10 test images)."""
+    from resilient_perception.core.block_profile import save_profile
+    from resilient_perception.core.checkpoint import save_resnet_checkpoint
+    from resilient_perception.core.datasets import load_cifar10
+    from resilient_perception.core.drop_study import build_profile, run_drop_study, spread_subset
+
+    if not DATA_ROOT.is_dir():
+        pytest.skip("../shared/datasets not present")
+    folder = tmp_path_factory.mktemp("tiny_resnet")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = _tiny_model()
+    images = load_cifar10(DATA_ROOT, "test").images
+    labels = load_cifar10(DATA_ROOT, "test").labels
+    study = run_drop_study(model, *spread_subset(images, labels, 200), progress=False)
+    torch.set_num_threads(threads)
+    return {
+        "model": model, "images": images,
+        "model_path": save_resnet_checkpoint(folder / "model.safetensors", model, {}),
+        "profile": save_profile(folder / "profile.json", build_profile(model, study, "tiny", 0)),
+    }
+
+
+def _fleet_file(path: Path, robot2_memory_mb: float, rate_mbps: float = 20.0) -> Path:
+    """Robot0 holds the images and can store the stem only; robot2 computes twice as fast
+    as robot1 (and holds ``robot2_memory_mb``); every link ``rate_mbps``."""
+    path.write_text(yaml.safe_dump({
+        "alpha": 0.5, "accuracy_threshold": 0.0, "requests": ["robot0"],
+        "devices": [
+            {"name": "robot0", "memory_mb": 0.0006, "compute_gmacs": 0.05, "energy_j": 1000},
+            {"name": "robot1", "memory_mb": 1.0, "compute_gmacs": 0.1, "energy_j": 1000},
+            {"name": "robot2", "memory_mb": robot2_memory_mb, "compute_gmacs": 0.2,
+             "energy_j": 1000},
+        ],
+        "rates_mbps": [[0 if i == k else rate_mbps for k in range(3)] for i in range(3)],
+    }))
+    return path
+
+
+def _reference(tiny, request_id: int, unit_robots: list[int]) -> np.ndarray:
+    """The single-process model's probabilities for a request under a plan row."""
+    from resilient_perception.ros.request_node import request_image
+
+    x = torch.from_numpy(request_image(tiny["images"], request_id))
+    dropped = [u - 1 for u, robot in enumerate(unit_robots) if robot == DROPPED]
+    with torch.inference_mode():
+        return torch.softmax(tiny["model"](x, drop_dc=dropped).double(), 1)[0].numpy()
+
+
+def _wait_for(what: str, condition, timeout: float, pipeline):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        pipeline.check()
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}\n{pipeline.log_tails()}")
+
+
+def _plans(records: Path) -> list[dict]:
+    from resilient_perception.ros.distributed_run import read_records
+
+    return read_records(records, "plan")
+
+
+def _predictions(records: Path, version: int | None = None) -> list[dict]:
+    from resilient_perception.ros.distributed_run import read_records
+
+    return [p for p in read_records(records, "prediction")
+            if version is None or p["plan_version"] == version]
+
+
+def _check_outputs(tiny, predictions: list[dict]) -> None:
+    for prediction in predictions:
+        expected = _reference(tiny, prediction["id"], prediction["unit_robots"])
+        np.testing.assert_allclose(prediction["probabilities"], expected, rtol=0, atol=1e-5)
+        assert prediction["label"] == int(np.argmax(expected))
+
+
+@pytest.fixture
+def ros_env(monkeypatch):
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+
+def test_loopback_distributed_output_and_a_killed_stage(tiny, tmp_path, ros_env):
+    from resilient_perception.ros.distributed_run import distributed_nodes
+    from resilient_perception.ros.pipeline import Pipeline
+
+    records = tmp_path / "records.jsonl"
+    nodes = distributed_nodes(
+        ROBOTS, model_path=tiny["model_path"], profile=tiny["profile"],
+        fleet=_fleet_file(tmp_path / "fleet.yaml", robot2_memory_mb=0.1), records=records,
+        source="robot0", planner={"robot_timeout_s": 0.5, "use_measured_rates": False},
+        requests={"rate_hz": 10.0, "data_root": str(DATA_ROOT)})
+    with Pipeline(nodes, log_dir=tmp_path / "logs", domain_id=DOMAIN_ID) as pipeline:
+        pipeline.start()
+        # robot2 is fast but cannot hold stage4.block0: the plan needs all three robots.
+        plan = _wait_for("a plan on all three robots", lambda: next(
+            (p for p in _plans(records) if all(p["alive"])), None), 60.0, pipeline)
+        used = {d for d in plan["devices"] if d != DROPPED}
+        assert used >= {1, 2}, plan
+        assert DROPPED in plan["devices"]  # the drop study made skipping worth it
+        first = _wait_for("8 predictions under it", lambda: len(
+            _predictions(records, plan["version"])) >= 8 and _predictions(
+            records, plan["version"]), 30.0, pipeline)
+        _check_outputs(tiny, first)
+        assert all(p["bytes_sent"] > 0 for p in first)
+
+        killed_at = time.monotonic()
+        pipeline.kill("stage_robot2")
+        lost = _wait_for("a plan without robot2", lambda: next(
+            (p for p in _plans(records) if p["reason"] == "robot lost"), None), 10.0, pipeline)
+        assert lost["alive"] == [True, True, False]
+        assert 2 not in lost["devices"]
+        after = _wait_for("5 predictions under the new plan", lambda: len(
+            _predictions(records, lost["version"])) >= 5 and _predictions(
+            records, lost["version"]), 20.0, pipeline)
+        _check_outputs(tiny, after)
+        print(f"robot2 killed: new plan after {lost['t'] - killed_at:.2f} s, first request "
+              f"under it done after {after[0]['t'] - killed_at:.2f} s")
+
+
+# -- robots in network namespaces ------------------------------------------------------------
+SHAPED_MBIT = 20.0
+THROTTLED_MBIT = 2.0
+RATE_TOLERANCE = 0.10
+
+
+@pytest.fixture
+def namespaces():
+    """Three robot namespaces behind 20 Mbit/s links; removed afterwards, pass or fail."""
+    from resilient_perception.ros.distributed_run import NamespaceFleet, NetworkSetupError
+
+    probe = subprocess.run(["ip", "netns", "add", f"rp{os.getpid()}-probe"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create network namespaces here (`ip netns add`: "
+                    f"{probe.stderr.strip() or probe.returncode})")
+    subprocess.run(["ip", "netns", "del", f"rp{os.getpid()}-probe"], capture_output=True)
+    fleet = NamespaceFleet(ROBOTS, SHAPED_MBIT)
+    try:
+        with fleet:
+            yield fleet
+    except NetworkSetupError as exc:
+        pytest.fail(f"namespaces were allowed but the links failed: {exc}")
+    finally:
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert fleet.tag not in left, f"namespaces left behind: {left}"
+
+
+def test_namespaces_measured_rates_and_a_throttled_link(tiny, tmp_path, namespaces):
+    from resilient_perception.ros.distributed_run import distributed_nodes, read_records
+    from resilient_perception.ros.pipeline import Pipeline
+
+    records = tmp_path / "records.jsonl"
+    nodes = distributed_nodes(
+        ROBOTS, model_path=tiny["model_path"], profile=tiny["profile"],
+        fleet=_fleet_file(tmp_path / "fleet.yaml", robot2_memory_mb=1.0), records=records,
+        source="robot0", probes=True,
+        planner={"robot_timeout_s": 1.0, "rate_change_threshold": 0.3},
+        probe={"burst_period_s": 0.5, "burst_count": 10, "burst_bytes": 16000, "window": 3},
+        requests={"rate_hz": 5.0, "data_root": str(DATA_ROOT)},
+        placement={robot: namespaces.node_options(robot) for robot in ROBOTS})
+    with Pipeline(nodes, log_dir=tmp_path / "logs", domain_id=DOMAIN_ID) as pipeline:
+        pipeline.start()
+
+        def latest_links() -> dict[tuple[str, str], dict]:
+            links = {}
+            for link in read_records(records, "link"):
+                if link["samples"] >= 3:
+                    links[link["source"], link["target"]] = link
+            return links
+
+        links = _wait_for("every link measured 3 times", lambda: len(latest_links()) == 6 and
+                          latest_links(), 40.0, pipeline)
+        rates = {k: v["throughput_bps"] / 1e6 for k, v in links.items()}
+        print("measured Mbit/s at 20 Mbit/s shaping:", rates)
+        for link, rate in rates.items():
+            assert abs(rate - SHAPED_MBIT) <= RATE_TOLERANCE * SHAPED_MBIT, (link, rates)
+        # robot2 computes fastest and holds the whole network: the plan uses it.
+        plan = _wait_for("a plan on all robots", lambda: next(
+            (p for p in reversed(_plans(records)) if all(p["alive"])), None), 20.0, pipeline)
+        assert 2 in plan["devices"], plan
+        _check_outputs(tiny, _wait_for("predictions", lambda: _predictions(
+            records, plan["version"])[:3], 20.0, pipeline))
+
+        namespaces.shape("robot2", THROTTLED_MBIT)
+        throttled = _wait_for("a plan after throttling robot2's link", lambda: next(
+            (p for p in _plans(records) if p["version"] > plan["version"]
+             and p["reason"] == "rate change" and 2 not in p["devices"]), None), 40.0, pipeline)
+        assert any(d == 1 for d in throttled["devices"]), throttled
+        _check_outputs(tiny, _wait_for("predictions under the new plan", lambda: _predictions(
+            records, throttled["version"])[:3], 20.0, pipeline))
+        slow = {k: v["throughput_bps"] / 1e6 for k, v in latest_links().items()
+                if "robot2" in k}
+        print("measured Mbit/s on robot2's links after throttling to 2 Mbit/s:", slow)
+        pipeline.stop()
+        for name in pipeline.names:
+            assert pipeline.returncode(name) in (0, -signal.SIGINT), name
