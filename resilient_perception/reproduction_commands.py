@@ -81,8 +81,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
           f"{len(todo)} to do, cache {runs}")
     if todo and not args.report_only:
         run_protocol(protocol, runs, args.data_root)
-    command = (f"resilient-perception reproduce --datasets {','.join(args.datasets)} "
-               f"--seeds {len(protocol.seeds)}" + (" --quick" if args.quick else ""))
+    command = " ".join([
+        "resilient-perception reproduce", f"--datasets {','.join(args.datasets)}",
+        f"--seeds {len(protocol.seeds)}", "--quick" if args.quick else "",
+        f"--baseline-seeds {args.baseline_seeds}" if args.baseline_seeds else "",
+        f"--precision {args.precision}",
+        f"--epochs {','.join(f'{d}={p.epochs}' for d, p in protocol.datasets.items())}",
+    ]).replace("  ", " ")
     summary = write_report(protocol, runs, out, command)
     print(f"wrote {out / 'tables.md'} ({summary['runs_done']} of {summary['runs']} runs)")
     return 0

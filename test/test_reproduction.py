@@ -11,7 +11,7 @@ from scipy import stats
 
 from resilient_perception.cli import main
 from resilient_perception.core.model import MultiDeviceCNN
-from resilient_perception.core.modifier import fuse_vote
+from resilient_perception.core.modifier import fuse_vote, surrogate_logits
 from resilient_perception.core.reproduction import (
     METHODS,
     error_rate_reduction,
@@ -90,6 +90,18 @@ def test_fuse_vote_majority_then_probability():
     assert fuse_vote(probs, mask).argmax(dim=1).tolist() == [1, 1]
 
 
+def test_confidence_weighted_surrogate():
+    torch.manual_seed(0)
+    features, weights, biases = torch.randn(4, 3, 5), torch.randn(3, 2, 5), torch.randn(3, 2)
+    live = torch.tensor([[True, True, False]] * 4)
+    equal = surrogate_logits(features, weights, biases, live)
+    same = surrogate_logits(features, weights, biases, live, torch.full((4, 3), 0.3))
+    assert torch.allclose(equal, same, atol=1e-6)
+    # a peer with (almost) no confidence drops out: the surrogate is device 0's own head
+    skewed = surrogate_logits(features, weights, biases, live, torch.tensor([[1.0, 1e-9, 5.0]] * 4))
+    assert torch.allclose(skewed, features[:, 0] @ weights[0].T + biases[0], atol=1e-5)
+
+
 def test_baseline_training_options(mnist_views):
     views, labels = mnist_views[0][:128], mnist_views[1][:128]
 
@@ -121,6 +133,7 @@ def test_reproduce_quick_profile(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     tables = (out / "tables.md").read_text()
     assert "Table 6" in tables and "93.37" in tables and "redundant standby" in tables
+    assert "confidence-weighted" in tables
     with (out / "seeds.csv").open() as fh:
         seeds = list(csv.DictReader(fh))
     assert {r["method"] for r in seeds} == set(METHODS)

@@ -71,6 +71,7 @@ def evaluate_failures(
     modes: tuple[str, ...] = FUSION_MODES,
     subsets: list[tuple[int, ...]] | None = None,
     max_rows: int = 200_000,
+    confidence_weighted: bool = False,
 ) -> list[dict]:
     """Score every failure subset for each mode, with and without the Modifier.
 
@@ -84,6 +85,8 @@ def evaluate_failures(
         modes: fusion modes (``"avg"``, ``"max"``).
         subsets: failed sets to score (default :func:`failure_subsets`).
         max_rows: rows (frames x subsets) fused per chunk, bounds memory.
+        confidence_weighted: Modifier surrogates weight each live peer by its confidence
+            (see :func:`.modifier.fuse_with_failures`).
 
     Returns:
         Rows ``{failed, n_failed, mode, modifier, accuracy, balanced_accuracy}``.
@@ -117,7 +120,8 @@ def evaluate_failures(
             has_live = live.any(dim=1)
             for mode in modes:
                 for use_mod in (False, True):
-                    fused = fuse_with_failures(p, f, weights, biases, live, mode, use_mod)
+                    fused = fuse_with_failures(p, f, weights, biases, live, mode, use_mod,
+                                               confidence_weighted)
                     correct = ((fused.argmax(dim=1) == y) & has_live).reshape(s, m)
                     for gi, failed in enumerate(group):
                         rows.append({

@@ -20,6 +20,9 @@ Design choices (documented here once, used everywhere):
   such rows; :mod:`.evaluation` counts them as errors).
 * Entries of dead devices are never read (they are zeroed / masked before any product),
   so they may hold stale values or NaN.
+* **Confidence-weighted surrogate** (an option beyond the paper): ``peer_weights`` replace
+  the equal average over live peers by a weighted one; :func:`fuse_with_failures` weights
+  each peer by its confidence (its largest class probability).
 * Everything is masked means written as matrix products: no Python loop over devices or
   samples, and each row of the batch may have its own live set.
 """
@@ -56,6 +59,7 @@ def surrogate_logits(
     weights: torch.Tensor,
     biases: torch.Tensor,
     live: torch.Tensor,
+    peer_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits of the Modifier surrogate: ``mean_live(W) @ mean_live(f) + mean_live(b)``.
 
@@ -64,6 +68,7 @@ def surrogate_logits(
         weights: (N, K, D) classifier weights of the N devices.
         biases: (N, K) classifier biases.
         live: (B, N) bool, the devices whose outputs are available for each row.
+        peer_weights: optional (B, N) positive weights of the peers (default: equal).
 
     Returns:
         (B, K) logits; rows with no live device are all zeros (softmax = uniform).
@@ -72,7 +77,11 @@ def surrogate_logits(
     if features.ndim != 3 or weights.ndim != 3 or biases.ndim != 2 or live.ndim != 2:
         raise ValueError("expected features (B,N,D), weights (N,K,D), biases (N,K), live (B,N)")
     live = live.to(torch.bool)
-    a, _ = _live_weights(live, features.dtype)  # (B, N)
+    if peer_weights is None:
+        a, _ = _live_weights(live, features.dtype)  # (B, N)
+    else:
+        w = torch.where(live, peer_weights.to(features.dtype), torch.zeros_like(features[..., 0]))
+        a = w / w.sum(dim=1, keepdim=True).clamp(min=torch.finfo(w.dtype).tiny)
     # zero dead entries first: they may hold garbage/NaN and 0 * NaN = NaN
     features = torch.where(live[:, :, None], features, torch.zeros_like(features))
     f_bar = torch.einsum("bn,bnd->bd", a, features)  # (B, D)
@@ -155,6 +164,7 @@ def fuse_with_failures(
     live: torch.Tensor,
     mode: str = "avg",
     use_modifier: bool = True,
+    confidence_weighted: bool = False,
 ) -> torch.Tensor:
     """Fuse device outputs when the devices outside ``live`` (B, N) have failed.
 
@@ -171,6 +181,8 @@ def fuse_with_failures(
         live: (B, N) bool.
         mode: ``"avg"`` or ``"max"``.
         use_modifier: substitute Modifier surrogates for failed devices.
+        confidence_weighted: build the surrogate with each live peer weighted by its
+            largest class probability instead of equally.
 
     Returns:
         (B, K) fused scores.
@@ -179,7 +191,8 @@ def fuse_with_failures(
     live = live.to(torch.bool)
     if not use_modifier:
         return fuse(probs, live, mode)
-    p_hat = synthesize_surrogate(features, weights, biases, live)  # (B, K)
+    confidence = probs.amax(dim=-1) if confidence_weighted else None
+    p_hat = torch.softmax(surrogate_logits(features, weights, biases, live, confidence), -1)
     filled = torch.where(live[:, :, None], probs, p_hat[:, None, :])
     # every device now has an output, unless no device was live at all
     any_live = live.any(dim=1, keepdim=True).expand_as(live)

@@ -8,7 +8,8 @@ Runs live under ``<root>/<dataset>/<method>/seed<k>/``:
 * ``model.safetensors`` -- written atomically when training ends, so an interrupted run
   leaves no model and is trained again from scratch;
 * ``history.json`` -- the per-epoch training curve;
-* ``evaluation.json`` -- the run's key, failure-subset rows and summary, written last
+* ``evaluation.json`` -- the run's key, failure-subset rows (``rows``; ``rows_confidence``
+  for the Modifier with confidence-weighted peers) and summary, written last
   (atomically). A run whose ``evaluation.json`` holds the expected key is finished and
   skipped; a key that differs (other epochs, limits, options) makes the run stale, and it
   is redone.
@@ -49,8 +50,8 @@ import numpy as np
 from scipy import stats
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .evaluation import summarise
-from .experiment import DeviceViews, evaluate_devices, load_device_views, train_devices
+from .evaluation import device_outputs, evaluate_failures, summarise
+from .experiment import DeviceViews, load_device_views, train_devices
 from .modifier import EVALUATION_MODES
 from .training import TrainConfig
 
@@ -112,6 +113,7 @@ class Strategy:
     mode: str  # fusion: "avg", "max" or "vote"
     modifier: bool
     standby: int = 0  # failed devices a redundant standby unit takes over
+    confidence: bool = False  # Modifier surrogate from confidence-weighted peers
 
 
 STRATEGIES: tuple[Strategy, ...] = (
@@ -123,6 +125,7 @@ STRATEGIES: tuple[Strategy, ...] = (
     Strategy("paper: fail-sim + Modifier", "paper", "avg", True),
     Strategy("ours: fail-sim + fused loss + Modifier", "ours", "avg", True),
     Strategy("ours, k = 2 + Modifier", "ours-k2", "avg", True),
+    Strategy("ours + confidence-weighted Modifier", "ours", "avg", True, confidence=True),
 )
 # the strategy every baseline is t-tested against
 OURS = next(s for s in STRATEGIES if s.method == "ours")
@@ -139,7 +142,7 @@ class DatasetPlan:
 
 # Epochs of the full protocol, chosen so it fits ~10 CPU hours on 2 cores (see
 # scripts/reproduce_paper.sh for the measured per-epoch times behind them).
-FULL_EPOCHS = {"mnist": 4, "cifar10": 4, "mvmc": 30}
+FULL_EPOCHS = {"mnist": 4, "cifar10": 4, "mvmc": 15}
 
 
 @dataclass(frozen=True)
@@ -248,9 +251,19 @@ def run_one(protocol: Protocol, root: Path, dataset: str, method: str, seed: int
         meta["run_key"] = key
         save_checkpoint(folder / "model.safetensors", model, meta)
         _write_json_atomic(folder / "history.json", history)
-    rows, summary = evaluate_devices(model, test_data, modes=EVALUATION_MODES)
+    probs, features = device_outputs(model, test_data.views)
+    heads = [t.detach() for t in model.classifier_heads()]
+
+    def score(modes: tuple[str, ...], confidence_weighted: bool = False) -> list[dict]:
+        return evaluate_failures(probs, features, *heads, test_data.labels,
+                                 test_data.available, modes,
+                                 confidence_weighted=confidence_weighted)
+
+    rows = score(EVALUATION_MODES)
+    confidence_rows = [r for r in score(("avg", "max"), True) if r["modifier"]]
     result = {"key": key, "test_samples": int(len(test_data.labels)),
-              "history": meta["history"], "rows": rows, "summary": summary}
+              "history": meta["history"], "rows": rows, "rows_confidence": confidence_rows,
+              "summary": summarise(rows)}
     _write_json_atomic(folder / "evaluation.json", result)
     return result
 
@@ -295,7 +308,7 @@ def load_results(protocol: Protocol, root: Path) -> dict[tuple[str, str, int], d
         result = _cached_result(run_dir(root, d, m, s) / "evaluation.json",
                                 protocol.run_key(d, m, s))
         if result is not None:
-            for row in result["rows"]:
+            for row in (*result["rows"], *result["rows_confidence"]):
                 row["failed"] = tuple(row["failed"])
             results[d, m, s] = result
     return results
@@ -368,9 +381,10 @@ def _standby_rows(rows: list[dict], covered: int) -> list[dict]:
     return out
 
 
-def strategy_summary(result: dict, mode: str, modifier: bool, standby: int = 0) -> dict:
+def strategy_summary(result: dict, mode: str, modifier: bool, standby: int = 0,
+                     confidence: bool = False) -> dict:
     """One run's summary (see :func:`.evaluation.summarise`) for a strategy."""
-    rows = [r for r in result["rows"] if r["mode"] == mode]
+    rows = [r for r in result["rows_confidence" if confidence else "rows"] if r["mode"] == mode]
     if standby:
         rows = _standby_rows(rows, standby)
     summary = summarise(rows)[mode]
@@ -395,8 +409,9 @@ def method_values(results: dict, dataset: str, method: str, strategy: Strategy |
     if strategy is not None:
         method, mode, modifier = strategy.method, strategy.mode, strategy.modifier
     standby = strategy.standby if strategy is not None else 0
+    confidence = strategy.confidence if strategy is not None else False
     return {
-        seed: seed_metrics(strategy_summary(result, mode, modifier, standby))
+        seed: seed_metrics(strategy_summary(result, mode, modifier, standby, confidence))
         for (d, m, seed), result in sorted(results.items()) if d == dataset and m == method
     }
 

@@ -22,11 +22,13 @@ import json
 import math
 from pathlib import Path
 
+from .modifier import EVALUATION_MODES
 from .reproduction import (
     METHODS,
     OURS,
     STRATEGIES,
     Protocol,
+    Strategy,
     compare,
     load_results,
     mean_ci,
@@ -180,20 +182,18 @@ def _baseline_table(results, dataset: str, n_devices: int) -> tuple[list[str], l
 
 
 def _seed_rows(results) -> list[dict]:
-    variants = [(m, mode, mod, 0) for m in METHODS for mode in ("avg", "max", "vote")
-                for mod in (False, True)]
-    variants += [(s.method, s.mode, s.modifier, s.standby) for s in STRATEGIES if s.standby]
+    plain = [Strategy("", m, mode, mod) for m in METHODS for mode in EVALUATION_MODES
+             for mod in (False, True)]
+    special = [s for s in STRATEGIES if s.standby or s.confidence]
     rows = []
     for dataset in sorted({d for d, _, _ in results}):
-        for method, mode, mod, standby in variants:
-            strategy = None
-            if standby:
-                strategy = next(s for s in STRATEGIES if s.standby == standby
-                                and s.method == method and s.mode == mode)
-            per_seed = method_values(results, dataset, method, strategy, mode, mod)
-            for seed, metrics in per_seed.items():
-                rows.append({"dataset": dataset, "method": method, "mode": mode,
-                             "modifier": mod, "standby": standby, "seed": seed,
+        for strategy in (*plain, *special):
+            for seed, metrics in method_values(results, dataset, strategy.method,
+                                               strategy).items():
+                rows.append({"dataset": dataset, "method": strategy.method,
+                             "mode": strategy.mode, "modifier": strategy.modifier,
+                             "standby": strategy.standby,
+                             "confidence_weighted": strategy.confidence, "seed": seed,
                              **{k: round(v, 6) for k, v in metrics.items()}})
     return rows
 
