@@ -318,7 +318,6 @@ def test_namespaces_measured_rates_and_a_throttled_link(tiny, tmp_path, namespac
         fleet=_fleet_file(tmp_path / "fleet.yaml", robot2_memory_mb=1.0), records=records,
         source="robot0", probes=True,
         planner={"robot_timeout_s": 1.0, "rate_change_threshold": 0.3},
-        probe={"burst_period_s": 0.5, "burst_count": 10, "burst_bytes": 16000, "window": 3},
         requests={"rate_hz": 5.0, "data_root": str(DATA_ROOT)},
         placement={robot: namespaces.node_options(robot) for robot in ROBOTS})
     with Pipeline(nodes, log_dir=tmp_path / "logs", domain_id=DOMAIN_ID) as pipeline:

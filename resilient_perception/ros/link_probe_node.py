@@ -6,9 +6,16 @@ receiver's ``<robot>/link_probe`` topic (``LinkProbe`` messages):
 * echo: every ``echo_period_s`` it sends each peer a small ECHO_REQUEST stamped with its
   own monotonic clock; the peer answers with an ECHO_REPLY carrying the stamp back, so the
   round-trip time needs no synchronised clocks;
-* burst: every ``burst_period_s`` it sends the next peer (round robin, so two bursts of one
-  robot never share its uplink) ``burst_count`` messages of ``burst_bytes`` back to back;
-  the peer times their arrivals (:func:`..core.link_estimation.burst_rate_bps`).
+* burst: every ``burst_period_s`` on average (each interval drawn from 0.5-1.5 periods, so
+  that robots do not keep bursting into one receiver together) it sends the next peer
+  (round robin, so two bursts of one robot never share its uplink) ``burst_count``
+  messages of ``burst_bytes`` back to back;
+  the peer times their arrivals (:func:`..core.link_estimation.burst_rate_bps`) with the
+  middleware's reception timestamps.
+
+The probes load each robot's uplink with ``burst_count x burst_bytes x 8 / burst_period_s``
+bits/s (0.64 Mbit/s by default) plus the echoes; on a link near that rate the bursts queue
+up and stop completing, and the last measurement stays in use.
 
 Every ``publish_period_s`` it publishes, per peer, a ``LinkMeasurement`` on
 ``link_measurements``: the rate from the peer to this robot (measured here, as receiver)
@@ -22,11 +29,13 @@ logged (throttled), counted and ignored.
 from __future__ import annotations
 
 import array
+import random
 import time
 
 from rcl_interfaces.msg import ParameterType
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import MessageInfo
 
 from resilient_perception.core.link_estimation import SampleWindow, burst_rate_bps, round_trip_s
 from resilient_perception.msg import LinkMeasurement, LinkProbe
@@ -50,25 +59,25 @@ class LinkProbeNode(Node):
     def __init__(self) -> None:
         """Declare parameters, create the topics and timers; ValueError for a bad setup."""
         super().__init__("link_probe")
-        string, array = ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_STRING_ARRAY
+        string, strings = ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_STRING_ARRAY
         double, integer = ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_INTEGER
         self.robot = self.declare_parameter("robot", "", descriptor(
             "This robot's name (as in the fleet file).", string)).value
         self.peers = list(self.declare_parameter("peers", [""], descriptor(
-            "Names of the robots to measure the links from.", array)).value)
-        burst_period = self.declare_parameter("burst_period_s", 0.5, descriptor(
+            "Names of the robots to measure the links from.", strings)).value)
+        burst_period = self.declare_parameter("burst_period_s", 1.0, descriptor(
             "Seconds between two bursts (to the next peer in turn).", double,
             float_range=(0.01, 60.0))).value
-        self.burst_count = self.declare_parameter("burst_count", 8, descriptor(
+        self.burst_count = self.declare_parameter("burst_count", 10, descriptor(
             "Messages per burst.", integer, int_range=(2, 1000))).value
-        self.burst_bytes = self.declare_parameter("burst_bytes", 32768, descriptor(
+        self.burst_bytes = self.declare_parameter("burst_bytes", 8000, descriptor(
             "Payload bytes per burst message.", integer, int_range=(1, 1_000_000))).value
         echo_period = self.declare_parameter("echo_period_s", 0.2, descriptor(
             "Seconds between two echo probes to each peer.", double,
             float_range=(0.01, 60.0))).value
         self.echo_bytes = self.declare_parameter("echo_bytes", 64, descriptor(
             "Payload bytes of an echo probe.", integer, int_range=(0, 65_000))).value
-        window = self.declare_parameter("window", 5, descriptor(
+        window = self.declare_parameter("window", 3, descriptor(
             "Samples whose median is published.", integer, int_range=(1, 1000))).value
         publish_period = self.declare_parameter("publish_period_s", 0.5, descriptor(
             "Seconds between two published measurements.", double,
@@ -97,7 +106,12 @@ class LinkProbeNode(Node):
         self._burst_payload = array.array("B", bytes(self.burst_bytes))
         self._echo_payload = array.array("B", bytes(self.echo_bytes))
         self.create_timer(echo_period, self._send_echoes)
-        self.create_timer(burst_period, self._send_burst)
+        # Bursts start at random intervals (0.5-1.5 periods): robots that started together
+        # would otherwise keep bursting into the same receiver at the same moments.
+        self._burst_period = burst_period
+        self._random = random.Random()
+        self._next_burst = time.monotonic() + burst_period * self._random.uniform(0.5, 1.5)
+        self.create_timer(0.01, self._maybe_burst)
         self.create_timer(publish_period, self._publish)
         self.get_logger().info(f"probing links of {self.robot} from {self.peers}")
 
@@ -110,6 +124,11 @@ class LinkProbeNode(Node):
         for peer, publisher in self._to_peer.items():
             publisher.publish(self._probe(LinkProbe.ECHO_REQUEST, peer, self._echo_payload))
 
+    def _maybe_burst(self) -> None:
+        if time.monotonic() >= self._next_burst:
+            self._next_burst += self._burst_period * self._random.uniform(0.5, 1.5)
+            self._send_burst()
+
     def _send_burst(self) -> None:
         peer = self.peers[self._next_peer]
         self._next_peer = (self._next_peer + 1) % len(self.peers)
@@ -119,7 +138,7 @@ class LinkProbeNode(Node):
             probe.burst, probe.index, probe.count = self._burst, index, self.burst_count
             self._to_peer[peer].publish(probe)
 
-    def _on_probe(self, probe: LinkProbe) -> None:
+    def _on_probe(self, probe: LinkProbe, info: MessageInfo) -> None:
         now = time.monotonic_ns()
         if probe.to_robot != self.robot or probe.from_robot not in self._to_peer:
             self._reject(f"probe from {probe.from_robot!r} to {probe.to_robot!r} ignored: "
@@ -137,7 +156,9 @@ class LinkProbeNode(Node):
             else:
                 self.rtt[peer].add(rtt)
         elif probe.kind == LinkProbe.BURST:
-            self._on_burst(peer, probe, now)
+            # The middleware's reception time, not this callback's: the executor may pick
+            # up the burst's first messages late, which would shorten the timed span.
+            self._on_burst(peer, probe, info["received_timestamp"])
         else:
             self._reject(f"probe of unknown kind {probe.kind} from {peer}")
 
