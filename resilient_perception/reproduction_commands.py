@@ -109,7 +109,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="override epochs per dataset (full protocol: "
                    + ", ".join(f"{d}={e}" for d, e in FULL_EPOCHS.items()) + ")")
     p.add_argument("--quick", action="store_true",
-                   help="CI profile: 1 epoch, 256 training / 256 test samples, 1 seed")
+                   help="CI profile: 1 epoch, 128 training / 256 test samples, 1 seed")
     p.add_argument("--report-only", action="store_true",
                    help="write the report of the finished runs without running missing ones")
     p.add_argument("--threads", type=_positive_int, default=1,

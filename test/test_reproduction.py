@@ -14,6 +14,7 @@ from resilient_perception.core.model import MultiDeviceCNN
 from resilient_perception.core.modifier import fuse_vote, surrogate_logits
 from resilient_perception.core.reproduction import (
     METHODS,
+    Strategy,
     error_rate_reduction,
     mean_ci,
     paired_t_test,
@@ -68,17 +69,17 @@ def _rows(n_devices=3):
             acc = 1 - 0.1 * len(failed) - 0.01 * (failed[0] if failed else 0) + 0.05 * modifier
             rows.append({"failed": failed, "n_failed": len(failed), "mode": "avg",
                          "modifier": modifier, "accuracy": acc, "balanced_accuracy": acc})
-    return {"rows": rows}
+    return {"rows": rows, "rows_confidence": []}
 
 
 def test_standby_takes_over_the_first_failed_device():
-    plain = strategy_summary(_rows(), "avg", modifier=False)
-    standby = strategy_summary(_rows(), "avg", modifier=False, standby=1)
+    plain = strategy_summary(_rows(), Strategy("", "m", "avg", False))
+    standby = strategy_summary(_rows(), Strategy("", "m", "avg", False, standby=1))
     assert standby["single_failure_per_device"] == [1.0, 1.0, 1.0]  # = no failure
     assert plain["single_failure_per_device"] == pytest.approx([0.9, 0.89, 0.88])
     # two failed: {0,1} -> {1}, {0,2} -> {2}, {1,2} -> {2}
     assert standby["by_n_failed"][2] == pytest.approx(np.mean([0.89, 0.88, 0.88]))
-    assert strategy_summary(_rows(), "avg", modifier=True)["no_failure"] == pytest.approx(1.05)
+    assert strategy_summary(_rows(), Strategy("", "m", "avg", True))["no_failure"] == 1.05
 
 
 def test_fuse_vote_majority_then_probability():
@@ -103,7 +104,7 @@ def test_confidence_weighted_surrogate():
 
 
 def test_baseline_training_options(mnist_views):
-    views, labels = mnist_views[0][:128], mnist_views[1][:128]
+    views, labels = mnist_views[0][:64], mnist_views[1][:64]
 
     def trained(**options):
         torch.manual_seed(0)

@@ -200,7 +200,7 @@ def quick_protocol(datasets: Iterable[str] = ("mnist",), **kwargs) -> Protocol:
     """The CI profile: one epoch on a few hundred samples, one seed by default."""
     kwargs.setdefault("seeds", (0,))
     kwargs.setdefault("batch_size", 64)
-    return Protocol({d: DatasetPlan(1, train_limit=256, test_limit=256) for d in datasets},
+    return Protocol({d: DatasetPlan(1, train_limit=128, test_limit=256) for d in datasets},
                     **kwargs)
 
 
@@ -381,14 +381,18 @@ def _standby_rows(rows: list[dict], covered: int) -> list[dict]:
     return out
 
 
-def strategy_summary(result: dict, mode: str, modifier: bool, standby: int = 0,
-                     confidence: bool = False) -> dict:
-    """One run's summary (see :func:`.evaluation.summarise`) for a strategy."""
-    rows = [r for r in result["rows_confidence" if confidence else "rows"] if r["mode"] == mode]
-    if standby:
-        rows = _standby_rows(rows, standby)
-    summary = summarise(rows)[mode]
-    return summary["modifier" if modifier else "baseline"]
+def strategy_summary(result: dict, strategy: Strategy, metric: str = "accuracy") -> dict:
+    """One run's summary (see :func:`.evaluation.summarise`) under a strategy.
+
+    ``metric`` is ``"accuracy"`` or ``"balanced_accuracy"`` (mean per-class recall).
+    """
+    rows = [{**r, "accuracy": r[metric]}
+            for r in result["rows_confidence" if strategy.confidence else "rows"]
+            if r["mode"] == strategy.mode]
+    if strategy.standby:
+        rows = _standby_rows(rows, strategy.standby)
+    summary = summarise(rows)[strategy.mode]
+    return summary["modifier" if strategy.modifier else "baseline"]
 
 
 def seed_metrics(summary: dict) -> dict[str, float]:
@@ -403,17 +407,21 @@ def seed_metrics(summary: dict) -> dict[str, float]:
     return out
 
 
-def method_values(results: dict, dataset: str, method: str, strategy: Strategy | None = None,
-                  mode: str = "avg", modifier: bool = True) -> dict[int, dict[str, float]]:
-    """Per seed: :func:`seed_metrics` of a method's runs under a strategy (or mode/modifier)."""
-    if strategy is not None:
-        method, mode, modifier = strategy.method, strategy.mode, strategy.modifier
-    standby = strategy.standby if strategy is not None else 0
-    confidence = strategy.confidence if strategy is not None else False
-    return {
-        seed: seed_metrics(strategy_summary(result, mode, modifier, standby, confidence))
-        for (d, m, seed), result in sorted(results.items()) if d == dataset and m == method
-    }
+def method_values(results: dict, dataset: str, strategy: Strategy) -> dict[int, dict[str, float]]:
+    """Per seed: :func:`seed_metrics` of a strategy, plus its balanced accuracies.
+
+    ``balanced_no_failure`` and ``balanced_single_failure_mean`` are mean per-class recalls
+    (MVMC's classes are heavily imbalanced).
+    """
+    out = {}
+    for (d, m, seed), result in sorted(results.items()):
+        if d == dataset and m == strategy.method:
+            metrics = seed_metrics(strategy_summary(result, strategy))
+            balanced = strategy_summary(result, strategy, "balanced_accuracy")
+            metrics["balanced_no_failure"] = balanced["no_failure"]
+            metrics["balanced_single_failure_mean"] = balanced["single_failure_mean"]
+            out[seed] = metrics
+    return out
 
 
 def compare(a: dict[int, dict], b: dict[int, dict], metric: str) -> dict:

@@ -79,6 +79,10 @@ def _pm(values: list[float]) -> str:
     return f"{100 * mean:.2f}" if math.isnan(ci) else f"{100 * mean:.2f} ± {100 * ci:.2f}"
 
 
+def _signed(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:+.2f}"
+
+
 def _p(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2g}"
 
@@ -93,7 +97,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _single_failure_table(results, dataset: str, method: str, n_devices: int) -> list[str]:
-    values = {(mode, mod): method_values(results, dataset, method, mode=mode, modifier=mod)
+    values = {(mode, mod): method_values(results, dataset, Strategy("", method, mode, mod))
               for mode in MODES for mod in (False, True)}
     has_paper = (dataset, "avg") in PAPER_TABLE4
     header = ["failed device"]
@@ -132,14 +136,14 @@ def _table6(results, dataset: str, methods: list[str]) -> tuple[list[str], list[
                          f"{with_mod - base:+.2f}", f"{p:g}", f"{err:.1f}",
                          f"{100 * ratio:.1f}", "10"])
         for method in methods:
-            without = method_values(results, dataset, method, mode=mode, modifier=False)
-            with_mod = method_values(results, dataset, method, mode=mode, modifier=True)
+            without = method_values(results, dataset, Strategy("", method, mode, False))
+            with_mod = method_values(results, dataset, Strategy("", method, mode, True))
             c = compare(with_mod, without, "single_failure_mean")
             ratios = [recovery_ratio(without[s]["no_failure"], without[s]["single_failure_mean"],
                                      with_mod[s]["single_failure_mean"]) for s in c["seeds"]]
             rows.append([method, mode, _pm(_column(without, "single_failure_mean")),
                          _pm(_column(with_mod, "single_failure_mean")),
-                         f"{100 * c['difference']:+.2f}", _p(c["p"]),
+                         _signed(c["difference"]), _p(c["p"]),
                          _pct(c["error_rate_reduction"]),
                          _pm([r for r in ratios if not math.isnan(r)]), str(len(c["seeds"]))])
             raw.append({"dataset": dataset, "method": method, "mode": mode,
@@ -154,26 +158,28 @@ def _failed_count_table(results, dataset: str, n_devices: int) -> list[str]:
         for mode in MODES:
             for mod in (False, True):
                 header.append(f"{method} {mode} {'Modifier' if mod else 'no Modifier'}")
-                columns.append(method_values(results, dataset, method, mode=mode, modifier=mod))
+                columns.append(method_values(results, dataset, Strategy("", method, mode, mod)))
     rows = [[str(k), *(_pm(_column(col, f"{k}_failed")) for col in columns)]
             for k in range(n_devices)]
     return _table(header, rows)
 
 
 def _baseline_table(results, dataset: str, n_devices: int) -> tuple[list[str], list[dict]]:
-    ours = method_values(results, dataset, OURS.method, OURS)
+    ours = method_values(results, dataset, OURS)
     header = ["strategy (avg fusion)", "model", "no failure", "mean single failure",
-              f"{n_devices - 1} failed", "vs ours", "p (paired t)", "seeds"]
+              "balanced, mean single failure", f"{n_devices - 1} failed", "vs ours",
+              "p (paired t)", "seeds"]
     rows, raw = [], []
     for strategy in STRATEGIES:
-        values = method_values(results, dataset, strategy.method, strategy)
+        values = method_values(results, dataset, strategy)
         if not values:
             continue
         c = compare(ours, values, "single_failure_mean") if ours else None
         rows.append([strategy.label, strategy.method, _pm(_column(values, "no_failure")),
                      _pm(_column(values, "single_failure_mean")),
+                     _pm(_column(values, "balanced_single_failure_mean")),
                      _pm(_column(values, f"{n_devices - 1}_failed")),
-                     "-" if c is None else f"{100 * c['difference']:+.2f}",
+                     "-" if c is None else _signed(c["difference"]),
                      "-" if c is None else _p(c["p"]), str(len(values))])
         raw.append({"dataset": dataset, "strategy": strategy.label, "method": strategy.method,
                     "single_failure_mean": _column(values, "single_failure_mean"),
@@ -188,8 +194,7 @@ def _seed_rows(results) -> list[dict]:
     rows = []
     for dataset in sorted({d for d, _, _ in results}):
         for strategy in (*plain, *special):
-            for seed, metrics in method_values(results, dataset, strategy.method,
-                                               strategy).items():
+            for seed, metrics in method_values(results, dataset, strategy).items():
                 rows.append({"dataset": dataset, "method": strategy.method,
                              "mode": strategy.mode, "modifier": strategy.modifier,
                              "standby": strategy.standby,
@@ -238,7 +243,7 @@ def _figures(results, datasets: list[str], out: Path) -> list[str]:
         for method in FIGURE_METHODS:
             for mode in MODES:
                 for mod in (False, True):
-                    values = method_values(results, dataset, method, mode=mode, modifier=mod)
+                    values = method_values(results, dataset, Strategy("", method, mode, mod))
                     if not values:
                         continue
                     ks = sorted(int(k.split("_")[0]) for k in next(iter(values.values()))
@@ -261,14 +266,14 @@ def _figures(results, datasets: list[str], out: Path) -> list[str]:
 
     def fig5(ax, dataset):
         groups = [f"{m} {mode}" for m in FIGURE_METHODS for mode in MODES]
-        series = {label: [_column(method_values(results, dataset, m, mode=mode, modifier=mod),
+        series = {label: [_column(method_values(results, dataset, Strategy("", m, mode, mod)),
                                   "single_failure_mean") for m in FIGURE_METHODS for mode in MODES]
                   for mod, label in ((False, "no Modifier"), (True, "Modifier"))}
         bars(ax, groups, series)
 
     def fig6(ax, dataset):
-        without = method_values(results, dataset, "paper", mode="avg", modifier=False)
-        with_mod = method_values(results, dataset, "paper", mode="avg", modifier=True)
+        without = method_values(results, dataset, Strategy("", "paper", "avg", False))
+        with_mod = method_values(results, dataset, Strategy("", "paper", "avg", True))
         if not without:
             return
         devices = [k for k in next(iter(without.values())) if k.startswith("device_")]
@@ -278,9 +283,9 @@ def _figures(results, datasets: list[str], out: Path) -> list[str]:
         ax.set_xlabel("failed device")
 
     def fig7(ax, dataset):
-        shown = [s for s in STRATEGIES if method_values(results, dataset, s.method, s)]
+        shown = [s for s in STRATEGIES if method_values(results, dataset, s)]
         bars(ax, [s.label for s in shown], {"mean single failure, avg fusion": [
-            _column(method_values(results, dataset, s.method, s), "single_failure_mean")
+            _column(method_values(results, dataset, s), "single_failure_mean")
             for s in shown]})
 
     def curves(ax, dataset):
