@@ -380,31 +380,20 @@ def play_and_record(observer: Observer, pipeline: Pipeline, run: str,
                     stop: int) -> list:
     """Start fusion, cameras and recorder_<run>; once ready, play replay_<run>; stop.
 
-    "Ready" means the fusion node knows all six classifier heads (its diagnostics say so)
-    and the recorder subscribes to the labels: on a loaded machine DDS discovery between
-    freshly started processes can take seconds, longer than the replay's warm-up frames.
+    As ``Pipeline.start_ready`` (which would start both recorders at once): the replay
+    starts once the fusion node knows all six classifier heads, and waits itself until the
+    recorder subscribes to the labels. On a loaded machine DDS discovery between freshly
+    started processes can take seconds, longer than the replay's warm-up frames.
 
     Returns the fused predictions the observer saw.
     """
-    from diagnostic_msgs.msg import DiagnosticArray
-
     from resilient_perception import msg as msgs
 
     fused = observer.collect(msgs.FusedPrediction, "perception/fused")
-    diagnostics = observer.collect(DiagnosticArray, "/diagnostics")
     recorder, replay = f"recorder_{run}", f"replay_{run}"
     pipeline.start(recorder, *(name for name in pipeline.names
                                if name == "fusion" or name.startswith("camera_")))
-
-    def ready() -> bool:
-        heads = {kv.value for msg in diagnostics[-1:] for status in msg.status
-                 for kv in status.values if kv.key == "heads_known"}
-        return heads == {"6"} and any(
-            info.node_name == recorder
-            for info in observer.node.get_subscriptions_info_by_topic(LABEL_TOPIC))
-
-    observer.spin_until(ready, "fusion to know every head and the recorder to subscribe",
-                        90.0, pipeline)
+    observer.wait_for_fusion(6, 90.0, pipeline)
     pipeline.start(replay)
     observer.spin_until(lambda: pipeline.returncode(replay) is not None, f"{replay} to end",
                         120.0, pipeline)

@@ -195,8 +195,6 @@ def _replay_benchmarks(bag: Path, args, folder: Path, domain_id: int) -> dict:
 
 def _pipeline_recording(bag: Path, checkpoint: Path, args, folder: Path,
                         domain_id: int) -> dict:
-    from diagnostic_msgs.msg import DiagnosticArray
-
     from resilient_perception.ros.pipeline import (
         PACKAGE,
         NodeSpec,
@@ -215,15 +213,7 @@ def _pipeline_recording(bag: Path, checkpoint: Path, args, folder: Path,
                  "realtime_priority": args.realtime_priority})]
     with (Observer("bag_bench_pipeline", domain_id=domain_id) as observer,
           Pipeline(nodes, config, log_dir=folder / "logs", domain_id=domain_id) as pipeline):
-        diagnostics = observer.collect(DiagnosticArray, "/diagnostics")
-        pipeline.start(*(n for n in pipeline.names if n != "replay"))
-
-        def heads_known() -> bool:
-            return any(kv.key == "heads_known" and kv.value == str(args.cameras)
-                       for msg in diagnostics[-1:] for s in msg.status for kv in s.values)
-
-        observer.spin_until(heads_known, "the fusion node to know every head", 120.0, pipeline)
-        pipeline.start("replay")
+        pipeline.start_ready(observer, timeout=120.0)  # the replay once fusion can fuse
         observer.spin_until(lambda: pipeline.returncode("replay") is not None,
                             "the replay to end", 60.0 + 3 * args.frames / args.rate, pipeline)
         observer.spin_for(3.0)  # the last frames fused, and a /diagnostics with final counts

@@ -323,7 +323,8 @@ class Pipeline:
     def start_ready(self, observer: Observer, timeout: float = 60.0) -> Pipeline:
         """Start every node, the players last, once the fusion node can fuse.
 
-        Starts all nodes but the players, waits (through ``observer``) until the fusion
+        Players are ``player_node`` and its stand-in ``replay_node`` (a bag replay). Starts
+        all nodes but the players, waits (through ``observer``) until the fusion
         node reports every camera's classifier head (until then it rejects predictions: it
         does not know their sizes), then starts the players, so no played frame is lost to
         start-up. Processes start in seconds each (importing torch), so this is what tests,
@@ -333,7 +334,8 @@ class Pipeline:
             TimeoutError: If the fusion node is not ready after ``timeout`` s.
             PipelineError: If a node exits with an error meanwhile.
         """
-        players = [name for name, spec in self.nodes.items() if spec.executable == "player_node"]
+        players = [name for name, spec in self.nodes.items()
+                   if spec.executable in ("player_node", "replay_node")]
         self.start(*(name for name in self.names if name not in players))
         cameras = sum(spec.executable == "camera_node" for spec in self.nodes.values())
         observer.wait_for_fusion(cameras, timeout, self)
