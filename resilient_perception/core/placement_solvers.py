@@ -349,9 +349,9 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
                 seed: int = 0, warm_start: bool = True) -> SolveResult:
     """Solve exactly with CP-SAT (``workers`` search threads).
 
-    With ``warm_start`` the relaxation + Algorithm 1 plan (its linear program gets at most
-    half the time limit) is CP-SAT's first hint, so the result is never worse than the
-    heuristic's.
+    With ``warm_start`` the better of the relaxation + Algorithm 1 plan (its linear program
+    gets at most half the time limit) and Algorithm 1 without the relaxation is CP-SAT's
+    first hint, so the result is never worse than the heuristic's.
     """
     started = time.monotonic()
     model = _build(problem)
@@ -359,8 +359,16 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
         return _result("cpsat", problem, None, "infeasible", float("nan"), started)
     hint, start, lp_bound = None, None, float("nan")
     if warm_start:
-        _, start, lp_bound = _heuristic(problem, model, time_limit / 2)
-        hint = None if start is None else _encode(problem, model, start)
+        # Algorithm 1 guided by the relaxation, and unguided (every device a candidate: a
+        # plain greedy, milliseconds, for when the linear program is slow); the better one.
+        _, guided, lp_bound = _heuristic(problem, model, time_limit / 2)
+        greedy = _algorithm1(problem, model, np.zeros(model.program.n_vars))
+        starts = [p for p in (guided, greedy) if p is not None]
+        scores = [evaluate_plan(problem, p) for p in starts]
+        feasible = [(e.objective, i) for i, e in enumerate(scores) if e.feasible]
+        if feasible:
+            start = starts[min(feasible)[1]]
+            hint = _encode(problem, model, start)
     budget = time_limit - (time.monotonic() - started)
     status, values, bound = _cpsat(model, budget, workers, seed, with_objective=True, hint=hint)
     plan = None if values is None else _decode(model, values)
