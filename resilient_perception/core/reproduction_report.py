@@ -167,7 +167,7 @@ def _failed_count_table(results, dataset: str, n_devices: int) -> list[str]:
 def _baseline_table(results, dataset: str, n_devices: int) -> tuple[list[str], list[dict]]:
     ours = method_values(results, dataset, OURS)
     header = ["strategy (avg fusion)", "model", "no failure", "mean single failure",
-              "balanced, mean single failure", f"{n_devices - 1} failed", "vs ours",
+              "balanced, mean single failure", f"{n_devices - 1} failed", "ours minus this",
               "p (paired t)", "seeds"]
     rows, raw = [], []
     for strategy in STRATEGIES:
@@ -240,17 +240,18 @@ def _figures(results, datasets: list[str], out: Path) -> list[str]:
         written.append(name)
 
     def fig4(ax, dataset):
-        for method in FIGURE_METHODS:
-            for mode in MODES:
-                for mod in (False, True):
-                    values = method_values(results, dataset, Strategy("", method, mode, mod))
-                    if not values:
-                        continue
-                    ks = sorted(int(k.split("_")[0]) for k in next(iter(values.values()))
-                                if k[0].isdigit())
-                    y, e = errorbars([_column(values, f"{k}_failed") for k in ks])
-                    ax.errorbar(ks, y, yerr=e, capsize=2, linestyle="-" if mod else "--",
-                                label=f"{method} {mode}{' + Modifier' if mod else ''}")
+        pairs = [(method, mode) for method in FIGURE_METHODS for mode in MODES]
+        for color, (method, mode) in enumerate(pairs):  # one colour, dashed = no Modifier
+            for mod in (False, True):
+                values = method_values(results, dataset, Strategy("", method, mode, mod))
+                if not values:
+                    continue
+                ks = sorted(int(k.split("_")[0]) for k in next(iter(values.values()))
+                            if k[0].isdigit())
+                y, e = errorbars([_column(values, f"{k}_failed") for k in ks])
+                ax.errorbar(ks, y, yerr=e, capsize=2, linestyle="-" if mod else "--",
+                            color=f"C{color}",
+                            label=f"{method} {mode}{' + Modifier' if mod else ''}")
         ax.set_xlabel("failed devices")
         ax.set_ylabel("accuracy %")
 
