@@ -299,9 +299,9 @@ def _figure(rows: list[dict], experiment: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [m for m in _METRICS if m[0] in ("accuracy", "latency_s", "shared_mb", "gmacs",
-                                               "energy_j", "dropped")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0))
+    panels = [m for m in _METRICS if m[0] != "seconds"]
+    fig, axes = plt.subplots(2, 4, figsize=(13, 6))
+    axes = axes.ravel()
     for ax, (key, label, _) in zip(axes, panels, strict=True):
         for solver in SOLVER_ORDER:
             xs = sorted({r["x"] for r in rows if r["solver"] == solver})
