@@ -123,6 +123,21 @@ def test_baseline_training_options(mnist_views):
         trained(feature_dropout=-0.1)
 
 
+def test_fedavg_averages_the_devices(mnist_views):
+    torch.manual_seed(0)
+    model = MultiDeviceCNN(6, 1, 10)
+    before = model.head_weight.detach().clone()
+    model.average_devices()
+    assert torch.allclose(model.head_weight[3], before.mean(dim=0), atol=1e-6)
+    conv = model.trunk.blocks[2].conv1.weight  # device i owns rows 16 i .. 16 i + 15
+    assert torch.equal(conv[:16], conv[80:])
+    views, labels = mnist_views[0][:192], mnist_views[1][:192]
+    config = TrainConfig(epochs=1, batch_size=64, num_threads=1, **METHODS["fedavg"].options)
+    train(model, views, labels, config, progress=False)  # 3 steps: averaged at the last one
+    assert all(torch.equal(model.head_bias[0], b) for b in model.head_bias)
+    assert not torch.allclose(model.head_weight[0], before.mean(dim=0))  # it did learn
+
+
 def test_reproduce_quick_profile(tmp_path, capsys):
     runs, out = tmp_path / "runs", tmp_path / "report"
     args = ["reproduce", "--quick", "--datasets", "mnist", "--runs", str(runs),

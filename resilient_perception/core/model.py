@@ -235,6 +235,20 @@ class MultiDeviceCNN(nn.Module):
         logits = torch.einsum("bnd,nkd->bnk", f, self.head_weight) + self.head_bias
         return logits, f
 
+    @torch.no_grad()
+    def average_devices(self) -> None:
+        """Set every device's parameters and BN statistics to their mean over the devices.
+
+        One FedAvg aggregation with equal client weights: afterwards all N devices hold the
+        same model.
+        """
+        n = self.n_devices
+        for t in [*self.parameters(), *self.buffers()]:
+            if t.ndim == 0 or not t.is_floating_point():  # num_batches_tracked
+                continue
+            per_device = t.view(n, -1, *t.shape[1:])  # a view: the copy below writes t
+            per_device.copy_(per_device.mean(dim=0, keepdim=True).expand_as(per_device))
+
     def classifier_heads(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the N classifier heads ``(W (N, K, D), b (N, K))`` (live parameters)."""
         return self.head_weight, self.head_bias

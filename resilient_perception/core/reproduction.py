@@ -33,7 +33,9 @@ Readings of the paper written down here:
   (:func:`.modifier.fuse_vote`), on the model trained without fail-simulation.
 * **Dropout-trained** devices drop feature units before their classifier (p = 0.3);
   **failout** (ResiliNet) drops a device's whole output per sample (p = 0.1) and trains the
-  fused output of the survivors. Neither uses the Modifier at inference.
+  fused output of the survivors; **FedAvg** trains one shared model, each device on its own
+  views, averaged every 50 steps, and fuses the devices' outputs. None of them uses the
+  Modifier at inference.
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            {"fail_simulation": False, "fused_weight": 1.0, "failout": 0.1}),
     Method("ours-k2", "ours with k = 2 simulated failures",
            {"fail_simulation": True, "fused_weight": 1.0, "drop_k": 2}),
+    Method("fedavg", "FedAvg across the devices' views (models averaged every 50 steps)",
+           {"fail_simulation": False, "fused_weight": 0.0, "fedavg_every": 50}),
 )}
 MAIN_METHODS = ("paper", "ours", "no-fail-sim")  # always run on every seed
 
@@ -122,6 +126,7 @@ STRATEGIES: tuple[Strategy, ...] = (
     Strategy("dropout-trained", "dropout", "avg", False),
     Strategy("redundant standby", "no-fail-sim", "avg", False, standby=1),
     Strategy("failout (ResiliNet-style)", "failout", "avg", False),
+    Strategy("FedAvg, ensemble fusion", "fedavg", "avg", False),
     Strategy("paper: fail-sim + Modifier", "paper", "avg", True),
     Strategy("ours: fail-sim + fused loss + Modifier", "ours", "avg", True),
     Strategy("ours, k = 2 + Modifier", "ours-k2", "avg", True),

@@ -28,7 +28,10 @@ One loop, no framework. Per step (mini-batch)::
   devices: units of each device's feature vector dropped before its classifier) and
   ``failout`` (ResiliNet-style failout: each device's whole output is dropped for a sample
   with that probability, so its CE term and its share of the fused output vanish; a sample
-  always keeps at least one device).
+  always keeps at least one device). ``fedavg_every`` is the FedAvg baseline: the devices
+  train on their own views (partitions) and every that many steps their models are
+  replaced by the average (:meth:`.model.MultiDeviceCNN.average_devices`); the model left
+  at the end is the final average.
 * ``precision="bf16"`` runs the forward pass under CPU bfloat16 autocast (convolutions in
   bf16, loss and optimiser state in fp32): ~1.6x faster on CPUs with AVX512-BF16, at an
   accuracy cost measured in ``docs/results/foundation/``.
@@ -86,6 +89,7 @@ class TrainConfig:
     precision: str = "fp32"  # "fp32", or "bf16": forward pass under bfloat16 autocast
     feature_dropout: float = 0.0  # dropout on the features before each head (a baseline)
     failout: float = 0.0  # probability a device's whole output is dropped per sample
+    fedavg_every: int = 0  # FedAvg: average the devices' models every this many steps (0 = off)
 
     def asdict(self) -> dict:
         """Plain-dict copy (JSON-serialisable)."""
@@ -102,6 +106,8 @@ class TrainConfig:
         for name in ("feature_dropout", "failout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.fedavg_every < 0:
+            raise ValueError(f"fedavg_every must be >= 0, got {self.fedavg_every}")
         if self.fail_simulation and not 1 <= self.drop_k <= n_devices - 1:
             raise ValueError(f"drop_k must be in 1..{n_devices - 1}, got {self.drop_k}")
 
@@ -231,6 +237,7 @@ def _run_epoch(
     progress: bool,
     desc: str,
     max_batches: int | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> dict:
     m, n = views.shape[:2]
     order = rng.permutation(m)
@@ -271,6 +278,8 @@ def _run_epoch(
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if after_step is not None:
+            after_step(scheduler.last_epoch)  # LambdaLR counts steps: the global step
         with torch.no_grad():
             bs = len(y)
             probs = logits.softmax(dim=-1)
@@ -351,10 +360,16 @@ def train(
     opt, sched = _optimizer(model.parameters(), cfg, steps)
     model.train()
     history = []
+
+    def federated_average(step: int) -> None:
+        if step % cfg.fedavg_every == 0 or step == steps:
+            model.average_devices()
+
     for epoch in range(cfg.epochs):
         stats = _run_epoch(
             model, model.classifier_heads, opt, sched, views_t, labels_t, avail_t, ce_mask,
             cfg, rng, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            after_step=federated_average if cfg.fedavg_every else None,
         )
         stats = {"epoch": epoch + 1, **stats}
         history.append(stats)
