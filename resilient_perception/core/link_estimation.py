@@ -4,10 +4,12 @@ A probe node measures the link *into* its robot from a peer with timed bursts: t
 sends ``count`` messages of equal size back to back; the receiver notes each arrival time.
 The first message only starts the clock (its transfer began before anyone could time it),
 so the rate is the bytes of messages 2..n over the time from the first arrival to the last.
-A burst shorter than the link's queue (``tc tbf``'s ``latency`` x rate) is not dropped, so
-this measures the shaped rate, not the sender's speed. Round-trip times come from echoed
-probes on the sender's own clock. Both are reported as the median of a short window of
-samples (:class:`SampleWindow`), so that one disturbed sample does not re-plan the fleet.
+The sender sizes bursts to last about a fixed time at the last measured rate
+(:func:`burst_count`). A burst shorter than the link's queue (``tc tbf``'s ``latency`` x
+rate) is not dropped, so this measures the shaped rate, not the sender's speed. Round-trip
+times come from echoed probes on the sender's own clock. Both are reported as the median
+of a short window of samples (:class:`SampleWindow`), so that one disturbed sample does not
+re-plan the fleet.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import statistics
 from collections import deque
 from collections.abc import Sequence
 
-__all__ = ["SampleWindow", "burst_rate_bps", "relative_change", "round_trip_s"]
+__all__ = ["SampleWindow", "burst_count", "burst_rate_bps", "relative_change", "round_trip_s"]
 
 
 def burst_rate_bps(arrival_ns: Sequence[int], message_bytes: int) -> float | None:
@@ -37,6 +39,19 @@ def burst_rate_bps(arrival_ns: Sequence[int], message_bytes: int) -> float | Non
     if span_ns <= 0:
         return None
     return (len(arrival_ns) - 1) * message_bytes * 8.0 / (span_ns * 1e-9)
+
+
+def burst_count(rate_bps: float | None, message_bytes: int, target_s: float, minimum: int,
+                maximum: int) -> int:
+    """Messages in a burst that lasts about ``target_s`` on a link of ``rate_bps``.
+
+    A longer burst averages out the receiver's timing noise (a stall of a few ms while the
+    CPU is busy); a burst much longer than needed loads a slow link for nothing, or
+    overflows its queue. Unknown rate (None): ``minimum``.
+    """
+    if rate_bps is None or rate_bps <= 0:
+        return minimum
+    return int(min(max(round(rate_bps * target_s / (8.0 * message_bytes)), minimum), maximum))
 
 
 def round_trip_s(sent_ns: int, received_ns: int) -> float | None:

@@ -8,14 +8,16 @@ receiver's ``<robot>/link_probe`` topic (``LinkProbe`` messages):
   round-trip time needs no synchronised clocks;
 * burst: every ``burst_period_s`` on average (each interval drawn from 0.5-1.5 periods, so
   that robots do not keep bursting into one receiver together) it sends the next peer
-  (round robin, so two bursts of one robot never share its uplink) ``burst_count``
-  messages of ``burst_bytes`` back to back;
+  (round robin, so two bursts of one robot never share its uplink) messages of
+  ``burst_bytes`` back to back, as many as last ``burst_s`` at the rate the peer last
+  measured (between ``min_burst_count`` and ``max_burst_count``);
   the peer times their arrivals (:func:`..core.link_estimation.burst_rate_bps`) with the
   middleware's reception timestamps.
 
-The probes load each robot's uplink with ``burst_count x burst_bytes x 8 / burst_period_s``
-bits/s (0.64 Mbit/s by default) plus the echoes; on a link near that rate the bursts queue
-up and stop completing, and the last measurement stays in use.
+The bursts take about ``burst_s / burst_period_s`` (10% by default) of each robot's uplink,
+at least ``min_burst_count x burst_bytes x 8 / burst_period_s`` bits/s (0.5 Mbit/s); on a
+link slower than that the bursts queue up and stop completing, and the last measurement
+stays in use.
 
 Every ``publish_period_s`` it publishes, per peer, a ``LinkMeasurement`` on
 ``link_measurements``: the rate from the peer to this robot (measured here, as receiver)
@@ -37,7 +39,12 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import MessageInfo
 
-from resilient_perception.core.link_estimation import SampleWindow, burst_rate_bps, round_trip_s
+from resilient_perception.core.link_estimation import (
+    SampleWindow,
+    burst_count,
+    burst_rate_bps,
+    round_trip_s,
+)
 from resilient_perception.msg import LinkMeasurement, LinkProbe
 from resilient_perception.ros.node_utils import THROTTLE_S, descriptor, run_node
 
@@ -68,16 +75,23 @@ class LinkProbeNode(Node):
         burst_period = self.declare_parameter("burst_period_s", 1.0, descriptor(
             "Seconds between two bursts (to the next peer in turn).", double,
             float_range=(0.01, 60.0))).value
-        self.burst_count = self.declare_parameter("burst_count", 10, descriptor(
-            "Messages per burst.", integer, int_range=(2, 1000))).value
-        self.burst_bytes = self.declare_parameter("burst_bytes", 8000, descriptor(
+        self.burst_s = self.declare_parameter("burst_s", 0.1, descriptor(
+            "Target duration of a burst at the link's last measured rate.", double,
+            float_range=(0.001, 10.0))).value
+        self.burst_counts = (
+            self.declare_parameter("min_burst_count", 4, descriptor(
+                "Messages per burst at least (and while the rate is unknown).", integer,
+                int_range=(2, 10_000))).value,
+            self.declare_parameter("max_burst_count", 64, descriptor(
+                "Messages per burst at most.", integer, int_range=(2, 10_000))).value)
+        self.burst_bytes = self.declare_parameter("burst_bytes", 16000, descriptor(
             "Payload bytes per burst message.", integer, int_range=(1, 1_000_000))).value
         echo_period = self.declare_parameter("echo_period_s", 0.2, descriptor(
             "Seconds between two echo probes to each peer.", double,
             float_range=(0.01, 60.0))).value
         self.echo_bytes = self.declare_parameter("echo_bytes", 64, descriptor(
             "Payload bytes of an echo probe.", integer, int_range=(0, 65_000))).value
-        window = self.declare_parameter("window", 3, descriptor(
+        window = self.declare_parameter("window", 5, descriptor(
             "Samples whose median is published.", integer, int_range=(1, 1000))).value
         publish_period = self.declare_parameter("publish_period_s", 0.5, descriptor(
             "Seconds between two published measurements.", double,
@@ -85,23 +99,27 @@ class LinkProbeNode(Node):
         self.peers = [peer for peer in self.peers if peer]
         if not self.robot:
             raise ValueError("parameter 'robot' (this robot's name) is required")
+        if self.burst_counts[0] > self.burst_counts[1]:
+            raise ValueError(f"min_burst_count > max_burst_count: {self.burst_counts}")
         if not self.peers or self.robot in self.peers or len(set(self.peers)) != len(
                 self.peers):
             raise ValueError(f"'peers' must name other robots, each once; got {self.peers}")
 
         self.throughput = {peer: SampleWindow(window) for peer in self.peers}
         self.rtt = {peer: SampleWindow(window) for peer in self.peers}
+        self.outbound_bps: dict[str, float] = {}  # peer -> rate to it, as the peer measured
         self.rejected = 0
         self._arrivals: dict[str, tuple[int, list[int]]] = {}  # peer -> (burst, arrival ns)
         self._sequence = 0
         self._burst = 0
         self._next_peer = 0
-        qos = probe_qos(max(self.burst_count, 10) * 2)
+        qos = probe_qos(max(self.burst_counts[1], 10) * 2)
         self._to_peer = {peer: self.create_publisher(LinkProbe, PROBE_TOPIC_FORMAT.format(peer),
                                                      qos) for peer in self.peers}
         self.create_subscription(LinkProbe, PROBE_TOPIC_FORMAT.format(self.robot),
                                  self._on_probe, qos)
         self._measurements = self.create_publisher(LinkMeasurement, "link_measurements", 10)
+        self.create_subscription(LinkMeasurement, "link_measurements", self._on_measurement, 50)
         # Arrays are assigned to uint8[] fields as they are (bytes are checked one by one).
         self._burst_payload = array.array("B", bytes(self.burst_bytes))
         self._echo_payload = array.array("B", bytes(self.echo_bytes))
@@ -133,10 +151,18 @@ class LinkProbeNode(Node):
         peer = self.peers[self._next_peer]
         self._next_peer = (self._next_peer + 1) % len(self.peers)
         self._burst += 1
-        for index in range(self.burst_count):
+        count = burst_count(self.outbound_bps.get(peer), self.burst_bytes, self.burst_s,
+                            *self.burst_counts)
+        for index in range(count):
             probe = self._probe(LinkProbe.BURST, peer, self._burst_payload)
-            probe.burst, probe.index, probe.count = self._burst, index, self.burst_count
+            probe.burst, probe.index, probe.count = self._burst, index, count
             self._to_peer[peer].publish(probe)
+
+    def _on_measurement(self, msg: LinkMeasurement) -> None:
+        # The peers' measurements of the links from this robot size the next bursts.
+        if msg.from_robot == self.robot and msg.to_robot in self._to_peer and (
+                msg.throughput_bps > 0):
+            self.outbound_bps[msg.to_robot] = msg.throughput_bps
 
     def _on_probe(self, probe: LinkProbe, info: MessageInfo) -> None:
         now = time.monotonic_ns()
