@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
+from resilient_perception.cli import main
 from resilient_perception.core.block_profile import load_profile
 from resilient_perception.core.fleet_config import FleetError, load_fleet
 from resilient_perception.core.placement import (
@@ -356,7 +357,6 @@ def test_plan_command_prints_and_saves_a_plan(tmp_path):
     assert [u["unit"] for u in saved["requests"][0]["units"]][0] == "stem"
 
 
-@needs_cli
 @pytest.mark.parametrize(("changes", "message"), [
     ({"rates_mbps": None}, "'rates_mbps' is missing"),
     ({"accuracy_threshold": 0.95}, "above the best accuracy any plan can reach"),
@@ -364,21 +364,19 @@ def test_plan_command_prints_and_saves_a_plan(tmp_path):
         {"name": f"robot{i}", "memory_mb": 100, "compute_gmacs": 1.4, "energy_j": 0.001}
         for i in range(10)]}, "infeasible: no plan meets the energy constraint"),
 ])
-def test_plan_command_errors_exit_2(tmp_path, changes, message):
+def test_plan_command_errors_exit_2(tmp_path, capsys, changes, message):
     fleet = write_fleet(tmp_path / "fleet.yaml", **changes)
-    result = run("plan", str(fleet), "--profile", str(PROFILE), "--time-limit", "20",
-                 cwd=tmp_path)
-    assert result.returncode == 2, result.stdout
-    assert message in result.stderr and "Traceback" not in result.stderr
+    status = main(["plan", str(fleet), "--profile", str(PROFILE), "--time-limit", "20",
+                   "--out", str(tmp_path / "plan.json")])
+    assert status == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "plan.json").exists()
 
 
-@needs_cli
-def test_plan_command_rejects_a_missing_profile(tmp_path):
-    result = run("plan", str(EXAMPLE), "--profile", "nope.json", cwd=tmp_path)
-    assert result.returncode == 2 and "nope.json" in result.stderr
+def test_plan_command_rejects_a_missing_profile(tmp_path, capsys):
+    assert main(["plan", str(EXAMPLE), "--profile", str(tmp_path / "nope.json")]) == 2
+    assert "nope.json" in capsys.readouterr().err
 
 
-@needs_cli
-def test_placement_report_without_results_exits_2(tmp_path):
-    result = run("placement-report", str(tmp_path), cwd=tmp_path)
-    assert result.returncode == 2 and "run placement-sweep first" in result.stderr
+def test_placement_report_without_results_exits_2(tmp_path, capsys):
+    assert main(["placement-report", str(tmp_path)]) == 2
+    assert "run placement-sweep first" in capsys.readouterr().err

@@ -105,6 +105,11 @@ class FleetConfig:
 
         Raises FleetError when the accuracy threshold is above every plan's accuracy.
         """
+        best = max(network.accuracy(o) for o in network.drop_options())
+        if self.accuracy_threshold > best:
+            raise FleetError(f"accuracy_threshold {self.accuracy_threshold} is above the best "
+                             f"accuracy any plan can reach ({best:.4f}, measured in the "
+                             "profile); lower it")
         fleet, rates = self.fleet, self.rates_bps
         if self.capacities_for is not None:
             scale = reference_scale(network, self.capacities_for)
@@ -112,11 +117,6 @@ class FleetConfig:
                           fleet.macs_per_second * scale.compute, fleet.energy_j,
                           fleet.compute_power_w, fleet.transmit_power_w)
             rates = rates * scale.rate
-        best = max(network.accuracy(o) for o in network.drop_options())
-        if self.accuracy_threshold > best:
-            raise FleetError(f"accuracy_threshold {self.accuracy_threshold} is above the best "
-                             f"accuracy any plan can reach ({best:.4f}, measured in the "
-                             "profile); lower it")
         return Problem(network, fleet, rates, self.sources, self.alpha, self.beta,
                        self.accuracy_threshold, self.round_seconds)
 
