@@ -35,6 +35,7 @@ truncated, corrupt, a camera topic missing, a message type not installed).
 
 from __future__ import annotations
 
+import gc
 import importlib
 import itertools
 import json
@@ -312,6 +313,9 @@ class ReplayNode(Node):
     def _play(self) -> None:
         try:
             self._set_realtime()
+            # Objects made so far (modules, the node) are never garbage: keep the collector
+            # from walking them in the middle of a frame.
+            gc.freeze()
             self._wait_for_subscribers()
             # Bag time -> monotonic time: t0 + (log - first) / rate, plus a pass offset.
             clock_offset = self.get_clock().now().nanoseconds - time.monotonic_ns()
