@@ -454,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_placement_commands(sub)
 
+    from .ros.distributed_benchmark import add_parser as add_distributed_benchmark
+
+    add_distributed_benchmark(sub)
+
     from .reproduction_commands import add_parsers as add_reproduction_commands
 
     add_reproduction_commands(sub)

@@ -31,6 +31,7 @@ __all__ = [
     "encode_tensor",
     "fleet_plan",
     "live_problem",
+    "monolithic_plan",
     "run_units",
     "stage_work",
 ]
@@ -155,3 +156,13 @@ def fleet_plan(plan: Plan, robots: np.ndarray) -> np.ndarray:
     """A live problem's plan with the fleet's robot indices (-1 stays -1)."""
     devices = plan.devices
     return np.where(devices == DROPPED, DROPPED, np.asarray(robots)[np.maximum(devices, 0)])
+
+
+def monolithic_plan(problem: Problem) -> Plan:
+    """The baseline: every unit of each request on the robot holding its image.
+
+    It ignores the memory, compute and energy limits (the plan a fleet without placement
+    would run); nothing is skipped and nothing but the classification leaves the robot.
+    """
+    units = problem.network.n_units
+    return Plan(np.repeat(problem.sources[:, None], units, axis=1))

@@ -31,15 +31,18 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from std_msgs.msg import Header
 
 from resilient_perception.core.block_profile import load_profile
-from resilient_perception.core.distributed import fleet_plan, live_problem
+from resilient_perception.core.distributed import fleet_plan, live_problem, monolithic_plan
 from resilient_perception.core.fleet_config import load_fleet
 from resilient_perception.core.link_estimation import relative_change
 from resilient_perception.core.placement import Network, evaluate_plan
-from resilient_perception.core.placement_solvers import SOLVERS, solve
+from resilient_perception.core.placement_solvers import SOLVERS, SolveResult, solve
 from resilient_perception.msg import LinkMeasurement, PlacementPlan
 from resilient_perception.ros.node_utils import THROTTLE_S, descriptor, run_node
 
-__all__ = ["HEARTBEAT_TOPIC_FORMAT", "PlannerNode", "main", "plan_qos"]
+__all__ = ["HEARTBEAT_TOPIC_FORMAT", "MONOLITHIC", "PlannerNode", "main", "plan_qos"]
+
+MONOLITHIC = "monolithic"
+"""The ``solver`` value of the baseline plan: every unit on the robot holding the image."""
 
 HEARTBEAT_TOPIC_FORMAT = "{}/stage_alive"
 """Topic of a robot's stage heartbeat: ``format(robot name)``."""
@@ -65,7 +68,8 @@ class PlannerNode(Node):
         profile_path = self.declare_parameter("profile", "", descriptor(
             "Block profile JSON (drop-study's profile.json).", string)).value
         self.solver = self.declare_parameter("solver", "cpsat", descriptor(
-            f"Placement solver: one of {', '.join(SOLVERS)}.", string)).value
+            f"Placement solver: one of {', '.join(SOLVERS)}, or {MONOLITHIC} (the baseline: "
+            "every unit on the robot holding the image).", string)).value
         self.time_limit = self.declare_parameter("time_limit_s", 1.0, descriptor(
             "Solver time limit in seconds.", double, float_range=(0.01, 600.0))).value
         self.replan_period = self.declare_parameter("replan_period_s", 0.0, descriptor(
@@ -80,8 +84,9 @@ class PlannerNode(Node):
         self.use_measured = self.declare_parameter("use_measured_rates", True, descriptor(
             "Replace the fleet file's rates with the link probes' measurements.",
             boolean)).value
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {list(SOLVERS)}, got {self.solver!r}")
+        if self.solver not in (*SOLVERS, MONOLITHIC):
+            raise ValueError(f"solver must be one of {[*SOLVERS, MONOLITHIC]}, got "
+                             f"{self.solver!r}")
         if not fleet_path or not profile_path:
             raise ValueError("parameters 'fleet' and 'profile' (file paths) are required")
         profile = load_profile(profile_path)
@@ -163,8 +168,13 @@ class PlannerNode(Node):
         except ValueError as exc:
             self.get_logger().warning(f"cannot plan yet ({reason}): {exc}")
             return
-        options = {"seed": 0, "workers": 1} if self.solver == "cpsat" else {}
-        result = solve(live, self.solver, self.time_limit, **options)
+        if self.solver == MONOLITHIC:
+            plan = monolithic_plan(live)
+            result = SolveResult(MONOLITHIC, plan, evaluate_plan(live, plan).objective,
+                                 float("nan"), float("nan"), "baseline", 0.0)
+        else:
+            options = {"seed": 0, "workers": 1} if self.solver == "cpsat" else {}
+            result = solve(live, self.solver, self.time_limit, **options)
         if result.plan is None:
             self.get_logger().error(f"{self.solver} found no plan for robots "
                                     f"{[self.names[i] for i in robots]} ({result.status}); "

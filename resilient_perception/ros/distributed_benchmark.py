@@ -1,0 +1,215 @@
+"""``bench-distributed``: distributed ResNet inference on shaped links, three ways.
+
+The robots of a fleet file become network namespaces behind ``tc tbf``-shaped links
+(:class:`.distributed_run.NamespaceFleet`, needs root). For each placement - the
+monolithic baseline (every unit on the robot holding the image), the paper's heuristic and
+the exact CP-SAT plan - it starts the planner, a stage and a link probe per robot and the
+request node, waits until every link has been measured, then times ``--requests`` requests
+under the plan made from the measured rates: per-request latency (image sent to
+classification published) and bytes sent between robots. After the exact run's requests it
+kills one robot the plan uses (its stage and probe, SIGKILL) and measures the time to the
+new plan and to the first request completed under it.
+
+Raw data: ``requests.csv`` (one row per timed request), ``plans.json`` (every plan each run
+saw) and ``summary.json`` (with the seed and settings); ``summary.md`` is the table made from
+them. Node logs go to ``--log-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import statistics
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..core.fleet_config import load_fleet
+from .distributed_run import NamespaceFleet, distributed_nodes, read_records
+from .pipeline import Pipeline
+
+__all__ = ["PLACEMENTS", "add_parser", "cmd_bench_distributed"]
+
+PLACEMENTS = {"monolithic": "monolithic", "heuristic": "heuristic", "exact": "cpsat"}
+"""Benchmark row -> planner ``solver``."""
+
+
+def _wait(what: str, condition, timeout: float, pipeline: Pipeline):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        pipeline.check()
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}; node logs in "
+                       f"{pipeline.log_dir}")
+
+
+def _run(name: str, args: argparse.Namespace, network: NamespaceFleet, robots: list[str],
+         source: str, kill: bool) -> dict:
+    log_dir = args.log_dir / name
+    log_dir.mkdir(parents=True, exist_ok=True)
+    records = log_dir / "records.jsonl"
+    records.unlink(missing_ok=True)
+    nodes = distributed_nodes(
+        robots, model_path=args.model.resolve(), fleet=args.fleet.resolve(),
+        profile=args.profile.resolve(), records=records, source=source, probes=True,
+        planner={"solver": PLACEMENTS[name], "time_limit_s": args.time_limit},
+        requests={"rate_hz": args.rate_hz, "data_root": str(args.data_root or "")},
+        placement={robot: network.node_options(robot) for robot in robots})
+    n_links = len(robots) * (len(robots) - 1)
+    result: dict = {"placement": name}
+    with Pipeline(nodes, log_dir=log_dir, domain_id=args.domain_id) as pipeline:
+        pipeline.start()
+
+        def measured() -> bool:
+            counts = {(r["source"], r["target"]): r["samples"]
+                      for r in read_records(records, "link")}
+            return len(counts) == n_links and min(counts.values()) >= 5
+
+        _wait("every link measured 5 times", measured, 120.0, pipeline)
+        time.sleep(1.0)  # the planner's re-plan on the measured rates
+        plan = read_records(records, "plan")[-1]
+        version = plan["version"]
+        timed: list[dict] = []
+        with tqdm(total=args.requests, desc=f"{name} requests", unit="req") as bar:
+            while len(timed) < args.requests:
+                timed = [p for p in read_records(records, "prediction")
+                         if p["plan_version"] == version][:args.requests]
+                bar.update(len(timed) - bar.n)
+                newer = [p for p in read_records(records, "plan") if p["version"] > version]
+                if newer:
+                    raise RuntimeError(f"{name}: the plan changed during the timed requests "
+                                       f"({newer[0]['reason']}); rerun on a quieter machine")
+                pipeline.check()
+                time.sleep(0.1)
+        result.update(plan=plan, requests=timed)
+        if kill:
+            used = [d for d in plan["devices"] if d >= 0 and robots[d] != source]
+            victim = robots[max(set(used), key=used.count)] if used else None
+            if victim is not None:
+                killed_at = time.monotonic()
+                for node in (f"stage_{victim}", f"probe_{victim}"):
+                    pipeline.signal(node, signal.SIGKILL)
+                new = _wait("a plan without the killed robot", lambda: next(
+                    (p for p in read_records(records, "plan") if p["reason"] == "robot lost"),
+                    None), 30.0, pipeline)
+                first = _wait("a request under the new plan", lambda: next(
+                    (p for p in read_records(records, "prediction")
+                     if p["plan_version"] == new["version"]), None), 30.0, pipeline)
+                result["death"] = {"robot": victim, "new_plan_s": new["t"] - killed_at,
+                                   "first_request_s": first["t"] - killed_at,
+                                   "new_plan": new}
+        result["plans"] = read_records(records, "plan")
+    return result
+
+
+def _summary_row(run: dict) -> dict:
+    latencies = [p["latency"] for p in run["requests"]]
+    plan = run["plan"]
+    return {
+        "placement": run["placement"],
+        "requests": len(latencies),
+        "latency_median_ms": 1e3 * statistics.median(latencies),
+        "latency_p90_ms": 1e3 * statistics.quantiles(latencies, n=10)[-1],
+        "bytes_per_request": statistics.mean(p["bytes_sent"] for p in run["requests"]),
+        "expected_latency_ms": 1e3 * plan["latency_s"],
+        "solve_s": plan["solve_seconds"],
+        "robots_used": sorted({d for d in plan["devices"] if d >= 0}),
+        "skipped_units": sum(d < 0 for d in plan["devices"]),
+    }
+
+
+def cmd_bench_distributed(args: argparse.Namespace) -> int:
+    """Distributed ResNet inference on shaped links: monolithic vs heuristic vs exact plan."""
+    if os.geteuid() != 0:
+        raise ValueError("bench-distributed creates network namespaces: run it as root")
+    for path, what in ((args.model, "--model"), (args.profile, "--profile"),
+                       (args.fleet, "--fleet")):
+        if not path.is_file():
+            raise ValueError(f"{what} {path}: no such file")
+    if args.requests < 2:
+        raise ValueError(f"--requests must be >= 2, got {args.requests}")
+    config = load_fleet(args.fleet)
+    robots = list(config.fleet.names)
+    sources = {robots[s] for s in config.sources}
+    if len(sources) != 1:
+        raise ValueError(f"the fleet's requests must all start on one robot, got {sources}")
+    source = sources.pop()
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    with NamespaceFleet(robots, args.rate_mbit) as network:
+        for name in PLACEMENTS:
+            runs.append(_run(name, args, network, robots, source, kill=name == "exact"))
+    rows = [_summary_row(run) for run in runs]
+    with (args.out / "requests.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["placement", "request_id", "plan_version", "latency_s", "bytes_sent",
+                         "label", "unit_robots"])
+        for run in runs:
+            for p in run["requests"]:
+                writer.writerow([run["placement"], p["id"], p["plan_version"], p["latency"],
+                                 p["bytes_sent"], p["label"],
+                                 " ".join(map(str, p["unit_robots"]))])
+    (args.out / "plans.json").write_text(json.dumps(
+        {run["placement"]: run["plans"] for run in runs}, indent=1) + "\n")
+    death = next(run["death"] for run in runs if "death" in run)
+    summary = {
+        "settings": {"fleet": str(args.fleet), "profile": str(args.profile),
+                     "model": str(args.model), "rate_mbit": args.rate_mbit,
+                     "requests": args.requests, "rate_hz": args.rate_hz,
+                     "time_limit_s": args.time_limit, "seed": 0,
+                     "images": "CIFAR-10 test images 0.. in order"},
+        "placements": rows,
+        "robot_death": {k: v for k, v in death.items() if k != "new_plan"},
+    }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    lines = [f"Distributed inference on {len(robots)} robots (network namespaces), every link "
+             f"shaped to {args.rate_mbit:g} Mbit/s with tc tbf; {args.requests} requests "
+             f"each at {args.rate_hz:g} Hz. Made by `resilient-perception bench-distributed`"
+             " (raw data: requests.csv, plans.json, summary.json).", "",
+             "| placement | robots used | skipped units | median latency (ms) | p90 (ms) | "
+             "planner's expected (ms) | bytes/request | solve (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['placement']} | {', '.join(robots[d] for d in row['robots_used'])}"
+                     f" | {row['skipped_units']} | {row['latency_median_ms']:.1f} | "
+                     f"{row['latency_p90_ms']:.1f} | {row['expected_latency_ms']:.1f} | "
+                     f"{row['bytes_per_request']:.0f} | {row['solve_s']:.2f} |")
+    lines += ["", f"Robot death ({death['robot']}'s stage and probe killed with SIGKILL, exact "
+              f"plan): new plan after {death['new_plan_s']:.2f} s, first request completed "
+              f"under it after {death['first_request_s']:.2f} s."]
+    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench-distributed`` to the CLI's subparsers."""
+    p = sub.add_parser("bench-distributed", help=cmd_bench_distributed.__doc__,
+                       description=cmd_bench_distributed.__doc__ + " Needs root (network "
+                       "namespaces and tc).")
+    p.add_argument("--model", type=Path, required=True,
+                   help="ResNet checkpoint (train-resnet's checkpoint.safetensors)")
+    p.add_argument("--profile", type=Path, required=True,
+                   help="the model's block profile (drop-study's profile.json)")
+    p.add_argument("--fleet", type=Path, default=Path("config/fleet_distributed.yaml"),
+                   help="fleet file (default config/fleet_distributed.yaml)")
+    p.add_argument("--rate-mbit", type=float, default=20.0,
+                   help="rate every link is shaped to, Mbit/s (default 20)")
+    p.add_argument("--requests", type=int, default=40, help="timed requests per placement")
+    p.add_argument("--rate-hz", type=float, default=2.0, help="requests per second")
+    p.add_argument("--time-limit", type=float, default=5.0, help="solver time limit, s")
+    p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")
+    p.add_argument("--domain-id", type=int, default=(os.getpid() % 90) + 110,
+                   help="ROS_DOMAIN_ID of the nodes")
+    p.add_argument("--out", type=Path, default=Path("docs/results/distributed"),
+                   help="results folder (default docs/results/distributed)")
+    p.add_argument("--log-dir", type=Path, default=Path("runs/bench-distributed"),
+                   help="node logs (default runs/bench-distributed)")
+    p.set_defaults(func=cmd_bench_distributed)
