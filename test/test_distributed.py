@@ -247,6 +247,32 @@ def _check_outputs(tiny, predictions: list[dict]) -> None:
         assert prediction["label"] == int(np.argmax(expected))
 
 
+def _send_bad_activations(domain_id: int, robot: str) -> None:
+    """Publish a truncated tensor, an unknown plan version and a NaN tensor to a stage."""
+    from resilient_perception.msg import ActivationTensor
+
+    from resilient_perception.ros.pipeline import Observer
+    from resilient_perception.ros.stage_node import ACTIVATION_TOPIC_FORMAT, activation_qos
+
+    good = np.zeros((1, 4, 32, 32), np.float32)
+    bad = [
+        ActivationTensor(plan_version=1, next_unit=1, shape=[1, 4, 32, 32], dtype="float32",
+                         data=good.tobytes()[:100]),
+        ActivationTensor(plan_version=999, next_unit=1, shape=[1, 4, 32, 32],
+                         dtype="float32", data=good.tobytes()),
+        ActivationTensor(plan_version=1, next_unit=1, shape=[1], dtype="float32",
+                         data=np.array([np.nan], np.float32).tobytes()),
+    ]
+    with Observer("bad_sender", domain_id=domain_id) as observer:
+        publisher = observer.node.create_publisher(
+            ActivationTensor, ACTIVATION_TOPIC_FORMAT.format(robot), activation_qos())
+        observer.spin_until(lambda: publisher.get_subscription_count() > 0,
+                            f"{robot}'s stage to subscribe", 10.0)
+        for msg in bad:
+            publisher.publish(msg)
+        observer.spin_for(0.5)
+
+
 @pytest.fixture
 def ros_env(monkeypatch):
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -275,6 +301,12 @@ def test_loopback_distributed_output_and_a_killed_stage(tiny, tmp_path, ros_env)
             records, plan["version"]), 30.0, pipeline)
         _check_outputs(tiny, first)
         assert all(p["bytes_sent"] > 0 for p in first)
+        _send_bad_activations(DOMAIN_ID, "robot1")
+        _wait_for("the stage to log the rejections", lambda: "rejected" in (
+            tmp_path / "logs" / "stage_robot1.log").read_text(), 10.0, pipeline)
+        done = len(_predictions(records))
+        _wait_for("predictions after the bad messages", lambda: len(
+            _predictions(records)) >= done + 3, 10.0, pipeline)
 
         killed_at = time.monotonic()
         pipeline.kill("stage_robot2")

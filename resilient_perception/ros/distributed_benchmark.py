@@ -73,6 +73,8 @@ def _run(name: str, args: argparse.Namespace, network: NamespaceFleet, robots: l
                       for r in read_records(records, "link")}
             return len(counts) == n_links and min(counts.values()) >= 5
 
+        _wait("a plan on every robot", lambda: any(
+            all(p["alive"]) for p in read_records(records, "plan")), 120.0, pipeline)
         _wait("every link measured 5 times", measured, 120.0, pipeline)
         time.sleep(1.0)  # the planner's re-plan on the measured rates
         plan = read_records(records, "plan")[-1]
