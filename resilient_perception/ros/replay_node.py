@@ -18,8 +18,11 @@ and, when looping, only stale frames. ``original_stamps: true`` keeps the record
 
 Timing: each message is due at a point on the monotonic clock; the node sleeps until just
 before it and spins the last fraction of a millisecond, so publish times do not drift and
-do not inherit timer jitter. After the run it logs (and writes to ``stats_path`` as JSON)
-how late frames were published and the error of the intervals between frames.
+do not inherit timer jitter. On a loaded CPU the playback thread still waits for a core;
+``realtime_priority`` gives it SCHED_FIFO (root or CAP_SYS_NICE), which keeps frames within
+a fraction of a millisecond (docs/results/bags). After the run it logs (and writes to
+``stats_path`` as JSON) how late frames were published and the error of the intervals
+between frames.
 
 Like the player: ``warmup_frames`` publishes the first frame's non-label messages that many
 times before playing (every camera is heard once before the first labelled frame),
