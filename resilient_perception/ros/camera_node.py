@@ -26,10 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterType
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import Node, State, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 
@@ -42,6 +39,7 @@ from resilient_perception.ros.image_conversion import (
 )
 from resilient_perception.ros.node_utils import THROTTLE_S as _THROTTLE_S
 from resilient_perception.ros.node_utils import descriptor as _descriptor
+from resilient_perception.ros.node_utils import run_node
 from resilient_perception.ros.qos import head_qos, image_qos, prediction_qos
 
 __all__ = ["CameraNode", "main"]
@@ -261,36 +259,24 @@ class CameraNode(Node):
                                   throttle_duration_sec=_THROTTLE_S)
 
 
+def _autostart(node: CameraNode) -> int | None:
+    """Configure and activate unless ``autostart`` is off; 1 if that fails."""
+    if node.get_parameter("autostart").value and not (
+        node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        and node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    ):
+        node.get_logger().fatal("autostart failed (see above); exiting")
+        return 1
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a camera node until SIGINT/SIGTERM; return the process exit code.
 
     Exit codes: 0 after SIGINT/SIGTERM, 1 when autostart cannot configure or activate the
     node, 2 for a parameter of the wrong type or out of its range.
     """
-    rclpy.init(args=argv)
-    node = None
-    try:
-        try:
-            node = CameraNode()
-        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
-            rclpy.logging.get_logger("camera_node").fatal(f"invalid parameter: {exc}")
-            return 2
-        if node.get_parameter("autostart").value and not (
-            node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-            and node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        ):
-            node.get_logger().fatal("autostart failed (see above); exiting")
-            return 1
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(CameraNode, "camera_node", argv, on_created=_autostart)
 
 
 if __name__ == "__main__":

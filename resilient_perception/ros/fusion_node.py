@@ -43,12 +43,10 @@ import time
 from collections import deque
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterType
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
@@ -61,7 +59,7 @@ from resilient_perception.core.frame_assembly import (
     fuse_frame,
 )
 from resilient_perception.msg import ClassifierHead, DevicePrediction, FusedPrediction
-from resilient_perception.ros.node_utils import THROTTLE_S, descriptor
+from resilient_perception.ros.node_utils import THROTTLE_S, descriptor, run_node
 from resilient_perception.ros.qos import head_qos, prediction_qos
 
 __all__ = ["FUSION_MODES", "FusionNode", "main"]
@@ -359,24 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     Exit codes: 0 after SIGINT/SIGTERM, 2 for a parameter of the wrong type or an invalid
     value.
     """
-    rclpy.init(args=argv)
-    node = None
-    try:
-        try:
-            node = FusionNode()
-        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
-            rclpy.logging.get_logger("fusion_node").fatal(f"invalid parameter: {exc}")
-            return 2
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(FusionNode, "fusion_node", argv)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 __all__ = ["THROTTLE_S", "descriptor", "run_node"]
@@ -37,8 +40,16 @@ def descriptor(
     return result
 
 
-def run_node(node_class: type, name: str, argv: list[str] | None = None) -> int:
+def run_node(
+    node_class: type,
+    name: str,
+    argv: list[str] | None = None,
+    on_created: Callable[[Any], int | None] | None = None,
+) -> int:
     """Create ``node_class()`` and spin it until SIGINT/SIGTERM; return the exit code.
+
+    ``on_created(node)`` runs before spinning (e.g. a lifecycle node's autostart); a
+    non-None result is returned as the exit code without spinning.
 
     Exit codes: 0 after SIGINT/SIGTERM, 2 for a parameter of the wrong type or out of its
     range, or another invalid configuration (a ``ValueError`` from the constructor).
@@ -57,8 +68,10 @@ def run_node(node_class: type, name: str, argv: list[str] | None = None) -> int:
             node = node_class()
         except (InvalidParameterTypeException, InvalidParameterValueException,
                 ValueError) as exc:
-            rclpy.logging.get_logger(name).fatal(f"invalid configuration: {exc}")
+            rclpy.logging.get_logger(name).fatal(f"invalid parameter or configuration: {exc}")
             return 2
+        if on_created is not None and (code := on_created(node)) is not None:
+            return code
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
