@@ -1,7 +1,8 @@
 """``bench-distributed``: distributed ResNet inference on shaped links, three ways.
 
 The robots of a fleet file become network namespaces behind ``tc tbf``-shaped links
-(:class:`.distributed_run.NamespaceFleet`, needs root). For each placement - the
+(:class:`.distributed_run.NamespaceFleet`, needs root); each stage emulates its robot's
+``compute_gmacs`` (all robots share this machine's CPU). For each placement - the
 monolithic baseline (every unit on the robot holding the image), the paper's heuristic and
 the exact CP-SAT plan - it starts the planner, a stage and a link probe per robot and the
 request node, waits until every link has been measured, then times ``--requests`` requests
@@ -29,7 +30,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..core.block_profile import load_profile
 from ..core.fleet_config import load_fleet
+from ..core.placement import Network
 from .distributed_run import NamespaceFleet, distributed_nodes, read_records
 from .pipeline import Pipeline
 
@@ -52,7 +55,7 @@ def _wait(what: str, condition, timeout: float, pipeline: Pipeline):
 
 
 def _run(name: str, args: argparse.Namespace, network: NamespaceFleet, robots: list[str],
-         source: str, kill: bool) -> dict:
+         source: str, gmacs: list[float], kill: bool) -> dict:
     log_dir = args.log_dir / name
     log_dir.mkdir(parents=True, exist_ok=True)
     records = log_dir / "records.jsonl"
@@ -62,7 +65,9 @@ def _run(name: str, args: argparse.Namespace, network: NamespaceFleet, robots: l
         profile=args.profile.resolve(), records=records, source=source, probes=True,
         planner={"solver": PLACEMENTS[name], "time_limit_s": args.time_limit},
         requests={"rate_hz": args.rate_hz, "data_root": str(args.data_root or "")},
-        placement={robot: network.node_options(robot) for robot in robots})
+        placement={robot: network.node_options(robot) for robot in robots},
+        stages={robot: {"emulate_gmacs": rate} for robot, rate in zip(robots, gmacs,
+                                                                       strict=True)})
     n_links = len(robots) * (len(robots) - 1)
     result: dict = {"placement": name}
     with Pipeline(nodes, log_dir=log_dir, domain_id=args.domain_id) as pipeline:
@@ -144,11 +149,15 @@ def cmd_bench_distributed(args: argparse.Namespace) -> int:
     if len(sources) != 1:
         raise ValueError(f"the fleet's requests must all start on one robot, got {sources}")
     source = sources.pop()
+    # Stages emulate the fleet's compute speeds (all robots share this machine's CPU).
+    problem = config.problem(Network.from_profile(load_profile(args.profile)))
+    gmacs = [float(rate) / 1e9 for rate in problem.fleet.macs_per_second]
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
     with NamespaceFleet(robots, args.rate_mbit) as network:
         for name in PLACEMENTS:
-            runs.append(_run(name, args, network, robots, source, kill=name == "exact"))
+            runs.append(_run(name, args, network, robots, source, gmacs,
+                             kill=name == "exact"))
     rows = [_summary_row(run) for run in runs]
     with (args.out / "requests.csv").open("w", newline="") as f:
         writer = csv.writer(f)
@@ -166,14 +175,16 @@ def cmd_bench_distributed(args: argparse.Namespace) -> int:
         "settings": {"fleet": str(args.fleet), "profile": str(args.profile),
                      "model": str(args.model), "rate_mbit": args.rate_mbit,
                      "requests": args.requests, "rate_hz": args.rate_hz,
-                     "time_limit_s": args.time_limit, "seed": 0,
+                     "time_limit_s": args.time_limit, "seed": 0, "emulated_gmacs": gmacs,
                      "images": "CIFAR-10 test images 0.. in order"},
         "placements": rows,
         "robot_death": {k: v for k, v in death.items() if k != "new_plan"},
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = [f"Distributed inference on {len(robots)} robots (network namespaces), every link "
-             f"shaped to {args.rate_mbit:g} Mbit/s with tc tbf; {args.requests} requests "
+             f"shaped to {args.rate_mbit:g} Mbit/s with tc tbf, each stage emulating its "
+             f"robot's compute rate ({', '.join(f'{g:g}' for g in gmacs)} GMAC/s); "
+             f"{args.requests} requests "
              f"each at {args.rate_hz:g} Hz. Made by `resilient-perception bench-distributed`"
              " (raw data: requests.csv, plans.json, summary.json).", "",
              "| placement | robots used | skipped units | median latency (ms) | p90 (ms) | "

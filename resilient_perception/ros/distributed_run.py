@@ -45,6 +45,7 @@ def distributed_nodes(
     probe: dict[str, Any] | None = None,
     requests: dict[str, Any] | None = None,
     placement: dict[str, dict[str, Any]] | None = None,
+    stages: dict[str, dict[str, Any]] | None = None,
 ) -> list[NodeSpec]:
     """The nodes of one run in start order: planner, stages (+ probes), request node.
 
@@ -62,6 +63,7 @@ def distributed_nodes(
         placement: Per robot name, extra :class:`NodeSpec` fields for its nodes (e.g.
             :meth:`NamespaceFleet.node_options`); the key ``"planner"`` places the planner
             and the request node (default: with the source robot's options).
+        stages: Per robot name, extra stage parameters (e.g. ``emulate_gmacs``).
 
     Returns:
         Node specs named ``planner``, ``stage_<robot>``, ``probe_<robot>``, ``requests``.
@@ -73,7 +75,8 @@ def distributed_nodes(
         **central)]
     for robot in robots:
         nodes.append(NodeSpec(f"stage_{robot}", "stage_node", {
-            "robot": robot, "model_path": os.fspath(model_path)}, **placement.get(robot, {})))
+            "robot": robot, "model_path": os.fspath(model_path), **(stages or {}).get(robot, {})},
+            **placement.get(robot, {})))
         if probes:
             nodes.append(NodeSpec(f"probe_{robot}", "link_probe_node", {
                 "robot": robot, "peers": [r for r in robots if r != robot], **(probe or {})},

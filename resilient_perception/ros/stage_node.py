@@ -18,6 +18,10 @@ moving weights. It
   ``distributed/prediction`` with the latency since the request's ``source_stamp``, the
   bytes sent between robots and the robots used.
 
+With ``emulate_gmacs`` > 0 the stage emulates a robot of that speed (the fleet file's
+``compute_gmacs``): each piece of work takes at least its MACs / that rate, so that runs on
+one machine see the compute times the planner's model assumes.
+
 Bad messages (unknown plan version, a unit that is not this robot's, a tensor whose size
 does not match its shape or holds NaN/Inf, a shape the model rejects) are logged
 (throttled), counted and dropped.
@@ -26,6 +30,7 @@ does not match its shape or holds NaN/Inf, a shape the model rejects) are logged
 from __future__ import annotations
 
 import array
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -44,6 +49,7 @@ from resilient_perception.core.distributed import (
     stage_work,
 )
 from resilient_perception.core.placement import DROPPED
+from resilient_perception.core.resnet import profile_blocks
 from resilient_perception.msg import ActivationTensor, DistributedPrediction, PlacementPlan
 from resilient_perception.ros.node_utils import THROTTLE_S, descriptor, run_node
 from resilient_perception.ros.planner_node import HEARTBEAT_TOPIC_FORMAT, plan_qos
@@ -76,6 +82,10 @@ class StageNode(Node):
             "Seconds between two heartbeats.", double, float_range=(0.001, 10.0))).value
         self.plan_history = self.declare_parameter("plan_history", 8, descriptor(
             "Plans kept for requests still in flight.", integer, int_range=(1, 1000))).value
+        emulated_gmacs = self.declare_parameter("emulate_gmacs", 0.0, descriptor(
+            "Emulate a robot computing this many GMAC/s: each stage's work takes at least "
+            "its MACs / this rate (0 = as fast as this machine).", double,
+            float_range=(0.0, 1e6))).value
         threads = self.declare_parameter("torch_threads", 1, descriptor(
             "torch CPU threads.", integer, int_range=(1, 256))).value
         if not self.robot:
@@ -85,6 +95,10 @@ class StageNode(Node):
         torch.set_num_threads(threads)
         self.model, _, _ = load_resnet_checkpoint(model_path)
         self.n_units = self.model.n_blocks + 2
+        # Seconds per unit on the emulated robot (all zero when not emulating).
+        stem, blocks, head = profile_blocks(self.model)
+        self.unit_seconds = [(part.macs / (emulated_gmacs * 1e9)) if emulated_gmacs else 0.0
+                             for part in (stem, *blocks, head)]
         self.plans: OrderedDict[int, PlacementPlan] = OrderedDict()
         self.rejected = 0
         self.completed = 0
@@ -149,7 +163,10 @@ class StageNode(Node):
         work = stage_work(row, me, msg.next_unit)
         x = torch.from_numpy(decode_tensor(msg.shape, msg.dtype, msg.data.tobytes()).copy())
         dropped = {u for u in range(self.n_units) if row[u] == DROPPED}
+        started = time.perf_counter()
         y = run_units(self.model, x, work.units, dropped).numpy()
+        emulated = sum(self.unit_seconds[u] for u in work.units if u not in dropped)
+        time.sleep(max(0.0, emulated - (time.perf_counter() - started)))
         if work.next_robot is None:
             self._publish_prediction(msg, plan, row, y)
             return
