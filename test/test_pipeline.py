@@ -34,7 +34,9 @@ from resilient_perception.ros.player_node import label_qos  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "datasets"
-CONFIGS = sorted((ROOT / "config").glob("*.yaml"))
+# The perception pipeline's params files (config/ also holds fleet descriptions).
+CONFIGS = sorted(path for path in (ROOT / "config").glob("*.yaml")
+                 if "ros__parameters" in path.read_text())
 MNIST_CONFIG = ROOT / "config" / "mnist_6cam.yaml"
 LIB = package_prefix() / "lib" / "resilient_perception"
 COUNT = 30  # labelled frames of the live run
