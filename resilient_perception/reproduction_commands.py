@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .core.datasets import DATASET_NAMES
 from .core.reproduction import (
-    FULL_EPOCHS,
+    FULL_PLANS,
     METHODS,
     full_protocol,
     pending_runs,
@@ -107,7 +107,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help=f"comma-separated training methods (default: {','.join(METHODS)})")
     p.add_argument("--epochs", type=_epochs, default=None, metavar="DATASET=E,...",
                    help="override epochs per dataset (full protocol: "
-                   + ", ".join(f"{d}={e}" for d, e in FULL_EPOCHS.items()) + ")")
+                   + ", ".join(f"{d}={p.epochs}" for d, p in FULL_PLANS.items()) + ")")
     p.add_argument("--quick", action="store_true",
                    help="CI profile: 1 epoch, 128 training / 256 test samples, 1 seed")
     p.add_argument("--report-only", action="store_true",

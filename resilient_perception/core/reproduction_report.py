@@ -348,15 +348,16 @@ def write_report(protocol: Protocol, root: Path, out: Path, command: str = "") -
         f"{total} runs of the protocol (raw per-seed metrics: `seeds.csv`; every aggregate "
         "with its seeds: `summary.json`). Accuracy %, mean ± half-width of the 95% "
         "t-interval over seeds; p from paired t-tests on the same seeds.", "",
-        "| dataset | epochs | train samples | test samples | seeds |",
-        "|---|---|---|---|---|",
+        "| dataset | epochs | batch | train samples | test samples | seeds |",
+        "|---|---|---|---|---|---|",
     ]
     for dataset, plan in protocol.datasets.items():
-        lines.append(f"| {dataset} | {plan.epochs} | {plan.train_limit or 'all'} "
+        lines.append(f"| {dataset} | {plan.epochs} | {plan.batch_size} "
+                     f"| {plan.train_limit or 'all'} "
                      f"| {plan.test_limit or 'all'} | {len(protocol.seeds)} "
                      f"(baselines {protocol.baseline_seeds or len(protocol.seeds)}) |")
-    lines += ["", "Methods: " + "; ".join(f"`{m}` = {METHODS[m].label}"
-                                          for m in protocol.methods) + ".", ""]
+    methods = "; ".join(f"`{m}` = {METHODS[m].label}" for m in protocol.methods)
+    lines += ["", f"Training precision {protocol.precision}. Methods: {methods}.", ""]
     summary: dict = {"protocol": protocol_dict(protocol), "runs_done": done, "runs": total,
                      "table6": [], "baselines": []}
     for dataset in datasets:
