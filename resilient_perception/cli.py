@@ -255,8 +255,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = _installed_config(args, pipeline)
     print(f"\nlive pipeline: {args.duration:g} s at {args.rate:g} Hz, failures: "
           + ", ".join(f"{e.action} {e.node} at {e.at:g} s" for e in schedule))
+    if args.bag is not None and not args.bag.exists():
+        raise ValueError(f"{args.bag}: no such bag (record one with `resilient-perception "
+                         "record-dataset`)")
     report = live_demo.run_live_demo(config, models, args.out / "live", args.duration,
-                                     args.rate, schedule)
+                                     args.rate, schedule, bag=args.bag)
     print()
     print((args.out / "live" / "report.md").read_text(), end="")
     lost = report["streams"]["modifier"]["missing"]
@@ -411,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="params file (default the installed config/mnist_6cam.yaml)")
     p.add_argument("--no-live", action="store_true",
                    help="only train/reuse and print the offline failure table")
+    p.add_argument("--bag", type=Path, default=None,
+                   help="replay this camera bag (from `record-dataset`, same cameras) instead "
+                   "of the dataset player; looped, at its recorded timing")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench-pipeline", help="benchmark the live pipeline (latency, failure "

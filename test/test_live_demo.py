@@ -57,21 +57,29 @@ def test_demo_runs_a_second_fusion_node_without_the_modifier():
     assert nodes["camera_3"].parameters["model_path"] == "m/device_3.onnx"
 
 
-@pytest.mark.ros
-@pytest.mark.timeout(180)
-@pytest.mark.skipif(not (LIB / "player_node").is_file(),
-                    reason="nodes not installed: run scripts/setup.sh")
-def test_short_live_run_with_one_kill(briefly_trained_model, tmp_path, monkeypatch):
+live = pytest.mark.skipif(not (LIB / "player_node").is_file(),
+                          reason="nodes not installed: run scripts/setup.sh")
+
+
+@pytest.fixture
+def onnx_models(briefly_trained_model, tmp_path, monkeypatch) -> str:
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     monkeypatch.setenv("ROS_DOMAIN_ID", str((os.getpid() + 29) % 90 + 110))
     checkpoint = save_checkpoint(tmp_path / "model.safetensors", briefly_trained_model, {
         "view_spec": ViewSpec(kind="grid").to_dict(), "classes": [str(k) for k in range(10)],
         "dataset": "mnist"})
     export_checkpoint(checkpoint, tmp_path / "onnx")
+    return str(tmp_path / "onnx" / "device_{}.onnx")
+
+
+@pytest.mark.ros
+@pytest.mark.timeout(180)
+@live
+def test_short_live_run_with_one_kill(onnx_models, tmp_path):
     lines: list[str] = []
-    report = run_live_demo(MNIST_CONFIG, str(tmp_path / "onnx" / "device_{}.onnx"),
-                           tmp_path / "live", duration=5.0, rate_hz=30.0,
-                           schedule=(FailureEvent(2.0, "kill", "camera_3"),), emit=lines.append)
+    report = run_live_demo(MNIST_CONFIG, onnx_models, tmp_path / "live", duration=5.0,
+                           rate_hz=30.0, schedule=(FailureEvent(2.0, "kill", "camera_3"),),
+                           emit=lines.append)
     assert any(line.strip().startswith("time") for line in lines)
     assert json.loads((tmp_path / "live" / "report.json").read_text()) == report
     assert "| 3 |" in (tmp_path / "live" / "report.md").read_text()
@@ -79,3 +87,22 @@ def test_short_live_run_with_one_kill(briefly_trained_model, tmp_path, monkeypat
     assert mod["missing"] == 0 and plain["missing"] == 0
     assert mod["device_surrogate_frames"][3] > 0 and plain["frames_with_surrogate"] == 0
     assert report["events"][0]["reaction_s"] is not None
+
+
+@pytest.mark.ros
+@pytest.mark.timeout(180)
+@live
+def test_the_demo_runs_from_a_bag(onnx_models, tmp_path):
+    from resilient_perception.core.datasets import load_mnist
+    from resilient_perception.ros.bags import dataset_frames, write_frames
+
+    frames = dataset_frames(load_mnist(ROOT / ".." / "shared" / "datasets", "test"), range(60),
+                            6, 30.0, 1_000_000_000)
+    write_frames(tmp_path / "bag", frames, 6)
+    report = run_live_demo(MNIST_CONFIG, onnx_models, tmp_path / "live", duration=4.0,
+                           schedule=(FailureEvent(1.5, "kill", "camera_0"),),
+                           emit=lambda line: None, bag=tmp_path / "bag")
+    mod = report["streams"]["modifier"]
+    assert report["source"].startswith("bag")
+    assert mod["scored_frames"] >= 60 and mod["missing"] == 0  # looped past the 60 frames
+    assert mod["device_surrogate_frames"][0] > 0

@@ -77,11 +77,13 @@ def parse_schedule(text: str) -> tuple[FailureEvent, ...]:
 
 
 def demo_nodes(config: Path, model_path: str, num_cameras: int, rate_hz: float,
-               count: int) -> list[NodeSpec]:
+               count: int, bag: Path | None = None) -> list[NodeSpec]:
     """The pipeline of :func:`~.pipeline.pipeline_nodes` plus a fusion node without Modifier.
 
     The second fusion node gets the config's ``fusion`` parameters with ``use_modifier``
-    off and its own output topic, so both fuse under the same timeouts.
+    off and its own output topic, so both fuse under the same timeouts. With ``bag`` the
+    frames come from a ``replay_node`` playing it (looped, recorded timing) instead of the
+    dataset player; the source node is named ``player`` either way.
     """
     nodes = pipeline_nodes(num_cameras, model_path=model_path)
     sections = yaml.safe_load(Path(config).read_text()) or {}
@@ -94,6 +96,10 @@ def demo_nodes(config: Path, model_path: str, num_cameras: int, rate_hz: float,
             out.append(NodeSpec("fusion_no_modifier", spec.executable, {
                 **fusion_params, **spec.parameters, "use_modifier": False,
                 "output_topic": STREAMS["no_modifier"]}))
+        elif spec.name == "player" and bag is not None:
+            out.append(NodeSpec("player", "replay_node", {
+                "bag_path": os.fspath(Path(bag).resolve()), "loop": True,
+                "warmup_frames": 10, "wait_for_subscribers": 1}))
         elif spec.name == "player":
             out.append(NodeSpec("player", spec.executable, {
                 **spec.parameters, "rate_hz": rate_hz, "count": count}))
@@ -151,6 +157,7 @@ def run_live_demo(
     schedule: Sequence[FailureEvent] = DEFAULT_SCHEDULE,
     num_cameras: int = 6,
     emit: Callable[[str], None] = print,
+    bag: Path | None = None,
 ) -> dict:
     """Run the live pipeline for ``duration`` seconds of frames under ``schedule``.
 
@@ -163,6 +170,7 @@ def run_live_demo(
         schedule: failure events (nodes must be pipeline nodes).
         num_cameras: cameras (devices).
         emit: where the live table goes.
+        bag: replay this camera bag (``record-dataset``) instead of the dataset player.
 
     Returns:
         The report (also written to ``out_dir/report.json``).
@@ -170,7 +178,7 @@ def run_live_demo(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     count = int(rate_hz * (duration + 10.0))  # enough frames; the demo stops the player
-    nodes = demo_nodes(config, model_path, num_cameras, rate_hz, count)
+    nodes = demo_nodes(config, model_path, num_cameras, rate_hz, count, bag)
     names = {spec.name for spec in nodes}
     unknown = sorted({e.node for e in schedule} - names)
     if unknown:
@@ -213,6 +221,7 @@ def run_live_demo(
     report = {
         "duration_s": duration, "rate_hz": rate_hz, "num_cameras": num_cameras,
         "model_path": _relative(model_path), "config": _relative(config),
+        "source": "dataset player" if bag is None else f"bag {_relative(bag)}",
         "schedule": [asdict(e) for e in schedule], "events": reactions,
         "streams": {name: score.summary() for name, score in monitor.scores.items()},
     }
@@ -249,7 +258,8 @@ def markdown_report(report: dict) -> str:
         f"# Live demo: {report['num_cameras']} cameras at {report['rate_hz']:g} Hz, "
         f"{report['duration_s']:g} s",
         "",
-        f"Model `{report['model_path']}`, config `{report['config']}`.",
+        f"Model `{report['model_path']}`, config `{report['config']}`, frames from the "
+        f"{report['source']}.",
         "",
         "| failed devices | frames | accuracy with Modifier | accuracy without |",
         "|---|---|---|---|",
