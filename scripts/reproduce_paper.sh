@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
 # The Modifier paper reproduction (issue 4): MNIST and CIFAR-10 cut 3x2, MVMC's 6 cameras;
-# 6 training methods (paper, ours, no-fail-sim, dropout, failout, ours-k2); seeds 0..9 for
-# the paper/ours/no-fail-sim comparison and seeds 0..2 for the three trained baselines;
-# every failure subset with avg, max and vote fusion, with and without the Modifier.
-# Writes docs/results/paper/ (tables.md, seeds.csv, summary.json, PNG figures).
+# 7 training methods (paper, ours, no-fail-sim, dropout, failout, ours-k2, fedavg); seeds
+# 0..9 for the paper/ours/no-fail-sim comparison and seeds 0..2 for the four trained
+# baselines; every failure subset with avg, max and vote fusion, with and without the
+# Modifier. Writes docs/results/paper/ (tables.md, seeds.csv, summary.json, PNG figures).
 #
 # Resumable: each (dataset, method, seed) is cached under runs/paper/; rerun the script after
 # an interruption and it continues with the missing runs (a run killed mid-training starts
 # over). Two lanes of one torch thread each use the two cores: MNIST + MVMC, and CIFAR-10.
 #
-# Epochs (bf16 autocast; the same in resilient_perception/core/reproduction.py FULL_EPOCHS):
-# MNIST 4, CIFAR-10 4, MVMC 15. The budget comes from one-thread epoch times measured with
-# `bench-train` (step 1 below, raw JSON in docs/results/paper/timing/) and from CPU seconds
-# per training image measured on the loaded machine (MNIST 1.4 ms, CIFAR-10 2.0 ms,
-# MVMC 12 ms in bf16; ~1.4x, ~1.4x and ~2.2x more in fp32): per dataset
-# 39 runs (3 x 10 + 3 x 3) x epochs x epoch time = MNIST 39 x 4 x 87 s = 3.8 h,
-# CIFAR-10 39 x 4 x 98 s = 4.2 h, MVMC 39 x 15 x 13.5 s = 2.2 h: ~10 CPU hours, ~5 h on
-# two cores, plus a few minutes of evaluation per dataset.
+# Training per dataset (bf16 autocast; resilient_perception/core/reproduction.py FULL_PLANS):
+# MNIST 4 epochs, CIFAR-10 4 epochs, MVMC 12 epochs at batch 32. Budget, from the CPU
+# seconds per training image measured by step 1 (docs/results/paper/timing/*.json,
+# vectorised_cpu_s_per_epoch / images; bf16: MNIST 1.39 ms, CIFAR-10 1.78 ms, MVMC 13.75 ms,
+# fp32 1.5x to 2.2x more) with 42 runs per dataset (3 x 10 + 4 x 3):
+#   MNIST    42 x 4 epochs x 83 s  = 3.9 CPU hours
+#   CIFAR-10 42 x 4 epochs x 89 s  = 4.2 CPU hours
+#   MVMC     42 x 12 epochs x 15 s = 2.2 CPU hours
+# ~10 CPU hours in all, ~6 hours on the two lanes (MNIST + MVMC is the longer one), plus
+# evaluation, which is small next to training (one forward pass over each test split).
+# These were measured while other jobs loaded the machine, with one-off start-up costs in
+# the first batch: an upper bound rather than a precise figure.
 #
 # Usage: scripts/reproduce_paper.sh            (after scripts/setup.sh)
 set -euo pipefail
