@@ -248,8 +248,9 @@ def _check_outputs(tiny, predictions: list[dict]) -> None:
 
 
 def _send_bad_activations(domain_id: int, robot: str) -> None:
-    """Publish a truncated tensor, an unknown plan version and a NaN tensor to a stage."""
-    from resilient_perception.msg import ActivationTensor
+    """Publish a truncated tensor, an unknown plan version and a NaN tensor to a stage, and
+    a measurement of an unknown robot's link to the planner."""
+    from resilient_perception.msg import ActivationTensor, LinkMeasurement
 
     from resilient_perception.ros.pipeline import Observer
     from resilient_perception.ros.stage_node import ACTIVATION_TOPIC_FORMAT, activation_qos
@@ -266,11 +267,27 @@ def _send_bad_activations(domain_id: int, robot: str) -> None:
     with Observer("bad_sender", domain_id=domain_id) as observer:
         publisher = observer.node.create_publisher(
             ActivationTensor, ACTIVATION_TOPIC_FORMAT.format(robot), activation_qos())
-        observer.spin_until(lambda: publisher.get_subscription_count() > 0,
-                            f"{robot}'s stage to subscribe", 10.0)
+        links = observer.node.create_publisher(LinkMeasurement, "link_measurements", 10)
+        observer.spin_until(lambda: publisher.get_subscription_count() > 0 and
+                            links.get_subscription_count() > 0, "stage and planner", 10.0)
         for msg in bad:
             publisher.publish(msg)
+        links.publish(LinkMeasurement(from_robot="robot9", to_robot=robot, throughput_bps=1e6))
         observer.spin_for(0.5)
+
+
+@pytest.mark.parametrize(("executable", "parameters"), [
+    ("stage_node", ["-p", "robot:=robot0"]),  # no model_path
+    ("planner_node", ["-p", "solver:=simplex"]),
+    ("link_probe_node", ["-p", "robot:=robot0", "-p", "peers:=[robot0]"]),
+])
+def test_nodes_exit_2_on_invalid_parameters(executable, parameters, ros_env):
+    from resilient_perception.ros.pipeline import PACKAGE, package_prefix
+
+    command = [str(package_prefix() / "lib" / PACKAGE / executable), "--ros-args", *parameters]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "invalid parameter or configuration" in result.stderr
 
 
 @pytest.fixture
@@ -302,8 +319,9 @@ def test_loopback_distributed_output_and_a_killed_stage(tiny, tmp_path, ros_env)
         _check_outputs(tiny, first)
         assert all(p["bytes_sent"] > 0 for p in first)
         _send_bad_activations(DOMAIN_ID, "robot1")
-        _wait_for("the stage to log the rejections", lambda: "rejected" in (
-            tmp_path / "logs" / "stage_robot1.log").read_text(), 10.0, pipeline)
+        for node in ("stage_robot1", "planner"):
+            _wait_for(f"{node} to log the rejections", lambda node=node: "rejected" in (
+                tmp_path / "logs" / f"{node}.log").read_text(), 10.0, pipeline)
         done = len(_predictions(records))
         _wait_for("predictions after the bad messages", lambda: len(
             _predictions(records)) >= done + 3, 10.0, pipeline)
