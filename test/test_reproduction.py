@@ -10,6 +10,11 @@ import torch
 from scipy import stats
 
 from resilient_perception.cli import main
+from resilient_perception.core.evaluation import (
+    device_outputs,
+    evaluate_failures,
+    evaluate_message_loss,
+)
 from resilient_perception.core.model import MultiDeviceCNN
 from resilient_perception.core.modifier import fuse_vote, surrogate_logits
 from resilient_perception.core.reproduction import (
@@ -138,6 +143,20 @@ def test_fedavg_averages_the_devices(mnist_views):
     assert not torch.allclose(model.head_weight[0], before.mean(dim=0))  # it did learn
 
 
+def test_message_loss(mnist_views, briefly_trained_model):
+    probs, features = device_outputs(briefly_trained_model, mnist_views[0][:300])
+    heads = [t.detach() for t in briefly_trained_model.classifier_heads()]
+    labels = mnist_views[1][:300]
+    rows = evaluate_message_loss(probs, features, *heads, labels, (0.0, 1.0), seed=3)
+    by_key = {(r["loss_rate"], r["mode"], r["modifier"]): r["accuracy"] for r in rows}
+    full = evaluate_failures(probs, features, *heads, labels, subsets=[()])
+    for r in full:  # no loss = no failure
+        assert by_key[0.0, r["mode"], r["modifier"]] == pytest.approx(r["accuracy"])
+    assert all(by_key[1.0, mode, mod] == 0.0 for mode in ("avg", "max") for mod in (0, 1))
+    again = evaluate_message_loss(probs, features, *heads, labels, (0.3,), seed=3)
+    assert again == evaluate_message_loss(probs, features, *heads, labels, (0.3,), seed=3)
+
+
 def test_reproduce_quick_profile(tmp_path, capsys):
     runs, out = tmp_path / "runs", tmp_path / "report"
     args = ["reproduce", "--quick", "--datasets", "mnist", "--runs", str(runs),
@@ -149,7 +168,7 @@ def test_reproduce_quick_profile(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     tables = (out / "tables.md").read_text()
     assert "Table 6" in tables and "93.37" in tables and "redundant standby" in tables
-    assert "confidence-weighted" in tables
+    assert "confidence-weighted" in tables and "Message loss" in tables
     with (out / "seeds.csv").open() as fh:
         seeds = list(csv.DictReader(fh))
     assert {r["method"] for r in seeds} == set(METHODS)

@@ -25,7 +25,13 @@ import torch
 from .model import MultiDeviceCNN, views_to_float
 from .modifier import FUSION_MODES, fuse_with_failures
 
-__all__ = ["device_outputs", "evaluate_failures", "failure_subsets", "summarise"]
+__all__ = [
+    "device_outputs",
+    "evaluate_failures",
+    "evaluate_message_loss",
+    "failure_subsets",
+    "summarise",
+]
 
 
 def device_outputs(
@@ -132,6 +138,47 @@ def evaluate_failures(
                             "accuracy": float(correct[gi].double().mean()),
                             "balanced_accuracy": _balanced_accuracy(correct[gi], labels, k),
                         })
+    return rows
+
+
+def evaluate_message_loss(
+    probs,
+    features,
+    weights,
+    biases,
+    labels,
+    rates: tuple[float, ...],
+    available=None,
+    modes: tuple[str, ...] = FUSION_MODES,
+    seed: int = 0,
+) -> list[dict]:
+    """Accuracy when each device's message is lost independently with probability ``rate``.
+
+    Each frame draws its own lost set (seeded, the same draws for every mode and with and
+    without the Modifier); a frame that loses every message counts as an error.
+
+    Returns:
+        Rows ``{loss_rate, mode, modifier, accuracy}``.
+
+    """
+    with torch.inference_mode():
+        probs = torch.as_tensor(probs, dtype=torch.float32)
+        features = torch.as_tensor(features, dtype=torch.float32)
+        labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        m, n, _ = probs.shape
+        avail = (torch.ones(m, n, dtype=torch.bool) if available is None
+                 else torch.as_tensor(np.asarray(available), dtype=torch.bool))
+        rng = np.random.default_rng(seed)
+        rows = []
+        for rate in rates:
+            live = torch.from_numpy(rng.random((m, n)) >= rate) & avail
+            for mode in modes:
+                for use_mod in (False, True):
+                    fused = fuse_with_failures(probs, features, weights, biases, live, mode,
+                                               use_mod)
+                    correct = (fused.argmax(dim=1) == labels) & live.any(dim=1)
+                    rows.append({"loss_rate": float(rate), "mode": mode, "modifier": use_mod,
+                                 "accuracy": float(correct.double().mean())})
     return rows
 
 

@@ -9,7 +9,8 @@ Runs live under ``<root>/<dataset>/<method>/seed<k>/``:
   leaves no model and is trained again from scratch;
 * ``history.json`` -- the per-epoch training curve;
 * ``evaluation.json`` -- the run's key, failure-subset rows (``rows``; ``rows_confidence``
-  for the Modifier with confidence-weighted peers) and summary, written last
+  for the Modifier with confidence-weighted peers), message-loss rows (``message_loss``:
+  each device's message lost with probability 0..40%) and summary, written last
   (atomically). A run whose ``evaluation.json`` holds the expected key is finished and
   skipped; a key that differs (other epochs, limits, options) makes the run stale, and it
   is redone.
@@ -52,7 +53,7 @@ import numpy as np
 from scipy import stats
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .evaluation import device_outputs, evaluate_failures, summarise
+from .evaluation import device_outputs, evaluate_failures, evaluate_message_loss, summarise
 from .experiment import DeviceViews, load_device_views, train_devices
 from .modifier import EVALUATION_MODES
 from .training import TrainConfig
@@ -106,6 +107,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            {"fail_simulation": False, "fused_weight": 0.0, "fedavg_every": 50}),
 )}
 MAIN_METHODS = ("paper", "ours", "no-fail-sim")  # always run on every seed
+MESSAGE_LOSS_RATES = (0.0, 0.1, 0.2, 0.3, 0.4)
+# Bump when a run's evaluation gains or changes results: cached runs then count as stale.
+EVALUATION_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -196,7 +200,8 @@ class Protocol:
         config = self.train_config(dataset, method, seed).asdict()
         config.pop("num_threads")  # results do not depend on the thread count
         return {"dataset": dataset, "method": method, "seed": seed, "train_config": config,
-                "train_limit": plan.train_limit, "test_limit": plan.test_limit}
+                "train_limit": plan.train_limit, "test_limit": plan.test_limit,
+                "evaluation_version": EVALUATION_VERSION}
 
 
 def full_protocol(datasets: Iterable[str] = ("mnist", "cifar10", "mvmc"), **kwargs) -> Protocol:
@@ -268,9 +273,11 @@ def run_one(protocol: Protocol, root: Path, dataset: str, method: str, seed: int
 
     rows = score(EVALUATION_MODES)
     confidence_rows = [r for r in score(("avg", "max"), True) if r["modifier"]]
+    message_loss = evaluate_message_loss(probs, features, *heads, test_data.labels,
+                                         MESSAGE_LOSS_RATES, test_data.available, seed=seed)
     result = {"key": key, "test_samples": int(len(test_data.labels)),
               "history": meta["history"], "rows": rows, "rows_confidence": confidence_rows,
-              "summary": summarise(rows)}
+              "message_loss": message_loss, "summary": summarise(rows)}
     _write_json_atomic(folder / "evaluation.json", result)
     return result
 

@@ -173,6 +173,26 @@ def _failed_count_table(results, dataset: str, n_devices: int) -> list[str]:
     return _table(header, rows)
 
 
+def _message_loss_table(results, dataset: str) -> tuple[list[str], list[dict]]:
+    header, columns, raw = ["message loss %"], [], []
+    for method in FIGURE_METHODS:
+        for mode in MODES:
+            for mod in (False, True):
+                header.append(f"{method} {mode} {'Modifier' if mod else 'no Modifier'}")
+                per_seed = {seed: {r["loss_rate"]: r["accuracy"] for r in result["message_loss"]
+                                   if r["mode"] == mode and r["modifier"] == mod}
+                            for (d, m, seed), result in sorted(results.items())
+                            if d == dataset and m == method}
+                columns.append(per_seed)
+                raw.append({"dataset": dataset, "method": method, "mode": mode,
+                            "modifier": mod, "seeds": sorted(per_seed),
+                            "accuracy_by_rate": [sorted(v.items()) for v in per_seed.values()]})
+    rates = sorted({rate for col in columns for v in col.values() for rate in v})
+    rows = [[f"{100 * rate:.0f}", *(_pm([v[rate] for v in col.values()]) for col in columns)]
+            for rate in rates]
+    return _table(header, rows), raw
+
+
 def _targets_table(results, dataset: str) -> list[str]:
     ours = method_values(results, dataset, OURS)
     rows = []
@@ -359,7 +379,7 @@ def write_report(protocol: Protocol, root: Path, out: Path, command: str = "") -
     methods = "; ".join(f"`{m}` = {METHODS[m].label}" for m in protocol.methods)
     lines += ["", f"Training precision {protocol.precision}. Methods: {methods}.", ""]
     summary: dict = {"protocol": protocol_dict(protocol), "runs_done": done, "runs": total,
-                     "table6": [], "baselines": []}
+                     "table6": [], "baselines": [], "message_loss": []}
     for dataset in datasets:
         any_result = next(r for k, r in results.items() if k[0] == dataset)
         n_devices = len(any_result["summary"]["avg"]["baseline"]["single_failure_per_device"])
@@ -382,6 +402,11 @@ def write_report(protocol: Protocol, root: Path, out: Path, command: str = "") -
         lines += baselines
         lines += _targets_table(results, dataset)
         summary["baselines"] += raw7
+        loss_table, raw_loss = _message_loss_table(results, dataset)
+        lines += ["### Message loss between the devices and the aggregator", "",
+                  "Each device's message is lost independently per frame with the given "
+                  "probability (the same draws for every column of a seed).", "", *loss_table]
+        summary["message_loss"] += raw_loss
     figures = _figures(results, datasets, out) if datasets else []
     lines += ["## Figures", "", *(f"![{f}]({f})" for f in figures), ""]
     (out / "tables.md").write_text("\n".join(lines))
