@@ -18,7 +18,8 @@
 #   CIFAR-10 42 x 4 epochs x 89 s  = 4.2 CPU hours
 #   MVMC     42 x 12 epochs x 15 s = 2.2 CPU hours
 # ~10 CPU hours in all, ~6 hours on the two lanes (MNIST + MVMC is the longer one), plus
-# evaluation, which is small next to training (one forward pass over each test split).
+# evaluation, which is small next to training (one forward pass over each test split, two
+# more for the noise study of the paper and ours runs).
 # These were measured while other jobs loaded the machine, with one-off start-up costs in
 # the first batch: an upper bound rather than a precise figure.
 #

@@ -25,6 +25,8 @@ from pathlib import Path
 from .modifier import EVALUATION_MODES
 from .reproduction import (
     METHODS,
+    NOISE_METHODS,
+    NOISE_SETTINGS,
     OURS,
     STRATEGIES,
     Protocol,
@@ -190,6 +192,32 @@ def _message_loss_table(results, dataset: str) -> tuple[list[str], list[dict]]:
     rates = sorted({rate for col in columns for v in col.values() for rate in v})
     rows = [[f"{100 * rate:.0f}", *(_pm([v[rate] for v in col.values()]) for col in columns)]
             for rate in rates]
+    return _table(header, rows), raw
+
+
+def _noise_table(results, dataset: str) -> tuple[list[str], list[dict]]:
+    header = ["input noise", "method", "fusion", "no failure", "mean single failure, no Modifier",
+              "with Modifier", "seeds"]
+    rows, raw = [], []
+    for method in NOISE_METHODS:
+        runs = [r for (d, m, _), r in sorted(results.items()) if d == dataset and m == method]
+        for name in ("clean", *NOISE_SETTINGS):
+            for mode in MODES:
+                summaries = [r["summary"][mode] if name == "clean" else r["noise"][name][mode]
+                             for r in runs]
+                if not summaries:
+                    continue
+                cells = {
+                    "no_failure": [s["baseline"]["no_failure"] for s in summaries],
+                    "single_no_modifier": [s["baseline"]["single_failure_mean"]
+                                           for s in summaries],
+                    "single_modifier": [s["modifier"]["single_failure_mean"] for s in summaries],
+                }
+                label = "none" if name == "clean" else NOISE_SETTINGS[name]
+                rows.append([label, method, mode, *(_pm(v) for v in cells.values()),
+                             str(len(summaries))])
+                raw.append({"dataset": dataset, "noise": label, "method": method, "mode": mode,
+                            **cells})
     return _table(header, rows), raw
 
 
@@ -379,7 +407,7 @@ def write_report(protocol: Protocol, root: Path, out: Path, command: str = "") -
     methods = "; ".join(f"`{m}` = {METHODS[m].label}" for m in protocol.methods)
     lines += ["", f"Training precision {protocol.precision}. Methods: {methods}.", ""]
     summary: dict = {"protocol": protocol_dict(protocol), "runs_done": done, "runs": total,
-                     "table6": [], "baselines": [], "message_loss": []}
+                     "table6": [], "baselines": [], "message_loss": [], "noise": []}
     for dataset in datasets:
         any_result = next(r for k, r in results.items() if k[0] == dataset)
         n_devices = len(any_result["summary"]["avg"]["baseline"]["single_failure_per_device"])
@@ -407,6 +435,10 @@ def write_report(protocol: Protocol, root: Path, out: Path, command: str = "") -
                   "Each device's message is lost independently per frame with the given "
                   "probability (the same draws for every column of a seed).", "", *loss_table]
         summary["message_loss"] += raw_loss
+        noise_table, raw_noise = _noise_table(results, dataset)
+        lines += ["### Per-device input noise (the paper's devices 1 and 2 = ids 0 and 1)", "",
+                  *noise_table]
+        summary["noise"] += raw_noise
     figures = _figures(results, datasets, out) if datasets else []
     lines += ["## Figures", "", *(f"![{f}]({f})" for f in figures), ""]
     (out / "tables.md").write_text("\n".join(lines))
