@@ -2,20 +2,19 @@
 
 A *run* is one (dataset, method, seed): the N device CNNs trained with that method's
 :class:`~.training.TrainConfig` options, then every failure subset scored with and without
-the Modifier for average, max and vote fusion (:func:`.experiment.evaluate_devices`).
-Runs live under ``<root>/<dataset>/<method>/seed<k>/``:
+the Modifier for average, max and vote fusion (:func:`.evaluation.evaluate_failures`), plus
+message loss and input noise. Runs live under ``<root>/<dataset>/<method>/seed<k>/``:
 
 * ``model.safetensors`` -- written atomically when training ends, so an interrupted run
   leaves no model and is trained again from scratch;
 * ``history.json`` -- the per-epoch training curve;
-* ``evaluation.json`` -- the run's key, failure-subset rows (``rows``; ``rows_confidence``
-  for the Modifier with confidence-weighted peers), message-loss rows (``message_loss``:
-  each device's message lost with probability 0..40%), for ``paper`` and ``ours`` the
-  summaries of no and single failures under per-device input noise (``noise``), and the
-  summary, written last
-  (atomically). A run whose ``evaluation.json`` holds the expected key is finished and
-  skipped; a key that differs (other epochs, limits, options) makes the run stale, and it
-  is redone.
+* ``evaluation.json`` -- written last (atomically): the run's key, failure-subset rows
+  (``rows``; ``rows_confidence`` for the Modifier with confidence-weighted peers),
+  message-loss rows (``message_loss``: each device's message lost with probability
+  0..40%), for ``paper`` and ``ours`` the summaries of no and single failures under
+  per-device input noise (``noise``), and the summary. A run whose ``evaluation.json``
+  holds the expected key is finished and skipped; a key that differs (other epochs,
+  limits, options, evaluation version) makes the run stale, and it is redone.
 
 Methods (:data:`METHODS`) are named training options; *strategies* (:data:`STRATEGIES`) are
 what the aggregator does at inference with a method's model: a fusion mode, with or without
@@ -277,6 +276,13 @@ def run_one(protocol: Protocol, root: Path, dataset: str, method: str, seed: int
         meta["run_key"] = key
         save_checkpoint(folder / "model.safetensors", model, meta)
         _write_json_atomic(folder / "history.json", history)
+    result = {"key": key, "history": meta["history"], **_evaluate(model, test_data, method, seed)}
+    _write_json_atomic(folder / "evaluation.json", result)
+    return result
+
+
+def _evaluate(model, test_data: DeviceViews, method: str, seed: int) -> dict:
+    """A trained run's results (see the module docstring for the keys)."""
     probs, features = device_outputs(model, test_data.views)
     heads = [t.detach() for t in model.classifier_heads()]
 
@@ -298,11 +304,9 @@ def run_one(protocol: Protocol, root: Path, dataset: str, method: str, seed: int
             noise[name] = summarise(evaluate_failures(
                 noisy_probs, noisy_features, *heads, test_data.labels, test_data.available,
                 ("avg", "max"), subsets=up_to_one))
-    result = {"key": key, "test_samples": int(len(test_data.labels)),
-              "history": meta["history"], "rows": rows, "rows_confidence": confidence_rows,
-              "message_loss": message_loss, "noise": noise, "summary": summarise(rows)}
-    _write_json_atomic(folder / "evaluation.json", result)
-    return result
+    return {"test_samples": int(len(test_data.labels)), "rows": rows,
+            "rows_confidence": confidence_rows, "message_loss": message_loss, "noise": noise,
+            "summary": summarise(rows)}
 
 
 def pending_runs(protocol: Protocol, root: Path) -> list[tuple[str, str, int]]:
