@@ -182,7 +182,7 @@ class Protocol:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        """Reject unknown methods and datasets early, naming the valid ones."""
+        """Reject unknown methods (naming the valid ones) and an empty seed list."""
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
