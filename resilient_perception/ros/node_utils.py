@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -45,14 +45,28 @@ def run_node(
     name: str,
     argv: list[str] | None = None,
     on_created: Callable[[Any], int | None] | None = None,
+    on_exit: Callable[[Any], int | None] | None = None,
+    startup_errors: Mapping[type[Exception], tuple[int, str]] | None = None,
 ) -> int:
     """Create ``node_class()`` and spin it until SIGINT/SIGTERM; return the exit code.
 
-    ``on_created(node)`` runs before spinning (e.g. a lifecycle node's autostart); a
-    non-None result is returned as the exit code without spinning.
+    A node with a ``finished`` future (a player that ends) is spun until it completes.
 
-    Exit codes: 0 after SIGINT/SIGTERM, 2 for a parameter of the wrong type or out of its
-    range, or another invalid configuration (a ``ValueError`` from the constructor).
+    Args:
+        node_class: The node class, constructed without arguments.
+        name: Logger name for start-up failures.
+        argv: Command-line arguments for ``rclpy.init``.
+        on_created: Runs before spinning (e.g. a lifecycle node's autostart); a non-None
+            result is returned as the exit code without spinning.
+        on_exit: Runs on the way out, before the node is destroyed (e.g. close a file); a
+            non-None result replaces the exit code.
+        startup_errors: Exceptions of the constructor -> (exit code, what it means),
+            checked before the defaults below.
+
+    Returns:
+        0 after SIGINT/SIGTERM (or the end of ``finished``); 2 for a parameter of the wrong
+        type or out of its range, or another invalid configuration (a ``ValueError`` from
+        the constructor); or what the hooks and ``startup_errors`` say.
     """
     import rclpy
     from rclpy.exceptions import (
@@ -61,24 +75,35 @@ def run_node(
     )
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
+    errors = {**(startup_errors or {}),
+              InvalidParameterTypeException: (2, "invalid parameter"),
+              InvalidParameterValueException: (2, "invalid parameter"),
+              ValueError: (2, "invalid parameter or configuration")}
     rclpy.init(args=argv)
     node = None
+    code = 0
     try:
         try:
             node = node_class()
-        except (InvalidParameterTypeException, InvalidParameterValueException,
-                ValueError) as exc:
-            rclpy.logging.get_logger(name).fatal(f"invalid parameter or configuration: {exc}")
-            return 2
-        if on_created is not None and (code := on_created(node)) is not None:
+        except tuple(errors) as exc:
+            code, meaning = next(v for k, v in errors.items() if isinstance(exc, k))
+            rclpy.logging.get_logger(name).fatal(f"{meaning}: {exc}")
             return code
+        if on_created is not None and (early := on_created(node)) is not None:
+            return early
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        finished = getattr(node, "finished", None)
+        if finished is not None:
+            executor.spin_until_future_complete(finished)
+        else:
+            executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         if node is not None:
+            if on_exit is not None and (late := on_exit(node)) is not None:
+                code = late
             node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return code

@@ -37,12 +37,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterType
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rclpy.task import Future
@@ -56,7 +54,7 @@ from resilient_perception.core.datasets import (
 )
 from resilient_perception.msg import FrameLabel
 from resilient_perception.ros.image_conversion import array_to_image, to_model_input
-from resilient_perception.ros.node_utils import descriptor
+from resilient_perception.ros.node_utils import descriptor, run_node
 from resilient_perception.ros.qos import image_qos
 
 __all__ = ["ENCODINGS", "ON_END", "PlayerNode", "camera_images", "encode", "label_qos", "main"]
@@ -267,29 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     Exit codes: 0 after SIGINT/SIGTERM or the end of a ``shutdown`` run, 1 when the dataset
     cannot be loaded, 2 for a parameter of the wrong type or an invalid value.
     """
-    rclpy.init(args=argv)
-    node = None
-    log = rclpy.logging.get_logger("player_node")
-    try:
-        try:
-            node = PlayerNode()
-        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
-            log.fatal(f"invalid parameter: {exc}")
-            return 2
-        except DatasetError as exc:
-            log.fatal(f"cannot load the dataset: {exc}")
-            return 1
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin_until_future_complete(node.finished)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
-
+    return run_node(PlayerNode, "player_node", argv,
+                    startup_errors={DatasetError: (1, "cannot load the dataset")})
 
 if __name__ == "__main__":
     raise SystemExit(main())

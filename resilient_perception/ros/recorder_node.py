@@ -23,11 +23,9 @@ after SIGINT/SIGTERM, 2 for an invalid parameter or a bag folder that already ex
 
 from __future__ import annotations
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterType
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rosbags.interfaces import (
@@ -41,7 +39,7 @@ from rosbags.interfaces import (
 
 from resilient_perception.msg import DevicePrediction, FrameLabel, FusedPrediction
 from resilient_perception.ros.bags import STORAGES, BagError, BagWriter
-from resilient_perception.ros.node_utils import THROTTLE_S, descriptor
+from resilient_perception.ros.node_utils import THROTTLE_S, descriptor, run_node
 
 __all__ = ["RecorderNode", "main", "offered_qos"]
 
@@ -147,31 +145,19 @@ def _type_name(msg_type: type) -> str:
     return f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Record until SIGINT/SIGTERM, then close the bag; return the process exit code."""
-    rclpy.init(args=argv)
-    node = None
-    try:
-        try:
-            node = RecorderNode()
-        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
-            rclpy.logging.get_logger("recorder_node").fatal(f"invalid parameter: {exc}")
-            return 2
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            counts = node.close()
-            node.get_logger().info(f"closed {node.bag.path}: {sum(counts.values())} messages "
-                                   f"({', '.join(f'{t}: {n}' for t, n in counts.items())}), "
-                                   f"{node.errors} write errors")
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+def _close(node: RecorderNode) -> None:
+    counts = node.close()
+    node.get_logger().info(f"closed {node.bag.path}: {sum(counts.values())} messages "
+                           f"({', '.join(f'{t}: {n}' for t, n in counts.items())}), "
+                           f"{node.errors} write errors")
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Record until SIGINT/SIGTERM, then close the bag; return the process exit code.
+
+    Exit codes: 0 after SIGINT/SIGTERM, 2 for an invalid parameter or bag folder.
+    """
+    return run_node(RecorderNode, "recorder_node", argv, on_exit=_close)
 
 if __name__ == "__main__":
     raise SystemExit(main())

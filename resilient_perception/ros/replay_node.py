@@ -49,11 +49,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterType
 from rclpy.duration import Duration
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -74,7 +72,7 @@ from resilient_perception.ros.bags import (
     restamp,
     summarize,
 )
-from resilient_perception.ros.node_utils import descriptor
+from resilient_perception.ros.node_utils import descriptor, run_node
 
 __all__ = ["ON_END", "ReplayNode", "main", "recorded_qos", "timing_stats"]
 
@@ -416,33 +414,19 @@ def _first_frame(messages: Iterator[tuple[str, int, bytes]]
     return first, iter(first)
 
 
+def _start(node: ReplayNode) -> None:
+    node.start()
+
+
+def _stop(node: ReplayNode) -> int | None:
+    node.stop()
+    return 1 if node.error is not None else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the replay node until SIGINT/SIGTERM (or its end with ``on_end: shutdown``)."""
-    rclpy.init(args=argv)
-    node = None
-    log = rclpy.logging.get_logger("replay_node")
-    try:
-        try:
-            node = ReplayNode()
-        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
-            log.fatal(f"invalid parameter: {exc}")
-            return 2
-        except BagError as exc:
-            log.fatal(f"cannot play the bag: {exc}")
-            return 2
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        node.start()
-        executor.spin_until_future_complete(node.finished)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.stop()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 1 if node is not None and node.error is not None else 0
-
+    return run_node(ReplayNode, "replay_node", argv, on_created=_start, on_exit=_stop,
+                    startup_errors={BagError: (2, "cannot play the bag")})
 
 if __name__ == "__main__":
     raise SystemExit(main())
