@@ -272,8 +272,11 @@ def _send_bad_activations(domain_id: int, robot: str) -> None:
                             links.get_subscription_count() > 0, "stage and planner", 10.0)
         for msg in bad:
             publisher.publish(msg)
-        links.publish(LinkMeasurement(from_robot="robot9", to_robot=robot, throughput_bps=1e6))
-        observer.spin_for(0.5)
+        # The request node subscribes too: the planner may match a little later.
+        for _ in range(10):
+            links.publish(LinkMeasurement(from_robot="robot9", to_robot=robot,
+                                          throughput_bps=1e6))
+            observer.spin_for(0.2)
 
 
 @pytest.mark.parametrize(("executable", "parameters"), [
@@ -379,6 +382,8 @@ def test_namespaces_measured_rates_and_a_throttled_link(tiny, tmp_path, namespac
         fleet=_fleet_file(tmp_path / "fleet.yaml", robot2_memory_mb=1.0), records=records,
         source="robot0", probes=True,
         planner={"robot_timeout_s": 1.0, "rate_change_threshold": 0.3},
+        # 0.2 s bursts: a receiver stalled for a few ms mis-times them by less.
+        probe={"burst_s": 0.2},
         requests={"rate_hz": 2.0, "data_root": str(DATA_ROOT)},
         placement={robot: namespaces.node_options(robot) for robot in ROBOTS})
     with Pipeline(nodes, log_dir=tmp_path / "logs", domain_id=DOMAIN_ID) as pipeline:

@@ -193,15 +193,23 @@ class LinkProbeNode(Node):
             self._reject(f"burst message {probe.index} of {probe.count} from {peer}")
             return
         burst, arrivals = self._arrivals.get(peer, (None, []))
-        if burst != probe.burst:  # a new burst; an unfinished older one is dropped
+        if burst != probe.burst:
+            # A new burst. Probes arrive in order, so an older one that did not finish lost
+            # its tail (an overloaded link dropped it): what did arrive still times the link.
+            # Discarding it would keep the last, too high, rate and with it bursts too long
+            # for the link.
+            self._add_rate(peer, arrivals, len(probe.payload))
             burst, arrivals = probe.burst, []
             self._arrivals[peer] = (burst, arrivals)
         arrivals.append(now)
         if probe.index == probe.count - 1:
-            rate = burst_rate_bps(arrivals, len(probe.payload))
-            if rate is not None and len(arrivals) == probe.count:
-                self.throughput[peer].add(rate)
+            self._add_rate(peer, arrivals, len(probe.payload))
             del self._arrivals[peer]
+
+    def _add_rate(self, peer: str, arrivals: list[int], message_bytes: int) -> None:
+        rate = burst_rate_bps(arrivals, message_bytes)
+        if rate is not None:
+            self.throughput[peer].add(rate)
 
     def _publish(self) -> None:
         stamp = self.get_clock().now().to_msg()
