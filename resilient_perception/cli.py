@@ -331,8 +331,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             summaries[name] = json.loads(Path(file).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"{file}: cannot read an evaluate summary.json ({exc})") from exc
-    throughput = json.loads(args.throughput.read_text()) if args.throughput else None
-    text = markdown_report(summaries, throughput)
+    throughputs = [json.loads(path.read_text()) for path in args.throughput or []]
+    text = markdown_report(summaries, throughputs)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
@@ -393,8 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
     p.add_argument("summaries", nargs="+", metavar="NAME=SUMMARY_JSON",
                    help="runs to tabulate, e.g. fail-sim=runs/a/eval-test/summary.json")
-    p.add_argument("--throughput", type=Path, default=None,
-                   help="training_throughput.json written by bench-train")
+    p.add_argument("--throughput", type=Path, nargs="+", default=None,
+                   help="training_throughput JSONs written by bench-train")
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown here")
     p.set_defaults(func=cmd_report)
 

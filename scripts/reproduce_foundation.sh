@@ -28,10 +28,14 @@ variant no-fail-sim-paper --fused-weight 0 --no-fail-sim   # the paper's baselin
 variant fail-sim-fused-overlap50 --overlap 0.5 --threads 1  # grid views overlapping by 50%
 variant fail-sim-fused4 --fused-weight 4 --threads 1        # a heavier fused-output loss
 variant fail-sim-fused4-overlap50 --overlap 0.5 --fused-weight 4 --threads 2  # both together
+variant fail-sim-fused-bf16 --precision bf16  # ours, forward pass in bfloat16 autocast
 
 [ -f "$out/training_throughput.json" ] ||
   resilient-perception bench-train --threads 2 --naive-batches 100 \
     --out "$out/training_throughput.json"
+[ -f "$out/training_throughput_bf16.json" ] ||
+  resilient-perception bench-train --threads 2 --naive-batches 100 --precision bf16 \
+    --out "$out/training_throughput_bf16.json"
 
 resilient-perception report \
   "fail-sim + fused loss (ours)=$out/fail-sim-fused/summary.json" \
@@ -40,4 +44,6 @@ resilient-perception report \
   "fail-sim + fused loss, 50% overlap=$out/fail-sim-fused-overlap50/summary.json" \
   "fail-sim + fused loss x4=$out/fail-sim-fused4/summary.json" \
   "fail-sim + fused loss x4, 50% overlap=$out/fail-sim-fused4-overlap50/summary.json" \
-  --throughput "$out/training_throughput.json" --out "$out/tables.md"
+  "fail-sim + fused loss, bf16=$out/fail-sim-fused-bf16/summary.json" \
+  --throughput "$out/training_throughput.json" "$out/training_throughput_bf16.json" \
+  --out "$out/tables.md"

@@ -165,8 +165,8 @@ PAPER_SINGLE_FAILURE = {
 }
 
 
-def markdown_report(summaries: dict[str, dict], throughput: dict | None = None) -> str:
-    """Markdown tables of several runs' ``summary.json`` (and a training-throughput JSON).
+def markdown_report(summaries: dict[str, dict], throughputs: list[dict] | None = None) -> str:
+    """Markdown tables of several runs' ``summary.json`` (and training-throughput JSONs).
 
     ``summaries`` maps a run name to the content of its ``summary.json`` as written by
     ``resilient-perception evaluate``.
@@ -195,18 +195,17 @@ def markdown_report(summaries: dict[str, dict], throughput: dict | None = None) 
                 f"| {'-' if ratio is None else f'{100 * ratio:.0f}%'} "
                 f"| {pct(mod['by_n_failed'][-1])} |"
             )
-    if throughput:
+    for t in throughputs or []:
+        precision = t.get("precision", "fp32")
         lines += [
             "",
-            f"| training, one epoch of {throughput['images']} images, "
-            f"{throughput['threads']} threads, batch {throughput['batch_size']} "
-            "| seconds | images/s |",
+            f"| training, one epoch of {t['images']} images, {t['threads']} threads, batch "
+            f"{t['batch_size']}, {precision} | seconds | images/s |",
             "|---|---|---|",
-            f"| vectorised (grouped convolutions) | {throughput['vectorised_s_per_epoch']:.1f} "
-            f"| {throughput['vectorised_images_per_s']:.0f} |",
-            f"| naive loop over the devices ({throughput['naive_images_timed']} images timed, "
-            f"extrapolated) | {throughput['naive_s_per_epoch']:.1f} "
-            f"| {throughput['naive_images_per_s']:.0f} |",
-            f"| speed-up | {throughput['speedup']:.2f}x | |",
+            f"| vectorised (grouped convolutions) | {t['vectorised_s_per_epoch']:.1f} "
+            f"| {t['vectorised_images_per_s']:.0f} |",
+            f"| naive loop over the devices ({t['naive_images_timed']} images timed, "
+            f"extrapolated) | {t['naive_s_per_epoch']:.1f} | {t['naive_images_per_s']:.0f} |",
+            f"| speed-up | {t['speedup']:.2f}x | |",
         ]
     return "\n".join(lines) + "\n"
