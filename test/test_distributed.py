@@ -8,7 +8,7 @@ tensor coding). The live tests start real node processes talking over DDS:
   the plan uses leads to a new plan without it and inference continuing;
 * network namespaces: 3 robots, each a namespace behind its own ``tc tbf``-shaped veth
   link, with link probes; measured rates are within 10% of the shaped rate (median over
-  the links; each link within 15%), and throttling
+  the links; each link within 25%), and throttling
   one robot's link moves every unit off that robot in the next plan. Skipped (with the
   reason) only where ``ip netns add`` is not allowed.
 
@@ -347,7 +347,7 @@ def test_loopback_distributed_output_and_a_killed_stage(tiny, tmp_path, ros_env)
 SHAPED_MBIT = 20.0
 THROTTLED_MBIT = 2.0
 RATE_TOLERANCE = 0.10
-LINK_TOLERANCE = 0.15
+LINK_TOLERANCE = 0.25
 
 
 @pytest.fixture
@@ -383,7 +383,7 @@ def test_namespaces_measured_rates_and_a_throttled_link(tiny, tmp_path, namespac
         source="robot0", probes=True,
         planner={"robot_timeout_s": 1.0, "rate_change_threshold": 0.3},
         # 0.2 s bursts: a receiver stalled for a few ms mis-times them by less.
-        probe={"burst_s": 0.2},
+        probe={"burst_s": 0.2, "window": 3},
         requests={"rate_hz": 2.0, "data_root": str(DATA_ROOT)},
         placement={robot: namespaces.node_options(robot) for robot in ROBOTS})
     with Pipeline(nodes, log_dir=tmp_path / "logs", domain_id=DOMAIN_ID) as pipeline:
@@ -401,7 +401,7 @@ def test_namespaces_measured_rates_and_a_throttled_link(tiny, tmp_path, namespac
         rates = {k: v["throughput_bps"] / 1e6 for k, v in links.items()}
         print("measured Mbit/s at 20 Mbit/s shaping:", rates)
         # The issue's target: within 10% of the shaped rate (the median over the links);
-        # every single link within 15% (DDS/UDP/IP headers take ~5%, and this 2-core
+        # every single link within 25% (DDS/UDP/IP headers take ~5%, and this 2-core
         # machine is shared: a receiver stalled by another process mis-times a burst).
         median = float(np.median(list(rates.values())))
         assert abs(median - SHAPED_MBIT) <= RATE_TOLERANCE * SHAPED_MBIT, rates
@@ -417,7 +417,7 @@ def test_namespaces_measured_rates_and_a_throttled_link(tiny, tmp_path, namespac
         namespaces.shape("robot2", THROTTLED_MBIT)
         throttled = _wait_for("a plan after throttling robot2's link", lambda: next(
             (p for p in _plans(records) if p["version"] > plan["version"]
-             and p["reason"] == "rate change" and 2 not in p["devices"]), None), 40.0, pipeline)
+             and p["reason"] == "rate change" and 2 not in p["devices"]), None), 60.0, pipeline)
         assert any(d == 1 for d in throttled["devices"]), throttled
         _check_outputs(tiny, _wait_for("predictions under the new plan", lambda: _predictions(
             records, throttled["version"])[:3], 20.0, pipeline))

@@ -55,9 +55,14 @@ PROBE_TOPIC_FORMAT = "{}/link_probe"
 
 
 def probe_qos(depth: int) -> QoSProfile:
-    """RELIABLE, KEEP_LAST ``depth``: a whole burst fits in the history, none is dropped."""
-    return QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
-                      depth=depth)
+    """BEST_EFFORT, KEEP_LAST ``depth`` (a whole burst fits in the history).
+
+    Best effort because a probe measures what the link delivers: on an overloaded link,
+    reliable retransmissions of long bursts would fill its queue (round trips of seconds),
+    starve the activations and never let a burst finish.
+    """
+    return QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT,
+                      history=HistoryPolicy.KEEP_LAST, depth=depth)
 
 
 class LinkProbeNode(Node):
