@@ -15,14 +15,14 @@ receiver's ``<robot>/link_probe`` topic (``LinkProbe`` messages):
   middleware's reception timestamps.
 
 The bursts take about ``burst_s / burst_period_s`` (10% by default) of each robot's uplink,
-at least ``min_burst_count x burst_bytes x 8 / burst_period_s`` bits/s (0.5 Mbit/s); on a
-link slower than that the bursts queue up and stop completing, and the last measurement
-stays in use.
+at least ``min_burst_count x burst_bytes x 8 / burst_period_s`` bits/s (0.5 Mbit/s). Probes
+are best effort: when a link slows down, a burst sized for the old rate overflows its queue
+and loses its tail; what arrived still times the link (the burst is closed when the next
+one starts), and the next bursts are sized for the new rate.
 
 Every ``publish_period_s`` it publishes, per peer, a ``LinkMeasurement`` on
 ``link_measurements``: the rate from the peer to this robot (measured here, as receiver)
-and the round-trip time to it, each the median of the last ``window`` samples. Keep a burst
-below the link's queue (``tc tbf`` latency x rate) so it measures the link, not drops.
+and the round-trip time to it, each the median of the last ``window`` samples.
 
 Probes addressed to another robot, from an unknown peer or with inconsistent fields are
 logged (throttled), counted and ignored.
