@@ -310,7 +310,8 @@ def _figures(results, datasets: list[str], out: Path) -> list[str]:
             draw(ax, dataset)
             ax.set_title(dataset)
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7)
+        if axes[0][0].get_legend_handles_labels()[0]:  # nothing drawn, nothing to label
+            axes[0][0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / name, dpi=90)
         plt.close(fig)
