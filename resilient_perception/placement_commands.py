@@ -134,7 +134,7 @@ def cmd_placement_sweep(args: argparse.Namespace) -> int:
                          f"{args.out / 'raw'} and {kept}, or choose another --out")
     save_profile(kept, profile)
     paths = run_sweep(network, args.out, args.experiments, args.solvers, args.seeds,
-                      args.time_limit, args.ga_generations)
+                      args.work_limit, args.ga_generations)
     print(f"{len(paths)} run results in {args.out / 'raw'}")
     write_report(args.out, f"{args.profile} ({profile.model})")
     print(f"wrote {args.out / 'tables.md'}")
@@ -177,11 +177,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--solvers", nargs="+", choices=list(SOLVERS), default=list(SOLVERS),
                    help="default all three")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="default 0 1")
-    p.add_argument("--time-limit", type=_positive_float, default=5.0,
-                   help="seconds per solve and time step (default 5)")
-    p.add_argument("--ga-generations", type=int, default=1000,
-                   help="most GA generations (population 100); the time limit usually stops "
-                   "it first (default 1000)")
+    p.add_argument("--work-limit", type=_positive_float, default=2.0,
+                   help="CP-SAT deterministic seconds per solve and time step; every solver "
+                   "also stops after 10x that in wall time (default 2)")
+    p.add_argument("--ga-generations", type=int, default=500,
+                   help="GA generations, population 100 (default 500: about as long as "
+                   "CP-SAT's default work limit on 10 devices)")
     p.set_defaults(func=cmd_placement_sweep)
 
     p = sub.add_parser("placement-report", help=cmd_placement_report.__doc__,

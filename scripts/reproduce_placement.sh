@@ -12,4 +12,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 profile="${1:-docs/results/resnet/plain/profile.json}"
 nice -n 10 resilient-perception placement-sweep --profile "$profile" \
-  --out docs/results/placement --seeds 0 1 --time-limit 5
+  --out docs/results/placement --seeds 0 1 --work-limit 2 --ga-generations 500

@@ -280,7 +280,7 @@ def test_a_sweep_run_and_its_report(tmp_path, real_profile_problems):
     _, base = EXPERIMENTS["weights"]["points"][2]
     setting = dataclasses.replace(base, n_devices=4, fixed_requests=1, rounds=2)
     for solver in ("cpsat", "ga"):
-        run = run_one(network, setting, solver, seed=0, time_limit=10, ga_generations=20)
+        run = run_one(network, setting, solver, seed=0, work_limit=5, ga_generations=20)
         assert [s["requests"] for s in run["steps"]] == [1, 1]
         assert all(s["metrics"]["feasible"] for s in run["steps"])
         assert run["accuracy_threshold"] == pytest.approx(0.8 / 0.9473 * 0.9)

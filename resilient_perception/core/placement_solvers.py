@@ -297,7 +297,7 @@ def cpsat_tolerance(problem: Problem) -> float:
 
 
 def _cpsat(model: _Model, time_limit: float, workers: int, seed: int, with_objective: bool,
-           hint: np.ndarray | None = None):
+           hint: np.ndarray | None = None, work_limit: float | None = None):
     from ortools.sat.python import cp_model
 
     program = model.program
@@ -328,6 +328,8 @@ def _cpsat(model: _Model, time_limit: float, workers: int, seed: int, with_objec
             cp.add_hint(v, bool(value))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(float(time_limit), 0.01)
+    if work_limit is not None:
+        solver.parameters.max_deterministic_time = float(work_limit)
     solver.parameters.num_workers = workers
     solver.parameters.random_seed = seed
     # The full linear relaxation inside the search gives much better bounds on this problem
@@ -346,8 +348,13 @@ def _cpsat(model: _Model, time_limit: float, workers: int, seed: int, with_objec
 
 
 def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
-                seed: int = 0, warm_start: bool = True) -> SolveResult:
+                seed: int = 0, warm_start: bool = True,
+                work_limit: float | None = None) -> SolveResult:
     """Solve exactly with CP-SAT (``workers`` search threads).
+
+    ``time_limit`` is wall-clock seconds; ``work_limit`` optionally also stops the search
+    after that much CP-SAT *deterministic* time (about a second of one core each, but the
+    same on a loaded machine: with one worker, results are reproducible).
 
     With ``warm_start`` the better of the relaxation + Algorithm 1 plan (its linear program
     gets at most half the time limit) and Algorithm 1 without the relaxation is CP-SAT's
@@ -370,7 +377,8 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
             start = starts[min(feasible)[1]]
             hint = _encode(problem, model, start)
     budget = time_limit - (time.monotonic() - started)
-    status, values, bound = _cpsat(model, budget, workers, seed, with_objective=True, hint=hint)
+    status, values, bound = _cpsat(model, budget, workers, seed, with_objective=True, hint=hint,
+                                   work_limit=work_limit)
     plan = None if values is None else _decode(model, values)
     if plan is None and start is not None and status == "unknown":
         # The time limit ran out before CP-SAT's first solution: its warm start stands.
