@@ -81,13 +81,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
           f"{len(todo)} to do, cache {runs}")
     if todo and not args.report_only:
         run_protocol(protocol, runs, args.data_root)
-    command = " ".join([
+    command = " ".join(filter(None, [
         "resilient-perception reproduce", f"--datasets {','.join(args.datasets)}",
+        f"--methods {','.join(args.methods)}" if args.methods else "",
         f"--seeds {len(protocol.seeds)}", "--quick" if args.quick else "",
         f"--baseline-seeds {args.baseline_seeds}" if args.baseline_seeds else "",
         f"--precision {args.precision}",
         f"--epochs {','.join(f'{d}={p.epochs}' for d, p in protocol.datasets.items())}",
-    ]).replace("  ", " ")
+    ]))
     summary = write_report(protocol, runs, out, command)
     print(f"wrote {out / 'tables.md'} ({summary['runs_done']} of {summary['runs']} runs)")
     return 0
