@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -168,7 +169,9 @@ def run_pipeline_benchmark(
     deadline, frame_timeout = float(shared["deadline"]), float(fusion["frame_timeout"])
     result: dict = {
         "machine": {"cpu": platform.processor() or platform.machine(),
-                    "cores": psutil.cpu_count(), "python": platform.python_version()},
+                    "cores": psutil.cpu_count(), "python": platform.python_version(),
+                    # other load skews every timing here: record it
+                    "load_average_1min_start": os.getloadavg()[0]},
         "config": {"rate_hz": rate_hz, "cameras": n_cameras, "deadline_s": deadline,
                    "frame_timeout_s": frame_timeout, "steady_s": steady_s},
     }
@@ -236,6 +239,7 @@ def run_pipeline_benchmark(
         bench.observer.close()
     emit("Modifier cost ...")
     result["modifier_cost"] = measure_modifier_cost(onnx_pattern, n_cameras)
+    result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
     (out_dir / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "benchmark.md").write_text(markdown_report(result))
     return result
@@ -257,8 +261,10 @@ def markdown_report(result: dict) -> str:
         f"# Pipeline benchmark: {cfg['cameras']} cameras at {cfg['rate_hz']:g} Hz, every node "
         "a process",
         "",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores. Raw data: "
-        "`benchmark.json`.",
+        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, 1-minute "
+        f"load average {result['machine']['load_average_1min_start']:.1f} at the start and "
+        f"{result['machine']['load_average_1min_end']:.1f} at the end (the pipeline itself "
+        "adds about 1). Raw data: `benchmark.json`.",
         "",
         "| measure | target | measured |",
         "|---|---|---|",
