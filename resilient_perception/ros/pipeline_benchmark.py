@@ -263,8 +263,8 @@ def markdown_report(result: dict) -> str:
         "",
         f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, 1-minute "
         f"load average {result['machine']['load_average_1min_start']:.1f} at the start and "
-        f"{result['machine']['load_average_1min_end']:.1f} at the end (the pipeline itself "
-        "adds about 1). Raw data: `benchmark.json`.",
+        f"{result['machine']['load_average_1min_end']:.1f} at the end (the pipeline's own "
+        "processes included). Raw data: `benchmark.json`.",
         "",
         "| measure | target | measured |",
         "|---|---|---|",
