@@ -85,6 +85,10 @@ def _pairs(study: dict) -> list[dict]:
     return [row for row in study["table2"] if " " in str(row["dropped"])]
 
 
+def _relative_threshold() -> float:
+    return PAPER["table2_threshold"] / PAPER["clean_accuracy"]
+
+
 def degradation_summary(study: dict) -> dict:
     """Clean accuracy and mean/min accuracy over single DC, single SC and DC pair drops."""
     dc = [row["dc_dropped_accuracy"] for row in study["table1"]]
@@ -99,6 +103,8 @@ def degradation_summary(study: dict) -> dict:
         "dc_within_1pt": sum(clean - a <= 0.01 for a in dc),
         "pairs_within_1pt": sum(clean - a <= 0.01 for a in pairs),
         "pairs_above_threshold": sum(a > PAPER["table2_threshold"] for a in pairs),
+        # The paper's 80% kept 80 / 94.73 of its clean accuracy; the same share of ours.
+        "pairs_above_relative": sum(a > clean * _relative_threshold() for a in pairs),
         "n_blocks": len(dc), "n_pairs": len(pairs),
         "sc_worse_than_dc": sum(s < d for s, d in zip(sc, dc, strict=True)),
     }
@@ -152,7 +158,8 @@ def _findings(studies: dict[str, dict], summaries: dict[str, dict]) -> list[str]
     lines = []
     for name, s in summaries.items():
         table1 = studies[name]["table1"]
-        worst = sorted(table1, key=lambda r: r["dc_dropped_accuracy"])[:3]
+        by_accuracy = sorted(table1, key=lambda r: r["dc_dropped_accuracy"])
+        worst, safest = by_accuracy[:3], by_accuracy[:-4:-1]
         projection_dc = [r["dc_dropped_accuracy"] for r in table1 if r["has_projection"]]
         identity_dc = [r["dc_dropped_accuracy"] for r in table1 if not r["has_projection"]]
         lines += [
@@ -164,11 +171,16 @@ def _findings(studies: dict[str, dict], summaries: dict[str, dict]) -> list[str]
             f"  {s['dc_within_1pt']} of {s['n_blocks']} single DC drops stay within 1 point "
             f"of the clean {_pct(s['clean'])}%; the most harmful are "
             + ", ".join(f"{r['name']} ({_pct(r['dc_dropped_accuracy'])}%)" for r in worst)
+            + ", the safest "
+            + ", ".join(f"{r['name']} ({_pct(r['dc_dropped_accuracy'])}%)" for r in safest)
             + f". Mean accuracy with DC dropped: projection (first-of-stage) blocks "
             f"{_pct(mean(projection_dc))}%, identity blocks {_pct(mean(identity_dc))}%.",
             f"  {s['pairs_above_threshold']} of {s['n_pairs']} pairs stay above the paper's "
-            f"{_pct(PAPER['table2_threshold'])}% Table II threshold; "
-            f"{s['pairs_within_1pt']} stay within 1 point of clean.",
+            f"{_pct(PAPER['table2_threshold'])}% Table II threshold, "
+            f"{s['pairs_above_relative']} above the same share of our clean accuracy "
+            f"({_pct(_relative_threshold())}% of it, as 80% is of the paper's "
+            f"{_pct(PAPER['clean_accuracy'])}%); {s['pairs_within_1pt']} stay within 1 point "
+            "of clean.",
         ]
     return lines
 
@@ -201,9 +213,10 @@ def report_markdown(studies: dict[str, dict], figure: str | None = None) -> str:
         "16 bottleneck blocks (3-4-6-3, expansion 4) and train from scratch on 32x32 images "
         "with a 3x3 stem and no max pooling (stages at 32, 16, 8 and 4 pixels), on a CPU. "
         "Compute grows with the square of the width, so the base width is chosen for the "
-        "training budget: a few minutes per epoch on one thread of a 2-core machine"
-        + (f" (measured here: {mean(h['seconds'] for h in first['history']):.0f} s per "
-           "epoch including the test pass, with other jobs sharing the CPU)"
+        "training budget: a few minutes per epoch on one idle thread. On the 2-core "
+        "machine these runs shared (two trainings niced beside other jobs)"
+        + (f", an epoch including the test pass took "
+           f"{mean(h['seconds'] for h in first['history']):.0f} s on average"
            if first["history"] else "") + ".",
         "",
         *_width_choice(first),
@@ -213,12 +226,14 @@ def report_markdown(studies: dict[str, dict], figure: str | None = None) -> str:
         "## How gracefully each model degrades",
         "",
         "| model | clean | mean 1 DC drop | worst 1 DC drop | mean 1 SC drop "
-        "| mean DC pair | worst DC pair | pairs > 80% |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mean DC pair | worst DC pair | pairs > 80% | pairs > "
+        f"{_pct(_relative_threshold())}% of clean |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [f"| {name} | {_pct(s['clean'])} | {_pct(s['dc_mean'])} | {_pct(s['dc_min'])} "
               f"| {_pct(s['sc_mean'])} | {_pct(s['pair_mean'])} | {_pct(s['pair_min'])} "
-              f"| {s['pairs_above_threshold']} of {s['n_pairs']} |"
+              f"| {s['pairs_above_threshold']} of {s['n_pairs']} "
+              f"| {s['pairs_above_relative']} of {s['n_pairs']} |"
               for name, s in summaries.items()]
     if len(names) >= 2:
         base, other = summaries[names[0]], summaries[names[1]]
@@ -318,7 +333,7 @@ def plot_dc_accuracy(studies: dict[str, dict], path: Path) -> Path:
                         for row in studies[names[0]]["table1"]], rotation=45, ha="right")
     ax.set_ylabel("test accuracy % (block's DC dropped)")
     ax.set_ylim(0, 100)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", ncols=2)
     ax.set_title("CIFAR-10 accuracy with one residual branch dropped (dashed: clean)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
