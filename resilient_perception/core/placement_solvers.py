@@ -376,12 +376,22 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
         if feasible:
             start = starts[min(feasible)[1]]
             hint = _encode(problem, model, start)
+    if hint is None:
+        # No warm start: look for any feasible plan first (without the objective CP-SAT
+        # finds one, or proves there is none, much sooner) and optimise from it.
+        budget = time_limit - (time.monotonic() - started)
+        status, values, _ = _cpsat(model, budget, workers, seed, with_objective=False,
+                                   work_limit=work_limit)
+        if status == "infeasible":
+            return _result("cpsat", problem, None, "infeasible", float("nan"), started)
+        if values is not None:
+            start, hint = _decode(model, values), values
     budget = time_limit - (time.monotonic() - started)
     status, values, bound = _cpsat(model, budget, workers, seed, with_objective=True, hint=hint,
                                    work_limit=work_limit)
     plan = None if values is None else _decode(model, values)
     if plan is None and start is not None and status == "unknown":
-        # The time limit ran out before CP-SAT's first solution: its warm start stands.
+        # The time limit ran out before a better solution: the starting plan stands.
         plan, status = start, "feasible"
     # Both are lower bounds: CP-SAT's (of the rounded objective, so up to the tolerance
     # below the true one) and the relaxation's.
