@@ -306,6 +306,12 @@ def _instance_gaps(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _mean(values: list[float]) -> float:
+    """Mean of the values that are not NaN (NaN if none: no plan at that point)."""
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def _figure(rows: list[dict], experiment: str, path: Path) -> None:
     import matplotlib
 
@@ -320,7 +326,7 @@ def _figure(rows: list[dict], experiment: str, path: Path) -> None:
             xs = sorted({r["x"] for r in rows if r["solver"] == solver})
             if not xs:
                 continue
-            means = [np.nanmean([r[key] for r in rows if r["solver"] == solver and r["x"] == x])
+            means = [_mean([r[key] for r in rows if r["solver"] == solver and r["x"] == x])
                      for x in xs]
             ax.plot(xs, means, marker="o", label=SOLVER_LABEL[solver])
         ax.set_xlabel(EXPERIMENTS[experiment]["x"])
