@@ -130,7 +130,8 @@ def test_every_labelled_frame_is_fused_from_all_six_devices(checkpoint, mnist_vi
 
     from resilient_perception.core.model import views_to_float
 
-    overrides = {"player": {"count": COUNT, "on_end": "shutdown"}}
+    overrides = {"player": {"count": COUNT, "on_end": "shutdown",
+                            "wait_for_label_subscribers": 1}}
     with (Observer(domain_id=DOMAIN_ID) as observer,
           Pipeline.from_config(MNIST_CONFIG, model_path=checkpoint, overrides=overrides,
                                log_dir=tmp_path, domain_id=DOMAIN_ID) as pipeline):

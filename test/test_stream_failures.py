@@ -71,7 +71,8 @@ def onnx_models(briefly_trained_model, tmp_path_factory) -> Path:
 def test_kill_two_cameras_and_restart_one_mid_stream(onnx_models, briefly_trained_model,
                                                      mnist_views, tmp_path):
     period = 1.0 / RATE_HZ
-    overrides = {"player": {"count": MAX_FRAMES, "rate_hz": RATE_HZ}}
+    overrides = {"player": {"count": MAX_FRAMES, "rate_hz": RATE_HZ,
+                            "wait_for_label_subscribers": 1}}
     kills: dict[int, tuple[float, float]] = {}  # device -> (wall, monotonic) of the kill
     with (Observer(domain_id=DOMAIN_ID) as observer,
           Pipeline.from_config(MNIST_CONFIG, model_path=onnx_models, overrides=overrides,

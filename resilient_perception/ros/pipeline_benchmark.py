@@ -116,6 +116,7 @@ class _Bench:
         name = f"player_{self._players}"
         player = Pipeline([NodeSpec(name, "player_node", {
             "num_cameras": self.n, "rate_hz": rate_hz, "count": count, "on_end": "shutdown",
+            "wait_for_label_subscribers": 1,
             "start_index": (self._players * 997) % 5000})], self.config, log_dir=self.log_dir)
         start_ns = time.time_ns()
         labels0 = self.monitor.labels()

@@ -27,7 +27,9 @@ the split), repeated forever with ``loop``. Before them, ``warmup_frames`` frame
 first played image are published *without* a label: the fusion node does not wait for a
 device it has never heard from, so a scoring run lets every device be heard once before
 the first labelled frame. With ``wait_for_subscribers`` the player waits until every
-image topic has that many subscribers before its first frame. After the last frame it
+image topic has that many subscribers before its first frame, and with
+``wait_for_label_subscribers`` until the label topic has that many (a scorer started with
+the pipeline must not miss the first labels). After the last frame it
 stops publishing, or with ``on_end: shutdown`` waits until its messages are acknowledged
 and exits with code 0.
 """
@@ -151,6 +153,9 @@ class PlayerNode(Node):
         self.declare_parameter("wait_for_subscribers", 0, descriptor(
             "Before the first frame, wait until every image topic has this many "
             "subscribers; 0 = start at once.", i, (0, 1000)))
+        self.declare_parameter("wait_for_label_subscribers", 0, descriptor(
+            "Before the first frame, also wait until the FrameLabel topic has this many "
+            "subscribers (a scorer); 0 = do not wait.", i, (0, 1000)))
         self.declare_parameter("image_topic_format", "camera_{}/image_raw", descriptor(
             "Image topic of camera i: format(i).", s))
         self.declare_parameter("frame_id_format", "camera_{}", descriptor(
@@ -166,7 +171,8 @@ class PlayerNode(Node):
 
         p = {name: self.get_parameter(name).value for name in (
             "dataset", "data_dir", "split", "num_cameras", "rate_hz", "start_index", "count",
-            "loop", "warmup_frames", "wait_for_subscribers", "image_topic_format",
+            "loop", "warmup_frames", "wait_for_subscribers", "wait_for_label_subscribers",
+            "image_topic_format",
             "frame_id_format", "label_topic", "encoding", "on_end")}
         for name, allowed in (("encoding", ("", *ENCODINGS)), ("on_end", ON_END)):
             if p[name] not in allowed:
@@ -194,6 +200,7 @@ class PlayerNode(Node):
         self.num_cameras, self.encoding = p["num_cameras"], p["encoding"]
         self.frame_ids = [p["frame_id_format"].format(cam) for cam in range(self.num_cameras)]
         self.wait_for_subscribers, self.on_end = p["wait_for_subscribers"], p["on_end"]
+        self.wait_for_label_subscribers = p["wait_for_label_subscribers"]
         self._frames = _schedule(p["start_index"], stop, p["loop"], p["warmup_frames"])
         self.published = 0  # labelled frames published so far
         self._started = False  # the first frame is out (no more waiting for subscribers)
@@ -216,7 +223,8 @@ class PlayerNode(Node):
     def _on_tick(self) -> None:
         if not self._started:
             if any(pub.get_subscription_count() < self.wait_for_subscribers
-                   for pub in self._image_pubs):
+                   for pub in self._image_pubs) or (
+                    self._label_pub.get_subscription_count() < self.wait_for_label_subscribers):
                 return
             self._started = True
         item = next(self._frames, None)
