@@ -52,3 +52,24 @@ def briefly_trained_model(mnist_views):
         opt.step()
     torch.set_num_threads(threads)
     return net.eval()
+
+
+@pytest.fixture(scope="session")
+def briefly_trained_checkpoint(briefly_trained_model, tmp_path_factory):
+    """:func:`briefly_trained_model` saved as a training checkpoint (MNIST 3x2 grid)."""
+    from resilient_perception.core.checkpoint import save_checkpoint
+
+    folder = tmp_path_factory.mktemp("briefly_trained")
+    return save_checkpoint(folder / "model.safetensors", briefly_trained_model, {
+        "view_spec": ViewSpec(kind="grid").to_dict(), "classes": [str(k) for k in range(10)],
+        "dataset": "mnist"})
+
+
+@pytest.fixture(scope="session")
+def briefly_trained_onnx(briefly_trained_checkpoint) -> str:
+    """The checkpoint's six devices exported to ONNX: the path pattern ``.../device_{}.onnx``."""
+    from resilient_perception.core.export import export_checkpoint
+
+    folder = briefly_trained_checkpoint.parent / "onnx"
+    export_checkpoint(briefly_trained_checkpoint, folder)
+    return str(folder / "device_{}.onnx")

@@ -339,19 +339,14 @@ def stamp_of(msg) -> int:
 
 
 @pytest.fixture(scope="module")
-def live_runs(mnist, briefly_trained_model, tmp_path_factory):
+def live_runs(mnist, briefly_trained_checkpoint, tmp_path_factory):
     """One pipeline (fusion + 6 cameras), fed twice from one bag by replay_node, recorded.
 
     Run "full" plays every camera; run "dropped" excludes camera 3's topic. Each run has its
     own recorder_node (stopped with SIGINT and SIGTERM respectively) writing its own bag.
     """
-    from resilient_perception.core.checkpoint import save_checkpoint
-    from resilient_perception.core.views import ViewSpec
-
     folder = tmp_path_factory.mktemp("live_bags")
-    checkpoint = save_checkpoint(folder / "model.safetensors", briefly_trained_model, {
-        "view_spec": ViewSpec(kind="grid").to_dict(), "classes": [str(k) for k in range(10)],
-        "dataset": "mnist"})
+    checkpoint = briefly_trained_checkpoint
     frames = list(dataset_frames(mnist, range(COUNT), 6, LIVE_RATE, START_NS))
     write_frames(folder / "camera_bag", frames, 6, "mcap", {"rate_hz": f"{LIVE_RATE:g}"})
     replay = {"bag_path": str(folder / "camera_bag"), "warmup_frames": WARMUP,

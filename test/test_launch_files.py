@@ -25,8 +25,6 @@ from launch.launch_description import LaunchDescription  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from resilient_perception.core.checkpoint import save_checkpoint  # noqa: E402
-from resilient_perception.core.views import ViewSpec  # noqa: E402
 from resilient_perception.ros.image_conversion import array_to_image  # noqa: E402
 from resilient_perception.ros.pipeline import Observer  # noqa: E402
 from resilient_perception.ros.player_node import label_qos  # noqa: E402
@@ -45,11 +43,8 @@ def localhost_only(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(briefly_trained_model, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("launch_model")
-    return save_checkpoint(folder / "model.safetensors", briefly_trained_model, {
-        "view_spec": ViewSpec(kind="grid").to_dict(), "classes": [str(k) for k in range(10)],
-        "dataset": "mnist"})
+def checkpoint(briefly_trained_checkpoint) -> Path:
+    return briefly_trained_checkpoint
 
 
 def include(launch_file: str, **arguments: str) -> LaunchDescription:

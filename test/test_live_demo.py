@@ -12,9 +12,6 @@ pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
 pytest.importorskip("resilient_perception.msg", reason="messages not built: run scripts/setup.sh")
 
 from resilient_perception.cli import main  # noqa: E402
-from resilient_perception.core.checkpoint import save_checkpoint  # noqa: E402
-from resilient_perception.core.export import export_checkpoint  # noqa: E402
-from resilient_perception.core.views import ViewSpec  # noqa: E402
 from resilient_perception.ros.live_demo import (  # noqa: E402
     FailureEvent,
     demo_nodes,
@@ -62,14 +59,10 @@ live = pytest.mark.skipif(not (LIB / "player_node").is_file(),
 
 
 @pytest.fixture
-def onnx_models(briefly_trained_model, tmp_path, monkeypatch) -> str:
+def onnx_models(briefly_trained_onnx, monkeypatch) -> str:
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     monkeypatch.setenv("ROS_DOMAIN_ID", str((os.getpid() + 29) % 90 + 110))
-    checkpoint = save_checkpoint(tmp_path / "model.safetensors", briefly_trained_model, {
-        "view_spec": ViewSpec(kind="grid").to_dict(), "classes": [str(k) for k in range(10)],
-        "dataset": "mnist"})
-    export_checkpoint(checkpoint, tmp_path / "onnx")
-    return str(tmp_path / "onnx" / "device_{}.onnx")
+    return briefly_trained_onnx
 
 
 @pytest.mark.ros

@@ -21,8 +21,6 @@ msgs = pytest.importorskip(
     "resilient_perception.msg", reason="messages not built: run scripts/setup.sh"
 )
 
-from resilient_perception.core.checkpoint import save_checkpoint  # noqa: E402
-from resilient_perception.core.views import ViewSpec  # noqa: E402
 from resilient_perception.ros.pipeline import (  # noqa: E402
     NodeSpec,
     Observer,
@@ -56,11 +54,8 @@ def localhost_only(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(briefly_trained_model, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("pipeline_model")
-    return save_checkpoint(folder / "model.safetensors", briefly_trained_model, {
-        "view_spec": ViewSpec(kind="grid").to_dict(), "classes": [str(k) for k in range(10)],
-        "dataset": "mnist"})
+def checkpoint(briefly_trained_checkpoint) -> Path:
+    return briefly_trained_checkpoint
 
 
 def test_command_lines_are_the_launch_files(tmp_path):

@@ -29,11 +29,8 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
 pytest.importorskip("resilient_perception.msg", reason="messages not built: run scripts/setup.sh")
 
-from resilient_perception.core.checkpoint import save_checkpoint  # noqa: E402
 from resilient_perception.core.evaluation import device_outputs  # noqa: E402
-from resilient_perception.core.export import export_checkpoint  # noqa: E402
 from resilient_perception.core.stream_score import offline_predictions  # noqa: E402
-from resilient_perception.core.views import ViewSpec  # noqa: E402
 from resilient_perception.ros.pipeline import Observer, Pipeline, package_prefix  # noqa: E402
 from resilient_perception.ros.stream_monitor import StreamMonitor  # noqa: E402
 
@@ -58,24 +55,14 @@ def localhost_only(monkeypatch):
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
 
-@pytest.fixture(scope="module")
-def onnx_models(briefly_trained_model, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("stream_model")
-    checkpoint = save_checkpoint(folder / "model.safetensors", briefly_trained_model, {
-        "view_spec": ViewSpec(kind="grid").to_dict(), "classes": [str(k) for k in range(10)],
-        "dataset": "mnist"})
-    export_checkpoint(checkpoint, folder / "onnx")
-    return folder / "onnx" / "device_{}.onnx"
-
-
-def test_kill_two_cameras_and_restart_one_mid_stream(onnx_models, briefly_trained_model,
+def test_kill_two_cameras_and_restart_one_mid_stream(briefly_trained_onnx, briefly_trained_model,
                                                      mnist_views, tmp_path):
     period = 1.0 / RATE_HZ
     overrides = {"player": {"count": MAX_FRAMES, "rate_hz": RATE_HZ,
                             "wait_for_label_subscribers": 1}}
     kills: dict[int, tuple[float, float]] = {}  # device -> (wall, monotonic) of the kill
     with (Observer(domain_id=DOMAIN_ID) as observer,
-          Pipeline.from_config(MNIST_CONFIG, model_path=onnx_models, overrides=overrides,
+          Pipeline.from_config(MNIST_CONFIG, model_path=briefly_trained_onnx, overrides=overrides,
                                log_dir=tmp_path, domain_id=DOMAIN_ID) as pipeline):
         monitor = StreamMonitor(observer, {"fused": "perception/fused"}, n_devices=6)
         score = monitor.scores["fused"]
