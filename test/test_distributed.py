@@ -419,8 +419,10 @@ def test_namespaces_measured_rates_and_a_throttled_link(tiny, tmp_path, namespac
             (p for p in _plans(records) if p["version"] > plan["version"]
              and p["reason"] == "rate change" and 2 not in p["devices"]), None), 60.0, pipeline)
         assert any(d == 1 for d in throttled["devices"]), throttled
-        _check_outputs(tiny, _wait_for("predictions under the new plan", lambda: _predictions(
-            records, throttled["version"])[:3], 20.0, pipeline))
+        # Rate changes may re-plan again right away; any later plan off robot2 counts.
+        _check_outputs(tiny, _wait_for("predictions under a plan off robot2", lambda: [
+            p for p in _predictions(records) if p["plan_version"] >= throttled["version"]
+            and 2 not in p["unit_robots"]][:3], 20.0, pipeline))
         slow = {k: v["throughput_bps"] / 1e6 for k, v in latest_links().items()
                 if "robot2" in k}
         print("measured Mbit/s on robot2's links after throttling to 2 Mbit/s:", slow)
