@@ -217,14 +217,7 @@ def _reference(tiny, request_id: int, unit_robots: list[int]) -> np.ndarray:
 
 
 def _wait_for(what: str, condition, timeout: float, pipeline):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        pipeline.check()
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}\n{pipeline.log_tails()}")
+    return pipeline.wait_until(condition, what, timeout)
 
 
 def _plans(records: Path) -> list[dict]:

@@ -42,18 +42,6 @@ PLACEMENTS = {"monolithic": "monolithic", "heuristic": "heuristic", "exact": "cp
 """Benchmark row -> planner ``solver``."""
 
 
-def _wait(what: str, condition, timeout: float, pipeline: Pipeline):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        pipeline.check()
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}; node logs in "
-                       f"{pipeline.log_dir}")
-
-
 def _run(name: str, args: argparse.Namespace, network: NamespaceFleet, robots: list[str],
          source: str, gmacs: list[float], kill: bool) -> dict:
     log_dir = args.log_dir / name
@@ -78,9 +66,9 @@ def _run(name: str, args: argparse.Namespace, network: NamespaceFleet, robots: l
                       for r in read_records(records, "link")}
             return len(counts) == n_links and min(counts.values()) >= 5
 
-        _wait("a plan on every robot", lambda: any(
-            all(p["alive"]) for p in read_records(records, "plan")), 120.0, pipeline)
-        _wait("every link measured 5 times", measured, 120.0, pipeline)
+        pipeline.wait_until(lambda: any(all(p["alive"]) for p in read_records(records, "plan")),
+                            "a plan on every robot", 120.0)
+        pipeline.wait_until(measured, "every link measured 5 times", 120.0)
         time.sleep(1.0)  # the planner's re-plan on the measured rates
         plan = read_records(records, "plan")[-1]
         version = plan["version"]
@@ -104,12 +92,13 @@ def _run(name: str, args: argparse.Namespace, network: NamespaceFleet, robots: l
                 killed_at = time.monotonic()
                 for node in (f"stage_{victim}", f"probe_{victim}"):
                     pipeline.signal(node, signal.SIGKILL)
-                new = _wait("a plan without the killed robot", lambda: next(
+                new = pipeline.wait_until(lambda: next(
                     (p for p in read_records(records, "plan") if p["reason"] == "robot lost"),
-                    None), 30.0, pipeline)
-                first = _wait("a request under the new plan", lambda: next(
+                    None), "a plan without the killed robot", 30.0)
+                first = pipeline.wait_until(lambda: next(
                     (p for p in read_records(records, "prediction")
-                     if p["plan_version"] == new["version"]), None), 30.0, pipeline)
+                     if p["plan_version"] == new["version"]), None),
+                    "a request under the new plan", 30.0)
                 result["death"] = {"robot": victim, "new_plan_s": new["t"] - killed_at,
                                    "first_request_s": first["t"] - killed_at,
                                    "new_plan": new}

@@ -397,6 +397,24 @@ class Pipeline:
         self._start(name)
         return self
 
+    def wait_until(self, condition: Callable[[], T], what: str, timeout: float,
+                   period: float = 0.05) -> T:
+        """Poll ``condition()`` (e.g. files the nodes write) until truthy; return its value.
+
+        Raises:
+            TimeoutError: After ``timeout`` s, with the nodes' log tails.
+            PipelineError: If a node exited with an error meanwhile (:meth:`check`).
+        """
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            value = condition()
+            if value:
+                return value
+            self.check()
+            time.sleep(period)
+        raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}\n"
+                           f"{self.log_tails()}")
+
     def check(self) -> None:
         """Raise if a node exited with an error that this object did not cause.
 
