@@ -240,9 +240,23 @@ def _check_outputs(tiny, predictions: list[dict]) -> None:
         assert prediction["label"] == int(np.argmax(expected))
 
 
-def _send_bad_activations(domain_id: int, robot: str) -> None:
-    """Publish a truncated tensor, an unknown plan version and a NaN tensor to a stage, and
-    a measurement of an unknown robot's link to the planner."""
+def _counters(arrays, node: str) -> dict[str, str] | None:
+    """The newest counters a node put on /diagnostics (:func:`publish_counters`)."""
+    for array in reversed(arrays):
+        for status in array.status:
+            if status.name == node:
+                return {v.key: v.value for v in status.values}
+    return None
+
+
+def _send_bad_messages(pipeline, domain_id: int, robot: str) -> tuple[int, int]:
+    """Send bad messages until the stage's and planner's counters show them rejected.
+
+    A truncated tensor, an unknown plan version and a NaN tensor go to the robot's stage, a
+    measurement of an unknown robot's link to the planner; returns (stage, planner)
+    rejections as counted on /diagnostics.
+    """
+    from diagnostic_msgs.msg import DiagnosticArray
     from resilient_perception.msg import ActivationTensor, LinkMeasurement
 
     from resilient_perception.ros.pipeline import Observer
@@ -257,19 +271,34 @@ def _send_bad_activations(domain_id: int, robot: str) -> None:
         ActivationTensor(plan_version=1, next_unit=1, shape=[1], dtype="float32",
                          data=np.array([np.nan], np.float32).tobytes()),
     ]
+    stage = f"stage_{robot}"
     with Observer("bad_sender", domain_id=domain_id) as observer:
+        diagnostics = observer.collect(DiagnosticArray, "/diagnostics")
         publisher = observer.node.create_publisher(
             ActivationTensor, ACTIVATION_TOPIC_FORMAT.format(robot), activation_qos())
         links = observer.node.create_publisher(LinkMeasurement, "link_measurements", 10)
-        observer.spin_until(lambda: publisher.get_subscription_count() > 0 and
-                            links.get_subscription_count() > 0, "stage and planner", 10.0)
-        for msg in bad:
-            publisher.publish(msg)
-        # The request node subscribes too: the planner may match a little later.
-        for _ in range(10):
+        before = observer.spin_until(lambda: _counters(diagnostics, stage), stage, 10.0,
+                                     pipeline)
+        stage_before = int(before["rejected"])
+
+        def rejected() -> tuple[int, int] | None:
+            # A writer may match before the reader does, and a volatile reader misses what
+            # came first: send again until the counts show the messages arrived.
+            for msg in bad:
+                publisher.publish(msg)
             links.publish(LinkMeasurement(from_robot="robot9", to_robot=robot,
                                           throughput_bps=1e6))
-            observer.spin_for(0.2)
+            observer.spin_for(0.3)
+            counts = _counters(diagnostics, stage), _counters(diagnostics, "planner")
+            if None in counts:
+                return None
+            stage_rejected = int(counts[0]["rejected"]) - stage_before
+            planner_rejected = int(counts[1]["rejected"])
+            return ((stage_rejected, planner_rejected)
+                    if stage_rejected >= len(bad) and planner_rejected >= 1 else None)
+
+        return observer.spin_until(rejected, "the stage and planner to count the bad messages",
+                                   20.0, pipeline)
 
 
 @pytest.mark.parametrize(("executable", "parameters"), [
@@ -314,10 +343,8 @@ def test_loopback_distributed_output_and_a_killed_stage(tiny, tmp_path, ros_env)
             records, plan["version"]), 30.0, pipeline)
         _check_outputs(tiny, first)
         assert all(p["bytes_sent"] > 0 for p in first)
-        _send_bad_activations(DOMAIN_ID, "robot1")
-        for node in ("stage_robot1", "planner"):
-            _wait_for(f"{node} to log the rejections", lambda node=node: "rejected" in (
-                tmp_path / "logs" / f"{node}.log").read_text(), 10.0, pipeline)
+        _send_bad_messages(pipeline, DOMAIN_ID, "robot1")
+        pipeline.check()  # both nodes still running
         done = len(_predictions(records))
         _wait_for("predictions after the bad messages", lambda: len(
             _predictions(records)) >= done + 3, 10.0, pipeline)

@@ -1,4 +1,4 @@
-"""Small helpers shared by the package's nodes (parameter descriptors, a main loop)."""
+"""Helpers shared by the package's nodes: descriptors, counters, a main loop."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-__all__ = ["THROTTLE_S", "descriptor", "run_node"]
+__all__ = ["DIAGNOSTICS_PERIOD_S", "THROTTLE_S", "descriptor", "publish_counters", "run_node"]
 
 # Period of throttled warnings about bad messages, seconds.
 THROTTLE_S = 5.0
+
+DIAGNOSTICS_PERIOD_S = 1.0
+"""Period of the counters that :func:`publish_counters` puts on ``/diagnostics``, s."""
 
 
 def descriptor(
@@ -38,6 +41,32 @@ def descriptor(
         result.floating_point_range = [
             FloatingPointRange(from_value=float_range[0], to_value=float_range[1], step=0.0)]
     return result
+
+
+def publish_counters(node: Any, hardware_id: str,
+                     counters: Callable[[], Mapping[str, object]]) -> None:
+    """Put ``counters()`` on ``/diagnostics`` every :data:`DIAGNOSTICS_PERIOD_S`.
+
+    One ``DiagnosticStatus`` named after the node, ``hardware_id`` as given. Warnings
+    about bad messages are throttled, so the counts (``rejected`` above all) are what
+    monitors and tests read. The level is WARN while ``rejected`` is non-zero.
+    """
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    publisher = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    def publish() -> None:
+        values = dict(counters())
+        rejected = int(values.get("rejected", 0))
+        array = DiagnosticArray(status=[DiagnosticStatus(
+            level=DiagnosticStatus.WARN if rejected else DiagnosticStatus.OK,
+            name=node.get_name(), hardware_id=hardware_id,
+            message=f"{rejected} messages rejected",
+            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])])
+        array.header.stamp = node.get_clock().now().to_msg()
+        publisher.publish(array)
+
+    node.create_timer(DIAGNOSTICS_PERIOD_S, publish)
 
 
 def run_node(

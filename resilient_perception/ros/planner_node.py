@@ -15,7 +15,8 @@ Measured rates replace the fleet file's (which are the starting values, used unt
 is measured). The problem is solved for the live robots only
 (:func:`..core.distributed.live_problem`); requests whose image is on a dead robot are
 left out. Measurements naming unknown robots or carrying non-finite rates are logged
-(throttled), counted and ignored.
+(throttled), counted and ignored. The counts (``plan_version``, ``rejected``, robots alive)
+are on ``/diagnostics`` every second.
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ from resilient_perception.core.link_estimation import relative_change
 from resilient_perception.core.placement import Network, evaluate_plan
 from resilient_perception.core.placement_solvers import SOLVERS, SolveResult, solve
 from resilient_perception.msg import LinkMeasurement, PlacementPlan
-from resilient_perception.ros.node_utils import THROTTLE_S, descriptor, run_node
+from resilient_perception.ros.node_utils import (
+    THROTTLE_S,
+    descriptor,
+    publish_counters,
+    run_node,
+)
 
 __all__ = ["HEARTBEAT_TOPIC_FORMAT", "MONOLITHIC", "PlannerNode", "main", "plan_qos"]
 
@@ -107,6 +113,9 @@ class PlannerNode(Node):
                                      lambda msg, i=i: self._on_heartbeat(i, msg), 10)
         self.create_subscription(LinkMeasurement, "link_measurements", self._on_link, 50)
         self.create_timer(0.02, self._check)
+        publish_counters(self, "planner", lambda: {
+            "plan_version": self.version, "rejected": self.rejected,
+            "alive": [self.names[i] for i in np.flatnonzero(self._alive())]})
         self.get_logger().info(f"planning {profile.model} ({len(profile.blocks)} blocks) on "
                                f"{self.names} with {self.solver}")
 

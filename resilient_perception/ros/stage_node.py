@@ -24,7 +24,8 @@ one machine see the compute times the planner's model assumes.
 
 Bad messages (unknown plan version, a unit that is not this robot's, a tensor whose size
 does not match its shape or holds NaN/Inf, a shape the model rejects) are logged
-(throttled), counted and dropped.
+(throttled), counted and dropped. The counts (``completed``, ``rejected``, ``plans``) are on
+``/diagnostics`` every second.
 """
 
 from __future__ import annotations
@@ -51,7 +52,12 @@ from resilient_perception.core.distributed import (
 from resilient_perception.core.placement import DROPPED
 from resilient_perception.core.resnet import profile_blocks
 from resilient_perception.msg import ActivationTensor, DistributedPrediction, PlacementPlan
-from resilient_perception.ros.node_utils import THROTTLE_S, descriptor, run_node
+from resilient_perception.ros.node_utils import (
+    THROTTLE_S,
+    descriptor,
+    publish_counters,
+    run_node,
+)
 from resilient_perception.ros.planner_node import HEARTBEAT_TOPIC_FORMAT, plan_qos
 
 __all__ = ["ACTIVATION_TOPIC_FORMAT", "StageNode", "activation_qos", "main"]
@@ -113,6 +119,9 @@ class StageNode(Node):
                                  self._on_activation, activation_qos())
         self.create_timer(heartbeat, self._beat)
         self._beat()
+        publish_counters(self, self.robot, lambda: {
+            "completed": self.completed, "rejected": self.rejected,
+            "plans": list(self.plans)})
         self.get_logger().info(f"stage of {self.robot} ready ({self.model.n_blocks} blocks)")
 
     def _beat(self) -> None:
