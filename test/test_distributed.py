@@ -164,6 +164,20 @@ def test_live_problem_leaves_out_dead_robots_and_their_requests():
         live_problem(problem, [False, False, True])
 
 
+def test_star_link_rates_recovers_each_robots_link_and_rejects_other_matrices():
+    from resilient_perception.core.distributed import star_link_rates
+
+    rates = np.array([[0, 20, 5], [20, 0, 5], [5, 5, 0]], dtype=float)
+    assert star_link_rates(rates).tolist() == [20, 20, 5]
+    fleet_file = Path(__file__).parents[1] / "config" / "fleet_distributed.yaml"
+    matrix = np.array(yaml.safe_load(fleet_file.read_text())["rates_mbps"], dtype=float)
+    own = star_link_rates(matrix)
+    assert np.array_equal(np.minimum.outer(own, own)[~np.eye(3, dtype=bool)],
+                          matrix[~np.eye(3, dtype=bool)])
+    with pytest.raises(ValueError, match="one switch"):
+        star_link_rates(np.array([[0, 20, 5], [20, 0, 10], [5, 5, 0]], dtype=float))
+
+
 # -- live runs -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

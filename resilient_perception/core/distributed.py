@@ -34,6 +34,7 @@ __all__ = [
     "monolithic_plan",
     "run_units",
     "stage_work",
+    "star_link_rates",
 ]
 
 TENSOR_DTYPES = ("float32", "float64", "float16", "uint8")
@@ -166,3 +167,27 @@ def monolithic_plan(problem: Problem) -> Plan:
     """
     units = problem.network.n_units
     return Plan(np.repeat(problem.sources[:, None], units, axis=1))
+
+
+def star_link_rates(rates: np.ndarray, rtol: float = 1e-6) -> np.ndarray:
+    """Each robot's own link rate, for rates that come from a star network.
+
+    Robots on a switch, each behind its own link, send to each other at the slower of the
+    two links: ``rates[i, k] = min(r[i], r[k])``. Returns ``r`` (the largest rate in each
+    robot's row and column; the fastest robot's own link is then the second fastest, which
+    gives the same matrix).
+
+    Raises:
+        ValueError: If ``rates`` (N x N, N >= 2, diagonal ignored) is not of that form.
+    """
+    rates = np.asarray(rates, dtype=float)
+    n = len(rates)
+    if rates.shape != (n, n) or n < 2:
+        raise ValueError(f"need an N x N rate matrix with N >= 2, got shape {rates.shape}")
+    off = ~np.eye(n, dtype=bool)
+    own = np.array([max(rates[i, off[i]].max(), rates[off[:, i], i].max()) for i in range(n)])
+    star = np.minimum.outer(own, own)
+    if not np.allclose(rates[off], star[off], rtol=rtol, atol=0.0):
+        raise ValueError("the rates are not those of robots on one switch (each link the "
+                         f"slower of its two robots' links); closest such rates: {own.tolist()}")
+    return own

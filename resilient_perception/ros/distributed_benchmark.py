@@ -1,7 +1,11 @@
 """``bench-distributed``: distributed ResNet inference on shaped links, three ways.
 
 The robots of a fleet file become network namespaces behind ``tc tbf``-shaped links
-(:class:`.distributed_run.NamespaceFleet`, needs root); each stage emulates its robot's
+(:class:`.distributed_run.NamespaceFleet`, needs root): each robot's link is shaped to the
+rate the fleet's ``rates_mbps`` give it (they must be those of robots on one switch,
+:func:`..core.distributed.star_link_rates`), or every link to ``--rate-mbit``. The fleet's
+rates are only the planner's starting values; it plans with the link probes' measurements.
+Each stage emulates its robot's
 ``compute_gmacs`` (all robots share this machine's CPU). For each placement - the
 monolithic baseline (every unit on the robot holding the image), the paper's heuristic and
 the exact CP-SAT plan - it starts the planner, a stage and a link probe per robot and the
@@ -31,6 +35,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..core.block_profile import load_profile
+from ..core.distributed import star_link_rates
 from ..core.fleet_config import load_fleet
 from ..core.placement import Network
 from .distributed_run import NamespaceFleet, distributed_nodes, read_records
@@ -72,6 +77,10 @@ def _run(name: str, args: argparse.Namespace, network: NamespaceFleet, robots: l
         time.sleep(1.0)  # the planner's re-plan on the measured rates
         plan = read_records(records, "plan")[-1]
         version = plan["version"]
+        links = {(r["source"], r["target"]): r for r in read_records(records, "link")}
+        result["links"] = [{"source": source_robot, "target": target,
+                            "throughput_bps": r["throughput_bps"], "samples": r["samples"]}
+                           for (source_robot, target), r in sorted(links.items())]
         timed: list[dict] = []
         with tqdm(total=args.requests, desc=f"{name} requests", unit="req") as bar:
             while len(timed) < args.requests:
@@ -116,6 +125,7 @@ def _summary_row(run: dict) -> dict:
         "latency_p90_ms": 1e3 * statistics.quantiles(latencies, n=10)[-1],
         "bytes_per_request": statistics.mean(p["bytes_sent"] for p in run["requests"]),
         "expected_latency_ms": 1e3 * plan["latency_s"],
+        "expected_accuracy": plan["accuracy"],
         "solve_s": plan["solve_seconds"],
         "robots_used": sorted({d for d in plan["devices"] if d >= 0}),
         "skipped_units": sum(d < 0 for d in plan["devices"]),
@@ -141,9 +151,16 @@ def cmd_bench_distributed(args: argparse.Namespace) -> int:
     # Stages emulate the fleet's compute speeds (all robots share this machine's CPU).
     problem = config.problem(Network.from_profile(load_profile(args.profile)))
     gmacs = [float(rate) / 1e9 for rate in problem.fleet.macs_per_second]
+    if args.rate_mbit is not None:
+        link_mbit = [args.rate_mbit] * len(robots)
+    else:
+        try:
+            link_mbit = star_link_rates(problem.rates_bps / 1e6).tolist()
+        except ValueError as exc:
+            raise ValueError(f"{args.fleet}: {exc}; or pass --rate-mbit") from exc
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
-    with NamespaceFleet(robots, args.rate_mbit) as network:
+    with NamespaceFleet(robots, link_mbit) as network:
         for name in PLACEMENTS:
             runs.append(_run(name, args, network, robots, source, gmacs,
                              kill=name == "exact"))
@@ -160,30 +177,47 @@ def cmd_bench_distributed(args: argparse.Namespace) -> int:
     (args.out / "plans.json").write_text(json.dumps(
         {run["placement"]: run["plans"] for run in runs}, indent=1) + "\n")
     death = next(run["death"] for run in runs if "death" in run)
+    def shaped_bps(link: dict) -> float:
+        return 1e6 * min(link_mbit[robots.index(link["source"])],
+                         link_mbit[robots.index(link["target"])])
+
+    links = [{"placement": run["placement"], **link, "shaped_bps": shaped_bps(link),
+              "error": link["throughput_bps"] / shaped_bps(link) - 1} for run in runs
+             for link in run["links"]]
+    worst = max(links, key=lambda link: abs(link["error"]))
     summary = {
         "settings": {"fleet": str(args.fleet), "profile": str(args.profile),
-                     "model": str(args.model), "rate_mbit": args.rate_mbit,
+                     "model": str(args.model),
+                     "link_mbit": dict(zip(robots, link_mbit, strict=True)),
                      "requests": args.requests, "rate_hz": args.rate_hz,
                      "time_limit_s": args.time_limit, "seed": 0, "emulated_gmacs": gmacs,
                      "images": "CIFAR-10 test images 0.. in order"},
         "placements": rows,
+        "links": links,
         "robot_death": {k: v for k, v in death.items() if k != "new_plan"},
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    lines = [f"Distributed inference on {len(robots)} robots (network namespaces), every link "
-             f"shaped to {args.rate_mbit:g} Mbit/s with tc tbf, each stage emulating its "
-             f"robot's compute rate ({', '.join(f'{g:g}' for g in gmacs)} GMAC/s); "
-             f"{args.requests} requests "
-             f"each at {args.rate_hz:g} Hz. Made by `resilient-perception bench-distributed`"
-             " (raw data: requests.csv, plans.json, summary.json).", "",
+    lines = [f"Distributed inference on {len(robots)} robots (network namespaces on a switch), "
+             "their links shaped with tc tbf to "
+             f"{', '.join(f'{g:g}' for g in link_mbit)} Mbit/s, each stage emulating its "
+             f"robot's compute rate ({', '.join(f'{g:g}' for g in gmacs)} GMAC/s); fleet "
+             f"`{args.fleet}`; {args.requests} requests each at {args.rate_hz:g} Hz. Made by "
+             "`resilient-perception bench-distributed` (raw data: requests.csv, plans.json, "
+             "summary.json).", "",
              "| placement | robots used | skipped units | median latency (ms) | p90 (ms) | "
-             "planner's expected (ms) | bytes/request | solve (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "planner's expected (ms) | expected accuracy | bytes/request | solve (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['placement']} | {', '.join(robots[d] for d in row['robots_used'])}"
                      f" | {row['skipped_units']} | {row['latency_median_ms']:.1f} | "
                      f"{row['latency_p90_ms']:.1f} | {row['expected_latency_ms']:.1f} | "
+                     f"{row['expected_accuracy']:.4f} | "
                      f"{row['bytes_per_request']:.0f} | {row['solve_s']:.2f} |")
+    lines += ["", f"Measured link rates (the link probes' medians when each run started timing, "
+              f"{len(links)} in all): {min(x['throughput_bps'] for x in links) / 1e6:.2f} to "
+              f"{max(x['throughput_bps'] for x in links) / 1e6:.2f} Mbit/s; the worst is "
+              f"{100 * worst['error']:+.1f}% off its shaped {worst['shaped_bps'] / 1e6:g} "
+              f"Mbit/s ({worst['source']} -> {worst['target']}, {worst['placement']} run)."]
     lines += ["", f"Robot death ({death['robot']}'s stage and probe killed with SIGKILL, exact "
               f"plan): new plan after {death['new_plan_s']:.2f} s, first request completed "
               f"under it after {death['first_request_s']:.2f} s."]
@@ -203,8 +237,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the model's block profile (drop-study's profile.json)")
     p.add_argument("--fleet", type=Path, default=Path("config/fleet_distributed.yaml"),
                    help="fleet file (default config/fleet_distributed.yaml)")
-    p.add_argument("--rate-mbit", type=float, default=20.0,
-                   help="rate every link is shaped to, Mbit/s (default 20)")
+    p.add_argument("--rate-mbit", type=float, default=None,
+                   help="shape every link to this rate, Mbit/s (default: the fleet's rates)")
     p.add_argument("--requests", type=int, default=40, help="timed requests per placement")
     p.add_argument("--rate-hz", type=float, default=2.0, help="requests per second")
     p.add_argument("--time-limit", type=float, default=5.0, help="solver time limit, s")

@@ -124,13 +124,14 @@ class NamespaceFleet:
     rate in both directions (a ``tbf`` on each end of the veth pair).
     """
 
-    def __init__(self, robots: Sequence[str], rate_mbit: float, tag: str | None = None,
-                 queue_s: float = 1.0) -> None:
+    def __init__(self, robots: Sequence[str], rate_mbit: float | Sequence[float],
+                 tag: str | None = None, queue_s: float = 1.0) -> None:
         """Describe the network; it is created on ``__enter__``.
 
         Args:
             robots: Robot names (at most 200).
-            rate_mbit: Initial rate of every robot's link, Mbit/s each way.
+            rate_mbit: Initial rate of every robot's link, Mbit/s each way; or one rate per
+                robot.
             tag: Namespace name prefix; default ``rp<pid>`` (unique per process).
             queue_s: tbf ``latency``: how long a packet may wait in the queue before it is
                 dropped; bursts shorter than rate x this are not dropped.
@@ -139,7 +140,10 @@ class NamespaceFleet:
             raise ValueError(f"1..200 robots, got {len(robots)}")
         self.robots = list(robots)
         self.tag = tag or f"rp{os.getpid()}"
-        self.rate_mbit = {robot: float(rate_mbit) for robot in robots}
+        rates = [rate_mbit] * len(robots) if isinstance(rate_mbit, int | float) else rate_mbit
+        if len(rates) != len(robots):
+            raise ValueError(f"{len(rates)} link rates for {len(robots)} robots")
+        self.rate_mbit = {robot: float(rate) for robot, rate in zip(robots, rates, strict=True)}
         self.queue_s = queue_s
         self._created: list[str] = []
 
