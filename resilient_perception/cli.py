@@ -203,7 +203,12 @@ def _evaluate(checkpoint: Path, args: argparse.Namespace, out: Path) -> dict:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score every failure subset of a checkpoint, with and without the Modifier."""
-    _evaluate(args.checkpoint, args, args.out or args.checkpoint.parent / f"eval-{args.split}")
+    out = args.out or args.checkpoint.parent / f"eval-{args.split}"
+    _evaluate(args.checkpoint, args, out)
+    if args.modifier_options:
+        from .reproduction_commands import evaluate_modifier_options
+
+        evaluate_modifier_options(args.checkpoint, args.split, args.data_root, args.limit, out)
     return 0
 
 
@@ -369,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
     p.add_argument("--modes", nargs="+", choices=["avg", "max"], default=["avg", "max"],
                    help="fusion modes to score (default both)")
+    p.add_argument("--modifier-options", action="store_true",
+                   help="also score the reproduction's Modifier options (confidence-weighted, "
+                   "affine, calibrated fusion; the learned ones fitted on the checkpoint's "
+                   "training split) with avg fusion: options.json and options.md")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder for failures.csv and summary.json "
                    "(default: next to the checkpoint, eval-<split>)")
