@@ -476,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .reproduction_commands import add_parsers as add_reproduction_commands
 
     add_reproduction_commands(sub)
+
+    from .cost_commands import add_parser as add_cost_command
+
+    add_cost_command(sub)
     return parser
 
 

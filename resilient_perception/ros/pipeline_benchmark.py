@@ -32,57 +32,14 @@ import psutil
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 
+from resilient_perception.core.device_cost import measure_modifier_cost
 from resilient_perception.core.export import DeviceRunner
-from resilient_perception.core.frame_assembly import ClassifierHeads, Frame, fuse_frame
 from resilient_perception.ros.pipeline import NodeSpec, Observer, Pipeline, pipeline_nodes
 from resilient_perception.ros.stream_monitor import StreamMonitor
 
-__all__ = ["markdown_report", "measure_modifier_cost", "run_pipeline_benchmark"]
+__all__ = ["markdown_report", "run_pipeline_benchmark"]
 
 FUSED = "perception/fused"
-
-
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
-    for _ in range(max(10, repeats // 10)):  # warm-up
-        fn()
-    times = np.empty(repeats)
-    for i in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times[i] = time.perf_counter() - t
-    return float(np.median(times))
-
-
-def measure_modifier_cost(onnx_pattern: str, n_devices: int, repeats: int = 2000) -> dict:
-    """Median seconds of one device forward pass vs the Modifier, on this CPU (1 thread).
-
-    The Modifier's cost is what the fusion node's per-frame fusion (:func:`fuse_frame`)
-    takes in addition when it builds a surrogate. The frame is device 0's output replicated
-    to all devices, with device ``n_devices - 1`` missing; times do not depend on values.
-    """
-    runners = [DeviceRunner.from_onnx(onnx_pattern.format(i), threads=1)
-               for i in range(n_devices)]
-    c, (h, w) = runners[0].in_channels, runners[0].input_hw
-    view = np.zeros((1, c, h, w), np.uint8)
-    probs, feats = runners[0].run(view)
-    k, d = probs.shape[1], feats.shape[1]
-    heads = ClassifierHeads.empty(n_devices, k, d)
-    for i, runner in enumerate(runners):
-        heads.set_head(i, *runner.head())
-    present = np.ones(n_devices, bool)
-    present[-1] = False
-    frame = Frame(0, np.repeat(probs, n_devices, 0) * present[:, None],
-                  np.repeat(feats, n_devices, 0) * present[:, None], present, 0.0)
-    forward = _median_time(lambda: runners[0].run(view), repeats)
-    fuse_with = _median_time(lambda: fuse_frame(frame, heads, "avg", True), repeats)
-    fuse_without = _median_time(lambda: fuse_frame(frame, heads, "avg", False), repeats)
-    return {
-        "device_forward_s": forward,
-        "fuse_frame_with_modifier_s": fuse_with, "fuse_frame_without_modifier_s": fuse_without,
-        "modifier_s": fuse_with - fuse_without,
-        "modifier_vs_forward": (fuse_with - fuse_without) / forward,
-        "repeats": repeats, "provider": runners[0].provider,
-    }
 
 
 def _fusion_diagnostics(arrays: list[DiagnosticArray]) -> dict[str, str]:
@@ -239,7 +196,11 @@ def run_pipeline_benchmark(
     finally:
         bench.observer.close()
     emit("Modifier cost ...")
-    result["modifier_cost"] = measure_modifier_cost(onnx_pattern, n_cameras)
+    # Times do not depend on the values: zero views stand in for camera images.
+    runners = [DeviceRunner.from_onnx(onnx_pattern.format(i), threads=1)
+               for i in range(n_cameras)]
+    views = np.zeros((n_cameras, runners[0].in_channels, *runners[0].input_hw), np.uint8)
+    result["modifier_cost"] = measure_modifier_cost(runners, views)
     result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
     (out_dir / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "benchmark.md").write_text(markdown_report(result))
