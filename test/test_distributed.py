@@ -77,6 +77,21 @@ def test_round_trip_and_relative_change():
     assert relative_change(0.0, 1.0) == float("inf")
 
 
+def test_burst_period_backs_off_while_rates_hold_and_resets_on_a_change():
+    from resilient_perception.core.link_estimation import next_burst_period
+
+    steady = {"robot1": 20e6, "robot2": 5e6}
+    assert next_burst_period(1.0, 1.0, 8.0, steady, {"robot1": 19e6, "robot2": 5.2e6},
+                             0.1) == 2.0
+    assert next_burst_period(4.0, 1.0, 8.0, steady, steady, 0.1) == 8.0
+    assert next_burst_period(8.0, 1.0, 8.0, steady, steady, 0.1) == 8.0  # capped
+    assert next_burst_period(8.0, 1.0, 8.0, steady, {"robot1": 10e6, "robot2": 5e6},
+                             0.1) == 1.0  # a link slowed down
+    assert next_burst_period(8.0, 1.0, 8.0, {"robot1": 20e6}, steady, 0.1) == 1.0  # new link
+    assert next_burst_period(1.0, 1.0, 8.0, {}, {}, 0.1) == 1.0  # nothing measured yet
+    assert next_burst_period(1.0, 1.0, 0.0, steady, steady, 0.1) == 1.0  # back-off off
+
+
 def test_sample_window_is_a_median_of_the_last_samples():
     window = SampleWindow(3)
     assert window.value is None

@@ -10,15 +10,26 @@ rate) is not dropped, so this measures the shaped rate, not the sender's speed. 
 times come from echoed probes on the sender's own clock. Both are reported as the median
 of a short window of samples (:class:`SampleWindow`), so that one disturbed sample does not
 re-plan the fleet.
+
+Bursts share the links with the activations and delay the requests they meet. While the
+measured rates hold still, a probe can burst less often (:func:`next_burst_period`): the
+period doubles up to a maximum and drops back to the base at the first change.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-__all__ = ["SampleWindow", "burst_count", "burst_rate_bps", "relative_change", "round_trip_s"]
+__all__ = [
+    "SampleWindow",
+    "burst_count",
+    "burst_rate_bps",
+    "next_burst_period",
+    "relative_change",
+    "round_trip_s",
+]
 
 
 def burst_rate_bps(arrival_ns: Sequence[int], message_bytes: int) -> float | None:
@@ -96,3 +107,28 @@ def relative_change(reference: float, value: float) -> float:
     if reference <= 0:
         return float("inf")
     return abs(value - reference) / reference
+
+
+def next_burst_period(period: float, base: float, maximum: float,
+                      before: Mapping[str, float], now: Mapping[str, float],
+                      threshold: float) -> float:
+    """The probe's next burst period from the rates measured on its links.
+
+    Args:
+        period: The current period, s.
+        base: The shortest period (the ``burst_period_s`` parameter), s.
+        maximum: The longest period, s (``<= base``: never back off).
+        before: Link -> rate at the previous decision.
+        now: Link -> rate now.
+        threshold: Relative change of a rate that counts as a change.
+
+    Returns:
+        ``base`` if a rate changed by more than ``threshold`` or a link was measured for the
+        first time; else twice ``period``, at most ``maximum`` (and at least ``base``).
+    """
+    if maximum <= base:
+        return base
+    stable = bool(now) and all(
+        link in before and relative_change(before[link], rate) <= threshold
+        for link, rate in now.items())
+    return min(max(2.0 * period, base), maximum) if stable else base

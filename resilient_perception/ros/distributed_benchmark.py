@@ -56,6 +56,7 @@ def _run(name: str, args: argparse.Namespace, network: NamespaceFleet, robots: l
     nodes = distributed_nodes(
         robots, model_path=args.model.resolve(), fleet=args.fleet.resolve(),
         profile=args.profile.resolve(), records=records, source=source, probes=True,
+        probe={"max_burst_period_s": args.probe_max_period},
         planner={"solver": PLACEMENTS[name], "time_limit_s": args.time_limit},
         requests={"rate_hz": args.rate_hz, "data_root": str(args.data_root or "")},
         placement={robot: network.node_options(robot) for robot in robots},
@@ -190,7 +191,8 @@ def cmd_bench_distributed(args: argparse.Namespace) -> int:
                      "model": str(args.model),
                      "link_mbit": dict(zip(robots, link_mbit, strict=True)),
                      "requests": args.requests, "rate_hz": args.rate_hz,
-                     "time_limit_s": args.time_limit, "seed": 0, "emulated_gmacs": gmacs,
+                     "time_limit_s": args.time_limit, "seed": 0,
+                     "probe_max_period_s": args.probe_max_period, "emulated_gmacs": gmacs,
                      "images": "CIFAR-10 test images 0.. in order"},
         "placements": rows,
         "links": links,
@@ -242,6 +244,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--requests", type=int, default=40, help="timed requests per placement")
     p.add_argument("--rate-hz", type=float, default=2.0, help="requests per second")
     p.add_argument("--time-limit", type=float, default=5.0, help="solver time limit, s")
+    p.add_argument("--probe-max-period", type=float, default=4.0,
+                   help="link probes back off to one burst per this many seconds while the "
+                   "rates hold still (default 4; 0 = a burst every second throughout)")
     p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")
     p.add_argument("--domain-id", type=int, default=(os.getpid() % 90) + 110,
                    help="ROS_DOMAIN_ID of the nodes")

@@ -15,7 +15,13 @@ receiver's ``<robot>/link_probe`` topic (``LinkProbe`` messages):
   middleware's reception timestamps.
 
 The bursts take about ``burst_s / burst_period_s`` (10% by default) of each robot's uplink,
-at least ``min_burst_count x burst_bytes x 8 / burst_period_s`` bits/s (0.5 Mbit/s). Probes
+at least ``min_burst_count x burst_bytes x 8 / burst_period_s`` bits/s (0.5 Mbit/s), and
+delay the activations they meet on a link. With ``max_burst_period_s`` above
+``burst_period_s`` the period doubles at each burst while the peers' measurements of this
+robot's outgoing links stay within ``stable_change`` of those at the previous burst, up to
+that maximum, and returns to ``burst_period_s`` at the first change
+(:func:`..core.link_estimation.next_burst_period`): less probing on a steady network, at the
+price of noticing a change later. Probes
 are best effort: when a link slows down, a burst sized for the old rate overflows its queue
 and loses its tail; what arrived still times the link (the burst is closed when the next
 one starts), and the next bursts are sized for the new rate.
@@ -43,6 +49,7 @@ from resilient_perception.core.link_estimation import (
     SampleWindow,
     burst_count,
     burst_rate_bps,
+    next_burst_period,
     round_trip_s,
 )
 from resilient_perception.msg import LinkMeasurement, LinkProbe
@@ -80,6 +87,12 @@ class LinkProbeNode(Node):
         burst_period = self.declare_parameter("burst_period_s", 1.0, descriptor(
             "Seconds between two bursts (to the next peer in turn).", double,
             float_range=(0.01, 60.0))).value
+        self.max_burst_period = self.declare_parameter("max_burst_period_s", 0.0, descriptor(
+            "Longest period the bursts back off to while the rates hold still (<= "
+            "burst_period_s: never back off).", double, float_range=(0.0, 3600.0))).value
+        self.stable_change = self.declare_parameter("stable_change", 0.1, descriptor(
+            "Relative change of a measured rate that resets the burst period.", double,
+            float_range=(0.0, 100.0))).value
         self.burst_s = self.declare_parameter("burst_s", 0.1, descriptor(
             "Target duration of a burst at the link's last measured rate.", double,
             float_range=(0.001, 10.0))).value
@@ -131,7 +144,8 @@ class LinkProbeNode(Node):
         self.create_timer(echo_period, self._send_echoes)
         # Bursts start at random intervals (0.5-1.5 periods): robots that started together
         # would otherwise keep bursting into the same receiver at the same moments.
-        self._burst_period = burst_period
+        self._base_burst_period = self._burst_period = burst_period
+        self._outbound_at_last_burst: dict[str, float] = {}
         self._random = random.Random()
         self._next_burst = time.monotonic() + burst_period * self._random.uniform(0.5, 1.5)
         self.create_timer(0.01, self._maybe_burst)
@@ -149,6 +163,10 @@ class LinkProbeNode(Node):
 
     def _maybe_burst(self) -> None:
         if time.monotonic() >= self._next_burst:
+            self._burst_period = next_burst_period(
+                self._burst_period, self._base_burst_period, self.max_burst_period,
+                self._outbound_at_last_burst, self.outbound_bps, self.stable_change)
+            self._outbound_at_last_burst = dict(self.outbound_bps)
             self._next_burst += self._burst_period * self._random.uniform(0.5, 1.5)
             self._send_burst()
 
