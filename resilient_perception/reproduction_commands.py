@@ -5,25 +5,35 @@ run cache (``--runs``, default ``runs/paper``), then writes tables, raw CSV/JSON
 of all finished runs into ``--out``. Interrupt it at any time and run it again: finished
 runs are skipped, an interrupted one starts over. ``--quick`` is the CI-sized profile (one
 epoch on a few hundred samples, one seed) with its own cache and output folders.
+
+:func:`evaluate_modifier_options` is ``evaluate --modifier-options``: the protocol's
+Modifier options (:func:`.core.reproduction.modifier_options`, the learned ones fitted on
+the checkpoint's training split) scored on one checkpoint, a preview without the protocol.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
+from .core.checkpoint import load_checkpoint
 from .core.datasets import DATASET_NAMES
+from .core.experiment import load_device_views
 from .core.reproduction import (
     FULL_PLANS,
     METHODS,
+    compare_options,
     full_protocol,
     pending_runs,
     quick_protocol,
     run_protocol,
+    score_modifier_options,
 )
 from .core.reproduction_report import write_report
 from .core.training import PRECISIONS
+from .core.views import ViewSpec
 
 QUICK_RUNS, QUICK_OUT = Path("runs/paper-quick"), Path("runs/paper-quick/report")
 FULL_RUNS, FULL_OUT = Path("runs/paper"), Path("docs/results/paper")
@@ -59,6 +69,40 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value
+
+
+def evaluate_modifier_options(checkpoint: Path, split: str, data_root: Path | None,
+                              limit: int | None, out: Path) -> list[dict]:
+    """Score every Modifier option (avg fusion) of a checkpoint; write options.json/.md.
+
+    The learned options are fitted on the split and samples the checkpoint was trained on
+    (its metadata), then scored on ``split``; the run is named after the checkpoint's folder.
+    """
+    model, meta = load_checkpoint(checkpoint)
+    spec = ViewSpec.from_dict(meta["view_spec"])
+    train = load_device_views(meta["dataset"], meta["train_split"], spec, data_root,
+                              meta["train_samples"])
+    test = load_device_views(meta["dataset"], split, spec, data_root, limit)
+    options = compare_options(score_modifier_options(model, train, test, ("avg",)),
+                              checkpoint.parent.name)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "options.json").write_text(json.dumps({
+        "checkpoint": str(checkpoint), "dataset": meta["dataset"],
+        "train_split": meta["train_split"], "train_samples": int(len(train.labels)),
+        "split": split, "samples": int(len(test.labels)), "train_seed": meta.get("seed"),
+        "options": options}, indent=1) + "\n")
+    lines = [f"{meta['dataset']} {split} ({len(test.labels)} samples), avg fusion, learned "
+             f"options fitted on {len(train.labels)} {meta['train_split']} samples; recovery "
+             "ratio against the plain fusion without Modifier.", "",
+             "| option | no failure % | mean single failure % | recovery ratio % |",
+             "|---|---|---|---|"]
+    lines += [f"| {o['label']} | {100 * o['no_failure']:.2f} "
+              f"| {100 * o['single_failure_mean']:.2f} | {100 * o['recovery_ratio']:.1f} |"
+              for o in options]
+    (out / "options.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out / 'options.json'} and {out / 'options.md'}")
+    return options
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """The paper reproduction: statistics on known numbers, baselines, and the quick profile."""
 
 import csv
+import dataclasses
 import json
 import math
 
@@ -10,11 +11,15 @@ import torch
 from scipy import stats
 
 from resilient_perception.cli import main
+from resilient_perception.core import reproduction
+from resilient_perception.core.checkpoint import load_checkpoint
 from resilient_perception.core.evaluation import (
     device_outputs,
     evaluate_failures,
     evaluate_message_loss,
 )
+from resilient_perception.core.experiment import load_device_views
+from resilient_perception.core.learned_modifier import LEARNED_VARIANTS
 from resilient_perception.core.model import MultiDeviceCNN
 from resilient_perception.core.modifier import fuse_vote, surrogate_logits
 from resilient_perception.core.reproduction import (
@@ -23,8 +28,11 @@ from resilient_perception.core.reproduction import (
     error_rate_reduction,
     mean_ci,
     paired_t_test,
+    pending_runs,
+    quick_protocol,
     recovery_ratio,
     run_dir,
+    run_one,
     strategy_summary,
 )
 from resilient_perception.core.training import TrainConfig, train
@@ -209,3 +217,31 @@ def test_reproduce_rejects_bad_options(capsys):
     assert main(["reproduce", "--quick", "--datasets", "mnist", "--epochs", "cifar10=2",
                  "--report-only"]) == 2
     assert "not in --datasets" in capsys.readouterr().err
+
+
+def test_new_evaluation_version_reevaluates_without_retraining(tmp_path, monkeypatch):
+    protocol = quick_protocol(methods=("ours",))
+    plan = protocol.datasets["mnist"]
+    train = load_device_views("mnist", "train", limit=plan.train_limit)
+    test = load_device_views("mnist", "test", limit=plan.test_limit)
+    new_version = reproduction.EVALUATION_VERSION
+    # trained and evaluated by the previous evaluation version (as a running job does)
+    monkeypatch.setattr(reproduction, "EVALUATION_VERSION", new_version - 1)
+    run_one(protocol, tmp_path, "mnist", "ours", 0, train, test)
+    folder = run_dir(tmp_path, "mnist", "ours", 0)
+    model = folder / "model.safetensors"
+    stamp = model.stat().st_mtime_ns
+    assert load_checkpoint(model)[1]["run_key"]["evaluation_version"] == new_version - 1
+
+    monkeypatch.setattr(reproduction, "EVALUATION_VERSION", new_version)
+    assert pending_runs(protocol, tmp_path) == [("mnist", "ours", 0)]  # its results are stale
+    run_one(protocol, tmp_path, "mnist", "ours", 0, train, test)
+    assert model.stat().st_mtime_ns == stamp  # the model was loaded, not trained again
+    result = json.loads((folder / "evaluation.json").read_text())
+    assert result["key"]["evaluation_version"] == new_version
+    assert set(result["rows_learned"]) == set(LEARNED_VARIANTS)
+    assert pending_runs(protocol, tmp_path) == []
+    # a change of training (here the seed's config) is still a new model
+    other = dataclasses.replace(protocol, precision="bf16")
+    run_one(other, tmp_path, "mnist", "ours", 0, train, test)
+    assert model.stat().st_mtime_ns != stamp

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .model import MultiDeviceCNN, views_to_float
-from .modifier import FUSION_MODES, fuse_with_failures
+from .modifier import FUSION_MODES, LearnedModifier, fuse_with_failures
 
 __all__ = [
     "device_outputs",
@@ -78,6 +78,7 @@ def evaluate_failures(
     subsets: list[tuple[int, ...]] | None = None,
     max_rows: int = 200_000,
     confidence_weighted: bool = False,
+    learned: LearnedModifier | None = None,
 ) -> list[dict]:
     """Score every failure subset for each mode, with and without the Modifier.
 
@@ -93,6 +94,8 @@ def evaluate_failures(
         max_rows: rows (frames x subsets) fused per chunk, bounds memory.
         confidence_weighted: Modifier surrogates weight each live peer by its confidence
             (see :func:`.modifier.fuse_with_failures`).
+        learned: fitted refinements of the Modifier and the fusion
+            (:mod:`.learned_modifier`), applied to both the rows with and without it.
 
     Returns:
         Rows ``{failed, n_failed, mode, modifier, accuracy, balanced_accuracy}``.
@@ -127,7 +130,7 @@ def evaluate_failures(
             for mode in modes:
                 for use_mod in (False, True):
                     fused = fuse_with_failures(p, f, weights, biases, live, mode, use_mod,
-                                               confidence_weighted)
+                                               confidence_weighted, learned)
                     correct = ((fused.argmax(dim=1) == y) & has_live).reshape(s, m)
                     for gi, failed in enumerate(group):
                         rows.append({

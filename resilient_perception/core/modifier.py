@@ -23,20 +23,35 @@ Design choices (documented here once, used everywhere):
 * **Confidence-weighted surrogate** (an option beyond the paper): ``peer_weights`` replace
   the equal average over live peers by a weighted one; :func:`fuse_with_failures` weights
   each peer by its confidence (its largest class probability).
+* **Learned refinements** (options beyond the paper, fitted on training features by
+  :mod:`.learned_modifier`, never on test data), held by :class:`LearnedModifier`:
+  an *affine Modifier* gives failed device d the surrogate ``head_d(A_d f_bar + c_d)``, its
+  own head applied to the average live feature mapped into d's feature space; *calibrated
+  fusion* divides each live device's logits by its temperature ``T_d`` and each surrogate's
+  by ``S_d`` before the softmax, so the average weighs outputs by how reliable they are.
+  With several failed devices every one gets its own surrogate from the same live average
+  (the maps were fitted on the average of all N - 1 peers; with fewer live peers the
+  average is noisier but still the best input there is).
 * Everything is masked means written as matrix products: no Python loop over devices or
   samples, and each row of the batch may have its own live set.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 __all__ = [
+    "LearnedModifier",
+    "device_surrogate_logits",
     "fuse",
     "fuse_average",
     "fuse_max",
     "fuse_vote",
     "fuse_with_failures",
+    "live_average",
+    "probs_to_logits",
     "surrogate_logits",
     "synthesize_surrogate",
 ]
@@ -52,6 +67,56 @@ def _live_weights(live: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor,
     m = live.to(dtype)
     cnt = m.sum(dim=1, keepdim=True)
     return m / cnt.clamp(min=1.0), cnt.squeeze(1) > 0
+
+
+@dataclass(frozen=True)
+class LearnedModifier:
+    """Parameters fitted on training features that refine the Modifier and the fusion.
+
+    Every field is optional; ``None`` keeps the paper's behaviour for that part.
+
+    Attributes:
+        feature_map: (N, D, D) ``A_d``, maps the average live feature to device d's.
+        feature_offset: (N, D) ``c_d``, the affine map's offset (with ``feature_map``).
+        device_temperature: (N,) ``T_d``, divides live device d's logits.
+        surrogate_temperature: (N,) ``S_d``, divides the logits of device d's surrogate.
+
+    """
+
+    feature_map: torch.Tensor | None = None
+    feature_offset: torch.Tensor | None = None
+    device_temperature: torch.Tensor | None = None
+    surrogate_temperature: torch.Tensor | None = None
+
+    def temper(self, probs: torch.Tensor) -> torch.Tensor:
+        """Device probabilities (B, N, K) at temperature ``T_d``: ``softmax(log p / T_d)``.
+
+        ``log p`` (:func:`probs_to_logits`) equals the logits up to a per-row constant,
+        which the softmax ignores.
+        """
+        if self.device_temperature is None:
+            return probs
+        t = self.device_temperature.to(probs.dtype)[:, None]
+        return torch.softmax(probs_to_logits(probs) / t, -1)
+
+
+def probs_to_logits(probs: torch.Tensor) -> torch.Tensor:
+    """``log p``, with ``p`` clamped at the smallest normal float so ``log 0`` stays finite."""
+    return probs.clamp(min=torch.finfo(probs.dtype).tiny).log()
+
+
+def live_average(
+    features: torch.Tensor, live: torch.Tensor, peer_weights: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Averaging weights ``a`` (B, N) over the live peers and the average feature (B, D)."""
+    if peer_weights is None:
+        a, _ = _live_weights(live, features.dtype)  # (B, N)
+    else:
+        w = torch.where(live, peer_weights.to(features.dtype), torch.zeros_like(features[..., 0]))
+        a = w / w.sum(dim=1, keepdim=True).clamp(min=torch.finfo(w.dtype).tiny)
+    # zero dead entries first: they may hold garbage/NaN and 0 * NaN = NaN
+    features = torch.where(live[:, :, None], features, torch.zeros_like(features))
+    return a, torch.einsum("bn,bnd->bd", a, features)
 
 
 def surrogate_logits(
@@ -76,20 +141,42 @@ def surrogate_logits(
     """
     if features.ndim != 3 or weights.ndim != 3 or biases.ndim != 2 or live.ndim != 2:
         raise ValueError("expected features (B,N,D), weights (N,K,D), biases (N,K), live (B,N)")
-    live = live.to(torch.bool)
-    if peer_weights is None:
-        a, _ = _live_weights(live, features.dtype)  # (B, N)
-    else:
-        w = torch.where(live, peer_weights.to(features.dtype), torch.zeros_like(features[..., 0]))
-        a = w / w.sum(dim=1, keepdim=True).clamp(min=torch.finfo(w.dtype).tiny)
-    # zero dead entries first: they may hold garbage/NaN and 0 * NaN = NaN
-    features = torch.where(live[:, :, None], features, torch.zeros_like(features))
-    f_bar = torch.einsum("bn,bnd->bd", a, features)  # (B, D)
+    a, f_bar = live_average(features, live.to(torch.bool), peer_weights)
     b_bar = a @ biases  # (B, K)
     # mean_live(W) @ f_bar without materialising W_bar per row:
     # sum_n a_bn W_n f_bar_b = einsum over (B,N,K)
     wf = torch.einsum("nkd,bd->bnk", weights, f_bar)
     return torch.einsum("bn,bnk->bk", a, wf) + b_bar
+
+
+def device_surrogate_logits(
+    features: torch.Tensor,
+    weights: torch.Tensor,
+    biases: torch.Tensor,
+    live: torch.Tensor,
+    peer_weights: torch.Tensor | None = None,
+    learned: LearnedModifier | None = None,
+) -> torch.Tensor:
+    """Logits (B, N, K) of the surrogate each device gets when it fails.
+
+    Without ``learned.feature_map`` every device gets :func:`surrogate_logits`; with it,
+    device d gets ``W_d (A_d f_bar + c_d) + b_d`` where ``f_bar`` is the (peer-weighted)
+    average live feature. ``learned.surrogate_temperature`` then divides device d's logits
+    by ``S_d``. Arguments as in :func:`surrogate_logits`; a row with no live device has no
+    meaningful surrogate (:func:`fuse_with_failures` returns the uniform distribution).
+    """
+    n = weights.shape[0]
+    if learned is None or learned.feature_map is None:
+        logits = surrogate_logits(features, weights, biases, live, peer_weights)[:, None, :]
+        logits = logits.expand(-1, n, -1)
+    else:
+        _, f_bar = live_average(features, live.to(torch.bool), peer_weights)
+        mapped = torch.einsum("nde,be->bnd", learned.feature_map, f_bar)
+        mapped = mapped + learned.feature_offset  # (B, N, D): f_bar in each device's space
+        logits = torch.einsum("nkd,bnd->bnk", weights, mapped) + biases
+    if learned is not None and learned.surrogate_temperature is not None:
+        logits = logits / learned.surrogate_temperature.to(logits.dtype)[:, None]
+    return logits
 
 
 def synthesize_surrogate(
@@ -165,6 +252,7 @@ def fuse_with_failures(
     mode: str = "avg",
     use_modifier: bool = True,
     confidence_weighted: bool = False,
+    learned: LearnedModifier | None = None,
 ) -> torch.Tensor:
     """Fuse device outputs when the devices outside ``live`` (B, N) have failed.
 
@@ -183,17 +271,22 @@ def fuse_with_failures(
         use_modifier: substitute Modifier surrogates for failed devices.
         confidence_weighted: build the surrogate with each live peer weighted by its
             largest class probability instead of equally.
+        learned: fitted refinements (:class:`LearnedModifier`): calibrated live outputs
+            (with or without the Modifier) and per-device surrogates.
 
     Returns:
         (B, K) fused scores.
 
     """
     live = live.to(torch.bool)
+    if learned is not None:
+        probs = learned.temper(probs)
     if not use_modifier:
         return fuse(probs, live, mode)
     confidence = probs.amax(dim=-1) if confidence_weighted else None
-    p_hat = torch.softmax(surrogate_logits(features, weights, biases, live, confidence), -1)
-    filled = torch.where(live[:, :, None], probs, p_hat[:, None, :])
+    p_hat = torch.softmax(
+        device_surrogate_logits(features, weights, biases, live, confidence, learned), -1)
+    filled = torch.where(live[:, :, None], probs, p_hat)
     # every device now has an output, unless no device was live at all
     any_live = live.any(dim=1, keepdim=True).expand_as(live)
     return fuse(filled, any_live, mode)

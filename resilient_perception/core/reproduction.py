@@ -9,12 +9,16 @@ message loss and input noise. Runs live under ``<root>/<dataset>/<method>/seed<k
   leaves no model and is trained again from scratch;
 * ``history.json`` -- the per-epoch training curve;
 * ``evaluation.json`` -- written last (atomically): the run's key, failure-subset rows
-  (``rows``; ``rows_confidence`` for the Modifier with confidence-weighted peers),
-  message-loss rows (``message_loss``: each device's message lost with probability
-  0..40%), for ``paper`` and ``ours`` the summaries of no and single failures under
-  per-device input noise (``noise``), and the summary. A run whose ``evaluation.json``
+  (``rows``; ``rows_confidence`` for the Modifier with confidence-weighted peers;
+  ``rows_learned`` for the learned options of :mod:`.learned_modifier` fitted on the
+  training split, by variant, for ``paper`` and ``ours``), message-loss rows
+  (``message_loss``: each device's message lost with probability 0..40%), for ``paper``
+  and ``ours`` the summaries of no and single failures under per-device input noise
+  (``noise``), and the summary. A run whose ``evaluation.json``
   holds the expected key is finished and skipped; a key that differs (other epochs,
-  limits, options, evaluation version) makes the run stale, and it is redone.
+  limits, options, evaluation version) makes the run stale, and it is redone. The model is
+  kept when only the evaluation version changed: its staleness is decided by the key
+  without it, so a new evaluation re-scores finished models and never retrains them.
 
 Methods (:data:`METHODS`) are named training options; *strategies* (:data:`STRATEGIES`) are
 what the aggregator does at inference with a method's model: a fusion mode, with or without
@@ -62,6 +66,7 @@ from .evaluation import (
     summarise,
 )
 from .experiment import DeviceViews, load_device_views, train_devices
+from .learned_modifier import LEARNED_VARIANTS, fit_learned_modifier
 from .modifier import EVALUATION_MODES
 from .training import TrainConfig
 from .views import apply_device_noise, parse_noise
@@ -76,7 +81,9 @@ __all__ = [
     "Protocol",
     "Strategy",
     "error_rate_reduction",
+    "compare_options",
     "full_protocol",
+    "modifier_options",
     "load_results",
     "mean_ci",
     "paired_t_test",
@@ -84,7 +91,9 @@ __all__ = [
     "recovery_ratio",
     "run_dir",
     "run_protocol",
+    "score_modifier_options",
     "seed_metrics",
+    "strategy_recovery_ratio",
     "strategy_summary",
 ]
 
@@ -117,12 +126,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 MAIN_METHODS = ("paper", "ours", "no-fail-sim")  # always run on every seed
 MESSAGE_LOSS_RATES = (0.0, 0.1, 0.2, 0.3, 0.4)
 # Bump when a run's evaluation gains or changes results: cached runs then count as stale.
-EVALUATION_VERSION = 3
+EVALUATION_VERSION = 4
 # The paper's noise study: device 1 at 20%, device 2 at 5% (devices 0 and 1 here), others
 # clean; scored for the methods of Tables 4-6 only (two extra passes over the test split).
 NOISE_SETTINGS = {"gaussian": "0:gaussian:0.2,1:gaussian:0.05",
                   "salt_pepper": "0:salt_pepper:0.2,1:salt_pepper:0.05"}
 NOISE_METHODS = ("paper", "ours")
+# The fail-sim methods the learned Modifier options are fitted and scored for.
+LEARNED_METHODS = ("paper", "ours")
 
 
 @dataclass(frozen=True)
@@ -135,6 +146,24 @@ class Strategy:
     modifier: bool
     standby: int = 0  # failed devices a redundant standby unit takes over
     confidence: bool = False  # Modifier surrogate from confidence-weighted peers
+    learned: str = ""  # a variant of LEARNED_VARIANTS (fitted on the training split)
+
+
+def modifier_options(method: str) -> tuple[Strategy, ...]:
+    """The inference options of one fail-sim model that issue 4 compares (avg fusion)."""
+    return (
+        Strategy(f"{method}, no Modifier", method, "avg", False),
+        Strategy(f"{method} + Modifier", method, "avg", True),
+        Strategy(f"{method} + confidence-weighted Modifier", method, "avg", True,
+                 confidence=True),
+        Strategy(f"{method} + affine Modifier", method, "avg", True, learned="affine"),
+        Strategy(f"{method}, calibrated fusion, no Modifier", method, "avg", False,
+                 learned="calibrated"),
+        Strategy(f"{method} + Modifier, calibrated fusion", method, "avg", True,
+                 learned="calibrated"),
+        Strategy(f"{method} + affine Modifier, calibrated fusion", method, "avg", True,
+                 learned="affine+calibrated"),
+    )
 
 
 STRATEGIES: tuple[Strategy, ...] = (
@@ -147,7 +176,7 @@ STRATEGIES: tuple[Strategy, ...] = (
     Strategy("paper: fail-sim + Modifier", "paper", "avg", True),
     Strategy("ours: fail-sim + fused loss + Modifier", "ours", "avg", True),
     Strategy("ours, k = 2 + Modifier", "ours-k2", "avg", True),
-    Strategy("ours + confidence-weighted Modifier", "ours", "avg", True, confidence=True),
+    *modifier_options("ours")[2:],
 )
 # the strategy every baseline is t-tested against
 OURS = next(s for s in STRATEGIES if s.method == "ours")
@@ -252,13 +281,20 @@ def _cached_result(path: Path, key: dict) -> dict | None:
     return result if result.get("key") == key else None
 
 
+def _training_key(key: dict) -> dict:
+    """The part of a run key the trained model depends on (all but the evaluation version)."""
+    return {k: v for k, v in key.items() if k != "evaluation_version"}
+
+
 def _trained_model(folder: Path, key: dict):
-    """The run's model if training finished with this key, else None."""
+    """The run's model if training finished with this key's training part, else None."""
     try:
         model, meta = load_checkpoint(folder / "model.safetensors")
     except CheckpointError:
         return None, None
-    return (model, meta) if meta.get("run_key") == key else (None, None)
+    if _training_key(meta.get("run_key", {})) != _training_key(key):
+        return None, None
+    return model, meta
 
 
 def run_one(protocol: Protocol, root: Path, dataset: str, method: str, seed: int,
@@ -276,23 +312,54 @@ def run_one(protocol: Protocol, root: Path, dataset: str, method: str, seed: int
         meta["run_key"] = key
         save_checkpoint(folder / "model.safetensors", model, meta)
         _write_json_atomic(folder / "history.json", history)
-    result = {"key": key, "history": meta["history"], **_evaluate(model, test_data, method, seed)}
+    result = {"key": key, "history": meta["history"],
+              **_evaluate(model, train_data, test_data, method, seed)}
     _write_json_atomic(folder / "evaluation.json", result)
     return result
 
 
-def _evaluate(model, test_data: DeviceViews, method: str, seed: int) -> dict:
+def score_modifier_options(model, train_data: DeviceViews | None, test_data: DeviceViews,
+                           modes: tuple[str, ...] = EVALUATION_MODES,
+                           test_outputs: tuple | None = None) -> dict:
+    """Failure-subset rows of a model under every Modifier option (test split).
+
+    ``test_outputs`` are the test split's :func:`.evaluation.device_outputs` if the caller
+    has them already.
+
+    Returns ``rows`` (``modes``, with and without the Modifier), ``rows_confidence``
+    (avg and max, Modifier rows only) and, when ``train_data`` is given, ``rows_learned``:
+    each variant of :data:`.learned_modifier.LEARNED_VARIANTS` fitted on the device outputs
+    of ``train_data`` (avg and max, with and without the Modifier).
+    """
+    probs, features = test_outputs or device_outputs(model, test_data.views)
+    heads = [t.detach() for t in model.classifier_heads()]
+
+    def score(modes: tuple[str, ...], **options) -> list[dict]:
+        return evaluate_failures(probs, features, *heads, test_data.labels,
+                                 test_data.available, modes, **options)
+
+    out = {"rows": score(modes),
+           "rows_confidence": [r for r in score(("avg", "max"), confidence_weighted=True)
+                               if r["modifier"]],
+           "rows_learned": {}}
+    if train_data is not None:
+        train_probs, train_features = device_outputs(model, train_data.views)
+        for name, (affine, calibrated) in LEARNED_VARIANTS.items():
+            learned = fit_learned_modifier(train_probs, train_features, *heads,
+                                           train_data.labels, train_data.available,
+                                           affine, calibrated)
+            out["rows_learned"][name] = score(("avg", "max"), learned=learned)
+    return out
+
+
+def _evaluate(model, train_data: DeviceViews, test_data: DeviceViews, method: str,
+              seed: int) -> dict:
     """A trained run's results (see the module docstring for the keys)."""
     probs, features = device_outputs(model, test_data.views)
     heads = [t.detach() for t in model.classifier_heads()]
-
-    def score(modes: tuple[str, ...], confidence_weighted: bool = False) -> list[dict]:
-        return evaluate_failures(probs, features, *heads, test_data.labels,
-                                 test_data.available, modes,
-                                 confidence_weighted=confidence_weighted)
-
-    rows = score(EVALUATION_MODES)
-    confidence_rows = [r for r in score(("avg", "max"), True) if r["modifier"]]
+    options = score_modifier_options(model, train_data if method in LEARNED_METHODS else None,
+                                     test_data, test_outputs=(probs, features))
+    rows = options["rows"]
     message_loss = evaluate_message_loss(probs, features, *heads, test_data.labels,
                                          MESSAGE_LOSS_RATES, test_data.available, seed=seed)
     noise = {}
@@ -304,9 +371,8 @@ def _evaluate(model, test_data: DeviceViews, method: str, seed: int) -> dict:
             noise[name] = summarise(evaluate_failures(
                 noisy_probs, noisy_features, *heads, test_data.labels, test_data.available,
                 ("avg", "max"), subsets=up_to_one))
-    return {"test_samples": int(len(test_data.labels)), "rows": rows,
-            "rows_confidence": confidence_rows, "message_loss": message_loss, "noise": noise,
-            "summary": summarise(rows)}
+    return {"test_samples": int(len(test_data.labels)), **options,
+            "message_loss": message_loss, "noise": noise, "summary": summarise(rows)}
 
 
 def pending_runs(protocol: Protocol, root: Path) -> list[tuple[str, str, int]]:
@@ -349,8 +415,10 @@ def load_results(protocol: Protocol, root: Path) -> dict[tuple[str, str, int], d
         result = _cached_result(run_dir(root, d, m, s) / "evaluation.json",
                                 protocol.run_key(d, m, s))
         if result is not None:
-            for row in (*result["rows"], *result["rows_confidence"]):
-                row["failed"] = tuple(row["failed"])
+            for rows in (result["rows"], result["rows_confidence"],
+                         *result["rows_learned"].values()):
+                for row in rows:
+                    row["failed"] = tuple(row["failed"])
             results[d, m, s] = result
     return results
 
@@ -427,13 +495,34 @@ def strategy_summary(result: dict, strategy: Strategy, metric: str = "accuracy")
 
     ``metric`` is ``"accuracy"`` or ``"balanced_accuracy"`` (mean per-class recall).
     """
-    rows = [{**r, "accuracy": r[metric]}
-            for r in result["rows_confidence" if strategy.confidence else "rows"]
-            if r["mode"] == strategy.mode]
+    if strategy.learned:
+        source = result["rows_learned"][strategy.learned]
+    else:
+        source = result["rows_confidence" if strategy.confidence else "rows"]
+    rows = [{**r, "accuracy": r[metric]} for r in source if r["mode"] == strategy.mode]
     if strategy.standby:
         rows = _standby_rows(rows, strategy.standby)
     summary = summarise(rows)[strategy.mode]
     return summary["modifier" if strategy.modifier else "baseline"]
+
+
+def strategy_recovery_ratio(result: dict, strategy: Strategy) -> float:
+    """Recovery ratio of a strategy against the same model's plain fusion without Modifier.
+
+    ``(strategy - plain) / (plain no failure - plain)`` on the mean single-failure
+    accuracy: for calibrated fusion, which also changes the no-failure output, the cost of
+    a failure is still the plain system's, so every option is measured on one scale.
+    """
+    plain = strategy_summary(result, Strategy("", strategy.method, strategy.mode, False))
+    return recovery_ratio(plain["no_failure"], plain["single_failure_mean"],
+                          strategy_summary(result, strategy)["single_failure_mean"])
+
+
+def compare_options(result: dict, method: str) -> list[dict]:
+    """One run's summary and recovery ratio under each of :func:`modifier_options`."""
+    return [{**dataclasses.asdict(s), **strategy_summary(result, s),
+             "recovery_ratio": strategy_recovery_ratio(result, s)}
+            for s in modifier_options(method)]
 
 
 def seed_metrics(summary: dict) -> dict[str, float]:

@@ -5,7 +5,9 @@ writes into ``out``:
 
 * ``tables.md`` -- Tables 4/5 (single failures per device, without/with the Modifier),
   Table 6 (improvement, paired t-test, error-rate reduction, recovery ratio), accuracy vs
-  number of failed devices (Figure 4), baselines (Figure 7) with t-tests against ours;
+  number of failed devices (Figure 4), baselines (Figure 7) with t-tests against ours, the
+  Modifier options of issue 4 (confidence-weighted, affine, calibrated fusion) with their
+  recovery ratios and t-tests against the plain Modifier;
 * ``seeds.csv`` -- the raw per-seed metrics every table is computed from;
 * ``summary.json`` -- the protocol and every aggregated number with its seeds;
 * ``fig4_failed_devices.png``, ``fig5_pooling.png``, ``fig6_per_device.png``,
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from .modifier import EVALUATION_MODES
 from .reproduction import (
+    LEARNED_METHODS,
     METHODS,
     NOISE_METHODS,
     NOISE_SETTINGS,
@@ -35,8 +38,10 @@ from .reproduction import (
     load_results,
     mean_ci,
     method_values,
+    modifier_options,
     protocol_dict,
     recovery_ratio,
+    strategy_recovery_ratio,
 )
 
 __all__ = ["PAPER_TABLE4", "PAPER_TABLE5", "PAPER_TABLE6", "write_report"]
@@ -264,10 +269,36 @@ def _baseline_table(results, dataset: str, n_devices: int) -> tuple[list[str], l
     return _table(header, rows), raw
 
 
+def _options_table(results, dataset: str) -> tuple[list[str], list[dict]]:
+    header = ["option (avg fusion)", "no failure", "mean single failure", "recovery ratio %",
+              "this minus plain Modifier", "p (paired t)", "seeds"]
+    rows, raw = [], []
+    for method in LEARNED_METHODS:
+        options = modifier_options(method)
+        plain_modifier = method_values(results, dataset, options[1])
+        for strategy in options:
+            values = method_values(results, dataset, strategy)
+            if not values:
+                continue
+            c = compare(values, plain_modifier, "single_failure_mean")
+            ratios = [strategy_recovery_ratio(results[dataset, method, seed], strategy)
+                      for seed in sorted(values)]
+            rows.append([strategy.label, _pm(_column(values, "no_failure")),
+                         _pm(_column(values, "single_failure_mean")),
+                         _pm([r for r in ratios if not math.isnan(r)]),
+                         _signed(c["difference"]), _p(c["p"]), str(len(values))])
+            raw.append({"dataset": dataset, "strategy": strategy.label, "method": method,
+                        "seeds": sorted(values), "recovery_ratios": ratios,
+                        "vs_plain_modifier": c})
+    return _table(header, rows), raw
+
+
 def _seed_rows(results) -> list[dict]:
     plain = [Strategy("", m, mode, mod) for m in METHODS for mode in EVALUATION_MODES
              for mod in (False, True)]
-    special = [s for s in STRATEGIES if s.standby or s.confidence]
+    special = [*(s for s in STRATEGIES if s.standby),
+               *(s for m in LEARNED_METHODS for s in modifier_options(m)
+                 if s.confidence or s.learned)]
     rows = []
     for dataset in sorted({d for d, _, _ in results}):
         for strategy in (*plain, *special):
@@ -275,7 +306,8 @@ def _seed_rows(results) -> list[dict]:
                 rows.append({"dataset": dataset, "method": strategy.method,
                              "mode": strategy.mode, "modifier": strategy.modifier,
                              "standby": strategy.standby,
-                             "confidence_weighted": strategy.confidence, "seed": seed,
+                             "confidence_weighted": strategy.confidence,
+                             "learned": strategy.learned, "seed": seed,
                              **{k: round(v, 6) for k, v in metrics.items()}})
     return rows
 
@@ -408,7 +440,8 @@ def write_report(protocol: Protocol, root: Path, out: Path, command: str = "") -
     methods = "; ".join(f"`{m}` = {METHODS[m].label}" for m in protocol.methods)
     lines += ["", f"Training precision {protocol.precision}. Methods: {methods}.", ""]
     summary: dict = {"protocol": protocol_dict(protocol), "runs_done": done, "runs": total,
-                     "table6": [], "baselines": [], "message_loss": [], "noise": []}
+                     "table6": [], "baselines": [], "modifier_options": [], "message_loss": [],
+                     "noise": []}
     for dataset in datasets:
         any_result = next(r for k, r in results.items() if k[0] == dataset)
         n_devices = len(any_result["summary"]["avg"]["baseline"]["single_failure_per_device"])
@@ -431,6 +464,13 @@ def write_report(protocol: Protocol, root: Path, out: Path, command: str = "") -
         lines += baselines
         lines += _targets_table(results, dataset)
         summary["baselines"] += raw7
+        options_table, raw_options = _options_table(results, dataset)
+        lines += ["### Modifier options (issue 4)", "",
+                  "Learned options are fitted on each run's training split "
+                  "(`core/learned_modifier.py`). Recovery ratio: share of the plain fusion's "
+                  "single-failure loss won back, per seed; p: paired t-test against the "
+                  "plain Modifier of the same model.", "", *options_table]
+        summary["modifier_options"] += raw_options
         loss_table, raw_loss = _message_loss_table(results, dataset)
         lines += ["### Message loss between the devices and the aggregator", "",
                   "Each device's message is lost independently per frame with the given "
