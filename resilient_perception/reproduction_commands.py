@@ -25,6 +25,7 @@ from .core.reproduction import (
     FULL_PLANS,
     METHODS,
     compare_options,
+    fit_subset,
     full_protocol,
     pending_runs,
     quick_protocol,
@@ -76,7 +77,8 @@ def evaluate_modifier_options(checkpoint: Path, split: str, data_root: Path | No
     """Score every Modifier option (avg fusion) of a checkpoint; write options.json/.md.
 
     The learned options are fitted on the split and samples the checkpoint was trained on
-    (its metadata), then scored on ``split``; the run is named after the checkpoint's folder.
+    (its metadata; :func:`.core.reproduction.fit_subset` of them, as in the protocol), then
+    scored on ``split``; the run is named after the checkpoint's folder.
     """
     model, meta = load_checkpoint(checkpoint)
     spec = ViewSpec.from_dict(meta["view_spec"])
@@ -88,12 +90,13 @@ def evaluate_modifier_options(checkpoint: Path, split: str, data_root: Path | No
     out.mkdir(parents=True, exist_ok=True)
     (out / "options.json").write_text(json.dumps({
         "checkpoint": str(checkpoint), "dataset": meta["dataset"],
-        "train_split": meta["train_split"], "train_samples": int(len(train.labels)),
+        "train_split": meta["train_split"], "fit_samples": int(len(fit_subset(train).labels)),
         "split": split, "samples": int(len(test.labels)), "train_seed": meta.get("seed"),
         "options": options}, indent=1) + "\n")
     lines = [f"{meta['dataset']} {split} ({len(test.labels)} samples), avg fusion, learned "
-             f"options fitted on {len(train.labels)} {meta['train_split']} samples; recovery "
-             "ratio against the plain fusion without Modifier.", "",
+             f"options fitted on {len(fit_subset(train).labels)} of the "
+             f"{len(train.labels)} {meta['train_split']} samples; recovery ratio against the "
+             "plain fusion without Modifier.", "",
              "| option | no failure % | mean single failure % | recovery ratio % |",
              "|---|---|---|---|"]
     lines += [f"| {o['label']} | {100 * o['no_failure']:.2f} "
