@@ -97,7 +97,9 @@ def fit_temperatures(
     The N problems are independent (the loss is their sum), solved together by L-BFGS on
     ``log T`` so that T stays positive.
     """
-    logits, weights = logits.double(), mask.double() / mask.sum(dim=0).clamp(min=1)
+    # a fresh copy: tensors made under inference mode cannot take part in autograd
+    logits = logits.detach().to(torch.float64, copy=True)
+    weights = mask.double() / mask.sum(dim=0).clamp(min=1)
     targets = labels[:, None].expand(-1, logits.shape[1])
     log_t = torch.zeros(logits.shape[1], dtype=torch.float64, requires_grad=True)
     optimiser = torch.optim.LBFGS([log_t], max_iter=100, line_search_fn="strong_wolfe")
@@ -161,4 +163,4 @@ def fit_learned_modifier(
     return LearnedModifier(
         learned.feature_map, learned.feature_offset,
         device_temperature=fit_temperatures(probs_to_logits(probs), labels, available),
-        surrogate_temperature=fit_temperatures(surrogates.clone(), labels, has_peer))
+        surrogate_temperature=fit_temperatures(surrogates, labels, has_peer))
