@@ -205,6 +205,11 @@ class CameraNode(Node):
             elif not device_id < spec.rows * spec.cols:
                 raise ValueError(f"device_id {device_id} has no view in a "
                                  f"{spec.rows}x{spec.cols} grid")
+        if input_hw is not None:
+            # The first forward pass builds the backend's kernels for this shape (hundreds of
+            # ms with several cameras starting on one CPU): do it now, not on the first
+            # frame, which would otherwise miss its fusion deadline.
+            runner.run(np.zeros((1, runner.in_channels, *input_hw), np.uint8))
         size = "any size" if input_hw is None else f"{input_hw[0]}x{input_hw[1]}"
         self.get_logger().info(
             f"device {device_id}: {path.name} on {runner.provider}, view {size}, "
