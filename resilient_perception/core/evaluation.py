@@ -23,7 +23,12 @@ import numpy as np
 import torch
 
 from .model import MultiDeviceCNN, views_to_float
-from .modifier import FUSION_MODES, LearnedModifier, fuse_with_failures
+from .modifier import (
+    FUSION_MODES,
+    LearnedModifier,
+    device_output_tensors,
+    fuse_with_failures,
+)
 
 __all__ = [
     "device_outputs",
@@ -102,17 +107,11 @@ def evaluate_failures(
 
     """
     with torch.inference_mode():
-        probs = torch.as_tensor(probs, dtype=torch.float32)
-        features = torch.as_tensor(features, dtype=torch.float32)
+        probs, features, labels, avail = device_output_tensors(probs, features, labels,
+                                                               available)
         weights = torch.as_tensor(weights, dtype=torch.float32)
         biases = torch.as_tensor(biases, dtype=torch.float32)
-        labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         m, n, k = probs.shape
-        avail = (
-            torch.ones(m, n, dtype=torch.bool)
-            if available is None
-            else torch.as_tensor(np.asarray(available), dtype=torch.bool)
-        )
         subsets = failure_subsets(n) if subsets is None else [tuple(s) for s in subsets]
         chunk = max(1, max_rows // m)
         rows = []
@@ -165,12 +164,9 @@ def evaluate_message_loss(
 
     """
     with torch.inference_mode():
-        probs = torch.as_tensor(probs, dtype=torch.float32)
-        features = torch.as_tensor(features, dtype=torch.float32)
-        labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        probs, features, labels, avail = device_output_tensors(probs, features, labels,
+                                                               available)
         m, n, _ = probs.shape
-        avail = (torch.ones(m, n, dtype=torch.bool) if available is None
-                 else torch.as_tensor(np.asarray(available), dtype=torch.bool))
         rng = np.random.default_rng(seed)
         rows = []
         for rate in rates:

@@ -26,11 +26,16 @@ on (never on test data) without retraining the devices, and applied by
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .modifier import LearnedModifier, device_surrogate_logits, live_average, probs_to_logits
+from .modifier import (
+    LearnedModifier,
+    device_output_tensors,
+    device_surrogate_logits,
+    live_average,
+    probs_to_logits,
+)
 
 __all__ = [
     "LEARNED_VARIANTS",
@@ -141,14 +146,11 @@ def fit_learned_modifier(
             when ``affine``).
 
     """
-    probs = torch.as_tensor(probs, dtype=torch.float32)
-    features = torch.as_tensor(features, dtype=torch.float32)
+    probs, features, labels, available = device_output_tensors(probs, features, labels,
+                                                               available)
     weights = torch.as_tensor(weights, dtype=torch.float32)
     biases = torch.as_tensor(biases, dtype=torch.float32)
-    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     m, n, _ = probs.shape
-    available = (torch.ones(m, n, dtype=torch.bool) if available is None
-                 else torch.as_tensor(np.asarray(available), dtype=torch.bool))
     learned = LearnedModifier()
     if affine:
         learned = LearnedModifier(*fit_feature_maps(features, available))

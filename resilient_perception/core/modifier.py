@@ -40,10 +40,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = [
     "LearnedModifier",
+    "device_output_tensors",
     "device_surrogate_logits",
     "fuse",
     "fuse_average",
@@ -60,6 +62,21 @@ FUSION_MODES = ("avg", "max")
 # Majority voting is the "ensemble voting" baseline of the paper's Figure 7: scored offline
 # (evaluation), not offered by the fusion node.
 EVALUATION_MODES = (*FUSION_MODES, "vote")
+
+
+def device_output_tensors(probs, features, labels, available=None) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cached device outputs as tensors, the form every scoring function works on.
+
+    ``probs`` and ``features`` float32, ``labels`` long, ``available`` bool ``(M, N)``: all
+    True when None (every view present).
+    """
+    probs = torch.as_tensor(probs, dtype=torch.float32)
+    m, n = probs.shape[:2]
+    return (probs, torch.as_tensor(features, dtype=torch.float32),
+            torch.as_tensor(np.asarray(labels), dtype=torch.long),
+            torch.ones(m, n, dtype=torch.bool) if available is None
+            else torch.as_tensor(np.asarray(available), dtype=torch.bool))
 
 
 def _live_weights(live: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
