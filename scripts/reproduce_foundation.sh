@@ -29,6 +29,9 @@ variant fail-sim-fused-overlap50 --overlap 0.5 --threads 1  # grid views overlap
 variant fail-sim-fused4 --fused-weight 4 --threads 1        # a heavier fused-output loss
 variant fail-sim-fused4-overlap50 --overlap 0.5 --fused-weight 4 --threads 2  # both together
 variant fail-sim-fused-bf16 --precision bf16  # ours, forward pass in bfloat16 autocast
+# Both attempts together, trained three times longer (a later --epochs replaces the first).
+variant fail-sim-fused4-overlap50-12ep --overlap 0.5 --fused-weight 4 --precision bf16 \
+  --threads 1 --epochs 12
 
 [ -f "$out/training_throughput.json" ] ||
   resilient-perception bench-train --threads 2 --naive-batches 100 \
@@ -45,5 +48,6 @@ resilient-perception report \
   "fail-sim + fused loss x4=$out/fail-sim-fused4/summary.json" \
   "fail-sim + fused loss x4, 50% overlap=$out/fail-sim-fused4-overlap50/summary.json" \
   "fail-sim + fused loss, bf16=$out/fail-sim-fused-bf16/summary.json" \
+  "fail-sim + fused loss x4, 50% overlap, bf16, 12 epochs=$out/fail-sim-fused4-overlap50-12ep/summary.json" \
   --throughput "$out/training_throughput.json" "$out/training_throughput_bf16.json" \
   --out "$out/tables.md"
