@@ -321,7 +321,7 @@ MNIST_CONFIG = ROOT / "config" / "mnist_6cam.yaml"
 LIB = package_prefix() / "lib" / "resilient_perception"
 COUNT = 30  # labelled frames per live run
 LIVE_RATE = 10.0  # frames/s: a loaded CI machine keeps up with six camera processes
-WARMUP = 10
+WARMUP = 30  # frames (3 s) for every subscription, the recorder's too, to match
 DROPPED = 3
 
 

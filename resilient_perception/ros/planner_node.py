@@ -184,6 +184,11 @@ class PlannerNode(Node):
         else:
             options = {"seed": 0, "workers": 1} if self.solver == "cpsat" else {}
             result = solve(live, self.solver, self.time_limit, **options)
+            # The solve blocked this node's executor, so heartbeats that arrived meanwhile
+            # are still queued: count the robots alive when it started as heard now, or a
+            # solve longer than robot_timeout would declare them lost (a robot that died
+            # during the solve is noticed at most one solve later).
+            self.last_seen[alive] = np.maximum(self.last_seen[alive], time.monotonic())
         if result.plan is None:
             self.get_logger().error(f"{self.solver} found no plan for robots "
                                     f"{[self.names[i] for i in robots]} ({result.status}); "
