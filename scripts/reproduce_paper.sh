@@ -19,7 +19,11 @@
 #   MVMC     42 x 12 epochs x 15 s = 2.2 CPU hours
 # ~10 CPU hours in all, ~6 hours on the two lanes (MNIST + MVMC is the longer one), plus
 # evaluation, which is small next to training (one forward pass over each test split, two
-# more for the noise study of the paper and ours runs).
+# more for the noise study of the paper and ours runs, and for those two methods the
+# learned Modifier options' fit on up to 10,000 training samples: about a minute per run).
+# Runs evaluated under an older evaluation version are evaluated again, never retrained.
+# Sessions end: start it in the background at the beginning of each one, e.g.
+#   setsid nohup bash scripts/reproduce_paper.sh > runs/paper-reproduce.log 2>&1 &
 # These were measured while other jobs loaded the machine, with one-off start-up costs in
 # the first batch: an upper bound rather than a precise figure.
 #
