@@ -9,6 +9,7 @@ out of the fusion node, fused from all six devices, as the offline model compute
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -159,11 +160,14 @@ def test_every_labelled_frame_is_fused_from_all_six_devices(checkpoint, mnist_vi
         (msg,) = by_stamp[stamp(label)]  # exactly one fused prediction per frame
         assert list(msg.live_devices) == list(range(6)) and list(msg.surrogate_devices) == []
         np.testing.assert_allclose(msg.probabilities, expected, atol=1e-5)
-    # The rest are the player's unlabelled warm-up frames, all before the labelled ones.
-    warmup = yaml.safe_load(MNIST_CONFIG.read_text())["player"]["ros__parameters"][
-        "warmup_frames"]
+    # The rest are the player's unlabelled warm-up frames, all before the labelled ones;
+    # the warm-up ended on a fused prediction with all six devices live.
+    log = pipeline.log_path("player").read_text()
+    sent = re.search(r"warm-up done after (\d+) frames", log)
+    assert sent, log
     extra = set(by_stamp) - {stamp(label) for label in labels}
-    assert len(extra) <= warmup and all(s < stamp(labels[0]) for s in extra)
+    assert len(extra) <= int(sent.group(1)) and all(s < stamp(labels[0]) for s in extra)
+    assert any(len(by_stamp[s][0].live_devices) == 6 for s in extra)
 
 
 def wait_for_log(pipeline: Pipeline, name: str, text: str, times: int = 1) -> None:

@@ -141,3 +141,41 @@ def test_bad_parameters_exit_with_a_clear_error(tmp_path, parameters, code, mess
         assert pipeline.wait("player", WAIT_S) == code
     log = pipeline.log_path("player").read_text()
     assert message in log and "Traceback" not in log, log
+
+
+def test_warmup_lasts_until_a_fused_prediction_has_every_camera_live(tmp_path):
+    live = [0, 1]  # the live devices of the fused predictions the test publishes
+    with Observer(domain_id=DOMAIN_ID) as observer, player(
+            tmp_path, num_cameras=3, count=2, warmup_frames=2,
+            warmup_fused_topic="perception/fused", wait_for_subscribers=1, rate_hz=50.0,
+            on_end="shutdown") as pipeline:
+        got = Recorder(observer, 3)
+        fused = observer.node.create_publisher(msgs.FusedPrediction, "perception/fused", 10)
+        # Published again and again: the player's subscription matches at some point.
+        observer.node.create_timer(0.05, lambda: fused.publish(
+            msgs.FusedPrediction(live_devices=live)))
+        pipeline.start()
+        # Two of three cameras live: the warm-up goes on well past its 2 frames.
+        observer.spin_until(lambda: len(got.images[0]) >= 30, "30 warm-up frames", WAIT_S,
+                            pipeline)
+        assert got.labels == []
+        live.append(2)
+        observer.spin_until(lambda: len(got.labels) == 2, "2 labels", WAIT_S, pipeline)
+        assert pipeline.wait("player", WAIT_S) == 0
+        observer.spin_for(0.2)
+    assert "warm-up done after" in pipeline.log_path("player").read_text()
+    warmup = len(got.images[0]) - 2
+    assert warmup >= 30 and [stamp_ns(m) for m in got.labels] == [
+        stamp_ns(m) for m in got.images[0][warmup:]]
+
+
+def test_warmup_without_a_fused_answer_gives_up_after_its_timeout(tmp_path):
+    with Observer(domain_id=DOMAIN_ID) as observer, player(
+            tmp_path, num_cameras=1, count=2, warmup_fused_topic="perception/fused",
+            warmup_timeout_s=0.5, wait_for_subscribers=1, rate_hz=50.0,
+            on_end="shutdown") as pipeline:
+        got = Recorder(observer, 1)
+        pipeline.start()
+        observer.spin_until(lambda: len(got.labels) == 2, "2 labels", WAIT_S, pipeline)
+        assert pipeline.wait("player", WAIT_S) == 0
+    assert "starting the labelled frames anyway" in pipeline.log_path("player").read_text()

@@ -16,8 +16,9 @@ test split from frame 0):
    p50/p99/max, plus the node's own lateness statistics;
 5. **pipeline recording**: the bag replayed into the six camera nodes and the fusion node
    while ``recorder_node`` records their outputs; the recorder's counts are compared with
-   what was published (labels and camera predictions by construction, fused frames by the
-   fusion node's own count in its last diagnostics) to give the lost messages.
+   what was published (labels and the camera predictions of labelled frames by
+   construction, fused frames by the fusion node's own count in its last diagnostics) to
+   give the lost messages.
 
 Processes are started with :class:`~resilient_perception.ros.pipeline.Pipeline`; the
 receivers are an :class:`~resilient_perception.ros.pipeline.Observer` in this process.
@@ -39,6 +40,7 @@ import numpy as np
 from resilient_perception.ros.bags import (
     LABEL_TOPIC,
     camera_topic,
+    count_labelled,
     dataset_frames,
     iter_messages,
     score_bag,
@@ -208,7 +210,8 @@ def _pipeline_recording(bag: Path, checkpoint: Path, args, folder: Path,
     nodes = [NodeSpec("recorder", "recorder_node", {"bag_path": str(folder / "outputs")}),
              *pipeline_nodes(args.cameras, player=False, model_path=checkpoint),
              NodeSpec("replay", "replay_node", {
-                 "bag_path": str(bag), "warmup_frames": WARMUP, "wait_for_subscribers": 1,
+                 "bag_path": str(bag), "warmup_frames": WARMUP,
+                 "warmup_fused_topic": "perception/fused", "wait_for_subscribers": 1,
                  "wait_for_label_subscribers": 1, "on_end": "shutdown",
                  "realtime_priority": args.realtime_priority})]
     with (Observer("bag_bench_pipeline", domain_id=domain_id) as observer,
@@ -223,9 +226,10 @@ def _pipeline_recording(bag: Path, checkpoint: Path, args, folder: Path,
     scored = score_bag(folder / "outputs")
     fused_published = int(scored["diagnostics"]["fusion: frame assembly"]["fused"])
     expected = {f"/{LABEL_TOPIC}": args.frames, "/perception/fused": fused_published}
-    expected.update({f"/perception/device_{i}/prediction": args.frames + WARMUP
-                     for i in range(args.cameras)})
+    devices = [f"/perception/device_{i}/prediction" for i in range(args.cameras)]
+    expected.update(dict.fromkeys(devices, args.frames))
     recorded = {topic: topics[topic].count if topic in topics else 0 for topic in expected}
+    recorded.update(count_labelled(folder / "outputs", devices))
     score = scored["score"]
     return {"expected": expected, "recorded": recorded,
             "messages_lost": sum(expected.values()) - sum(recorded.values()),

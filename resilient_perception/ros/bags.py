@@ -72,6 +72,7 @@ __all__ = [
     "TopicSummary",
     "camera_topic",
     "camera_topics",
+    "count_labelled",
     "dataset_frames",
     "has_header",
     "iter_messages",
@@ -529,6 +530,19 @@ def read_messages(path: str | Path, topics: Iterable[str] | None = None
 
 def _stamp_ns(msg: Any) -> int:
     return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def count_labelled(path: str | Path, topics: Iterable[str]) -> dict[str, int]:
+    """Messages on each of ``topics`` (absolute names) stamped like a recorded label.
+
+    A player's unlabelled warm-up frames are left out: how many of them reach a node depends
+    on when DDS matched it. Every labelled frame must be there.
+    """
+    labels = {_stamp_ns(msg) for _, _, msg in read_messages(path, [LABEL_TOPIC])}
+    counts = {_absolute(topic): 0 for topic in topics}
+    for topic, _, msg in read_messages(path, counts):
+        counts[topic] += _stamp_ns(msg) in labels
+    return counts
 
 
 def read_frames(path: str | Path, cameras: int | None = None) -> Iterator[CameraFrame]:

@@ -99,7 +99,8 @@ def demo_nodes(config: Path, model_path: str, num_cameras: int, rate_hz: float,
         elif spec.name == "player" and bag is not None:
             out.append(NodeSpec("player", "replay_node", {
                 "bag_path": os.fspath(Path(bag).resolve()), "loop": True,
-                "warmup_frames": 30, "wait_for_subscribers": 1, "wait_for_label_subscribers": 1}))
+                "warmup_frames": 10, "warmup_fused_topic": STREAMS["modifier"],
+                "wait_for_subscribers": 1, "wait_for_label_subscribers": 1}))
         elif spec.name == "player":
             out.append(NodeSpec("player", spec.executable, {
                 **spec.parameters, "rate_hz": rate_hz, "count": count,

@@ -22,16 +22,18 @@ Images keep the dataset's pixels: ``mono8`` for grayscale and ``rgb8`` for colou
 ``encoding`` asks for ``mono8``, ``rgb8`` or ``bgr8`` (converted as the camera node converts
 back, see :func:`~resilient_perception.ros.image_conversion.to_model_input`).
 
-Played frames are ``start_index .. start_index + count - 1`` (``count`` 0: to the end of
-the split), repeated forever with ``loop``. Before them, ``warmup_frames`` frames of the
-first played image are published *without* a label: the fusion node does not wait for a
-device it has never heard from, so a scoring run lets every device be heard once before
-the first labelled frame. With ``wait_for_subscribers`` the player waits until every
-image topic has that many subscribers before its first frame, and with
-``wait_for_label_subscribers`` until the label topic has that many (a scorer started with
-the pipeline must not miss the first labels). After the last frame it
-stops publishing, or with ``on_end: shutdown`` waits until its messages are acknowledged
-and exits with code 0.
+Played frames are ``start_index .. start_index + count - 1`` (``count`` 0: to the end of the
+split), repeated forever with ``loop``. Before them, ``warmup_frames`` frames of the first
+played image are published *without* a label: the fusion node does not wait for a device it
+has never heard from, so a scoring run lets every device be heard once before the first
+labelled frame. With ``warmup_fused_topic`` the warm-up lasts (at least ``warmup_frames``)
+until a fused prediction on that topic has every camera live, or ``warmup_timeout_s`` has
+passed (see :mod:`~resilient_perception.ros.warmup`). With ``wait_for_subscribers`` the
+player waits until every image topic has that many subscribers before its first frame, and
+with ``wait_for_label_subscribers`` until the label topic has that many (a scorer started
+with the pipeline must not miss the first labels). After the last frame it stops publishing,
+or with ``on_end: shutdown`` waits until its messages are acknowledged and exits with code
+0.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from resilient_perception.msg import FrameLabel
 from resilient_perception.ros.image_conversion import array_to_image, to_model_input
 from resilient_perception.ros.node_utils import descriptor, run_node
 from resilient_perception.ros.qos import image_qos
+from resilient_perception.ros.warmup import WarmupGate
 
 __all__ = ["ENCODINGS", "ON_END", "PlayerNode", "camera_images", "encode", "label_qos", "main"]
 
@@ -150,6 +153,13 @@ class PlayerNode(Node):
             "Unlabelled frames (the first played image) published before the played ones, "
             "so every device is heard once before the first labelled frame.", i,
             (0, 100000)))
+        self.declare_parameter("warmup_fused_topic", "", descriptor(
+            "FusedPrediction topic: keep publishing warm-up frames (at least warmup_frames) "
+            "until a fused prediction there has every camera live; empty: warmup_frames "
+            "alone decides.", s))
+        self.declare_parameter("warmup_timeout_s", 30.0, descriptor(
+            "Stop waiting for warmup_fused_topic after this many seconds and start the "
+            "labelled frames anyway (with a warning).", d, float_range=(0.1, 3600.0)))
         self.declare_parameter("wait_for_subscribers", 0, descriptor(
             "Before the first frame, wait until every image topic has this many "
             "subscribers; 0 = start at once.", i, (0, 1000)))
@@ -171,8 +181,8 @@ class PlayerNode(Node):
 
         p = {name: self.get_parameter(name).value for name in (
             "dataset", "data_dir", "split", "num_cameras", "rate_hz", "start_index", "count",
-            "loop", "warmup_frames", "wait_for_subscribers", "wait_for_label_subscribers",
-            "image_topic_format",
+            "loop", "warmup_frames", "warmup_fused_topic", "warmup_timeout_s",
+            "wait_for_subscribers", "wait_for_label_subscribers", "image_topic_format",
             "frame_id_format", "label_topic", "encoding", "on_end")}
         for name, allowed in (("encoding", ("", *ENCODINGS)), ("on_end", ON_END)):
             if p[name] not in allowed:
@@ -193,7 +203,7 @@ class PlayerNode(Node):
                 "count", p["count"], f"only {size - p['start_index']} frames from start_index "
                 f"{p['start_index']} in the {p['dataset']} {p['split']} split")
         try:
-            camera_images(self.data, p["start_index"], p["num_cameras"])
+            first = camera_images(self.data, p["start_index"], p["num_cameras"])
         except ValueError as exc:
             raise InvalidParameterValueException("num_cameras", p["num_cameras"],
                                                  str(exc)) from None
@@ -201,7 +211,13 @@ class PlayerNode(Node):
         self.frame_ids = [p["frame_id_format"].format(cam) for cam in range(self.num_cameras)]
         self.wait_for_subscribers, self.on_end = p["wait_for_subscribers"], p["on_end"]
         self.wait_for_label_subscribers = p["wait_for_label_subscribers"]
-        self._frames = _schedule(p["start_index"], stop, p["loop"], p["warmup_frames"])
+        self._frames = _schedule(p["start_index"], stop, p["loop"])
+        self._warmup = WarmupGate(
+            self, p["warmup_frames"], p["warmup_fused_topic"],
+            live_devices=sum(image is not None for image in first),
+            timeout_s=p["warmup_timeout_s"])
+        self._warming = self._warmup.needed  # still publishing warm-up frames
+        self._first_index = p["start_index"]
         self.published = 0  # labelled frames published so far
         self._started = False  # the first frame is out (no more waiting for subscribers)
         self.finished = Future()  # done when on_end is 'shutdown' and the last frame is out
@@ -227,11 +243,17 @@ class PlayerNode(Node):
                     self._label_pub.get_subscription_count() < self.wait_for_label_subscribers):
                 return
             self._started = True
-        item = next(self._frames, None)
-        if item is None:
+        if self._warming:
+            self._publish(self._first_index, labelled=False)
+            self._warming = not self._warmup.frame_sent()
+            return
+        index = next(self._frames, None)
+        if index is None:
             self._finish()
             return
-        index, labelled = item
+        self._publish(index, labelled=True)
+
+    def _publish(self, index: int, labelled: bool) -> None:
         stamp = self.get_clock().now().to_msg()
         for cam, image in enumerate(camera_images(self.data, index, self.num_cameras)):
             if image is not None:
@@ -256,13 +278,10 @@ class PlayerNode(Node):
             self.finished.set_result(True)
 
 
-def _schedule(start: int, stop: int, loop: bool, warmup: int) -> Iterator[tuple[int, bool]]:
-    """(frame index, labelled) of every frame to publish, in order."""
-    for _ in range(warmup):
-        yield start, False
+def _schedule(start: int, stop: int, loop: bool) -> Iterator[int]:
+    """Index of every labelled frame to publish, in order."""
     while True:
-        for index in range(start, stop):
-            yield index, True
+        yield from range(start, stop)
         if not loop:
             return
 

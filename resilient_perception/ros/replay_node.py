@@ -25,11 +25,13 @@ a fraction of a millisecond (docs/results/bags). After the run it logs (and writ
 between frames.
 
 Like the player: ``warmup_frames`` publishes the first frame's non-label messages that many
-times before playing (every camera is heard once before the first labelled frame),
-``wait_for_subscribers`` waits for that many subscribers on every camera topic (every topic
-if the bag has no camera topics), ``wait_for_label_subscribers`` for that many on the label
-topic (a scorer or recorder must not miss the first labels), and ``on_end`` is ``stop``
-(keep running) or ``shutdown`` (wait until the last messages are acknowledged, exit 0).
+times before playing (every camera is heard once before the first labelled frame), with
+``warmup_fused_topic`` until a fused prediction there has every camera of that frame live
+(:mod:`~resilient_perception.ros.warmup`), ``wait_for_subscribers`` waits for that many
+subscribers on every camera topic (every topic if the bag has no camera topics),
+``wait_for_label_subscribers`` for that many on the label topic (a scorer or recorder must
+not miss the first labels), and ``on_end`` is ``stop`` (keep running) or ``shutdown`` (wait
+until the last messages are acknowledged, exit 0).
 
 Exit codes: 0 after SIGINT/SIGTERM or a ``shutdown`` end, 1 when the bag turns out damaged
 while playing, 2 for an invalid parameter or a bag that cannot be played (missing,
@@ -73,6 +75,7 @@ from resilient_perception.ros.bags import (
     summarize,
 )
 from resilient_perception.ros.node_utils import descriptor, run_node
+from resilient_perception.ros.warmup import WarmupGate
 
 __all__ = ["ON_END", "ReplayNode", "main", "recorded_qos", "timing_stats"]
 
@@ -201,6 +204,13 @@ class ReplayNode(Node):
         self.declare_parameter("warmup_frames", 0, descriptor(
             "Publish the first frame's non-label messages this many times before playing.",
             i, (0, 100000)))
+        self.declare_parameter("warmup_fused_topic", "", descriptor(
+            "FusedPrediction topic: keep publishing warm-up frames (at least warmup_frames) "
+            "until a fused prediction there has every camera live; empty: warmup_frames "
+            "alone decides.", s))
+        self.declare_parameter("warmup_timeout_s", 30.0, descriptor(
+            "Stop waiting for warmup_fused_topic after this many seconds and play anyway "
+            "(with a warning).", d, float_range=(0.1, 3600.0)))
         self.declare_parameter("wait_for_subscribers", 0, descriptor(
             "Before playing, wait until every camera topic has this many subscribers.", i,
             (0, 1000)))
@@ -218,17 +228,17 @@ class ReplayNode(Node):
             s))
         p = {name: self.get_parameter(name).value for name in (
             "bag_path", "rate", "start_offset", "loop", "exclude_topics", "original_stamps",
-            "warmup_frames", "wait_for_subscribers", "wait_for_label_subscribers", "on_end",
-            "realtime_priority",
-            "stats_path")}
+            "warmup_frames", "warmup_fused_topic", "warmup_timeout_s", "wait_for_subscribers",
+            "wait_for_label_subscribers", "on_end", "realtime_priority", "stats_path")}
         if p["on_end"] not in ON_END:
             raise InvalidParameterValueException("on_end", p["on_end"], f"one of {ON_END}")
         if not p["bag_path"]:
             raise InvalidParameterValueException("bag_path", "", "set it to a bag folder")
-        if p["original_stamps"] and p["warmup_frames"]:
-            raise InvalidParameterValueException(
-                "warmup_frames", p["warmup_frames"], "needs fresh stamps (original_stamps "
-                "false): repeated frames with one stamp are duplicates")
+        for name in ("warmup_frames", "warmup_fused_topic"):
+            if p["original_stamps"] and p[name]:
+                raise InvalidParameterValueException(
+                    name, p[name], "needs fresh stamps (original_stamps "
+                    "false): repeated frames with one stamp are duplicates")
 
         self.bag = summarize(p["bag_path"])
         if "cameras" in self.bag.custom:  # a camera bag: it must have all its cameras
@@ -243,7 +253,10 @@ class ReplayNode(Node):
                 f"{unknown} not in the bag; its topics are {sorted(self.bag.topics)}")
         self.topics = sorted(set(self.bag.topics) - excluded)
         self.rate, self.loop, self.on_end = p["rate"], p["loop"], p["on_end"]
-        self.original_stamps, self.warmup = p["original_stamps"], p["warmup_frames"]
+        self.original_stamps = p["original_stamps"]
+        self._cameras = cameras
+        self._warmup = WarmupGate(self, p["warmup_frames"], p["warmup_fused_topic"],
+                                  timeout_s=p["warmup_timeout_s"])
         self.stats_path, self.realtime_priority = p["stats_path"], p["realtime_priority"]
         self.start_ns = self.bag.start_ns + round(p["start_offset"] * 1e9)
         self._restamp = {t: not self.original_stamps and has_header(self.bag.topics[t].msgtype)
@@ -328,10 +341,13 @@ class ReplayNode(Node):
                 self._finish()
                 return
             unlabelled = [m for m in first if self.bag.topics[m[0]].msgtype != LABEL_TYPE]
-            for k in range(self.warmup):
-                if not self._publish_frame(unlabelled, t0 + k * period, clock_offset):
+            self._warmup.live_devices = sum(m[0] in self._cameras for m in unlabelled)
+            warmed = not self._warmup.needed
+            while not warmed:
+                if not self._publish_frame(unlabelled, t0, clock_offset):
                     return
-            t0 += self.warmup * period
+                warmed = self._warmup.frame_sent()
+                t0 += period
             first_log = first[0][1]
             while True:
                 last_due = self._play_pass(messages, first_log, t0, clock_offset)
