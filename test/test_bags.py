@@ -395,6 +395,8 @@ def play_and_record(observer: Observer, pipeline: Pipeline, run: str,
     observer.spin_until(lambda: pipeline.returncode(replay) is not None, f"{replay} to end",
                         120.0, pipeline)
     assert pipeline.returncode(replay) == 0, pipeline.log_tails()
+    # The warm-up ended on a fused prediction with every played camera live, not a timeout.
+    assert "warm-up done after" in pipeline.log_path(replay).read_text()
     seen = -1
     while seen != len(fused):  # until no fused frame came for a second
         seen = len(fused)
