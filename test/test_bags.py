@@ -430,15 +430,25 @@ def check_run(live_runs, run: str, model, views, truth) -> tuple[dict, list]:
     score = result["score"]
     assert (score["labelled_frames"], score["scored_frames"], score["missing"]) == (
         COUNT, COUNT, 0)
-    # Nothing the pipeline published was lost: the recorder has every label the replay
-    # sent, every fused frame the observer saw and the fusion node counted.
-    topics = summarize(bag).topics
-    assert topics[f"/{LABEL_TOPIC}"].count == COUNT
-    fused_count = topics["/perception/fused"].count
-    assert fused_count == len(live_runs["observed"][run])
-    earlier = 0 if run == "full" else summarize(  # the fusion node counts since its start
-        live_runs["folder"] / "full").topics["/perception/fused"].count
-    assert int(result["diagnostics"]["fusion: frame assembly"]["fused"]) == earlier + fused_count
+    # Nothing the pipeline published was lost. The recorder has every label the replay
+    # sent. Its fused subscription matched at some point of the warm-up (discovery between
+    # fresh processes takes up to seconds on a loaded machine), as did the observer's; from
+    # then on both got every fused frame, in order, and the fusion node counted no more.
+    assert summarize(bag).topics[f"/{LABEL_TOPIC}"].count == COUNT
+    in_bag = [stamp_of(m) for m in recorded(bag, "perception/fused")]
+    seen = [stamp_of(m) for m in live_runs["observed"][run]]
+    assert in_bag == sorted(set(in_bag)) and seen == sorted(set(seen))
+    first_label = min(stamp_of(m) for m in recorded(bag, LABEL_TOPIC))
+    both = max(in_bag[0], seen[0])
+    assert both < first_label
+    assert [s for s in in_bag if s >= both] == [s for s in seen if s >= both]
+
+    def fused_by_fusion(run: str) -> int:  # the fusion node counts since its start
+        diagnostics = score_bag(live_runs["folder"] / run)["diagnostics"]
+        return int(diagnostics["fusion: frame assembly"]["fused"])
+
+    fused = fused_by_fusion(run) - (0 if run == "full" else fused_by_fusion("full"))
+    assert len(in_bag) <= fused and len(seen) <= fused
     by_stamp = {stamp_of(m): m for m in recorded(bag, "perception/fused")}
     frames = [by_stamp[stamp_of(label)] for label in recorded(bag, LABEL_TOPIC)]
     failed = [tuple(m.surrogate_devices) for m in frames]

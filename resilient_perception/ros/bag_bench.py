@@ -15,10 +15,10 @@ test split from frame 0):
    timestamps) and received (its reception timestamps, free of executor delays),
    p50/p99/max, plus the node's own lateness statistics;
 5. **pipeline recording**: the bag replayed into the six camera nodes and the fusion node
-   while ``recorder_node`` records their outputs; the recorder's counts are compared with
-   what was published (labels and the camera predictions of labelled frames by
-   construction, fused frames by the fusion node's own count in its last diagnostics) to
-   give the lost messages.
+   while ``recorder_node`` records their outputs; the recorder's counts of labels and of
+   the camera and fused predictions of labelled frames are compared with the frames played
+   to give the lost messages (unlabelled warm-up frames are left out: the recorder gets
+   them from whenever DDS matched it).
 
 Processes are started with :class:`~resilient_perception.ros.pipeline.Pipeline`; the
 receivers are an :class:`~resilient_perception.ros.pipeline.Observer` in this process.
@@ -224,12 +224,12 @@ def _pipeline_recording(bag: Path, checkpoint: Path, args, folder: Path,
         pipeline.check()
     topics = summarize(folder / "outputs").topics
     scored = score_bag(folder / "outputs")
-    fused_published = int(scored["diagnostics"]["fusion: frame assembly"]["fused"])
-    expected = {f"/{LABEL_TOPIC}": args.frames, "/perception/fused": fused_published}
-    devices = [f"/perception/device_{i}/prediction" for i in range(args.cameras)]
-    expected.update(dict.fromkeys(devices, args.frames))
-    recorded = {topic: topics[topic].count if topic in topics else 0 for topic in expected}
-    recorded.update(count_labelled(folder / "outputs", devices))
+    predictions = ["/perception/fused",
+                   *(f"/perception/device_{i}/prediction" for i in range(args.cameras))]
+    expected = dict.fromkeys([f"/{LABEL_TOPIC}", *predictions], args.frames)
+    recorded = {f"/{LABEL_TOPIC}": topics[f"/{LABEL_TOPIC}"].count
+                if f"/{LABEL_TOPIC}" in topics else 0}
+    recorded.update(count_labelled(folder / "outputs", predictions))
     score = scored["score"]
     return {"expected": expected, "recorded": recorded,
             "messages_lost": sum(expected.values()) - sum(recorded.values()),
