@@ -501,8 +501,10 @@ def test_replay_node_rate_offset_loop_remapping_and_stamps(mnist, tmp_path):
         "bag_path": str(tmp_path / "bag"), "original_stamps": True, "on_end": "shutdown",
         "wait_for_subscribers": 1})
     missing = NodeSpec("replay_missing", "replay_node", {"bag_path": str(tmp_path / "none")})
+    repeated = NodeSpec("replay_repeated", "replay_node", {
+        "bag_path": str(tmp_path / "bag"), "original_stamps": True, "warmup_frames": 3})
     with (Observer(domain_id=DOMAIN_ID) as observer,
-          Pipeline([looped, once, missing], log_dir=tmp_path / "logs",
+          Pipeline([looped, once, missing, repeated], log_dir=tmp_path / "logs",
                    domain_id=DOMAIN_ID) as pipeline):
         labels = observer.collect(msgs.FrameLabel, LABEL_TOPIC)
         images = {topic: observer.collect(Image, topic) for topic in (
@@ -533,3 +535,6 @@ def test_replay_node_rate_offset_loop_remapping_and_stamps(mnist, tmp_path):
         pipeline.start("replay_missing")  # a bag that is not there: exit 2, and why
         assert pipeline.wait("replay_missing", timeout=30.0) == 2
         assert "does not exist" in pipeline.log_path("replay_missing").read_text()
+        pipeline.start("replay_repeated")  # warm-up frames would repeat recorded stamps
+        assert pipeline.wait("replay_repeated", timeout=30.0) == 2
+        assert "need fresh stamps" in pipeline.log_path("replay_repeated").read_text()

@@ -60,7 +60,7 @@ from resilient_perception.msg import FrameLabel
 from resilient_perception.ros.image_conversion import array_to_image, to_model_input
 from resilient_perception.ros.node_utils import descriptor, run_node
 from resilient_perception.ros.qos import image_qos
-from resilient_perception.ros.warmup import WarmupGate
+from resilient_perception.ros.warmup import declare_warmup
 
 __all__ = ["ENCODINGS", "ON_END", "PlayerNode", "camera_images", "encode", "label_qos", "main"]
 
@@ -149,17 +149,6 @@ class PlayerNode(Node):
             "Number of played frames; 0 = up to the end of the split.", i, (0, 2**31 - 1)))
         self.declare_parameter("loop", False, descriptor(
             "Play the frames again and again (new stamps each time).", b))
-        self.declare_parameter("warmup_frames", 0, descriptor(
-            "Unlabelled frames (the first played image) published before the played ones, "
-            "so every device is heard once before the first labelled frame.", i,
-            (0, 100000)))
-        self.declare_parameter("warmup_fused_topic", "", descriptor(
-            "FusedPrediction topic: keep publishing warm-up frames (at least warmup_frames) "
-            "until a fused prediction there has every camera live; empty: warmup_frames "
-            "alone decides.", s))
-        self.declare_parameter("warmup_timeout_s", 30.0, descriptor(
-            "Stop waiting for warmup_fused_topic after this many seconds and start the "
-            "labelled frames anyway (with a warning).", d, float_range=(0.1, 3600.0)))
         self.declare_parameter("wait_for_subscribers", 0, descriptor(
             "Before the first frame, wait until every image topic has this many "
             "subscribers; 0 = start at once.", i, (0, 1000)))
@@ -179,10 +168,10 @@ class PlayerNode(Node):
             "After the last frame: 'stop' publishing and keep running, or 'shutdown' the "
             "process (exit code 0).", s))
 
+        self._warmup = declare_warmup(self)
         p = {name: self.get_parameter(name).value for name in (
             "dataset", "data_dir", "split", "num_cameras", "rate_hz", "start_index", "count",
-            "loop", "warmup_frames", "warmup_fused_topic", "warmup_timeout_s",
-            "wait_for_subscribers", "wait_for_label_subscribers", "image_topic_format",
+            "loop", "wait_for_subscribers", "wait_for_label_subscribers", "image_topic_format",
             "frame_id_format", "label_topic", "encoding", "on_end")}
         for name, allowed in (("encoding", ("", *ENCODINGS)), ("on_end", ON_END)):
             if p[name] not in allowed:
@@ -212,10 +201,7 @@ class PlayerNode(Node):
         self.wait_for_subscribers, self.on_end = p["wait_for_subscribers"], p["on_end"]
         self.wait_for_label_subscribers = p["wait_for_label_subscribers"]
         self._frames = _schedule(p["start_index"], stop, p["loop"])
-        self._warmup = WarmupGate(
-            self, p["warmup_frames"], p["warmup_fused_topic"],
-            live_devices=sum(image is not None for image in first),
-            timeout_s=p["warmup_timeout_s"])
+        self._warmup.live_devices = sum(image is not None for image in first)
         self._warming = self._warmup.needed  # still publishing warm-up frames
         self._first_index = p["start_index"]
         self.published = 0  # labelled frames published so far

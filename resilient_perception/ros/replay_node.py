@@ -75,7 +75,7 @@ from resilient_perception.ros.bags import (
     summarize,
 )
 from resilient_perception.ros.node_utils import descriptor, run_node
-from resilient_perception.ros.warmup import WarmupGate
+from resilient_perception.ros.warmup import declare_warmup
 
 __all__ = ["ON_END", "ReplayNode", "main", "recorded_qos", "timing_stats"]
 
@@ -201,16 +201,6 @@ class ReplayNode(Node):
             sa))
         self.declare_parameter("original_stamps", False, descriptor(
             "Keep the recorded header stamps instead of stamping with the publish time.", b))
-        self.declare_parameter("warmup_frames", 0, descriptor(
-            "Publish the first frame's non-label messages this many times before playing.",
-            i, (0, 100000)))
-        self.declare_parameter("warmup_fused_topic", "", descriptor(
-            "FusedPrediction topic: keep publishing warm-up frames (at least warmup_frames) "
-            "until a fused prediction there has every camera live; empty: warmup_frames "
-            "alone decides.", s))
-        self.declare_parameter("warmup_timeout_s", 30.0, descriptor(
-            "Stop waiting for warmup_fused_topic after this many seconds and play anyway "
-            "(with a warning).", d, float_range=(0.1, 3600.0)))
         self.declare_parameter("wait_for_subscribers", 0, descriptor(
             "Before playing, wait until every camera topic has this many subscribers.", i,
             (0, 1000)))
@@ -226,19 +216,19 @@ class ReplayNode(Node):
         self.declare_parameter("stats_path", "", descriptor(
             "Write the publish timing statistics here (JSON) after the run; empty: only log.",
             s))
+        self._warmup = declare_warmup(self)
         p = {name: self.get_parameter(name).value for name in (
             "bag_path", "rate", "start_offset", "loop", "exclude_topics", "original_stamps",
-            "warmup_frames", "warmup_fused_topic", "warmup_timeout_s", "wait_for_subscribers",
-            "wait_for_label_subscribers", "on_end", "realtime_priority", "stats_path")}
+            "wait_for_subscribers", "wait_for_label_subscribers", "on_end", "realtime_priority",
+            "stats_path")}
         if p["on_end"] not in ON_END:
             raise InvalidParameterValueException("on_end", p["on_end"], f"one of {ON_END}")
         if not p["bag_path"]:
             raise InvalidParameterValueException("bag_path", "", "set it to a bag folder")
-        for name in ("warmup_frames", "warmup_fused_topic"):
-            if p["original_stamps"] and p[name]:
-                raise InvalidParameterValueException(
-                    name, p[name], "needs fresh stamps (original_stamps "
-                    "false): repeated frames with one stamp are duplicates")
+        if p["original_stamps"] and self._warmup.needed:
+            raise InvalidParameterValueException(
+                "original_stamps", True, "warm-up frames (warmup_frames, warmup_fused_topic) "
+                "need fresh stamps: repeated frames with one stamp are duplicates")
 
         self.bag = summarize(p["bag_path"])
         if "cameras" in self.bag.custom:  # a camera bag: it must have all its cameras
@@ -255,8 +245,6 @@ class ReplayNode(Node):
         self.rate, self.loop, self.on_end = p["rate"], p["loop"], p["on_end"]
         self.original_stamps = p["original_stamps"]
         self._cameras = cameras
-        self._warmup = WarmupGate(self, p["warmup_frames"], p["warmup_fused_topic"],
-                                  timeout_s=p["warmup_timeout_s"])
         self.stats_path, self.realtime_priority = p["stats_path"], p["realtime_priority"]
         self.start_ns = self.bag.start_ns + round(p["start_offset"] * 1e9)
         self._restamp = {t: not self.original_stamps and has_header(self.bag.topics[t].msgtype)

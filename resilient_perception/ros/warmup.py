@@ -15,19 +15,22 @@ from __future__ import annotations
 import threading
 import time
 
+from rcl_interfaces.msg import ParameterType
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
 from resilient_perception.msg import FusedPrediction
+from resilient_perception.ros.node_utils import descriptor
 
-__all__ = ["WarmupGate"]
+__all__ = ["WarmupGate", "declare_warmup"]
 
 
 class WarmupGate:
     """Counts warm-up frames and says when the labelled frames may start.
 
     Thread-safe: the replay node asks from its playback thread while the executor delivers
-    fused predictions.
+    fused predictions. ``live_devices`` may be set after construction, once the player
+    knows how many cameras its first frame has.
     """
 
     def __init__(self, node: Node, min_frames: int, fused_topic: str = "",
@@ -82,3 +85,27 @@ class WarmupGate:
                 "starting the labelled frames anyway")
             return True
         return False
+
+
+def declare_warmup(node: Node) -> WarmupGate:
+    """Declare ``warmup_frames``, ``warmup_fused_topic``, ``warmup_timeout_s``; their gate.
+
+    The caller sets the gate's ``live_devices`` to the cameras of its warm-up frame.
+    """
+    i, d, s = (ParameterType.PARAMETER_INTEGER, ParameterType.PARAMETER_DOUBLE,
+               ParameterType.PARAMETER_STRING)
+    node.declare_parameter("warmup_frames", 0, descriptor(
+        "Unlabelled frames (the first played frame, without its label) published before "
+        "the labelled ones, so every device is heard once before the first labelled frame.",
+        i, (0, 100000)))
+    node.declare_parameter("warmup_fused_topic", "", descriptor(
+        "FusedPrediction topic: keep publishing warm-up frames (at least warmup_frames) "
+        "until a fused prediction there has every camera live; empty: warmup_frames alone "
+        "decides.", s))
+    node.declare_parameter("warmup_timeout_s", 30.0, descriptor(
+        "Stop waiting for warmup_fused_topic after this many seconds and play the labelled "
+        "frames anyway (with a warning).", d, float_range=(0.1, 3600.0)))
+    value = {name: node.get_parameter(name).value
+             for name in ("warmup_frames", "warmup_fused_topic", "warmup_timeout_s")}
+    return WarmupGate(node, value["warmup_frames"], value["warmup_fused_topic"],
+                      timeout_s=value["warmup_timeout_s"])
