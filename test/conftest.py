@@ -1,7 +1,8 @@
-"""Shared pytest fixtures: small cuts of the real MNIST test set (no synthetic data)."""
+"""Shared pytest set-up: DDS on loopback, small cuts of the real MNIST test set."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,10 @@ from resilient_perception.core.datasets import load_mnist
 from resilient_perception.core.views import ViewSpec, make_views
 
 DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
+
+# DDS stays on loopback in every test and in every node process a test starts (they inherit
+# the environment), whatever the shell that runs pytest has set.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
-import subprocess
-import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,6 @@ msgs = pytest.importorskip(
 )
 
 from builtin_interfaces.msg import Time  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from resilient_perception.core.checkpoint import save_checkpoint  # noqa: E402
@@ -26,20 +24,28 @@ from resilient_perception.core.datasets import load_mnist  # noqa: E402
 from resilient_perception.core.export import DeviceRunner, export_checkpoint  # noqa: E402
 from resilient_perception.core.views import ViewSpec, crop_views  # noqa: E402
 from resilient_perception.ros.image_conversion import array_to_image  # noqa: E402
+from resilient_perception.ros.pipeline import (  # noqa: E402
+    NodeSpec,
+    Observer,
+    Pipeline,
+    package_prefix,
+)
 from resilient_perception.ros.qos import head_qos, image_qos, prediction_qos  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
-NODE = Path(sys.executable).parent.parent / "lib" / "resilient_perception" / "camera_node"
+NAME = "camera_2"
 SPEC = ViewSpec(kind="grid")  # 3x2 grid: 10x14 views of 28x28 digits
 CLASSES = [str(k) for k in range(10)]
 DEVICE = 2
 WAIT_S = 15.0  # upper bound of any single wait; a healthy run needs well under 1 s each
+DOMAIN_ID = (os.getpid() + 19) % 90 + 110
 
 pytestmark = [
     pytest.mark.ros,
     pytest.mark.timeout(60),
     pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present"),
-    pytest.mark.skipif(not NODE.is_file(), reason="camera_node not installed: scripts/setup.sh"),
+    pytest.mark.skipif(not (package_prefix() / "lib/resilient_perception/camera_node").is_file(),
+                       reason="camera_node not installed: scripts/setup.sh"),
 ]
 
 
@@ -65,55 +71,26 @@ def runner(model_files) -> DeviceRunner:
     return DeviceRunner.from_onnx(model_files["onnx"], threads=1)
 
 
-@pytest.fixture(scope="module")
-def ros_env(tmp_path_factory):
-    """Loopback-only DDS on a domain of this test run; restored afterwards."""
-    saved = {k: os.environ.get(k) for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")}
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    os.environ["ROS_DOMAIN_ID"] = str(os.getpid() % 90 + 110)
-    yield dict(os.environ)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+def camera_pipeline(log_dir: Path, **parameters) -> Pipeline:
+    """The installed camera_node as ``camera_2``, its images remapped as in the launch file."""
+    return Pipeline([NodeSpec(NAME, "camera_node", parameters,
+                              remappings=(("image_raw", "camera_2/image_raw"),))],
+                    log_dir=log_dir, domain_id=DOMAIN_ID)
 
 
-def start_node(env: dict, cwd: Path, *params: str) -> subprocess.Popen:
-    """Start the installed executable; cwd outside the repo, output to files (never a pipe)."""
-    args = [str(NODE), "--ros-args", "-r", "__node:=camera_2",
-            "-r", "image_raw:=camera_2/image_raw"]
-    for param in params:
-        args += ["-p", param]
-    with open(cwd / "node.out", "w") as out:  # the child keeps its own copy of the fd
-        return subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+class Camera(Observer):
+    """This test's rclpy node talking to the camera node of ``pipeline``."""
 
-
-class Camera:
-    """The node process and this test's rclpy node (in its own context) talking to it."""
-
-    def __init__(self, process: subprocess.Popen, log: Path) -> None:
-        self.process, self.log = process, log
-        self.context = rclpy.Context()
-        self.context.init()
-        self.node = rclpy.create_node("camera_node_test", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+    def __init__(self, pipeline: Pipeline) -> None:
+        super().__init__("camera_node_test", domain_id=DOMAIN_ID)
+        self.pipeline, self.log = pipeline, pipeline.log_path(NAME)
         self.images = self.node.create_publisher(Image, "camera_2/image_raw", image_qos())
-        self.predictions: list = []
         # Requested deadline/lease >= the node's offered 0.5 s / 1.0 s: compatible.
-        self.node.create_subscription(msgs.DevicePrediction, "prediction",
-                                      self.predictions.append, prediction_qos(2.0, 2.0))
+        self.predictions = self.collect(msgs.DevicePrediction, "prediction",
+                                        prediction_qos(2.0, 2.0))
 
-    def spin_until(self, condition, what: str, timeout: float = WAIT_S):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            value = condition()
-            if value:
-                return value
-            assert self.process.poll() is None, f"node exited:\n{self.log.read_text()}"
-            self.executor.spin_once(timeout_sec=0.05)
-        pytest.fail(f"timed out waiting for {what}; node log:\n{self.log.read_text()}")
+    def wait_for(self, condition, what: str):
+        return self.spin_until(condition, what, WAIT_S, self.pipeline)
 
     def received(self, stamp: Time):
         return next((p for p in self.predictions if p.header.stamp == stamp), None)
@@ -129,30 +106,24 @@ class Camera:
                 last = time.monotonic()
             return self.received(msg.header.stamp)
 
-        return self.spin_until(answered, f"a prediction stamped {msg.header.stamp}")
+        return self.wait_for(answered, f"a prediction stamped {msg.header.stamp}")
 
-    def close(self) -> None:
-        """Shut this side down and make sure the node process is gone."""
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.context.try_shutdown()
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
+
+@contextlib.contextmanager
+def running_camera(log_dir: Path, **parameters) -> Iterator[Camera]:
+    """Start the camera node; yield this test's side once the node's topics are up."""
+    with camera_pipeline(log_dir, **parameters) as pipeline, Camera(pipeline) as cam:
+        pipeline.start()
+        cam.wait_for(lambda: cam.images.get_subscription_count() > 0
+                     and cam.node.count_publishers("prediction") > 0, "the node's topics")
+        yield cam
 
 
 @pytest.fixture(scope="module")
-def camera(ros_env, model_files, tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("camera_run")
-    process = start_node(ros_env, cwd, f"device_id:={DEVICE}",
-                         f"model_path:={model_files['onnx']}")
-    cam = Camera(process, cwd / "node.out")
-    try:
-        cam.spin_until(lambda: cam.images.get_subscription_count() > 0
-                       and cam.node.count_publishers("prediction") > 0, "the node's topics")
+def camera(model_files, tmp_path_factory):
+    with running_camera(tmp_path_factory.mktemp("camera_run"), device_id=DEVICE,
+                        model_path=str(model_files["onnx"])) as cam:
         yield cam
-    finally:
-        cam.close()
 
 
 def image_msg(image: np.ndarray, sec: int, nanosec: int = 0, encoding: str = "mono8") -> Image:
@@ -174,9 +145,8 @@ def test_predictions_match_the_runner_on_real_images(camera, runner, images):
 
 
 def test_late_subscriber_gets_the_head(camera, runner):
-    heads = []
-    camera.node.create_subscription(msgs.ClassifierHead, "head", heads.append, head_qos())
-    head = camera.spin_until(lambda: heads and heads[0], "the transient-local head")
+    heads = camera.collect(msgs.ClassifierHead, "head", head_qos())
+    head = camera.wait_for(lambda: heads and heads[0], "the transient-local head")
     weight, bias = runner.head()
     assert head.device_id == DEVICE
     assert (head.num_classes, head.feature_dim) == weight.shape
@@ -195,41 +165,35 @@ def test_bad_images_are_skipped_and_the_node_keeps_working(camera, images):
     assert good.device_id == DEVICE
     # Reliable, in-order delivery: the bad ones were handled before the good one.
     assert camera.received(Time(sec=200)) is None and camera.received(Time(sec=201)) is None
-    assert camera.process.poll() is None
+    assert camera.pipeline.running(NAME)
     assert "unsupported image encoding 'yuv422_weird'" in camera.log.read_text()
 
 
 def test_sigint_exits_cleanly(camera):
-    camera.process.send_signal(signal.SIGINT)
-    assert camera.process.wait(timeout=10) == 0, camera.log.read_text()
+    assert camera.pipeline.interrupt(NAME) == 0, camera.log.read_text()
 
 
-def test_model_for_another_device_fails_configure(ros_env, model_files, tmp_path):
-    process = start_node(ros_env, tmp_path, "device_id:=3",
-                         f"model_path:={model_files['onnx']}")
-    try:
-        assert process.wait(timeout=30) == 1
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-    log = (tmp_path / "node.out").read_text()
+def exit_code_and_log(tmp_path: Path, **parameters) -> tuple[int, str]:
+    """Run a camera node that is expected to exit by itself."""
+    with camera_pipeline(tmp_path, **parameters) as pipeline:
+        pipeline.start()
+        return pipeline.wait(NAME, timeout=30), pipeline.log_path(NAME).read_text()
+
+
+def test_model_for_another_device_fails_configure(model_files, tmp_path):
+    code, log = exit_code_and_log(tmp_path, device_id=3, model_path=str(model_files["onnx"]))
+    assert code == 1
     assert "holds device 2, but device_id is 3" in log and "autostart failed" in log
 
 
-def test_checkpoint_runs_with_torch(ros_env, model_files, images, tmp_path):
+def test_checkpoint_runs_with_torch(model_files, images, tmp_path):
     """A .safetensors checkpoint: device 2 is taken from it and run with torch."""
     from resilient_perception.core.checkpoint import load_checkpoint
 
-    process = start_node(ros_env, tmp_path, f"device_id:={DEVICE}",
-                         f"model_path:={model_files['checkpoint']}", "backend:=torch")
-    cam = Camera(process, tmp_path / "node.out")
-    try:
+    with running_camera(tmp_path, device_id=DEVICE, backend="torch",
+                        model_path=str(model_files["checkpoint"])) as cam:
         pred = cam.ask(image_msg(images[5], sec=300))
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=10) == 0, cam.log.read_text()
-    finally:
-        cam.close()
+        assert cam.pipeline.interrupt(NAME) == 0, cam.log.read_text()
     model, _ = load_checkpoint(model_files["checkpoint"])
     view = crop_views(images[5:6], SPEC.boxes(28, 28))[:, DEVICE]
     probs, features = DeviceRunner.from_torch(model.device(DEVICE)).run(view)
@@ -238,14 +202,9 @@ def test_checkpoint_runs_with_torch(ros_env, model_files, images, tmp_path):
     assert "on torch" in cam.log.read_text()
 
 
-@pytest.mark.parametrize("param", ["device_id:=64", "threads:=0", "device_id:=two"])
-def test_invalid_parameters_exit_with_code_2(ros_env, tmp_path, param):
-    process = start_node(ros_env, tmp_path, param)
-    try:
-        assert process.wait(timeout=30) == 2
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-    log = (tmp_path / "node.out").read_text()
+@pytest.mark.parametrize("parameters", [
+    {"device_id": 64}, {"threads": 0}, {"device_id": "two"}], ids=["range", "threads", "type"])
+def test_invalid_parameters_exit_with_code_2(tmp_path, parameters):
+    code, log = exit_code_and_log(tmp_path, **parameters)
+    assert code == 2
     assert "invalid parameter" in log and "Traceback" not in log

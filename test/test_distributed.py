@@ -335,7 +335,7 @@ def _send_bad_messages(pipeline, domain_id: int, robot: str) -> tuple[int, int]:
     ("planner_node", ["-p", "solver:=simplex"]),
     ("link_probe_node", ["-p", "robot:=robot0", "-p", "peers:=[robot0]"]),
 ])
-def test_nodes_exit_2_on_invalid_parameters(executable, parameters, ros_env):
+def test_nodes_exit_2_on_invalid_parameters(executable, parameters):
     from resilient_perception.ros.pipeline import PACKAGE, package_prefix
 
     command = [str(package_prefix() / "lib" / PACKAGE / executable), "--ros-args", *parameters]
@@ -344,12 +344,7 @@ def test_nodes_exit_2_on_invalid_parameters(executable, parameters, ros_env):
     assert "invalid parameter or configuration" in result.stderr
 
 
-@pytest.fixture
-def ros_env(monkeypatch):
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-
-
-def test_loopback_distributed_output_and_a_killed_stage(tiny, tmp_path, ros_env):
+def test_loopback_distributed_output_and_a_killed_stage(tiny, tmp_path):
     from resilient_perception.ros.distributed_run import distributed_nodes
     from resilient_perception.ros.pipeline import Pipeline
 

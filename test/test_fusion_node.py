@@ -9,9 +9,6 @@ malformed predictions.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,7 +23,6 @@ msgs = pytest.importorskip(
 
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
@@ -35,9 +31,16 @@ from resilient_perception.core.frame_assembly import (  # noqa: E402
     Frame,
     fuse_frame,
 )
+from resilient_perception.ros.pipeline import (  # noqa: E402
+    NodeSpec,
+    Observer,
+    Pipeline,
+    package_prefix,
+)
 from resilient_perception.ros.qos import head_qos, prediction_qos  # noqa: E402
 
-NODE = Path(sys.executable).parent.parent / "lib" / "resilient_perception" / "fusion_node"
+NAME = "fusion_node"
+DOMAIN_ID = (os.getpid() + 23) % 90 + 110
 N, K, D = 3, 4, 5
 DEADLINE, FRAME_TIMEOUT, WATCHDOG = 0.5, 0.2, 1.0
 PERIOD = 0.1
@@ -46,7 +49,8 @@ WAIT_S = 15.0  # upper bound of any single wait; a healthy run needs well under 
 pytestmark = [
     pytest.mark.ros,
     pytest.mark.timeout(60),
-    pytest.mark.skipif(not NODE.is_file(), reason="fusion_node not installed: scripts/setup.sh"),
+    pytest.mark.skipif(not (package_prefix() / "lib/resilient_perception/fusion_node").is_file(),
+                       reason="fusion_node not installed: scripts/setup.sh"),
 ]
 
 _RNG = np.random.default_rng(3)
@@ -67,30 +71,17 @@ def device_output(device: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return features, probs
 
 
-@pytest.fixture(scope="module")
-def ros_env():
-    """Loopback-only DDS on a domain of this test run; restored afterwards."""
-    saved = {k: os.environ.get(k) for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")}
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    os.environ["ROS_DOMAIN_ID"] = str((os.getpid() + 37) % 90 + 110)
-    yield dict(os.environ)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+def fusion_pipeline(log_dir: Path, **parameters) -> Pipeline:
+    return Pipeline([NodeSpec(NAME, "fusion_node", parameters)], log_dir=log_dir,
+                    domain_id=DOMAIN_ID)
 
 
-class Fleet:
-    """The fusion_node process and this test's three fake camera devices."""
+class Fleet(Observer):
+    """This test's three fake camera devices, feeding the fusion node of ``pipeline``."""
 
-    def __init__(self, process: subprocess.Popen, log: Path) -> None:
-        self.process, self.log = process, log
-        self.context = rclpy.Context()
-        self.context.init()
-        self.node = rclpy.create_node("fusion_node_test", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+    def __init__(self, pipeline: Pipeline) -> None:
+        super().__init__("fusion_node_test", domain_id=DOMAIN_ID)
+        self.pipeline, self.log = pipeline, pipeline.log_path(NAME)
         self.heads, self.preds = [], []
         for i in range(N):
             self.heads.append(self.node.create_publisher(
@@ -104,30 +95,16 @@ class Fleet:
                                        bias=BIASES[i].tolist())
             self.heads[i].publish(head)
         self.fused: list = []  # (message, monotonic time received)
-        self.diagnostics: list = []
         self.node.create_subscription(msgs.FusedPrediction, "perception/fused",
                                       lambda m: self.fused.append((m, time.monotonic())),
                                       QoSProfile(depth=100))
-        self.node.create_subscription(DiagnosticArray, "/diagnostics",
-                                      self.diagnostics.append, 10)
+        self.diagnostics = self.collect(DiagnosticArray, "/diagnostics", 10)
         self.sent: dict[int, dict] = {}  # stamp_ns -> {device: (features, probs)}
         self.sent_at: dict[int, float] = {}
         self.k = 0
 
-    def spin_until(self, condition, what: str, timeout: float = WAIT_S):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            value = condition()
-            if value:
-                return value
-            assert self.process.poll() is None, f"node exited:\n{self.log.read_text()}"
-            self.executor.spin_once(timeout_sec=0.02)
-        pytest.fail(f"timed out waiting for {what}; node log:\n{self.log.read_text()}")
-
-    def spin_for(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            self.executor.spin_once(timeout_sec=min(left, 0.02))
+    def wait_for(self, condition, what: str, timeout: float = WAIT_S):
+        return self.spin_until(condition, what, timeout, self.pipeline)
 
     def stamp_now(self):
         return self.node.get_clock().now().to_msg()
@@ -166,34 +143,21 @@ class Fleet:
         return {s.name: {kv.key: kv.value for kv in s.values} | {"_level": s.level}
                 for s in self.diagnostics[-1].status}
 
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.context.try_shutdown()
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
-def fleet(ros_env, tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("fusion_run")
-    args = [str(NODE), "--ros-args", "-p", f"num_devices:={N}",
-            "-p", f"frame_timeout:={FRAME_TIMEOUT}", "-p", f"watchdog_timeout:={WATCHDOG}",
-            "-p", f"deadline:={DEADLINE}", "-p", "diagnostics_period:=0.25"]
-    with open(cwd / "node.out", "w") as out:  # the child keeps its own copy of the fd
-        process = subprocess.Popen(args, env=ros_env, cwd=cwd, stdout=out,
-                                   stderr=subprocess.STDOUT)
-    f = Fleet(process, cwd / "node.out")
-    try:
+def fleet(tmp_path_factory):
+    with fusion_pipeline(tmp_path_factory.mktemp("fusion_run"), num_devices=N,
+                         frame_timeout=FRAME_TIMEOUT, watchdog_timeout=WATCHDOG,
+                         deadline=DEADLINE, diagnostics_period=0.25) as pipeline, \
+            Fleet(pipeline) as f:
+        pipeline.start()
         # All heads received (sizes known) and every prediction topic matched.
-        f.spin_until(lambda: f.latest_diagnostics().get("fusion_node: frame assembly", {})
-                     .get("heads_known") == str(N), "the node to receive the 3 heads")
-        f.spin_until(lambda: all(p.get_subscription_count() > 0 for p in f.preds),
-                     "the node's prediction subscriptions")
+        f.wait_for(lambda: f.latest_diagnostics().get("fusion_node: frame assembly", {})
+                   .get("heads_known") == str(N), "the node to receive the 3 heads")
+        f.wait_for(lambda: all(p.get_subscription_count() > 0 for p in f.preds),
+                   "the node's prediction subscriptions")
         yield f
-    finally:
-        f.close()
 
 
 def expected(fleet: Fleet, stamp_ns: int, present: list[int]) -> np.ndarray:
@@ -210,7 +174,7 @@ def test_every_frame_fused_and_a_stopped_device_gets_a_surrogate(fleet):
     fleet.node.destroy_publisher(fleet.preds[1])  # device 1 stops (its writer goes away)
     stopped_at = time.monotonic()
     after = fleet.publish_frames(15, [0, 2])
-    fleet.spin_until(lambda: set(full + after) <= set(fleet.fused_by_stamp()),
+    fleet.wait_for(lambda: set(full + after) <= set(fleet.fused_by_stamp()),
                      "every published frame to be fused", timeout=5.0)
     fleet.spin_for(0.3)  # any duplicate would arrive by now
     by_stamp = fleet.fused_by_stamp()
@@ -237,7 +201,7 @@ def test_every_frame_fused_and_a_stopped_device_gets_a_surrogate(fleet):
         np.testing.assert_allclose(msg.probabilities, expected(fleet, s, [0, 2]), atol=1e-6)
         assert received - max(fleet.sent_at[s], stopped_at) <= bound
 
-    fleet.spin_until(lambda: fleet.latest_diagnostics().get("fusion_node: device 1", {})
+    fleet.wait_for(lambda: fleet.latest_diagnostics().get("fusion_node: device 1", {})
                      .get("health") == "dead", "device 1 reported dead in /diagnostics")
     diag = fleet.latest_diagnostics()
     assert diag["fusion_node: device 1"]["_level"] == DiagnosticStatus.ERROR
@@ -248,7 +212,7 @@ def test_every_frame_fused_and_a_stopped_device_gets_a_surrogate(fleet):
 
 def test_malformed_predictions_are_rejected_and_good_frames_keep_flowing(fleet):
     earlier = fleet.publish_frames(2, [0, 2])
-    fleet.spin_until(lambda: set(earlier) <= set(fleet.fused_by_stamp()), "two frames")
+    fleet.wait_for(lambda: set(earlier) <= set(fleet.fused_by_stamp()), "two frames")
     bad_stamps = []
     # Too long, NaN, and a valid one claiming to be device 2 on device 0's topic.
     for device_id, values in ((0, [0.5] * (K + 1)), (0, [float("nan")] + [0.5] * (K - 1)),
@@ -287,10 +251,10 @@ def test_malformed_predictions_are_rejected_and_good_frames_keep_flowing(fleet):
         features=features2.tolist()))
     fleet.sent[dup] = {0: first, 2: (features2, probs2)}
     good += [dup, *fleet.publish_frames(4, [0, 2])]
-    fleet.spin_until(lambda: set(good) <= set(fleet.fused_by_stamp()),
+    fleet.wait_for(lambda: set(good) <= set(fleet.fused_by_stamp()),
                      "the good frames after the bad ones", timeout=5.0)
     assert not set(bad_stamps) & set(fleet.fused_by_stamp())
-    assert fleet.process.poll() is None
+    assert fleet.pipeline.running(NAME)
     # The good frames' output is exactly what it would be without the bad messages (the
     # heads are unchanged: the malformed head was rejected).
     by_stamp = fleet.fused_by_stamp()
@@ -314,26 +278,20 @@ def test_malformed_predictions_are_rejected_and_good_frames_keep_flowing(fleet):
                 and int(diag.get("fusion_node: device 0", {}).get("rejected", 0)) >= 3
                 and diag)
 
-    fleet.spin_until(counted, "the rejections in /diagnostics")
+    fleet.wait_for(counted, "the rejections in /diagnostics")
     assert "Traceback" not in fleet.log.read_text()
 
 
 def test_sigint_exits_cleanly(fleet):
-    fleet.process.send_signal(signal.SIGINT)
-    assert fleet.process.wait(timeout=10) == 0, fleet.log.read_text()
+    assert fleet.pipeline.interrupt(NAME) == 0, fleet.log.read_text()
 
 
-@pytest.mark.parametrize("param", ["num_devices:=0", "fusion_mode:=median",
-                                   "frame_timeout:=-1.0"])
-def test_invalid_parameters_exit_with_code_2(ros_env, tmp_path, param):
-    with open(tmp_path / "node.out", "w") as out:
-        process = subprocess.Popen([str(NODE), "--ros-args", "-p", param], env=ros_env,
-                                   cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        assert process.wait(timeout=30) == 2
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-    log = (tmp_path / "node.out").read_text()
+@pytest.mark.parametrize("parameters", [
+    {"num_devices": 0}, {"fusion_mode": "median"}, {"frame_timeout": -1.0}],
+    ids=["devices", "mode", "timeout"])
+def test_invalid_parameters_exit_with_code_2(tmp_path, parameters):
+    with fusion_pipeline(tmp_path, **parameters) as pipeline:
+        pipeline.start()
+        assert pipeline.wait(NAME, timeout=30) == 2
+        log = pipeline.log_path(NAME).read_text()
     assert "invalid parameter" in log and "Traceback" not in log

@@ -37,11 +37,6 @@ WAIT_S = 60.0
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
 
 
-@pytest.fixture(autouse=True)
-def localhost_only(monkeypatch):
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-
-
 @pytest.fixture(scope="module")
 def checkpoint(briefly_trained_checkpoint) -> Path:
     return briefly_trained_checkpoint

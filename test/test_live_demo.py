@@ -60,7 +60,6 @@ live = pytest.mark.skipif(not (LIB / "player_node").is_file(),
 
 @pytest.fixture
 def onnx_models(briefly_trained_onnx, monkeypatch) -> str:
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     monkeypatch.setenv("ROS_DOMAIN_ID", str((os.getpid() + 29) % 90 + 110))
     return briefly_trained_onnx
 

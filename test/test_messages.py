@@ -43,8 +43,7 @@ except (KeyboardInterrupt, ExternalShutdownException):
 
 @pytest.fixture
 def ros_env(monkeypatch):
-    """Keep DDS on loopback and away from other test runs on this machine."""
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    """Keep DDS away from other test runs on this machine."""
     monkeypatch.setenv("ROS_DOMAIN_ID", str(os.getpid() % 100 + 1))
     return dict(os.environ)
 

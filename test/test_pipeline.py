@@ -49,11 +49,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def localhost_only(monkeypatch):
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-
-
 @pytest.fixture(scope="module")
 def checkpoint(briefly_trained_checkpoint) -> Path:
     return briefly_trained_checkpoint

@@ -39,11 +39,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def localhost_only(monkeypatch):
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-
-
 def player(tmp_path: Path, **parameters) -> Pipeline:
     """A pipeline of the player alone (plus the test's Observer, on the same domain)."""
     return Pipeline([NodeSpec("player", "player_node", parameters)], log_dir=tmp_path,

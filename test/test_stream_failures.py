@@ -50,11 +50,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def localhost_only(monkeypatch):
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-
-
 def test_kill_two_cameras_and_restart_one_mid_stream(briefly_trained_onnx, briefly_trained_model,
                                                      mnist_views, tmp_path):
     period = 1.0 / RATE_HZ
