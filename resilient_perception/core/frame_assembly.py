@@ -343,8 +343,8 @@ class ClassifierHeads:
     weights: np.ndarray
     biases: np.ndarray
     known: np.ndarray
-    # mean_live(W), mean_live(b) per live set: live sets change rarely, frames often
-    _means: dict[bytes, tuple[np.ndarray, np.ndarray]] = field(
+    # surrogate_head per live set: live sets change rarely, frames often
+    _surrogate_heads: dict[bytes, tuple[np.ndarray, np.ndarray, list[int]] | None] = field(
         default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -375,17 +375,35 @@ class ClassifierHeads:
         self.weights[device] = weight
         self.biases[device] = bias
         self.known[device] = True
-        self._means.clear()
+        self._surrogate_heads.clear()
 
-    def mean_head(self, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The average head of the ``live`` (N,) bool devices: ``(W_bar (K, D), b_bar (K,))``.
+    def surrogate_head(self, live: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]] | None:
+        """The Modifier as one affine map of all devices' features, for a ``live`` set.
 
-        Cached per live set (cleared when a head changes); at least one device must be live.
+        The surrogate's logits are ``W_bar @ mean_live(f) + b_bar``, with ``W_bar``, ``b_bar``
+        the mean of the live devices' heads. That equals ``A @ f_all + b_bar`` where
+        ``f_all`` (N*D,) is every device's features end to end and ``A`` (K, N*D) holds
+        ``W_bar / |live|`` in the columns of live devices and zeros elsewhere: one matrix
+        product per frame instead of a gather, a mean and a product.
+
+        Args:
+            live: (N,) bool, at least one True.
+
+        Returns:
+            ``(A (K, N*D), b_bar (K,), missing devices)``, or None while a live device's
+            head is unknown. Cached per live set (cleared when a head changes): live sets
+            change rarely, frames arrive often.
         """
         key = live.tobytes()
-        if key not in self._means:
-            self._means[key] = (self.weights[live].mean(axis=0), self.biases[live].mean(axis=0))
-        return self._means[key]
+        if key not in self._surrogate_heads:
+            entry = None
+            if self.known[live].all():
+                w_bar = self.weights[live].mean(axis=0)
+                a = np.where(live[:, None, None], w_bar / live.sum(), 0.0).astype(np.float32)
+                entry = (np.ascontiguousarray(a.transpose(1, 0, 2).reshape(w_bar.shape[0], -1)),
+                         self.biases[live].mean(axis=0), np.flatnonzero(~live).tolist())
+            self._surrogate_heads[key] = entry
+        return self._surrogate_heads[key]
 
 
 def fuse_frame(
@@ -396,9 +414,10 @@ def fuse_frame(
 ) -> tuple[np.ndarray, list[int]]:
     """Fuse one frame as :func:`~.modifier.fuse_with_failures` does, live = ``frame.present``.
 
-    The same Modifier and pooling, for one frame in numpy with the average head cached per
-    live set: the fusion node runs this once per frame, where torch's per-call overhead
-    would cost several times the arithmetic (the tests check both agree).
+    The same Modifier and pooling, for one frame in numpy with the Modifier folded into one
+    affine map cached per live set (:meth:`ClassifierHeads.surrogate_head`): the fusion
+    node runs this once per frame, where torch's per-call overhead would cost several times
+    the arithmetic (the tests check both agree).
 
     The devices that did not report get Modifier surrogates when ``use_modifier`` is set,
     at least one device is present and the heads of *all* present devices are known (the
@@ -418,27 +437,27 @@ def fuse_frame(
         Fused scores (K,) float32 and the devices that received a surrogate.
 
     """
-    present = frame.present.astype(bool)
-    with_surrogates = (
-        use_modifier
-        and heads is not None
-        and bool(present.any())
-        and bool(heads.known[present].all())
-    )
     if mode not in FUSION_MODES:
         raise ValueError(f"unknown fusion mode {mode!r}; expected one of {FUSION_MODES}")
-    n_classes = frame.probs.shape[1]
-    if not present.any():
-        return np.full(n_classes, 1.0 / n_classes, np.float32), []
-    probs = frame.probs
-    if with_surrogates and not present.all():
-        w_bar, b_bar = heads.mean_head(present)
-        logits = w_bar @ frame.features[present].mean(axis=0) + b_bar
-        surrogate = np.exp(logits - logits.max())
-        probs = np.where(present[:, None], probs, surrogate / surrogate.sum())
-        used = np.ones_like(present)
-    else:
-        used = present
-    pooled = probs[used].mean(axis=0) if mode == "avg" else probs[used].max(axis=0)
-    surrogates = np.flatnonzero(~present).tolist() if with_surrogates else []
-    return pooled.astype(np.float32, copy=False), surrogates
+    present = frame.present.astype(bool)
+    live_probs = frame.probs[present]
+    n_devices, n_live = len(present), len(live_probs)
+    if n_live == 0:
+        return np.full(frame.probs.shape[1], 1.0 / frame.probs.shape[1], np.float32), []
+    head = heads.surrogate_head(present) if use_modifier and heads is not None else None
+    if mode == "max":
+        pooled = live_probs.max(axis=0)
+    else:  # the mean over the live devices, or over all with the surrogates counted in
+        pooled = live_probs.sum(axis=0) / (n_live if head is None else n_devices)
+    if head is None:
+        return pooled.astype(np.float32, copy=False), []
+    a, b_bar, surrogates = head
+    if surrogates:  # every missing device gets the same surrogate: pooling needs it once
+        logits = a @ frame.features.reshape(-1) + b_bar
+        # max() of a list: a numpy reduction costs more than the rest of this line
+        surrogate = np.exp(logits - max(logits.tolist()))
+        if mode == "max":
+            pooled = np.maximum(pooled, surrogate / surrogate.sum())
+        else:
+            pooled += surrogate * ((n_devices - n_live) / (n_devices * surrogate.sum()))
+    return pooled.astype(np.float32, copy=False), list(surrogates)  # the cache's is shared
