@@ -47,24 +47,24 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
                              for k, v in row.items()})
 
 
-def _grid(text: str) -> tuple[int, int]:
-    try:
-        rows, cols = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS such as 3x2, got {text!r}") from None
-    if rows < 1 or cols < 1:
-        raise argparse.ArgumentTypeError(f"grid needs at least 1x1, got {text!r}")
-    return rows, cols
+def _pair(what: str, example: str):
+    """An argparse type for ``AxB`` with two positive integers (a grid, an image size)."""
+
+    def parse(text: str) -> tuple[int, int]:
+        try:
+            first, second = (int(x) for x in text.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {what} such as {example}, got {text!r}") from None
+        if first < 1 or second < 1:
+            raise argparse.ArgumentTypeError(f"{what} needs at least 1x1, got {text!r}")
+        return first, second
+
+    return parse
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 28x28, got {text!r}") from None
-    if height < 1 or width < 1:
-        raise argparse.ArgumentTypeError(f"size needs at least 1x1, got {text!r}")
-    return height, width
+_grid = _pair("ROWSxCOLS", "3x2")
+_size = _pair("HxW", "28x28")
 
 
 def _positive_int(text: str) -> int:

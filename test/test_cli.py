@@ -61,6 +61,8 @@ def test_train_then_evaluate_writes_results(tmp_path):
     [
         (("train", "--dataset", "nope"), "unknown dataset"),
         (("train", "--grid", "3by2"), "ROWSxCOLS"),
+        (("train", "--grid", "0x2"), "at least 1x1"),
+        (("export", "model.safetensors", "--image-size", "28"), "HxW such as 28x28"),
         (("train", "--epochs", "0"), "must be >= 1"),
         (("train", "--drop-k", "6", "--limit", "10"), "drop_k"),
         (("evaluate", "missing.safetensors"), "missing.safetensors"),
