@@ -443,11 +443,11 @@ def check_run(live_runs, run: str, model, views, truth) -> tuple[dict, list]:
     assert both < first_label
     assert [s for s in in_bag if s >= both] == [s for s in seen if s >= both]
 
-    def fused_by_fusion(run: str) -> int:  # the fusion node counts since its start
-        diagnostics = score_bag(live_runs["folder"] / run)["diagnostics"]
-        return int(diagnostics["fusion: frame assembly"]["fused"])
+    def fused_by_fusion(result: dict) -> int:  # the fusion node counts since its start
+        return int(result["diagnostics"]["fusion: frame assembly"]["fused"])
 
-    fused = fused_by_fusion(run) - (0 if run == "full" else fused_by_fusion("full"))
+    fused = fused_by_fusion(result) - (
+        0 if run == "full" else fused_by_fusion(score_bag(live_runs["folder"] / "full")))
     assert len(in_bag) <= fused and len(seen) <= fused
     by_stamp = {stamp_of(m): m for m in recorded(bag, "perception/fused")}
     frames = [by_stamp[stamp_of(label)] for label in recorded(bag, LABEL_TOPIC)]
