@@ -17,6 +17,7 @@ from pathlib import Path
 from .core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .core.datasets import DATASET_NAMES, DatasetError
 from .core.experiment import (
+    TRAINING_STATE,
     DeviceViews,
     default_view_spec,
     evaluate_devices,
@@ -167,8 +168,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {data.n_devices} devices on {len(data.labels)} {args.dataset} "
           f"{args.split} samples, views {tuple(data.views.shape[2:])}, "
           f"fail-simulation {'on' if config.fail_simulation else 'off'}, seed {config.seed}")
-    model, history, metadata = train_devices(data, config, args.non_iid)
+    state = args.out / TRAINING_STATE
+    if state.exists() and not args.resume:
+        raise ValueError(f"{state} holds an unfinished run: pass --resume to continue it, "
+                         "or choose another --out")
+    if state.exists():
+        print(f"continuing the unfinished run in {state}")
+    model, history, metadata = train_devices(data, config, args.non_iid, state_path=state)
     path = save_checkpoint(args.out / "model.safetensors", model, metadata)
+    state.unlink()
     _write_json(args.out / "history.json", history)
     _write_csv(args.out / "history.csv", [
         {k: v for k, v in h.items() if not isinstance(v, list)} for h in history
@@ -357,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
     _add_data_options(p, "train")
     _add_train_options(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run in --out from its last finished epoch "
+                   "(the state is saved after every epoch; same options required)")
     p.add_argument("--out", type=Path, default=Path("runs/train"),
                    help="output folder: model.safetensors, history.json/csv "
                    "(default runs/train)")

@@ -2,13 +2,13 @@
 # The Modifier paper reproduction (issue 4): MNIST and CIFAR-10 cut 3x2, MVMC's 6 cameras;
 # 7 training methods (paper, ours, no-fail-sim, dropout, failout, ours-k2, fedavg); seeds
 # 0..9 for the paper/ours/no-fail-sim comparison and seeds 0..2 for the four trained
-# baselines; every failure subset with avg, max and vote fusion, with and without the
+# baselines; two runs past the budget (paper-10x, ours-overlap50); every failure subset with avg, max and vote fusion, with and without the
 # Modifier. Writes docs/results/paper/ (tables.md, seeds.csv, summary.json, PNG figures).
 #
 # Resumable: each (dataset, method, seed) is cached under runs/paper/; rerun the script after
-# an interruption and it continues with the missing runs (a run killed mid-training starts
-# over). Two lanes of one torch thread each use the two cores: MNIST, then half of MVMC's
-# methods; CIFAR-10, then the other half.
+# an interruption and it continues with the missing runs (a run killed mid-training from its
+# last finished epoch). Two lanes of one torch thread each use the two cores: MNIST, then
+# half of MVMC's methods; CIFAR-10, then the other half.
 #
 # Training per dataset (bf16 autocast; resilient_perception/core/reproduction.py FULL_PLANS):
 # MNIST 4 epochs, CIFAR-10 4 epochs, MVMC 12 epochs at batch 32. Budget, from the CPU
@@ -18,8 +18,10 @@
 #   MNIST    42 x 4 epochs x 83 s  = 3.9 CPU hours
 #   CIFAR-10 42 x 4 epochs x 89 s  = 4.2 CPU hours
 #   MVMC     42 x 12 epochs x 15 s = 2.2 CPU hours
-# ~10 CPU hours in all, ~5-6 hours on the two lanes, plus
-# evaluation, which is small next to training (one forward pass over each test split, two
+# ~10 CPU hours in all. Beyond that budget: `paper-10x` (CIFAR-10, 1 x 40 epochs x 89 s =
+# 1.0 CPU hour) and `ours-overlap50` (MNIST, 3 x 12 epochs x ~200 s = 2.0 CPU hours, wider
+# views); ~6-7 hours on the two lanes in all. Then evaluation, which is small next to
+# training (one forward pass over each test split, two
 # more for the noise study of the paper and ours runs, and for those two methods the
 # learned Modifier options' fit on up to 10,000 training samples: about a minute per run).
 # Runs evaluated under an older evaluation version are evaluated again, never retrained.

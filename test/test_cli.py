@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,33 @@ def test_train_then_evaluate_writes_results(tmp_path):
     assert table.count("| quick |") == 2  # avg and max rows
     bad = run("report", "no-equals-sign", cwd=tmp_path)
     assert bad.returncode == 2 and "NAME=" in bad.stderr
+
+
+def test_killed_training_resumes_from_its_last_epoch(tmp_path):
+    args = ["train", "--limit", "3000", "--seed", "1", "--threads", "1", "--out", "m"]
+    env = {**os.environ, "RESILIENT_PERCEPTION_DATA": str(DATA)}
+    state = tmp_path / "m" / "training-state.safetensors"
+    proc = subprocess.Popen([CLI, *args, "--epochs", "3"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not state.exists() and proc.poll() is None:
+            time.sleep(0.02)
+    finally:
+        proc.kill()  # no clean-up: like a session ending mid-run
+        proc.wait()
+    assert state.exists() and not (tmp_path / "m" / "model.safetensors").exists()
+
+    again = run(*args, "--epochs", "3", cwd=tmp_path)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    other = run(*args, "--epochs", "4", "--resume", cwd=tmp_path)
+    assert other.returncode == 2 and "epochs differ" in other.stderr
+
+    resumed = run(*args, "--epochs", "3", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "continuing" in resumed.stdout
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert not state.exists()
 
 
 @pytest.mark.parametrize(

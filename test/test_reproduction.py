@@ -11,14 +11,14 @@ import torch
 from scipy import stats
 
 from resilient_perception.cli import main
-from resilient_perception.core import reproduction
+from resilient_perception.core import experiment, reproduction
 from resilient_perception.core.checkpoint import load_checkpoint
 from resilient_perception.core.evaluation import (
     device_outputs,
     evaluate_failures,
     evaluate_message_loss,
 )
-from resilient_perception.core.experiment import load_device_views
+from resilient_perception.core.experiment import TRAINING_STATE, load_device_views
 from resilient_perception.core.learned_modifier import LEARNED_VARIANTS
 from resilient_perception.core.model import MultiDeviceCNN
 from resilient_perception.core.modifier import fuse_vote, surrogate_logits
@@ -26,6 +26,7 @@ from resilient_perception.core.reproduction import (
     METHODS,
     Strategy,
     error_rate_reduction,
+    full_protocol,
     mean_ci,
     paired_t_test,
     pending_runs,
@@ -172,7 +173,7 @@ def test_reproduce_quick_profile(tmp_path, capsys):
     assert main(args) == 0
     for name in ("tables.md", "seeds.csv", "summary.json", "fig4_failed_devices.png",
                  "fig5_pooling.png", "fig6_per_device.png", "fig7_baselines.png",
-                 "training_curves.png"):
+                 "training_curves.png", "training_accuracy.png"):
         assert (out / name).stat().st_size > 0, name
     tables = (out / "tables.md").read_text()
     assert "Table 6" in tables and "93.37" in tables and "redundant standby" in tables
@@ -180,12 +181,14 @@ def test_reproduce_quick_profile(tmp_path, capsys):
     assert "gaussian:0.2" in tables and "salt_pepper:0.2" in tables
     with (out / "seeds.csv").open() as fh:
         seeds = list(csv.DictReader(fh))
-    assert {r["method"] for r in seeds} == set(METHODS)
+    on_mnist = [m for m in METHODS if METHODS[m].runs_on("mnist")]
+    assert "paper-10x" not in on_mnist and "ours-overlap50" in on_mnist
+    assert {r["method"] for r in seeds} == set(on_mnist)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["runs_done"] == summary["runs"] == len(METHODS)
+    assert summary["runs_done"] == summary["runs"] == len(on_mnist)
 
     # Rerun: every run is cached, nothing is trained or evaluated again.
-    results = {m: run_dir(runs, "mnist", m, 0) / "evaluation.json" for m in METHODS}
+    results = {m: run_dir(runs, "mnist", m, 0) / "evaluation.json" for m in on_mnist}
     stamps = {m: p.stat().st_mtime_ns for m, p in results.items()}
     capsys.readouterr()
     assert main(args) == 0
@@ -202,12 +205,12 @@ def test_reproduce_quick_profile(tmp_path, capsys):
     assert "2 to do" in capsys.readouterr().out
     assert results["ours"].exists() and model.stat().st_mtime_ns == model_stamp
     assert results["paper"].exists()
-    unchanged = [m for m in METHODS if m not in ("ours", "paper")]
+    unchanged = [m for m in on_mnist if m not in ("ours", "paper")]
     assert all(results[m].stat().st_mtime_ns == stamps[m] for m in unchanged)
 
     # Another epoch count is another protocol: its runs are stale, reported as to do.
     assert main([*args, "--epochs", "mnist=2", "--report-only"]) == 0
-    assert f"{len(METHODS)} to do" in capsys.readouterr().out
+    assert f"{len(on_mnist)} to do" in capsys.readouterr().out
 
 
 def test_reproduce_rejects_bad_options(capsys):
@@ -245,3 +248,63 @@ def test_new_evaluation_version_reevaluates_without_retraining(tmp_path, monkeyp
     other = dataclasses.replace(protocol, precision="bf16")
     run_one(other, tmp_path, "mnist", "ours", 0, train, test)
     assert model.stat().st_mtime_ns != stamp
+
+
+def test_extension_methods_run_where_and_as_declared():
+    protocol = full_protocol(seeds=tuple(range(10)), baseline_seeds=3)
+    runs = protocol.runs()
+    assert [r for r in runs if r[1] == "paper-10x"] == [("cifar10", "paper-10x", 0)]
+    assert [r for r in runs if r[1] == "ours-overlap50"] == [
+        ("mnist", "ours-overlap50", s) for s in range(3)]
+    assert len([r for r in runs if r[1] == "paper"]) == 30  # 10 seeds x 3 datasets
+    assert protocol.train_config("cifar10", "paper-10x", 0).epochs == 40
+    assert protocol.train_config("mnist", "ours-overlap50", 0).epochs == 12
+    assert protocol.view_spec("mnist", "ours-overlap50").overlap == 0.5
+    assert protocol.run_key("mnist", "ours-overlap50", 0)["view_spec"]["overlap"] == 0.5
+    # the other methods' keys are unchanged, so their cached runs stay valid
+    assert "view_spec" not in protocol.run_key("mnist", "ours", 0)
+
+
+class _Killed(Exception):
+    """Raised after the first epoch's state is saved: the run's process 'dies' there."""
+
+
+def test_run_killed_mid_training_continues_from_its_last_epoch(tmp_path, monkeypatch):
+    quick = quick_protocol(methods=("ours",))
+    plan = dataclasses.replace(quick.datasets["mnist"], epochs=2)
+    protocol = dataclasses.replace(quick, datasets={"mnist": plan})
+    train_data = load_device_views("mnist", "train", limit=plan.train_limit)
+    test_data = load_device_views("mnist", "test", limit=plan.test_limit)
+    run_one(protocol, tmp_path / "straight", "mnist", "ours", 0, train_data, test_data)
+
+    save = experiment.save_training_state
+
+    def save_then_die(path, model, state, metadata):
+        save(path, model, state, metadata)
+        raise _Killed
+
+    monkeypatch.setattr(experiment, "save_training_state", save_then_die)
+    with pytest.raises(_Killed):
+        run_one(protocol, tmp_path / "resumed", "mnist", "ours", 0, train_data, test_data)
+    monkeypatch.undo()
+    folder = run_dir(tmp_path / "resumed", "mnist", "ours", 0)
+    assert (folder / TRAINING_STATE).exists() and not (folder / "model.safetensors").exists()
+    result = run_one(protocol, tmp_path / "resumed", "mnist", "ours", 0, train_data, test_data)
+
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    assert not (folder / TRAINING_STATE).exists()
+    straight = load_checkpoint(run_dir(tmp_path / "straight", "mnist", "ours", 0)
+                               / "model.safetensors")[0]
+    resumed = load_checkpoint(folder / "model.safetensors")[0]
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(),
+                         strict=True):
+        assert torch.equal(a, b), k
+
+    # A state saved under other settings (here 1 epoch, not 2) is dropped, not continued.
+    with pytest.raises(_Killed):
+        monkeypatch.setattr(experiment, "save_training_state", save_then_die)
+        run_one(protocol, tmp_path / "stale", "mnist", "ours", 0, train_data, test_data)
+    monkeypatch.undo()
+    result = run_one(quick, tmp_path / "stale", "mnist", "ours", 0, train_data, test_data)
+    assert [h["epoch"] for h in result["history"]] == [1]
+    assert result["history"][0]["lr"] == 0.0  # a 1-epoch schedule's end, not mid-way of 2

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from resilient_perception.core.checkpoint import load_training_state, save_training_state
 from resilient_perception.core.model import DeviceCNN, MultiDeviceCNN, views_to_float
 from resilient_perception.core.training import (
     TrainConfig,
@@ -114,3 +115,38 @@ def test_fused_loss_trains_the_surrogate_path(mnist_views):
     (ce_fused - ce_paper).backward()
     # Through the surrogate path the fused term reaches every live device's head.
     assert model.head_weight.grad[0].abs().sum() > 0
+
+
+class _Stop(Exception):
+    """Raised from the epoch callback: the run is 'killed' right after a checkpoint."""
+
+
+@pytest.mark.parametrize("options", [
+    {"feature_dropout": 0.3},  # torch's RNG draws the dropout masks
+    {"fail_simulation": False, "fedavg_every": 3},  # averaging counts steps across epochs
+])
+def test_resumed_run_equals_straight_run(tmp_path, mnist_views, options):
+    views, labels = mnist_views
+    v, y = views[:256], labels[:256]
+    cfg = TrainConfig(**{**FAST, "epochs": 3, "num_threads": 1}, **options)
+    straight = _model()
+    straight_history = train(straight, v, y, cfg, progress=False)
+
+    interrupted, path = _model(), tmp_path / "state.safetensors"
+
+    def checkpoint_then_stop(state):
+        save_training_state(path, interrupted, state, {"note": "kept"})
+        if len(state.history) == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(interrupted, v, y, cfg, progress=False, on_epoch_end=checkpoint_then_stop)
+    resumed, state, meta = load_training_state(path)  # a new process would start here
+    assert meta["note"] == "kept" and [h["epoch"] for h in state.history] == [1]
+    history = train(resumed, v, y, cfg, progress=False, resume=state)
+
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert [h["loss"] for h in history] == [h["loss"] for h in straight_history]
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(),
+                         strict=True):
+        assert torch.equal(a, b), k

@@ -5,7 +5,8 @@ The safetensors header metadata holds one key, ``"resilient_perception"``, whose
 metadata (train config, seed, dataset, view spec, classes, history)}``. Writes are atomic
 (temporary file in the same directory, then ``os.replace``). Training state that is not part
 of the model (optimiser buffers of a resumable run) is stored as extra tensors whose names
-start with ``"extra."``; loading the model ignores them.
+start with ``"extra."``; loading the model ignores them. :func:`save_training_state`
+stores a device run between epochs that way (:class:`.training.TrainState`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from safetensors.torch import save_file
 
 from .model import DeviceCNN, MultiDeviceCNN
 from .resnet import ResNet
+from .training import TrainState
 
 __all__ = [
     "FORMAT_VERSION",
@@ -28,17 +30,18 @@ __all__ = [
     "load_checkpoint",
     "load_device_checkpoint",
     "load_resnet_checkpoint",
+    "load_training_state",
     "save_checkpoint",
     "save_device_checkpoint",
     "save_resnet_checkpoint",
+    "save_training_state",
 ]
 
 FORMAT_VERSION = 1
 META_KEY = "resilient_perception"
 _KINDS = {"multi_device_cnn": MultiDeviceCNN, "device_cnn": DeviceCNN, "resnet": ResNet}
 EXTRA_PREFIX = "extra."
-
-
+TORCH_RNG = "torch_rng"  # the extra tensor holding torch's RNG state in a training state
 
 class CheckpointError(ValueError):
     """A file is not a readable resilient_perception checkpoint."""
@@ -135,3 +138,20 @@ def load_resnet_checkpoint(path) -> tuple[ResNet, dict, dict]:
     """Load ``(ResNet in eval mode, metadata, extra tensors)``; raises :class:`CheckpointError`."""
     return _load(path, "resnet")
 
+
+
+def save_training_state(path, model: MultiDeviceCNN, state: TrainState,
+                        metadata: dict | None = None) -> Path:
+    """Atomically save a device run between epochs: weights, ``state`` and ``metadata``."""
+    meta = {**(metadata or {}), "history": state.history, "numpy_rng": state.numpy_rng}
+    extra = {**state.momentum, TORCH_RNG: state.torch_rng}
+    return _save(path, model, "multi_device_cnn", meta, extra)
+
+
+def load_training_state(path) -> tuple[MultiDeviceCNN, TrainState, dict]:
+    """Load ``(model, state, metadata)`` saved by :func:`save_training_state`."""
+    model, meta, extra = _load(path, "multi_device_cnn")
+    if TORCH_RNG not in extra or "numpy_rng" not in meta:
+        raise CheckpointError(f"{path}: a model checkpoint, not a training state")
+    torch_rng = extra.pop(TORCH_RNG)
+    return model, TrainState(meta["history"], extra, meta["numpy_rng"], torch_rng), meta

@@ -14,14 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import load_training_state, save_training_state
 from .datasets import load_dataset
 from .evaluation import device_outputs, evaluate_failures, summarise
 from .model import MultiDeviceCNN
-from .training import TrainConfig, train
+from .training import TrainConfig, TrainState, train
 from .views import ViewSpec, apply_device_noise, class_specialised_mask, make_views
 
 __all__ = [
+    "TRAINING_STATE",
     "DeviceViews",
+    "StaleTrainingState",
     "default_view_spec",
     "evaluate_devices",
     "format_failure_table",
@@ -70,28 +73,29 @@ def load_device_views(
     return DeviceViews(views, available, labels, tuple(data.classes), dataset, split, spec)
 
 
+# The file a resumable run keeps its training state in, beside its final model.
+TRAINING_STATE = "training-state.safetensors"
+
+
+class StaleTrainingState(ValueError):
+    """A saved training state belongs to a run with other settings."""
+
+
 def train_devices(
     data: DeviceViews,
     config: TrainConfig,
     classes_per_device: int | None = None,
     progress: bool = True,
+    state_path: Path | None = None,
 ) -> tuple[MultiDeviceCNN, list[dict], dict]:
     """Jointly train N device CNNs on ``data``; returns the model, history and metadata.
 
     ``classes_per_device`` makes the training non-IID: device i's loss only sees samples
     of the classes it specialises in (see :func:`views.class_specialised_mask`).
+    ``state_path`` makes the run resumable: the training state is saved there after every
+    epoch, and a state already there is continued (:class:`StaleTrainingState` if it was
+    saved with other settings). The caller deletes it once the final model is saved.
     """
-    torch.manual_seed(config.seed)
-    model = MultiDeviceCNN(data.n_devices, data.views.shape[2], len(data.classes))
-    mask = None
-    if classes_per_device is not None:
-        mask = class_specialised_mask(
-            data.labels, data.n_devices, classes_per_device, len(data.classes), config.seed
-        )
-    history = train(
-        model, data.views, data.labels, config, available=data.available,
-        sample_mask=mask, progress=progress,
-    )
     metadata = {
         "dataset": data.dataset,
         "train_split": data.split,
@@ -101,9 +105,45 @@ def train_devices(
         "classes_per_device": classes_per_device,
         "seed": config.seed,
         "train_config": config.asdict(),
-        "history": history,
     }
-    return model, history, metadata
+    model, resume = None, None
+    if state_path is not None and state_path.exists():
+        model, resume, saved = load_training_state(state_path)
+        _check_same_run(state_path, saved, metadata)
+    if model is None:
+        torch.manual_seed(config.seed)
+        model = MultiDeviceCNN(data.n_devices, data.views.shape[2], len(data.classes))
+    mask = None
+    if classes_per_device is not None:
+        mask = class_specialised_mask(
+            data.labels, data.n_devices, classes_per_device, len(data.classes), config.seed
+        )
+
+    def save_state(state: TrainState) -> None:
+        save_training_state(state_path, model, state, metadata)
+
+    history = train(
+        model, data.views, data.labels, config, available=data.available,
+        sample_mask=mask, progress=progress,
+        on_epoch_end=save_state if state_path is not None else None, resume=resume,
+    )
+    return model, history, {**metadata, "history": history}
+
+
+def _check_same_run(path: Path, saved: dict, metadata: dict) -> None:
+    # The thread count changes the arithmetic's order, not the run: it may differ.
+    def settings(meta: dict) -> dict:
+        config = meta.get("train_config", {})
+        return {**{k: meta.get(k) for k in metadata if k != "train_config"},
+                **{k: config.get(k) for k in metadata["train_config"] if k != "num_threads"}}
+
+    ours, theirs = settings(metadata), settings(saved)
+    differing = sorted(k for k in ours if ours[k] != theirs[k])
+    if differing:
+        raise StaleTrainingState(
+            f"{path} holds a run with other settings ({', '.join(differing)} differ); "
+            "pass the same options to resume it, or delete it to start over"
+        )
 
 
 def evaluate_devices(

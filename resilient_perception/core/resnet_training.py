@@ -30,7 +30,7 @@ from .checkpoint import load_resnet_checkpoint, save_resnet_checkpoint
 from .datasets import LabeledImages
 from .drop_study import evaluate_accuracy, spread_subset, to_input
 from .resnet import ResNet
-from .training import _lr_factor
+from .training import _lr_factor, momentum_buffers, restore_momentum
 
 __all__ = ["CHECKPOINT_NAME", "HISTORY_NAME", "ResNetTrainConfig", "augment", "train_resnet"]
 
@@ -93,19 +93,6 @@ def _write_history(path: Path, history: list[dict]) -> None:
         writer.writerows(history)
 
 
-def _momentum_buffers(optimizer: torch.optim.SGD) -> dict[str, torch.Tensor]:
-    params = optimizer.param_groups[0]["params"]
-    return {f"momentum.{i}": optimizer.state[p]["momentum_buffer"]
-            for i, p in enumerate(params) if "momentum_buffer" in optimizer.state[p]}
-
-
-def _restore_momentum(optimizer: torch.optim.SGD, extra: dict[str, torch.Tensor]) -> None:
-    for i, p in enumerate(optimizer.param_groups[0]["params"]):
-        buffer = extra.get(f"momentum.{i}")
-        if buffer is not None:
-            optimizer.state[p]["momentum_buffer"] = buffer.clone()
-
-
 def _resume(path: Path, config: ResNetTrainConfig) -> tuple[ResNet, dict, dict]:
     model, meta, extra = load_resnet_checkpoint(path)
     saved = meta.get("train_config", {})
@@ -155,7 +142,7 @@ def train_resnet(
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=True)
-    _restore_momentum(optimizer, extra)
+    restore_momentum(optimizer, extra)
     steps_per_epoch = math.ceil(len(labels) / config.batch_size)
     lr_factor = _lr_factor(config, config.epochs * steps_per_epoch)
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
@@ -196,7 +183,7 @@ def train_resnet(
         metadata = {"dataset": "cifar10", "classes": list(train_data.classes),
                     "seed": config.seed, "train_config": config.asdict(), "history": history,
                     "torch_threads": torch.get_num_threads()}
-        save_resnet_checkpoint(path, model, metadata, _momentum_buffers(optimizer))
+        save_resnet_checkpoint(path, model, metadata, momentum_buffers(optimizer))
         _write_history(out / HISTORY_NAME, history)
         if progress:
             h = history[-1]

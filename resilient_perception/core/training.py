@@ -22,6 +22,9 @@ One loop, no framework. Per step (mini-batch)::
   epochs converge (the paper uses a constant 0.01 for 40 epochs).
 * Deterministic given ``seed`` (``torch.manual_seed`` + ``numpy.random.Generator`` for the
   batch order and the dropped devices) and a fixed thread count.
+* Resumable: after every epoch ``on_epoch_end`` receives a :class:`TrainState` (history,
+  SGD momentum buffers, both random generators' states); ``train(..., resume=state)``
+  continues from it exactly as if the run had not stopped.
 * The dataset stays uint8 in memory; each batch is converted with
   :func:`.model.views_to_float`.
 * Baselines of the paper's Figure 7 as options: ``feature_dropout`` (dropout-trained
@@ -58,8 +61,11 @@ from .modifier import fuse_average, surrogate_logits
 __all__ = [
     "PRECISIONS",
     "TrainConfig",
+    "TrainState",
     "joint_loss",
     "measure_training_throughput",
+    "momentum_buffers",
+    "restore_momentum",
     "train",
     "train_epoch_loop",
 ]
@@ -110,6 +116,31 @@ class TrainConfig:
             raise ValueError(f"fedavg_every must be >= 0, got {self.fedavg_every}")
         if self.fail_simulation and not 1 <= self.drop_k <= n_devices - 1:
             raise ValueError(f"drop_k must be in 1..{n_devices - 1}, got {self.drop_k}")
+
+
+@dataclass
+class TrainState:
+    """Where a :func:`train` run stands after an epoch: enough to continue it exactly."""
+
+    history: list[dict]  # one dict per finished epoch
+    momentum: dict[str, torch.Tensor]  # :func:`momentum_buffers` of the optimiser
+    numpy_rng: dict  # ``np.random.Generator.bit_generator.state`` (batch order, drops)
+    torch_rng: torch.Tensor  # ``torch.get_rng_state()`` (dropout masks)
+
+
+def momentum_buffers(optimizer: torch.optim.SGD) -> dict[str, torch.Tensor]:
+    """The SGD momentum buffers by parameter index (``momentum.<i>``), to checkpoint."""
+    params = optimizer.param_groups[0]["params"]
+    return {f"momentum.{i}": optimizer.state[p]["momentum_buffer"]
+            for i, p in enumerate(params) if "momentum_buffer" in optimizer.state[p]}
+
+
+def restore_momentum(optimizer: torch.optim.SGD, buffers: dict[str, torch.Tensor]) -> None:
+    """Put :func:`momentum_buffers` back into a fresh optimiser over the same parameters."""
+    for i, p in enumerate(optimizer.param_groups[0]["params"]):
+        buffer = buffers.get(f"momentum.{i}")
+        if buffer is not None:
+            optimizer.state[p]["momentum_buffer"] = buffer.clone()
 
 
 def _lr_factor(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -327,7 +358,8 @@ def train(
     available: np.ndarray | torch.Tensor | None = None,
     sample_mask: np.ndarray | torch.Tensor | None = None,
     progress: bool = True,
-    on_epoch_end: Callable[[int, dict], None] | None = None,
+    on_epoch_end: Callable[[TrainState], None] | None = None,
+    resume: TrainState | None = None,
 ) -> list[dict]:
     """Train ``model`` in place (Algorithm 2) and return the per-epoch history.
 
@@ -340,11 +372,14 @@ def train(
             gets no CE term and is never live for the surrogate.
         sample_mask: (M, N) bool per-device CE mask (non-IID partitions).
         progress: show a tqdm bar per epoch.
-        on_epoch_end: ``callback(epoch_index, stats)`` after each epoch.
+        on_epoch_end: ``callback(state)`` after each epoch, e.g. to checkpoint it.
+        resume: the state after an earlier call's last finished epoch (with the model's
+            weights from then and the same config): training continues from there.
 
     Returns:
-        One dict per epoch: ``epoch, loss, ce, kl, train_acc, device_acc, lr, images,
-        seconds, cpu_seconds, images_per_s``. The model is left in eval mode.
+        One dict per epoch (with ``resume``, the earlier epochs' too): ``epoch, loss, ce,
+        kl, train_acc, device_acc, lr, images, seconds, cpu_seconds, images_per_s``. The
+        model is left in eval mode.
 
     """
     cfg = config or TrainConfig()
@@ -356,25 +391,35 @@ def train(
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    steps = cfg.epochs * math.ceil(len(labels_t) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(labels_t) / cfg.batch_size)
+    steps = cfg.epochs * steps_per_epoch
     opt, sched = _optimizer(model.parameters(), cfg, steps)
+    history: list[dict] = []
+    if resume is not None:
+        history = list(resume.history)
+        restore_momentum(opt, resume.momentum)
+        rng.bit_generator.state = resume.numpy_rng
+        torch.set_rng_state(resume.torch_rng)
+        # The schedule's step count and learning rate as its last step left them.
+        sched.last_epoch = len(history) * steps_per_epoch
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * _lr_factor(cfg, steps)(sched.last_epoch)
     model.train()
-    history = []
 
     def federated_average(step: int) -> None:
         if step % cfg.fedavg_every == 0 or step == steps:
             model.average_devices()
 
-    for epoch in range(cfg.epochs):
+    for epoch in range(len(history), cfg.epochs):
         stats = _run_epoch(
             model, model.classifier_heads, opt, sched, views_t, labels_t, avail_t, ce_mask,
             cfg, rng, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}",
             after_step=federated_average if cfg.fedavg_every else None,
         )
-        stats = {"epoch": epoch + 1, **stats}
-        history.append(stats)
+        history.append({"epoch": epoch + 1, **stats})
         if on_epoch_end is not None:
-            on_epoch_end(epoch, stats)
+            on_epoch_end(TrainState(list(history), momentum_buffers(opt),
+                                    rng.bit_generator.state, torch.get_rng_state()))
     model.eval()
     return history
 
