@@ -417,15 +417,15 @@ def _figures(results, datasets: list[str], out: Path) -> list[str]:
                     ax.plot(list(epochs), y, marker="o", markersize=3, label=method)
             ax.set_xlabel("epoch")
             ax.set_ylabel(label)
+            ax.legend(fontsize=7)  # each panel: the methods differ between datasets
         return draw
 
     panels("fig4_failed_devices.png", fig4)
     panels("fig5_pooling.png", fig5)
     panels("fig6_per_device.png", fig6)
     panels("fig7_baselines.png", fig7, width=5.0)
-    panels("training_curves.png", curves("ce", "training CE (mean over seeds)"))
-    panels("training_accuracy.png",
-           curves("train_acc", "training accuracy %, avg fusion (mean over seeds)", 100.0))
+    panels("training_curves.png", curves("ce", "training CE, mean of seeds"))
+    panels("training_accuracy.png", curves("train_acc", "train accuracy % (avg fusion)", 100.0))
     return written
 
 
@@ -463,8 +463,8 @@ def write_report(protocol: Protocol, root: Path, out: Path, command: str = "") -
                 lines += [f"### Single failures per device, `{method}` "
                           "(Tables 4 and 5)", ""]
                 lines += _single_failure_table(results, dataset, method, n_devices)
-        table6, raw6 = _table6(results, dataset,
-                               [m for m in METHODS if m in protocol.methods])
+        table6, raw6 = _table6(results, dataset, [
+            m for m in METHODS if m in protocol.methods and METHODS[m].runs_on(dataset)])
         lines += ["### Modifier improvement and significance (Table 6)", "", *table6]
         summary["table6"] += raw6
         lines += ["### Accuracy vs number of failed devices (Figure 4)", ""]
