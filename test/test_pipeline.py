@@ -165,6 +165,41 @@ def test_every_labelled_frame_is_fused_from_all_six_devices(checkpoint, mnist_vi
     assert any(len(by_stamp[s][0].live_devices) == 6 for s in extra)
 
 
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present")
+def test_a_stalled_fusion_node_catches_up_without_losing_a_frame(checkpoint, tmp_path):
+    """Frozen (SIGSTOP) for 0.8 s, ~24 frames at 30 Hz: the prediction queues hold them."""
+    import signal
+
+    count = 90
+    overrides = {"player": {"count": count, "on_end": "shutdown",
+                            "wait_for_label_subscribers": 1}}
+    with (Observer(domain_id=DOMAIN_ID) as observer,
+          Pipeline.from_config(MNIST_CONFIG, model_path=checkpoint, overrides=overrides,
+                               log_dir=tmp_path, domain_id=DOMAIN_ID) as pipeline):
+        labels = observer.collect(msgs.FrameLabel, "perception/label", label_qos())
+        fused = observer.collect(msgs.FusedPrediction, "perception/fused")
+        pipeline.start_ready(observer, timeout=60.0)
+        observer.spin_until(lambda: len(labels) >= 20, "20 labelled frames", timeout=60.0,
+                            pipeline=pipeline)
+        pipeline.signal("fusion", signal.SIGSTOP, timeout=None)
+        stalled = time.time_ns()
+        time.sleep(0.8)
+        pipeline.signal("fusion", signal.SIGCONT, timeout=None)
+        resumed = time.time_ns()
+
+        def stamp(msg) -> int:  # the player stamps frames with the system clock
+            return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+        observer.spin_until(lambda: len(labels) == count and {stamp(m) for m in labels}
+                            <= {stamp(m) for m in fused}, "every labelled frame fused",
+                            timeout=60.0, pipeline=pipeline)
+        pipeline.check()
+    # more frames than the queues of depth 10 held before (they lost ~20 in a 1-s stall)
+    assert sum(stalled <= stamp(m) <= resumed for m in labels) > 10
+    stamps = [stamp(m) for m in fused]
+    assert len(stamps) == len(set(stamps))  # and none twice
+
+
 def wait_for_log(pipeline: Pipeline, name: str, text: str, times: int = 1) -> None:
     end = time.monotonic() + 30.0
     while pipeline.log_path(name).read_text().count(text) < times:

@@ -25,7 +25,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
 )
 
-__all__ = ["head_qos", "image_qos", "prediction_qos"]
+__all__ = ["PREDICTION_QUEUE_DEPTH", "head_qos", "image_qos", "prediction_qos"]
 
 
 def _duration(seconds: float, name: str) -> Duration:
@@ -34,12 +34,21 @@ def _duration(seconds: float, name: str) -> Duration:
     return Duration(nanoseconds=round(seconds * 1e9))
 
 
+# Predictions a camera's writer and the fusion node's reader each hold: a fusion node that
+# stalls for up to 100 frames (3.3 s at 30 Hz) catches up without losing one. With 10 it
+# lost whole frames after a stall of a third of a second (test_pipeline's stall test): a
+# RELIABLE KEEP_LAST writer drops samples its reader has not acknowledged once its history
+# is full. A prediction is ~300 bytes, so the depth costs next to nothing.
+PREDICTION_QUEUE_DEPTH = 100
+
+
 def prediction_qos(deadline_s: float, lease_s: float) -> QoSProfile:
     """Profile of ``DevicePrediction`` topics: liveness is watched through QoS events.
 
-    RELIABLE, KEEP_LAST depth 10, VOLATILE, with a ``deadline`` (a subscriber gets a
-    deadline-missed event when no sample arrived for that long) and AUTOMATIC liveliness
-    with lease ``lease_s`` (liveliness-lost when the publishing process dies or hangs).
+    RELIABLE, KEEP_LAST :data:`PREDICTION_QUEUE_DEPTH`, VOLATILE, with a ``deadline`` (a
+    subscriber gets a deadline-missed event when no sample arrived for that long) and
+    AUTOMATIC liveliness with lease ``lease_s`` (liveliness-lost when the publishing
+    process dies or hangs).
 
     The publisher's offered deadline and lease must be <= the subscriber's requested ones,
     otherwise the two never match and predictions silently stop arriving. Deadline events
@@ -58,7 +67,7 @@ def prediction_qos(deadline_s: float, lease_s: float) -> QoSProfile:
     return QoSProfile(
         reliability=ReliabilityPolicy.RELIABLE,
         history=HistoryPolicy.KEEP_LAST,
-        depth=10,
+        depth=PREDICTION_QUEUE_DEPTH,
         durability=DurabilityPolicy.VOLATILE,
         deadline=_duration(deadline_s, "deadline"),
         liveliness=LivelinessPolicy.AUTOMATIC,
