@@ -248,9 +248,9 @@ def _targets_table(results, dataset: str) -> list[str]:
         rows.append([what, f"{100 * target:.1f}", *cells])
     if not rows:
         return []
-    return ["### The issue's targets (avg fusion + Modifier; verdict on the mean)", "",
-            *_table(["what", "target", *(f"{s.method} ({len(v)} seeds)" for s, v in shown)],
-                    rows)]
+    return ["### The issue's targets (with the Modifier; verdict on the mean)", "",
+            *_table(["what", "target",
+                     *(f"{s.method}, {s.mode} ({len(v)} seeds)" for s, v in shown)], rows)]
 
 
 def _baseline_table(results, dataset: str, n_devices: int) -> tuple[list[str], list[dict]]:
