@@ -8,8 +8,10 @@ out of the fusion node, fused from all six devices, as the offline model compute
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -114,6 +116,36 @@ def test_config_parameters_are_declared_and_applied(config):
         context.try_shutdown()
 
 
+def stamp(msg) -> int:
+    """A message's header stamp in ns (the player stamps frames with the system clock)."""
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+@contextlib.contextmanager
+def live_run(checkpoint: Path, log_dir: Path, count: int):
+    """The MNIST pipeline playing ``count`` labelled frames: ``(pipeline, observer, labels,
+    fused)``, the player started once the fusion node is ready."""
+    overrides = {"player": {"count": count, "on_end": "shutdown",
+                            "wait_for_label_subscribers": 1}}
+    with (Observer(domain_id=DOMAIN_ID) as observer,
+          Pipeline.from_config(MNIST_CONFIG, model_path=checkpoint, overrides=overrides,
+                               log_dir=log_dir, domain_id=DOMAIN_ID) as pipeline):
+        labels = observer.collect(msgs.FrameLabel, "perception/label", label_qos())
+        fused = observer.collect(msgs.FusedPrediction, "perception/fused")
+        pipeline.start_ready(observer, timeout=60.0)
+        yield pipeline, observer, labels, fused
+
+
+def wait_until_all_fused(pipeline: Pipeline, observer: Observer, labels: list, fused: list,
+                         count: int) -> None:
+    observer.spin_until(lambda: len(labels) == count and {stamp(m) for m in labels}
+                        <= {stamp(m) for m in fused}, "every labelled frame fused",
+                        timeout=60.0, pipeline=pipeline)
+    assert pipeline.wait("player", timeout=10.0) == 0
+    observer.spin_for(0.3)  # a duplicate would arrive by now
+    pipeline.check()
+
+
 @pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present")
 def test_every_labelled_frame_is_fused_from_all_six_devices(checkpoint, mnist_views,
                                                           briefly_trained_model, tmp_path):
@@ -121,24 +153,8 @@ def test_every_labelled_frame_is_fused_from_all_six_devices(checkpoint, mnist_vi
 
     from resilient_perception.core.model import views_to_float
 
-    overrides = {"player": {"count": COUNT, "on_end": "shutdown",
-                            "wait_for_label_subscribers": 1}}
-    with (Observer(domain_id=DOMAIN_ID) as observer,
-          Pipeline.from_config(MNIST_CONFIG, model_path=checkpoint, overrides=overrides,
-                               log_dir=tmp_path, domain_id=DOMAIN_ID) as pipeline):
-        labels = observer.collect(msgs.FrameLabel, "perception/label", label_qos())
-        fused = observer.collect(msgs.FusedPrediction, "perception/fused")
-        pipeline.start_ready(observer, timeout=60.0)
-
-        def stamp(msg) -> int:
-            return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-
-        observer.spin_until(lambda: len(labels) == COUNT and {stamp(m) for m in labels}
-                            <= {stamp(m) for m in fused}, "every labelled frame fused",
-                            timeout=60.0, pipeline=pipeline)
-        assert pipeline.wait("player", timeout=10.0) == 0
-        observer.spin_for(0.3)  # a duplicate would arrive by now
-        pipeline.check()
+    with live_run(checkpoint, tmp_path, COUNT) as (pipeline, observer, labels, fused):
+        wait_until_all_fused(pipeline, observer, labels, fused, COUNT)
 
     views, truth = mnist_views
     assert [m.frame_index for m in labels] == list(range(COUNT))
@@ -168,17 +184,8 @@ def test_every_labelled_frame_is_fused_from_all_six_devices(checkpoint, mnist_vi
 @pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present")
 def test_a_stalled_fusion_node_catches_up_without_losing_a_frame(checkpoint, tmp_path):
     """Frozen (SIGSTOP) for 0.8 s, ~24 frames at 30 Hz: the prediction queues hold them."""
-    import signal
-
     count = 90
-    overrides = {"player": {"count": count, "on_end": "shutdown",
-                            "wait_for_label_subscribers": 1}}
-    with (Observer(domain_id=DOMAIN_ID) as observer,
-          Pipeline.from_config(MNIST_CONFIG, model_path=checkpoint, overrides=overrides,
-                               log_dir=tmp_path, domain_id=DOMAIN_ID) as pipeline):
-        labels = observer.collect(msgs.FrameLabel, "perception/label", label_qos())
-        fused = observer.collect(msgs.FusedPrediction, "perception/fused")
-        pipeline.start_ready(observer, timeout=60.0)
+    with live_run(checkpoint, tmp_path, count) as (pipeline, observer, labels, fused):
         observer.spin_until(lambda: len(labels) >= 20, "20 labelled frames", timeout=60.0,
                             pipeline=pipeline)
         pipeline.signal("fusion", signal.SIGSTOP, timeout=None)
@@ -186,15 +193,8 @@ def test_a_stalled_fusion_node_catches_up_without_losing_a_frame(checkpoint, tmp
         time.sleep(0.8)
         pipeline.signal("fusion", signal.SIGCONT, timeout=None)
         resumed = time.time_ns()
-
-        def stamp(msg) -> int:  # the player stamps frames with the system clock
-            return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-
-        observer.spin_until(lambda: len(labels) == count and {stamp(m) for m in labels}
-                            <= {stamp(m) for m in fused}, "every labelled frame fused",
-                            timeout=60.0, pipeline=pipeline)
-        pipeline.check()
-    # more frames than the queues of depth 10 held before (they lost ~20 in a 1-s stall)
+        wait_until_all_fused(pipeline, observer, labels, fused, count)
+    # more frames than queues of depth 10 held (with depth 10 this test loses frames)
     assert sum(stalled <= stamp(m) <= resumed for m in labels) > 10
     stamps = [stamp(m) for m in fused]
     assert len(stamps) == len(set(stamps))  # and none twice
