@@ -321,7 +321,7 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
         _installed_config(args, pipeline), models, args.out, args.rate, args.steady,
         args.kills, log_dir=args.log_dir)
     print((args.out / "benchmark.md").read_text(), end="")
-    return 0 if result["steady"]["stream"]["missing"] == 0 else 1
+    return 0 if pipeline_benchmark.frames_lost(result) == 0 else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -1,0 +1,48 @@
+"""The live pipeline benchmark, shortened: every phase runs and no labelled frame is lost.
+
+Timings are the benchmark's business, not this test's: it checks what the benchmark
+produces and the one property that does not depend on the machine's speed (each player
+warms up until its frames reach every camera, so none of its labelled frames is lost).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
+pytest.importorskip("resilient_perception.msg", reason="messages not built: run scripts/setup.sh")
+
+from resilient_perception.ros.pipeline import package_prefix  # noqa: E402
+from resilient_perception.ros.pipeline_benchmark import (  # noqa: E402
+    frames_lost,
+    run_pipeline_benchmark,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "datasets"
+
+pytestmark = [
+    pytest.mark.ros,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(not (package_prefix() / "lib" / "resilient_perception" / "player_node")
+                       .is_file(), reason="nodes not installed: run scripts/setup.sh"),
+    pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present"),
+]
+
+
+def test_short_benchmark_runs_every_phase_and_loses_no_frame(briefly_trained_onnx, tmp_path,
+                                                             monkeypatch):
+    monkeypatch.setenv("RESILIENT_PERCEPTION_DATA", str(DATA))
+    result = run_pipeline_benchmark(ROOT / "config" / "mnist_6cam.yaml", briefly_trained_onnx,
+                                    tmp_path, steady_s=3.0, kills=1, rates=(30.0,),
+                                    rate_step_s=2.0, emit=lambda _: None)
+    assert frames_lost(result) == 0
+    assert result["steady"]["stream"]["labelled_frames"] == 90
+    (kill,) = result["failure_reaction"]["kills"]
+    assert kill["device"] == 0 and kill["reaction_s"] is not None  # a surrogate came
+    assert result["max_rate"]["steps"][0]["lost"] == 0
+    assert result == json.loads((tmp_path / "benchmark.json").read_text())
+    assert "| frames lost (steady + kills) | 0 | 0 |" in (tmp_path / "benchmark.md").read_text()
