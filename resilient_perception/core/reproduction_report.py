@@ -374,13 +374,20 @@ def _figures(results, datasets: list[str], out: Path) -> list[str]:
 
     def bars(ax, groups: list[str], series: dict[str, list[list[float]]]) -> None:
         width = 0.8 / max(1, len(series))
+        lows, highs = [], []
         for i, (label, values) in enumerate(series.items()):
             y, e = errorbars(values)
             ax.bar([g + i * width for g in range(len(groups))], y, width, yerr=e, capsize=2,
                    label=label)
+            lows += [m - c for m, c in zip(y, e, strict=True) if not math.isnan(m)]
+            highs += [m + c for m, c in zip(y, e, strict=True) if not math.isnan(m)]
         ax.set_xticks([g + width * (len(series) - 1) / 2 for g in range(len(groups))], groups,
                       fontsize=7, rotation=20, ha="right")
-        ax.set_ylabel("accuracy %")
+        if lows:  # methods differ by tenths of a point: bars from 0 would hide that
+            span = max(highs) - min(lows)
+            ax.set_ylim(max(0.0, min(lows) - max(1.0, span)),
+                        min(100.0, max(highs) + 0.3 * span + 0.2))
+        ax.set_ylabel("accuracy % (axis does not start at 0)")
 
     def fig5(ax, dataset):
         groups = [f"{m} {mode}" for m in FIGURE_METHODS for mode in MODES]
