@@ -43,6 +43,7 @@ _KINDS = {"multi_device_cnn": MultiDeviceCNN, "device_cnn": DeviceCNN, "resnet":
 EXTRA_PREFIX = "extra."
 TORCH_RNG = "torch_rng"  # the extra tensor holding torch's RNG state in a training state
 
+
 class CheckpointError(ValueError):
     """A file is not a readable resilient_perception checkpoint."""
 
@@ -137,7 +138,6 @@ def save_resnet_checkpoint(path, model: ResNet, metadata: dict | None = None,
 def load_resnet_checkpoint(path) -> tuple[ResNet, dict, dict]:
     """Load ``(ResNet in eval mode, metadata, extra tensors)``; raises :class:`CheckpointError`."""
     return _load(path, "resnet")
-
 
 
 def save_training_state(path, model: MultiDeviceCNN, state: TrainState,
