@@ -177,6 +177,7 @@ def test_reproduce_quick_profile(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     tables = (out / "tables.md").read_text()
     assert "Table 6" in tables and "93.37" in tables and "redundant standby" in tables
+    assert "| mnist | mean single failure, Modifier | 94.28 |" in tables  # the summary
     assert "confidence-weighted" in tables and "Message loss" in tables
     assert "gaussian:0.2" in tables and "salt_pepper:0.2" in tables
     with (out / "seeds.csv").open() as fh:

@@ -3,9 +3,10 @@
 :func:`write_report` reads the finished runs of a :class:`~.reproduction.Protocol` and
 writes into ``out``:
 
-* ``tables.md`` -- Tables 4/5 (single failures per device, without/with the Modifier),
-  Table 6 (improvement, paired t-test, error-rate reduction, recovery ratio), accuracy vs
-  number of failed devices (Figure 4), baselines (Figure 7) with t-tests against ours, the
+* ``tables.md`` -- a summary of the paper's printed numbers beside ours; Tables 4/5
+  (single failures per device, without/with the Modifier), Table 6 (improvement, paired
+  t-test, error-rate reduction, recovery ratio), accuracy vs number of failed devices
+  (Figure 4), baselines (Figure 7) with t-tests against ours, the issue's targets, the
   Modifier options of issue 4 (confidence-weighted, affine, calibrated fusion) with their
   recovery ratios and t-tests against the plain Modifier;
 * ``seeds.csv`` -- the raw per-seed metrics every table is computed from;
@@ -113,6 +114,41 @@ def _column(per_seed: dict[int, dict], metric: str) -> list[float]:
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
+HEADLINE_METHODS = ("paper", "ours", "paper-10x")  # the summary's measured columns
+
+
+def _headline_table(results, datasets: list[str]) -> list[str]:
+    """Paper (printed) vs our runs at a glance: avg fusion, with/without the Modifier."""
+    shown = [m for m in HEADLINE_METHODS if any(k[1] == m for k in results)]
+    rows = []
+    for dataset in datasets:
+        printed = PAPER_TABLE4.get((dataset, "avg")), PAPER_TABLE5.get((dataset, "avg"))
+        values = {m: (method_values(results, dataset, Strategy("", m, "avg", False)),
+                      method_values(results, dataset, Strategy("", m, "avg", True)))
+                  for m in shown}
+        ratios = {m: [recovery_ratio(without[s]["no_failure"],
+                                     without[s]["single_failure_mean"],
+                                     with_mod[s]["single_failure_mean"]) for s in without]
+                  for m, (without, with_mod) in values.items()}
+        for what, column, metric in (
+                ("no failure", 0, "no_failure"),
+                ("mean single failure, no Modifier", 0, "single_failure_mean"),
+                ("mean single failure, Modifier", 1, "single_failure_mean")):
+            paper = printed[column]
+            index = 0 if metric == "no_failure" else -1
+            row = [dataset, what, "-" if paper is None else f"{paper[index]:.2f}"]
+            row += [_pm(_column(values[m][column], metric)) for m in shown]
+            rows.append(row)
+        paper_ratio = ("-" if printed[0] is None else
+                       f"{100 * recovery_ratio(printed[0][0], printed[0][-1], printed[1][-1]):.1f}")
+        rows.append([dataset, "recovery ratio %", paper_ratio,
+                     *(_pm([r for r in ratios[m] if not math.isnan(r)]) for m in shown)])
+        rows.append([dataset, "seeds", "-" if printed[0] is None else "10",
+                     *(str(len(values[m][0])) for m in shown)])
+    return _table(["dataset", "avg fusion", "paper (printed)", *(f"`{m}`" for m in shown)],
+                  rows)
 
 
 def _single_failure_table(results, dataset: str, method: str, n_devices: int) -> list[str]:
@@ -458,6 +494,12 @@ def write_report(protocol: Protocol, root: Path, out: Path, command: str = "") -
                      f"(baselines {protocol.baseline_seeds or len(protocol.seeds)}) |")
     methods = "; ".join(f"`{m}` = {METHODS[m].label}" for m in protocol.methods)
     lines += ["", f"Training precision {protocol.precision}. Methods: {methods}.", ""]
+    if datasets:
+        lines += ["## Summary: the paper's printed numbers and ours", "",
+                  "Accuracy % with average fusion; recovery ratio = share of a single "
+                  "failure's cost the Modifier wins back. Per-device tables, significance, "
+                  "baselines and options follow per dataset.", "",
+                  *_headline_table(results, datasets)]
     summary: dict = {"protocol": protocol_dict(protocol), "runs_done": done, "runs": total,
                      "table6": [], "baselines": [], "modifier_options": [], "message_loss": [],
                      "noise": []}
