@@ -21,12 +21,14 @@ message loss and input noise. Runs live under ``<root>/<dataset>/<method>/seed<k
   kept when only the evaluation version changed: its staleness is decided by the key
   without it, so a new evaluation re-scores finished models and never retrains them.
 
-Methods (:data:`METHODS`) are named training options; *strategies* (:data:`STRATEGIES`) are
-what the aggregator does at inference with a method's model: a fusion mode, with or without
-the Modifier, and optionally a redundant standby unit. Statistics over seeds:
-:func:`mean_ci` (t-distribution confidence interval), :func:`paired_t_test`
-(``scipy.stats.ttest_rel`` on the same seeds), :func:`error_rate_reduction` (Table 6) and
-:func:`recovery_ratio`.
+Methods (:data:`METHODS`) are named training options; a method may also be limited to some
+datasets and seeds and train for a multiple of its dataset's epochs on wider views (the two
+runs past the protocol's budget: ``paper-10x``, ``ours-overlap50``). *Strategies*
+(:data:`STRATEGIES`) are what the aggregator does at inference with a method's model: a
+fusion mode, with or without the Modifier, and optionally a redundant standby unit.
+Statistics over seeds: :func:`mean_ci` (t-distribution confidence interval),
+:func:`paired_t_test` (``scipy.stats.ttest_rel`` on the same seeds),
+:func:`error_rate_reduction` (Table 6) and :func:`recovery_ratio`.
 
 Readings of the paper written down here:
 
