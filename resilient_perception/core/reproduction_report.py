@@ -286,7 +286,8 @@ def _targets_table(results, dataset: str) -> list[str]:
         return []
     return ["### The issue's targets (with the Modifier; verdict on the mean)", "",
             *_table(["what", "target",
-                     *(f"{s.method}, {s.mode} ({len(v)} seeds)" for s, v in shown)], rows)]
+                     *(f"{s.method}, {s.mode} ({len(v)} seed{'s' * (len(v) > 1)})"
+                       for s, v in shown)], rows)]
 
 
 def _baseline_table(results, dataset: str, n_devices: int) -> tuple[list[str], list[dict]]:
