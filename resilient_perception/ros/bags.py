@@ -136,9 +136,10 @@ def make_qos(
     )
 
 
-# What the dataset player offers: ros/qos.image_qos (RELIABLE, depth 5, VOLATILE) for images
-# and player_node.label_qos (RELIABLE, depth 100) for labels.
-IMAGE_QOS = make_qos(depth=5)
+# What the dataset player offers: ros/qos.image_qos (RELIABLE, depth 30, VOLATILE) for
+# images and player_node.label_qos (RELIABLE, depth 100) for labels. Written out rather
+# than imported: this module does not need rclpy.
+IMAGE_QOS = make_qos(depth=30)
 LABEL_QOS = make_qos(depth=100)
 
 

@@ -25,7 +25,8 @@ from rclpy.qos import (
     ReliabilityPolicy,
 )
 
-__all__ = ["PREDICTION_QUEUE_DEPTH", "head_qos", "image_qos", "prediction_qos"]
+__all__ = ["IMAGE_QUEUE_DEPTH", "PREDICTION_QUEUE_DEPTH", "head_qos", "image_qos",
+           "prediction_qos"]
 
 
 def _duration(seconds: float, name: str) -> Duration:
@@ -40,6 +41,18 @@ def _duration(seconds: float, name: str) -> Duration:
 # RELIABLE KEEP_LAST writer drops samples its reader has not acknowledged once its history
 # is full. A prediction is ~300 bytes, so the depth costs next to nothing.
 PREDICTION_QUEUE_DEPTH = 100
+
+# Images a camera's reader holds: a camera that stops taking images for up to 1 s at 30 Hz
+# catches up without losing one. A camera stops when its own publish() blocks: with Fast
+# DDS's default synchronous publication, a reader process that freezes (SIGSTOP, a
+# debugger, swapping) can block its writers' publish() for as long as it stays frozen, over
+# shared memory and UDP alike. A fusion node frozen for 0.8 s blocked every camera for all
+# of it in about one freeze in ten, and with depth 5 the cameras lost all but the last 5
+# images (test_pipeline's stall test). Asynchronous publication avoids the block but cost
+# 2-4 ms of end-to-end latency and half the throughput on 2 cores (docs/results.md). The
+# price of depth 30: a camera too slow for the frame rate lags up to 30 frames before it
+# drops.
+IMAGE_QUEUE_DEPTH = 30
 
 
 def prediction_qos(deadline_s: float, lease_s: float) -> QoSProfile:
@@ -90,19 +103,20 @@ def head_qos() -> QoSProfile:
 
 
 def image_qos() -> QoSProfile:
-    """Profile of camera image subscriptions: sensor-data-like, but RELIABLE.
+    """Profile of camera image topics: sensor-data-like, but RELIABLE and deeper.
 
-    Like ``qos_profile_sensor_data`` (KEEP_LAST depth 5, VOLATILE: only fresh frames
-    matter) except for reliability. A RELIABLE subscription matches only RELIABLE
-    publishers, and bag replay and most camera drivers and Gazebo bridges publish RELIABLE;
-    a BEST_EFFORT subscription would match both but lets DDS drop frames of a replayed
-    bag, which breaks frame-by-frame comparisons. A camera driver that publishes
-    BEST_EFFORT is not matched by this profile: its images then silently never arrive
-    (subscribe with ``qos_profile_sensor_data`` for such a driver).
+    Like ``qos_profile_sensor_data`` (KEEP_LAST, VOLATILE: only fresh frames matter)
+    except for reliability and the depth, :data:`IMAGE_QUEUE_DEPTH` instead of 5. A
+    RELIABLE subscription matches only RELIABLE publishers, and bag replay and most camera
+    drivers and Gazebo bridges publish RELIABLE; a BEST_EFFORT subscription would match both
+    but lets DDS drop frames of a replayed bag, which breaks frame-by-frame comparisons. A
+    camera driver that publishes BEST_EFFORT is not matched by this profile: its images
+    then silently never arrive (subscribe with ``qos_profile_sensor_data`` for such a
+    driver).
     """
     return QoSProfile(
         reliability=ReliabilityPolicy.RELIABLE,
         history=HistoryPolicy.KEEP_LAST,
-        depth=5,
+        depth=IMAGE_QUEUE_DEPTH,
         durability=DurabilityPolicy.VOLATILE,
     )
