@@ -43,6 +43,7 @@ from resilient_perception.ros.pipeline import (  # noqa: E402
     package_prefix,
     pipeline_nodes,
 )
+from resilient_perception.ros.qos import IMAGE_QUEUE_DEPTH  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "datasets"
@@ -168,7 +169,8 @@ def test_metadata_has_what_ros2_bag_play_needs(mnist, tmp_path, storage):
         (qos,) = meta["offered_qos_profiles"]
         assert (qos["reliability"], qos["durability"], qos["history"], qos["liveliness"]) == (
             "reliable", "volatile", "keep_last", "automatic")
-        assert qos["depth"] == (100 if name.endswith("label") else 5)
+        # what the live player offers (a replayed bag's publishers take these profiles)
+        assert qos["depth"] == (100 if name.endswith("label") else IMAGE_QUEUE_DEPTH)
         # rmw's "infinite": what rosbag2 records for a publisher without a deadline.
         assert qos["deadline"] == {"sec": 9223372036, "nsec": 854775807}
         assert meta["type_description_hash"].startswith("RIHS01_")
