@@ -25,6 +25,7 @@ from resilient_perception.core.modifier import fuse_vote, surrogate_logits
 from resilient_perception.core.reproduction import (
     METHODS,
     Strategy,
+    claim_run,
     error_rate_reduction,
     full_protocol,
     mean_ci,
@@ -34,6 +35,7 @@ from resilient_perception.core.reproduction import (
     recovery_ratio,
     run_dir,
     run_one,
+    run_protocol,
     strategy_summary,
 )
 from resilient_perception.core.training import TrainConfig, train
@@ -248,6 +250,20 @@ def test_new_evaluation_version_reevaluates_without_retraining(tmp_path, monkeyp
     other = dataclasses.replace(protocol, precision="bf16")
     run_one(other, tmp_path, "mnist", "ours", 0, train, test)
     assert model.stat().st_mtime_ns != stamp
+
+
+def test_parallel_processes_share_the_runs_out(tmp_path):
+    """A run another process holds is skipped, and done by whoever claims it later."""
+    protocol = quick_protocol(methods=("paper", "ours"))
+    held = run_dir(tmp_path, "mnist", "paper", 0)
+    with claim_run(held) as claimed:  # as another lane running this run would
+        assert claimed
+        with claim_run(held) as again:
+            assert not again
+        assert run_protocol(protocol, tmp_path, progress=False) == [("mnist", "ours", 0)]
+    assert pending_runs(protocol, tmp_path) == [("mnist", "paper", 0)]
+    assert run_protocol(protocol, tmp_path, progress=False) == [("mnist", "paper", 0)]
+    assert pending_runs(protocol, tmp_path) == []
 
 
 def test_extension_methods_run_where_and_as_declared():

@@ -49,11 +49,13 @@ Readings of the paper written down here:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -453,12 +455,37 @@ def pending_runs(protocol: Protocol, root: Path) -> list[tuple[str, str, int]]:
     ]
 
 
+@contextlib.contextmanager
+def claim_run(folder: Path) -> Iterator[bool]:
+    """Hold the run folder's lock while the block runs; yields False if another holds it.
+
+    An advisory ``flock`` on ``<folder>/.lock``: processes running the same protocol on the
+    same cache share its runs out between them, and a killed process's lock goes with it.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def run_protocol(protocol: Protocol, root: Path, data_root: Path | None = None,
                  progress: bool = True) -> list[tuple[str, str, int]]:
-    """Run every pending run of ``protocol`` (tqdm over runs); returns the runs done now."""
+    """Run every pending run of ``protocol`` (tqdm over runs); returns the runs done here.
+
+    Several processes may run the same protocol on the same ``root`` at once: each run goes
+    to the first process that claims it (:func:`claim_run`), and the others skip it.
+    """
     from tqdm.auto import tqdm
 
     todo = pending_runs(protocol, root)
+    done = []
     data: dict[tuple[str, str, ViewSpec], DeviceViews] = {}
 
     def views(dataset: str, method: str, split: str) -> DeviceViews:
@@ -473,9 +500,16 @@ def run_protocol(protocol: Protocol, root: Path, data_root: Path | None = None,
     bar = tqdm(todo, desc="paper runs", unit="run", disable=not progress)
     for dataset, method, seed in bar:
         bar.set_postfix_str(f"{dataset} {method} seed {seed}")
-        run_one(protocol, root, dataset, method, seed, views(dataset, method, "train"),
-                views(dataset, method, "test"), progress=progress)
-    return todo
+        folder = run_dir(root, dataset, method, seed)
+        with claim_run(folder) as claimed:
+            # another process may have finished it since the list was made
+            if not claimed or _cached_result(folder / "evaluation.json",
+                                             protocol.run_key(dataset, method, seed)):
+                continue
+            run_one(protocol, root, dataset, method, seed, views(dataset, method, "train"),
+                    views(dataset, method, "test"), progress=progress)
+            done.append((dataset, method, seed))
+    return done
 
 
 def load_results(protocol: Protocol, root: Path) -> dict[tuple[str, str, int], dict]:
