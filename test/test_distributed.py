@@ -62,6 +62,37 @@ def test_burst_rate_counts_the_messages_after_the_first():
     assert burst_rate_bps([5, 5], 1000) is None
 
 
+def test_burst_timer_times_bursts_from_their_part_outside_other_peers_bursts():
+    from resilient_perception.core.link_estimation import BurstSample, BurstTimer
+
+    timer = BurstTimer()
+
+    def arrive(*bursts):
+        """Feed (peer, burst number, count, arrival ms...) bursts in order of arrival."""
+        events = sorted((time, peer, number, index, count)
+                        for peer, number, count, *times in bursts
+                        for index, time in enumerate(times))
+        return [sample for time, peer, number, index, count in events
+                for sample in timer.add(peer, number, index, count, round(time * 1e6), 1000)]
+
+    # Alone: 4 x 8000 bits in 4 ms = 8 Mbit/s.
+    assert arrive(("robot1", 1, 5, 0, 1, 2, 3, 4)) == [BurstSample("robot1", 8e6, False)]
+    # robot2's burst starts at 12 ms, in the middle of robot1's, and ends after it: robot1
+    # is timed from its 5 arrivals before 12 ms, robot2 from its 5 after robot1's last.
+    assert arrive(("robot1", 2, 8, 10, 10.5, 11, 11.5, 11.9, 13, 15, 17),
+                  ("robot2", 7, 9, 12, 14, 16, 18, 18.5, 19, 19.5, 20, 20.5)) == [
+        BurstSample("robot1", pytest.approx(4 * 8000 / 1.9e-3), False),
+        BurstSample("robot2", pytest.approx(4 * 8000 / 2e-3), False)]
+    # Interleaved message by message, no part arrived alone: contended, timed as a whole.
+    assert arrive(("robot2", 8, 6, 30.5, 31.5, 32.5, 33.5, 34.5, 40),
+                  ("robot1", 3, 5, 31, 32, 33, 34, 35))[0] == BurstSample("robot1", 8e6, True)
+    # A burst whose tail was lost is timed when the peer's next burst starts; so is another
+    # peer's burst that arrived alone meanwhile; a lone first message has nothing to time.
+    assert arrive(("robot1", 4, 5, 50, 51, 52), ("robot2", 9, 9, 60, 61, 62, 63),
+                  ("robot1", 5, 3, 70)) == [BurstSample("robot1", 8e6, False)]
+    assert arrive(("robot2", 10, 3, 80)) == [BurstSample("robot2", 8e6, False)]
+
+
 def test_burst_count_lasts_the_target_time_within_bounds():
     # 20 Mbit/s for 0.1 s = 250 kB = 15.6 messages of 16 kB.
     assert burst_count(20e6, 16000, 0.1, 4, 64) == 16
@@ -397,7 +428,7 @@ def test_loopback_distributed_output_and_a_killed_stage(tiny, tmp_path):
 SHAPED_MBIT = 20.0
 THROTTLED_MBIT = 2.0
 RATE_TOLERANCE = 0.10
-LINK_TOLERANCE = 0.35
+LINK_TOLERANCE = 0.25
 
 
 @pytest.fixture
@@ -432,9 +463,9 @@ def test_namespaces_measured_rates_and_a_throttled_link(tiny, tmp_path, namespac
         fleet=_fleet_file(tmp_path / "fleet.yaml", robot2_memory_mb=1.0), records=records,
         source="robot0", probes=True,
         planner={"robot_timeout_s": 1.0, "rate_change_threshold": 0.3},
-        # 0.2 s bursts: a receiver stalled for a few ms mis-times them by less. A median of 5:
-        # two peers' bursts that reach one robot together each measure about half its
-        # link, and 2 of 3 such samples happen often enough to fail a run.
+        # 0.2 s bursts: a receiver stalled for a few ms mis-times them by less. A median of 5
+        # outlasts a disturbed sample or two (the probes time two peers' bursts that reach
+        # one robot together from their parts that arrived alone, see BurstTimer).
         probe={"burst_s": 0.2, "window": 5},
         requests={"rate_hz": 2.0, "data_root": str(DATA_ROOT)},
         placement={robot: namespaces.node_options(robot) for robot in ROBOTS})
@@ -453,9 +484,9 @@ def test_namespaces_measured_rates_and_a_throttled_link(tiny, tmp_path, namespac
         rates = {k: v["throughput_bps"] / 1e6 for k, v in links.items()}
         print("measured Mbit/s at 20 Mbit/s shaping:", rates)
         # The issue's target: within 10% of the shaped rate (the median over the links);
-        # every single link within 35%: DDS/UDP/IP headers take ~5%, and on this shared
-        # 2-core machine a robot's links in are now and then all measured ~30% low in one
-        # run (a receiver too busy to read a burst as fast as it comes drops part of it).
+        # every single link within 25%: DDS/UDP/IP headers take ~5%, and a receiver on this
+        # shared 2-core machine stalls now and then. Before the probes told contended
+        # bursts apart, a robot's links in were now and then all measured 30-40% low.
         median = float(np.median(list(rates.values())))
         assert abs(median - SHAPED_MBIT) <= RATE_TOLERANCE * SHAPED_MBIT, rates
         for link, rate in rates.items():

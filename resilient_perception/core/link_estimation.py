@@ -11,6 +11,12 @@ times come from echoed probes on the sender's own clock. Both are reported as th
 of a short window of samples (:class:`SampleWindow`), so that one disturbed sample does not
 re-plan the fleet.
 
+Two peers' bursts that reach one robot at the same time share its downlink and each time
+about half of it. :class:`BurstTimer` times the bursts of all peers of one receiver, each
+from a part that arrived alone, and marks those that had no such part as contended. The
+median alone is not enough: peers burst at random moments, so now and then most of a
+short window is contended.
+
 Bursts share the links with the activations and delay the requests they meet. While the
 measured rates hold still, a probe can burst less often (:func:`next_burst_period`): the
 period doubles up to a maximum and drops back to the base at the first change.
@@ -18,11 +24,16 @@ period doubles up to a maximum and drops back to the base at the first change.
 
 from __future__ import annotations
 
+import bisect
 import statistics
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 __all__ = [
+    "MIN_CLEAN_ARRIVALS",
+    "BurstSample",
+    "BurstTimer",
     "SampleWindow",
     "burst_count",
     "burst_rate_bps",
@@ -50,6 +61,99 @@ def burst_rate_bps(arrival_ns: Sequence[int], message_bytes: int) -> float | Non
     if span_ns <= 0:
         return None
     return (len(arrival_ns) - 1) * message_bytes * 8.0 / (span_ns * 1e-9)
+
+
+MIN_CLEAN_ARRIVALS = 4
+"""Consecutive arrivals with no other peer's message between them that time a burst."""
+
+
+@dataclass(frozen=True)
+class BurstSample:
+    """One timed burst from a peer."""
+
+    peer: str
+    rate_bps: float
+    contended: bool
+    """True when other peers' messages arrived all through this burst, so the rate is that
+    of a shared downlink (about half the link's, with two peers bursting)."""
+
+
+def longest_clean_run(arrival_ns: Sequence[int], foreign_ns: Sequence[int]) -> list[int]:
+    """The longest run of consecutive arrivals with no foreign arrival between them.
+
+    Args:
+        arrival_ns: Arrival times of one burst, ascending.
+        foreign_ns: Arrival times of other peers' messages, ascending.
+    """
+    best: list[int] = []
+    run: list[int] = []
+    for time in arrival_ns:
+        # A foreign message that arrived since the run's last one shared the downlink.
+        if run and bisect.bisect_right(foreign_ns, time) > bisect.bisect_left(
+                foreign_ns, run[-1]):
+            run = []
+        run.append(time)
+        if len(run) > len(best):
+            best = list(run)
+    return best
+
+
+class BurstTimer:
+    """Times the bursts that arrive at one receiver from its peers.
+
+    Probes of one peer arrive in order. A burst is timed when its last message arrives, or,
+    when its tail was lost (an overloaded link dropped it), when the peer's next burst
+    starts: what did arrive still times the link, and discarding it would keep the last,
+    too high, rate and with it bursts too long for the link.
+
+    Messages of other peers that arrived during a burst shared the downlink with it: the
+    burst is timed from its longest run of arrivals with none of those between them
+    (messages queued behind another burst come back to back at the link's rate as soon as
+    it ends), if that run has :data:`MIN_CLEAN_ARRIVALS`; else from all its arrivals,
+    marked contended.
+    """
+
+    def __init__(self, history: int = 4) -> None:
+        """Remember the arrivals of each peer's last ``history`` bursts."""
+        self._open: dict[str, tuple[int, list[int]]] = {}  # peer -> (burst, arrival ns)
+        self._closed: dict[str, deque[list[int]]] = defaultdict(lambda: deque(maxlen=history))
+
+    def add(self, peer: str, burst: int, index: int, count: int, arrival_ns: int,
+            message_bytes: int) -> list[BurstSample]:
+        """Add message ``index`` of ``count`` of ``burst`` from ``peer``.
+
+        Returns:
+            The bursts this arrival completed (at most two: the peer's unfinished previous
+            burst and this one); bursts with nothing to time are left out.
+        """
+        samples = []
+        open_burst, arrivals = self._open.get(peer, (None, []))
+        if open_burst != burst:
+            samples += self._close(peer, message_bytes)
+            arrivals = []
+            self._open[peer] = (burst, arrivals)
+        arrivals.append(arrival_ns)
+        if index == count - 1:
+            samples += self._close(peer, message_bytes)
+        return samples
+
+    def _close(self, peer: str, message_bytes: int) -> list[BurstSample]:
+        _, arrivals = self._open.pop(peer, (None, []))
+        arrivals = sorted(arrivals)
+        rate = burst_rate_bps(arrivals, message_bytes)
+        if rate is None:
+            return []
+        self._closed[peer].append(arrivals)
+        others = [times for other, bursts in self._closed.items() if other != peer
+                  for times in bursts]
+        others += [times for other, (_, times) in self._open.items() if other != peer]
+        foreign = sorted(time for times in others for time in times
+                         if arrivals[0] <= time <= arrivals[-1])
+        clean = longest_clean_run(arrivals, foreign)
+        clean_rate = burst_rate_bps(clean, message_bytes)
+        if len(clean) >= min(MIN_CLEAN_ARRIVALS, len(arrivals)) and clean_rate is not None:
+            return [BurstSample(peer, clean_rate, contended=False)]
+        return [BurstSample(peer, rate, contended=True)]
 
 
 def burst_count(rate_bps: float | None, message_bytes: int, target_s: float, minimum: int,

@@ -11,8 +11,11 @@ receiver's ``<robot>/link_probe`` topic (``LinkProbe`` messages):
   (round robin, so two bursts of one robot never share its uplink) messages of
   ``burst_bytes`` back to back, as many as last ``burst_s`` at the rate the peer last
   measured (between ``min_burst_count`` and ``max_burst_count``);
-  the peer times their arrivals (:func:`..core.link_estimation.burst_rate_bps`) with the
-  middleware's reception timestamps.
+  the peer times their arrivals (:class:`..core.link_estimation.BurstTimer`) with the
+  middleware's reception timestamps. Part of a burst that overlapped another peer's burst
+  into the same robot shared its downlink and would time it too low: the burst is timed
+  from its part that arrived alone, and one with no such part is counted in ``contended``
+  and dropped, unless the link's previous burst was contended too.
 
 The bursts take about ``burst_s / burst_period_s`` (10% by default) of each robot's uplink,
 at least ``min_burst_count x burst_bytes x 8 / burst_period_s`` bits/s (0.5 Mbit/s), and
@@ -46,9 +49,9 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import MessageInfo
 
 from resilient_perception.core.link_estimation import (
+    BurstTimer,
     SampleWindow,
     burst_count,
-    burst_rate_bps,
     next_burst_period,
     round_trip_s,
 )
@@ -127,7 +130,10 @@ class LinkProbeNode(Node):
         self.rtt = {peer: SampleWindow(window) for peer in self.peers}
         self.outbound_bps: dict[str, float] = {}  # peer -> rate to it, as the peer measured
         self.rejected = 0
-        self._arrivals: dict[str, tuple[int, list[int]]] = {}  # peer -> (burst, arrival ns)
+        self.contended = 0
+        """Burst samples dropped because another peer's burst arrived at the same time."""
+        self._bursts = BurstTimer()
+        self._last_contended: dict[str, bool] = {}
         self._sequence = 0
         self._burst = 0
         self._next_peer = 0
@@ -215,24 +221,18 @@ class LinkProbeNode(Node):
         if probe.count < 2 or probe.index >= probe.count:
             self._reject(f"burst message {probe.index} of {probe.count} from {peer}")
             return
-        burst, arrivals = self._arrivals.get(peer, (None, []))
-        if burst != probe.burst:
-            # A new burst. Probes arrive in order, so an older one that did not finish lost
-            # its tail (an overloaded link dropped it): what did arrive still times the link.
-            # Discarding it would keep the last, too high, rate and with it bursts too long
-            # for the link.
-            self._add_rate(peer, arrivals, len(probe.payload))
-            burst, arrivals = probe.burst, []
-            self._arrivals[peer] = (burst, arrivals)
-        arrivals.append(now)
-        if probe.index == probe.count - 1:
-            self._add_rate(peer, arrivals, len(probe.payload))
-            del self._arrivals[peer]
-
-    def _add_rate(self, peer: str, arrivals: list[int], message_bytes: int) -> None:
-        rate = burst_rate_bps(arrivals, message_bytes)
-        if rate is not None:
-            self.throughput[peer].add(rate)
+        for sample in self._bursts.add(peer, probe.burst, probe.index, probe.count, now,
+                                       len(probe.payload)):
+            # A contended sample is kept only when the link's previous one was contended too
+            # (or there is none): the downlink is then busy most of the time, and a shared
+            # rate is the best measurement there is.
+            window = self.throughput[sample.peer]
+            last_contended = self._last_contended.get(sample.peer, True)
+            self._last_contended[sample.peer] = sample.contended
+            if sample.contended and not last_contended and window.value is not None:
+                self.contended += 1
+                continue
+            window.add(sample.rate_bps)
 
     def _publish(self) -> None:
         stamp = self.get_clock().now().to_msg()
