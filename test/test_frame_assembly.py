@@ -11,6 +11,7 @@ from resilient_perception.core.frame_assembly import (
     DeviceMonitor,
     Frame,
     FrameAssembler,
+    StallGuard,
     fuse_frame,
 )
 from resilient_perception.core.modifier import fuse_with_failures
@@ -192,6 +193,30 @@ def test_watchdog_catches_a_device_that_went_silent():
     monitor.heard(2, 1.5)
     assert monitor.check_watchdog(1.5) == [1]
     assert monitor.live_devices() == {0, 2}
+
+
+def test_a_stall_of_the_node_itself_is_told_from_silent_devices():
+    guard = StallGuard(threshold=0.25, grace=0.5)
+    assert guard.observe(10.0) == 0.0  # the first callback has nothing to compare with
+    assert guard.observe(10.1) == 0.0 and not guard.in_grace(10.1)
+    assert guard.observe(10.9) == pytest.approx(0.8)  # stopped for 0.8 s
+    assert guard.in_grace(11.4) and not guard.in_grace(11.41) and guard.stalls == 1
+    with pytest.raises(ValueError):
+        StallGuard(threshold=0.0, grace=0.5)
+
+    # After the stall the watchdog and the pending frames count the silence without it.
+    monitor = DeviceMonitor(N, watchdog_timeout=1.0)
+    monitor.start(0.0)
+    for device in range(N):
+        monitor.heard(device, 0.0)
+    monitor.postpone(0.8)
+    assert monitor.check_watchdog(1.5) == []
+    assert monitor.check_watchdog(1.81) == [0, 1, 2]
+    assembler = FrameAssembler(N, K, D, frame_timeout=TIMEOUT)
+    assembler.add(1, 0, np.full(K, 1 / K), np.zeros(D), now=0.0)
+    assembler.postpone(0.8)
+    assert assembler.ready(0.85, live={0, 1}) == []
+    assert [f.stamp_ns for f in assembler.ready(0.91, live={0, 1})] == [1]
 
 
 def test_watchdog_requires_start():

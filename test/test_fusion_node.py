@@ -287,8 +287,9 @@ def test_sigint_exits_cleanly(fleet):
 
 
 @pytest.mark.parametrize("parameters", [
-    {"num_devices": 0}, {"fusion_mode": "median"}, {"frame_timeout": -1.0}],
-    ids=["devices", "mode", "timeout"])
+    {"num_devices": 0}, {"fusion_mode": "median"}, {"frame_timeout": -1.0},
+    {"stall_threshold": 0.05}],  # under the watchdog's tick (0.1 s): every idle gap a stall
+    ids=["devices", "mode", "timeout", "stall"])
 def test_invalid_parameters_exit_with_code_2(tmp_path, parameters):
     with fusion_pipeline(tmp_path, **parameters) as pipeline:
         pipeline.start()

@@ -38,6 +38,7 @@ __all__ = [
     "DeviceMonitor",
     "Frame",
     "FrameAssembler",
+    "StallGuard",
     "fuse_frame",
 ]
 
@@ -137,6 +138,14 @@ class DeviceMonitor:
                 newly_dead.append(device)
         return newly_dead
 
+    def postpone(self, seconds: float) -> None:
+        """Shift every silence the watchdog measures by ``seconds`` (this process stalled)."""
+        if self._started_at is not None:
+            self._started_at += seconds
+        for record in self._devices:
+            if record.last_heard is not None:
+                record.last_heard += seconds
+
     def health(self, device: int) -> DeviceHealth:
         """Current health of ``device``."""
         return self._devices[device].health
@@ -159,6 +168,45 @@ class DeviceMonitor:
             }
             for i, r in enumerate(self._devices)
         }
+
+
+class StallGuard:
+    """Tells this process's own stalls from its devices' silence.
+
+    While the fusion process is stopped (SIGSTOP, swapped out, starved of CPU) the
+    middleware's deadline clocks and the pending frames' timeouts run on, though the
+    devices' predictions wait in its queues: once it runs again it would see every device's
+    deadline missed and fuse each waiting frame from whichever prediction it reads first.
+    The node calls :meth:`observe` in its callbacks, which its timers make at least every
+    tick: a longer gap than ``threshold`` since the previous one is a stall. For ``grace``
+    seconds after one, deadline events are not believed; a device that really went silent
+    misses its next deadline too.
+    """
+
+    def __init__(self, threshold: float, grace: float) -> None:
+        """Stalls are gaps over ``threshold`` s; deadlines are doubted ``grace`` s after."""
+        if threshold <= 0 or grace < 0:
+            raise ValueError(f"need threshold > 0 and grace >= 0, got {threshold}, {grace}")
+        self.threshold = float(threshold)
+        self.grace = float(grace)
+        self.stalls = 0
+        """Stalls seen so far."""
+        self._last: float | None = None
+        self._grace_until = float("-inf")
+
+    def observe(self, now: float) -> float:
+        """Note a callback at ``now`` (monotonic s); return the stall that just ended, or 0."""
+        gap = 0.0 if self._last is None else now - self._last
+        self._last = now
+        if gap <= self.threshold:
+            return 0.0
+        self.stalls += 1
+        self._grace_until = now + self.grace
+        return gap
+
+    def in_grace(self, now: float) -> bool:
+        """Whether ``now`` is within ``grace`` of the end of the last stall."""
+        return now <= self._grace_until
 
 
 class AddResult(enum.StrEnum):
@@ -306,6 +354,11 @@ class FrameAssembler:
     def _force_out_oldest(self) -> None:
         # Released now (later arrivals for it are stale) and handed out by the next ready().
         self._forced_out.append(self._release_oldest())
+
+    def postpone(self, seconds: float) -> None:
+        """Give every pending frame ``seconds`` more to complete (this process stalled)."""
+        for frame in self._pending.values():
+            frame.first_arrival += seconds
 
     def ready(self, now: float, live: set[int]) -> list[Frame]:
         """Return the frames to fuse now, oldest first, and forget them.

@@ -33,6 +33,15 @@ sizes, NaN/Inf, a device id that does not match the topic, duplicate or stale st
 malformed head) are logged (throttled), counted and dropped; the node never crashes on a
 message.
 
+Own stalls: when this node itself stops running for a while (SIGSTOP, swapping, CPU
+starvation), its middleware's deadline clocks and its pending frames' timeouts run on while
+the devices' predictions wait in its queues. A gap of more than ``stall_threshold`` between
+its callbacks (:class:`~resilient_perception.core.frame_assembly.StallGuard`, wall time)
+adds the gap to the pending frames' timeouts and the watchdog's silences, and deadline
+events in the next ``deadline`` seconds are doubted (counted in the diagnostics as
+``deadlines_doubted``): a device that really went silent misses its next deadline too, so
+its death is noticed one deadline later.
+
 Revival: only accepted predictions count as hearing from a device, except that a *stale*
 prediction (its frame was already released) from a device that is not ALIVE revives it.
 Frames never wait for dead or never-heard devices, so without this a device that comes
@@ -60,6 +69,7 @@ from resilient_perception.core.frame_assembly import (
     DeviceHealth,
     DeviceMonitor,
     FrameAssembler,
+    StallGuard,
     fuse_frame,
 )
 from resilient_perception.msg import ClassifierHead, DevicePrediction, FusedPrediction
@@ -131,6 +141,11 @@ class FusionNode(Node):
             "ClassifierHead topic of device i (transient local): format(i).", s))
         self.declare_parameter("output_topic", "perception/fused", descriptor(
             "FusedPrediction topic.", s))
+        self.declare_parameter("stall_threshold", 0.25, descriptor(
+            "A gap this long between this node's own callbacks means the node itself "
+            "stalled: deadline events are then doubted for one deadline and pending frames "
+            "get the gap added to their timeout, s; must exceed watchdog_timeout / 10 (the "
+            "watchdog's tick).", d, float_range=seconds))
         self.declare_parameter("diagnostics_period", 1.0, descriptor(
             "Period of /diagnostics, s.", d, float_range=seconds))
 
@@ -138,15 +153,23 @@ class FusionNode(Node):
             "num_devices", "fusion_mode", "use_modifier", "deadline", "liveliness_lease",
             "watchdog_timeout", "frame_timeout", "num_classes", "feature_dim",
             "prediction_topic_format", "head_topic_format", "output_topic",
-            "diagnostics_period")}
+            "stall_threshold", "diagnostics_period")}
         if p["fusion_mode"] not in FUSION_MODES:
             raise InvalidParameterValueException(
                 "fusion_mode", p["fusion_mode"], f"must be one of {FUSION_MODES}")
         for name in ("prediction_topic_format", "head_topic_format"):
             if p[name].format(0) == p[name].format(1):
                 raise InvalidParameterValueException(name, p[name], "needs a '{}' field")
+        tick = max(p["watchdog_timeout"] / TICKS_PER_TIMEOUT, MIN_TICK_S)
+        if p["stall_threshold"] <= tick:
+            raise InvalidParameterValueException(
+                "stall_threshold", p["stall_threshold"],
+                f"must exceed the watchdog's tick (watchdog_timeout / {TICKS_PER_TIMEOUT} = "
+                f"{tick:g} s): the node's callbacks are that far apart when idle")
         self.n_devices = p["num_devices"]
         self.mode, self.use_modifier = p["fusion_mode"], p["use_modifier"]
+        self.stall_guard = StallGuard(p["stall_threshold"], grace=p["deadline"])
+        self.deadlines_doubted = 0
         self.frame_timeout = p["frame_timeout"]
         self.monitor = DeviceMonitor(self.n_devices, p["watchdog_timeout"])
         self.monitor.start(self._now())
@@ -183,8 +206,7 @@ class FusionNode(Node):
         self._release_timer = self.create_timer(
             max(self.frame_timeout / TICKS_PER_TIMEOUT, MIN_TICK_S), self._on_tick)
         self._release_timer.cancel()
-        self.create_timer(max(p["watchdog_timeout"] / TICKS_PER_TIMEOUT, MIN_TICK_S),
-                          self._on_tick)
+        self.create_timer(tick, self._on_tick)
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
         self.get_logger().info(
             f"fusing {self.n_devices} devices ({self.mode}, modifier "
@@ -193,6 +215,19 @@ class FusionNode(Node):
     # -- helpers ---------------------------------------------------------------------------
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
+
+    def _check_stall(self) -> None:
+        """Called first in every callback that fuses: undo what a stall of this node did."""
+        stall = self.stall_guard.observe(time.monotonic())
+        if stall:
+            # Wall time: the node clock may be simulated, and the stall was real.
+            self.monitor.postpone(stall)
+            if self.assembler is not None:
+                self.assembler.postpone(stall)
+            # Not throttled with the rejections (one call site): each stall is news.
+            self.get_logger().warning(
+                f"this node stalled for {stall:.2f} s: pending frames wait that much longer, "
+                "deadline events are doubted for one deadline")
 
     def _set_sizes(self, n_classes: int, feature_dim: int) -> None:
         self.assembler = FrameAssembler(self.n_devices, n_classes, feature_dim,
@@ -236,6 +271,7 @@ class FusionNode(Node):
     def _on_prediction(self, device: int, msg: DevicePrediction) -> None:
         started = time.perf_counter()
         try:
+            self._check_stall()
             now = self._now()
             if msg.device_id != device:
                 self._reject(device, "device_id_mismatch",
@@ -277,8 +313,11 @@ class FusionNode(Node):
     def _mark_dead(self, device: int, reason: str) -> None:
         started = time.perf_counter()
         try:
+            self._check_stall()
             now = self._now()
-            if self.monitor.mark_dead(device, reason, now):
+            if reason == "deadline" and self.stall_guard.in_grace(time.monotonic()):
+                self.deadlines_doubted += 1
+            elif self.monitor.mark_dead(device, reason, now):
                 self.get_logger().warning(f"device {device}: dead ({reason})")
             self._emit(now, started)  # frames need not wait for it any more
         except Exception as exc:
@@ -288,6 +327,7 @@ class FusionNode(Node):
     def _on_tick(self) -> None:
         started = time.perf_counter()
         try:
+            self._check_stall()
             now = self._now()
             for device in self.monitor.check_watchdog(now):
                 self.get_logger().warning(f"device {device}: dead (watchdog)")
@@ -349,12 +389,15 @@ class FusionNode(Node):
             counts["fused"] = self.fused_count
             counts["pending"] = self.assembler.pending_count if self.assembler else 0
             counts["heads_known"] = int(self.heads.known.sum()) if self.heads else 0
+            counts["own_stalls"] = self.stall_guard.stalls
+            counts["deadlines_doubted"] = self.deadlines_doubted
             if self._fusion_times:
                 times_ms = 1e3 * np.asarray(self._fusion_times)
                 counts["fusion_ms_p50"] = round(float(np.percentile(times_ms, 50)), 4)
                 counts["fusion_ms_p99"] = round(float(np.percentile(times_ms, 99)), 4)
             rejected = sum(v for k, v in counts.items()
-                           if k not in ("accepted", "fused", "pending", "heads_known")
+                           if k not in ("accepted", "fused", "pending", "heads_known",
+                                        "own_stalls", "deadlines_doubted")
                            and not k.startswith("fusion_ms"))
             array.status.append(DiagnosticStatus(
                 level=DiagnosticStatus.OK, name=f"{name}: frame assembly",
