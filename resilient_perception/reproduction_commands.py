@@ -18,6 +18,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from .core.blank_view_study import blank_view_study, write_blank_view_report
 from .core.checkpoint import load_checkpoint
 from .core.datasets import DATASET_NAMES
 from .core.experiment import load_device_views
@@ -141,6 +142,23 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_blank_views(args: argparse.Namespace) -> int:
+    """Score the reproduction's runs with black views abstaining, against the protocol."""
+    test = load_device_views(args.dataset, "test", root=args.data_root)
+    seeds = tuple(range(args.seeds))
+    rows = blank_view_study(args.runs, args.dataset, args.methods, seeds, test,
+                            progress=lambda m, s: print(f"scored {m} seed {s}", flush=True))
+    if not rows:
+        raise ValueError(f"no finished runs of {','.join(args.methods)} under "
+                         f"{args.runs / args.dataset}; run `resilient-perception reproduce` "
+                         "first")
+    command = (f"resilient-perception blank-views --dataset {args.dataset} --methods "
+               f"{','.join(args.methods)} --seeds {args.seeds} --runs {args.runs}")
+    write_blank_view_report(rows, args.out, command, test, args.dataset)
+    print(f"wrote {args.out / 'tables.md'} ({len(rows) // 8} runs)")
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``reproduce`` on the main parser's subcommands."""
     p = sub.add_parser("reproduce", help=cmd_reproduce.__doc__, description=__doc__,
@@ -170,3 +188,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help=f"report folder (default {FULL_OUT}; {QUICK_OUT} with --quick)")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("blank-views", help=cmd_blank_views.__doc__,
+                       description=cmd_blank_views.__doc__ + " See "
+                       "resilient_perception/core/blank_view_study.py.")
+    p.add_argument("--dataset", choices=DATASET_NAMES, default="mvmc",
+                   help="dataset of the runs (default mvmc, the one with black views)")
+    p.add_argument("--methods", type=_names(tuple(METHODS)), default=("paper", "ours"),
+                   help="comma-separated methods (default paper,ours)")
+    p.add_argument("--seeds", type=_positive_int, default=10, help="seeds 0..N-1 (default 10)")
+    p.add_argument("--runs", type=Path, default=FULL_RUNS,
+                   help=f"run cache of the reproduction (default {FULL_RUNS})")
+    p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")
+    p.add_argument("--out", type=Path, default=FULL_OUT / "blank-views",
+                   help=f"report folder (default {FULL_OUT / 'blank-views'})")
+    p.set_defaults(func=cmd_blank_views)

@@ -252,6 +252,54 @@ def test_new_evaluation_version_reevaluates_without_retraining(tmp_path, monkeyp
     assert model.stat().st_mtime_ns != stamp
 
 
+def test_blank_views_abstain_on_the_mvmc_runs(tmp_path, capsys):
+    from resilient_perception.core.blank_view_study import score_blank_abstention
+    from resilient_perception.core.checkpoint import load_checkpoint
+    from resilient_perception.core.evaluation import (
+        blank_views,
+        device_outputs,
+        evaluate_failures,
+    )
+    from resilient_perception.core.experiment import load_device_views
+
+    runs, out = tmp_path / "runs", tmp_path / "blank-views"
+    assert main(["reproduce", "--quick", "--datasets", "mvmc", "--methods", "paper,ours",
+                 "--runs", str(runs), "--out", str(tmp_path / "report")]) == 0
+    assert main(["blank-views", "--seeds", "1", "--runs", str(runs), "--out", str(out)]) == 0
+    tables = (out / "tables.md").read_text()
+    assert "| `ours` | avg | yes | single failure mean |" in tables
+    # Camera 2 alone sees 4 test frames, none of them a car: without it, at most 97.35%.
+    assert "| 2 | 4 | 4 | 97.35 |" in tables
+    with (out / "seeds.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 2 * 8  # 2 runs x avg/max x Modifier x policy
+
+    # Abstaining devices are left out unless nobody would be left: all abstaining = none.
+    model, _ = load_checkpoint(run_dir(runs, "mvmc", "ours", 0) / "model.safetensors")
+    test = load_device_views("mvmc", "test")
+    probs, features = device_outputs(model, test.views)
+    heads = [t.detach() for t in model.classifier_heads()]
+    blank = blank_views(test.views)
+    assert 0.3 < blank.mean() < 0.5 and not blank.all(axis=1).any()
+
+    def scored(abstain, subsets, frames=slice(None)):
+        return [r["accuracy"] for r in evaluate_failures(
+            probs[frames], features[frames], *heads, test.labels[frames],
+            test.available[frames], ("avg",), subsets=subsets,
+            abstain=None if abstain is None else abstain[frames])]
+
+    assert scored(np.ones_like(blank), [(), (1,)]) == scored(None, [(), (1,)])
+    # An abstaining device counts as failed: all but device 0 abstaining = them failed
+    # (on the frames that have a view 0; the others fall back to every device).
+    all_but_first = np.ones_like(blank)
+    all_but_first[:, 0] = False
+    with_view = np.flatnonzero(test.available[:, 0])
+    assert len(with_view) > 0.95 * len(test.labels)
+    assert scored(all_but_first, [()], with_view) == scored(None, [(1, 2, 3, 4, 5)], with_view)
+    rows = score_blank_abstention(model, test)
+    assert {(r["fusion"], r["blank_views"]) for r in rows} == {
+        (f, p) for f in ("avg", "max") for p in ("vote", "abstain")}
+
+
 def test_parallel_processes_share_the_runs_out(tmp_path):
     """A run another process holds is skipped, and done by whoever claims it later."""
     protocol = quick_protocol(methods=("paper", "ours"))

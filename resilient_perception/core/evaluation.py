@@ -11,6 +11,8 @@ Scoring conventions:
 * Frames where ``available`` is False treat that camera as failed as well. A frame left
   with no live device (possible only through ``available``) counts as an error.
 * ``balanced_accuracy`` is the mean per-class recall over the classes present in labels.
+* ``abstain`` (optional) marks devices whose view shows nothing (:func:`blank_views`):
+  they are left out like failed ones, unless no other live device remains for the frame.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .modifier import (
 )
 
 __all__ = [
+    "blank_views",
     "device_outputs",
     "evaluate_failures",
     "evaluate_message_loss",
@@ -56,6 +59,16 @@ def device_outputs(
     finally:
         model.train(was_training)
     return torch.cat(probs), torch.cat(feats)
+
+
+def blank_views(views: np.ndarray) -> np.ndarray:
+    """``(M, N)`` bool: True where a device's uint8 view ``(M, N, ...)`` is all black.
+
+    MVMC pads a camera that does not see the object with a black frame; such a device can
+    only answer with what it learnt about black frames, the training split's class prior.
+    """
+    views = np.asarray(views)
+    return views.reshape(*views.shape[:2], -1).max(axis=-1) == 0
 
 
 def failure_subsets(n_devices: int) -> list[tuple[int, ...]]:
@@ -84,6 +97,7 @@ def evaluate_failures(
     max_rows: int = 200_000,
     confidence_weighted: bool = False,
     learned: LearnedModifier | None = None,
+    abstain=None,
 ) -> list[dict]:
     """Score every failure subset for each mode, with and without the Modifier.
 
@@ -101,6 +115,8 @@ def evaluate_failures(
             (see :func:`.modifier.fuse_with_failures`).
         learned: fitted refinements of the Modifier and the fusion
             (:mod:`.learned_modifier`), applied to both the rows with and without it.
+        abstain: optional (M, N) bool; True = the device abstains on that frame (left out
+            like a failed device, unless that leaves the frame no live device).
 
     Returns:
         Rows ``{failed, n_failed, mode, modifier, accuracy, balanced_accuracy}``.
@@ -122,6 +138,9 @@ def evaluate_failures(
             for gi, failed in enumerate(group):
                 alive[gi, list(failed)] = False
             live = (alive[:, None, :] & avail[None]).reshape(s * m, n)
+            if abstain is not None:
+                voting = live & ~torch.as_tensor(np.asarray(abstain)).repeat(s, 1)
+                live = torch.where(voting.any(dim=1, keepdim=True), voting, live)
             p = probs.expand(s, m, n, k).reshape(s * m, n, k)
             f = features.expand(s, m, n, features.shape[-1]).reshape(s * m, n, -1)
             y = labels.repeat(s)
