@@ -67,3 +67,8 @@ for lane in "${lanes[@]}"; do wait "$lane"; done
 # 3. One report over every finished run.
 resilient-perception reproduce --datasets mnist,cifar10,mvmc "${options[@]}" --report-only \
   --out "$out"
+
+# 4. Beyond the paper: MVMC's black views abstain, scored on the same checkpoints
+#    (seconds; docs/results.md, "Blank views").
+resilient-perception blank-views --dataset mvmc --methods paper,ours --seeds 10 \
+  --runs runs/paper --out "$out/blank-views"

@@ -268,7 +268,7 @@ def test_blank_views_abstain_on_the_mvmc_runs(tmp_path, capsys):
     assert main(["blank-views", "--seeds", "1", "--runs", str(runs), "--out", str(out)]) == 0
     tables = (out / "tables.md").read_text()
     assert "| `ours` | avg | yes | single failure mean |" in tables
-    # Camera 2 alone sees 4 test frames, none of them a car: without it, at most 97.35%.
+    # Camera 2 alone sees 4 test frames, none of them a car.
     assert "| 2 | 4 | 4 | 97.35 |" in tables
     with (out / "seeds.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == 2 * 8  # 2 runs x avg/max x Modifier x policy

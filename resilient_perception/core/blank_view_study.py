@@ -86,11 +86,11 @@ def write_blank_view_report(rows: list[dict], out: Path, command: str,
                             test_data: DeviceViews, dataset: str) -> dict:
     """Write ``seeds.csv``, ``summary.json`` and ``tables.md``.
 
-    The tables compare abstain with vote (paired t-tests) and give the ceiling each
-    camera's failure puts on accuracy (:func:`unseen_after_failure`).
+    The tables compare abstain with vote (paired t-tests) and count the frames only one
+    camera sees (:func:`unseen_after_failure`).
     """
     test_samples, share = len(test_data.labels), blank_share(test_data)
-    ceilings = unseen_after_failure(test_data)
+    unseen = unseen_after_failure(test_data)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "seeds.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -108,7 +108,7 @@ def write_blank_view_report(rows: list[dict], out: Path, command: str,
                                         "modifier": modifier, "metric": metric,
                                         **compare(abstain, vote, metric)})
     summary = {"command": command, "dataset": dataset, "test_samples": test_samples,
-               "blank_view_share": share, "unseen_after_failure": ceilings,
+               "blank_view_share": share, "unseen_after_failure": unseen,
                "comparisons": comparisons}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
 
@@ -134,13 +134,14 @@ def write_blank_view_report(rows: list[dict], out: Path, command: str,
                      f"| {len(c['seeds'])} |")
     lines += ["", "## Frames no other camera sees", "",
               "With one camera failed, these test frames are seen by none of the others "
-              "(their views are black or missing): answered with the most common class, "
-              "only those of that class are right, which caps the accuracy at the ceiling "
-              "(the camera numbers here count from 1, as in the other tables).", "",
-              "| failed camera | frames no other camera sees | of another class | "
-              "ceiling % |", "|---|---|---|---|"]
+              "(their views are black or missing). All a fusion has left for them is which "
+              "cameras are black and what each device answers to a black frame. Last "
+              "column: the accuracy with every other frame right and these answered with "
+              "the most common class. Camera numbers count from 1, as in the other tables.",
+              "", "| failed camera | frames no other camera sees | of another class | "
+              "majority answer % |", "|---|---|---|---|"]
     lines += [f"| {c['camera'] + 1} | {c['unseen_frames']} | {c['not_majority']} "
-              f"| {100 * c['ceiling']:.2f} |" for c in ceilings]
+              f"| {100 * c['majority_answer']:.2f} |" for c in unseen]
     (out / "tables.md").write_text("\n".join(lines) + "\n")
     return summary
 
@@ -148,9 +149,11 @@ def write_blank_view_report(rows: list[dict], out: Path, command: str,
 def unseen_after_failure(test_data: DeviceViews) -> list[dict]:
     """Per camera: test frames that no other camera sees (all others black or missing).
 
-    With that camera failed, nothing that is left has seen the object: a fusion that
-    answers such frames with the split's most common class is right on those of that class
-    only, which caps its accuracy at ``ceiling``.
+    With that camera failed, nothing that is left has seen the object; all a fusion has
+    is which cameras are black, and their answers to black frames. ``majority_answer`` is
+    the accuracy of answering those frames with the split's most common class (and every
+    other frame right): what losing that camera costs at least, unless the fusion reads
+    the pattern of black views.
     """
     seen = test_data.available & ~blank_views(test_data.views)
     majority = int(np.bincount(test_data.labels).argmax())
@@ -160,7 +163,7 @@ def unseen_after_failure(test_data: DeviceViews) -> list[dict]:
         unseen = ~others.any(axis=1)
         wrong = int((test_data.labels[unseen] != majority).sum())
         rows.append({"camera": camera, "unseen_frames": int(unseen.sum()),
-                     "not_majority": wrong, "ceiling": 1 - wrong / len(test_data.labels)})
+                     "not_majority": wrong, "majority_answer": 1 - wrong / len(test_data.labels)})
     return rows
 
 
