@@ -221,7 +221,7 @@ def test_a_stalled_fusion_node_catches_up_without_losing_a_frame(checkpoint, tmp
     degraded = [(stamp(m), list(m.live_devices)) for m in fused
                 if stamp(m) >= stalls[0][0] and len(m.live_devices) < 6]
     assert not degraded, (degraded, stalls, pipeline.log_path("fusion").read_text()[-2000:])
-    assert pipeline.log_path("fusion").read_text().count("this node stalled") == len(stalls)
+    assert pipeline.log_path("fusion").read_text().count("this node stalled") >= len(stalls)
 
 
 def wait_for_log(pipeline: Pipeline, name: str, text: str, times: int = 1) -> None:
