@@ -37,6 +37,7 @@ __all__ = [
     "SampleWindow",
     "burst_count",
     "burst_rate_bps",
+    "longest_clean_run",
     "next_burst_period",
     "relative_change",
     "round_trip_s",
