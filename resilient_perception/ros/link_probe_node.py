@@ -14,8 +14,8 @@ receiver's ``<robot>/link_probe`` topic (``LinkProbe`` messages):
   the peer times their arrivals (:class:`..core.link_estimation.BurstTimer`) with the
   middleware's reception timestamps. Part of a burst that overlapped another peer's burst
   into the same robot shared its downlink and would time it too low: the burst is timed
-  from its part that arrived alone, and one with no such part is counted in ``contended``
-  and dropped, unless the link's previous burst was contended too.
+  from its part that arrived alone; one with no such part is counted in ``contended`` and
+  left to the median of the window.
 
 The bursts take about ``burst_s / burst_period_s`` (10% by default) of each robot's uplink,
 at least ``min_burst_count x burst_bytes x 8 / burst_period_s`` bits/s (0.5 Mbit/s), and
@@ -131,9 +131,8 @@ class LinkProbeNode(Node):
         self.outbound_bps: dict[str, float] = {}  # peer -> rate to it, as the peer measured
         self.rejected = 0
         self.contended = 0
-        """Burst samples dropped because another peer's burst arrived at the same time."""
+        """Burst samples timed while other peers' bursts arrived all through them."""
         self._bursts = BurstTimer()
-        self._last_contended: dict[str, bool] = {}
         self._sequence = 0
         self._burst = 0
         self._next_peer = 0
@@ -223,16 +222,13 @@ class LinkProbeNode(Node):
             return
         for sample in self._bursts.add(peer, probe.burst, probe.index, probe.count, now,
                                        len(probe.payload)):
-            # A contended sample is kept only when the link's previous one was contended too
-            # (or there is none): the downlink is then busy most of the time, and a shared
-            # rate is the best measurement there is.
-            window = self.throughput[sample.peer]
-            last_contended = self._last_contended.get(sample.peer, True)
-            self._last_contended[sample.peer] = sample.contended
-            if sample.contended and not last_contended and window.value is not None:
-                self.contended += 1
-                continue
-            window.add(sample.rate_bps)
+            # A contended sample is kept, and left to the window's median. Dropping it held
+            # back the first low samples after a link slowed down (every burst into that
+            # robot is then long and overlaps others), bursts sized for the old rate went on
+            # overflowing the link, and in one test run no burst into that robot completed
+            # again (perhaps its IP reassembly memory full of fragments of lost messages).
+            self.contended += sample.contended
+            self.throughput[sample.peer].add(sample.rate_bps)
 
     def _publish(self) -> None:
         stamp = self.get_clock().now().to_msg()
