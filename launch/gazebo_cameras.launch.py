@@ -25,7 +25,7 @@ from launch.launch_description import LaunchDescription
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from resilient_perception.ros.pipeline import PACKAGE, pipeline_nodes
+from resilient_perception.harness.pipeline import PACKAGE, pipeline_nodes
 
 
 def _nodes(context: LaunchContext) -> list[Node]:

@@ -6,7 +6,7 @@ r"""The perception pipeline: N camera nodes and the fusion node, plus the datase
         config:=/abs/my_params.yaml num_cameras:=4
 
 Nodes (names, executables, per-node parameters, remappings) come from
-``resilient_perception.ros.pipeline.pipeline_nodes``, the function ``Pipeline`` uses to
+``resilient_perception.harness.pipeline.pipeline_nodes``, the function ``Pipeline`` uses to
 start the same processes without ``launch`` (tests, demo, benchmark): node ``camera_i``
 reads ``camera_i/image_raw`` and publishes ``perception/device_i/{prediction,head}``, the
 ``fusion`` node publishes ``perception/fused`` and ``/diagnostics``, and the ``player``
@@ -22,7 +22,7 @@ from launch.launch_description import LaunchDescription
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from resilient_perception.ros.pipeline import PACKAGE, pipeline_nodes
+from resilient_perception.harness.pipeline import PACKAGE, pipeline_nodes
 
 
 def _nodes(context: LaunchContext) -> list[Node]:

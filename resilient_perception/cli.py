@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from .core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .core.datasets import DATASET_NAMES, DatasetError
-from .core.experiment import (
+from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from .datasets import DATASET_NAMES, DatasetError
+from .perception.experiment import (
     TRAINING_STATE,
     DeviceViews,
     default_view_spec,
@@ -26,9 +26,9 @@ from .core.experiment import (
     markdown_report,
     train_devices,
 )
-from .core.export import export_checkpoint
-from .core.training import PRECISIONS, TrainConfig, measure_training_throughput
-from .core.views import ViewSpec, parse_noise
+from .perception.export import export_checkpoint
+from .perception.training import PRECISIONS, TrainConfig, measure_training_throughput
+from .perception.views import ViewSpec, parse_noise
 
 EXIT_USAGE = 2
 
@@ -83,7 +83,7 @@ def _fraction(text: str) -> float:
 
 
 def _schedule(text: str) -> tuple:
-    from .ros.live_demo import parse_schedule  # imports rclpy: only when the option is given
+    from .bench.live_demo import parse_schedule  # imports rclpy: only when the option is given
 
     try:
         return parse_schedule(text)
@@ -214,7 +214,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = args.out or args.checkpoint.parent / f"eval-{args.split}"
     _evaluate(args.checkpoint, args, out)
     if args.modifier_options:
-        from .reproduction_commands import evaluate_modifier_options
+        from .commands.reproduction import evaluate_modifier_options
 
         evaluate_modifier_options(args.checkpoint, args.split, args.data_root, args.limit, out)
     return 0
@@ -468,27 +468,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default 17)")
     p.set_defaults(func=cmd_export)
 
-    from .resnet_commands import add_parsers as add_resnet_commands  # needs this module's helpers
+    from .commands.resnet import add_parsers as add_resnet_commands  # needs this module's helpers
 
     add_resnet_commands(sub)
 
-    from .ros.bag_commands import add_bag_commands  # imports no ROS until a command runs
+    from .commands.bags import add_bag_commands  # imports no ROS until a command runs
 
     add_bag_commands(sub)
 
-    from .placement_commands import add_parsers as add_placement_commands
+    from .commands.placement import add_parsers as add_placement_commands
 
     add_placement_commands(sub)
 
-    from .ros.distributed_benchmark import add_parser as add_distributed_benchmark
+    from .bench.distributed_benchmark import add_parser as add_distributed_benchmark
 
     add_distributed_benchmark(sub)
 
-    from .reproduction_commands import add_parsers as add_reproduction_commands
+    from .commands.reproduction import add_parsers as add_reproduction_commands
 
     add_reproduction_commands(sub)
 
-    from .cost_commands import add_parser as add_cost_command
+    from .commands.cost import add_parser as add_cost_command
 
     add_cost_command(sub)
     return parser

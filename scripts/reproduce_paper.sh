@@ -11,7 +11,7 @@
 # last finished epoch). Two lanes of one torch thread each use the two cores: both run the
 # whole protocol, and each run goes to the lane that claims it first (a lock in its folder).
 #
-# Training per dataset (bf16 autocast; resilient_perception/core/reproduction.py FULL_PLANS):
+# Training per dataset (bf16 autocast; resilient_perception/paper/reproduction.py FULL_PLANS):
 # MNIST 4 epochs, CIFAR-10 4 epochs, MVMC 12 epochs at batch 32. Budget, from the CPU
 # seconds per training image measured by step 1 (docs/results/paper/timing/*.json,
 # vectorised_cpu_s_per_epoch / images; bf16: MNIST 1.39 ms, CIFAR-10 1.78 ms, MVMC 13.75 ms,
@@ -52,7 +52,7 @@ for dataset in mnist cifar10 mvmc; do
 done
 
 # 2. The runs, two lanes in parallel, about 6 CPU hours each. Both go through the whole
-#    protocol in the same order; a run another lane holds is skipped (core/reproduction.py
+#    protocol in the same order; a run another lane holds is skipped (paper/reproduction.py
 #    claim_run), so the lanes share the work out whatever each run takes.
 # A signal stops the whole process group: both lanes and the runs they started.
 trap 'trap - INT TERM; kill 0' INT TERM

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resilient_perception.core.datasets import load_mnist
-from resilient_perception.core.views import ViewSpec, make_views
+from resilient_perception.datasets import load_mnist
+from resilient_perception.perception.views import ViewSpec, make_views
 
 DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
 
@@ -37,7 +37,7 @@ def briefly_trained_model(mnist_views):
     import torch
     import torch.nn.functional as F
 
-    from resilient_perception.core.model import MultiDeviceCNN, views_to_float
+    from resilient_perception.perception.model import MultiDeviceCNN, views_to_float
 
     views, labels = mnist_views
     x, y = views_to_float(views[:256]), torch.from_numpy(labels[:256])
@@ -62,7 +62,7 @@ def briefly_trained_model(mnist_views):
 @pytest.fixture(scope="session")
 def briefly_trained_checkpoint(briefly_trained_model, tmp_path_factory):
     """:func:`briefly_trained_model` saved as a training checkpoint (MNIST 3x2 grid)."""
-    from resilient_perception.core.checkpoint import save_checkpoint
+    from resilient_perception.checkpoints import save_checkpoint
 
     folder = tmp_path_factory.mktemp("briefly_trained")
     return save_checkpoint(folder / "model.safetensors", briefly_trained_model, {
@@ -73,7 +73,7 @@ def briefly_trained_checkpoint(briefly_trained_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def briefly_trained_onnx(briefly_trained_checkpoint) -> str:
     """The checkpoint's six devices exported to ONNX: the path pattern ``.../device_{}.onnx``."""
-    from resilient_perception.core.export import export_checkpoint
+    from resilient_perception.perception.export import export_checkpoint
 
     folder = briefly_trained_checkpoint.parent / "onnx"
     export_checkpoint(briefly_trained_checkpoint, folder)

@@ -18,7 +18,14 @@ import yaml
 
 pytest.importorskip("rosbags", reason="rosbags not installed: run scripts/setup.sh")
 
-from resilient_perception.core.datasets import load_dataset  # noqa: E402
+from resilient_perception.datasets import load_dataset  # noqa: E402
+from resilient_perception.harness.pipeline import (  # noqa: E402
+    NodeSpec,
+    Observer,
+    Pipeline,
+    package_prefix,
+    pipeline_nodes,
+)
 from resilient_perception.ros.bags import (  # noqa: E402
     IMAGE_TYPE,
     LABEL_TOPIC,
@@ -35,13 +42,6 @@ from resilient_perception.ros.bags import (  # noqa: E402
     summarize,
     typestore,
     write_frames,
-)
-from resilient_perception.ros.pipeline import (  # noqa: E402
-    NodeSpec,
-    Observer,
-    Pipeline,
-    package_prefix,
-    pipeline_nodes,
 )
 from resilient_perception.ros.qos import IMAGE_QUEUE_DEPTH  # noqa: E402
 
@@ -410,8 +410,8 @@ def play_and_record(observer: Observer, pipeline: Pipeline, run: str,
 
 def offline_labels(model, views: np.ndarray, failed_sets: list[tuple[int, ...]]) -> np.ndarray:
     """What `resilient-perception evaluate` predicts for these frames with these failures."""
-    from resilient_perception.core.evaluation import device_outputs
-    from resilient_perception.core.stream_score import offline_predictions
+    from resilient_perception.perception.evaluation import device_outputs
+    from resilient_perception.perception.stream_score import offline_predictions
 
     probs, features = device_outputs(model, views)
     weights, biases = (t.detach() for t in model.classifier_heads())

@@ -19,17 +19,17 @@ msgs = pytest.importorskip(
 from builtin_interfaces.msg import Time  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from resilient_perception.core.checkpoint import save_checkpoint  # noqa: E402
-from resilient_perception.core.datasets import load_mnist  # noqa: E402
-from resilient_perception.core.export import DeviceRunner, export_checkpoint  # noqa: E402
-from resilient_perception.core.views import ViewSpec, crop_views  # noqa: E402
-from resilient_perception.ros.image_conversion import array_to_image  # noqa: E402
-from resilient_perception.ros.pipeline import (  # noqa: E402
+from resilient_perception.checkpoints import save_checkpoint  # noqa: E402
+from resilient_perception.datasets import load_mnist  # noqa: E402
+from resilient_perception.harness.pipeline import (  # noqa: E402
     NodeSpec,
     Observer,
     Pipeline,
     package_prefix,
 )
+from resilient_perception.perception.export import DeviceRunner, export_checkpoint  # noqa: E402
+from resilient_perception.perception.views import ViewSpec, crop_views  # noqa: E402
+from resilient_perception.ros.image_conversion import array_to_image  # noqa: E402
 from resilient_perception.ros.qos import head_qos, image_qos, prediction_qos  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
@@ -188,7 +188,7 @@ def test_model_for_another_device_fails_configure(model_files, tmp_path):
 
 def test_checkpoint_runs_with_torch(model_files, images, tmp_path):
     """A .safetensors checkpoint: device 2 is taken from it and run with torch."""
-    from resilient_perception.core.checkpoint import load_checkpoint
+    from resilient_perception.checkpoints import load_checkpoint
 
     with running_camera(tmp_path, device_id=DEVICE, backend="torch",
                         model_path=str(model_files["checkpoint"])) as cam:

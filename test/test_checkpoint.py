@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from resilient_perception.core.checkpoint import (
+from resilient_perception.checkpoints import (
     CheckpointError,
     load_checkpoint,
     load_device_checkpoint,
     save_checkpoint,
     save_device_checkpoint,
 )
-from resilient_perception.core.model import MultiDeviceCNN, views_to_float
+from resilient_perception.perception.model import MultiDeviceCNN, views_to_float
 
 
 def test_round_trip(tmp_path, mnist_views):

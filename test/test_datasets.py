@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resilient_perception.core import datasets
-from resilient_perception.core.datasets import (
+from resilient_perception import datasets
+from resilient_perception.datasets import (
     DatasetError,
     LabeledImages,
     MultiViewImages,

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from resilient_perception.cli import main
-from resilient_perception.core.device_cost import (
+from resilient_perception.paper.device_cost import (
     onnx_size_kb,
     quantize_device_onnx,
     runner_outputs,
 )
-from resilient_perception.core.export import DeviceRunner
+from resilient_perception.perception.export import DeviceRunner
 
 DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
 N_DEVICES = 6

@@ -29,7 +29,7 @@ import pytest
 import torch
 import yaml
 
-from resilient_perception.core.distributed import (
+from resilient_perception.placement.distributed import (
     StageWork,
     decode_tensor,
     encode_tensor,
@@ -38,14 +38,14 @@ from resilient_perception.core.distributed import (
     run_units,
     stage_work,
 )
-from resilient_perception.core.link_estimation import (
+from resilient_perception.placement.link_estimation import (
     SampleWindow,
     burst_count,
     burst_rate_bps,
     relative_change,
     round_trip_s,
 )
-from resilient_perception.core.placement import DROPPED, Fleet, Network, Plan, Problem
+from resilient_perception.placement.problem import DROPPED, Fleet, Network, Plan, Problem
 
 DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
 DOMAIN_ID = (os.getpid() + 37) % 90 + 110
@@ -63,7 +63,7 @@ def test_burst_rate_counts_the_messages_after_the_first():
 
 
 def test_burst_timer_times_bursts_from_their_part_outside_other_peers_bursts():
-    from resilient_perception.core.link_estimation import BurstSample, BurstTimer
+    from resilient_perception.placement.link_estimation import BurstSample, BurstTimer
 
     timer = BurstTimer()
 
@@ -109,7 +109,7 @@ def test_round_trip_and_relative_change():
 
 
 def test_burst_period_backs_off_while_rates_hold_and_resets_on_a_change():
-    from resilient_perception.core.link_estimation import next_burst_period
+    from resilient_perception.placement.link_estimation import next_burst_period
 
     steady = {"robot1": 20e6, "robot2": 5e6}
     assert next_burst_period(1.0, 1.0, 8.0, steady, {"robot1": 19e6, "robot2": 5.2e6},
@@ -159,7 +159,7 @@ def test_tensor_coding_round_trips_and_rejects_bad_tensors():
 
 
 def _tiny_model(seed: int = 0):
-    from resilient_perception.core.resnet import ResNet
+    from resilient_perception.placement.resnet import ResNet
 
     torch.manual_seed(seed)
     model = ResNet(base_width=4, stage_blocks=(2, 2, 1, 1))
@@ -188,7 +188,7 @@ def test_units_split_over_stages_equal_the_whole_model():
 
 
 def test_live_problem_leaves_out_dead_robots_and_their_requests():
-    from resilient_perception.core.placement_solvers import solve
+    from resilient_perception.placement.solvers import solve
 
     network = Network(names=("stem", "b0", "head"), param_bytes=np.array([10, 10, 10]),
                       macs=np.array([100, 100, 100]), output_bytes=np.array([40, 40, 4]),
@@ -211,7 +211,7 @@ def test_live_problem_leaves_out_dead_robots_and_their_requests():
 
 
 def test_star_link_rates_recovers_each_robots_link_and_rejects_other_matrices():
-    from resilient_perception.core.distributed import star_link_rates
+    from resilient_perception.placement.distributed import star_link_rates
 
     rates = np.array([[0, 20, 5], [20, 0, 5], [5, 5, 0]], dtype=float)
     assert star_link_rates(rates).tolist() == [20, 20, 5]
@@ -228,10 +228,14 @@ def test_star_link_rates_recovers_each_robots_link_and_rejects_other_matrices():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The tiny model's checkpoint and its drop-study profile (200 CIFAR-10 test images)."""
-    from resilient_perception.core.block_profile import save_profile
-    from resilient_perception.core.checkpoint import save_resnet_checkpoint
-    from resilient_perception.core.datasets import load_cifar10
-    from resilient_perception.core.drop_study import build_profile, run_drop_study, spread_subset
+    from resilient_perception.checkpoints import save_resnet_checkpoint
+    from resilient_perception.datasets import load_cifar10
+    from resilient_perception.placement.block_profile import save_profile
+    from resilient_perception.placement.drop_study import (
+        build_profile,
+        run_drop_study,
+        spread_subset,
+    )
 
     if not DATA_ROOT.is_dir():
         pytest.skip("../shared/datasets not present")
@@ -281,13 +285,13 @@ def _wait_for(what: str, condition, timeout: float, pipeline):
 
 
 def _plans(records: Path) -> list[dict]:
-    from resilient_perception.ros.distributed_run import read_records
+    from resilient_perception.harness.distributed_run import read_records
 
     return read_records(records, "plan")
 
 
 def _predictions(records: Path, version: int | None = None) -> list[dict]:
-    from resilient_perception.ros.distributed_run import read_records
+    from resilient_perception.harness.distributed_run import read_records
 
     return [p for p in read_records(records, "prediction")
             if version is None or p["plan_version"] == version]
@@ -319,7 +323,7 @@ def _send_bad_messages(pipeline, domain_id: int, robot: str) -> tuple[int, int]:
     from diagnostic_msgs.msg import DiagnosticArray
     from resilient_perception.msg import ActivationTensor, LinkMeasurement
 
-    from resilient_perception.ros.pipeline import Observer
+    from resilient_perception.harness.pipeline import Observer
     from resilient_perception.ros.stage_node import ACTIVATION_TOPIC_FORMAT, activation_qos
 
     good = np.zeros((1, 4, 32, 32), np.float32)
@@ -367,7 +371,7 @@ def _send_bad_messages(pipeline, domain_id: int, robot: str) -> tuple[int, int]:
     ("link_probe_node", ["-p", "robot:=robot0", "-p", "peers:=[robot0]"]),
 ])
 def test_nodes_exit_2_on_invalid_parameters(executable, parameters):
-    from resilient_perception.ros.pipeline import PACKAGE, package_prefix
+    from resilient_perception.harness.pipeline import PACKAGE, package_prefix
 
     command = [str(package_prefix() / "lib" / PACKAGE / executable), "--ros-args", *parameters]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
@@ -376,8 +380,8 @@ def test_nodes_exit_2_on_invalid_parameters(executable, parameters):
 
 
 def test_loopback_distributed_output_and_a_killed_stage(tiny, tmp_path):
-    from resilient_perception.ros.distributed_run import distributed_nodes
-    from resilient_perception.ros.pipeline import Pipeline
+    from resilient_perception.harness.distributed_run import distributed_nodes
+    from resilient_perception.harness.pipeline import Pipeline
 
     records = tmp_path / "records.jsonl"
     nodes = distributed_nodes(
@@ -434,7 +438,7 @@ LINK_TOLERANCE = 0.25
 @pytest.fixture
 def namespaces():
     """Three robot namespaces behind 20 Mbit/s links; removed afterwards, pass or fail."""
-    from resilient_perception.ros.distributed_run import NamespaceFleet, NetworkSetupError
+    from resilient_perception.harness.distributed_run import NamespaceFleet, NetworkSetupError
 
     probe = subprocess.run(["ip", "netns", "add", f"rp{os.getpid()}-probe"],
                            capture_output=True, text=True)
@@ -454,8 +458,8 @@ def namespaces():
 
 
 def test_namespaces_measured_rates_and_a_throttled_link(tiny, tmp_path, namespaces):
-    from resilient_perception.ros.distributed_run import distributed_nodes, read_records
-    from resilient_perception.ros.pipeline import Pipeline
+    from resilient_perception.harness.distributed_run import distributed_nodes, read_records
+    from resilient_perception.harness.pipeline import Pipeline
 
     records = tmp_path / "records.jsonl"
     nodes = distributed_nodes(

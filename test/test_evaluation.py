@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from resilient_perception.core.evaluation import (
+from resilient_perception.perception.evaluation import (
     device_outputs,
     evaluate_failures,
     failure_subsets,
     summarise,
 )
-from resilient_perception.core.model import MultiDeviceCNN
+from resilient_perception.perception.model import MultiDeviceCNN
 
 
 def test_failure_subsets():

@@ -15,17 +15,17 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from resilient_perception.core.checkpoint import save_checkpoint
-from resilient_perception.core.datasets import load_mnist
-from resilient_perception.core.export import (
+from resilient_perception.checkpoints import save_checkpoint
+from resilient_perception.datasets import load_mnist
+from resilient_perception.perception.export import (
     CPU_PROVIDER,
     DeviceRunner,
     ExportError,
     export_onnx,
     view_hw,
 )
-from resilient_perception.core.model import MultiDeviceCNN
-from resilient_perception.core.views import ViewSpec, crop_views
+from resilient_perception.perception.model import MultiDeviceCNN
+from resilient_perception.perception.views import ViewSpec, crop_views
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
 CLI = shutil.which("resilient-perception", path=os.path.dirname(sys.executable))
@@ -119,7 +119,7 @@ def test_heads_are_equal_and_match_the_graph(model, onnx_path, views_labels):
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
                     reason="CUDA is available here, so there is no fallback to test")
 def test_missing_provider_falls_back_to_cpu(onnx_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="resilient_perception.core.export"):
+    with caplog.at_level(logging.WARNING, logger="resilient_perception.perception.export"):
         runner = DeviceRunner.from_onnx(onnx_path, providers=["CUDAExecutionProvider"])
     assert runner.provider == CPU_PROVIDER
     assert "CUDAExecutionProvider" in caplog.text and "not available" in caplog.text

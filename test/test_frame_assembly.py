@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from resilient_perception.core.frame_assembly import (
+from resilient_perception.perception.frame_assembly import (
     AddResult,
     ClassifierHeads,
     DeviceHealth,
@@ -14,7 +14,7 @@ from resilient_perception.core.frame_assembly import (
     StallGuard,
     fuse_frame,
 )
-from resilient_perception.core.modifier import fuse_with_failures
+from resilient_perception.perception.modifier import fuse_with_failures
 
 N, K, D = 3, 4, 5
 TIMEOUT = 0.1

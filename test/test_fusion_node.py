@@ -26,16 +26,16 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from resilient_perception.core.frame_assembly import (  # noqa: E402
-    ClassifierHeads,
-    Frame,
-    fuse_frame,
-)
-from resilient_perception.ros.pipeline import (  # noqa: E402
+from resilient_perception.harness.pipeline import (  # noqa: E402
     NodeSpec,
     Observer,
     Pipeline,
     package_prefix,
+)
+from resilient_perception.perception.frame_assembly import (  # noqa: E402
+    ClassifierHeads,
+    Frame,
+    fuse_frame,
 )
 from resilient_perception.ros.qos import head_qos, prediction_qos  # noqa: E402
 

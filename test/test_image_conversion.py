@@ -11,7 +11,7 @@ sensor_msgs = pytest.importorskip("sensor_msgs.msg")
 
 from builtin_interfaces.msg import Time  # noqa: E402
 
-from resilient_perception.core.datasets import load_cifar10, load_mnist  # noqa: E402
+from resilient_perception.datasets import load_cifar10, load_mnist  # noqa: E402
 from resilient_perception.ros.image_conversion import (  # noqa: E402
     ENCODINGS,
     ImageConversionError,

@@ -3,7 +3,7 @@
 The ROS 2 wheels this project installs from PyPI have no ``launch``, ``launch_ros`` or
 ``launch_pytest``, so here the whole module is skipped; ``test_pipeline.py`` starts the
 same nodes with the same config files, parameters and remappings through
-:class:`~resilient_perception.ros.pipeline.Pipeline` instead. With ROS 2 installed and the
+:class:`~resilient_perception.harness.pipeline.Pipeline` instead. With ROS 2 installed and the
 package built in a sourced workspace: ``pytest test/test_launch_files.py``.
 """
 
@@ -25,8 +25,8 @@ from launch.launch_description import LaunchDescription  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
+from resilient_perception.harness.pipeline import Observer  # noqa: E402
 from resilient_perception.ros.image_conversion import array_to_image  # noqa: E402
-from resilient_perception.ros.pipeline import Observer  # noqa: E402
 from resilient_perception.ros.player_node import label_qos  # noqa: E402
 from resilient_perception.ros.qos import image_qos  # noqa: E402
 

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from resilient_perception.core.evaluation import device_outputs
-from resilient_perception.core.learned_modifier import (
+from resilient_perception.perception.evaluation import device_outputs
+from resilient_perception.perception.learned_modifier import (
     fit_feature_maps,
     fit_learned_modifier,
     fit_temperatures,
 )
-from resilient_perception.core.modifier import (
+from resilient_perception.perception.modifier import (
     LearnedModifier,
     device_surrogate_logits,
     fuse_with_failures,

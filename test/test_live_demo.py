@@ -11,14 +11,14 @@ import pytest
 pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
 pytest.importorskip("resilient_perception.msg", reason="messages not built: run scripts/setup.sh")
 
-from resilient_perception.cli import main  # noqa: E402
-from resilient_perception.ros.live_demo import (  # noqa: E402
+from resilient_perception.bench.live_demo import (  # noqa: E402
     FailureEvent,
     demo_nodes,
     parse_schedule,
     run_live_demo,
 )
-from resilient_perception.ros.pipeline import package_prefix  # noqa: E402
+from resilient_perception.cli import main  # noqa: E402
+from resilient_perception.harness.pipeline import package_prefix  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_CONFIG = ROOT / "config" / "mnist_6cam.yaml"
@@ -85,7 +85,7 @@ def test_short_live_run_with_one_kill(onnx_models, tmp_path):
 @pytest.mark.timeout(180)
 @live
 def test_the_demo_runs_from_a_bag(onnx_models, tmp_path):
-    from resilient_perception.core.datasets import load_mnist
+    from resilient_perception.datasets import load_mnist
     from resilient_perception.ros.bags import dataset_frames, write_frames
 
     frames = dataset_frames(load_mnist(ROOT / ".." / "shared" / "datasets", "test"), range(60),

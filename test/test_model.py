@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from resilient_perception.core.model import (
+from resilient_perception.perception.model import (
     DeviceCNN,
     MultiDeviceCNN,
     count_parameters,

@@ -2,8 +2,8 @@
 
 import torch
 
-from resilient_perception.core.model import MultiDeviceCNN, views_to_float
-from resilient_perception.core.modifier import (
+from resilient_perception.perception.model import MultiDeviceCNN, views_to_float
+from resilient_perception.perception.modifier import (
     fuse_average,
     fuse_max,
     fuse_with_failures,

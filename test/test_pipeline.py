@@ -2,7 +2,7 @@
 
 The live run starts what ``launch/perception.launch.py`` starts (player, six camera nodes,
 fusion node, each its own process, with ``config/mnist_6cam.yaml``) through
-:class:`~resilient_perception.ros.pipeline.Pipeline` and checks every labelled frame comes
+:class:`~resilient_perception.harness.pipeline.Pipeline` and checks every labelled frame comes
 out of the fusion node, fused from all six devices, as the offline model computes it.
 """
 
@@ -24,7 +24,7 @@ msgs = pytest.importorskip(
     "resilient_perception.msg", reason="messages not built: run scripts/setup.sh"
 )
 
-from resilient_perception.ros.pipeline import (  # noqa: E402
+from resilient_perception.harness.pipeline import (  # noqa: E402
     NodeSpec,
     Observer,
     Pipeline,
@@ -158,7 +158,7 @@ def test_every_labelled_frame_is_fused_from_all_six_devices(checkpoint, mnist_vi
                                                           briefly_trained_model, tmp_path):
     import torch
 
-    from resilient_perception.core.model import views_to_float
+    from resilient_perception.perception.model import views_to_float
 
     with live_run(checkpoint, tmp_path, COUNT) as (pipeline, observer, labels, fused):
         wait_until_all_fused(pipeline, observer, labels, fused, COUNT)

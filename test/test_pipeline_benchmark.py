@@ -15,11 +15,11 @@ import pytest
 pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
 pytest.importorskip("resilient_perception.msg", reason="messages not built: run scripts/setup.sh")
 
-from resilient_perception.ros.pipeline import package_prefix  # noqa: E402
-from resilient_perception.ros.pipeline_benchmark import (  # noqa: E402
+from resilient_perception.bench.pipeline_benchmark import (  # noqa: E402
     frames_lost,
     run_pipeline_benchmark,
 )
+from resilient_perception.harness.pipeline import package_prefix  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "datasets"

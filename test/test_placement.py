@@ -16,9 +16,14 @@ import pytest
 import yaml
 
 from resilient_perception.cli import main
-from resilient_perception.core.block_profile import load_profile
-from resilient_perception.core.fleet_config import FleetError, load_fleet
-from resilient_perception.core.placement import (
+from resilient_perception.paper.placement_experiments import (
+    EXPERIMENTS,
+    run_one,
+    write_report,
+)
+from resilient_perception.placement.block_profile import load_profile
+from resilient_perception.placement.fleet_config import FleetError, load_fleet
+from resilient_perception.placement.problem import (
     DROPPED,
     Fleet,
     Network,
@@ -27,12 +32,7 @@ from resilient_perception.core.placement import (
     evaluate_batch,
     evaluate_plan,
 )
-from resilient_perception.core.placement_experiments import (
-    EXPERIMENTS,
-    run_one,
-    write_report,
-)
-from resilient_perception.core.placement_solvers import (
+from resilient_perception.placement.solvers import (
     _build,
     _encode,
     binding_constraints,

@@ -15,14 +15,14 @@ msgs = pytest.importorskip(
 
 from sensor_msgs.msg import Image  # noqa: E402
 
-from resilient_perception.core.datasets import load_mnist, load_mvmc  # noqa: E402
-from resilient_perception.ros.image_conversion import image_to_array  # noqa: E402
-from resilient_perception.ros.pipeline import (  # noqa: E402
+from resilient_perception.datasets import load_mnist, load_mvmc  # noqa: E402
+from resilient_perception.harness.pipeline import (  # noqa: E402
     NodeSpec,
     Observer,
     Pipeline,
     package_prefix,
 )
+from resilient_perception.ros.image_conversion import image_to_array  # noqa: E402
 from resilient_perception.ros.player_node import label_qos  # noqa: E402
 from resilient_perception.ros.qos import image_qos  # noqa: E402
 

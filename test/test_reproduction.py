@@ -10,19 +10,10 @@ import pytest
 import torch
 from scipy import stats
 
+from resilient_perception.checkpoints import load_checkpoint
 from resilient_perception.cli import main
-from resilient_perception.core import experiment, reproduction
-from resilient_perception.core.checkpoint import load_checkpoint
-from resilient_perception.core.evaluation import (
-    device_outputs,
-    evaluate_failures,
-    evaluate_message_loss,
-)
-from resilient_perception.core.experiment import TRAINING_STATE, load_device_views
-from resilient_perception.core.learned_modifier import LEARNED_VARIANTS
-from resilient_perception.core.model import MultiDeviceCNN
-from resilient_perception.core.modifier import fuse_vote, surrogate_logits
-from resilient_perception.core.reproduction import (
+from resilient_perception.paper import reproduction
+from resilient_perception.paper.reproduction import (
     METHODS,
     Strategy,
     claim_run,
@@ -38,7 +29,17 @@ from resilient_perception.core.reproduction import (
     run_protocol,
     strategy_summary,
 )
-from resilient_perception.core.training import TrainConfig, train
+from resilient_perception.perception import experiment
+from resilient_perception.perception.evaluation import (
+    device_outputs,
+    evaluate_failures,
+    evaluate_message_loss,
+)
+from resilient_perception.perception.experiment import TRAINING_STATE, load_device_views
+from resilient_perception.perception.learned_modifier import LEARNED_VARIANTS
+from resilient_perception.perception.model import MultiDeviceCNN
+from resilient_perception.perception.modifier import fuse_vote, surrogate_logits
+from resilient_perception.perception.training import TrainConfig, train
 
 
 def test_mean_ci_is_the_t_interval():
@@ -77,7 +78,7 @@ def test_recovery_ratio():
 
 def _rows(n_devices=3):
     """Synthetic evaluation rows: accuracy 1 - 0.1 * (failed devices) - 0.01 * first failed."""
-    from resilient_perception.core.evaluation import failure_subsets
+    from resilient_perception.perception.evaluation import failure_subsets
 
     rows = []
     for failed in failure_subsets(n_devices):
@@ -253,14 +254,14 @@ def test_new_evaluation_version_reevaluates_without_retraining(tmp_path, monkeyp
 
 
 def test_blank_views_abstain_on_the_mvmc_runs(tmp_path, capsys):
-    from resilient_perception.core.blank_view_study import score_blank_abstention
-    from resilient_perception.core.checkpoint import load_checkpoint
-    from resilient_perception.core.evaluation import (
+    from resilient_perception.checkpoints import load_checkpoint
+    from resilient_perception.paper.blank_view_study import score_blank_abstention
+    from resilient_perception.perception.evaluation import (
         blank_views,
         device_outputs,
         evaluate_failures,
     )
-    from resilient_perception.core.experiment import load_device_views
+    from resilient_perception.perception.experiment import load_device_views
 
     runs, out = tmp_path / "runs", tmp_path / "blank-views"
     assert main(["reproduce", "--quick", "--datasets", "mvmc", "--methods", "paper,ours",

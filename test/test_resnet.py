@@ -13,22 +13,22 @@ import numpy as np
 import pytest
 import torch
 
-from resilient_perception.core.block_profile import (
+from resilient_perception.datasets import load_cifar10
+from resilient_perception.placement.block_profile import (
     BlockProfile,
     ProfileError,
     load_profile,
     save_profile,
 )
-from resilient_perception.core.datasets import load_cifar10
-from resilient_perception.core.drop_study import (
+from resilient_perception.placement.drop_study import (
     build_profile,
     evaluate_accuracy,
     run_drop_study,
     spread_subset,
     to_input,
 )
-from resilient_perception.core.resnet import ResNet, profile_blocks
-from resilient_perception.core.resnet_training import ResNetTrainConfig, train_resnet
+from resilient_perception.placement.resnet import ResNet, profile_blocks
+from resilient_perception.placement.resnet_training import ResNetTrainConfig, train_resnet
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "datasets"
@@ -185,7 +185,7 @@ def test_resume_after_one_epoch_equals_a_straight_run(cifar, trained, tmp_path):
                      progress=False, resume=True)
     resumed = train_resnet(chunked, ResNetTrainConfig(**TINY), *cifar, progress=False,
                            resume=True)
-    from resilient_perception.core.checkpoint import load_resnet_checkpoint
+    from resilient_perception.checkpoints import load_resnet_checkpoint
 
     model_a, meta_a, extra_a = load_resnet_checkpoint(trained / "checkpoint.safetensors")
     model_b, meta_b, extra_b = load_resnet_checkpoint(chunked / "checkpoint.safetensors")
@@ -205,7 +205,7 @@ def test_resume_after_one_epoch_equals_a_straight_run(cifar, trained, tmp_path):
 def _profile(**changes) -> dict:
     model = ResNet(base_width=2)
     n = model.n_blocks
-    from resilient_perception.core.drop_study import DropStudy
+    from resilient_perception.placement.drop_study import DropStudy
 
     study = DropStudy(samples=10, clean=0.9, dc=tuple([0.8] * n), sc=tuple([0.1] * n),
                       pairs={(i, j): 0.7 for i in range(n) for j in range(i + 1, n)})

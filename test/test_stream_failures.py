@@ -2,7 +2,7 @@
 
 Player, six camera nodes (ONNX Runtime, the deployed path) and the fusion node run as
 separate processes over DDS on loopback, started by
-:class:`~resilient_perception.ros.pipeline.Pipeline` with ``config/mnist_6cam.yaml``. The
+:class:`~resilient_perception.harness.pipeline.Pipeline` with ``config/mnist_6cam.yaml``. The
 test kills camera 2, later camera 4, then restarts camera 2, and checks what the fusion
 node promises:
 
@@ -29,10 +29,10 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
 pytest.importorskip("resilient_perception.msg", reason="messages not built: run scripts/setup.sh")
 
-from resilient_perception.core.evaluation import device_outputs  # noqa: E402
-from resilient_perception.core.stream_score import offline_predictions  # noqa: E402
-from resilient_perception.ros.pipeline import Observer, Pipeline, package_prefix  # noqa: E402
-from resilient_perception.ros.stream_monitor import StreamMonitor  # noqa: E402
+from resilient_perception.harness.pipeline import Observer, Pipeline, package_prefix  # noqa: E402
+from resilient_perception.harness.stream_monitor import StreamMonitor  # noqa: E402
+from resilient_perception.perception.evaluation import device_outputs  # noqa: E402
+from resilient_perception.perception.stream_score import offline_predictions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_CONFIG = ROOT / "config" / "mnist_6cam.yaml"

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from resilient_perception.core.evaluation import evaluate_failures
-from resilient_perception.core.stream_score import (
+from resilient_perception.perception.evaluation import evaluate_failures
+from resilient_perception.perception.stream_score import (
     FusedRecord,
     StreamScore,
     failed_set_key,

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resilient_perception.core.datasets import LabeledImages, load_mnist
-from resilient_perception.core.views import (
+from resilient_perception.datasets import LabeledImages, load_mnist
+from resilient_perception.perception.views import (
     NoiseSpec,
     ViewBox,
     ViewSpec,

@@ -311,7 +311,7 @@ def dataset_frames(data: Any, indices: Iterable[int], n_cameras: int, rate_hz: f
     needs rclpy; the rest of the module does not).
 
     Args:
-        data: A dataset from :func:`~resilient_perception.core.datasets.load_dataset`.
+        data: A dataset from :func:`~resilient_perception.datasets.load_dataset`.
         indices: Frame indices in the split, in play order.
         n_cameras: Number of camera topics.
         rate_hz: Frames per second.
@@ -600,14 +600,14 @@ def score_bag(path: str | Path, fused_topic: str = "perception/fused") -> dict:
     """Score a bag of pipeline outputs (as ``recorder_node`` writes it) against its labels.
 
     Fused predictions are joined to ``FrameLabel`` messages by stamp with
-    :class:`~resilient_perception.core.stream_score.StreamScore` (accuracy, availability,
+    :class:`~resilient_perception.perception.stream_score.StreamScore` (accuracy, availability,
     surrogate use, latency). Added: per device, how many labelled frames had a prediction
     from it, and the last ``/diagnostics`` status of every component.
 
     Raises:
         BagError: If the bag is damaged or lacks the label or fused topic.
     """
-    from resilient_perception.core.stream_score import FusedRecord, StreamScore
+    from resilient_perception.perception.stream_score import FusedRecord, StreamScore
 
     path = Path(path)
     summary = summarize(path)

@@ -30,8 +30,8 @@ from rcl_interfaces.msg import ParameterType
 from rclpy.lifecycle import Node, State, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 
-from resilient_perception.core.views import ViewSpec, crop_view
 from resilient_perception.msg import ClassifierHead, DevicePrediction
+from resilient_perception.perception.views import ViewSpec, crop_view
 from resilient_perception.ros.image_conversion import (
     ImageConversionError,
     image_to_array,
@@ -162,7 +162,7 @@ class CameraNode(Node):
     def _load_model(self) -> _Model:
         # Imported here: torch and onnxruntime take seconds to import, and only configure
         # needs them.
-        from resilient_perception.core.export import DeviceRunner, ExportError, view_hw
+        from resilient_perception.perception.export import DeviceRunner, ExportError, view_hw
 
         param = self.get_parameter
         device_id, backend = param("device_id").value, param("backend").value
@@ -174,7 +174,7 @@ class CameraNode(Node):
         if path.suffix == ".safetensors":
             import torch
 
-            from resilient_perception.core.checkpoint import load_checkpoint
+            from resilient_perception.checkpoints import load_checkpoint
 
             model, meta = load_checkpoint(path)
             if not device_id < model.n_devices:

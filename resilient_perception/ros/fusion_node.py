@@ -14,7 +14,7 @@ Publishes
 * ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``) every ``diagnostics_period``: one
   status per device (OK alive, WARN never heard, ERROR dead) and one for the rejections.
 
-All fusion logic is in :mod:`resilient_perception.core.frame_assembly`; this node converts
+All fusion logic is in :mod:`resilient_perception.perception.frame_assembly`; this node converts
 messages, forwards QoS events and runs two timers: the watchdog every
 ``watchdog_timeout / 10``, and, only while a frame waits for a late device, the frame
 timeouts every ``frame_timeout / 10``. Every wake-up of an rclpy executor costs about a
@@ -36,7 +36,7 @@ message.
 Own stalls: when this node itself stops running for a while (SIGSTOP, swapping, CPU
 starvation), its middleware's deadline clocks and its pending frames' timeouts run on while
 the devices' predictions wait in its queues. A gap of more than ``stall_threshold`` between
-its callbacks (:class:`~resilient_perception.core.frame_assembly.StallGuard`, wall time)
+its callbacks (:class:`~resilient_perception.perception.frame_assembly.StallGuard`, wall time)
 adds the gap to the pending frames' timeouts and the watchdog's silences, and deadline
 events in the next ``deadline`` seconds are doubted (counted in the diagnostics as
 ``deadlines_doubted``): a device that really went silent misses its next deadline too, so
@@ -63,7 +63,8 @@ from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
-from resilient_perception.core.frame_assembly import (
+from resilient_perception.msg import ClassifierHead, DevicePrediction, FusedPrediction
+from resilient_perception.perception.frame_assembly import (
     AddResult,
     ClassifierHeads,
     DeviceHealth,
@@ -72,7 +73,6 @@ from resilient_perception.core.frame_assembly import (
     StallGuard,
     fuse_frame,
 )
-from resilient_perception.msg import ClassifierHead, DevicePrediction, FusedPrediction
 from resilient_perception.ros.node_utils import THROTTLE_S, descriptor, run_node
 from resilient_perception.ros.qos import head_qos, prediction_qos
 

@@ -11,7 +11,7 @@ receiver's ``<robot>/link_probe`` topic (``LinkProbe`` messages):
   (round robin, so two bursts of one robot never share its uplink) messages of
   ``burst_bytes`` back to back, as many as last ``burst_s`` at the rate the peer last
   measured (between ``min_burst_count`` and ``max_burst_count``);
-  the peer times their arrivals (:class:`..core.link_estimation.BurstTimer`) with the
+  the peer times their arrivals (:class:`..placement.link_estimation.BurstTimer`) with the
   middleware's reception timestamps. Part of a burst that overlapped another peer's burst
   into the same robot shared its downlink and would time it too low: the burst is timed
   from its part that arrived alone; one with no such part is counted in ``contended`` and
@@ -23,7 +23,7 @@ delay the activations they meet on a link. With ``max_burst_period_s`` above
 ``burst_period_s`` the period doubles at each burst while the peers' measurements of this
 robot's outgoing links stay within ``stable_change`` of those at the previous burst, up to
 that maximum, and returns to ``burst_period_s`` at the first change
-(:func:`..core.link_estimation.next_burst_period`): less probing on a steady network, at the
+(:func:`..placement.link_estimation.next_burst_period`): less probing on a steady network, at the
 price of noticing a change later. Probes
 are best effort: when a link slows down, a burst sized for the old rate overflows its queue
 and loses its tail; what arrived still times the link (the burst is closed when the next
@@ -48,14 +48,14 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import MessageInfo
 
-from resilient_perception.core.link_estimation import (
+from resilient_perception.msg import LinkMeasurement, LinkProbe
+from resilient_perception.placement.link_estimation import (
     BurstTimer,
     SampleWindow,
     burst_count,
     next_burst_period,
     round_trip_s,
 )
-from resilient_perception.msg import LinkMeasurement, LinkProbe
 from resilient_perception.ros.node_utils import THROTTLE_S, descriptor, run_node
 
 __all__ = ["PROBE_TOPIC_FORMAT", "LinkProbeNode", "main"]

@@ -13,7 +13,7 @@ TRANSIENT_LOCAL: a stage that starts later still gets the current plan). It re-p
 
 Measured rates replace the fleet file's (which are the starting values, used until a link
 is measured). The problem is solved for the live robots only
-(:func:`..core.distributed.live_problem`); requests whose image is on a dead robot are
+(:func:`..placement.distributed.live_problem`); requests whose image is on a dead robot are
 left out. Measurements naming unknown robots or carrying non-finite rates are logged
 (throttled), counted and ignored. The counts (``plan_version``, ``rejected``, robots alive)
 are on ``/diagnostics`` every second.
@@ -31,13 +31,13 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 
-from resilient_perception.core.block_profile import load_profile
-from resilient_perception.core.distributed import fleet_plan, live_problem, monolithic_plan
-from resilient_perception.core.fleet_config import load_fleet
-from resilient_perception.core.link_estimation import relative_change
-from resilient_perception.core.placement import Network, evaluate_plan
-from resilient_perception.core.placement_solvers import SOLVERS, SolveResult, solve
 from resilient_perception.msg import LinkMeasurement, PlacementPlan
+from resilient_perception.placement.block_profile import load_profile
+from resilient_perception.placement.distributed import fleet_plan, live_problem, monolithic_plan
+from resilient_perception.placement.fleet_config import load_fleet
+from resilient_perception.placement.link_estimation import relative_change
+from resilient_perception.placement.problem import Network, evaluate_plan
+from resilient_perception.placement.solvers import SOLVERS, SolveResult, solve
 from resilient_perception.ros.node_utils import (
     THROTTLE_S,
     descriptor,

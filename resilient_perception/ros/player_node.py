@@ -10,7 +10,7 @@ Publishes, for every played frame, at ``rate_hz`` (a wall-clock timer):
   stamp, the frame's index in the split and its class, with :func:`label_qos`.
 
 What each camera sees follows the dataset (loaded with
-:func:`~resilient_perception.core.datasets.load_dataset`, exactly as training does):
+:func:`~resilient_perception.datasets.load_dataset`, exactly as training does):
 
 * single-view datasets (MNIST, CIFAR-10, IDX pairs): every camera gets the full image and
   each ``camera_node`` crops its own view per the model's view spec (``crop_view``);
@@ -50,7 +50,7 @@ from rclpy.qos import QoSProfile
 from rclpy.task import Future
 from sensor_msgs.msg import Image
 
-from resilient_perception.core.datasets import (
+from resilient_perception.datasets import (
     Dataset,
     DatasetError,
     MultiViewImages,

@@ -3,7 +3,7 @@
 It sends ``count`` requests (0 = until stopped) at ``rate_hz`` to the stage of ``robot``
 (the robot whose camera holds the image): an ``ActivationTensor`` with unit 0, plan
 version 0 (the stage pins it to its newest plan) and the image as float32 ``[1, 3, 32,
-32]`` in [0, 1] (the network's input, :func:`..core.drop_study.to_input`). Request ``i``
+32]`` in [0, 1] (the network's input, :func:`..placement.drop_study.to_input`). Request ``i``
 is test image ``i mod 10000``. Sending starts once a plan holding this robot's image has
 arrived.
 
@@ -23,15 +23,15 @@ import numpy as np
 from rcl_interfaces.msg import ParameterType
 from rclpy.node import Node
 
-from resilient_perception.core.datasets import load_cifar10
-from resilient_perception.core.distributed import encode_tensor
-from resilient_perception.core.drop_study import to_input
+from resilient_perception.datasets import load_cifar10
 from resilient_perception.msg import (
     ActivationTensor,
     DistributedPrediction,
     LinkMeasurement,
     PlacementPlan,
 )
+from resilient_perception.placement.distributed import encode_tensor
+from resilient_perception.placement.drop_study import to_input
 from resilient_perception.ros.node_utils import descriptor, run_node
 from resilient_perception.ros.planner_node import plan_qos
 from resilient_perception.ros.stage_node import ACTIVATION_TOPIC_FORMAT, activation_qos

@@ -12,7 +12,7 @@ moving weights. It
   and to the plan row of this robot's image, and sent on as it is if the plan puts the
   stem on another robot. Every stage then executes the request under
   that version, so a plan change takes effect between requests, never in the middle of
-  one. The stage runs its units (:func:`..core.distributed.stage_work`), skipped blocks
+  one. The stage runs its units (:func:`..placement.distributed.stage_work`), skipped blocks
   included, and sends the activation to ``<next robot>/activation``;
 * after the head, publishes the classification (``DistributedPrediction``) on
   ``distributed/prediction`` with the latency since the request's ``source_stamp``, the
@@ -42,16 +42,16 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from std_msgs.msg import Header
 
-from resilient_perception.core.checkpoint import load_resnet_checkpoint
-from resilient_perception.core.distributed import (
+from resilient_perception.checkpoints import load_resnet_checkpoint
+from resilient_perception.msg import ActivationTensor, DistributedPrediction, PlacementPlan
+from resilient_perception.placement.distributed import (
     decode_tensor,
     encode_tensor,
     run_units,
     stage_work,
 )
-from resilient_perception.core.placement import DROPPED
-from resilient_perception.core.resnet import profile_blocks
-from resilient_perception.msg import ActivationTensor, DistributedPrediction, PlacementPlan
+from resilient_perception.placement.problem import DROPPED
+from resilient_perception.placement.resnet import profile_blocks
 from resilient_perception.ros.node_utils import (
     THROTTLE_S,
     descriptor,

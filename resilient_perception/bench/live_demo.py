@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from resilient_perception.core.stream_score import StreamScore
-from resilient_perception.ros.pipeline import NodeSpec, Observer, Pipeline, pipeline_nodes
-from resilient_perception.ros.stream_monitor import StreamMonitor
+from resilient_perception.harness.pipeline import NodeSpec, Observer, Pipeline, pipeline_nodes
+from resilient_perception.harness.stream_monitor import StreamMonitor
+from resilient_perception.perception.stream_score import StreamScore
 
 __all__ = [
     "DEFAULT_SCHEDULE",

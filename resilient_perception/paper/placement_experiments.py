@@ -10,7 +10,7 @@ batteries left over from the steps before, and books the plan's energy. A step w
 feasible plan serves none of its requests.
 
 The capacities are the paper's, for ResNet-50 at 224x224, scaled to the profile's network
-(:func:`~resilient_perception.core.fleet_config.reference_scale`), so times and energies
+(:func:`~resilient_perception.placement.fleet_config.reference_scale`), so times and energies
 are on the paper's scale while shared data and MACs are the profile network's own.
 The accuracy threshold is the same fraction of the clean accuracy as the paper's 80% is of
 its 94.73% (``threshold_share``), so a less accurate network keeps the paper's slack.
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .fleet_config import reference_scale
-from .placement import Fleet, Network, Problem, evaluate_plan
-from .placement_solvers import solve
+from ..placement.fleet_config import reference_scale
+from ..placement.problem import Fleet, Network, Problem, evaluate_plan
+from ..placement.solvers import solve
 
 __all__ = ["EXPERIMENTS", "PAPER_THRESHOLD_SHARE", "Setting", "run_one", "run_sweep",
            "write_report"]

@@ -1,9 +1,9 @@
 """``bench-distributed``: distributed ResNet inference on shaped links, three ways.
 
 The robots of a fleet file become network namespaces behind ``tc tbf``-shaped links
-(:class:`.distributed_run.NamespaceFleet`, needs root): each robot's link is shaped to the
+(:class:`..harness.distributed_run.NamespaceFleet`, needs root): each robot's link is shaped to the
 rate the fleet's ``rates_mbps`` give it (they must be those of robots on one switch,
-:func:`..core.distributed.star_link_rates`), or every link to ``--rate-mbit``. The fleet's
+:func:`..placement.distributed.star_link_rates`), or every link to ``--rate-mbit``. The fleet's
 rates are only the planner's starting values; it plans with the link probes' measurements.
 Each stage emulates its robot's
 ``compute_gmacs`` (all robots share this machine's CPU). For each placement - the
@@ -34,12 +34,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..core.block_profile import load_profile
-from ..core.distributed import star_link_rates
-from ..core.fleet_config import load_fleet
-from ..core.placement import Network
-from .distributed_run import NamespaceFleet, distributed_nodes, read_records
-from .pipeline import Pipeline
+from ..harness.distributed_run import NamespaceFleet, distributed_nodes, read_records
+from ..harness.pipeline import Pipeline
+from ..placement.block_profile import load_profile
+from ..placement.distributed import star_link_rates
+from ..placement.fleet_config import load_fleet
+from ..placement.problem import Network
 
 __all__ = ["PLACEMENTS", "add_parser", "cmd_bench_distributed"]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .datasets import LabeledImages, MultiViewImages
+from ..datasets import LabeledImages, MultiViewImages
 
 VIEW_KINDS = ("grid", "cameras")
 NOISE_KINDS = ("gaussian", "salt_pepper")

@@ -43,7 +43,7 @@ import numpy as np
 import scipy.sparse
 from scipy.optimize import linprog
 
-from .placement import CONSTRAINTS, DROPPED, Plan, Problem, evaluate_batch, evaluate_plan
+from .problem import CONSTRAINTS, DROPPED, Plan, Problem, evaluate_batch, evaluate_plan
 
 __all__ = [
     "SOLVERS",

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .placement import Fleet, Network, Problem
+from .problem import Fleet, Network, Problem
 
 __all__ = ["REFERENCE_MODELS", "FleetConfig", "FleetError", "load_fleet", "reference_scale"]
 

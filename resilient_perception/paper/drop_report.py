@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from statistics import mean
 
-from .block_profile import BlockProfile, load_profile
-from .resnet import ResNet, profile_blocks
+from ..placement.block_profile import BlockProfile, load_profile
+from ..placement.resnet import ResNet, profile_blocks
 
 __all__ = [
     "PAPER",

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..perception.model import views_to_float
 from .block_profile import BlockProfile
-from .model import views_to_float
 from .resnet import ResNet, module_macs, profile_blocks, trace_costs, weight_bytes
 
 __all__ = [

@@ -39,14 +39,14 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint
-from .evaluation import evaluate_failures, summarise
-from .experiment import DeviceViews, load_device_views
-from .export import META_KEY, DeviceRunner
-from .frame_assembly import ClassifierHeads, Frame, fuse_frame
-from .model import count_parameters, views_to_float
-from .modifier import synthesize_surrogate
-from .views import ViewSpec
+from ..checkpoints import load_checkpoint
+from ..perception.evaluation import evaluate_failures, summarise
+from ..perception.experiment import DeviceViews, load_device_views
+from ..perception.export import META_KEY, DeviceRunner
+from ..perception.frame_assembly import ClassifierHeads, Frame, fuse_frame
+from ..perception.model import count_parameters, views_to_float
+from ..perception.modifier import synthesize_surrogate
+from ..perception.views import ViewSpec
 
 __all__ = [
     "PAPER_COST",

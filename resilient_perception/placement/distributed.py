@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .placement import DROPPED, Fleet, Plan, Problem
+from .problem import DROPPED, Fleet, Plan, Problem
 from .resnet import ResNet
 
 __all__ = [

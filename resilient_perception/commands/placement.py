@@ -13,11 +13,11 @@ import argparse
 import json
 from pathlib import Path
 
-from .core.block_profile import load_profile, save_profile
-from .core.fleet_config import load_fleet
-from .core.placement import DROPPED, Network, PlanEvaluation, Problem, evaluate_plan
-from .core.placement_experiments import EXPERIMENTS, run_sweep, write_report
-from .core.placement_solvers import SOLVERS, SolveResult, binding_constraints, solve
+from ..paper.placement_experiments import EXPERIMENTS, run_sweep, write_report
+from ..placement.block_profile import load_profile, save_profile
+from ..placement.fleet_config import load_fleet
+from ..placement.problem import DROPPED, Network, PlanEvaluation, Problem, evaluate_plan
+from ..placement.solvers import SOLVERS, SolveResult, binding_constraints, solve
 
 _HOW_TO_RELAX = {
     "memory": "more memory_mb, or more devices",

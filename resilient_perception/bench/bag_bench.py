@@ -20,8 +20,8 @@ test split from frame 0):
    to give the lost messages (unlabelled warm-up frames are left out: the recorder gets
    them from whenever DDS matched it).
 
-Processes are started with :class:`~resilient_perception.ros.pipeline.Pipeline`; the
-receivers are an :class:`~resilient_perception.ros.pipeline.Observer` in this process.
+Processes are started with :class:`~resilient_perception.harness.pipeline.Pipeline`; the
+receivers are an :class:`~resilient_perception.harness.pipeline.Observer` in this process.
 Numbers depend on the machine and its load: the result records the CPU count and the load
 average before and after.
 """
@@ -153,7 +153,7 @@ def _realtime(priority: int):
 
 
 def _replay_benchmarks(bag: Path, args, folder: Path, domain_id: int) -> dict:
-    from resilient_perception.ros.pipeline import NodeSpec, Observer, Pipeline
+    from resilient_perception.harness.pipeline import NodeSpec, Observer, Pipeline
 
     common = {"bag_path": str(bag), "wait_for_subscribers": 1,
               "wait_for_label_subscribers": 1, "on_end": "shutdown"}
@@ -197,7 +197,7 @@ def _replay_benchmarks(bag: Path, args, folder: Path, domain_id: int) -> dict:
 
 def _pipeline_recording(bag: Path, checkpoint: Path, args, folder: Path,
                         domain_id: int) -> dict:
-    from resilient_perception.ros.pipeline import (
+    from resilient_perception.harness.pipeline import (
         PACKAGE,
         NodeSpec,
         Observer,

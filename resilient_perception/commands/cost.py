@@ -1,7 +1,7 @@
 """The ``bench-cost`` subcommand: size, latency and int8 accuracy of one device (Table 3).
 
 Registered on the main parser by :func:`add_parser` (see :mod:`.cli`); the work is
-:func:`.core.device_cost.run_cost_benchmark`, this module only parses and writes files.
+:func:`..paper.device_cost.run_cost_benchmark`, this module only parses and writes files.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import _onnx_models, _positive_int, _write_json
-from .core.device_cost import cost_markdown, run_cost_benchmark
+from ..cli import _onnx_models, _positive_int, _write_json
+from ..paper.device_cost import cost_markdown, run_cost_benchmark
 
 
 def cmd_bench_cost(args: argparse.Namespace) -> int:

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint
-from .evaluation import blank_views, device_outputs, evaluate_failures, summarise
-from .experiment import DeviceViews
+from ..checkpoints import load_checkpoint
+from ..perception.evaluation import blank_views, device_outputs, evaluate_failures, summarise
+from ..perception.experiment import DeviceViews
 from .reproduction import compare, run_dir
 
 __all__ = ["STUDY_METRICS", "blank_share", "blank_view_study", "score_blank_abstention",

@@ -3,7 +3,7 @@
 Used by the demo, the benchmark and the stream tests: it subscribes, on the observer's
 node, to the ground-truth ``FrameLabel`` topic and to one or more ``FusedPrediction``
 topics (e.g. the fusion node with the Modifier and a second one without it), feeds a
-:class:`~resilient_perception.core.stream_score.StreamScore` per stream, and remembers when
+:class:`~resilient_perception.perception.stream_score.StreamScore` per stream, and remembers when
 each fused message arrived so failure reaction times can be measured. Callbacks run when
 the caller spins the observer (``observer.spin_for`` / ``spin_until``).
 """
@@ -14,9 +14,9 @@ import time
 
 from rclpy.qos import QoSProfile
 
-from resilient_perception.core.stream_score import FusedRecord, StreamScore
+from resilient_perception.harness.pipeline import Observer
 from resilient_perception.msg import FrameLabel, FusedPrediction
-from resilient_perception.ros.pipeline import Observer
+from resilient_perception.perception.stream_score import FusedRecord, StreamScore
 
 __all__ = ["StreamMonitor", "stamp_ns"]
 

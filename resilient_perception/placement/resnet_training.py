@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import load_resnet_checkpoint, save_resnet_checkpoint
-from .datasets import LabeledImages
+from ..checkpoints import load_resnet_checkpoint, save_resnet_checkpoint
+from ..datasets import LabeledImages
+from ..perception.training import _lr_factor, momentum_buffers, restore_momentum
 from .drop_study import evaluate_accuracy, spread_subset, to_input
 from .resnet import ResNet
-from .training import _lr_factor, momentum_buffers, restore_momentum
 
 __all__ = ["CHECKPOINT_NAME", "HISTORY_NAME", "ResNetTrainConfig", "augment", "train_resnet"]
 

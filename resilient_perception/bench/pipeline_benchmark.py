@@ -32,10 +32,10 @@ import psutil
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 
-from resilient_perception.core.device_cost import measure_modifier_cost
-from resilient_perception.core.export import DeviceRunner
-from resilient_perception.ros.pipeline import NodeSpec, Observer, Pipeline, pipeline_nodes
-from resilient_perception.ros.stream_monitor import StreamMonitor
+from resilient_perception.harness.pipeline import NodeSpec, Observer, Pipeline, pipeline_nodes
+from resilient_perception.harness.stream_monitor import StreamMonitor
+from resilient_perception.paper.device_cost import measure_modifier_cost
+from resilient_perception.perception.export import DeviceRunner
 
 __all__ = ["frames_lost", "markdown_report", "run_pipeline_benchmark"]
 

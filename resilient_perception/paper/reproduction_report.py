@@ -27,7 +27,7 @@ import json
 import math
 from pathlib import Path
 
-from .modifier import EVALUATION_MODES
+from ..perception.modifier import EVALUATION_MODES
 from .reproduction import (
     LEARNED_METHODS,
     METHODS,
@@ -535,7 +535,7 @@ def write_report(protocol: Protocol, root: Path, out: Path, command: str = "") -
         options_table, raw_options = _options_table(results, dataset)
         lines += ["### Modifier options (issue 4)", "",
                   "Learned options are fitted on each run's training split "
-                  "(`core/learned_modifier.py`). Recovery ratio: share of the plain fusion's "
+                  "(`perception/learned_modifier.py`). Recovery ratio: share of the plain fusion's "
                   "single-failure loss won back, per seed; p: paired t-test against the "
                   "plain Modifier of the same model.", "", *options_table]
         summary["modifier_options"] += raw_options

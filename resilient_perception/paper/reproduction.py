@@ -62,15 +62,15 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .evaluation import (
+from ..checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from ..perception.evaluation import (
     device_outputs,
     evaluate_failures,
     evaluate_message_loss,
     failure_subsets,
     summarise,
 )
-from .experiment import (
+from ..perception.experiment import (
     TRAINING_STATE,
     DeviceViews,
     StaleTrainingState,
@@ -78,10 +78,10 @@ from .experiment import (
     load_device_views,
     train_devices,
 )
-from .learned_modifier import LEARNED_VARIANTS, fit_learned_modifier
-from .modifier import EVALUATION_MODES
-from .training import TrainConfig
-from .views import ViewSpec, apply_device_noise, parse_noise
+from ..perception.learned_modifier import LEARNED_VARIANTS, fit_learned_modifier
+from ..perception.modifier import EVALUATION_MODES
+from ..perception.training import TrainConfig
+from ..perception.views import ViewSpec, apply_device_noise, parse_noise
 
 __all__ = [
     "FULL_PLANS",

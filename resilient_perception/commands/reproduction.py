@@ -7,7 +7,7 @@ runs are skipped, an interrupted one starts over. ``--quick`` is the CI-sized pr
 epoch on a few hundred samples, one seed) with its own cache and output folders.
 
 :func:`evaluate_modifier_options` is ``evaluate --modifier-options``: the protocol's
-Modifier options (:func:`.core.reproduction.modifier_options`, the learned ones fitted on
+Modifier options (:func:`..paper.reproduction.modifier_options`, the learned ones fitted on
 the checkpoint's training split) scored on one checkpoint, a preview without the protocol.
 """
 
@@ -18,11 +18,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .core.blank_view_study import blank_view_study, write_blank_view_report
-from .core.checkpoint import load_checkpoint
-from .core.datasets import DATASET_NAMES
-from .core.experiment import load_device_views
-from .core.reproduction import (
+from ..checkpoints import load_checkpoint
+from ..datasets import DATASET_NAMES
+from ..paper.blank_view_study import blank_view_study, write_blank_view_report
+from ..paper.reproduction import (
     FULL_PLANS,
     METHODS,
     compare_options,
@@ -33,9 +32,10 @@ from .core.reproduction import (
     run_protocol,
     score_modifier_options,
 )
-from .core.reproduction_report import write_report
-from .core.training import PRECISIONS
-from .core.views import ViewSpec
+from ..paper.reproduction_report import write_report
+from ..perception.experiment import load_device_views
+from ..perception.training import PRECISIONS
+from ..perception.views import ViewSpec
 
 QUICK_RUNS, QUICK_OUT = Path("runs/paper-quick"), Path("runs/paper-quick/report")
 FULL_RUNS, FULL_OUT = Path("runs/paper"), Path("docs/results/paper")
@@ -78,7 +78,7 @@ def evaluate_modifier_options(checkpoint: Path, split: str, data_root: Path | No
     """Score every Modifier option (avg fusion) of a checkpoint; write options.json/.md.
 
     The learned options are fitted on the split and samples the checkpoint was trained on
-    (its metadata; :func:`.core.reproduction.fit_subset` of them, as in the protocol), then
+    (its metadata; :func:`..paper.reproduction.fit_subset` of them, as in the protocol), then
     scored on ``split``; the run is named after the checkpoint's folder.
     """
     model, meta = load_checkpoint(checkpoint)
@@ -191,7 +191,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("blank-views", help=cmd_blank_views.__doc__,
                        description=cmd_blank_views.__doc__ + " See "
-                       "resilient_perception/core/blank_view_study.py.")
+                       "resilient_perception/paper/blank_view_study.py.")
     p.add_argument("--dataset", choices=DATASET_NAMES, default="mvmc",
                    help="dataset of the runs (default mvmc, the one with black views)")
     p.add_argument("--methods", type=_names(tuple(METHODS)), default=("paper", "ours"),

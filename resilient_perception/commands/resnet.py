@@ -11,20 +11,20 @@ from pathlib import Path
 
 import torch
 
-from .cli import _positive_int, _write_csv, _write_json
-from .core.block_profile import save_profile
-from .core.checkpoint import load_resnet_checkpoint
-from .core.datasets import load_cifar10
-from .core.drop_report import drop_study_markdown, plot_dc_accuracy, read_study, report_markdown
-from .core.drop_study import (
+from ..checkpoints import load_resnet_checkpoint
+from ..cli import _positive_int, _write_csv, _write_json
+from ..datasets import load_cifar10
+from ..paper.drop_report import drop_study_markdown, plot_dc_accuracy, read_study, report_markdown
+from ..placement.block_profile import save_profile
+from ..placement.drop_study import (
     build_profile,
     run_drop_study,
     spread_subset,
     table_one,
     table_two,
 )
-from .core.resnet import ResNet
-from .core.resnet_training import CHECKPOINT_NAME, ResNetTrainConfig, train_resnet
+from ..placement.resnet import ResNet
+from ..placement.resnet_training import CHECKPOINT_NAME, ResNetTrainConfig, train_resnet
 
 
 def _drop_probability(text: str) -> float:

@@ -20,9 +20,9 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .model import DeviceCNN, MultiDeviceCNN
-from .resnet import ResNet
-from .training import TrainState
+from .perception.model import DeviceCNN, MultiDeviceCNN
+from .perception.training import TrainState
+from .placement.resnet import ResNet
 
 __all__ = [
     "FORMAT_VERSION",

@@ -30,7 +30,7 @@ def _positive_float(text: str) -> float:
 
 def cmd_record_dataset(args: argparse.Namespace) -> int:
     """Write a dataset split as a camera bag: N image topics with shared stamps, plus labels."""
-    from resilient_perception.core.datasets import load_dataset
+    from resilient_perception.datasets import load_dataset
     from resilient_perception.ros.bags import dataset_frames, write_frames
 
     data = load_dataset(args.dataset, args.split, args.data_root)
@@ -95,8 +95,8 @@ def cmd_score_bag(args: argparse.Namespace) -> int:
 
 def cmd_bench_bag(args: argparse.Namespace) -> int:
     """Benchmark bag record, read and replay (throughput, timing) and pipeline recording."""
-    from resilient_perception.core.datasets import load_dataset
-    from resilient_perception.ros.bag_bench import bench_bags, markdown_table
+    from resilient_perception.bench.bag_bench import bench_bags, markdown_table
+    from resilient_perception.datasets import load_dataset
 
     if not args.checkpoint.is_file():
         raise ValueError(f"{args.checkpoint} not found: pass --checkpoint, e.g. a model from "
@@ -123,7 +123,7 @@ def cmd_bench_bag(args: argparse.Namespace) -> int:
 
 def add_bag_commands(sub: argparse._SubParsersAction) -> None:
     """Add the bag subcommands to the CLI's subparsers."""
-    from resilient_perception.core.datasets import DATASET_NAMES
+    from resilient_perception.datasets import DATASET_NAMES
 
     p = sub.add_parser("record-dataset", help=cmd_record_dataset.__doc__,
                        description=cmd_record_dataset.__doc__ + " The bag holds what the "
