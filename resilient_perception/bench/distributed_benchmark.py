@@ -1,4 +1,4 @@
-"""``bench-distributed``: distributed ResNet inference on shaped links, three ways.
+"""The ``bench-distributed`` benchmark: distributed ResNet inference on shaped links, three ways.
 
 The robots of a fleet file become network namespaces behind ``tc tbf``-shaped links
 (:class:`..harness.distributed_run.NamespaceFleet`, needs root): each robot's link is shaped to the
@@ -30,7 +30,6 @@ import os
 import signal
 import statistics
 import time
-from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -41,7 +40,7 @@ from ..placement.distributed import star_link_rates
 from ..placement.fleet_config import load_fleet
 from ..placement.problem import Network
 
-__all__ = ["PLACEMENTS", "add_parser", "cmd_bench_distributed"]
+__all__ = ["PLACEMENTS", "run_distributed_benchmark"]
 
 PLACEMENTS = {"monolithic": "monolithic", "heuristic": "heuristic", "exact": "cpsat"}
 """Benchmark row -> planner ``solver``."""
@@ -133,8 +132,11 @@ def _summary_row(run: dict) -> dict:
     }
 
 
-def cmd_bench_distributed(args: argparse.Namespace) -> int:
-    """Distributed ResNet inference on shaped links: monolithic vs heuristic vs exact plan."""
+def run_distributed_benchmark(args: argparse.Namespace) -> int:
+    """Distributed ResNet inference on shaped links: monolithic vs heuristic vs exact plan.
+
+    ``args`` are those of ``bench-distributed`` (:mod:`...commands.distributed`).
+    """
     if os.geteuid() != 0:
         raise ValueError("bench-distributed creates network namespaces: run it as root")
     for path, what in ((args.model, "--model"), (args.profile, "--profile"),
@@ -226,32 +228,3 @@ def cmd_bench_distributed(args: argparse.Namespace) -> int:
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add ``bench-distributed`` to the CLI's subparsers."""
-    p = sub.add_parser("bench-distributed", help=cmd_bench_distributed.__doc__,
-                       description=cmd_bench_distributed.__doc__ + " Needs root (network "
-                       "namespaces and tc).")
-    p.add_argument("--model", type=Path, required=True,
-                   help="ResNet checkpoint (train-resnet's checkpoint.safetensors)")
-    p.add_argument("--profile", type=Path, required=True,
-                   help="the model's block profile (drop-study's profile.json)")
-    p.add_argument("--fleet", type=Path, default=Path("config/fleet_distributed.yaml"),
-                   help="fleet file (default config/fleet_distributed.yaml)")
-    p.add_argument("--rate-mbit", type=float, default=None,
-                   help="shape every link to this rate, Mbit/s (default: the fleet's rates)")
-    p.add_argument("--requests", type=int, default=40, help="timed requests per placement")
-    p.add_argument("--rate-hz", type=float, default=2.0, help="requests per second")
-    p.add_argument("--time-limit", type=float, default=5.0, help="solver time limit, s")
-    p.add_argument("--probe-max-period", type=float, default=4.0,
-                   help="link probes back off to one burst per this many seconds while the "
-                   "rates hold still (default 4; 0 = a burst every second throughout)")
-    p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")
-    p.add_argument("--domain-id", type=int, default=(os.getpid() % 90) + 110,
-                   help="ROS_DOMAIN_ID of the nodes")
-    p.add_argument("--out", type=Path, default=Path("docs/results/distributed"),
-                   help="results folder (default docs/results/distributed)")
-    p.add_argument("--log-dir", type=Path, default=Path("runs/bench-distributed"),
-                   help="node logs (default runs/bench-distributed)")
-    p.set_defaults(func=cmd_bench_distributed)

@@ -1,6 +1,6 @@
 """The CLI's rosbag2 subcommands: record-dataset, check-bag, score-bag, bench-bag.
 
-:func:`add_bag_commands` adds them to ``resilient-perception``'s parser. Building the parser
+:func:`add_parsers` adds them to ``resilient-perception``'s parser. Building the parser
 imports nothing of ROS; each command imports what it needs when it runs (``bench-bag``
 starts nodes and needs rclpy, the others only ``rosbags``). Bag problems raise
 :class:`~resilient_perception.ros.bags.BagError`, a ``ValueError``, so the CLI exits with
@@ -15,17 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from resilient_perception.cli import _positive_int, _write_json
+from .common import positive_float, positive_int, write_json
 
-__all__ = ["add_bag_commands", "cmd_bench_bag", "cmd_check_bag", "cmd_record_dataset",
+__all__ = ["add_parsers", "cmd_bench_bag", "cmd_check_bag", "cmd_record_dataset",
            "cmd_score_bag"]
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def cmd_record_dataset(args: argparse.Namespace) -> int:
@@ -75,7 +68,7 @@ def cmd_score_bag(args: argparse.Namespace) -> int:
 
     result = score_bag(args.bag, args.fused_topic)
     out = args.out or args.bag.with_name(f"{args.bag.name}_score.json")
-    _write_json(out, result)
+    write_json(out, result)
     score = result["score"]
     accuracy = score["accuracy"]
     latency = score["latency_s"]
@@ -106,7 +99,7 @@ def cmd_bench_bag(args: argparse.Namespace) -> int:
         raise ValueError(f"--frames and --record-frames must be at most the "
                          f"{len(data.labels)} frames of the MNIST test split")
     result = bench_bags(args, data)
-    _write_json(args.out / "bench.json", result)
+    write_json(args.out / "bench.json", result)
     table = markdown_table(result)
     command = (f"resilient-perception bench-bag --checkpoint {args.checkpoint} --frames "
                f"{args.frames} --record-frames {args.record_frames} --cameras {args.cameras} "
@@ -121,7 +114,7 @@ def cmd_bench_bag(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_bag_commands(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add the bag subcommands to the CLI's subparsers."""
     from resilient_perception.datasets import DATASET_NAMES
 
@@ -133,11 +126,11 @@ def add_bag_commands(sub: argparse._SubParsersAction) -> None:
                    "(default mnist)")
     p.add_argument("--split", default="test", help="dataset split (default test)")
     p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")
-    p.add_argument("--cameras", type=_positive_int, default=6,
+    p.add_argument("--cameras", type=positive_int, default=6,
                    help="camera topics (default 6; MVMC has at most 6)")
-    p.add_argument("--rate", type=_positive_float, default=30.0,
+    p.add_argument("--rate", type=positive_float, default=30.0,
                    help="frames per second of the recording (default 30)")
-    p.add_argument("--count", type=_positive_int, default=None,
+    p.add_argument("--count", type=positive_int, default=None,
                    help="frames to record (default: to the end of the split)")
     p.add_argument("--start-index", type=int, default=0, help="first frame (default 0)")
     p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap",
@@ -148,7 +141,7 @@ def add_bag_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-bag", help=cmd_check_bag.__doc__,
                        description=cmd_check_bag.__doc__)
     p.add_argument("bag", type=Path, help="bag folder")
-    p.add_argument("--cameras", type=_positive_int, default=None,
+    p.add_argument("--cameras", type=positive_int, default=None,
                    help="expected cameras (default: as recorded in the bag)")
     p.set_defaults(func=cmd_check_bag)
 
@@ -168,13 +161,13 @@ def add_bag_commands(sub: argparse._SubParsersAction) -> None:
                        "package); takes about a minute plus the nodes' start-up.")
     p.add_argument("--checkpoint", type=Path, default=Path("runs/demo/model.safetensors"),
                    help="model of the camera nodes (default runs/demo/model.safetensors)")
-    p.add_argument("--frames", type=_positive_int, default=300,
+    p.add_argument("--frames", type=positive_int, default=300,
                    help="frames in the bag (default 300: 10 s at 30 Hz)")
-    p.add_argument("--record-frames", type=_positive_int, default=3000,
+    p.add_argument("--record-frames", type=positive_int, default=3000,
                    help="frames of the bags whose recording and reading are timed "
                    "(default 3000)")
-    p.add_argument("--cameras", type=_positive_int, default=6, help="cameras (default 6)")
-    p.add_argument("--rate", type=_positive_float, default=30.0,
+    p.add_argument("--cameras", type=positive_int, default=6, help="cameras (default 6)")
+    p.add_argument("--rate", type=positive_float, default=30.0,
                    help="frames per second (default 30)")
     p.add_argument("--realtime-priority", type=int, choices=range(1, 100), default=10,
                    metavar="1-99", help="SCHED_FIFO priority of the replay thread in the "

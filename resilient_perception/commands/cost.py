@@ -1,6 +1,6 @@
 """The ``bench-cost`` subcommand: size, latency and int8 accuracy of one device (Table 3).
 
-Registered on the main parser by :func:`add_parser` (see :mod:`.cli`); the work is
+Registered on the main parser by :func:`add_parsers` (see :mod:`..cli`); the work is
 :func:`..paper.device_cost.run_cost_benchmark`, this module only parses and writes files.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import _onnx_models, _positive_int, _write_json
 from ..paper.device_cost import cost_markdown, run_cost_benchmark
+from .common import onnx_models, positive_int, write_json
 
 
 def cmd_bench_cost(args: argparse.Namespace) -> int:
@@ -24,10 +24,10 @@ def cmd_bench_cost(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.checkpoint}: no such checkpoint (train one with "
                          "`resilient-perception train`)")
     result = run_cost_benchmark(
-        args.checkpoint, _onnx_models(args.checkpoint, args.checkpoint.parent / "onnx"),
+        args.checkpoint, onnx_models(args.checkpoint, args.checkpoint.parent / "onnx"),
         args.checkpoint.parent / "onnx-int8", args.data_root, args.repeats,
         args.calibration_samples, args.per_channel, args.seed, args.limit)
-    _write_json(args.out / "cost.json", result)
+    write_json(args.out / "cost.json", result)
     text = cost_markdown(result)
     (args.out / "cost.md").write_text(text)
     print(text, end="")
@@ -35,7 +35,7 @@ def cmd_bench_cost(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``bench-cost`` to the CLI's subparsers."""
     p = sub.add_parser("bench-cost", help="size, latency and int8 accuracy of one device CNN "
                        "vs the Modifier (the paper's Table 3)",
@@ -45,14 +45,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("docs/results/paper/cost"),
                    help="output folder for cost.json and cost.md "
                    "(default docs/results/paper/cost)")
-    p.add_argument("--repeats", type=_positive_int, default=2000,
+    p.add_argument("--repeats", type=positive_int, default=2000,
                    help="timed calls per measurement, after a warm-up (default 2000)")
-    p.add_argument("--calibration-samples", type=_positive_int, default=1000,
+    p.add_argument("--calibration-samples", type=positive_int, default=1000,
                    help="random training views per device for int8 calibration (default 1000)")
     p.add_argument("--per-tensor", dest="per_channel", action="store_false",
                    help="quantise weights per tensor (default: per output channel)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
     p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")
-    p.add_argument("--limit", type=_positive_int, default=None,
+    p.add_argument("--limit", type=positive_int, default=None,
                    help="score only the first N test samples (quick runs)")
     p.set_defaults(func=cmd_bench_cost)

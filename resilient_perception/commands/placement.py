@@ -18,6 +18,7 @@ from ..placement.block_profile import load_profile, save_profile
 from ..placement.fleet_config import load_fleet
 from ..placement.problem import DROPPED, Network, PlanEvaluation, Problem, evaluate_plan
 from ..placement.solvers import SOLVERS, SolveResult, binding_constraints, solve
+from .common import positive_float
 
 _HOW_TO_RELAX = {
     "memory": "more memory_mb, or more devices",
@@ -25,13 +26,6 @@ _HOW_TO_RELAX = {
     "energy": "more energy_j (battery), or faster links (rates_mbps)",
     "accuracy": "a lower accuracy_threshold",
 }
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def format_plan(problem: Problem, evaluation: PlanEvaluation) -> str:
@@ -158,7 +152,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="cpsat: exact (optimum or bound + gap); heuristic: the paper's "
                    "relaxation + Algorithm 1; ga: the paper's genetic algorithm "
                    "(default cpsat)")
-    p.add_argument("--time-limit", type=_positive_float, default=10.0,
+    p.add_argument("--time-limit", type=positive_float, default=10.0,
                    help="seconds the solver may search (default 10)")
     p.add_argument("--workers", type=int, default=1, help="CP-SAT threads (default 1)")
     p.add_argument("--seed", type=int, default=0, help="solver seed (default 0)")
@@ -177,7 +171,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--solvers", nargs="+", choices=list(SOLVERS), default=list(SOLVERS),
                    help="default all three")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="default 0 1")
-    p.add_argument("--work-limit", type=_positive_float, default=2.0,
+    p.add_argument("--work-limit", type=positive_float, default=2.0,
                    help="CP-SAT deterministic seconds per solve and time step; every solver "
                    "also stops after 10x that in wall time (default 2)")
     p.add_argument("--ga-generations", type=int, default=500,

@@ -36,6 +36,7 @@ from ..paper.reproduction_report import write_report
 from ..perception.experiment import load_device_views
 from ..perception.training import PRECISIONS
 from ..perception.views import ViewSpec
+from .common import positive_int
 
 QUICK_RUNS, QUICK_OUT = Path("runs/paper-quick"), Path("runs/paper-quick/report")
 FULL_RUNS, FULL_OUT = Path("runs/paper"), Path("docs/results/paper")
@@ -64,13 +65,6 @@ def _epochs(text: str) -> dict[str, int]:
                 f"{', '.join(DATASET_NAMES)} and EPOCHS >= 1")
         out[name] = int(value)
     return out
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
 
 
 def evaluate_modifier_options(checkpoint: Path, split: str, data_root: Path | None,
@@ -160,14 +154,14 @@ def cmd_blank_views(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register ``reproduce`` on the main parser's subcommands."""
+    """Register ``reproduce`` and ``blank-views`` on the main parser's subcommands."""
     p = sub.add_parser("reproduce", help=cmd_reproduce.__doc__, description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", type=_names(DATASET_NAMES), default=DATASET_NAMES,
                    help="comma-separated datasets (default: mnist,cifar10,mvmc)")
-    p.add_argument("--seeds", type=_positive_int, default=None,
+    p.add_argument("--seeds", type=positive_int, default=None,
                    help="seeds 0..N-1 (default 10; 1 with --quick)")
-    p.add_argument("--baseline-seeds", type=_positive_int, default=None,
+    p.add_argument("--baseline-seeds", type=positive_int, default=None,
                    help="seeds for the baselines (dropout, failout, ours-k2); default: all")
     p.add_argument("--methods", type=_names(tuple(METHODS)), default=None,
                    help=f"comma-separated training methods (default: {','.join(METHODS)})")
@@ -178,7 +172,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="CI profile: 1 epoch, 128 training / 256 test samples, 1 seed")
     p.add_argument("--report-only", action="store_true",
                    help="write the report of the finished runs without running missing ones")
-    p.add_argument("--threads", type=_positive_int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch CPU threads per run (default 1)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="training precision (default fp32)")
@@ -196,7 +190,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="dataset of the runs (default mvmc, the one with black views)")
     p.add_argument("--methods", type=_names(tuple(METHODS)), default=("paper", "ours"),
                    help="comma-separated methods (default paper,ours)")
-    p.add_argument("--seeds", type=_positive_int, default=10, help="seeds 0..N-1 (default 10)")
+    p.add_argument("--seeds", type=positive_int, default=10, help="seeds 0..N-1 (default 10)")
     p.add_argument("--runs", type=Path, default=FULL_RUNS,
                    help=f"run cache of the reproduction (default {FULL_RUNS})")
     p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")

@@ -1,6 +1,6 @@
 """Subcommands of the adaptive-ResNet study: ``train-resnet``, ``drop-study``, ``drop-report``.
 
-Registered on the main parser by :func:`add_parsers` (see :mod:`.cli`); errors are raised as
+Registered on the main parser by :func:`add_parsers` (see :mod:`..cli`); errors are raised as
 ``ValueError``/``DatasetError``/``CheckpointError`` and turned into exit status 2 there.
 """
 
@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import load_resnet_checkpoint
-from ..cli import _positive_int, _write_csv, _write_json
 from ..datasets import load_cifar10
 from ..paper.drop_report import drop_study_markdown, plot_dc_accuracy, read_study, report_markdown
 from ..placement.block_profile import save_profile
@@ -25,23 +24,12 @@ from ..placement.drop_study import (
 )
 from ..placement.resnet import ResNet
 from ..placement.resnet_training import CHECKPOINT_NAME, ResNetTrainConfig, train_resnet
-
-
-def _drop_probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
+from .common import fraction, positive_int, set_threads, write_csv, write_json
 
 
 def cmd_train_resnet(args: argparse.Namespace) -> int:
     """Train the block-addressable ResNet on CIFAR-10, resumable after every epoch."""
-    _set_threads(args.threads)
+    set_threads(args.threads)
     config = ResNetTrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, base_width=args.base_width,
         stochastic_depth=args.stochastic_depth, seed=args.seed, train_limit=args.limit,
@@ -63,7 +51,7 @@ def cmd_train_resnet(args: argparse.Namespace) -> int:
 
 def cmd_drop_study(args: argparse.Namespace) -> int:
     """Tables I and II (blocks DC/SC dropped) and profile.json of a trained ResNet."""
-    _set_threads(args.threads)
+    set_threads(args.threads)
     if (args.checkpoint is None) == (args.untrained_width is None):
         raise ValueError("give a CHECKPOINT written by train-resnet, or --untrained-width W "
                          "for a freshly initialised model (layer numbers only)")
@@ -86,8 +74,8 @@ def cmd_drop_study(args: argparse.Namespace) -> int:
     rows_one, rows_two = table_one(model, study), table_two(model, study, profile)
     out = args.out
     save_profile(out / "profile.json", profile)
-    _write_csv(out / "table1.csv", rows_one)
-    _write_csv(out / "table2.csv", rows_two)
+    write_csv(out / "table1.csv", rows_one)
+    write_csv(out / "table2.csv", rows_two)
     result = {
         "name": name, "checkpoint": None if checkpoint is None else str(checkpoint),
         "dataset": "cifar10", "split": "test", "samples": study.samples,
@@ -96,7 +84,7 @@ def cmd_drop_study(args: argparse.Namespace) -> int:
         "torch_threads": meta.get("torch_threads"), "clean_accuracy": study.clean,
         "table1": rows_one, "table2": rows_two,
     }
-    _write_json(out / "drop_study.json", result)
+    write_json(out / "drop_study.json", result)
     (out / "tables.md").write_text(drop_study_markdown({**result, "profile": profile}))
     print(f"clean accuracy {100 * study.clean:.2f}%; mean with one block DC dropped "
           f"{100 * sum(study.dc) / len(study.dc):.2f}%, SC dropped "
@@ -127,27 +115,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register the ResNet subcommands on the main parser's subparsers."""
     p = sub.add_parser("train-resnet", help=cmd_train_resnet.__doc__,
                        description=cmd_train_resnet.__doc__)
-    p.add_argument("--epochs", type=_positive_int, default=15,
+    p.add_argument("--epochs", type=positive_int, default=15,
                    help="total epochs of the cosine schedule (default 15)")
-    p.add_argument("--stochastic-depth", type=_drop_probability, default=0.0, metavar="P",
+    p.add_argument("--stochastic-depth", type=fraction, default=0.0, metavar="P",
                    help="drop probability of the last block's branch, rising linearly from "
                    "the first (Huang et al. 2016 use 0.5; default 0 = off)")
-    p.add_argument("--base-width", type=_positive_int, default=8,
+    p.add_argument("--base-width", type=positive_int, default=8,
                    help="channels of the stem and of stage 1's bottleneck (default 8)")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="default 128")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="default 128")
     p.add_argument("--lr", type=float, default=0.1,
                    help="peak SGD learning rate (Nesterov momentum 0.9, cosine; default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, order, augmentation")
-    p.add_argument("--limit", type=_positive_int, default=None,
+    p.add_argument("--limit", type=positive_int, default=None,
                    help="train on N evenly spaced training images only (quick runs)")
-    p.add_argument("--test-limit", type=_positive_int, default=None,
+    p.add_argument("--test-limit", type=positive_int, default=None,
                    help="score each epoch on N evenly spaced test images only")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out after its last finished epoch (starts "
                    "fresh when there is none)")
-    p.add_argument("--chunk", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--chunk", type=positive_int, default=None, metavar="N",
                    help="train at most N epochs now, then stop (continue with --resume)")
     p.add_argument("--out", type=Path, default=Path("runs/resnet/plain"),
                    help="run folder: checkpoint.safetensors, history.csv "
@@ -158,18 +146,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description=cmd_drop_study.__doc__)
     p.add_argument("checkpoint", type=Path, nargs="?", default=None,
                    help="checkpoint.safetensors (or its run folder) written by train-resnet")
-    p.add_argument("--untrained-width", type=_positive_int, default=None, metavar="W",
+    p.add_argument("--untrained-width", type=positive_int, default=None, metavar="W",
                    help="study a freshly initialised model of base width W instead")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: profile.json, table1/2.csv, drop_study.json, tables.md")
     p.add_argument("--name", default=None,
                    help="model name in profile.json (default: the run folder's name)")
-    p.add_argument("--limit", type=_positive_int, default=None,
+    p.add_argument("--limit", type=positive_int, default=None,
                    help="N evenly spaced test images (default: all 10,000)")
-    p.add_argument("--batch-size", type=_positive_int, default=1000,
+    p.add_argument("--batch-size", type=positive_int, default=1000,
                    help="images per chunk of cached activations (default 1000, ~1 GB)")
     p.add_argument("--seed", type=int, default=0, help="seed of an untrained model")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")
     p.set_defaults(func=cmd_drop_study)
 
