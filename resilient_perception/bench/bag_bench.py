@@ -47,6 +47,7 @@ from resilient_perception.ros.bags import (
     summarize,
     write_frames,
 )
+from resilient_perception.ros.topics import FUSED_TOPIC, PREDICTION_TOPIC_FORMAT
 
 __all__ = ["bench_bags", "markdown_table"]
 
@@ -211,7 +212,7 @@ def _pipeline_recording(bag: Path, checkpoint: Path, args, folder: Path,
              *pipeline_nodes(args.cameras, player=False, model_path=checkpoint),
              NodeSpec("replay", "replay_node", {
                  "bag_path": str(bag), "warmup_frames": WARMUP,
-                 "warmup_fused_topic": "perception/fused", "wait_for_subscribers": 1,
+                 "warmup_fused_topic": FUSED_TOPIC, "wait_for_subscribers": 1,
                  "wait_for_label_subscribers": 1, "on_end": "shutdown",
                  "realtime_priority": args.realtime_priority})]
     with (Observer("bag_bench_pipeline", domain_id=domain_id) as observer,
@@ -224,8 +225,8 @@ def _pipeline_recording(bag: Path, checkpoint: Path, args, folder: Path,
         pipeline.check()
     topics = summarize(folder / "outputs").topics
     scored = score_bag(folder / "outputs")
-    predictions = ["/perception/fused",
-                   *(f"/perception/device_{i}/prediction" for i in range(args.cameras))]
+    predictions = [f"/{FUSED_TOPIC}",
+                   *(f"/{PREDICTION_TOPIC_FORMAT.format(i)}" for i in range(args.cameras))]
     expected = dict.fromkeys([f"/{LABEL_TOPIC}", *predictions], args.frames)
     recorded = {f"/{LABEL_TOPIC}": topics[f"/{LABEL_TOPIC}"].count
                 if f"/{LABEL_TOPIC}" in topics else 0}

@@ -25,6 +25,7 @@ import yaml
 from resilient_perception.harness.pipeline import NodeSpec, Observer, Pipeline, pipeline_nodes
 from resilient_perception.harness.stream_monitor import StreamMonitor
 from resilient_perception.perception.stream_score import StreamScore
+from resilient_perception.ros.topics import FUSED_TOPIC
 
 __all__ = [
     "DEFAULT_SCHEDULE",
@@ -35,7 +36,7 @@ __all__ = [
     "run_live_demo",
 ]
 
-STREAMS = {"modifier": "perception/fused", "no_modifier": "perception/fused_no_modifier"}
+STREAMS = {"modifier": FUSED_TOPIC, "no_modifier": f"{FUSED_TOPIC}_no_modifier"}
 ACTIONS = ("kill", "restart")
 
 

@@ -36,10 +36,11 @@ from resilient_perception.harness.pipeline import NodeSpec, Observer, Pipeline, 
 from resilient_perception.harness.stream_monitor import StreamMonitor
 from resilient_perception.paper.device_cost import measure_modifier_cost
 from resilient_perception.perception.export import DeviceRunner
+from resilient_perception.ros.topics import DIAGNOSTICS_TOPIC, FUSED_TOPIC
 
 __all__ = ["frames_lost", "markdown_report", "run_pipeline_benchmark"]
 
-FUSED = "perception/fused"
+FUSED = FUSED_TOPIC
 
 
 def _fusion_diagnostics(arrays: list[DiagnosticArray]) -> dict[str, str]:
@@ -65,7 +66,7 @@ class _Bench:
         self.pipeline = Pipeline(nodes, config, log_dir=log_dir)
         self.monitor = StreamMonitor(self.observer, {"fused": FUSED}, n_cameras)
         self.score = self.monitor.scores["fused"]
-        self.diagnostics = self.observer.collect(DiagnosticArray, "/diagnostics")
+        self.diagnostics = self.observer.collect(DiagnosticArray, DIAGNOSTICS_TOPIC)
         self._players = 0
 
     def play(self, rate_hz: float, count: int, during: Callable[[float], None] | None = None,

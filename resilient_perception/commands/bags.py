@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..ros.topics import FUSED_TOPIC
 from .common import positive_float, positive_int, write_json
 
 __all__ = ["add_parsers", "cmd_bench_bag", "cmd_check_bag", "cmd_record_dataset",
@@ -149,8 +150,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description=cmd_score_bag.__doc__ + " Fused predictions are matched "
                        "to labels by stamp.")
     p.add_argument("bag", type=Path, help="bag written by recorder_node")
-    p.add_argument("--fused-topic", default="perception/fused",
-                   help="FusedPrediction topic to score (default perception/fused)")
+    p.add_argument("--fused-topic", default=FUSED_TOPIC,
+                   help=f"FusedPrediction topic to score (default {FUSED_TOPIC})")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON result (default BAG_score.json beside the bag folder)")
     p.set_defaults(func=cmd_score_bag)

@@ -44,6 +44,16 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ..ros.topics import (
+    CAMERA_HEAD_TOPIC,
+    CAMERA_IMAGE_TOPIC,
+    CAMERA_PREDICTION_TOPIC,
+    DIAGNOSTICS_TOPIC,
+    HEAD_TOPIC_FORMAT,
+    IMAGE_TOPIC_FORMAT,
+    PREDICTION_TOPIC_FORMAT,
+)
+
 __all__ = [
     "HEAD_TOPIC_FORMAT",
     "IMAGE_TOPIC_FORMAT",
@@ -58,10 +68,6 @@ __all__ = [
 ]
 
 PACKAGE = "resilient_perception"
-# Topic names of DESIGN.md; the fusion node is told these formats explicitly.
-IMAGE_TOPIC_FORMAT = "camera_{}/image_raw"
-PREDICTION_TOPIC_FORMAT = "perception/device_{}/prediction"
-HEAD_TOPIC_FORMAT = "perception/device_{}/head"
 _LOG_TAIL_LINES = 30
 T = TypeVar("T")
 
@@ -129,9 +135,9 @@ def pipeline_nodes(
         model = {} if model_path is None else {
             "model_path": os.fspath(model_path).replace("{}", str(i))}
         nodes.append(NodeSpec(f"camera_{i}", "camera_node", {"device_id": i, **model}, (
-            ("image_raw", image_topic_format.format(i)),
-            ("prediction", PREDICTION_TOPIC_FORMAT.format(i)),
-            ("head", HEAD_TOPIC_FORMAT.format(i)))))
+            (CAMERA_IMAGE_TOPIC, image_topic_format.format(i)),
+            (CAMERA_PREDICTION_TOPIC, PREDICTION_TOPIC_FORMAT.format(i)),
+            (CAMERA_HEAD_TOPIC, HEAD_TOPIC_FORMAT.format(i)))))
     if player:
         nodes.append(NodeSpec("player", "player_node", {
             "num_cameras": num_cameras, "image_topic_format": image_topic_format}))
@@ -533,7 +539,7 @@ class Observer:
         from diagnostic_msgs.msg import DiagnosticArray
 
         arrays: list[DiagnosticArray] = []
-        subscription = self.node.create_subscription(DiagnosticArray, "/diagnostics",
+        subscription = self.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC,
                                                      arrays.append, 10)
 
         def heads_known() -> bool:

@@ -17,6 +17,7 @@ from rclpy.qos import QoSProfile
 from resilient_perception.harness.pipeline import Observer
 from resilient_perception.msg import FrameLabel, FusedPrediction
 from resilient_perception.perception.stream_score import FusedRecord, StreamScore
+from resilient_perception.ros.topics import LABEL_TOPIC
 
 __all__ = ["StreamMonitor", "stamp_ns"]
 
@@ -42,7 +43,7 @@ class StreamMonitor:
         observer: Observer,
         streams: dict[str, str],
         n_devices: int,
-        label_topic: str = "perception/label",
+        label_topic: str = LABEL_TOPIC,
     ) -> None:
         """Subscribe the label topic and every stream on ``observer``'s node."""
         self.scores = {name: StreamScore(n_devices) for name in streams}

@@ -57,7 +57,15 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from resilient_perception.ros.image_conversion import (
     ENCODINGS,
     ImageConversionError,
+    camera_images,
+    encode,
     image_to_array,
+)
+from resilient_perception.ros.topics import (
+    DIAGNOSTICS_TOPIC,
+    FUSED_TOPIC,
+    IMAGE_TOPIC_FORMAT,
+    LABEL_TOPIC,
 )
 
 __all__ = [
@@ -89,7 +97,6 @@ __all__ = [
 PACKAGE = "resilient_perception"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 LABEL_TYPE = f"{PACKAGE}/msg/FrameLabel"
-LABEL_TOPIC = "perception/label"
 STORAGES = ("mcap", "sqlite3")
 METADATA_VERSION = 9  # what rosbag2 writes since Jazzy (QoS as YAML lists, policy names)
 
@@ -105,7 +112,7 @@ class BagError(ValueError):
 
 def camera_topic(camera: int) -> str:
     """Image topic of camera ``camera``, relative (a namespace or remapping applies)."""
-    return f"camera_{camera}/image_raw"
+    return IMAGE_TOPIC_FORMAT.format(camera)
 
 
 def _absolute(topic: str) -> str:
@@ -307,8 +314,8 @@ def dataset_frames(data: Any, indices: Iterable[int], n_cameras: int, rate_hz: f
     """The frames the dataset player would publish for ``indices`` of a loaded dataset.
 
     Frame ``k`` is stamped ``start_ns + k / rate_hz``. Images are cut and encoded by the
-    player's own functions, so a bag holds exactly what the player publishes (this import
-    needs rclpy; the rest of the module does not).
+    functions the player uses (:func:`~resilient_perception.ros.image_conversion.encode`),
+    so a bag holds exactly what the player publishes.
 
     Args:
         data: A dataset from :func:`~resilient_perception.datasets.load_dataset`.
@@ -317,8 +324,6 @@ def dataset_frames(data: Any, indices: Iterable[int], n_cameras: int, rate_hz: f
         rate_hz: Frames per second.
         start_ns: Stamp of the first frame.
     """
-    from resilient_perception.ros.player_node import camera_images, encode
-
     if not rate_hz > 0:
         raise BagError(f"rate must be > 0 frames per second, got {rate_hz}")
     for k, index in enumerate(indices):
@@ -592,11 +597,10 @@ def read_frames(path: str | Path, cameras: int | None = None) -> Iterator[Camera
 # -- scoring a bag of pipeline outputs -------------------------------------------------------
 FUSED_TYPE = f"{PACKAGE}/msg/FusedPrediction"
 PREDICTION_TYPE = f"{PACKAGE}/msg/DevicePrediction"
-DIAGNOSTICS_TOPIC = "/diagnostics"
 _PREDICTION_TOPIC = re.compile(r"^/(?:.*/)?device_(\d+)/prediction$")
 
 
-def score_bag(path: str | Path, fused_topic: str = "perception/fused") -> dict:
+def score_bag(path: str | Path, fused_topic: str = FUSED_TOPIC) -> dict:
     """Score a bag of pipeline outputs (as ``recorder_node`` writes it) against its labels.
 
     Fused predictions are joined to ``FrameLabel`` messages by stamp with

@@ -5,10 +5,10 @@ Subscribes ``image_raw`` (``sensor_msgs/Image``; remap it, e.g.
 (per the model's view spec) and runs the device CNN with ONNX Runtime or torch. Publishes
 
 * ``prediction`` (``DevicePrediction``): one per accepted image, ``header`` copied from the
-  image (stamp and frame_id), with :func:`~resilient_perception.ros.qos.prediction_qos`
+  image (stamp and frame_id), with :func:`~resilient_perception.ros.topics.prediction_qos`
   (deadline and liveliness lease from the parameters);
 * ``head`` (``ClassifierHead``): once on activation, transient local
-  (:func:`~resilient_perception.ros.qos.head_qos`), for the fusion node's Modifier.
+  (:func:`~resilient_perception.ros.topics.head_qos`), for the fusion node's Modifier.
 
 A lifecycle node: ``configure`` loads and validates the model, ``activate`` creates the
 subscription and publishers. Publishers exist only while active, so a deactivated camera
@@ -40,7 +40,14 @@ from resilient_perception.ros.image_conversion import (
 from resilient_perception.ros.node_utils import THROTTLE_S as _THROTTLE_S
 from resilient_perception.ros.node_utils import descriptor as _descriptor
 from resilient_perception.ros.node_utils import run_node
-from resilient_perception.ros.qos import head_qos, image_qos, prediction_qos
+from resilient_perception.ros.topics import (
+    CAMERA_HEAD_TOPIC,
+    CAMERA_IMAGE_TOPIC,
+    CAMERA_PREDICTION_TOPIC,
+    head_qos,
+    image_qos,
+    prediction_qos,
+)
 
 __all__ = ["CameraNode", "main"]
 
@@ -78,11 +85,11 @@ class CameraNode(Node):
             "skipped and CPU is always the last resort.", p))
         self.declare_parameter("threads", 1, _descriptor(
             "Intra-op threads of the inference backend.", i, (1, 64)))
-        self.declare_parameter("input_topic", "image_raw", _descriptor(
+        self.declare_parameter("input_topic", CAMERA_IMAGE_TOPIC, _descriptor(
             "Camera image topic (sensor_msgs/Image); remap rather than change it.", s))
-        self.declare_parameter("output_topic", "prediction", _descriptor(
+        self.declare_parameter("output_topic", CAMERA_PREDICTION_TOPIC, _descriptor(
             "DevicePrediction topic.", s))
-        self.declare_parameter("head_topic", "head", _descriptor(
+        self.declare_parameter("head_topic", CAMERA_HEAD_TOPIC, _descriptor(
             "ClassifierHead topic (transient local, published once on activation).", s))
         self.declare_parameter("crop_view", True, _descriptor(
             "Crop this device's view from a full image per the model's view spec; false "

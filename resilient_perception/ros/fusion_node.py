@@ -3,7 +3,7 @@
 Subscribes, for each device ``i`` in ``0..num_devices-1``,
 
 * ``prediction_topic_format.format(i)`` (``DevicePrediction``) with
-  :func:`~resilient_perception.ros.qos.prediction_qos` (requested deadline and liveliness
+  :func:`~resilient_perception.ros.topics.prediction_qos` (requested deadline and liveliness
   lease from the parameters; a camera must offer values <= these, else DDS never matches
   them) and QoS event callbacks: a missed deadline or lost liveliness marks the device dead;
 * ``head_topic_format.format(i)`` (``ClassifierHead``, transient local) for the Modifier.
@@ -61,7 +61,6 @@ from rcl_interfaces.msg import ParameterType
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
 
 from resilient_perception.msg import ClassifierHead, DevicePrediction, FusedPrediction
 from resilient_perception.perception.frame_assembly import (
@@ -74,7 +73,15 @@ from resilient_perception.perception.frame_assembly import (
     fuse_frame,
 )
 from resilient_perception.ros.node_utils import THROTTLE_S, descriptor, run_node
-from resilient_perception.ros.qos import head_qos, prediction_qos
+from resilient_perception.ros.topics import (
+    DIAGNOSTICS_TOPIC,
+    FUSED_TOPIC,
+    HEAD_TOPIC_FORMAT,
+    PREDICTION_TOPIC_FORMAT,
+    fused_qos,
+    head_qos,
+    prediction_qos,
+)
 
 __all__ = ["FUSION_MODES", "FusionNode", "main"]
 
@@ -88,11 +95,6 @@ _LEVELS = {
 }
 # Rejections the node itself decides (the assembler counts the rest).
 _NODE_REJECTIONS = ("device_id_mismatch", "sizes_unknown", "bad_head", "callback_error")
-
-
-def _output_qos() -> QoSProfile:
-    # RELIABLE, VOLATILE, KEEP_LAST 50: a slow consumer loses nothing at ~10-30 Hz.
-    return QoSProfile(depth=50)
 
 
 class FusionNode(Node):
@@ -134,12 +136,12 @@ class FusionNode(Node):
         self.declare_parameter("feature_dim", 0, descriptor(
             "Feature vector length; 0 = take it from the first classifier head.", i,
             (0, 1000000)))
-        self.declare_parameter("prediction_topic_format", "perception/device_{}/prediction",
+        self.declare_parameter("prediction_topic_format", PREDICTION_TOPIC_FORMAT,
                                descriptor("DevicePrediction topic of device i: "
                                           "format(i).", s))
-        self.declare_parameter("head_topic_format", "perception/device_{}/head", descriptor(
+        self.declare_parameter("head_topic_format", HEAD_TOPIC_FORMAT, descriptor(
             "ClassifierHead topic of device i (transient local): format(i).", s))
-        self.declare_parameter("output_topic", "perception/fused", descriptor(
+        self.declare_parameter("output_topic", FUSED_TOPIC, descriptor(
             "FusedPrediction topic.", s))
         self.declare_parameter("stall_threshold", 0.25, descriptor(
             "A gap this long between this node's own callbacks means the node itself "
@@ -186,8 +188,8 @@ class FusionNode(Node):
         if p["num_classes"] > 0 and p["feature_dim"] > 0:
             self._set_sizes(p["num_classes"], p["feature_dim"])
 
-        self._pub = self.create_publisher(FusedPrediction, p["output_topic"], _output_qos())
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._pub = self.create_publisher(FusedPrediction, p["output_topic"], fused_qos())
+        self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         pred_qos = prediction_qos(p["deadline"], p["liveliness_lease"])
         self._subs = []
         for device in range(self.n_devices):

@@ -11,6 +11,9 @@ encodings: rgb8, bgr8, rgba8, bgra8, mono8, mono16, 16UC1, 32FC1.
 
 :func:`to_model_input` turns such an array into what a device CNN was trained on: uint8,
 channel-first, RGB for 3 input channels or BT.601 luma for 1 (see its docstring).
+
+:func:`camera_images` and :func:`encode` go the other way, from a dataset frame to each
+camera's pixels: the player node publishes them and a camera bag records the same.
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from resilient_perception.datasets import Dataset, MultiViewImages
+
 __all__ = [
     "ENCODINGS",
     "ImageConversionError",
     "array_to_image",
+    "camera_images",
+    "encode",
     "image_to_array",
     "to_model_input",
 ]
@@ -193,3 +200,44 @@ def to_model_input(array: np.ndarray, encoding: str, in_channels: int) -> np.nda
         luma = _to_rgb(pixels, enc.color_order).astype(np.float32) @ _LUMA
         out = np.clip(np.rint(luma), 0, 255).astype(np.uint8)[:, :, None]
     return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+_NATURAL_ENCODING = {1: "mono8", 3: "rgb8", 4: "rgba8"}
+
+
+def camera_images(data: Dataset, index: int, num_cameras: int) -> list[np.ndarray | None]:
+    """Each camera's channel-first uint8 ``(C, H, W)`` image of frame ``index``.
+
+    Single-view datasets give every camera the full image (the same array); multi-camera
+    datasets give camera ``i`` its own view, or None where that camera has no image.
+
+    Raises:
+        ValueError: If a multi-camera dataset has fewer cameras than ``num_cameras``.
+    """
+    if isinstance(data, MultiViewImages):
+        if num_cameras > data.views.shape[1]:
+            raise ValueError(f"the dataset has {data.views.shape[1]} cameras, "
+                             f"not {num_cameras}")
+        return [data.views[index, cam] if data.available[index, cam] else None
+                for cam in range(num_cameras)]
+    return [data.images[index]] * num_cameras
+
+
+def encode(image: np.ndarray, encoding: str = "") -> tuple[np.ndarray, str]:
+    """Turn a dataset image ``(C, H, W)`` into ``(H, W, C)`` pixels of an image encoding.
+
+    Args:
+        image: uint8 channel-first image with 1, 3 (RGB) or 4 (RGBA) channels.
+        encoding: ``""`` keeps the dataset's pixels (mono8, rgb8 or rgba8); ``mono8``,
+            ``rgb8`` or ``bgr8`` convert (colour to BT.601 luma, grey replicated to RGB).
+
+    Returns:
+        The pixels and the encoding name for :func:`array_to_image`.
+    """
+    natural = _NATURAL_ENCODING[image.shape[0]]
+    pixels = image.transpose(1, 2, 0)
+    if encoding in ("", natural):
+        return pixels, natural
+    channels = 1 if encoding == "mono8" else 3
+    converted = to_model_input(pixels, natural, channels).transpose(1, 2, 0)
+    return (converted[:, :, ::-1] if encoding == "bgr8" else converted), encoding

@@ -45,7 +45,6 @@ import time
 
 from rcl_interfaces.msg import ParameterType
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import MessageInfo
 
 from resilient_perception.msg import LinkMeasurement, LinkProbe
@@ -57,23 +56,9 @@ from resilient_perception.placement.link_estimation import (
     round_trip_s,
 )
 from resilient_perception.ros.node_utils import THROTTLE_S, descriptor, run_node
+from resilient_perception.ros.topics import PROBE_TOPIC_FORMAT, probe_qos
 
-__all__ = ["PROBE_TOPIC_FORMAT", "LinkProbeNode", "main"]
-
-PROBE_TOPIC_FORMAT = "{}/link_probe"
-"""Topic of the probes a robot receives: ``format(robot name)``."""
-
-
-def probe_qos(depth: int) -> QoSProfile:
-    """BEST_EFFORT, KEEP_LAST ``depth`` (a whole burst fits in the history).
-
-    Best effort because a probe measures what the link delivers: on an overloaded link,
-    reliable retransmissions of long bursts would fill its queue (round trips of seconds),
-    starve the activations and never let a burst finish.
-    """
-    return QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT,
-                      history=HistoryPolicy.KEEP_LAST, depth=depth)
-
+__all__ = ["LinkProbeNode", "main"]
 
 class LinkProbeNode(Node):
     """Sends probes to the peers, answers theirs, publishes the measured links."""

@@ -7,6 +7,8 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
+from resilient_perception.ros.topics import DIAGNOSTICS_TOPIC
+
 __all__ = ["DIAGNOSTICS_PERIOD_S", "THROTTLE_S", "descriptor", "publish_counters", "run_node"]
 
 # Period of throttled warnings about bad messages, seconds.
@@ -53,7 +55,7 @@ def publish_counters(node: Any, hardware_id: str,
     """
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-    publisher = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+    publisher = node.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
 
     def publish() -> None:
         values = dict(counters())

@@ -28,7 +28,6 @@ import time
 import numpy as np
 from rcl_interfaces.msg import ParameterType
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 
 from resilient_perception.msg import LinkMeasurement, PlacementPlan
@@ -44,21 +43,17 @@ from resilient_perception.ros.node_utils import (
     publish_counters,
     run_node,
 )
+from resilient_perception.ros.topics import (
+    HEARTBEAT_TOPIC_FORMAT,
+    LINK_MEASUREMENT_TOPIC,
+    PLAN_TOPIC,
+    plan_qos,
+)
 
-__all__ = ["HEARTBEAT_TOPIC_FORMAT", "MONOLITHIC", "PlannerNode", "main", "plan_qos"]
+__all__ = ["MONOLITHIC", "PlannerNode", "main"]
 
 MONOLITHIC = "monolithic"
 """The ``solver`` value of the baseline plan: every unit on the robot holding the image."""
-
-HEARTBEAT_TOPIC_FORMAT = "{}/stage_alive"
-"""Topic of a robot's stage heartbeat: ``format(robot name)``."""
-
-
-def plan_qos() -> QoSProfile:
-    """Profile of ``placement_plan``: latched (RELIABLE, TRANSIENT_LOCAL, depth 1)."""
-    return QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
-                      depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
 
 class PlannerNode(Node):
     """Solves the placement for the live robots and publishes it as a PlacementPlan."""
@@ -107,11 +102,11 @@ class PlannerNode(Node):
         self._plan_rates = self.rates.copy()  # rates the current plan was made with
         self._last_plan_time = -math.inf
 
-        self._publisher = self.create_publisher(PlacementPlan, "placement_plan", plan_qos())
+        self._publisher = self.create_publisher(PlacementPlan, PLAN_TOPIC, plan_qos())
         for i, name in enumerate(self.names):
             self.create_subscription(Header, HEARTBEAT_TOPIC_FORMAT.format(name),
                                      lambda msg, i=i: self._on_heartbeat(i, msg), 10)
-        self.create_subscription(LinkMeasurement, "link_measurements", self._on_link, 50)
+        self.create_subscription(LinkMeasurement, LINK_MEASUREMENT_TOPIC, self._on_link, 50)
         self.create_timer(0.02, self._check)
         publish_counters(self, "planner", lambda: {
             "plan_version": self.version, "rejected": self.rejected,

@@ -5,9 +5,10 @@ Publishes, for every played frame, at ``rate_hz`` (a wall-clock timer):
 * one ``sensor_msgs/Image`` per camera ``i`` in ``0..num_cameras-1`` on
   ``image_topic_format.format(i)`` (default ``camera_{i}/image_raw``), all with the same
   ``header.stamp`` (the node clock when the frame is published) and ``header.frame_id``
-  ``frame_id_format.format(i)``, with :func:`~resilient_perception.ros.qos.image_qos`;
+  ``frame_id_format.format(i)``, with :func:`~resilient_perception.ros.topics.image_qos`;
 * then one ``FrameLabel`` on ``label_topic`` (default ``perception/label``) with the same
-  stamp, the frame's index in the split and its class, with :func:`label_qos`.
+  stamp, the frame's index in the split and its class, with
+  :func:`~resilient_perception.ros.topics.label_qos`.
 
 What each camera sees follows the dataset (loaded with
 :func:`~resilient_perception.datasets.load_dataset`, exactly as training does):
@@ -40,83 +41,37 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 from rcl_interfaces.msg import ParameterType
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
 from rclpy.task import Future
 from sensor_msgs.msg import Image
 
 from resilient_perception.datasets import (
-    Dataset,
     DatasetError,
-    MultiViewImages,
     load_dataset,
 )
 from resilient_perception.msg import FrameLabel
-from resilient_perception.ros.image_conversion import array_to_image, to_model_input
+from resilient_perception.ros.image_conversion import array_to_image, camera_images, encode
 from resilient_perception.ros.node_utils import descriptor, run_node
-from resilient_perception.ros.qos import image_qos
+from resilient_perception.ros.topics import (
+    FRAME_ID_FORMAT,
+    IMAGE_TOPIC_FORMAT,
+    LABEL_TOPIC,
+    image_qos,
+    label_qos,
+)
 from resilient_perception.ros.warmup import declare_warmup
 
-__all__ = ["ENCODINGS", "ON_END", "PlayerNode", "camera_images", "encode", "label_qos", "main"]
+__all__ = ["ENCODINGS", "ON_END", "PlayerNode", "main"]
 
 ENCODINGS = ("mono8", "rgb8", "bgr8")
 ON_END = ("stop", "shutdown")
 # The dataset's own encoding for each channel count of its (C, H, W) images.
-_NATURAL_ENCODING = {1: "mono8", 3: "rgb8", 4: "rgba8"}
 # How long an ``on_end: shutdown`` waits for subscribers to acknowledge the last messages.
 _ACK_TIMEOUT_S = 2.0
-
-
-def label_qos() -> QoSProfile:
-    """Profile of the ``FrameLabel`` topic: RELIABLE, VOLATILE, KEEP_LAST 100.
-
-    Labels are tiny and a scorer must not lose one, so the history is deep enough for a
-    slow subscriber at hundreds of frames per second; a subscriber asks for RELIABLE too.
-    """
-    return QoSProfile(depth=100)
-
-
-def camera_images(data: Dataset, index: int, num_cameras: int) -> list[np.ndarray | None]:
-    """Each camera's channel-first uint8 ``(C, H, W)`` image of frame ``index``.
-
-    Single-view datasets give every camera the full image (the same array); multi-camera
-    datasets give camera ``i`` its own view, or None where that camera has no image.
-
-    Raises:
-        ValueError: If a multi-camera dataset has fewer cameras than ``num_cameras``.
-    """
-    if isinstance(data, MultiViewImages):
-        if num_cameras > data.views.shape[1]:
-            raise ValueError(f"the dataset has {data.views.shape[1]} cameras, "
-                             f"not {num_cameras}")
-        return [data.views[index, cam] if data.available[index, cam] else None
-                for cam in range(num_cameras)]
-    return [data.images[index]] * num_cameras
-
-
-def encode(image: np.ndarray, encoding: str = "") -> tuple[np.ndarray, str]:
-    """Turn a dataset image ``(C, H, W)`` into ``(H, W, C)`` pixels of an image encoding.
-
-    Args:
-        image: uint8 channel-first image with 1, 3 (RGB) or 4 (RGBA) channels.
-        encoding: ``""`` keeps the dataset's pixels (mono8, rgb8 or rgba8); ``mono8``,
-            ``rgb8`` or ``bgr8`` convert (colour to BT.601 luma, grey replicated to RGB).
-
-    Returns:
-        The pixels and the encoding name for :func:`array_to_image`.
-    """
-    natural = _NATURAL_ENCODING[image.shape[0]]
-    pixels = image.transpose(1, 2, 0)
-    if encoding in ("", natural):
-        return pixels, natural
-    channels = 1 if encoding == "mono8" else 3
-    converted = to_model_input(pixels, natural, channels).transpose(1, 2, 0)
-    return (converted[:, :, ::-1] if encoding == "bgr8" else converted), encoding
 
 
 class PlayerNode(Node):
@@ -155,11 +110,11 @@ class PlayerNode(Node):
         self.declare_parameter("wait_for_label_subscribers", 0, descriptor(
             "Before the first frame, also wait until the FrameLabel topic has this many "
             "subscribers (a scorer); 0 = do not wait.", i, (0, 1000)))
-        self.declare_parameter("image_topic_format", "camera_{}/image_raw", descriptor(
+        self.declare_parameter("image_topic_format", IMAGE_TOPIC_FORMAT, descriptor(
             "Image topic of camera i: format(i).", s))
-        self.declare_parameter("frame_id_format", "camera_{}", descriptor(
+        self.declare_parameter("frame_id_format", FRAME_ID_FORMAT, descriptor(
             "header.frame_id of camera i's images: format(i).", s))
-        self.declare_parameter("label_topic", "perception/label", descriptor(
+        self.declare_parameter("label_topic", LABEL_TOPIC, descriptor(
             "FrameLabel topic (same stamp as the frame's images).", s))
         self.declare_parameter("encoding", "", descriptor(
             "Image encoding: empty = the dataset's (mono8 grey, rgb8 colour), or mono8, "

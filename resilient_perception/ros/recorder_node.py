@@ -40,6 +40,12 @@ from rosbags.interfaces import (
 from resilient_perception.msg import DevicePrediction, FrameLabel, FusedPrediction
 from resilient_perception.ros.bags import STORAGES, BagError, BagWriter
 from resilient_perception.ros.node_utils import THROTTLE_S, descriptor, run_node
+from resilient_perception.ros.topics import (
+    DIAGNOSTICS_TOPIC,
+    FUSED_TOPIC,
+    LABEL_TOPIC,
+    PREDICTION_TOPIC_FORMAT,
+)
 
 __all__ = ["RecorderNode", "main", "offered_qos"]
 
@@ -82,13 +88,13 @@ class RecorderNode(Node):
             f"rosbag2 storage: one of {STORAGES}.", s))
         self.declare_parameter("num_devices", 6, descriptor(
             "Number of camera devices whose predictions are recorded.", i, (0, 64)))
-        self.declare_parameter("prediction_topic_format", "perception/device_{}/prediction",
+        self.declare_parameter("prediction_topic_format", PREDICTION_TOPIC_FORMAT,
                                descriptor("DevicePrediction topic of device i: format(i).", s))
-        self.declare_parameter("fused_topics", ["perception/fused"], descriptor(
+        self.declare_parameter("fused_topics", [FUSED_TOPIC], descriptor(
             "FusedPrediction topics to record.", sa))
-        self.declare_parameter("label_topic", "perception/label", descriptor(
+        self.declare_parameter("label_topic", LABEL_TOPIC, descriptor(
             "FrameLabel topic; empty: none.", s))
-        self.declare_parameter("diagnostics_topic", "/diagnostics", descriptor(
+        self.declare_parameter("diagnostics_topic", DIAGNOSTICS_TOPIC, descriptor(
             "DiagnosticArray topic; empty: none.", s))
         p = {name: self.get_parameter(name).value for name in (
             "bag_path", "storage", "num_devices", "prediction_topic_format", "fused_topics",

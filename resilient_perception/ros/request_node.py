@@ -33,8 +33,14 @@ from resilient_perception.msg import (
 from resilient_perception.placement.distributed import encode_tensor
 from resilient_perception.placement.drop_study import to_input
 from resilient_perception.ros.node_utils import descriptor, run_node
-from resilient_perception.ros.planner_node import plan_qos
-from resilient_perception.ros.stage_node import ACTIVATION_TOPIC_FORMAT, activation_qos
+from resilient_perception.ros.topics import (
+    ACTIVATION_TOPIC_FORMAT,
+    DISTRIBUTED_PREDICTION_TOPIC,
+    LINK_MEASUREMENT_TOPIC,
+    PLAN_TOPIC,
+    activation_qos,
+    plan_qos,
+)
 
 __all__ = ["RequestNode", "main", "request_image"]
 
@@ -71,9 +77,9 @@ class RequestNode(Node):
         self._ready = False
         self._activation = self.create_publisher(
             ActivationTensor, ACTIVATION_TOPIC_FORMAT.format(self.robot), activation_qos())
-        self.create_subscription(PlacementPlan, "placement_plan", self._on_plan, plan_qos())
-        self.create_subscription(LinkMeasurement, "link_measurements", self._on_link, 50)
-        self.create_subscription(DistributedPrediction, "distributed/prediction",
+        self.create_subscription(PlacementPlan, PLAN_TOPIC, self._on_plan, plan_qos())
+        self.create_subscription(LinkMeasurement, LINK_MEASUREMENT_TOPIC, self._on_link, 50)
+        self.create_subscription(DistributedPrediction, DISTRIBUTED_PREDICTION_TOPIC,
                                  self._on_prediction, 50)
         self.create_timer(1.0 / rate, self._send)
 

@@ -38,7 +38,6 @@ import numpy as np
 import torch
 from rcl_interfaces.msg import ParameterType
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from std_msgs.msg import Header
 
@@ -58,19 +57,16 @@ from resilient_perception.ros.node_utils import (
     publish_counters,
     run_node,
 )
-from resilient_perception.ros.planner_node import HEARTBEAT_TOPIC_FORMAT, plan_qos
+from resilient_perception.ros.topics import (
+    ACTIVATION_TOPIC_FORMAT,
+    DISTRIBUTED_PREDICTION_TOPIC,
+    HEARTBEAT_TOPIC_FORMAT,
+    PLAN_TOPIC,
+    activation_qos,
+    plan_qos,
+)
 
-__all__ = ["ACTIVATION_TOPIC_FORMAT", "StageNode", "activation_qos", "main"]
-
-ACTIVATION_TOPIC_FORMAT = "{}/activation"
-"""Topic of the activations (and images) a robot's stage receives: ``format(robot)``."""
-
-
-def activation_qos() -> QoSProfile:
-    """RELIABLE, KEEP_LAST 50: requests in flight are not dropped by a full history."""
-    return QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
-                      depth=50)
-
+__all__ = ["StageNode", "main"]
 
 class StageNode(Node):
     """Executes this robot's share of each request's plan."""
@@ -112,9 +108,9 @@ class StageNode(Node):
         self._heartbeat = self.create_publisher(Header, HEARTBEAT_TOPIC_FORMAT.format(
             self.robot), 10)
         self._predictions = self.create_publisher(DistributedPrediction,
-                                                  "distributed/prediction", 50)
+                                                  DISTRIBUTED_PREDICTION_TOPIC, 50)
         self._to_robot: dict[str, object] = {}
-        self.create_subscription(PlacementPlan, "placement_plan", self._on_plan, plan_qos())
+        self.create_subscription(PlacementPlan, PLAN_TOPIC, self._on_plan, plan_qos())
         self.create_subscription(ActivationTensor, ACTIVATION_TOPIC_FORMAT.format(self.robot),
                                  self._on_activation, activation_qos())
         self.create_timer(heartbeat, self._beat)
