@@ -1,9 +1,20 @@
-"""Shared pytest set-up: DDS on loopback, small cuts of the real MNIST test set."""
+"""Shared pytest set-up and helpers: DDS on loopback, the data root, one ROS domain-id
+allocator, the ROS skip, CLI runners, and small cuts of the real MNIST test set.
+
+Test modules import the helpers with ``from test.conftest import ...`` (pytest loads this
+file under that name before any test module).
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -11,11 +22,72 @@ import pytest
 from resilient_perception.datasets import load_mnist
 from resilient_perception.perception.views import ViewSpec, make_views
 
-DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
+ROOT = Path(__file__).resolve().parents[1]
+DATA_ROOT = ROOT / ".." / "shared" / "datasets"
+needs_data = pytest.mark.skipif(not DATA_ROOT.is_dir(), reason="../shared/datasets not present")
+
+CLI = shutil.which("resilient-perception", path=os.path.dirname(sys.executable))
+"""The installed ``resilient-perception`` executable of this venv, or None."""
+needs_cli = pytest.mark.skipif(CLI is None, reason="CLI not installed: run scripts/setup.sh")
 
 # DDS stays on loopback in every test and in every node process a test starts (they inherit
 # the environment), whatever the shell that runs pytest has set.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+
+# ROS domains 110-199: away from the default 0 and from other DDS users on the machine.
+# Starting at this process's pid keeps two pytest runs on one machine (mostly) apart.
+_DOMAINS = itertools.count(os.getpid())
+
+
+def domain_id() -> int:
+    """A ROS_DOMAIN_ID no other caller in this test session gets (until 90 are handed out).
+
+    A test module takes one at import (``DOMAIN_ID = domain_id()``), so node processes of
+    two modules never see each other's topics.
+    """
+    return next(_DOMAINS) % 90 + 110
+
+
+def require_ros() -> ModuleType:
+    """Skip the calling test module unless rclpy and the built messages import; the messages.
+
+    Call it at module level, before importing anything that needs rclpy.
+    """
+    pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
+    return pytest.importorskip("resilient_perception.msg",
+                               reason="messages not built: run scripts/setup.sh")
+
+
+def run_cli_process(*args: str, cwd: Path, timeout: float = 600,
+                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``resilient-perception ARGS`` as its own process in ``cwd`` (see :data:`needs_cli`)."""
+    return subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys) -> Callable[..., tuple[int, str, str]]:
+    """Run ``resilient-perception ARGS`` in this process: ``cli(*args, cwd=None)``.
+
+    Returns ``(exit status, stdout, stderr)``; an option argparse rejects gives status 2.
+    The datasets are read from :data:`DATA_ROOT`. In-process runs save the seconds a new
+    process spends importing torch.
+    """
+    from resilient_perception.cli import main
+
+    def run(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        monkeypatch.setenv("RESILIENT_PERCEPTION_DATA", str(DATA_ROOT))
+        capsys.readouterr()
+        try:
+            status = main(list(args))
+        except SystemExit as exc:  # argparse rejects an option
+            status = exc.code
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return run
 
 
 @pytest.fixture(scope="session")

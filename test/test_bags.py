@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
+from test.conftest import DATA_ROOT, ROOT, domain_id, needs_data
+
 pytest.importorskip("rosbags", reason="rosbags not installed: run scripts/setup.sh")
 
 from resilient_perception.datasets import load_dataset  # noqa: E402
@@ -43,22 +45,22 @@ from resilient_perception.ros.bags import (  # noqa: E402
     typestore,
     write_frames,
 )
-from resilient_perception.ros.qos import IMAGE_QUEUE_DEPTH  # noqa: E402
+from resilient_perception.ros.topics import (  # noqa: E402
+    DIAGNOSTICS_TOPIC,
+    FUSED_TOPIC,
+    IMAGE_QUEUE_DEPTH,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / ".." / "shared" / "datasets"
 START_NS = 1_700_000_000_000_000_000
 RATE = 30.0
-DOMAIN_ID = (os.getpid() + 71) % 90 + 110
-
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present")
+DOMAIN_ID = domain_id()
 
 
 @pytest.fixture(scope="module")
 def mnist():
-    if not DATA.is_dir():
+    if not DATA_ROOT.is_dir():
         pytest.skip("../shared/datasets not present")
-    return load_dataset("mnist", "test", DATA)
+    return load_dataset("mnist", "test", DATA_ROOT)
 
 
 def record(path: Path, data, indices, cameras: int = 6, storage: str = "mcap"):
@@ -92,7 +94,7 @@ def test_mnist_frames_read_back_exactly(mnist, tmp_path, storage):
 
 @needs_data
 def test_mvmc_cameras_get_their_own_views_and_missing_views_stay_missing(tmp_path):
-    mvmc = load_dataset("mvmc", "test", DATA)
+    mvmc = load_dataset("mvmc", "test", DATA_ROOT)
     indices = range(100, 110)  # frames 105 lacks a view
     assert not mvmc.available[105].all()
     record(tmp_path / "bag", mvmc, indices)
@@ -209,14 +211,6 @@ def test_type_hashes_match_what_rclpy_publishers_carry():
 
 
 # -- damaged bags ----------------------------------------------------------------------------
-def run_cli(capsys, *args: str) -> tuple[int, str]:
-    """The CLI in this process (its start-up imports torch: seconds per process)."""
-    from resilient_perception.cli import main
-
-    status = main(list(args))
-    return status, capsys.readouterr().err
-
-
 @pytest.fixture(scope="module")
 def good_bags(mnist, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("good_bags")
@@ -244,24 +238,24 @@ def damaged_copy(good: Path, tmp_path: Path, damage: str) -> Path:
 @needs_data
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 @pytest.mark.parametrize("damage", ["truncated", "garbage-header", "no-metadata", "bad-metadata"])
-def test_damaged_bags_give_a_clear_error(good_bags, tmp_path, capsys, storage, damage):
+def test_damaged_bags_give_a_clear_error(good_bags, tmp_path, cli, storage, damage):
     bag = damaged_copy(good_bags[storage], tmp_path, damage)
     with pytest.raises(BagError, match=str(bag)):
         list(read_frames(bag))
-    status, err = run_cli(capsys, "check-bag", str(bag))
+    status, _, err = cli("check-bag", str(bag))
     assert status == 2 and f"check-bag: error: bag {bag}" in err
-    status, err = run_cli(capsys, "score-bag", str(bag))
+    status, _, err = cli("score-bag", str(bag))
     assert status == 2 and f"score-bag: error: bag {bag}" in err
 
 
-def test_a_bag_missing_a_camera_topic_is_rejected(tmp_path, capsys):
+def test_a_bag_missing_a_camera_topic_is_rejected(tmp_path, cli):
     with BagWriter(tmp_path / "bag", custom_data={"cameras": "6"}) as bag:
         for camera in (0, 1, 2, 4, 5):  # camera 3's topic was never recorded
             bag.add_topic(camera_topic(camera), IMAGE_TYPE, [make_qos(depth=5)])
         bag.add_topic(LABEL_TOPIC, LABEL_TYPE)
     with pytest.raises(BagError, match=r"lacks camera topics \['/camera_3/image_raw'\]"):
         list(read_frames(tmp_path / "bag"))
-    status, err = run_cli(capsys, "check-bag", str(tmp_path / "bag"))
+    status, _, err = cli("check-bag", str(tmp_path / "bag"))
     assert status == 2 and "camera_3" in err
     # Asking for fewer cameras than recorded reads what is there.
     assert list(read_frames(tmp_path / "bag", cameras=3)) == []
@@ -288,7 +282,7 @@ def test_score_bag_joins_fused_predictions_to_labels_by_stamp(tmp_path):
     fused_type = "resilient_perception/msg/FusedPrediction"
     pred_type = "resilient_perception/msg/DevicePrediction"
     with BagWriter(tmp_path / "out", custom_data={"devices": "2"}) as bag:
-        for topic, msgtype in ((LABEL_TOPIC, LABEL_TYPE), ("perception/fused", fused_type),
+        for topic, msgtype in ((LABEL_TOPIC, LABEL_TYPE), (FUSED_TOPIC, fused_type),
                                ("perception/device_0/prediction", pred_type),
                                ("perception/device_1/prediction", pred_type)):
             bag.add_topic(topic, msgtype)
@@ -302,7 +296,7 @@ def test_score_bag_joins_fused_predictions_to_labels_by_stamp(tmp_path):
             if k == 3:
                 continue
             live, surrogates = ([0], [1]) if k == 2 else ([0, 1], [])
-            bag.write("perception/fused", k, store.serialize_cdr(store.types[fused_type](
+            bag.write(FUSED_TOPIC, k, store.serialize_cdr(store.types[fused_type](
                 h, np.array([0.5, 0.5], np.float32), [0, 1, 1][k], 0.5,
                 np.array(live, np.uint16), np.array(surrogates, np.uint16), "avg",
                 0.01 * (k + 1)), fused_type))
@@ -353,7 +347,7 @@ def live_runs(mnist, briefly_trained_checkpoint, tmp_path_factory):
     frames = list(dataset_frames(mnist, range(COUNT), 6, LIVE_RATE, START_NS))
     write_frames(folder / "camera_bag", frames, 6, "mcap", {"rate_hz": f"{LIVE_RATE:g}"})
     replay = {"bag_path": str(folder / "camera_bag"), "warmup_frames": WARMUP,
-              "warmup_fused_topic": "perception/fused",
+              "warmup_fused_topic": FUSED_TOPIC,
               "wait_for_subscribers": 1, "wait_for_label_subscribers": 1, "on_end": "shutdown"}
     runs = {"full": {}, "dropped": {"exclude_topics": [camera_topic(DROPPED)]}}
     # Frames wait up to 1 s for a late device (the config's 0.1 s is for 30 Hz): a loaded
@@ -388,7 +382,7 @@ def play_and_record(observer: Observer, pipeline: Pipeline, run: str,
     """
     from resilient_perception import msg as msgs
 
-    fused = observer.collect(msgs.FusedPrediction, "perception/fused")
+    fused = observer.collect(msgs.FusedPrediction, FUSED_TOPIC)
     recorder, replay = f"recorder_{run}", f"replay_{run}"
     pipeline.start(recorder, *(name for name in pipeline.names
                                if name == "fusion" or name.startswith("camera_")))
@@ -437,7 +431,7 @@ def check_run(live_runs, run: str, model, views, truth) -> tuple[dict, list]:
     # fresh processes takes up to seconds on a loaded machine), as did the observer's; from
     # then on both got every fused frame, in order, and the fusion node counted no more.
     assert summarize(bag).topics[f"/{LABEL_TOPIC}"].count == COUNT
-    in_bag = [stamp_of(m) for m in recorded(bag, "perception/fused")]
+    in_bag = [stamp_of(m) for m in recorded(bag, FUSED_TOPIC)]
     seen = [stamp_of(m) for m in live_runs["observed"][run]]
     assert in_bag == sorted(set(in_bag)) and seen == sorted(set(seen))
     first_label = min(stamp_of(m) for m in recorded(bag, LABEL_TOPIC))
@@ -451,7 +445,7 @@ def check_run(live_runs, run: str, model, views, truth) -> tuple[dict, list]:
     fused = fused_by_fusion(result) - (
         0 if run == "full" else fused_by_fusion(score_bag(live_runs["folder"] / "full")))
     assert len(in_bag) <= fused and len(seen) <= fused
-    by_stamp = {stamp_of(m): m for m in recorded(bag, "perception/fused")}
+    by_stamp = {stamp_of(m): m for m in recorded(bag, FUSED_TOPIC)}
     frames = [by_stamp[stamp_of(label)] for label in recorded(bag, LABEL_TOPIC)]
     failed = [tuple(m.surrogate_devices) for m in frames]
     expected = offline_labels(model, views[:COUNT], failed)
@@ -470,7 +464,7 @@ def test_round_trip_gives_the_offline_accuracy(live_runs, mnist_views, briefly_t
     bag = live_runs["folder"] / "full"
     devices = [f"/perception/device_{device}/prediction" for device in range(6)]
     assert count_labelled(bag, devices) == dict.fromkeys(devices, COUNT)
-    assert "/diagnostics" in summarize(bag).topics
+    assert DIAGNOSTICS_TOPIC in summarize(bag).topics
 
 
 @live

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
-msgs = pytest.importorskip(
-    "resilient_perception.msg", reason="messages not built: run scripts/setup.sh"
-)
+from test.conftest import DATA_ROOT, domain_id, needs_data, require_ros
+
+msgs = require_ros()
 
 from builtin_interfaces.msg import Time  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
@@ -30,20 +28,19 @@ from resilient_perception.harness.pipeline import (  # noqa: E402
 from resilient_perception.perception.export import DeviceRunner, export_checkpoint  # noqa: E402
 from resilient_perception.perception.views import ViewSpec, crop_views  # noqa: E402
 from resilient_perception.ros.image_conversion import array_to_image  # noqa: E402
-from resilient_perception.ros.qos import head_qos, image_qos, prediction_qos  # noqa: E402
+from resilient_perception.ros.topics import head_qos, image_qos, prediction_qos  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
 NAME = "camera_2"
 SPEC = ViewSpec(kind="grid")  # 3x2 grid: 10x14 views of 28x28 digits
 CLASSES = [str(k) for k in range(10)]
 DEVICE = 2
 WAIT_S = 15.0  # upper bound of any single wait; a healthy run needs well under 1 s each
-DOMAIN_ID = (os.getpid() + 19) % 90 + 110
+DOMAIN_ID = domain_id()
 
 pytestmark = [
     pytest.mark.ros,
     pytest.mark.timeout(60),
-    pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present"),
+    needs_data,
     pytest.mark.skipif(not (package_prefix() / "lib/resilient_perception/camera_node").is_file(),
                        reason="camera_node not installed: scripts/setup.sh"),
 ]
@@ -52,7 +49,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
     """The first 256 real MNIST test images, uint8 (256, 1, 28, 28)."""
-    return load_mnist(DATA, "test").images[:256]
+    return load_mnist(DATA_ROOT, "test").images[:256]
 
 
 @pytest.fixture(scope="module")

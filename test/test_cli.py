@@ -4,28 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / ".." / "shared" / "datasets"
-CLI = shutil.which("resilient-perception", path=os.path.dirname(sys.executable))
+from test.conftest import CLI, DATA_ROOT, needs_cli, needs_data, run_cli_process
 
-pytestmark = [
-    pytest.mark.skipif(CLI is None, reason="CLI not installed: run scripts/setup.sh"),
-    pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present"),
-]
+pytestmark = [needs_cli, needs_data]
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RESILIENT_PERCEPTION_DATA": str(DATA)}
-    return subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return run_cli_process(*args, cwd=cwd,
+                           env={**os.environ, "RESILIENT_PERCEPTION_DATA": str(DATA_ROOT)})
 
 
 def test_train_then_evaluate_writes_results(tmp_path):
@@ -59,7 +51,7 @@ def test_train_then_evaluate_writes_results(tmp_path):
 
 def test_killed_training_resumes_from_its_last_epoch(tmp_path):
     args = ["train", "--limit", "3000", "--seed", "1", "--threads", "1", "--out", "m"]
-    env = {**os.environ, "RESILIENT_PERCEPTION_DATA": str(DATA)}
+    env = {**os.environ, "RESILIENT_PERCEPTION_DATA": str(DATA_ROOT)}
     state = tmp_path / "m" / "training-state.safetensors"
     proc = subprocess.Popen([CLI, *args, "--epochs", "3"], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

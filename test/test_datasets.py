@@ -24,11 +24,7 @@ from resilient_perception.datasets import (
     load_mvmc,
     read_idx,
 )
-
-DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
-needs_data = pytest.mark.skipif(
-    not DATA_ROOT.is_dir(), reason=f"shared datasets folder {DATA_ROOT} is absent"
-)
+from test.conftest import DATA_ROOT, needs_data
 
 # Figures from ../shared/datasets/README.md.
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

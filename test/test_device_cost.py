@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +18,8 @@ from resilient_perception.paper.device_cost import (
     runner_outputs,
 )
 from resilient_perception.perception.export import DeviceRunner
+from test.conftest import DATA_ROOT
 
-DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
 N_DEVICES = 6
 
 

@@ -46,9 +46,9 @@ from resilient_perception.placement.link_estimation import (
     round_trip_s,
 )
 from resilient_perception.placement.problem import DROPPED, Fleet, Network, Plan, Problem
+from test.conftest import DATA_ROOT, domain_id
 
-DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
-DOMAIN_ID = (os.getpid() + 37) % 90 + 110
+DOMAIN_ID = domain_id()
 ROBOTS = ["robot0", "robot1", "robot2"]
 
 
@@ -324,7 +324,7 @@ def _send_bad_messages(pipeline, domain_id: int, robot: str) -> tuple[int, int]:
     from resilient_perception.msg import ActivationTensor, LinkMeasurement
 
     from resilient_perception.harness.pipeline import Observer
-    from resilient_perception.ros.stage_node import ACTIVATION_TOPIC_FORMAT, activation_qos
+    from resilient_perception.ros.topics import ACTIVATION_TOPIC_FORMAT, activation_qos
 
     good = np.zeros((1, 4, 32, 32), np.float32)
     bad = [

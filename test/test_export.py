@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +23,19 @@ from resilient_perception.perception.export import (
 )
 from resilient_perception.perception.model import MultiDeviceCNN
 from resilient_perception.perception.views import ViewSpec, crop_views
+from test.conftest import DATA_ROOT, needs_cli, needs_data, run_cli_process
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
-CLI = shutil.which("resilient-perception", path=os.path.dirname(sys.executable))
 SPEC = ViewSpec(kind="grid")  # the paper's 3x2 grid: 10x14 views of 28x28 digits
 CLASSES = [str(k) for k in range(10)]
 DEVICE = 3
 
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present")
+pytestmark = needs_data
 
 
 @pytest.fixture(scope="module")
 def views_labels() -> tuple[np.ndarray, np.ndarray]:
     """The first 256 MNIST test images cut 3x2: uint8 (256, 6, 1, 10, 14) and labels."""
-    data = load_mnist(DATA, "test")
+    data = load_mnist(DATA_ROOT, "test")
     views = crop_views(data.images[:256], SPEC.boxes(28, 28))
     return views, data.labels[:256]
 
@@ -164,14 +160,13 @@ def test_view_size_from_checkpoint_metadata():
         view_hw({"dataset": "idx:a:b", "view_spec": SPEC.to_dict()})
 
 
-@pytest.mark.skipif(CLI is None, reason="CLI not installed: run scripts/setup.sh")
+@needs_cli
 def test_cli_export(model, tmp_path, views_labels):
     save_checkpoint(tmp_path / "model.safetensors", model,
                     {"view_spec": SPEC.to_dict(), "classes": CLASSES, "dataset": "mnist"})
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([CLI, "export", *args], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=300)
+        return run_cli_process("export", *args, cwd=tmp_path, timeout=300)
 
     done = run("model.safetensors", "--out", "onnx", "--devices", "1", "4")
     assert done.returncode == 0, done.stderr

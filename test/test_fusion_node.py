@@ -8,7 +8,6 @@ malformed predictions.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
-msgs = pytest.importorskip(
-    "resilient_perception.msg", reason="messages not built: run scripts/setup.sh"
-)
+from test.conftest import domain_id, require_ros
+
+msgs = require_ros()
 
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
@@ -37,10 +35,10 @@ from resilient_perception.perception.frame_assembly import (  # noqa: E402
     Frame,
     fuse_frame,
 )
-from resilient_perception.ros.qos import head_qos, prediction_qos  # noqa: E402
+from resilient_perception.ros.topics import DIAGNOSTICS_TOPIC, FUSED_TOPIC, head_qos, prediction_qos  # noqa: E402  # noqa: E402
 
 NAME = "fusion_node"
-DOMAIN_ID = (os.getpid() + 23) % 90 + 110
+DOMAIN_ID = domain_id()
 N, K, D = 3, 4, 5
 DEADLINE, FRAME_TIMEOUT, WATCHDOG = 0.5, 0.2, 1.0
 PERIOD = 0.1
@@ -95,10 +93,10 @@ class Fleet(Observer):
                                        bias=BIASES[i].tolist())
             self.heads[i].publish(head)
         self.fused: list = []  # (message, monotonic time received)
-        self.node.create_subscription(msgs.FusedPrediction, "perception/fused",
+        self.node.create_subscription(msgs.FusedPrediction, FUSED_TOPIC,
                                       lambda m: self.fused.append((m, time.monotonic())),
                                       QoSProfile(depth=100))
-        self.diagnostics = self.collect(DiagnosticArray, "/diagnostics", 10)
+        self.diagnostics = self.collect(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self.sent: dict[int, dict] = {}  # stamp_ns -> {device: (features, probs)}
         self.sent_at: dict[int, float] = {}
         self.k = 0

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+
+from test.conftest import DATA_ROOT, needs_data
 
 sensor_msgs = pytest.importorskip("sensor_msgs.msg")
 
@@ -20,20 +20,19 @@ from resilient_perception.ros.image_conversion import (  # noqa: E402
     to_model_input,
 )
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present")
+pytestmark = needs_data
 
 
 @pytest.fixture(scope="module")
 def mnist_hw() -> np.ndarray:
     """One real MNIST test digit as (28, 28, 1) uint8."""
-    return load_mnist(DATA, "test").images[0].transpose(1, 2, 0).copy()
+    return load_mnist(DATA_ROOT, "test").images[0].transpose(1, 2, 0).copy()
 
 
 @pytest.fixture(scope="module")
 def cifar_rgb() -> np.ndarray:
     """One real CIFAR-10 test image as (32, 32, 3) uint8 RGB."""
-    return load_cifar10(DATA, "test").images[7].transpose(1, 2, 0).copy()
+    return load_cifar10(DATA_ROOT, "test").images[7].transpose(1, 2, 0).copy()
 
 
 def real_pixels(encoding: str, mnist_hw: np.ndarray, cifar_rgb: np.ndarray) -> np.ndarray:

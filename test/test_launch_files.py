@@ -9,10 +9,11 @@ package built in a sourced workspace: ``pytest test/test_launch_files.py``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+
+from test.conftest import ROOT, domain_id
 
 launch_pytest = pytest.importorskip("launch_pytest", reason="launch_pytest is not installed")
 msgs = pytest.importorskip("resilient_perception.msg", reason="messages not built")
@@ -27,11 +28,14 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from resilient_perception.harness.pipeline import Observer  # noqa: E402
 from resilient_perception.ros.image_conversion import array_to_image  # noqa: E402
-from resilient_perception.ros.player_node import label_qos  # noqa: E402
-from resilient_perception.ros.qos import image_qos  # noqa: E402
+from resilient_perception.ros.topics import (  # noqa: E402
+    FUSED_TOPIC,
+    LABEL_TOPIC,
+    image_qos,
+    label_qos,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-DOMAIN_ID = (os.getpid() + 89) % 90 + 110
+DOMAIN_ID = domain_id()
 WAIT_S = 60.0
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
@@ -67,8 +71,8 @@ def perception_launch(checkpoint):
 def test_perception_launch_fuses_the_players_frames_from_six_devices(mnist_views):
     _, truth = mnist_views
     with Observer(domain_id=DOMAIN_ID) as observer:
-        labels = observer.collect(msgs.FrameLabel, "perception/label", label_qos())
-        fused = observer.collect(msgs.FusedPrediction, "perception/fused")
+        labels = observer.collect(msgs.FrameLabel, LABEL_TOPIC, label_qos())
+        fused = observer.collect(msgs.FusedPrediction, FUSED_TOPIC)
 
         def twenty_fused():
             stamps = {stamp_ns(m) for m in fused}
@@ -95,7 +99,7 @@ def test_gazebo_launch_reads_the_bridged_camera_topics(mnist_views):
     with Observer(domain_id=DOMAIN_ID) as observer:
         cameras = [observer.node.create_publisher(Image, f"/camera_{i}/image", image_qos())
                    for i in range(6)]
-        fused = observer.collect(msgs.FusedPrediction, "perception/fused")
+        fused = observer.collect(msgs.FusedPrediction, FUSED_TOPIC)
         observer.spin_until(lambda: all(c.get_subscription_count() for c in cameras),
                             "the camera nodes' subscriptions", WAIT_S)
         sent = []

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
-pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
-pytest.importorskip("resilient_perception.msg", reason="messages not built: run scripts/setup.sh")
+from test.conftest import ROOT, domain_id, require_ros
+
+require_ros()
 
 from resilient_perception.bench.live_demo import (  # noqa: E402
     FailureEvent,
@@ -20,7 +19,6 @@ from resilient_perception.bench.live_demo import (  # noqa: E402
 from resilient_perception.cli import main  # noqa: E402
 from resilient_perception.harness.pipeline import package_prefix  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 MNIST_CONFIG = ROOT / "config" / "mnist_6cam.yaml"
 LIB = package_prefix() / "lib" / "resilient_perception"
 
@@ -60,7 +58,7 @@ live = pytest.mark.skipif(not (LIB / "player_node").is_file(),
 
 @pytest.fixture
 def onnx_models(briefly_trained_onnx, monkeypatch) -> str:
-    monkeypatch.setenv("ROS_DOMAIN_ID", str((os.getpid() + 29) % 90 + 110))
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain_id()))
     return briefly_trained_onnx
 
 

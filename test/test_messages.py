@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
-msgs = pytest.importorskip(
-    "resilient_perception.msg", reason="messages not built: run scripts/setup.sh"
-)
+from test.conftest import domain_id, require_ros
+
+msgs = require_ros()
+
+import rclpy  # noqa: E402
 
 PUBLISHER = r"""
 import sys, rclpy
@@ -44,7 +45,7 @@ except (KeyboardInterrupt, ExternalShutdownException):
 @pytest.fixture
 def ros_env(monkeypatch):
     """Keep DDS away from other test runs on this machine."""
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(os.getpid() % 100 + 1))
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain_id()))
     return dict(os.environ)
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from test.conftest import ROOT
 
 
 def test_package_xml_is_valid_format_3():

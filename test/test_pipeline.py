@@ -9,7 +9,6 @@ out of the fusion node, fused from all six devices, as the offline model compute
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import signal
 import time
@@ -19,10 +18,11 @@ import numpy as np
 import pytest
 import yaml
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
-msgs = pytest.importorskip(
-    "resilient_perception.msg", reason="messages not built: run scripts/setup.sh"
-)
+from test.conftest import ROOT, domain_id, needs_data, require_ros
+
+msgs = require_ros()
+
+import rclpy  # noqa: E402
 
 from resilient_perception.harness.pipeline import (  # noqa: E402
     NodeSpec,
@@ -31,17 +31,19 @@ from resilient_perception.harness.pipeline import (  # noqa: E402
     PipelineError,
     package_prefix,
 )
-from resilient_perception.ros.player_node import label_qos  # noqa: E402
+from resilient_perception.ros.topics import (  # noqa: E402
+    FUSED_TOPIC,
+    LABEL_TOPIC,
+    label_qos,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / ".." / "shared" / "datasets"
 # The perception pipeline's params files (config/ also holds fleet descriptions).
 CONFIGS = sorted(path for path in (ROOT / "config").glob("*.yaml")
                  if "ros__parameters" in path.read_text())
 MNIST_CONFIG = ROOT / "config" / "mnist_6cam.yaml"
 LIB = package_prefix() / "lib" / "resilient_perception"
 COUNT = 30  # labelled frames of the live run
-DOMAIN_ID = (os.getpid() + 53) % 90 + 110
+DOMAIN_ID = domain_id()
 
 pytestmark = [
     pytest.mark.ros,
@@ -130,8 +132,8 @@ def live_run(checkpoint: Path, log_dir: Path, count: int):
     with (Observer(domain_id=DOMAIN_ID) as observer,
           Pipeline.from_config(MNIST_CONFIG, model_path=checkpoint, overrides=overrides,
                                log_dir=log_dir, domain_id=DOMAIN_ID) as pipeline):
-        labels = observer.collect(msgs.FrameLabel, "perception/label", label_qos())
-        fused = observer.collect(msgs.FusedPrediction, "perception/fused")
+        labels = observer.collect(msgs.FrameLabel, LABEL_TOPIC, label_qos())
+        fused = observer.collect(msgs.FusedPrediction, FUSED_TOPIC)
         pipeline.start_ready(observer, timeout=60.0)
         yield pipeline, observer, labels, fused
 
@@ -153,7 +155,7 @@ def wait_until_all_fused(pipeline: Pipeline, observer: Observer, labels: list, f
     pipeline.check()
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present")
+@needs_data
 def test_every_labelled_frame_is_fused_from_all_six_devices(checkpoint, mnist_views,
                                                           briefly_trained_model, tmp_path):
     import torch
@@ -188,7 +190,7 @@ def test_every_labelled_frame_is_fused_from_all_six_devices(checkpoint, mnist_vi
     assert any(len(by_stamp[s][0].live_devices) == 6 for s in extra)
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present")
+@needs_data
 def test_a_stalled_fusion_node_catches_up_without_losing_a_frame(checkpoint, tmp_path):
     """Frozen (SIGSTOP) three times for 0.8 s, ~24 frames at 30 Hz each: none is lost.
 

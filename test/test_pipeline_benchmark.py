@@ -8,12 +8,12 @@ warms up until its frames reach every camera, so none of its labelled frames is 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
-pytest.importorskip("resilient_perception.msg", reason="messages not built: run scripts/setup.sh")
+from test.conftest import DATA_ROOT, ROOT, needs_data, require_ros
+
+require_ros()
 
 from resilient_perception.bench.pipeline_benchmark import (  # noqa: E402
     frames_lost,
@@ -21,21 +21,18 @@ from resilient_perception.bench.pipeline_benchmark import (  # noqa: E402
 )
 from resilient_perception.harness.pipeline import package_prefix  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / ".." / "shared" / "datasets"
-
 pytestmark = [
     pytest.mark.ros,
     pytest.mark.timeout(300),
     pytest.mark.skipif(not (package_prefix() / "lib" / "resilient_perception" / "player_node")
                        .is_file(), reason="nodes not installed: run scripts/setup.sh"),
-    pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present"),
+    needs_data,
 ]
 
 
 def test_short_benchmark_runs_every_phase_and_loses_no_frame(briefly_trained_onnx, tmp_path,
                                                              monkeypatch):
-    monkeypatch.setenv("RESILIENT_PERCEPTION_DATA", str(DATA))
+    monkeypatch.setenv("RESILIENT_PERCEPTION_DATA", str(DATA_ROOT))
     result = run_pipeline_benchmark(ROOT / "config" / "mnist_6cam.yaml", briefly_trained_onnx,
                                     tmp_path, steady_s=3.0, kills=1, rates=(30.0,),
                                     rate_step_s=2.0, emit=lambda _: None)

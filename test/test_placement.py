@@ -5,10 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +36,10 @@ from resilient_perception.placement.solvers import (
     cpsat_tolerance,
     solve,
 )
+from test.conftest import ROOT, needs_cli, run_cli_process
 
-ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "docs" / "results" / "resnet" / "untrained-profile.json"
 EXAMPLE = ROOT / "config" / "fleet_example.yaml"
-CLI = shutil.which("resilient-perception", path=os.path.dirname(sys.executable))
 
 
 def tiny_network(n_blocks: int = 3, seed: int = 0) -> Network:
@@ -338,10 +334,7 @@ def test_invalid_fleet_files_are_rejected(tmp_path, changes, message):
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-needs_cli = pytest.mark.skipif(CLI is None, reason="CLI not installed: run scripts/setup.sh")
+    return run_cli_process(*args, cwd=cwd, timeout=300)
 
 
 @needs_cli

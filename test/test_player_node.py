@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
-msgs = pytest.importorskip(
-    "resilient_perception.msg", reason="messages not built: run scripts/setup.sh"
-)
+from test.conftest import DATA_ROOT, domain_id, needs_data, require_ros
+
+msgs = require_ros()
 
 from sensor_msgs.msg import Image  # noqa: E402
 
@@ -23,17 +21,20 @@ from resilient_perception.harness.pipeline import (  # noqa: E402
     package_prefix,
 )
 from resilient_perception.ros.image_conversion import image_to_array  # noqa: E402
-from resilient_perception.ros.player_node import label_qos  # noqa: E402
-from resilient_perception.ros.qos import image_qos  # noqa: E402
+from resilient_perception.ros.topics import (  # noqa: E402
+    FUSED_TOPIC,
+    LABEL_TOPIC,
+    image_qos,
+    label_qos,
+)
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
-DOMAIN_ID = (os.getpid() + 71) % 90 + 110
+DOMAIN_ID = domain_id()
 WAIT_S = 30.0  # upper bound of any single wait; a healthy run needs a few seconds
 
 pytestmark = [
     pytest.mark.ros,
     pytest.mark.timeout(60),
-    pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present"),
+    needs_data,
     pytest.mark.skipif(not (package_prefix() / "lib/resilient_perception/player_node").is_file(),
                        reason="player_node not installed: run scripts/setup.sh"),
 ]
@@ -55,11 +56,11 @@ class Recorder:
     def __init__(self, observer: Observer, num_cameras: int) -> None:
         self.images = [observer.collect(Image, f"camera_{i}/image_raw", image_qos())
                        for i in range(num_cameras)]
-        self.labels = observer.collect(msgs.FrameLabel, "perception/label", label_qos())
+        self.labels = observer.collect(msgs.FrameLabel, LABEL_TOPIC, label_qos())
 
 
 def test_frames_are_synchronised_across_cameras_and_labelled(tmp_path):
-    mnist = load_mnist(DATA, "test")
+    mnist = load_mnist(DATA_ROOT, "test")
     with Observer(domain_id=DOMAIN_ID) as observer, player(
             tmp_path, num_cameras=3, start_index=5, count=4, warmup_frames=2,
             wait_for_subscribers=1, rate_hz=50.0, on_end="shutdown") as pipeline:
@@ -97,7 +98,7 @@ def test_loop_replays_the_range_until_interrupted(tmp_path):
 
 
 def test_mvmc_cameras_get_their_own_images_and_a_missing_one_sends_nothing(tmp_path):
-    mvmc = load_mvmc(DATA, "test")
+    mvmc = load_mvmc(DATA_ROOT, "test")
     # Frame 104 has all six views; camera 2 has no image of frame 105.
     assert mvmc.available[104].all() and not mvmc.available[105, 2]
     with Observer(domain_id=DOMAIN_ID) as observer, player(
@@ -142,10 +143,10 @@ def test_warmup_lasts_until_a_fused_prediction_has_every_camera_live(tmp_path):
     live = [0, 1]  # the live devices of the fused predictions the test publishes
     with Observer(domain_id=DOMAIN_ID) as observer, player(
             tmp_path, num_cameras=3, count=2, warmup_frames=2,
-            warmup_fused_topic="perception/fused", wait_for_subscribers=1, rate_hz=50.0,
+            warmup_fused_topic=FUSED_TOPIC, wait_for_subscribers=1, rate_hz=50.0,
             on_end="shutdown") as pipeline:
         got = Recorder(observer, 3)
-        fused = observer.node.create_publisher(msgs.FusedPrediction, "perception/fused", 10)
+        fused = observer.node.create_publisher(msgs.FusedPrediction, FUSED_TOPIC, 10)
         # Published again and again: the player's subscription matches at some point.
         observer.node.create_timer(0.05, lambda: fused.publish(
             msgs.FusedPrediction(live_devices=live)))
@@ -166,7 +167,7 @@ def test_warmup_lasts_until_a_fused_prediction_has_every_camera_live(tmp_path):
 
 def test_warmup_without_a_fused_answer_gives_up_after_its_timeout(tmp_path):
     with Observer(domain_id=DOMAIN_ID) as observer, player(
-            tmp_path, num_cameras=1, count=2, warmup_fused_topic="perception/fused",
+            tmp_path, num_cameras=1, count=2, warmup_fused_topic=FUSED_TOPIC,
             warmup_timeout_s=0.5, wait_for_subscribers=1, rate_hz=50.0,
             on_end="shutdown") as pipeline:
         got = Recorder(observer, 1)

@@ -7,7 +7,6 @@ the real CIFAR-10 files, so every test takes seconds.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,10 +28,9 @@ from resilient_perception.placement.drop_study import (
 )
 from resilient_perception.placement.resnet import ResNet, profile_blocks
 from resilient_perception.placement.resnet_training import ResNetTrainConfig, train_resnet
+from test.conftest import DATA_ROOT, ROOT, needs_data
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / ".." / "shared" / "datasets"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present")
+needs_data = needs_data
 
 TINY = {"epochs": 2, "batch_size": 64, "base_width": 2, "train_limit": 256, "test_limit": 100,
         "seed": 5}
@@ -50,9 +48,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def cifar():
     """The real CIFAR-10 train and test splits."""
-    if not DATA.is_dir():
+    if not DATA_ROOT.is_dir():
         pytest.skip("../shared/datasets not present")
-    return load_cifar10(DATA, "train"), load_cifar10(DATA, "test")
+    return load_cifar10(DATA_ROOT, "train"), load_cifar10(DATA_ROOT, "test")
 
 
 @pytest.fixture(scope="module")
@@ -256,33 +254,19 @@ def test_the_untrained_profile_in_docs_is_valid():
     assert list(profile.blocks) == blocks
 
 
-def run(*args: str, cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
-    """Run ``resilient-perception ARGS`` in this process from ``cwd``: (status, out, err)."""
-    from resilient_perception.cli import main
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("RESILIENT_PERCEPTION_DATA", str(DATA))
-    try:
-        status = main(list(args))
-    except SystemExit as exc:  # argparse rejects an option
-        status = exc.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
 @needs_data
-def test_cli_train_study_report(tmp_path, monkeypatch, capsys):
-    def cli(*args: str) -> str:
-        status, out, err = run(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+def test_cli_train_study_report(tmp_path, cli):
+    def run(*args: str) -> str:
+        status, out, err = cli(*args, cwd=tmp_path)
         assert status == 0, err
         return out
 
     tiny = ["--base-width", "2", "--limit", "256", "--test-limit", "100", "--batch-size", "64",
             "--threads", "1"]
-    cli("train-resnet", "--epochs", "2", "--chunk", "1", *tiny, "--out", "m")
+    run("train-resnet", "--epochs", "2", "--chunk", "1", *tiny, "--out", "m")
     assert len((tmp_path / "m" / "history.csv").read_text().splitlines()) == 2
-    assert "resuming" in cli("train-resnet", "--epochs", "2", *tiny, "--resume", "--out", "m")
-    cli("drop-study", "m", "--limit", "100", "--threads", "1", "--out", "s")
+    assert "resuming" in run("train-resnet", "--epochs", "2", *tiny, "--resume", "--out", "m")
+    run("drop-study", "m", "--limit", "100", "--threads", "1", "--out", "s")
     profile = load_profile(tmp_path / "s" / "profile.json")
     assert profile.model == "m" and profile.seed == 0 and len(profile.drop_accuracy) == 136
     rows = (tmp_path / "s" / "table2.csv").read_text().splitlines()
@@ -290,7 +274,7 @@ def test_cli_train_study_report(tmp_path, monkeypatch, capsys):
     study = json.loads((tmp_path / "s" / "drop_study.json").read_text())
     assert study["samples"] == 100 and len(study["history"]) == 2
     assert study["clean_accuracy"] == profile.clean_accuracy
-    cli("drop-report", "a=s", "b=s", "--out", "r/tables.md")
+    run("drop-report", "a=s", "b=s", "--out", "r/tables.md")
     text = (tmp_path / "r" / "tables.md").read_text()
     assert "| a DC | a SC | b DC | b SC |" in text and "94.73" in text
     assert (tmp_path / "r" / "dc_drop_accuracy.png").stat().st_size > 1000
@@ -308,8 +292,8 @@ def test_cli_train_study_report(tmp_path, monkeypatch, capsys):
         (["train-resnet", "--lr", "-1", "--out", "x"], "lr must be positive"),
     ],
 )
-def test_cli_errors_exit_2_with_a_message(tmp_path, monkeypatch, capsys, args, message):
-    status, _, err = run(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+def test_cli_errors_exit_2_with_a_message(tmp_path, cli, args, message):
+    status, _, err = cli(*args, cwd=tmp_path)
     assert status == 2
     assert message in err
 

@@ -19,25 +19,24 @@ node promises:
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: run scripts/setup.sh")
-pytest.importorskip("resilient_perception.msg", reason="messages not built: run scripts/setup.sh")
+from test.conftest import ROOT, domain_id, require_ros
+
+require_ros()
 
 from resilient_perception.harness.pipeline import Observer, Pipeline, package_prefix  # noqa: E402
 from resilient_perception.harness.stream_monitor import StreamMonitor  # noqa: E402
 from resilient_perception.perception.evaluation import device_outputs  # noqa: E402
 from resilient_perception.perception.stream_score import offline_predictions  # noqa: E402
+from resilient_perception.ros.topics import FUSED_TOPIC  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 MNIST_CONFIG = ROOT / "config" / "mnist_6cam.yaml"
 LIB = package_prefix() / "lib" / "resilient_perception"
-DOMAIN_ID = (os.getpid() + 71) % 90 + 110
+DOMAIN_ID = domain_id()
 RATE_HZ = 30.0
 DEADLINE_S = 0.5  # config/mnist_6cam.yaml's offered and requested deadline
 MAX_FRAMES = 2000  # the player's budget; the test stops it once it has seen enough
@@ -59,7 +58,7 @@ def test_kill_two_cameras_and_restart_one_mid_stream(briefly_trained_onnx, brief
     with (Observer(domain_id=DOMAIN_ID) as observer,
           Pipeline.from_config(MNIST_CONFIG, model_path=briefly_trained_onnx, overrides=overrides,
                                log_dir=tmp_path, domain_id=DOMAIN_ID) as pipeline):
-        monitor = StreamMonitor(observer, {"fused": "perception/fused"}, n_devices=6)
+        monitor = StreamMonitor(observer, {"fused": FUSED_TOPIC}, n_devices=6)
         score = monitor.scores["fused"]
         pipeline.start_ready(observer, timeout=90.0)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,11 +21,7 @@ from resilient_perception.perception.views import (
     make_views,
     parse_noise,
 )
-
-DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
-needs_data = pytest.mark.skipif(
-    not DATA_ROOT.is_dir(), reason=f"shared datasets folder {DATA_ROOT} is absent"
-)
+from test.conftest import DATA_ROOT, needs_data
 
 
 @pytest.fixture(scope="module")
