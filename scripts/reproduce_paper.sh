@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Modifier paper reproduction (issue 4): MNIST and CIFAR-10 cut 3x2, MVMC's 6 cameras;
+# The Modifier paper reproduction: MNIST and CIFAR-10 cut 3x2, MVMC's 6 cameras;
 # 7 training methods (paper, ours, no-fail-sim, dropout, failout, ours-k2, fedavg); seeds
 # 0..9 for the paper/ours/no-fail-sim comparison and seeds 0..2 for the four trained
 # baselines; and past the budget, paper-10x and ours-overlap50 (below). Every failure

@@ -10,7 +10,7 @@ node promises:
 * every frame stamped after a kill carries the surrogate flag for the dead device (until
   the device is back);
 * the first surrogate-fused frame arrives within the QoS deadline plus one frame period of
-  the kill (the issue's bound; the frame timeout usually makes it much sooner);
+  the kill (the pipeline's bound; the frame timeout usually makes it much sooner);
 * the stream's predictions are those of the offline evaluation for the same frames with
   the same devices failed (torch on the checkpoint vs ONNX Runtime in the cameras: at most
   0.5% of frames may differ, from argmax ties within the 1e-4 export tolerance);
@@ -108,7 +108,7 @@ def test_kill_two_cameras_and_restart_one_mid_stream(briefly_trained_onnx, brief
             assert 2 in record.surrogates, (t - wall2, record)
         if t > wall4:
             assert 4 in record.surrogates, (t - wall4, record)
-    # Reaction time bound of the issue: QoS deadline + one frame period.
+    # The pipeline's reaction-time bound: QoS deadline + one frame period.
     for device, mono in ((2, mono2), (4, mono4)):
         first = monitor.first_arrival_with_surrogate("fused", device, after=mono)
         assert first is not None and first - mono <= DEADLINE_S + period, (device, first)

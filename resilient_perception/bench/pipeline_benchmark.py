@@ -225,7 +225,7 @@ def _ms(seconds: float | None) -> str:
 
 
 def markdown_report(result: dict) -> str:
-    """The benchmark's tables, with the issue's targets beside the measurements."""
+    """The benchmark's tables, with the pipeline's targets beside the measurements."""
     cfg, steady = result["config"], result["steady"]
     lat = steady["stream"]["latency_s"]
     reaction = result["failure_reaction"]

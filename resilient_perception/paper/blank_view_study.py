@@ -122,7 +122,7 @@ def write_blank_view_report(rows: list[dict], out: Path, command: str,
              "mean ± half-width of the 95% t-interval over seeds; p from paired t-tests "
              "on the same seeds. *vote*: every available device counts (the protocol); "
              "*abstain*: devices with a black view are left out (unless no other is left). "
-             "Worst single failure = the camera whose loss costs most (the issue's MVMC "
+             "Worst single failure = the camera whose loss costs most (the reproduction's MVMC "
              "target: >= 98% with the Modifier, avg fusion).", "",
              "| method | fusion | Modifier | metric | vote | abstain | difference | p | seeds |",
              "|---|---|---|---|---|---|---|---|---|"]

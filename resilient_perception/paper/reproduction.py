@@ -1,4 +1,4 @@
-"""The Modifier paper's evaluation (issue 4): protocol as data, a resumable run cache, statistics.
+"""The Modifier paper's evaluation: protocol as data, a resumable run cache, statistics.
 
 A *run* is one (dataset, method, seed): the N device CNNs trained with that method's
 :class:`~.training.TrainConfig` options, then every failure subset scored with and without
@@ -184,7 +184,7 @@ class Strategy:
 
 
 def modifier_options(method: str) -> tuple[Strategy, ...]:
-    """The inference options of one fail-sim model that issue 4 compares (avg fusion)."""
+    """The inference options of one fail-sim model that the reproduction compares (avg fusion)."""
     return (
         Strategy(f"{method}, no Modifier", method, "avg", False),
         Strategy(f"{method} + Modifier", method, "avg", True),
@@ -216,7 +216,7 @@ STRATEGIES: tuple[Strategy, ...] = (
 )
 # the strategy every baseline is t-tested against
 OURS = next(s for s in STRATEGIES if s.method == "ours")
-# The issue's targets are checked for ours with both fusions (on MVMC, cameras that do not
+# The reproduction's targets are checked for ours with both fusions (on MVMC, cameras that do not
 # see the object drag the average down, and max fusion ignores them) and for the runs
 # beyond the protocol's budget.
 TARGET_STRATEGIES = (
@@ -302,7 +302,7 @@ class Protocol:
 
 
 def full_protocol(datasets: Iterable[str] = ("mnist", "cifar10", "mvmc"), **kwargs) -> Protocol:
-    """The issue's protocol: whole splits, :data:`FULL_PLANS`, 10 seeds by default."""
+    """The full protocol: whole splits, :data:`FULL_PLANS`, 10 seeds by default."""
     return Protocol({d: FULL_PLANS[d] for d in datasets}, **kwargs)
 
 

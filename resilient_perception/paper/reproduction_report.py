@@ -6,8 +6,8 @@ writes into ``out``:
 * ``tables.md`` -- a summary of the paper's printed numbers beside ours; Tables 4/5
   (single failures per device, without/with the Modifier), Table 6 (improvement, paired
   t-test, error-rate reduction, recovery ratio), accuracy vs number of failed devices
-  (Figure 4), baselines (Figure 7) with t-tests against ours, the issue's targets, the
-  Modifier options of issue 4 (confidence-weighted, affine, calibrated fusion) with their
+  (Figure 4), baselines (Figure 7) with t-tests against ours, the reproduction's targets,
+  the Modifier options (confidence-weighted, affine, calibrated fusion) with their
   recovery ratios and t-tests against the plain Modifier;
 * ``seeds.csv`` -- the raw per-seed metrics every table is computed from;
 * ``summary.json`` -- the protocol and every aggregated number with its seeds;
@@ -75,7 +75,7 @@ PAPER_FIGURE7_TEXT = {
     "cifar10": "dropout-trained ~78, redundancy ~79, the paper's method > 80 "
                "(ResiliNet, Table 4: 79.87)",
 }
-# The issue's targets for ours (avg fusion + Modifier): (dataset, what, metric, at least).
+# The reproduction's targets for ours (avg fusion + Modifier): (dataset, what, metric, at least).
 # "worst_single_failure" is the lowest single-failure accuracy over the devices.
 ISSUE_TARGETS = (
     ("mnist", "no failure", "no_failure", 0.992),
@@ -284,7 +284,7 @@ def _targets_table(results, dataset: str) -> list[str]:
         rows.append([what, f"{100 * target:.1f}", *cells])
     if not rows:
         return []
-    return ["### The issue's targets (with the Modifier; verdict on the mean)", "",
+    return ["### The reproduction's targets (with the Modifier; verdict on the mean)", "",
             *_table(["what", "target",
                      *(f"{s.method}, {s.mode} ({len(v)} seed{'s' * (len(v) > 1)})"
                        for s, v in shown)], rows)]
@@ -533,7 +533,7 @@ def write_report(protocol: Protocol, root: Path, out: Path, command: str = "") -
         lines += _targets_table(results, dataset)
         summary["baselines"] += raw7
         options_table, raw_options = _options_table(results, dataset)
-        lines += ["### Modifier options (issue 4)", "",
+        lines += ["### Modifier options", "",
                   "Learned options are fitted on each run's training split "
                   "(`perception/learned_modifier.py`). Recovery ratio: share of the plain fusion's "
                   "single-failure loss won back, per seed; p: paired t-test against the "

@@ -1,4 +1,4 @@
-"""Learned refinements of the Modifier, fitted on a run's training features (issue 4).
+"""Learned refinements of the Modifier, fitted on a run's training features.
 
 Both are fitted at evaluation time on the device outputs of the split the model was trained
 on (never on test data) without retraining the devices, and applied by
