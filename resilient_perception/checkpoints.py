@@ -5,8 +5,12 @@ The safetensors header metadata holds one key, ``"resilient_perception"``, whose
 metadata (train config, seed, dataset, view spec, classes, history)}``. Writes are atomic
 (temporary file in the same directory, then ``os.replace``). Training state that is not part
 of the model (optimiser buffers of a resumable run) is stored as extra tensors whose names
-start with ``"extra."``; loading the model ignores them. :func:`save_training_state`
-stores a device run between epochs that way (:class:`.training.TrainState`).
+start with ``"extra."``; loading the model ignores them.
+
+This module is the file format, shared by both model families; each family owns its kinds
+and their save/load functions: the device CNNs in :mod:`.perception.checkpoint`
+(``multi_device_cnn``, ``device_cnn``, and a device run's training state), the adaptive
+ResNet in :mod:`.placement.resnet` (``resnet``).
 """
 
 from __future__ import annotations
@@ -16,39 +20,44 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .perception.model import DeviceCNN, MultiDeviceCNN
-from .perception.training import TrainState
-from .placement.resnet import ResNet
-
 __all__ = [
+    "EXTRA_PREFIX",
     "FORMAT_VERSION",
+    "META_KEY",
     "CheckpointError",
-    "load_checkpoint",
-    "load_device_checkpoint",
-    "load_resnet_checkpoint",
-    "load_training_state",
-    "save_checkpoint",
-    "save_device_checkpoint",
-    "save_resnet_checkpoint",
-    "save_training_state",
+    "load_module",
+    "save_module",
 ]
 
 FORMAT_VERSION = 1
 META_KEY = "resilient_perception"
-_KINDS = {"multi_device_cnn": MultiDeviceCNN, "device_cnn": DeviceCNN, "resnet": ResNet}
 EXTRA_PREFIX = "extra."
-TORCH_RNG = "torch_rng"  # the extra tensor holding torch's RNG state in a training state
 
 
 class CheckpointError(ValueError):
     """A file is not a readable resilient_perception checkpoint."""
 
 
-def _save(path, module, kind: str, metadata: dict | None, extra: dict | None = None) -> Path:
+def save_module(path, module: torch.nn.Module, kind: str, metadata: dict | None = None,
+                extra: dict | None = None) -> Path:
+    """Atomically save ``module`` (it has ``kwargs()``) as a checkpoint of ``kind``.
+
+    Args:
+        path: Destination ``.safetensors`` file; its folder is created.
+        module: The model; ``module.kwargs()`` are its constructor arguments.
+        kind: The model family's kind name, checked by :func:`load_module`.
+        metadata: JSON-safe caller metadata (train config, seed, dataset, history, ...).
+        extra: Tensors stored beside the model's (a training state), loaded separately.
+
+    Returns:
+        ``path``.
+    """
     path = Path(path)
     meta = dict(metadata or {})
     meta.setdefault("created", datetime.now(UTC).isoformat())
@@ -74,7 +83,14 @@ def _save(path, module, kind: str, metadata: dict | None, extra: dict | None = N
     return path
 
 
-def _load(path, kind: str):
+def load_module(path, kind: str,
+                model_class: type[torch.nn.Module]) -> tuple[Any, dict, dict]:
+    """Load ``(model_class(**metadata["model"]) in eval mode, metadata, extra tensors)``.
+
+    Raises:
+        CheckpointError: If the file is missing, not a checkpoint, of another kind, or its
+            tensors do not fit the model its metadata describes.
+    """
     path = Path(path)
     expected = f"a safetensors file with '{META_KEY}' metadata of kind '{kind}'"
     if not path.is_file():
@@ -100,58 +116,10 @@ def _load(path, kind: str):
     extra = {k.removeprefix(EXTRA_PREFIX): tensors.pop(k)
              for k in list(tensors) if k.startswith(EXTRA_PREFIX)}
     try:
-        module = _KINDS[kind](**meta["model"])
+        module = model_class(**meta["model"])
         module.load_state_dict(tensors, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: tensors do not match the model in its metadata "
                               f"({exc})") from exc
     module.eval()
     return module, meta, extra
-
-
-def save_checkpoint(path, model: MultiDeviceCNN, metadata: dict | None = None) -> Path:
-    """Atomically save ``model`` and JSON-safe ``metadata`` to ``path`` (.safetensors)."""
-    return _save(path, model, "multi_device_cnn", metadata)
-
-
-def load_checkpoint(path) -> tuple[MultiDeviceCNN, dict]:
-    """Load ``(model in eval mode, metadata)``; raises :class:`CheckpointError` on bad files."""
-    return _load(path, "multi_device_cnn")[:2]
-
-
-def save_device_checkpoint(path, device: DeviceCNN, metadata: dict | None = None) -> Path:
-    """Atomically save one :class:`DeviceCNN` (e.g. ``model.device(i)``) with metadata."""
-    return _save(path, device, "device_cnn", metadata)
-
-
-def load_device_checkpoint(path) -> tuple[DeviceCNN, dict]:
-    """Load ``(DeviceCNN in eval mode, metadata)``; raises :class:`CheckpointError`."""
-    return _load(path, "device_cnn")[:2]
-
-
-def save_resnet_checkpoint(path, model: ResNet, metadata: dict | None = None,
-                           extra: dict | None = None) -> Path:
-    """Atomically save a :class:`ResNet`, metadata and ``extra`` tensors (training state)."""
-    return _save(path, model, "resnet", metadata, extra)
-
-
-def load_resnet_checkpoint(path) -> tuple[ResNet, dict, dict]:
-    """Load ``(ResNet in eval mode, metadata, extra tensors)``; raises :class:`CheckpointError`."""
-    return _load(path, "resnet")
-
-
-def save_training_state(path, model: MultiDeviceCNN, state: TrainState,
-                        metadata: dict | None = None) -> Path:
-    """Atomically save a device run between epochs: weights, ``state`` and ``metadata``."""
-    meta = {**(metadata or {}), "history": state.history, "numpy_rng": state.numpy_rng}
-    extra = {**state.momentum, TORCH_RNG: state.torch_rng}
-    return _save(path, model, "multi_device_cnn", meta, extra)
-
-
-def load_training_state(path) -> tuple[MultiDeviceCNN, TrainState, dict]:
-    """Load ``(model, state, metadata)`` saved by :func:`save_training_state`."""
-    model, meta, extra = _load(path, "multi_device_cnn")
-    if TORCH_RNG not in extra or "numpy_rng" not in meta:
-        raise CheckpointError(f"{path}: a model checkpoint, not a training state")
-    torch_rng = extra.pop(TORCH_RNG)
-    return model, TrainState(meta["history"], extra, meta["numpy_rng"], torch_rng), meta

@@ -134,7 +134,7 @@ def briefly_trained_model(mnist_views):
 @pytest.fixture(scope="session")
 def briefly_trained_checkpoint(briefly_trained_model, tmp_path_factory):
     """:func:`briefly_trained_model` saved as a training checkpoint (MNIST 3x2 grid)."""
-    from resilient_perception.checkpoints import save_checkpoint
+    from resilient_perception.perception.checkpoint import save_checkpoint
 
     folder = tmp_path_factory.mktemp("briefly_trained")
     return save_checkpoint(folder / "model.safetensors", briefly_trained_model, {

@@ -17,7 +17,6 @@ msgs = require_ros()
 from builtin_interfaces.msg import Time  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from resilient_perception.checkpoints import save_checkpoint  # noqa: E402
 from resilient_perception.datasets import load_mnist  # noqa: E402
 from resilient_perception.harness.pipeline import (  # noqa: E402
     NodeSpec,
@@ -25,6 +24,7 @@ from resilient_perception.harness.pipeline import (  # noqa: E402
     Pipeline,
     package_prefix,
 )
+from resilient_perception.perception.checkpoint import save_checkpoint  # noqa: E402
 from resilient_perception.perception.export import DeviceRunner, export_checkpoint  # noqa: E402
 from resilient_perception.perception.views import ViewSpec, crop_views  # noqa: E402
 from resilient_perception.ros.image_conversion import array_to_image  # noqa: E402
@@ -185,7 +185,7 @@ def test_model_for_another_device_fails_configure(model_files, tmp_path):
 
 def test_checkpoint_runs_with_torch(model_files, images, tmp_path):
     """A .safetensors checkpoint: device 2 is taken from it and run with torch."""
-    from resilient_perception.checkpoints import load_checkpoint
+    from resilient_perception.perception.checkpoint import load_checkpoint
 
     with running_camera(tmp_path, device_id=DEVICE, backend="torch",
                         model_path=str(model_files["checkpoint"])) as cam:

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from resilient_perception.checkpoints import (
-    CheckpointError,
+from resilient_perception.checkpoints import CheckpointError
+from resilient_perception.perception.checkpoint import (
     load_checkpoint,
     load_device_checkpoint,
     save_checkpoint,

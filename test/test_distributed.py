@@ -228,7 +228,6 @@ def test_star_link_rates_recovers_each_robots_link_and_rejects_other_matrices():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The tiny model's checkpoint and its drop-study profile (200 CIFAR-10 test images)."""
-    from resilient_perception.checkpoints import save_resnet_checkpoint
     from resilient_perception.datasets import load_cifar10
     from resilient_perception.placement.block_profile import save_profile
     from resilient_perception.placement.drop_study import (
@@ -236,6 +235,7 @@ def tiny(tmp_path_factory):
         run_drop_study,
         spread_subset,
     )
+    from resilient_perception.placement.resnet import save_resnet_checkpoint
 
     if not DATA_ROOT.is_dir():
         pytest.skip("../shared/datasets not present")

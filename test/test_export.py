@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from resilient_perception.checkpoints import save_checkpoint
 from resilient_perception.datasets import load_mnist
+from resilient_perception.perception.checkpoint import save_checkpoint
 from resilient_perception.perception.export import (
     CPU_PROVIDER,
     DeviceRunner,

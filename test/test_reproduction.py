@@ -10,7 +10,6 @@ import pytest
 import torch
 from scipy import stats
 
-from resilient_perception.checkpoints import load_checkpoint
 from resilient_perception.cli import main
 from resilient_perception.paper import reproduction
 from resilient_perception.paper.reproduction import (
@@ -30,6 +29,7 @@ from resilient_perception.paper.reproduction import (
     strategy_summary,
 )
 from resilient_perception.perception import experiment
+from resilient_perception.perception.checkpoint import load_checkpoint
 from resilient_perception.perception.evaluation import (
     device_outputs,
     evaluate_failures,
@@ -254,8 +254,8 @@ def test_new_evaluation_version_reevaluates_without_retraining(tmp_path, monkeyp
 
 
 def test_blank_views_abstain_on_the_mvmc_runs(tmp_path, capsys):
-    from resilient_perception.checkpoints import load_checkpoint
     from resilient_perception.paper.blank_view_study import score_blank_abstention
+    from resilient_perception.perception.checkpoint import load_checkpoint
     from resilient_perception.perception.evaluation import (
         blank_views,
         device_outputs,

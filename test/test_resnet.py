@@ -183,7 +183,7 @@ def test_resume_after_one_epoch_equals_a_straight_run(cifar, trained, tmp_path):
                      progress=False, resume=True)
     resumed = train_resnet(chunked, ResNetTrainConfig(**TINY), *cifar, progress=False,
                            resume=True)
-    from resilient_perception.checkpoints import load_resnet_checkpoint
+    from resilient_perception.placement.resnet import load_resnet_checkpoint
 
     model_a, meta_a, extra_a = load_resnet_checkpoint(trained / "checkpoint.safetensors")
     model_b, meta_b, extra_b = load_resnet_checkpoint(chunked / "checkpoint.safetensors")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from resilient_perception.checkpoints import load_training_state, save_training_state
+from resilient_perception.perception.checkpoint import load_training_state, save_training_state
 from resilient_perception.perception.model import DeviceCNN, MultiDeviceCNN, views_to_float
 from resilient_perception.perception.training import (
     TrainConfig,

@@ -12,8 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..checkpoints import load_checkpoint, save_checkpoint
 from ..datasets import DATASET_NAMES
+from ..perception.checkpoint import load_checkpoint, save_checkpoint
 from ..perception.experiment import (
     TRAINING_STATE,
     DeviceViews,

@@ -18,7 +18,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..checkpoints import load_checkpoint
 from ..datasets import DATASET_NAMES
 from ..paper.blank_view_study import blank_view_study, write_blank_view_report
 from ..paper.reproduction import (
@@ -33,6 +32,7 @@ from ..paper.reproduction import (
     score_modifier_options,
 )
 from ..paper.reproduction_report import write_report
+from ..perception.checkpoint import load_checkpoint
 from ..perception.experiment import load_device_views
 from ..perception.training import PRECISIONS
 from ..perception.views import ViewSpec

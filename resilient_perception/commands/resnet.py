@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import load_resnet_checkpoint
 from ..datasets import load_cifar10
 from ..paper.drop_report import drop_study_markdown, plot_dc_accuracy, read_study, report_markdown
 from ..placement.block_profile import save_profile
@@ -22,7 +21,7 @@ from ..placement.drop_study import (
     table_one,
     table_two,
 )
-from ..placement.resnet import ResNet
+from ..placement.resnet import ResNet, load_resnet_checkpoint
 from ..placement.resnet_training import CHECKPOINT_NAME, ResNetTrainConfig, train_resnet
 from .common import fraction, positive_int, set_threads, write_csv, write_json
 

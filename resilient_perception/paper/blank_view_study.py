@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoints import load_checkpoint
+from ..perception.checkpoint import load_checkpoint
 from ..perception.evaluation import blank_views, device_outputs, evaluate_failures, summarise
 from ..perception.experiment import DeviceViews
 from .reproduction import compare, run_dir

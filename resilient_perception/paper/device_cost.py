@@ -39,7 +39,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
-from ..checkpoints import load_checkpoint
+from ..perception.checkpoint import load_checkpoint
 from ..perception.evaluation import evaluate_failures, summarise
 from ..perception.experiment import DeviceViews, load_device_views
 from ..perception.export import META_KEY, DeviceRunner

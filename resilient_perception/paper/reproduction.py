@@ -62,7 +62,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from ..checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from ..checkpoints import CheckpointError
+from ..perception.checkpoint import load_checkpoint, save_checkpoint
 from ..perception.evaluation import (
     device_outputs,
     evaluate_failures,

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoints import load_training_state, save_training_state
 from ..datasets import load_dataset
+from .checkpoint import load_training_state, save_training_state
 from .evaluation import device_outputs, evaluate_failures, summarise
 from .model import MultiDeviceCNN
 from .training import TrainConfig, TrainState, train

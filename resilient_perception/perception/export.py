@@ -36,8 +36,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from ..checkpoints import load_checkpoint
 from ..datasets import IMAGE_SIZE
+from .checkpoint import load_checkpoint
 from .model import DeviceCNN, views_to_float
 from .views import ViewSpec
 

@@ -60,9 +60,11 @@ from .modifier import fuse_average, surrogate_logits
 
 __all__ = [
     "PRECISIONS",
+    "SGDConfig",
     "TrainConfig",
     "TrainState",
     "joint_loss",
+    "lr_factor",
     "measure_training_throughput",
     "momentum_buffers",
     "restore_momentum",
@@ -75,8 +77,12 @@ PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
-class TrainConfig:
-    """Hyper-parameters of :func:`train` (JSON-safe via :meth:`asdict`)."""
+class SGDConfig:
+    """The SGD settings every trainer shares: epochs, batches, the :func:`lr_factor` schedule.
+
+    Both model families' trainers extend it (:class:`TrainConfig` here, the adaptive
+    ResNet's ``ResNetTrainConfig``); JSON-safe via :meth:`asdict`.
+    """
 
     epochs: int = 3
     batch_size: int = 128
@@ -85,6 +91,16 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # "cosine": linear warm-up then cosine to 0; "constant"
     warmup_frac: float = 0.05  # fraction of all steps used for the linear warm-up
+
+    def asdict(self) -> dict:
+        """Plain-dict copy (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainConfig(SGDConfig):
+    """Hyper-parameters of :func:`train` (JSON-safe via :meth:`asdict`)."""
+
     lambda_kl: float = 1.0
     fail_simulation: bool = True
     drop_k: int = 1  # devices dropped per step, 1..N-1
@@ -96,10 +112,6 @@ class TrainConfig:
     feature_dropout: float = 0.0  # dropout on the features before each head (a baseline)
     failout: float = 0.0  # probability a device's whole output is dropped per sample
     fedavg_every: int = 0  # FedAvg: average the devices' models every this many steps (0 = off)
-
-    def asdict(self) -> dict:
-        """Plain-dict copy (JSON-serialisable)."""
-        return dataclasses.asdict(self)
 
     def validate(self, n_devices: int) -> None:
         """Raise ``ValueError`` for inconsistent settings."""
@@ -143,7 +155,12 @@ def restore_momentum(optimizer: torch.optim.SGD, buffers: dict[str, torch.Tensor
             optimizer.state[p]["momentum_buffer"] = buffer.clone()
 
 
-def _lr_factor(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+def lr_factor(cfg: SGDConfig, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate multiplier at each step: linear warm-up, then cosine decay to 0.
+
+    ``cfg.warmup_frac`` of the ``total_steps`` warm up linearly to the peak ``cfg.lr``;
+    ``cfg.schedule == "constant"`` keeps the peak throughout.
+    """
     warm = max(1, int(round(cfg.warmup_frac * total_steps))) if cfg.warmup_frac > 0 else 0
 
     def factor(step: int) -> float:
@@ -347,7 +364,7 @@ def _optimizer(params, cfg: TrainConfig, total_steps: int):
     opt = torch.optim.SGD(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg, total_steps))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, total_steps))
 
 
 def train(
@@ -403,7 +420,7 @@ def train(
         # The schedule's step count and learning rate as its last step left them.
         sched.last_epoch = len(history) * steps_per_epoch
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(cfg, steps)(sched.last_epoch)
+            group["lr"] = cfg.lr * lr_factor(cfg, steps)(sched.last_epoch)
     model.train()
 
     def federated_average(step: int) -> None:

@@ -35,19 +35,23 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoints import load_module, save_module
 from .block_profile import BlockCost, LayerCost
 
 __all__ = [
     "DROP_MODES",
     "Bottleneck",
     "ResNet",
+    "load_resnet_checkpoint",
     "module_macs",
     "profile_blocks",
+    "save_resnet_checkpoint",
     "trace_costs",
     "weight_bytes",
 ]
@@ -274,3 +278,17 @@ def profile_blocks(
                                           sizes[1:-1], strict=True)
     ]
     return stem, blocks, head
+
+
+def save_resnet_checkpoint(path, model: ResNet, metadata: dict | None = None,
+                           extra: dict | None = None) -> Path:
+    """Atomically save a :class:`ResNet`, metadata and ``extra`` tensors (training state).
+
+    The checkpoint kind is ``resnet``, in the shared format of :mod:`..checkpoints`.
+    """
+    return save_module(path, model, "resnet", metadata, extra)
+
+
+def load_resnet_checkpoint(path) -> tuple[ResNet, dict, dict]:
+    """Load ``(ResNet in eval mode, metadata, extra tensors)``; raises ``CheckpointError``."""
+    return load_module(path, "resnet", ResNet)

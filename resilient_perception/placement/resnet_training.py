@@ -1,7 +1,7 @@
 """Resumable CIFAR-10 training of the block-addressable :class:`.resnet.ResNet`.
 
 One loop, no framework. SGD with momentum 0.9 and weight decay, a linear warm-up then
-cosine decay over all steps (the schedule of :mod:`.training`), standard CIFAR
+cosine decay over all steps (the schedule of :mod:`..perception.training`), standard CIFAR
 augmentation (random 32x32 crop of the zero-padded 40x40 image, random horizontal flip).
 
 Resumable in chunks: after every epoch ``<out>/checkpoint.safetensors`` is rewritten
@@ -15,7 +15,6 @@ bit-identical to a straight run with the same thread count.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -26,11 +25,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..checkpoints import load_resnet_checkpoint, save_resnet_checkpoint
 from ..datasets import LabeledImages
-from ..perception.training import _lr_factor, momentum_buffers, restore_momentum
+from ..perception.training import SGDConfig, lr_factor, momentum_buffers, restore_momentum
 from .drop_study import evaluate_accuracy, spread_subset, to_input
-from .resnet import ResNet
+from .resnet import ResNet, load_resnet_checkpoint, save_resnet_checkpoint
 
 __all__ = ["CHECKPOINT_NAME", "HISTORY_NAME", "ResNetTrainConfig", "augment", "train_resnet"]
 
@@ -41,25 +39,20 @@ PAD = 4
 
 
 @dataclass
-class ResNetTrainConfig:
-    """Hyper-parameters of :func:`train_resnet` (JSON-safe via :meth:`asdict`)."""
+class ResNetTrainConfig(SGDConfig):
+    """Hyper-parameters of :func:`train_resnet` (JSON-safe via :meth:`asdict`).
+
+    The SGD settings are :class:`~..perception.training.SGDConfig`'s, with 15 epochs and a
+    2% warm-up by default.
+    """
 
     epochs: int = 15
-    batch_size: int = 128
-    lr: float = 0.1  # peak learning rate (after warm-up)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # read by training._lr_factor
     warmup_frac: float = 0.02
     base_width: int = 8
     stochastic_depth: float = 0.0  # drop probability of the last block (linear decay)
     seed: int = 0
     train_limit: int | None = None  # N evenly spaced training images only (quick runs)
     test_limit: int | None = None
-
-    def asdict(self) -> dict:
-        """Plain-dict copy (JSON-serialisable)."""
-        return dataclasses.asdict(self)
 
     def validate(self) -> None:
         """Raise ``ValueError`` for settings out of range."""
@@ -144,7 +137,7 @@ def train_resnet(
                                 weight_decay=config.weight_decay, nesterov=True)
     restore_momentum(optimizer, extra)
     steps_per_epoch = math.ceil(len(labels) / config.batch_size)
-    lr_factor = _lr_factor(config, config.epochs * steps_per_epoch)
+    schedule = lr_factor(config, config.epochs * steps_per_epoch)
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
 
     last_epoch = config.epochs if chunk is None else min(config.epochs, len(history) + chunk)
@@ -158,7 +151,7 @@ def train_resnet(
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=False, mininterval=5.0)
         for step in bar:
-            lr = config.lr * lr_factor(epoch * steps_per_epoch + step)
+            lr = config.lr * schedule(epoch * steps_per_epoch + step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             index = order[step * config.batch_size:(step + 1) * config.batch_size]

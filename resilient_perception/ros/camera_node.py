@@ -181,7 +181,7 @@ class CameraNode(Node):
         if path.suffix == ".safetensors":
             import torch
 
-            from resilient_perception.checkpoints import load_checkpoint
+            from resilient_perception.perception.checkpoint import load_checkpoint
 
             model, meta = load_checkpoint(path)
             if not device_id < model.n_devices:

@@ -41,7 +41,6 @@ from rclpy.node import Node
 from rclpy.time import Time
 from std_msgs.msg import Header
 
-from resilient_perception.checkpoints import load_resnet_checkpoint
 from resilient_perception.msg import ActivationTensor, DistributedPrediction, PlacementPlan
 from resilient_perception.placement.distributed import (
     decode_tensor,
@@ -50,7 +49,7 @@ from resilient_perception.placement.distributed import (
     stage_work,
 )
 from resilient_perception.placement.problem import DROPPED
-from resilient_perception.placement.resnet import profile_blocks
+from resilient_perception.placement.resnet import load_resnet_checkpoint, profile_blocks
 from resilient_perception.ros.node_utils import (
     THROTTLE_S,
     descriptor,
