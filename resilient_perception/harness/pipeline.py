@@ -449,16 +449,28 @@ class Pipeline:
         return {name: self.returncode(name) for name in self._processes}
 
     def _stop(self, names: list[str], timeout: float) -> None:
-        for name in names:
+        waiting = [name for name in names if self.running(name)]
+        for name in waiting:
             self.signal(name, signal.SIGINT, timeout=None)
-        deadline = time.monotonic() + timeout
-        for name in names:
-            if name in self._processes:
-                try:
-                    self._processes[name].wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    self._processes[name].kill()
-                    self._processes[name].wait()
+        start = time.monotonic()
+        while waiting and time.monotonic() - start < timeout:
+            for name in [name for name in waiting if not self.running(name)]:
+                waiting.remove(name)
+                self._log_line(name, f"exited with code {self.returncode(name)} "
+                               f"{time.monotonic() - start:.1f} s after SIGINT")
+            time.sleep(0.02)
+        for name in waiting:
+            process = self._processes[name]
+            process.send_signal(signal.SIGUSR1)  # run_node's faulthandler prints the stacks
+            time.sleep(1.0)
+            self._log_line(name, f"still running {timeout:g} s after SIGINT (thread stacks "
+                           "above): SIGKILL")
+            process.kill()
+            process.wait()
+
+    def _log_line(self, name: str, text: str) -> None:
+        with open(self.log_path(name), "a") as log:
+            log.write(f"[pipeline] {time.strftime('%H:%M:%S')} {text}\n")
 
     def __enter__(self) -> Pipeline:
         return self

@@ -3,7 +3,9 @@
 A probe node measures the link *into* its robot from a peer with timed bursts: the peer
 sends ``count`` messages of equal size back to back; the receiver notes each arrival time.
 The first message only starts the clock (its transfer began before anyone could time it),
-so the rate is the bytes of messages 2..n over the time from the first arrival to the last.
+so the rate is the bytes of messages 2..n over the time from the first arrival to the last,
+counted as they cross the link: the serialized message plus its RTPS, UDP, IPv4 and Ethernet
+headers (:data:`PROBE_TRANSPORT_BYTES`), so the measured rate is the link's own.
 The sender sizes bursts to last about a fixed time at the last measured rate
 (:func:`burst_count`). A burst shorter than the link's queue (``tc tbf``'s ``latency`` x
 rate) is not dropped, so this measures the shaped rate, not the sender's speed. Round-trip
@@ -16,6 +18,13 @@ about half of it. :class:`BurstTimer` times the bursts of all peers of one recei
 from a part that arrived alone, and marks those that had no such part as contended. The
 median alone is not enough: peers burst at random moments, so now and then most of a
 short window is contended.
+
+Each burst message must fit one Ethernet frame (:func:`fits_one_frame`). A larger one
+leaves as IP fragments, and a link that drops packets (a burst that overflows a slowed link
+does) loses the message whole while the fragments that did arrive sit in the receiver's
+reassembly memory until they time out (30 s). Once that memory is full (4 MB by default),
+the receiver drops every fragmented datagram: no burst into that robot completes again, and
+its slowed link is never measured.
 
 Bursts share the links with the activations and delay the requests they meet. While the
 measured rates hold still, a probe can burst less often (:func:`next_burst_period`): the
@@ -31,12 +40,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "ETHERNET_MTU",
     "MIN_CLEAN_ARRIVALS",
+    "PROBE_TRANSPORT_BYTES",
     "BurstSample",
     "BurstTimer",
     "SampleWindow",
     "burst_count",
     "burst_rate_bps",
+    "fits_one_frame",
     "longest_clean_run",
     "next_burst_period",
     "relative_change",
@@ -50,7 +62,7 @@ def burst_rate_bps(arrival_ns: Sequence[int], message_bytes: int) -> float | Non
     Args:
         arrival_ns: Receiver's monotonic arrival times of the burst's messages (any order;
             lost messages simply missing).
-        message_bytes: Bytes per message (the payload the sender sent).
+        message_bytes: Bytes each message takes on the link.
 
     Returns:
         ``(n - 1) * message_bytes * 8 / (last - first)``, or None with fewer than two
@@ -62,6 +74,23 @@ def burst_rate_bps(arrival_ns: Sequence[int], message_bytes: int) -> float | Non
     if span_ns <= 0:
         return None
     return (len(arrival_ns) - 1) * message_bytes * 8.0 / (span_ns * 1e-9)
+
+
+ETHERNET_MTU = 1500
+"""Largest IP datagram of one Ethernet frame, bytes."""
+
+RTPS_DATA_BYTES = 132
+"""Fast DDS's RTPS header and submessages around one best-effort sample's serialized data,
+bytes (read off the UDP length of probes captured with tcpdump on the test fleet's links)."""
+
+PROBE_TRANSPORT_BYTES = RTPS_DATA_BYTES + 8 + 20 + 14
+"""Bytes a probe takes on a link besides its serialized message: RTPS, UDP, IPv4 and the
+Ethernet header that ``tc`` shaping counts."""
+
+
+def fits_one_frame(serialized_bytes: int, mtu: int = ETHERNET_MTU) -> bool:
+    """Whether a message of ``serialized_bytes`` (CDR) travels as one unfragmented datagram."""
+    return serialized_bytes + RTPS_DATA_BYTES + 8 + 20 <= mtu
 
 
 MIN_CLEAN_ARRIVALS = 4

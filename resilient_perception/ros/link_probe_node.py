@@ -10,7 +10,9 @@ receiver's ``<robot>/link_probe`` topic (``LinkProbe`` messages):
   that robots do not keep bursting into one receiver together) it sends the next peer
   (round robin, so two bursts of one robot never share its uplink) messages of
   ``burst_bytes`` back to back, as many as last ``burst_s`` at the rate the peer last
-  measured (between ``min_burst_count`` and ``max_burst_count``);
+  measured (between ``min_burst_count`` and ``max_burst_count``); each message fits one
+  Ethernet frame (a fragmented one would fill the receiver's IP reassembly memory on a
+  link that drops packets, see :mod:`..placement.link_estimation`);
   the peer times their arrivals (:class:`..placement.link_estimation.BurstTimer`) with the
   middleware's reception timestamps. Part of a burst that overlapped another peer's burst
   into the same robot shared its downlink and would time it too low: the burst is timed
@@ -18,7 +20,7 @@ receiver's ``<robot>/link_probe`` topic (``LinkProbe`` messages):
   left to the median of the window.
 
 The bursts take about ``burst_s / burst_period_s`` (10% by default) of each robot's uplink,
-at least ``min_burst_count x burst_bytes x 8 / burst_period_s`` bits/s (0.5 Mbit/s), and
+at least ``min_burst_count x burst_bytes x 8 / burst_period_s`` bits/s (0.2 Mbit/s), and
 delay the activations they meet on a link. With ``max_burst_period_s`` above
 ``burst_period_s`` the period doubles at each burst while the peers' measurements of this
 robot's outgoing links stay within ``stable_change`` of those at the previous burst, up to
@@ -45,13 +47,16 @@ import time
 
 from rcl_interfaces.msg import ParameterType
 from rclpy.node import Node
+from rclpy.serialization import serialize_message
 from rclpy.subscription import MessageInfo
 
 from resilient_perception.msg import LinkMeasurement, LinkProbe
 from resilient_perception.placement.link_estimation import (
+    PROBE_TRANSPORT_BYTES,
     BurstTimer,
     SampleWindow,
     burst_count,
+    fits_one_frame,
     next_burst_period,
     round_trip_s,
 )
@@ -60,8 +65,12 @@ from resilient_perception.ros.topics import PROBE_TOPIC_FORMAT, probe_qos
 
 __all__ = ["LinkProbeNode", "main"]
 
+
 class LinkProbeNode(Node):
     """Sends probes to the peers, answers theirs, publishes the measured links."""
+
+    DEFAULT_BURST_BYTES = 1200
+    """Payload of a burst message that keeps it in one 1500-byte Ethernet frame."""
 
     def __init__(self) -> None:
         """Declare parameters, create the topics and timers; ValueError for a bad setup."""
@@ -85,13 +94,17 @@ class LinkProbeNode(Node):
             "Target duration of a burst at the link's last measured rate.", double,
             float_range=(0.001, 10.0))).value
         self.burst_counts = (
-            self.declare_parameter("min_burst_count", 4, descriptor(
+            # 16 messages outlast a shaper's token bucket (a few KB pass at line rate).
+            self.declare_parameter("min_burst_count", 16, descriptor(
                 "Messages per burst at least (and while the rate is unknown).", integer,
                 int_range=(2, 10_000))).value,
-            self.declare_parameter("max_burst_count", 64, descriptor(
+            self.declare_parameter("max_burst_count", 512, descriptor(
                 "Messages per burst at most.", integer, int_range=(2, 10_000))).value)
-        self.burst_bytes = self.declare_parameter("burst_bytes", 16000, descriptor(
-            "Payload bytes per burst message.", integer, int_range=(1, 1_000_000))).value
+        self.burst_bytes = self.declare_parameter(
+            "burst_bytes", self.DEFAULT_BURST_BYTES, descriptor(
+                "Payload bytes per burst message; the default keeps a message in one "
+                "1500-byte Ethernet frame, larger ones are split into IP fragments.", integer,
+                int_range=(1, 1_000_000))).value
         echo_period = self.declare_parameter("echo_period_s", 0.2, descriptor(
             "Seconds between two echo probes to each peer.", double,
             float_range=(0.01, 60.0))).value
@@ -111,6 +124,20 @@ class LinkProbeNode(Node):
                 self.peers):
             raise ValueError(f"'peers' must name other robots, each once; got {self.peers}")
 
+        # Arrays are assigned to uint8[] fields as they are (bytes are checked one by one).
+        self._burst_payload = array.array("B", bytes(self.burst_bytes))
+        self._echo_payload = array.array("B", bytes(self.echo_bytes))
+        # Rates count the bytes a burst message takes on the link, headers included.
+        self._framing = {peer: _serialized_bytes(peer, self.robot) + PROBE_TRANSPORT_BYTES
+                         for peer in self.peers}
+        self._sent_bytes = {peer: _serialized_bytes(self.robot, peer, self._burst_payload)
+                            for peer in self.peers}
+        if not all(fits_one_frame(size) for size in self._sent_bytes.values()):
+            self.get_logger().warning(
+                f"burst messages of {max(self._sent_bytes.values())} serialized bytes are "
+                "split into IP fragments: on a link that drops packets, their remains fill "
+                "the receivers' reassembly memory until no burst gets through; lower "
+                "burst_bytes")
         self.throughput = {peer: SampleWindow(window) for peer in self.peers}
         self.rtt = {peer: SampleWindow(window) for peer in self.peers}
         self.outbound_bps: dict[str, float] = {}  # peer -> rate to it, as the peer measured
@@ -128,9 +155,6 @@ class LinkProbeNode(Node):
                                  self._on_probe, qos)
         self._measurements = self.create_publisher(LinkMeasurement, "link_measurements", 10)
         self.create_subscription(LinkMeasurement, "link_measurements", self._on_measurement, 50)
-        # Arrays are assigned to uint8[] fields as they are (bytes are checked one by one).
-        self._burst_payload = array.array("B", bytes(self.burst_bytes))
-        self._echo_payload = array.array("B", bytes(self.echo_bytes))
         self.create_timer(echo_period, self._send_echoes)
         # Bursts start at random intervals (0.5-1.5 periods): robots that started together
         # would otherwise keep bursting into the same receiver at the same moments.
@@ -164,7 +188,8 @@ class LinkProbeNode(Node):
         peer = self.peers[self._next_peer]
         self._next_peer = (self._next_peer + 1) % len(self.peers)
         self._burst += 1
-        count = burst_count(self.outbound_bps.get(peer), self.burst_bytes, self.burst_s,
+        count = burst_count(self.outbound_bps.get(peer),
+                            self._sent_bytes[peer] + PROBE_TRANSPORT_BYTES, self.burst_s,
                             *self.burst_counts)
         for index in range(count):
             probe = self._probe(LinkProbe.BURST, peer, self._burst_payload)
@@ -206,7 +231,7 @@ class LinkProbeNode(Node):
             self._reject(f"burst message {probe.index} of {probe.count} from {peer}")
             return
         for sample in self._bursts.add(peer, probe.burst, probe.index, probe.count, now,
-                                       len(probe.payload)):
+                                       self._framing[peer] + len(probe.payload)):
             # A contended sample is kept, and left to the window's median. Dropping it held
             # back the first low samples after a link slowed down (every burst into that
             # robot is then long and overlaps others), bursts sized for the old rate went on
@@ -233,6 +258,14 @@ class LinkProbeNode(Node):
         self.rejected += 1
         self.get_logger().warning(f"{reason} ({self.rejected} rejected so far)",
                                   throttle_duration_sec=THROTTLE_S)
+
+
+def _serialized_bytes(sender: str, receiver: str, payload: array.array | None = None) -> int:
+    """CDR size of a burst message from ``sender`` to ``receiver``."""
+    probe = LinkProbe(kind=LinkProbe.BURST, from_robot=sender, to_robot=receiver)
+    if payload is not None:
+        probe.payload = payload
+    return len(serialize_message(probe))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -110,6 +112,9 @@ def run_node(
               InvalidParameterTypeException: (2, "invalid parameter"),
               InvalidParameterValueException: (2, "invalid parameter"),
               ValueError: (2, "invalid parameter or configuration")}
+    # `kill -USR1` prints every thread's Python stack to the log: what a node that does
+    # not stop on SIGINT is doing (the pipeline harness asks before it kills one).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     rclpy.init(args=argv)
     node = None
     code = 0
