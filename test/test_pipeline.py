@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -246,7 +248,38 @@ def test_kill_restart_and_stop_one_node(tmp_path):
         assert pipeline.running("player") and pipeline.pid("player") != first
         wait_for_log(pipeline, "player", "playing mnist test frames", times=2)
     assert pipeline.returncode("player") == 0  # stop(): SIGINT, clean exit
-    assert pipeline.log_path("player").read_text().count("[pipeline]") == 2
+    log = pipeline.log_path("player").read_text()
+    assert log.count("[pipeline]") == 3  # two starts, then how the second one ended
+    assert re.search(r"exited with code 0 [0-9.]+ s after SIGINT\n$", log), log
+
+
+def test_a_node_stuck_leaving_the_middleware_exits_within_the_grace_period(tmp_path):
+    from resilient_perception.ros.node_utils import SHUTDOWN_GRACE_S
+
+    script = tmp_path / "stuck_node.py"
+    script.write_text(
+        "import sys, time\n"
+        "from rclpy.node import Node\n"
+        "from resilient_perception.ros.node_utils import run_node\n"
+        "class Stuck(Node):\n"
+        "    def __init__(self):\n"
+        "        super().__init__('stuck')\n"
+        "        self.create_timer(0.1, lambda: print('spinning', flush=True))\n"
+        "    def destroy_node(self):\n"
+        "        time.sleep(60)\n"
+        "sys.exit(run_node(Stuck, 'stuck'))\n")
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "ROS_DOMAIN_ID": str(DOMAIN_ID)}) as process:
+        assert process.stdout.readline() == "spinning\n"
+        process.send_signal(signal.SIGINT)
+        start = time.monotonic()
+        code = process.wait(timeout=SHUTDOWN_GRACE_S + 10.0)
+        waited = time.monotonic() - start
+        stderr = process.stderr.read()
+    assert code == 1, stderr
+    assert SHUTDOWN_GRACE_S <= waited < SHUTDOWN_GRACE_S + 5.0
+    assert "in destroy_node" in stderr  # the stacks say what held it up
 
 
 def test_check_reports_a_node_that_failed_with_its_log(tmp_path):

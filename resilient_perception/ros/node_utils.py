@@ -11,10 +11,15 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 
 from resilient_perception.ros.topics import DIAGNOSTICS_TOPIC
 
-__all__ = ["DIAGNOSTICS_PERIOD_S", "THROTTLE_S", "descriptor", "publish_counters", "run_node"]
+__all__ = ["DIAGNOSTICS_PERIOD_S", "SHUTDOWN_GRACE_S", "THROTTLE_S", "descriptor",
+           "publish_counters", "run_node"]
 
 # Period of throttled warnings about bad messages, seconds.
 THROTTLE_S = 5.0
+
+SHUTDOWN_GRACE_S = 5.0
+"""Longest a node may take to leave the middleware after its spin ended; past it, it dumps
+its threads' stacks and exits with code 1."""
 
 DIAGNOSTICS_PERIOD_S = 1.0
 """Period of the counters that :func:`publish_counters` puts on ``/diagnostics``, s."""
@@ -99,7 +104,8 @@ def run_node(
     Returns:
         0 after SIGINT/SIGTERM (or the end of ``finished``); 2 for a parameter of the wrong
         type or out of its range, or another invalid configuration (a ``ValueError`` from
-        the constructor); or what the hooks and ``startup_errors`` say.
+        the constructor); or what the hooks and ``startup_errors`` say. 1 when leaving the
+        middleware took over :data:`SHUTDOWN_GRACE_S` (the stacks are on stderr).
     """
     import rclpy
     from rclpy.exceptions import (
@@ -137,9 +143,13 @@ def run_node(
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        if node is not None and on_exit is not None and (late := on_exit(node)) is not None:
+            code = late
+        # Leaving DDS (destroying the participant) has no time limit of its own: bound it,
+        # and leave the threads' stacks in the log if it is what held the node up.
+        faulthandler.dump_traceback_later(SHUTDOWN_GRACE_S, exit=True)
         if node is not None:
-            if on_exit is not None and (late := on_exit(node)) is not None:
-                code = late
             node.destroy_node()
         rclpy.try_shutdown()
+        faulthandler.cancel_dump_traceback_later()
     return code
