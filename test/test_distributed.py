@@ -453,6 +453,20 @@ RATE_TOLERANCE = 0.10
 LINK_TOLERANCE = 0.25
 
 
+def _reassembly(namespace: str) -> dict[str, int]:
+    """The namespace's IPv4 reassembly counters and the memory its fragments hold now."""
+    def read(path: str) -> list[str]:
+        return subprocess.run(["ip", "netns", "exec", namespace, "cat", path],
+                              capture_output=True, text=True, check=True).stdout.splitlines()
+
+    names, values = (line.split()[1:] for line in read("/proc/net/snmp")
+                     if line.startswith("Ip:"))
+    ip = dict(zip(names, map(int, values), strict=True))
+    frag = next(line.split() for line in read("/proc/net/sockstat") if line.startswith("FRAG:"))
+    return {**{k: ip[k] for k in ("ReasmReqds", "ReasmOKs", "ReasmFails")},
+            "fragment_bytes": int(frag[frag.index("memory") + 1])}
+
+
 @pytest.fixture
 def namespaces():
     """Three robot namespaces behind 20 Mbit/s links; removed afterwards, pass or fail."""
@@ -540,6 +554,7 @@ def test_namespaces_measured_rates_and_a_throttled_link(tiny, tmp_path, namespac
         slow = {k: v["throughput_bps"] / 1e6 for k, v in latest_links().items()
                 if "robot2" in k}
         print("measured Mbit/s on robot2's links after throttling to 2 Mbit/s:", slow)
+        print("robot2's IP reassembly:", _reassembly(namespaces.namespace("robot2")))
         pipeline.stop()
         for name in pipeline.names:
             assert pipeline.returncode(name) in (0, -signal.SIGINT), name
