@@ -108,7 +108,7 @@ def test_default_burst_messages_fit_one_ethernet_frame():
     from rclpy.serialization import serialize_message
     from resilient_perception.msg import LinkProbe
 
-    from resilient_perception.core.link_estimation import fits_one_frame
+    from resilient_perception.placement.link_estimation import fits_one_frame
     from resilient_perception.ros.link_probe_node import LinkProbeNode
 
     default_bytes = LinkProbeNode.DEFAULT_BURST_BYTES

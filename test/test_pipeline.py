@@ -9,6 +9,7 @@ out of the fusion node, fused from all six devices, as the offline model compute
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import subprocess
