@@ -142,6 +142,12 @@ def run_node(
             executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGINT shuts the context down at once, from another thread: a callback that was
+        # running (a burst of publishes) fails at its next call into it. That is the stop
+        # that was asked for, not an error of the node's.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None and on_exit is not None and (late := on_exit(node)) is not None:
             code = late
