@@ -166,6 +166,41 @@ def test_bad_images_are_skipped_and_the_node_keeps_working(camera, images):
     assert "unsupported image encoding 'yuv422_weird'" in camera.log.read_text()
 
 
+def test_oversized_and_malformed_images_are_counted_and_good_ones_still_served(
+        camera, runner, images):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.serialization import serialize_message
+
+    diagnostics = camera.collect(DiagnosticArray, "/diagnostics")
+
+    def counters() -> dict[str, int] | None:
+        return next(({kv.key: int(kv.value) for kv in status.values}
+                     for array in reversed(diagnostics) for status in array.status
+                     if status.name == NAME), None)
+
+    before = camera.wait_for(counters, "the camera's counters")
+    huge = image_msg(np.zeros((1, 4000, 5000), np.uint8), sec=300)  # 20 MB
+    long_encoding = image_msg(images[4], sec=301)
+    long_encoding.encoding = "x" * 100_000
+    camera.images.publish(huge)
+    camera.images.publish(long_encoding)
+    camera.images.publish(serialize_message(image_msg(images[5], sec=302))[:40])
+    sent = {"oversize": 1, "bad_image": 1, "malformed": 1}
+    good = camera.ask(image_msg(images[6], sec=303))
+    view = crop_views(images[6:7], SPEC.boxes(28, 28))[:, DEVICE]
+    np.testing.assert_allclose(good.probabilities, runner.run(view)[0][0], atol=1e-5)
+    camera.wait_for(lambda: all(counters()[r] - before[r] >= n for r, n in sent.items()),
+                    "the rejections on /diagnostics")
+    camera.spin_for(1.2)  # one more diagnostics period: nothing else counted
+    after = counters()
+    assert {r: after[r] - before[r] for r in (*sent, "inference_error", "callback_error")} == {
+        **sent, "inference_error": 0, "callback_error": 0}
+    assert all(camera.received(Time(sec=sec)) is None for sec in (300, 301, 302))
+    assert camera.pipeline.running(NAME)
+    log = camera.log.read_text()
+    assert max(len(line) for line in log.splitlines()) < 600 and "Traceback" not in log
+
+
 def test_sigint_exits_cleanly(camera):
     assert camera.pipeline.interrupt(NAME) == 0, camera.log.read_text()
 

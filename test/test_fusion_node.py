@@ -39,6 +39,8 @@ from resilient_perception.ros.topics import DIAGNOSTICS_TOPIC, FUSED_TOPIC, head
 
 NAME = "fusion_node"
 DOMAIN_ID = domain_id()
+# A test with its own fusion node: the module's test writers (transient local) stay away.
+OWN_DOMAIN_ID = domain_id()
 N, K, D = 3, 4, 5
 DEADLINE, FRAME_TIMEOUT, WATCHDOG = 0.5, 0.2, 1.0
 PERIOD = 0.1
@@ -69,16 +71,16 @@ def device_output(device: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return features, probs
 
 
-def fusion_pipeline(log_dir: Path, **parameters) -> Pipeline:
+def fusion_pipeline(log_dir: Path, domain_id: int = DOMAIN_ID, **parameters) -> Pipeline:
     return Pipeline([NodeSpec(NAME, "fusion_node", parameters)], log_dir=log_dir,
-                    domain_id=DOMAIN_ID)
+                    domain_id=domain_id)
 
 
 class Fleet(Observer):
     """This test's three fake camera devices, feeding the fusion node of ``pipeline``."""
 
     def __init__(self, pipeline: Pipeline) -> None:
-        super().__init__("fusion_node_test", domain_id=DOMAIN_ID)
+        super().__init__("fusion_node_test", domain_id=pipeline.domain_id)
         self.pipeline, self.log = pipeline, pipeline.log_path(NAME)
         self.heads, self.preds = [], []
         for i in range(N):
@@ -107,12 +109,17 @@ class Fleet(Observer):
     def stamp_now(self):
         return self.node.get_clock().now().to_msg()
 
-    def publish_frames(self, count: int, devices: list[int]) -> list[int]:
-        """Publish ``count`` frames at ~10 Hz from ``devices``; return their stamps (ns)."""
+    def publish_frames(self, count: int, devices: list[int], first=None) -> list[int]:
+        """Publish ``count`` frames at ~10 Hz from ``devices``; return their stamps (ns).
+
+        ``first(stamp)``, if given, runs before the devices publish each frame.
+        """
         stamps = []
         for _ in range(count):
             stamp = self.stamp_now()
             stamp_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
+            if first is not None:
+                first(stamp)
             outputs = {}
             for device in devices:
                 features, probs = device_output(device, self.k)
@@ -134,6 +141,11 @@ class Fleet(Observer):
             stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
             out.setdefault(stamp_ns, []).append((msg, t))
         return out
+
+    def assembly_counts(self) -> dict[str, int]:
+        """The fusion node's newest integer counters (frame assembly status)."""
+        values = self.latest_diagnostics().get("fusion_node: frame assembly", {})
+        return {k: int(v) for k, v in values.items() if isinstance(v, str) and v.isdigit()}
 
     def latest_diagnostics(self) -> dict[str, dict[str, str]]:
         if not self.diagnostics:
@@ -221,16 +233,17 @@ def test_malformed_predictions_are_rejected_and_good_frames_keep_flowing(fleet):
             header=Header(stamp=stamp), device_id=device_id,
             probabilities=values, features=[0.0] * D))
         fleet.spin_for(0.02)
-    # Inf features, a stale stamp (a frame fused long ago), and a head of the wrong shape.
+    # Inf features, a stale stamp (a frame fused long ago), and a head of another shape than
+    # the other devices' (it does not replace device 0's head).
     stamp = fleet.stamp_now()
     bad_stamps.append(stamp.sec * 1_000_000_000 + stamp.nanosec)
     fleet.preds[0].publish(msgs.DevicePrediction(
-        header=Header(stamp=stamp), device_id=0, probabilities=[0.1] * K,
+        header=Header(stamp=stamp), device_id=0, probabilities=[1 / K] * K,
         features=[float("inf")] + [0.0] * (D - 1)))
     oldest = earlier[0]
     fleet.preds[2].publish(msgs.DevicePrediction(
         header=Header(stamp=Time(sec=oldest // 1_000_000_000, nanosec=oldest % 1_000_000_000)),
-        device_id=2, probabilities=[0.1] * K, features=[0.0] * D))
+        device_id=2, probabilities=[1 / K] * K, features=[0.0] * D))
     fleet.heads[0].publish(msgs.ClassifierHead(device_id=0, num_classes=K, feature_dim=D + 1,
                                                weight=[0.0] * (K * (D + 1)), bias=[0.0] * K))
     good = fleet.publish_frames(4, [0, 2])
@@ -272,12 +285,97 @@ def test_malformed_predictions_are_rejected_and_good_frames_keep_flowing(fleet):
                 and int(assembly.get("device_id_mismatch", 0)) >= 1
                 and int(assembly.get("stale", 0)) >= 1
                 and int(assembly.get("duplicate", 0)) >= 1
-                and int(assembly.get("bad_head", 0)) >= 1
+                and int(assembly.get("head_shape_mismatch", 0)) >= 1
                 and int(diag.get("fusion_node: device 0", {}).get("rejected", 0)) >= 3
                 and diag)
 
     fleet.wait_for(counted, "the rejections in /diagnostics")
     assert "Traceback" not in fleet.log.read_text()
+
+
+def _prediction(stamp: Time, device: int, probs, features) -> msgs.DevicePrediction:
+    return msgs.DevicePrediction(header=Header(stamp=stamp), device_id=device,
+                                 probabilities=list(probs), features=list(features))
+
+
+def _shifted(stamp: Time, seconds: int) -> Time:
+    return Time(sec=stamp.sec + seconds, nanosec=stamp.nanosec)
+
+
+def test_outside_messages_never_poison_frames_or_displace_real_predictions(fleet):
+    """The issue's cases, from another writer on the devices' topics, between valid frames.
+
+    A prediction stamped +60 s (which used to make every later frame stale), one an hour
+    old, garbage that arrives *before* the device's real prediction for the same frame
+    (negative, unnormalised, huge features), a prediction and a head over the size caps,
+    and a truncated serialised prediction: each counted once under its reason, and every
+    valid frame fused exactly as from the valid predictions alone.
+    """
+    from rclpy.serialization import serialize_message
+
+    node = fleet.node
+    rogue = node.create_publisher(msgs.DevicePrediction, "perception/device_0/prediction",
+                                  prediction_qos(DEADLINE, 1.0))
+    rogue_head = node.create_publisher(msgs.ClassifierHead, "perception/device_2/head",
+                                       head_qos())
+    fleet.wait_for(lambda: rogue.get_subscription_count() and
+                   rogue_head.get_subscription_count(), "the rogue writers to match")
+    # Devices 0 and 2 alive (silent since the last test, they may be dead: their next
+    # frame revives them, and may count a stale prediction), and their frames counted.
+    fleet.publish_frames(2, [0, 2])
+    fleet.spin_for(0.3)  # > diagnostics_period, < the deadline
+    before = fleet.wait_for(fleet.assembly_counts, "the fusion node's counters")
+    features, probs = device_output(0, 0)
+    uniform = np.full(K, 1 / K)
+    garbage = {  # sent first for a frame, on device 0's topic: reason -> (probs, features)
+        "bad_probabilities": [(-uniform, features), (uniform * 3, features)],
+        "value_out_of_range": [(probs, np.full(D, 1e30))],
+        "non_finite": [(np.full(K, np.nan), features)],
+    }
+    firsts = [(reason, *values) for reason, cases in garbage.items() for values in cases]
+    sent = Counter(reason for reason, *_ in firsts)
+    good = []
+    for _, bad_probs, bad_features in firsts:
+        good += fleet.publish_frames(1, [0, 2], first=lambda stamp, p=bad_probs,
+                                     f=bad_features: rogue.publish(_prediction(stamp, 0, p, f)))
+        stamp = fleet.stamp_now()
+        rogue.publish(_prediction(_shifted(stamp, 60), 0, probs, features))
+        rogue.publish(_prediction(_shifted(stamp, -3600), 0, probs, features))
+        sent.update(["stamp_ahead", "stamp_too_old"])
+    stamp = fleet.stamp_now()
+    rogue.publish(_prediction(stamp, 0, probs, np.zeros(20_000)))  # 80 kB > 64 KiB
+    rogue.publish(serialize_message(_prediction(stamp, 0, probs, features))[:30])
+    rogue_head.publish(msgs.ClassifierHead(  # 4 MB
+        device_id=2, num_classes=K, feature_dim=250_000, weight=np.zeros(K * 250_000),
+        bias=[0.0] * K))
+    sent.update(["oversize", "malformed", "head_oversize"])
+    good += fleet.publish_frames(10, [0, 2])
+
+    def counted():
+        counts = fleet.assembly_counts()
+        return all(counts.get(r, 0) - before.get(r, 0) >= n for r, n in sent.items()) and counts
+
+    fleet.wait_for(lambda: set(good) <= set(fleet.fused_by_stamp()), "every valid frame")
+    fleet.wait_for(counted, "the rejections on /diagnostics")
+    fleet.spin_for(0.6)  # any other count or output would be there by now
+    after = fleet.assembly_counts()
+    rejected = {r: after[r] - before.get(r, 0) for r in after
+                if r not in ("accepted", "rejected", "fused", "pending", "heads_known",
+                             "heads_of_other_shapes", "own_stalls", "deadlines_doubted")
+                and after[r] != before.get(r, 0)}
+    assert rejected == dict(sent)
+    assert after["rejected"] - before["rejected"] == sum(sent.values())
+    assert after["accepted"] - before["accepted"] == 2 * len(good)
+    by_stamp = fleet.fused_by_stamp()
+    for s in good:
+        (msg, _), = by_stamp[s]
+        live = list(msg.live_devices)
+        assert 0 in live and set(live) <= {0, 2}, live
+        np.testing.assert_allclose(msg.probabilities, expected(fleet, s, live), atol=1e-6)
+    assert fleet.pipeline.running(NAME)
+    log = fleet.log.read_text()
+    assert "Traceback" not in log
+    assert max(len(line) for line in log.splitlines()) < 600
 
 
 def test_sigint_exits_cleanly(fleet):
@@ -294,3 +392,44 @@ def test_invalid_parameters_exit_with_code_2(tmp_path, parameters):
         assert pipeline.wait(NAME, timeout=30) == 2
         log = pipeline.log_path(NAME).read_text()
     assert "invalid parameter" in log and "Traceback" not in log
+
+
+def test_an_early_bad_head_is_outvoted_by_the_real_heads(tmp_path):
+    """An 11-class head published before the real ones no longer decides the class count."""
+    with fusion_pipeline(tmp_path, OWN_DOMAIN_ID, num_devices=N, frame_timeout=FRAME_TIMEOUT,
+                         watchdog_timeout=WATCHDOG, deadline=DEADLINE,
+                         diagnostics_period=0.25) as pipeline, \
+            Observer("rogue", domain_id=OWN_DOMAIN_ID) as rogue:
+        pipeline.start()
+        diagnostics = rogue.collect(DiagnosticArray, "/diagnostics", 10)
+
+        def assembly(key: str) -> str | None:
+            return next((kv.value for array in diagnostics[-1:] for status in array.status
+                         if status.name.endswith("frame assembly") for kv in status.values
+                         if kv.key == key), None)
+
+        bad = rogue.node.create_publisher(msgs.ClassifierHead, "perception/device_0/head",
+                                          head_qos())
+        rogue.spin_until(lambda: bad.get_subscription_count(), "the fusion node", WAIT_S,
+                         pipeline)
+        bad.publish(msgs.ClassifierHead(device_id=0, num_classes=11, feature_dim=D,
+                                        weight=[0.1] * (11 * D), bias=[0.0] * 11))
+        rogue.spin_until(lambda: assembly("head_shape") == f"11x{D}", "the bad head in use",
+                         WAIT_S, pipeline)
+        with Fleet(pipeline) as fleet:  # the three real heads (device 0's replaces the bad)
+            fleet.wait_for(lambda: fleet.latest_diagnostics().get(
+                "fusion_node: frame assembly", {}).get("heads_known") == str(N),
+                "the real heads")
+            fleet.wait_for(lambda: all(p.get_subscription_count() for p in fleet.preds),
+                           "the prediction subscriptions")
+            stamps = fleet.publish_frames(8, [0, 1, 2])
+            fleet.wait_for(lambda: set(stamps) <= set(fleet.fused_by_stamp()),
+                           "every frame fused")
+            assert fleet.latest_diagnostics()["fusion_node: frame assembly"][
+                "head_shape"] == f"{K}x{D}"
+            by_stamp = fleet.fused_by_stamp()
+            full = [s for s in stamps if list(by_stamp[s][0][0].live_devices) == [0, 1, 2]]
+            assert len(full) >= len(stamps) - 2
+            for s in full:
+                np.testing.assert_allclose(by_stamp[s][0][0].probabilities,
+                                           expected(fleet, s, [0, 1, 2]), atol=1e-6)

@@ -16,8 +16,13 @@ stops asserting liveliness and the fusion node sees it as gone. With ``autostart
 default) the node configures and activates itself, so it runs without a lifecycle manager;
 if that fails the process exits with code 1.
 
-Bad images (unknown encoding, inconsistent size, wrong view size) are logged (throttled),
-counted and skipped; the node never crashes on a message.
+Bad images are counted per reason on ``/diagnostics`` (``accepted``, ``rejected`` and one
+counter per reason) and logged at most once per reason every few seconds, with the text
+they echo clipped; the node never crashes on a message. An image whose serialised size is
+over ``max_image_bytes`` is dropped before it is deserialised (``oversize``: a 20 MB image
+is never copied), one that does not deserialise is ``malformed``; an unknown encoding,
+inconsistent sizes or a view of the wrong size are ``bad_image``; a failure of the model
+``inference_error``.
 """
 
 from __future__ import annotations
@@ -37,9 +42,9 @@ from resilient_perception.ros.image_conversion import (
     image_to_array,
     to_model_input,
 )
-from resilient_perception.ros.node_utils import THROTTLE_S as _THROTTLE_S
+from resilient_perception.ros.node_utils import Rejections, capped_subscription, run_node
 from resilient_perception.ros.node_utils import descriptor as _descriptor
-from resilient_perception.ros.node_utils import run_node
+from resilient_perception.ros.node_utils import publish_counters as _publish_counters
 from resilient_perception.ros.topics import (
     CAMERA_HEAD_TOPIC,
     CAMERA_IMAGE_TOPIC,
@@ -52,6 +57,8 @@ from resilient_perception.ros.topics import (
 __all__ = ["CameraNode", "main"]
 
 BACKENDS = ("onnxruntime", "torch")
+REJECTION_REASONS = ("oversize", "malformed", "bad_image", "inference_error",
+                     "callback_error")
 
 
 class _Model:
@@ -102,10 +109,16 @@ class CameraNode(Node):
             float_range=(0.001, 3600.0)))
         self.declare_parameter("autostart", True, _descriptor(
             "Configure and activate at start-up (no lifecycle manager needed).", b))
+        self.declare_parameter("max_image_bytes", 8 << 20, _descriptor(
+            "Larger serialised images are rejected before they are deserialised, bytes "
+            "(the default takes 1920x1080 at 4 bytes a pixel).", i, (1024, 1 << 31)))
         self._model: _Model | None = None
         self._sub = self._pred_pub = self._head_pub = None
         self.accepted = 0
-        self.rejected = 0
+        self.rejections = Rejections(self, REJECTION_REASONS)
+        _publish_counters(self, f"device_{self.get_parameter('device_id').value}", lambda: {
+            "accepted": self.accepted, "rejected": self.rejections.total,
+            **self.rejections.counts})
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -133,8 +146,9 @@ class CameraNode(Node):
         if result != TransitionCallbackReturn.SUCCESS:
             return result
         self._head_pub.publish(self._head_message())
-        self._sub = self.create_subscription(
-            Image, param("input_topic").value, self._on_image, image_qos())
+        self._sub = capped_subscription(
+            self, Image, param("input_topic").value, self._on_image, image_qos(),
+            param("max_image_bytes").value, self.rejections, "image")
         self.get_logger().info(
             f"active: {self.resolve_topic_name(param('input_topic').value)} -> "
             f"{self._pred_pub.topic_name}")
@@ -253,10 +267,10 @@ class CameraNode(Node):
         try:
             probs, features = self._model.runner.run(self._view(msg)[None])
         except (ImageConversionError, ValueError) as exc:
-            self._reject(f"image rejected: {exc}")
+            self.rejections.reject("image", "bad_image", str(exc))
             return
         except Exception as exc:  # inference failures are counted too, never fatal
-            self._reject(f"inference failed: {type(exc).__name__}: {exc}")
+            self.rejections.reject("image", "inference_error", f"{type(exc).__name__}: {exc}")
             return
         out = DevicePrediction(
             header=msg.header, device_id=self.get_parameter("device_id").value,
@@ -264,11 +278,6 @@ class CameraNode(Node):
             inference_time=time.perf_counter() - start)
         self._pred_pub.publish(out)
         self.accepted += 1
-
-    def _reject(self, reason: str) -> None:
-        self.rejected += 1
-        self.get_logger().warning(f"{reason} ({self.rejected} rejected so far)",
-                                  throttle_duration_sec=_THROTTLE_S)
 
 
 def _autostart(node: CameraNode) -> int | None:

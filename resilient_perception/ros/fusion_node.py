@@ -27,11 +27,25 @@ Gazebo), so latency is comparable with the source stamps. System time is not mon
 a clock step makes one round of timeouts fire early or late, nothing worse.
 
 Class count and feature size come from the ``num_classes`` / ``feature_dim`` parameters,
-or, when those are 0 (the default), from the first valid classifier head; predictions
-that arrive before the sizes are known are rejected and counted. Bad messages (wrong
-sizes, NaN/Inf, a device id that does not match the topic, duplicate or stale stamps, a
-malformed head) are logged (throttled), counted and dropped; the node never crashes on a
-message.
+or, when those are 0 (the default), from the devices' classifier heads: every device votes
+with the shape of its latest well-formed head and the shape most devices have is used (a
+tie keeps the shape in use; :class:`~resilient_perception.message_checks.HeadShapes`),
+so one early bad head is outvoted by the second real one, and a device's later head
+replaces its earlier one. When the shape changes, the pending frames (of the old shape) are
+dropped. Predictions that arrive before any shape is known are rejected and counted.
+
+Every message is checked against what it can mean before it can change any state
+(:mod:`resilient_perception.message_checks`): its serialised size
+(``max_prediction_bytes``, ``max_head_bytes``, checked before it is deserialised), the
+device id against the topic, the stamp within ``[now - max_stamp_age_s, now +
+max_stamp_ahead_s]`` of the node clock, probabilities of the agreed length, finite,
+non-negative and summing to 1 within ``probability_tolerance``, features and head values
+finite and at most ``max_abs_value`` in magnitude. Only then may a prediction claim its
+device's slot in its frame: the first *valid* prediction per device and stamp is used, later
+ones are duplicates, so garbage can never displace a device's real prediction. Every
+rejection is counted per reason on ``/diagnostics`` and logged with a bounded line at most
+once per reason every few seconds; an exception in any callback is counted as
+``callback_error``: no message stops the node or its output.
 
 Own stalls: when this node itself stops running for a while (SIGSTOP, swapping, CPU
 starvation), its middleware's deadline clocks and its pending frames' timeouts run on while
@@ -62,6 +76,13 @@ from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
 
+from resilient_perception.message_checks import (
+    HeadShapes,
+    head_problem,
+    probabilities_problem,
+    stamp_problem,
+    values_problem,
+)
 from resilient_perception.msg import ClassifierHead, DevicePrediction, FusedPrediction
 from resilient_perception.perception.frame_assembly import (
     AddResult,
@@ -72,7 +93,12 @@ from resilient_perception.perception.frame_assembly import (
     StallGuard,
     fuse_frame,
 )
-from resilient_perception.ros.node_utils import THROTTLE_S, descriptor, run_node
+from resilient_perception.ros.node_utils import (
+    Rejections,
+    capped_subscription,
+    descriptor,
+    run_node,
+)
 from resilient_perception.ros.topics import (
     DIAGNOSTICS_TOPIC,
     FUSED_TOPIC,
@@ -83,7 +109,7 @@ from resilient_perception.ros.topics import (
     prediction_qos,
 )
 
-__all__ = ["FUSION_MODES", "FusionNode", "main"]
+__all__ = ["FUSION_MODES", "REJECTION_REASONS", "FusionNode", "main"]
 
 FUSION_MODES = ("avg", "max")
 TICKS_PER_TIMEOUT = 10  # timer periods per frame_timeout and per watchdog_timeout
@@ -93,8 +119,13 @@ _LEVELS = {
     DeviceHealth.UNKNOWN: DiagnosticStatus.WARN,
     DeviceHealth.DEAD: DiagnosticStatus.ERROR,
 }
-# Rejections the node itself decides (the assembler counts the rest).
-_NODE_REJECTIONS = ("device_id_mismatch", "sizes_unknown", "bad_head", "callback_error")
+# Every rejection reason, reported from the start (0) on /diagnostics: predictions (the
+# last three decided by the frame assembler), then classifier heads, then any callback.
+REJECTION_REASONS = (
+    "oversize", "malformed", "device_id_mismatch", "sizes_unknown", "stamp_ahead",
+    "stamp_too_old", "bad_probs_length", "non_finite", "bad_probabilities",
+    "bad_features_length", "value_out_of_range", "device_out_of_range", "duplicate", "stale",
+    "head_oversize", "head_malformed", "bad_head", "head_shape_mismatch", "callback_error")
 
 
 class FusionNode(Node):
@@ -150,12 +181,33 @@ class FusionNode(Node):
             "watchdog's tick).", d, float_range=seconds))
         self.declare_parameter("diagnostics_period", 1.0, descriptor(
             "Period of /diagnostics, s.", d, float_range=seconds))
+        self.declare_parameter("max_stamp_ahead_s", 1.0, descriptor(
+            "Predictions stamped more than this ahead of the node clock are rejected, s "
+            "(one stamped far ahead would make every later frame stale).", d,
+            float_range=(0.0, 3600.0)))
+        self.declare_parameter("max_stamp_age_s", 30.0, descriptor(
+            "Predictions stamped more than this before the node clock are rejected, s "
+            "(raise it to fuse a replay with its recorded stamps).", d,
+            float_range=(0.001, 1e10)))
+        self.declare_parameter("probability_tolerance", 1e-3, descriptor(
+            "Probabilities must sum to 1 within this.", d, float_range=(1e-7, 1.0)))
+        self.declare_parameter("max_abs_value", 1e6, descriptor(
+            "Largest magnitude accepted in features and classifier heads (keeps the "
+            "surrogates finite).", d, float_range=(1.0, 1e18)))
+        self.declare_parameter("max_prediction_bytes", 65536, descriptor(
+            "Larger serialised DevicePredictions are rejected before they are deserialised, "
+            "bytes.", i, (256, 1 << 30)))
+        self.declare_parameter("max_head_bytes", 1 << 20, descriptor(
+            "Larger serialised ClassifierHeads are rejected before they are deserialised, "
+            "bytes.", i, (256, 1 << 30)))
 
         p = {name: self.get_parameter(name).value for name in (
             "num_devices", "fusion_mode", "use_modifier", "deadline", "liveliness_lease",
             "watchdog_timeout", "frame_timeout", "num_classes", "feature_dim",
             "prediction_topic_format", "head_topic_format", "output_topic",
-            "stall_threshold", "diagnostics_period")}
+            "stall_threshold", "diagnostics_period", "max_stamp_ahead_s", "max_stamp_age_s",
+            "probability_tolerance", "max_abs_value", "max_prediction_bytes",
+            "max_head_bytes")}
         if p["fusion_mode"] not in FUSION_MODES:
             raise InvalidParameterValueException(
                 "fusion_mode", p["fusion_mode"], f"must be one of {FUSION_MODES}")
@@ -175,9 +227,13 @@ class FusionNode(Node):
         self.frame_timeout = p["frame_timeout"]
         self.monitor = DeviceMonitor(self.n_devices, p["watchdog_timeout"])
         self.monitor.start(self._now())
+        self.stamp_window = (p["max_stamp_ahead_s"], p["max_stamp_age_s"])
+        self.probability_tolerance = p["probability_tolerance"]
+        self.max_abs = p["max_abs_value"]
         self.assembler: FrameAssembler | None = None
         self.heads: ClassifierHeads | None = None
-        self.rejections = dict.fromkeys(_NODE_REJECTIONS, 0)
+        self.rejections = Rejections(self, REJECTION_REASONS)
+        self.accepted = 0
         self.fused_count = 0
         # Seconds from the start of the callback that released a frame to its publish: the
         # fusion node's own share of the end-to-end latency (reported in the diagnostics).
@@ -185,8 +241,11 @@ class FusionNode(Node):
         self._bad_heads = [0] * self.n_devices
         # (time, accepted-message counts) at the previous diagnostics, for the rates
         self._last_counts: tuple[float, list[int]] | None = None
-        if p["num_classes"] > 0 and p["feature_dim"] > 0:
-            self._set_sizes(p["num_classes"], p["feature_dim"])
+        configured = (p["num_classes"], p["feature_dim"])
+        self.head_shapes = HeadShapes(self.n_devices, configured if min(configured) > 0
+                                      else None)
+        if self.head_shapes.shape is not None:
+            self._use_shape()
 
         self._pub = self.create_publisher(FusedPrediction, p["output_topic"], fused_qos())
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
@@ -194,22 +253,31 @@ class FusionNode(Node):
         self._subs = []
         for device in range(self.n_devices):
             events = SubscriptionEventCallbacks(
-                deadline=lambda info, dev=device: self._on_deadline(dev, info),
-                liveliness=lambda info, dev=device: self._on_liveliness(dev, info))
-            self._subs.append(self.create_subscription(
-                DevicePrediction, p["prediction_topic_format"].format(device),
+                deadline=self.rejections.guard(
+                    lambda info, dev=device: self._mark_dead(dev, "deadline"),
+                    f"device {device}: deadline event"),
+                liveliness=self.rejections.guard(
+                    lambda info, dev=device: self._on_liveliness(dev, info),
+                    f"device {device}: liveliness event"))
+            self._subs.append(capped_subscription(
+                self, DevicePrediction, p["prediction_topic_format"].format(device),
                 lambda msg, dev=device: self._on_prediction(dev, msg), pred_qos,
+                p["max_prediction_bytes"], self.rejections, f"device {device}: prediction",
                 event_callbacks=events))
-            self._subs.append(self.create_subscription(
-                ClassifierHead, p["head_topic_format"].format(device),
-                lambda msg, dev=device: self._on_head(dev, msg), head_qos()))
+            self._subs.append(capped_subscription(
+                self, ClassifierHead, p["head_topic_format"].format(device),
+                lambda msg, dev=device: self._on_head(dev, msg), head_qos(),
+                p["max_head_bytes"], self.rejections, f"device {device}: classifier head",
+                reason_prefix="head_"))
         # Cancelled while no frame is pending: in steady state every frame completes as
         # its last device reports, and the timer never fires.
+        on_tick = self.rejections.guard(self._on_tick, "timer")
         self._release_timer = self.create_timer(
-            max(self.frame_timeout / TICKS_PER_TIMEOUT, MIN_TICK_S), self._on_tick)
+            max(self.frame_timeout / TICKS_PER_TIMEOUT, MIN_TICK_S), on_tick)
         self._release_timer.cancel()
-        self.create_timer(tick, self._on_tick)
-        self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
+        self.create_timer(tick, on_tick)
+        self.create_timer(p["diagnostics_period"],
+                          self.rejections.guard(self._publish_diagnostics, "diagnostics"))
         self.get_logger().info(
             f"fusing {self.n_devices} devices ({self.mode}, modifier "
             f"{'on' if self.use_modifier else 'off'}) -> {self._pub.topic_name}")
@@ -231,82 +299,96 @@ class FusionNode(Node):
                 f"this node stalled for {stall:.2f} s: pending frames wait that much longer, "
                 "deadline events are doubted for one deadline")
 
-    def _set_sizes(self, n_classes: int, feature_dim: int) -> None:
+    def _use_shape(self) -> None:
+        """Start frame assembly and the heads over for the shape the heads agree on."""
+        n_classes, feature_dim = self.head_shapes.shape
+        dropped = self.assembler.pending_count if self.assembler is not None else 0
         self.assembler = FrameAssembler(self.n_devices, n_classes, feature_dim,
                                         self.frame_timeout)
         self.heads = ClassifierHeads.empty(self.n_devices, n_classes, feature_dim)
-
-    def _warn(self, text: str) -> None:
-        self.get_logger().warning(text, throttle_duration_sec=THROTTLE_S)
+        for device in range(self.n_devices):
+            if (head := self.head_shapes.head(device)) is not None:
+                self.heads.set_head(device, *head)
+        self.get_logger().info(f"{n_classes} classes, {feature_dim} features"
+                               + (f" ({dropped} pending frames dropped)" if dropped else ""))
 
     def _reject(self, device: int, reason: str, detail: str = "") -> None:
-        if reason in self.rejections:
-            self.rejections[reason] += 1
         self.monitor.record_rejection(device)
-        self._warn(f"device {device}: prediction rejected ({reason}){detail}")
+        self.rejections.reject(f"device {device}: prediction", reason, detail)
 
     # -- callbacks -------------------------------------------------------------------------
     def _on_head(self, device: int, msg: ClassifierHead) -> None:
-        try:
-            k, dim = int(msg.num_classes), int(msg.feature_dim)
-            if msg.device_id != device:
-                raise ValueError(f"device_id {msg.device_id} on device {device}'s topic")
-            if k < 1 or dim < 1 or len(msg.weight) != k * dim or len(msg.bias) != k:
-                raise ValueError(f"inconsistent sizes: {k}x{dim} with {len(msg.weight)} "
-                                 f"weights and {len(msg.bias)} biases")
-            weight = np.asarray(msg.weight, np.float32).reshape(k, dim)
-            bias = np.asarray(msg.bias, np.float32)
-            if self.heads is None and np.isfinite(weight).all() and np.isfinite(bias).all():
-                self._set_sizes(k, dim)
-                self.get_logger().info(f"{k} classes, {dim} features (from device {device}'s "
-                                       "head)")
-            if self.heads is None:
-                raise ValueError("non-finite values")
-            self.heads.set_head(device, weight, bias)
-        except Exception as exc:  # a bad head is logged and counted, never fatal
-            self.rejections["bad_head"] += 1
+        what = f"device {device}: classifier head"
+        k, dim = int(msg.num_classes), int(msg.feature_dim)
+        weight = np.asarray(msg.weight, np.float32)
+        bias = np.asarray(msg.bias, np.float32)
+        problem = (f"device_id {msg.device_id} on device {device}'s topic"
+                   if msg.device_id != device
+                   else head_problem(weight, bias, k, dim, self.max_abs))
+        if problem:
             self._bad_heads[device] += 1
-            self._warn(f"device {device}: classifier head rejected: {exc}")
+            self.rejections.reject(what, "bad_head", problem)
             return
+        try:
+            changed = self.head_shapes.add(device, weight.reshape(k, dim), bias)
+        except ValueError as exc:  # not the configured shape
+            self.rejections.reject(what, "head_shape_mismatch", str(exc))
+            return
+        if changed:
+            self._use_shape()
+        elif (k, dim) != self.head_shapes.shape:
+            agreed = self.head_shapes.shape
+            self.rejections.reject(what, "head_shape_mismatch",
+                                   f"a {k}x{dim} head; the devices agree on "
+                                   f"{agreed[0]}x{agreed[1]} (kept as this device's vote)")
+            return
+        else:
+            self.heads.set_head(device, weight.reshape(k, dim), bias)
         self.get_logger().info(f"device {device}: classifier head received")
 
     def _on_prediction(self, device: int, msg: DevicePrediction) -> None:
         started = time.perf_counter()
-        try:
-            self._check_stall()
-            now = self._now()
-            if msg.device_id != device:
-                self._reject(device, "device_id_mismatch",
-                             f": device_id {msg.device_id} on device {device}'s topic")
-                return
-            if self.assembler is None:
-                self._reject(device, "sizes_unknown", ": no classifier head received yet")
-                return
-            stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-            result = self.assembler.add(
-                stamp_ns, device, np.asarray(msg.probabilities, np.float32),
-                np.asarray(msg.features, np.float32), now)
-            if result is AddResult.ACCEPTED:
-                if self.monitor.heard(device, now):
-                    self.get_logger().info(f"device {device}: alive")
+        self._check_stall()
+        now = self._now()
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        if msg.device_id != device:
+            self._reject(device, "device_id_mismatch",
+                         f"device_id {msg.device_id} on device {device}'s topic")
+        elif self.assembler is None:
+            self._reject(device, "sizes_unknown", "no classifier head received yet")
+        else:
+            probs = np.asarray(msg.probabilities, np.float32)
+            features = np.asarray(msg.features, np.float32)
+            # Checked in full before the frame assembler sees it: only a valid prediction
+            # may claim the device's slot in its frame (the first one wins).
+            problem = (stamp_problem(stamp_ns, round(now * 1e9), *self.stamp_window)
+                       or probabilities_problem(probs, self.assembler.n_classes,
+                                                self.probability_tolerance)
+                       or values_problem(features, self.assembler.feature_dim, self.max_abs,
+                                         "bad_features_length"))
+            if problem:
+                self._reject(device, problem, f"at stamp {stamp_ns}")
             else:
-                self._reject(device, result.value, f" at stamp {stamp_ns}")
-                if (result is AddResult.STALE
-                        and self.monitor.health(device) is not DeviceHealth.ALIVE):
-                    # Frames do not wait for a dead (or never heard) device, so its
-                    # predictions arrive after their frame was released and would stay
-                    # stale forever: a timely, valid prediction for a released frame revives
-                    # it, and the next frames wait for it again. One that keeps missing the
-                    # frame timeout is retired again by the watchdog.
-                    self.monitor.heard(device, now)
-                    self.get_logger().info(f"device {device}: alive again")
-            self._emit(now, started)
-        except Exception as exc:  # never crash on a message
-            self.rejections["callback_error"] += 1
-            self._warn(f"device {device}: prediction failed: {type(exc).__name__}: {exc}")
+                self._add(device, stamp_ns, probs, features, now)
+        self._emit(now, started)
 
-    def _on_deadline(self, device: int, info) -> None:
-        self._mark_dead(device, "deadline")
+    def _add(self, device: int, stamp_ns: int, probs: np.ndarray, features: np.ndarray,
+             now: float) -> None:
+        result = self.assembler.add(stamp_ns, device, probs, features, now)
+        if result is AddResult.ACCEPTED:
+            self.accepted += 1
+            if self.monitor.heard(device, now):
+                self.get_logger().info(f"device {device}: alive")
+            return
+        self._reject(device, result.value, f"at stamp {stamp_ns}")
+        if result is AddResult.STALE and self.monitor.health(device) is not DeviceHealth.ALIVE:
+            # Frames do not wait for a dead (or never heard) device, so its predictions
+            # arrive after their frame was released and would stay stale forever: a timely,
+            # valid prediction for a released frame revives it, and the next frames wait
+            # for it again. One that keeps missing the frame timeout is retired again by
+            # the watchdog.
+            self.monitor.heard(device, now)
+            self.get_logger().info(f"device {device}: alive again")
 
     def _on_liveliness(self, device: int, info) -> None:
         if info.alive_count == 0:  # the device's last writer is gone (or its lease expired)
@@ -314,29 +396,21 @@ class FusionNode(Node):
 
     def _mark_dead(self, device: int, reason: str) -> None:
         started = time.perf_counter()
-        try:
-            self._check_stall()
-            now = self._now()
-            if reason == "deadline" and self.stall_guard.in_grace(time.monotonic()):
-                self.deadlines_doubted += 1
-            elif self.monitor.mark_dead(device, reason, now):
-                self.get_logger().warning(f"device {device}: dead ({reason})")
-            self._emit(now, started)  # frames need not wait for it any more
-        except Exception as exc:
-            self.rejections["callback_error"] += 1
-            self._warn(f"device {device}: {reason} event failed: {type(exc).__name__}: {exc}")
+        self._check_stall()
+        now = self._now()
+        if reason == "deadline" and self.stall_guard.in_grace(time.monotonic()):
+            self.deadlines_doubted += 1
+        elif self.monitor.mark_dead(device, reason, now):
+            self.get_logger().warning(f"device {device}: dead ({reason})")
+        self._emit(now, started)  # frames need not wait for it any more
 
     def _on_tick(self) -> None:
         started = time.perf_counter()
-        try:
-            self._check_stall()
-            now = self._now()
-            for device in self.monitor.check_watchdog(now):
-                self.get_logger().warning(f"device {device}: dead (watchdog)")
-            self._emit(now, started)
-        except Exception as exc:
-            self.rejections["callback_error"] += 1
-            self._warn(f"timer failed: {type(exc).__name__}: {exc}")
+        self._check_stall()
+        now = self._now()
+        for device in self.monitor.check_watchdog(now):
+            self.get_logger().warning(f"device {device}: dead (watchdog)")
+        self._emit(now, started)
 
     # -- output ----------------------------------------------------------------------------
     def _emit(self, now: float, started: float) -> None:
@@ -361,54 +435,50 @@ class FusionNode(Node):
             self._release_timer.reset()
 
     def _publish_diagnostics(self) -> None:
-        try:
-            array = DiagnosticArray()
-            array.header.stamp = self.get_clock().now().to_msg()
-            name = self.get_name()
-            now, snapshot = self._now(), self.monitor.snapshot()
-            counts_now = [rec["messages"] for rec in snapshot.values()]
-            rates = [0.0] * self.n_devices
-            if self._last_counts is not None and now > self._last_counts[0]:
-                then, before = self._last_counts
-                rates = [(c - b) / (now - then) for c, b in zip(counts_now, before, strict=True)]
-            self._last_counts = (now, counts_now)
-            for device, rec in snapshot.items():
-                health = DeviceHealth(rec["health"])
-                status = DiagnosticStatus(
-                    level=_LEVELS[health], name=f"{name}: device {device}",
-                    hardware_id=f"device_{device}",
-                    message=health.value + (f" ({rec['reason']})" if rec["reason"] else ""))
-                head = self.heads is not None and bool(self.heads.known[device])
-                values = {"health": health.value, "messages": rec["messages"],
-                          "rate_hz": round(rates[device], 2),
-                          "rejected": rec["rejected"], "deaths": rec["deaths"],
-                          "reason": rec["reason"], "head_known": head,
-                          "bad_heads": self._bad_heads[device]}
-                status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-                array.status.append(status)
-            counts = dict(self.assembler.counts) if self.assembler else {}
-            counts.update(self.rejections)
-            counts["fused"] = self.fused_count
-            counts["pending"] = self.assembler.pending_count if self.assembler else 0
-            counts["heads_known"] = int(self.heads.known.sum()) if self.heads else 0
-            counts["own_stalls"] = self.stall_guard.stalls
-            counts["deadlines_doubted"] = self.deadlines_doubted
-            if self._fusion_times:
-                times_ms = 1e3 * np.asarray(self._fusion_times)
-                counts["fusion_ms_p50"] = round(float(np.percentile(times_ms, 50)), 4)
-                counts["fusion_ms_p99"] = round(float(np.percentile(times_ms, 99)), 4)
-            rejected = sum(v for k, v in counts.items()
-                           if k not in ("accepted", "fused", "pending", "heads_known",
-                                        "own_stalls", "deadlines_doubted")
-                           and not k.startswith("fusion_ms"))
-            array.status.append(DiagnosticStatus(
-                level=DiagnosticStatus.OK, name=f"{name}: frame assembly",
-                hardware_id="fusion",
-                message=f"{self.fused_count} frames fused, {rejected} inputs rejected",
-                values=[KeyValue(key=k, value=str(v)) for k, v in counts.items()]))
-            self._diag_pub.publish(array)
-        except Exception as exc:
-            self._warn(f"diagnostics failed: {type(exc).__name__}: {exc}")
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        name = self.get_name()
+        now, snapshot = self._now(), self.monitor.snapshot()
+        counts_now = [rec["messages"] for rec in snapshot.values()]
+        rates = [0.0] * self.n_devices
+        if self._last_counts is not None and now > self._last_counts[0]:
+            then, before = self._last_counts
+            rates = [(c - b) / (now - then) for c, b in zip(counts_now, before, strict=True)]
+        self._last_counts = (now, counts_now)
+        for device, rec in snapshot.items():
+            health = DeviceHealth(rec["health"])
+            status = DiagnosticStatus(
+                level=_LEVELS[health], name=f"{name}: device {device}",
+                hardware_id=f"device_{device}",
+                message=health.value + (f" ({rec['reason']})" if rec["reason"] else ""))
+            head = self.heads is not None and bool(self.heads.known[device])
+            values = {"health": health.value, "messages": rec["messages"],
+                      "rate_hz": round(rates[device], 2),
+                      "rejected": rec["rejected"], "deaths": rec["deaths"],
+                      "reason": rec["reason"], "head_known": head,
+                      "bad_heads": self._bad_heads[device]}
+            status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+            array.status.append(status)
+        rejected = self.rejections.total
+        counts = {"accepted": self.accepted, "rejected": rejected, **self.rejections.counts}
+        counts["fused"] = self.fused_count
+        counts["pending"] = self.assembler.pending_count if self.assembler else 0
+        counts["heads_known"] = int(self.heads.known.sum()) if self.heads else 0
+        shape = self.head_shapes.shape
+        counts["head_shape"] = f"{shape[0]}x{shape[1]}" if shape else ""
+        counts["heads_of_other_shapes"] = self.head_shapes.votes_for_other_shapes()
+        counts["own_stalls"] = self.stall_guard.stalls
+        counts["deadlines_doubted"] = self.deadlines_doubted
+        if self._fusion_times:
+            times_ms = 1e3 * np.asarray(self._fusion_times)
+            counts["fusion_ms_p50"] = round(float(np.percentile(times_ms, 50)), 4)
+            counts["fusion_ms_p99"] = round(float(np.percentile(times_ms, 99)), 4)
+        array.status.append(DiagnosticStatus(
+            level=DiagnosticStatus.OK, name=f"{name}: frame assembly",
+            hardware_id="fusion",
+            message=f"{self.fused_count} frames fused, {rejected} inputs rejected",
+            values=[KeyValue(key=k, value=str(v)) for k, v in counts.items()]))
+        self._diag_pub.publish(array)
 
 
 def main(argv: list[str] | None = None) -> int:

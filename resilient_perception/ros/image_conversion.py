@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from resilient_perception.datasets import Dataset, MultiViewImages
+from resilient_perception.message_checks import clip_text
 
 __all__ = [
     "ENCODINGS",
@@ -66,8 +67,8 @@ def _encoding(name: str) -> _Encoding:
     try:
         return ENCODINGS[name]
     except KeyError:
-        raise ImageConversionError(
-            f"unsupported image encoding {name!r}; supported: {', '.join(ENCODINGS)}"
+        raise ImageConversionError(  # clipped: the name comes from outside
+            f"unsupported image encoding {clip_text(name)!r}; supported: {', '.join(ENCODINGS)}"
         ) from None
 
 

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import faulthandler
+import functools
 import signal
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
+from resilient_perception.message_checks import RejectionLog, clip_text
 from resilient_perception.ros.topics import DIAGNOSTICS_TOPIC
 
-__all__ = ["DIAGNOSTICS_PERIOD_S", "SHUTDOWN_GRACE_S", "THROTTLE_S", "descriptor",
-           "publish_counters", "run_node"]
+__all__ = [
+    "DIAGNOSTICS_PERIOD_S",
+    "MAX_LOG_DETAIL_CHARS",
+    "SHUTDOWN_GRACE_S",
+    "THROTTLE_S",
+    "Rejections",
+    "capped_subscription",
+    "descriptor",
+    "publish_counters",
+    "run_node",
+]
 
 # Period of throttled warnings about bad messages, seconds.
 THROTTLE_S = 5.0
@@ -76,6 +88,90 @@ def publish_counters(node: Any, hardware_id: str,
         publisher.publish(array)
 
     node.create_timer(DIAGNOSTICS_PERIOD_S, publish)
+
+
+MAX_LOG_DETAIL_CHARS = 300
+"""Longest detail a rejection's log line carries (messages' own text is clipped shorter)."""
+
+
+class Rejections:
+    """A node's rejected messages, counted and logged per reason.
+
+    At most one line per reason every :data:`THROTTLE_S`, of bounded length
+    (:class:`..message_checks.RejectionLog`).
+    """
+
+    def __init__(self, node: Any, reasons: Iterable[str] = ()) -> None:
+        """Count for ``node`` (its logger is used); ``reasons`` start at 0 on /diagnostics."""
+        self._logger = node.get_logger()
+        self.log = RejectionLog(reasons, THROTTLE_S)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Rejections per reason (a copy)."""
+        return dict(self.log.counts)
+
+    @property
+    def total(self) -> int:
+        """All rejections so far."""
+        return self.log.total
+
+    def reject(self, what: str, reason: str, detail: str = "") -> None:
+        """Count one rejection of ``what`` (e.g. "device 2: prediction") for ``reason``."""
+        unlogged = self.log.add(reason, time.monotonic())
+        if unlogged is None:
+            return
+        detail = clip_text(detail, MAX_LOG_DETAIL_CHARS)
+        more = f", {unlogged} not logged since the last line" if unlogged else ""
+        self._logger.warning(f"{what} rejected ({reason}){': ' if detail else ''}{detail} "
+                             f"[{self.log.counts[reason]} {reason} so far{more}]")
+
+    def guard(self, callback: Callable[..., None], what: str) -> Callable[..., None]:
+        """``callback`` that counts and logs any exception as ``callback_error``.
+
+        An exception escaping a callback ends ``spin`` and with it the node: no message
+        may do that, whatever a check missed.
+        """
+        @functools.wraps(callback)
+        def guarded(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception as exc:
+                self.reject(what, "callback_error", f"{type(exc).__name__}: {exc}")
+        return guarded
+
+
+def capped_subscription(node: Any, msg_type: type, topic: str,
+                        callback: Callable[[Any], None], qos: Any, max_bytes: int,
+                        rejections: Rejections, what: str, reason_prefix: str = "",
+                        **kwargs: Any) -> Any:
+    """A subscription that refuses messages over ``max_bytes`` before deserialising them.
+
+    The subscription takes the serialised (CDR) message; one longer than ``max_bytes`` is
+    counted as ``oversize`` and dropped without being turned into Python objects or arrays
+    (a 20 MB image would otherwise be copied several times before any check saw it), and one
+    that does not deserialise is counted as ``malformed`` (both reasons with
+    ``reason_prefix`` in front, for a node that tells its topics apart). The rest reach
+    ``callback`` as messages, through :meth:`Rejections.guard`. ``kwargs`` go to
+    ``create_subscription`` (e.g. ``event_callbacks``).
+    """
+    from rclpy.serialization import deserialize_message
+
+    guarded = rejections.guard(callback, what)
+
+    def receive(data: bytes) -> None:
+        if len(data) > max_bytes:
+            rejections.reject(what, f"{reason_prefix}oversize",
+                              f"{len(data)} bytes, limit {max_bytes}")
+            return
+        try:
+            msg = deserialize_message(data, msg_type)
+        except Exception as exc:
+            rejections.reject(what, f"{reason_prefix}malformed", f"{type(exc).__name__}: {exc}")
+            return
+        guarded(msg)
+
+    return node.create_subscription(msg_type, topic, receive, qos, raw=True, **kwargs)
 
 
 def run_node(

@@ -14,9 +14,17 @@ TRANSIENT_LOCAL: a stage that starts later still gets the current plan). It re-p
 Measured rates replace the fleet file's (which are the starting values, used until a link
 is measured). The problem is solved for the live robots only
 (:func:`..placement.distributed.live_problem`); requests whose image is on a dead robot are
-left out. Measurements naming unknown robots or carrying non-finite rates are logged
-(throttled), counted and ignored. The counts (``plan_version``, ``rejected``, robots alive)
-are on ``/diagnostics`` every second.
+left out.
+
+Outside messages are checked before they change anything: messages over
+:data:`MAX_MESSAGE_BYTES` serialised are dropped undeserialised, a heartbeat must name its
+own robot, a measurement a known link, and a rate must be 0 (not measured) or within
+``[min_link_bps, max_link_bps]`` (a rate of 1e-300 once overflowed the solver's objective
+scaling). Rejections are counted per reason and logged at most once per reason every few
+seconds. A re-plan that fails anyway (any exception of the solver) is logged, counted as
+``replan_errors``, and the previous plan stays. The counts (``plan_version``,
+``rejected``, one per reason, ``replan_errors``, robots alive) are on ``/diagnostics`` every
+second.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from rcl_interfaces.msg import ParameterType
 from rclpy.node import Node
 from std_msgs.msg import Header
 
+from resilient_perception.message_checks import clip_text, link_rate_problem
 from resilient_perception.msg import LinkMeasurement, PlacementPlan
 from resilient_perception.placement.block_profile import load_profile
 from resilient_perception.placement.distributed import fleet_plan, live_problem, monolithic_plan
@@ -38,7 +47,8 @@ from resilient_perception.placement.link_estimation import relative_change
 from resilient_perception.placement.problem import Network, evaluate_plan
 from resilient_perception.placement.solvers import SOLVERS, SolveResult, solve
 from resilient_perception.ros.node_utils import (
-    THROTTLE_S,
+    Rejections,
+    capped_subscription,
     descriptor,
     publish_counters,
     run_node,
@@ -50,10 +60,17 @@ from resilient_perception.ros.topics import (
     plan_qos,
 )
 
-__all__ = ["MONOLITHIC", "PlannerNode", "main"]
+__all__ = ["MAX_MESSAGE_BYTES", "MONOLITHIC", "PlannerNode", "main"]
+
+MAX_MESSAGE_BYTES = 4096
+"""Largest serialised heartbeat or link measurement accepted (real ones are ~100 bytes)."""
+
+REJECTION_REASONS = ("oversize", "malformed", "bad_heartbeat", "unknown_link",
+                     "implausible_rate", "callback_error")
 
 MONOLITHIC = "monolithic"
 """The ``solver`` value of the baseline plan: every unit on the robot holding the image."""
+
 
 class PlannerNode(Node):
     """Solves the placement for the live robots and publishes it as a PlacementPlan."""
@@ -85,6 +102,14 @@ class PlannerNode(Node):
         self.use_measured = self.declare_parameter("use_measured_rates", True, descriptor(
             "Replace the fleet file's rates with the link probes' measurements.",
             boolean)).value
+        self.rate_range = tuple(self.declare_parameter(name, value, descriptor(
+            f"Measured link rates outside [min_link_bps, max_link_bps] are rejected "
+            f"(bit/s; this is the {bound}).", double, float_range=(1.0, 1e15))).value
+            for name, value, bound in (("min_link_bps", 1e3, "lower bound"),
+                                       ("max_link_bps", 1e12, "upper bound")))
+        if self.rate_range[0] > self.rate_range[1]:
+            raise ValueError(f"min_link_bps {self.rate_range[0]:g} is above max_link_bps "
+                             f"{self.rate_range[1]:g}")
         if self.solver not in (*SOLVERS, MONOLITHIC):
             raise ValueError(f"solver must be one of {[*SOLVERS, MONOLITHIC]}, got "
                              f"{self.solver!r}")
@@ -96,7 +121,8 @@ class PlannerNode(Node):
         n = len(self.names)
         self.rates = np.array(self.problem.rates_bps, dtype=float)  # current estimates
         self.last_seen = np.full(n, -math.inf)  # monotonic time of each robot's heartbeat
-        self.rejected = 0
+        self.rejections = Rejections(self, REJECTION_REASONS)
+        self.replan_errors = 0
         self.version = 0
         self._plan_alive: np.ndarray | None = None  # alive set of the current plan
         self._plan_rates = self.rates.copy()  # rates the current plan was made with
@@ -104,29 +130,37 @@ class PlannerNode(Node):
 
         self._publisher = self.create_publisher(PlacementPlan, PLAN_TOPIC, plan_qos())
         for i, name in enumerate(self.names):
-            self.create_subscription(Header, HEARTBEAT_TOPIC_FORMAT.format(name),
-                                     lambda msg, i=i: self._on_heartbeat(i, msg), 10)
-        self.create_subscription(LinkMeasurement, LINK_MEASUREMENT_TOPIC, self._on_link, 50)
-        self.create_timer(0.02, self._check)
+            capped_subscription(self, Header, HEARTBEAT_TOPIC_FORMAT.format(name),
+                                lambda msg, i=i: self._on_heartbeat(i, msg), 10,
+                                MAX_MESSAGE_BYTES, self.rejections, f"heartbeat of {name}")
+        capped_subscription(self, LinkMeasurement, LINK_MEASUREMENT_TOPIC, self._on_link, 50,
+                            MAX_MESSAGE_BYTES, self.rejections, "link measurement")
+        self.create_timer(0.02, self.rejections.guard(self._check, "re-plan check"))
         publish_counters(self, "planner", lambda: {
-            "plan_version": self.version, "rejected": self.rejected,
+            "plan_version": self.version, "rejected": self.rejections.total,
+            **self.rejections.counts, "replan_errors": self.replan_errors,
             "alive": [self.names[i] for i in np.flatnonzero(self._alive())]})
         self.get_logger().info(f"planning {profile.model} ({len(profile.blocks)} blocks) on "
                                f"{self.names} with {self.solver}")
 
     def _on_heartbeat(self, robot: int, msg: Header) -> None:
         if msg.frame_id != self.names[robot]:
-            self._reject(f"heartbeat of {msg.frame_id!r} on {self.names[robot]}'s topic")
+            self.rejections.reject(f"heartbeat of {self.names[robot]}", "bad_heartbeat",
+                                   f"frame_id {clip_text(msg.frame_id)!r}")
             return
         self.last_seen[robot] = time.monotonic()
 
     def _on_link(self, msg: LinkMeasurement) -> None:
         if msg.from_robot not in self.names or msg.to_robot not in self.names or (
                 msg.from_robot == msg.to_robot):
-            self._reject(f"measurement of unknown link {msg.from_robot!r} -> {msg.to_robot!r}")
+            self.rejections.reject("link measurement", "unknown_link",
+                                   f"{clip_text(msg.from_robot)!r} -> "
+                                   f"{clip_text(msg.to_robot)!r}")
             return
-        if not (math.isfinite(msg.throughput_bps) and msg.throughput_bps >= 0):
-            self._reject(f"measurement with throughput {msg.throughput_bps}")
+        if link_rate_problem(msg.throughput_bps, *self.rate_range):
+            self.rejections.reject("link measurement", "implausible_rate",
+                                   f"{msg.from_robot} -> {msg.to_robot}: "
+                                   f"{msg.throughput_bps:g} bit/s")
             return
         if self.use_measured and msg.throughput_bps > 0:
             i, k = self.names.index(msg.from_robot), self.names.index(msg.to_robot)
@@ -166,6 +200,14 @@ class PlannerNode(Node):
         # not re-solved 50 times a second.
         self._plan_alive, self._plan_rates = alive.copy(), self.rates.copy()
         self._last_plan_time = time.monotonic()
+        try:
+            self._solve_and_publish(alive, reason)
+        except Exception as exc:  # whatever the solver meets, the plan in force stays
+            self.replan_errors += 1
+            self.get_logger().error(f"re-plan ({reason}) failed, keeping plan {self.version}: "
+                                    f"{type(exc).__name__}: {clip_text(str(exc), 300)}")
+
+    def _solve_and_publish(self, alive: np.ndarray, reason: str) -> None:
         try:
             problem = dataclasses.replace(self.problem, rates_bps=self.rates)
             live, robots, requests = live_problem(problem, alive)
@@ -207,11 +249,6 @@ class PlannerNode(Node):
             f"plan {self.version} ({reason}, {result.status} in {result.seconds:.2f} s): "
             f"units on {[self.names[d] if d >= 0 else '-' for d in msg.devices]}, expected "
             f"latency {metrics['latency_s'] * 1e3:.1f} ms, accuracy {metrics['accuracy']:.3f}")
-
-    def _reject(self, reason: str) -> None:
-        self.rejected += 1
-        self.get_logger().warning(f"{reason} ({self.rejected} rejected so far)",
-                                  throttle_duration_sec=THROTTLE_S)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,10 +22,14 @@ With ``emulate_gmacs`` > 0 the stage emulates a robot of that speed (the fleet f
 ``compute_gmacs``): each piece of work takes at least its MACs / that rate, so that runs on
 one machine see the compute times the planner's model assumes.
 
-Bad messages (unknown plan version, a unit that is not this robot's, a tensor whose size
-does not match its shape or holds NaN/Inf, a shape the model rejects) are logged
-(throttled), counted and dropped. The counts (``completed``, ``rejected``, ``plans``) are on
-``/diagnostics`` every second.
+Bad messages are counted per reason and logged at most once per reason every few seconds:
+an activation over ``max_activation_bytes`` serialised is dropped before it is deserialised
+(``oversize``), one that does not deserialise is ``malformed``; an unknown plan version, a
+unit that is not this robot's, a tensor whose size does not match its shape or holds
+NaN/Inf, a shape the model rejects (any exception while executing it) are
+``bad_activation``; a plan that does not fit the model is ``bad_plan``. The counts
+(``completed``, ``rejected``, one per reason, ``plans``) are on ``/diagnostics`` every
+second.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ from resilient_perception.placement.distributed import (
 from resilient_perception.placement.problem import DROPPED
 from resilient_perception.placement.resnet import load_resnet_checkpoint, profile_blocks
 from resilient_perception.ros.node_utils import (
-    THROTTLE_S,
+    Rejections,
+    capped_subscription,
     descriptor,
     publish_counters,
     run_node,
@@ -89,6 +94,9 @@ class StageNode(Node):
             float_range=(0.0, 1e6))).value
         threads = self.declare_parameter("torch_threads", 1, descriptor(
             "torch CPU threads.", integer, int_range=(1, 256))).value
+        max_bytes = self.declare_parameter("max_activation_bytes", 64 << 20, descriptor(
+            "Larger serialised activations are rejected before they are deserialised, "
+            "bytes.", integer, int_range=(1024, 1 << 31))).value
         if not self.robot:
             raise ValueError("parameter 'robot' (this robot's name) is required")
         if not model_path:
@@ -101,7 +109,8 @@ class StageNode(Node):
         self.unit_seconds = [(part.macs / (emulated_gmacs * 1e9)) if emulated_gmacs else 0.0
                              for part in (stem, *blocks, head)]
         self.plans: OrderedDict[int, PlacementPlan] = OrderedDict()
-        self.rejected = 0
+        self.rejections = Rejections(self, ("oversize", "malformed", "bad_plan",
+                                            "bad_activation", "callback_error"))
         self.completed = 0
 
         self._heartbeat = self.create_publisher(Header, HEARTBEAT_TOPIC_FORMAT.format(
@@ -109,14 +118,16 @@ class StageNode(Node):
         self._predictions = self.create_publisher(DistributedPrediction,
                                                   DISTRIBUTED_PREDICTION_TOPIC, 50)
         self._to_robot: dict[str, object] = {}
-        self.create_subscription(PlacementPlan, PLAN_TOPIC, self._on_plan, plan_qos())
-        self.create_subscription(ActivationTensor, ACTIVATION_TOPIC_FORMAT.format(self.robot),
-                                 self._on_activation, activation_qos())
-        self.create_timer(heartbeat, self._beat)
+        self.create_subscription(PlacementPlan, PLAN_TOPIC,
+                                 self.rejections.guard(self._on_plan, "plan"), plan_qos())
+        capped_subscription(self, ActivationTensor, ACTIVATION_TOPIC_FORMAT.format(self.robot),
+                            self._on_activation, activation_qos(), max_bytes, self.rejections,
+                            "activation")
+        self.create_timer(heartbeat, self.rejections.guard(self._beat, "heartbeat"))
         self._beat()
         publish_counters(self, self.robot, lambda: {
-            "completed": self.completed, "rejected": self.rejected,
-            "plans": list(self.plans)})
+            "completed": self.completed, "rejected": self.rejections.total,
+            **self.rejections.counts, "plans": list(self.plans)})
         self.get_logger().info(f"stage of {self.robot} ready ({self.model.n_blocks} blocks)")
 
     def _beat(self) -> None:
@@ -127,9 +138,10 @@ class StageNode(Node):
     def _on_plan(self, plan: PlacementPlan) -> None:
         if len(plan.unit_names) != self.n_units or len(plan.devices) != len(
                 plan.sources) * self.n_units:
-            self._reject(f"plan {plan.version} has {len(plan.unit_names)} units and "
-                         f"{len(plan.devices)} devices for {len(plan.sources)} requests; the "
-                         f"model has {self.n_units} units")
+            self.rejections.reject(
+                f"plan {plan.version}", "bad_plan",
+                f"{len(plan.unit_names)} units and {len(plan.devices)} devices for "
+                f"{len(plan.sources)} requests; the model has {self.n_units} units")
             return
         self.plans[plan.version] = plan
         while len(self.plans) > self.plan_history:
@@ -138,8 +150,9 @@ class StageNode(Node):
     def _on_activation(self, msg: ActivationTensor) -> None:
         try:
             self._execute(msg)
-        except (ValueError, RuntimeError) as exc:
-            self._reject(f"request {msg.request_id} at unit {msg.next_unit} rejected: {exc}")
+        except Exception as exc:  # whatever the message made fail: this request only
+            self.rejections.reject(f"request {msg.request_id} at unit {msg.next_unit}",
+                                   "bad_activation", f"{type(exc).__name__}: {exc}")
 
     def _execute(self, msg: ActivationTensor) -> None:
         if msg.plan_version == 0:  # a new request: pin it to the newest plan
@@ -202,11 +215,6 @@ class StageNode(Node):
         out.header.frame_id = self.robot
         self._predictions.publish(out)
         self.completed += 1
-
-    def _reject(self, reason: str) -> None:
-        self.rejected += 1
-        self.get_logger().warning(f"{reason} ({self.rejected} rejected so far)",
-                                  throttle_duration_sec=THROTTLE_S)
 
 
 def main(argv: list[str] | None = None) -> int:
