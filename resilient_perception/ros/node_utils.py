@@ -253,5 +253,8 @@ def run_node(
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        # The participant leaves DDS here (peers learn it at once), not in the interpreter's
+        # final garbage collection, which nothing bounds.
+        rclpy.utilities.get_default_context().destroy()
         faulthandler.cancel_dump_traceback_later()
     return code
