@@ -86,6 +86,7 @@ image is already "huge"; the default (8 MB) would make every oversize image cost
 shared memory traffic."""
 FUSION_OVERRIDES = {"frame_timeout": 1.0, "watchdog_timeout": 2.0}
 HOUR_NS = 3600 * 10**9
+HEAD_SPACING_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -315,6 +316,11 @@ class _Fuzzer:
         raise ValueError(f"unknown fuzz kind {kind!r}")
 
 
+def _deep(qos: Any, depth: int = 64) -> Any:
+    qos.depth = depth
+    return qos
+
+
 def _device_for(kind: FuzzKind, rng: random.Random, n: int) -> int:
     # A well-formed head of another shape always goes to device 0: it is that device's
     # vote on the shape, and the other devices' real heads must stay the majority.
@@ -473,8 +479,10 @@ def run_fuzz(
             "prediction": [node.create_publisher(
                 DevicePrediction, PREDICTION_TOPIC_FORMAT.format(i), prediction_qos(0.5, 1.0))
                 for i in range(num_cameras)],
+            # Latched like the cameras' (the fusion node asks for TRANSIENT_LOCAL), but with a
+            # history: KEEP_LAST 1 replaces a head not yet delivered by the next one.
             "head": [node.create_publisher(ClassifierHead, HEAD_TOPIC_FORMAT.format(i),
-                                           head_qos()) for i in range(num_cameras)]}
+                                           _deep(head_qos())) for i in range(num_cameras)]}
         pipeline.start_ready(observer, timeout=120.0)
         # The warm-up: every device heard and fused live before the first labelled frame.
         observer.spin_until(lambda: len(labels) >= 5 and len(fused) >= 5,
@@ -489,6 +497,7 @@ def run_fuzz(
         observer.spin_until(lambda: all(p.get_subscription_count() >= 1
                                         for ps in publishers.values() for p in ps),
                             "the fuzz publishers matched", 30.0, pipeline)
+        last_head = [0.0] * num_cameras
         t0 = time.monotonic()
         next_sample = 0.0
         first_label = len(labels)
@@ -496,6 +505,14 @@ def run_fuzz(
         for n in range(messages):
             kind = rng.choice(KINDS)
             device = _device_for(kind, rng, num_cameras)
+            if kind.topic == "head":
+                # The fusion node's head reader keeps one sample (KEEP_LAST 1, latched): a
+                # second head on the topic before it took the first would replace it. Heads
+                # on one topic are kept HEAD_SPACING_S apart (waiting for acknowledgements
+                # instead took up to the writer's 3 s heartbeat period each).
+                while (wait := last_head[device] + HEAD_SPACING_S - time.monotonic()) > 0:
+                    observer.executor.spin_once(timeout_sec=min(wait, 0.01))
+                last_head[device] = time.monotonic()
             publishers[kind.topic][device].publish(fuzzer.build(kind.name, device))
             sent[kind.name] += 1
             target = f"camera_{device}" if kind.node == "camera" else "fusion"
@@ -504,6 +521,8 @@ def run_fuzz(
                 camera_extra[device] += 1
             bar.update()
             # Paced by the clock, spinning meanwhile (the observer's queues must drain).
+            if not observer.context.ok():  # rclpy's SIGINT handler shut it down
+                raise KeyboardInterrupt
             while (t := time.monotonic() - t0) < (n + 1) / rate_hz:
                 observer.executor.spin_once(timeout_sec=min(0.005, (n + 1) / rate_hz - t))
             if t >= next_sample:
