@@ -223,7 +223,8 @@ class _Fuzzer:
         ahead = self._stamp(HOUR_NS)
         if kind == "image_unknown_encoding":
             msg = self._image(image, "mono8")
-            msg.encoding = rng.choice(["yuv422", "", "MONO8", "jpeg", "mono8\x00"])
+            # not "mono8\\x00": a ROS string ends at its first NUL, so that arrives as "mono8"
+            msg.encoding = rng.choice(["yuv422", "", "MONO8", "jpeg", "mono 8"])
             return msg
         if kind == "image_1000_char_encoding":
             msg = self._image(image, "mono8")
