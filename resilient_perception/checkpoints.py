@@ -108,6 +108,9 @@ def load_module(path, kind: str,
         meta = json.loads(header[META_KEY])
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: metadata is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):  # valid JSON, but a list or a number (a damaged file)
+        raise CheckpointError(f"{path}: metadata is a JSON {type(meta).__name__}, not an "
+                              f"object; expected {expected}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r}, "
                               f"expected {FORMAT_VERSION}")

@@ -93,4 +93,22 @@ def onnx_models(checkpoint: Path, onnx_dir: Path) -> str:
     first = onnx_dir / "device_0.onnx"
     if not first.exists() or first.stat().st_mtime < checkpoint.stat().st_mtime:
         export_checkpoint(checkpoint, onnx_dir)
+    else:
+        _check_onnx(sorted(onnx_dir.glob("device_*.onnx")))
     return str(onnx_dir.resolve() / "device_{}.onnx")
+
+
+def _check_onnx(paths: list[Path]) -> None:
+    """Raise ``ValueError`` naming the first of ``paths`` that is not a valid ONNX model.
+
+    Reused exports are read by node processes and benchmarks far from the command line: a
+    damaged one must be reported here, with its name, not as a camera that fails to start.
+    """
+    import onnx
+
+    for path in paths:
+        try:
+            onnx.checker.check_model(onnx.load(str(path)))
+        except Exception as exc:  # protobuf and the checker raise several types
+            raise ValueError(f"{path}: not a valid ONNX model ({type(exc).__name__}: "
+                             f"{str(exc)[:200]}); delete it to export it again") from None

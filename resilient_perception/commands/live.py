@@ -90,11 +90,11 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     frame rate, CPU and memory per process, and the Modifier's cost vs a device forward.
     Writes benchmark.json and benchmark.md to --out.
     """
-    _, pipeline, pipeline_benchmark = _live_imports()
     if not args.checkpoint.is_file():
         raise ValueError(f"{args.checkpoint}: no such checkpoint (train one with "
                          "`resilient-perception train`)")
-    models = onnx_models(args.checkpoint, args.checkpoint.parent / "onnx")
+    models = onnx_models(args.checkpoint, args.checkpoint.parent / "onnx")  # inputs first
+    _, pipeline, pipeline_benchmark = _live_imports()
     result = pipeline_benchmark.run_pipeline_benchmark(
         _installed_config(args, pipeline), models, args.out, args.rate, args.steady,
         args.kills, log_dir=args.log_dir)

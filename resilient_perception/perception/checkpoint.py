@@ -59,7 +59,7 @@ def save_training_state(path, model: MultiDeviceCNN, state: TrainState,
 def load_training_state(path) -> tuple[MultiDeviceCNN, TrainState, dict]:
     """Load ``(model, state, metadata)`` saved by :func:`save_training_state`."""
     model, meta, extra = load_module(path, "multi_device_cnn", MultiDeviceCNN)
-    if TORCH_RNG not in extra or "numpy_rng" not in meta:
+    if TORCH_RNG not in extra or "numpy_rng" not in meta or "history" not in meta:
         raise CheckpointError(f"{path}: a model checkpoint, not a training state")
     torch_rng = extra.pop(TORCH_RNG)
     return model, TrainState(meta["history"], extra, meta["numpy_rng"], torch_rng), meta

@@ -209,6 +209,9 @@ def load_fleet(path: str | Path) -> FleetConfig:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
         raise FleetError(f"{path}: cannot read the fleet file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:  # a damaged or binary file
+        raise FleetError(f"{path}: not a UTF-8 text file ({exc.reason} at byte "
+                         f"{exc.start})") from None
     except yaml.YAMLError as exc:
         raise FleetError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, Mapping):
