@@ -8,9 +8,10 @@ missing (a ``pip install .`` without ROS).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from .common import onnx_models, positive_int
+from .common import onnx_models, positive_int, write_json
 from .perception import cmd_train, evaluate_checkpoint, parse
 
 
@@ -102,6 +103,34 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     return 0 if pipeline_benchmark.frames_lost(result) == 0 else 1
 
 
+def cmd_bench_footprint(args: argparse.Namespace) -> int:
+    """Resident memory and start-up time of the fusion and camera (ONNX) node processes.
+
+    Starts the fusion node and the camera nodes one at a time, then streams frames; writes
+    footprint-LABEL.json and footprint.md (every footprint-*.json in --out side by side).
+    """
+    _, pipeline, _ = _live_imports()
+    from ..bench.node_footprint import markdown_table, measure_footprint
+
+    if not args.checkpoint.is_file():
+        raise ValueError(f"{args.checkpoint}: no such checkpoint (train one with "
+                         "`resilient-perception train`)")
+    models = onnx_models(args.checkpoint, args.checkpoint.parent / "onnx")
+    result = measure_footprint(_installed_config(args, pipeline), models,
+                               cameras=args.cameras, rate_hz=args.rate, seconds=args.seconds,
+                               log_dir=args.log_dir)
+    result["command"] = (f"resilient-perception bench-footprint CHECKPOINT --cameras "
+                         f"{args.cameras} --rate {args.rate:g} --seconds {args.seconds:g} "
+                         f"--label {args.label}")
+    write_json(args.out / f"footprint-{args.label}.json", result)
+    results = {path.stem.removeprefix("footprint-"): json.loads(path.read_text())
+               for path in sorted(args.out.glob("footprint-*.json"))}
+    table = markdown_table(results)
+    (args.out / "footprint.md").write_text(table)
+    print(table, end="")
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register the live-pipeline subcommands on the main parser's subparsers."""
     p = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
@@ -142,3 +171,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None,
                    help="params file (default the installed config/mnist_6cam.yaml)")
     p.set_defaults(func=cmd_bench_pipeline)
+
+    p = sub.add_parser("bench-footprint", help="resident memory and start-up time of the "
+                       "fusion and camera node processes", description=cmd_bench_footprint.__doc__)
+    p.add_argument("checkpoint", type=Path, help="model.safetensors written by `train` "
+                   "(exported to ONNX beside it)")
+    p.add_argument("--cameras", type=positive_int, default=2, help="camera nodes (default 2)")
+    p.add_argument("--rate", type=float, default=30.0, help="frame rate (default 30)")
+    p.add_argument("--seconds", type=float, default=10.0,
+                   help="seconds of streaming while memory is sampled (default 10)")
+    p.add_argument("--label", default="current",
+                   help="name of this run in footprint-LABEL.json and the table "
+                   "(default current)")
+    p.add_argument("--out", type=Path, default=Path("docs/results/edge"),
+                   help="output folder (default docs/results/edge)")
+    p.add_argument("--log-dir", type=Path, default=Path("runs/bench-footprint/logs"),
+                   help="node logs (default runs/bench-footprint/logs)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="params file (default the installed config/mnist_6cam.yaml)")
+    p.set_defaults(func=cmd_bench_footprint)
