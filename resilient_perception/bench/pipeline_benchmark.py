@@ -35,7 +35,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from resilient_perception.harness.pipeline import NodeSpec, Observer, Pipeline, pipeline_nodes
 from resilient_perception.harness.stream_monitor import StreamMonitor
 from resilient_perception.paper.device_cost import measure_modifier_cost
-from resilient_perception.perception.export import DeviceRunner
+from resilient_perception.perception.runtime import DeviceRunner
 from resilient_perception.ros.topics import DIAGNOSTICS_TOPIC, FUSED_TOPIC
 
 __all__ = ["frames_lost", "markdown_report", "run_pipeline_benchmark"]

@@ -42,10 +42,10 @@ from tqdm import tqdm
 from ..perception.checkpoint import load_checkpoint
 from ..perception.evaluation import evaluate_failures, summarise
 from ..perception.experiment import DeviceViews, load_device_views
-from ..perception.export import META_KEY, DeviceRunner
 from ..perception.frame_assembly import ClassifierHeads, Frame, fuse_frame
 from ..perception.model import count_parameters, views_to_float
 from ..perception.modifier import synthesize_surrogate
+from ..perception.runtime import META_KEY, DeviceRunner
 from ..perception.views import ViewSpec
 
 __all__ = [

@@ -80,7 +80,7 @@ from ..perception.experiment import (
     train_devices,
 )
 from ..perception.learned_modifier import LEARNED_VARIANTS, fit_learned_modifier
-from ..perception.modifier import EVALUATION_MODES
+from ..perception.modes import EVALUATION_MODES
 from ..perception.training import TrainConfig
 from ..perception.views import ViewSpec, apply_device_noise, parse_noise
 

@@ -27,7 +27,7 @@ import json
 import math
 from pathlib import Path
 
-from ..perception.modifier import EVALUATION_MODES
+from ..perception.modes import EVALUATION_MODES
 from .reproduction import (
     LEARNED_METHODS,
     METHODS,

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from .model import MultiDeviceCNN, views_to_float
+from .modes import FUSION_MODES
 from .modifier import (
-    FUSION_MODES,
     LearnedModifier,
     device_output_tensors,
     fuse_with_failures,

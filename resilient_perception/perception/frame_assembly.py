@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .modifier import FUSION_MODES
+from .modes import FUSION_MODES
 
 __all__ = [
     "DEATH_REASONS",

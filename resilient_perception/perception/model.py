@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .runtime import views_to_float32
+
 __all__ = [
     "DeviceCNN",
     "MultiDeviceCNN",
@@ -59,12 +61,14 @@ __all__ = [
 
 
 def views_to_float(views: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Convert uint8 views (any shape) to float32 in ``[0, 1]``; the single place for this.
+    """Convert uint8 views (any shape) to float32 in ``[0, 1]`` as a tensor.
 
-    Float inputs are returned as float32 unchanged (assumed already scaled).
+    Float inputs are returned as float32 unchanged (assumed already scaled). numpy input is
+    scaled by :func:`.runtime.views_to_float32`, the inference backends' scaling, so
+    training and the torch-free runtime see the same numbers.
     """
-    if isinstance(views, np.ndarray):
-        views = torch.from_numpy(views)
+    if isinstance(views, np.ndarray):  # numpy's scaling is the runtime's: one implementation
+        return torch.from_numpy(views_to_float32(views))
     if views.dtype == torch.uint8:
         return views.to(torch.float32).div_(255.0)
     if views.is_floating_point():

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .modes import EVALUATION_MODES
+
 __all__ = [
     "LearnedModifier",
     "device_output_tensors",
@@ -57,11 +59,6 @@ __all__ = [
     "surrogate_logits",
     "synthesize_surrogate",
 ]
-
-FUSION_MODES = ("avg", "max")
-# Majority voting is the "ensemble voting" baseline of the paper's Figure 7: scored offline
-# (evaluation), not offered by the fusion node.
-EVALUATION_MODES = (*FUSION_MODES, "vote")
 
 
 def device_output_tensors(probs, features, labels, available=None) -> tuple[

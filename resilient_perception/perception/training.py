@@ -56,6 +56,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .model import DeviceCNN, MultiDeviceCNN, views_to_float
+from .modes import PRECISIONS
 from .modifier import fuse_average, surrogate_logits
 
 __all__ = [
@@ -73,7 +74,6 @@ __all__ = [
 ]
 
 SCHEDULES = ("cosine", "constant")
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass

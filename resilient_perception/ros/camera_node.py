@@ -181,9 +181,9 @@ class CameraNode(Node):
 
     # -- model -----------------------------------------------------------------------------
     def _load_model(self) -> _Model:
-        # Imported here: torch and onnxruntime take seconds to import, and only configure
-        # needs them.
-        from resilient_perception.perception.export import DeviceRunner, ExportError, view_hw
+        # Imported here: onnxruntime takes a while to import, and only configure needs it.
+        # The runtime module is torch-free; torch comes in below, for the torch backend only.
+        from resilient_perception.perception.runtime import DeviceRunner, ExportError, view_hw
 
         param = self.get_parameter
         device_id, backend = param("device_id").value, param("backend").value
