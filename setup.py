@@ -2,7 +2,9 @@
 
 ROS users build the package with colcon (CMakeLists.txt), which also generates the messages;
 `pip install .` gives the same modules without `resilient_perception.msg` and installs the
-`resilient-perception` console script.
+`resilient-perception` console script. The placement solvers (OR-Tools CP-SAT, the default of
+`plan`, and pymoo's GA) are part of that workflow; ONNX export and ONNX Runtime are the
+`[onnx]` extra (`pip install '.[onnx]'`): the commands that need them say so and exit 2.
 """
 
 from setuptools import find_packages, setup
@@ -24,6 +26,8 @@ setup(
         "tqdm>=4.60",
         "scipy>=1.10",
         "matplotlib>=3.6",
+        "ortools>=9.8",
+        "pymoo>=0.6",
     ],
     extras_require={"onnx": ["onnx>=1.15", "onnxruntime>=1.17"]},
     entry_points={"console_scripts": ["resilient-perception=resilient_perception.cli:main"]},

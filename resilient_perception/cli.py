@@ -3,7 +3,9 @@
 Every subcommand writes its raw results (JSON/CSV) next to what it prints, so any number in
 the docs can be regenerated. Errors in options or inputs exit with status 2 and a message
 that says what to fix. The subcommands live in :mod:`.commands`, one module per family;
-this module is the entry point and the list of families.
+this module is the entry point and the list of families. Building the parser imports no
+heavy module (torch, onnx, onnxruntime, scipy, ortools, pymoo, rclpy): each command imports
+what it needs when it runs, so ``--help`` and ``--version`` answer at interpreter speed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import argparse
 import sys
 import time
 
-from .checkpoints import CheckpointError
+from . import __version__
 from .commands import (
     bags,
     cost,
@@ -24,7 +26,7 @@ from .commands import (
     reproduction,
     resnet,
 )
-from .datasets import DatasetError
+from .commands.common import ONNX_MODULES, missing_onnx_message
 
 EXIT_USAGE = 2
 
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fault-tolerant multi-camera perception: train device CNNs with "
         "fail-simulation, evaluate them under every failure set with the Modifier.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for family in FAMILIES:
         family.add_parsers(sub)
@@ -51,8 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         status = args.func(args)
-    except (DatasetError, CheckpointError, ValueError) as exc:
+    except ValueError as exc:  # DatasetError, CheckpointError, BagError, ... are ValueErrors
         print(f"resilient-perception {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as exc:
+        # A path that require_onnx does not guard: the same advice, not a traceback.
+        if exc.name not in ONNX_MODULES:
+            raise
+        print(f"resilient-perception {args.command}: error: "
+              f"{missing_onnx_message(args.command, [exc.name])}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["fraction", "grid", "onnx_models", "pair", "positive_float", "positive_int",
-           "set_threads", "size", "write_csv", "write_json"]
+__all__ = ["ONNX_MODULES", "fraction", "grid", "missing_onnx_message", "onnx_models", "pair",
+           "positive_float", "positive_int", "require_onnx", "set_threads", "size",
+           "write_csv", "write_json"]
+
+ONNX_MODULES = ("onnx", "onnxruntime")
+"""What the ``[onnx]`` extra installs; ``pip install .`` alone leaves them out."""
 
 
 def write_json(path: Path, payload: object) -> None:
@@ -86,8 +91,29 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def missing_onnx_message(command: str, missing: Sequence[str]) -> str:
+    """The error of a command that needs the ``[onnx]`` extra: what is missing, how to get it."""
+    return (f"{command} needs {' and '.join(missing)}, which `pip install .` leaves out; "
+            "install them with: pip install '.[onnx]' (in the source folder)")
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken install, or an import blocked in sys.modules
+        return False
+
+
+def require_onnx(command: str) -> None:
+    """Raise ``ValueError`` (exit status 2) before ``command`` starts if onnx is missing."""
+    missing = [name for name in ONNX_MODULES if not _importable(name)]
+    if missing:
+        raise ValueError(missing_onnx_message(command, missing))
+
+
 def onnx_models(checkpoint: Path, onnx_dir: Path) -> str:
     """Export ``checkpoint`` to ``onnx_dir`` unless up to date; the cameras' model pattern."""
+    require_onnx("exporting the camera models")
     from ..perception.export import export_checkpoint
 
     first = onnx_dir / "device_0.onnx"

@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..paper.device_cost import cost_markdown, run_cost_benchmark
-from .common import onnx_models, positive_int, write_json
+from .common import onnx_models, positive_int, require_onnx, write_json
 
 
 def cmd_bench_cost(args: argparse.Namespace) -> int:
@@ -20,6 +19,9 @@ def cmd_bench_cost(args: argparse.Namespace) -> int:
     int8 vs the Modifier. Accuracy: int8 vs float on the test split. Writes cost.json and
     cost.md to --out.
     """
+    require_onnx("bench-cost")
+    from ..paper.device_cost import cost_markdown, run_cost_benchmark
+
     if not args.checkpoint.is_file():
         raise ValueError(f"{args.checkpoint}: no such checkpoint (train one with "
                          "`resilient-perception train`)")

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import onnx_models, positive_int, write_json
+from .common import onnx_models, positive_int, require_onnx, write_json
 from .perception import cmd_train, evaluate_checkpoint, parse
 
 
@@ -31,6 +31,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cameras are killed and restarted on a schedule; a live table is printed every second
     and a report is written to OUT/live/.
     """
+    if not args.no_live:  # say what is missing before training, not after it
+        require_onnx("demo")
+        _live_imports()
     checkpoint = args.out / "model.safetensors"
     if checkpoint.exists():
         print(f"reusing {checkpoint} (delete it to retrain)")

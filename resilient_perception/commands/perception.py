@@ -11,23 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..datasets import DATASET_NAMES
-from ..perception.checkpoint import load_checkpoint, save_checkpoint
-from ..perception.experiment import (
-    TRAINING_STATE,
-    DeviceViews,
-    default_view_spec,
-    evaluate_devices,
-    format_failure_table,
-    load_device_views,
-    markdown_report,
-    train_devices,
-)
-from ..perception.export import export_checkpoint
-from ..perception.training import PRECISIONS, TrainConfig, measure_training_throughput
+from ..perception.modes import PRECISIONS
 from ..perception.views import ViewSpec, parse_noise
-from .common import fraction, grid, positive_int, size, write_csv, write_json
+from .common import fraction, grid, positive_int, require_onnx, size, write_csv, write_json
+
+# The commands import torch (and onnx) through these modules when they run, never when the
+# parser is built: `--help` answers at interpreter speed.
+if TYPE_CHECKING:
+    from ..perception.experiment import DeviceViews
+    from ..perception.training import TrainConfig
 
 
 def _add_data_options(p: argparse.ArgumentParser, split: str) -> None:
@@ -49,6 +44,8 @@ def _add_data_options(p: argparse.ArgumentParser, split: str) -> None:
 
 
 def _view_spec(args: argparse.Namespace) -> ViewSpec:
+    from ..perception.experiment import default_view_spec
+
     if args.dataset == "mvmc" and args.grid is None:
         return default_view_spec("mvmc")
     rows, cols = args.grid or (3, 2)
@@ -56,10 +53,14 @@ def _view_spec(args: argparse.Namespace) -> ViewSpec:
 
 
 def _load(args: argparse.Namespace, spec: ViewSpec) -> DeviceViews:
+    from ..perception.experiment import load_device_views
+
     return load_device_views(args.dataset, args.split, spec, args.data_root, args.limit)
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
+    from ..perception.training import TrainConfig
+
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         lambda_kl=args.lambda_kl, fail_simulation=args.fail_sim, drop_k=args.drop_k,
@@ -102,6 +103,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the N device CNNs jointly and save a checkpoint plus the training history."""
+    from ..perception.checkpoint import save_checkpoint
+    from ..perception.experiment import TRAINING_STATE, train_devices
+
     data = _load(args, _view_spec(args))
     config = _train_config(args)
     print(f"training {data.n_devices} devices on {len(data.labels)} {args.dataset} "
@@ -128,6 +132,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def evaluate_checkpoint(checkpoint: Path, args: argparse.Namespace, out: Path) -> dict:
     """Score ``checkpoint`` as ``evaluate`` does (options from ``args``) into ``out``."""
+    from ..perception.checkpoint import load_checkpoint
+    from ..perception.experiment import evaluate_devices, format_failure_table, load_device_views
+
     model, meta = load_checkpoint(checkpoint)
     spec = ViewSpec.from_dict(meta["view_spec"])
     data = load_device_views(meta["dataset"], args.split, spec, args.data_root, args.limit)
@@ -162,6 +169,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
     """Time one epoch of vectorised joint training against a naive loop over devices."""
+    from ..perception.training import TrainConfig, measure_training_throughput
+
     data = _load(args, _view_spec(args))
     config = TrainConfig(batch_size=args.batch_size, seed=args.seed, num_threads=args.threads,
                          precision=args.precision)
@@ -180,6 +189,9 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export device CNNs of a checkpoint to ONNX (device_<i>.onnx) for the camera nodes."""
+    require_onnx("export")
+    from ..perception.export import export_checkpoint
+
     paths = export_checkpoint(args.checkpoint, args.out, args.devices, args.image_size,
                               args.opset)
     for path in paths:
@@ -189,6 +201,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Render evaluation summaries (and a training benchmark) as Markdown tables."""
+    from ..perception.experiment import markdown_report
+
     summaries = {}
     for path in args.summaries:
         name, _, file = path.partition("=")

@@ -19,24 +19,12 @@ import json
 from pathlib import Path
 
 from ..datasets import DATASET_NAMES
-from ..paper.blank_view_study import blank_view_study, write_blank_view_report
-from ..paper.reproduction import (
-    FULL_PLANS,
-    METHODS,
-    compare_options,
-    fit_subset,
-    full_protocol,
-    pending_runs,
-    quick_protocol,
-    run_protocol,
-    score_modifier_options,
-)
-from ..paper.reproduction_report import write_report
-from ..perception.checkpoint import load_checkpoint
-from ..perception.experiment import load_device_views
-from ..perception.training import PRECISIONS
+from ..paper.methods import FULL_PLANS, METHODS
+from ..perception.modes import PRECISIONS
 from ..perception.views import ViewSpec
 from .common import positive_int
+
+# The protocol's modules (torch, scipy) are imported by each command when it runs.
 
 QUICK_RUNS, QUICK_OUT = Path("runs/paper-quick"), Path("runs/paper-quick/report")
 FULL_RUNS, FULL_OUT = Path("runs/paper"), Path("docs/results/paper")
@@ -75,6 +63,10 @@ def evaluate_modifier_options(checkpoint: Path, split: str, data_root: Path | No
     (its metadata; :func:`..paper.reproduction.fit_subset` of them, as in the protocol), then
     scored on ``split``; the run is named after the checkpoint's folder.
     """
+    from ..paper.reproduction import compare_options, fit_subset, score_modifier_options
+    from ..perception.checkpoint import load_checkpoint
+    from ..perception.experiment import load_device_views
+
     model, meta = load_checkpoint(checkpoint)
     spec = ViewSpec.from_dict(meta["view_spec"])
     train = load_device_views(meta["dataset"], meta["train_split"], spec, data_root,
@@ -105,6 +97,9 @@ def evaluate_modifier_options(checkpoint: Path, split: str, data_root: Path | No
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run the Modifier paper's protocol (missing runs only) and write its report."""
+    from ..paper.reproduction import full_protocol, pending_runs, quick_protocol, run_protocol
+    from ..paper.reproduction_report import write_report
+
     options = {"methods": args.methods or tuple(METHODS), "threads": args.threads,
                "precision": args.precision, "baseline_seeds": args.baseline_seeds}
     if args.seeds:
@@ -138,6 +133,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_blank_views(args: argparse.Namespace) -> int:
     """Score the reproduction's runs with black views abstaining, against the protocol."""
+    from ..paper.blank_view_study import blank_view_study, write_blank_view_report
+    from ..perception.experiment import load_device_views
+
     test = load_device_views(args.dataset, "test", root=args.data_root)
     seeds = tuple(range(args.seeds))
     rows = blank_view_study(args.runs, args.dataset, args.methods, seeds, test,

@@ -9,25 +9,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from ..datasets import load_cifar10
-from ..paper.drop_report import drop_study_markdown, plot_dc_accuracy, read_study, report_markdown
-from ..placement.block_profile import save_profile
-from ..placement.drop_study import (
-    build_profile,
-    run_drop_study,
-    spread_subset,
-    table_one,
-    table_two,
-)
-from ..placement.resnet import ResNet, load_resnet_checkpoint
-from ..placement.resnet_training import CHECKPOINT_NAME, ResNetTrainConfig, train_resnet
 from .common import fraction, positive_int, set_threads, write_csv, write_json
+
+# torch and the modules below are imported by each command when it runs, never when the
+# parser is built.
 
 
 def cmd_train_resnet(args: argparse.Namespace) -> int:
     """Train the block-addressable ResNet on CIFAR-10, resumable after every epoch."""
+    import torch
+
+    from ..datasets import load_cifar10
+    from ..placement.resnet_training import CHECKPOINT_NAME, ResNetTrainConfig, train_resnet
+
     set_threads(args.threads)
     config = ResNetTrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, base_width=args.base_width,
@@ -50,6 +44,21 @@ def cmd_train_resnet(args: argparse.Namespace) -> int:
 
 def cmd_drop_study(args: argparse.Namespace) -> int:
     """Tables I and II (blocks DC/SC dropped) and profile.json of a trained ResNet."""
+    import torch
+
+    from ..datasets import load_cifar10
+    from ..paper.drop_report import drop_study_markdown
+    from ..placement.block_profile import save_profile
+    from ..placement.drop_study import (
+        build_profile,
+        run_drop_study,
+        spread_subset,
+        table_one,
+        table_two,
+    )
+    from ..placement.resnet import ResNet, load_resnet_checkpoint
+    from ..placement.resnet_training import CHECKPOINT_NAME
+
     set_threads(args.threads)
     if (args.checkpoint is None) == (args.untrained_width is None):
         raise ValueError("give a CHECKPOINT written by train-resnet, or --untrained-width W "
@@ -94,6 +103,8 @@ def cmd_drop_study(args: argparse.Namespace) -> int:
 
 def cmd_drop_report(args: argparse.Namespace) -> int:
     """Compare drop studies (e.g. plain vs stochastic depth) with the paper, as Markdown."""
+    from ..paper.drop_report import plot_dc_accuracy, read_study, report_markdown
+
     studies = {}
     for item in args.studies:
         name, _, folder = item.partition("=")

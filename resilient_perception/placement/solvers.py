@@ -40,8 +40,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse
-from scipy.optimize import linprog
 
 from .problem import CONSTRAINTS, DROPPED, Plan, Problem, evaluate_batch, evaluate_plan
 
@@ -436,6 +434,11 @@ def binding_constraints(problem: Problem, time_limit: float = 10.0) -> tuple[str
 
 def _relaxation(model: _Model, time_limit: float) -> tuple[str, np.ndarray | None, float]:
     """Solve the LP relaxation with HiGHS: (status, variable values, optimal value)."""
+    # Imported here, as ortools and pymoo are by their solvers: scipy takes a while to
+    # import, and `plan --help` or a CP-SAT plan does not need it.
+    import scipy.sparse
+    from scipy.optimize import linprog
+
     program = model.program
     eq, ub = ([], [], []), ([], [], [])
     b_eq, b_ub = [], []
