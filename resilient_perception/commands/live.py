@@ -110,7 +110,8 @@ def cmd_bench_footprint(args: argparse.Namespace) -> int:
     """Resident memory and start-up time of the fusion and camera (ONNX) node processes.
 
     Starts the fusion node and the camera nodes one at a time, then streams frames; writes
-    footprint-LABEL.json and footprint.md (every footprint-*.json in --out side by side).
+    footprint-LABEL.json and footprint.md (every footprint-*.json in --out side by side, in
+    the order they were written).
     """
     _, pipeline, _ = _live_imports()
     from ..bench.node_footprint import markdown_table, measure_footprint
@@ -126,12 +127,25 @@ def cmd_bench_footprint(args: argparse.Namespace) -> int:
                          f"{args.cameras} --rate {args.rate:g} --seconds {args.seconds:g} "
                          f"--label {args.label}")
     write_json(args.out / f"footprint-{args.label}.json", result)
+    # side by side in the order they were measured (e.g. before, after)
     results = {path.stem.removeprefix("footprint-"): json.loads(path.read_text())
-               for path in sorted(args.out.glob("footprint-*.json"))}
+               for path in sorted(args.out.glob("footprint-*.json"),
+                                  key=lambda path: path.stat().st_mtime)}
     table = markdown_table(results)
     (args.out / "footprint.md").write_text(table)
     print(table, end="")
     return 0
+
+
+def _add_bench_options(p: argparse.ArgumentParser, command: str) -> None:
+    """The options every live benchmark has: its model, frame rate, logs and params file."""
+    p.add_argument("checkpoint", type=Path, help="model.safetensors written by `train` "
+                   "(exported to ONNX beside it)")
+    p.add_argument("--rate", type=float, default=30.0, help="frame rate (default 30)")
+    p.add_argument("--log-dir", type=Path, default=Path(f"runs/{command}/logs"),
+                   help=f"node logs (default runs/{command}/logs)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="params file (default the installed config/mnist_6cam.yaml)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -160,27 +174,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-pipeline", help="benchmark the live pipeline (latency, failure "
                        "reaction, max rate, CPU/memory, Modifier cost)",
                        description=cmd_bench_pipeline.__doc__)
-    p.add_argument("checkpoint", type=Path, help="model.safetensors written by `train` "
-                   "(exported to ONNX beside it)")
+    _add_bench_options(p, "bench-pipeline")
     p.add_argument("--out", type=Path, default=Path("docs/results/pipeline"),
                    help="output folder (default docs/results/pipeline)")
-    p.add_argument("--rate", type=float, default=30.0, help="frame rate (default 30)")
     p.add_argument("--steady", type=float, default=20.0,
                    help="seconds of steady-state streaming (default 20)")
     p.add_argument("--kills", type=positive_int, default=3,
                    help="cameras killed one at a time for the reaction time (default 3)")
-    p.add_argument("--log-dir", type=Path, default=Path("runs/bench-pipeline/logs"),
-                   help="node logs (default runs/bench-pipeline/logs)")
-    p.add_argument("--config", type=Path, default=None,
-                   help="params file (default the installed config/mnist_6cam.yaml)")
     p.set_defaults(func=cmd_bench_pipeline)
 
     p = sub.add_parser("bench-footprint", help="resident memory and start-up time of the "
                        "fusion and camera node processes", description=cmd_bench_footprint.__doc__)
-    p.add_argument("checkpoint", type=Path, help="model.safetensors written by `train` "
-                   "(exported to ONNX beside it)")
+    _add_bench_options(p, "bench-footprint")
     p.add_argument("--cameras", type=positive_int, default=2, help="camera nodes (default 2)")
-    p.add_argument("--rate", type=float, default=30.0, help="frame rate (default 30)")
     p.add_argument("--seconds", type=float, default=10.0,
                    help="seconds of streaming while memory is sampled (default 10)")
     p.add_argument("--label", default="current",
@@ -188,8 +194,4 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "(default current)")
     p.add_argument("--out", type=Path, default=Path("docs/results/edge"),
                    help="output folder (default docs/results/edge)")
-    p.add_argument("--log-dir", type=Path, default=Path("runs/bench-footprint/logs"),
-                   help="node logs (default runs/bench-footprint/logs)")
-    p.add_argument("--config", type=Path, default=None,
-                   help="params file (default the installed config/mnist_6cam.yaml)")
     p.set_defaults(func=cmd_bench_footprint)
