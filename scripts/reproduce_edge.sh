@@ -19,3 +19,5 @@ out=docs/results/edge
 resilient-perception bench-footprint "$model_dir/model.safetensors" --label "$label" --out "$out"
 hyperfine --warmup 2 --runs 10 --export-json "$out/help-$label.json" \
   'resilient-perception --help' 'resilient-perception --version'
+# Wall times follow the machine's load; keep it beside them (1, 5, 15 min averages).
+cut -d' ' -f1-3 /proc/loadavg > "$out/help-$label.loadavg"
