@@ -13,12 +13,22 @@ import sys
 import time
 
 from .checkpoints import CheckpointError
-from .commands import bags, cost, distributed, live, perception, placement, reproduction, resnet
+from .commands import (
+    bags,
+    cost,
+    distributed,
+    live,
+    perception,
+    placement,
+    reproduction,
+    resnet,
+    soak,
+)
 from .datasets import DatasetError
 
 EXIT_USAGE = 2
 
-FAMILIES = (perception, live, resnet, bags, placement, distributed, reproduction, cost)
+FAMILIES = (perception, live, soak, resnet, bags, placement, distributed, reproduction, cost)
 """Command families, in the order ``--help`` lists their subcommands."""
 
 
