@@ -161,6 +161,8 @@ class _FusionWatch:
         self.pending: dict | None = None  # the restart waiting for its publisher
         self.awaiting_heads: dict | None = None  # the restart waiting for every head
         self.counters: dict[str, str] = {}  # the fusion node's newest frame-assembly status
+        # device -> diagnostics messages reporting a second publisher or writer, and the last
+        self.second_writer: dict[str, dict] = {}
         observer.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC,
                                           self._on_diagnostics, 50)
 
@@ -170,6 +172,11 @@ class _FusionWatch:
 
     def _on_diagnostics(self, array: DiagnosticArray) -> None:
         for status in array.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if values.get("second_writer"):
+                entry = self.second_writer.setdefault(status.hardware_id, {"reports": 0})
+                entry["reports"] += 1
+                entry["last"] = values["second_writer"]
             if status.name.endswith(": frame assembly"):
                 self.counters = {kv.key: kv.value for kv in status.values}
                 if self.awaiting_heads is not None and \
@@ -423,6 +430,8 @@ def _report(monitor: StreamMonitor, watch: _FusionWatch, rows: list[dict],
             "accuracy": summary["accuracy"], "latency_s": summary["latency_s"]},
         "processes": processes,
         "fusion_counters_at_end": watch.counters,
+        # a killed camera's endpoints stay in the graph until DDS drops them: expected here
+        "second_writer_reports": watch.second_writer,
         "criteria": {
             "lost_outside_windows": {"value": len(lost_outside), "target": "0",
                                      "passed": not lost_outside},
