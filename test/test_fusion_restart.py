@@ -99,7 +99,7 @@ from resilient_perception.ros.topics import prediction_qos
 
 rclpy.init()
 node = rclpy.create_node("intruder", namespace="/rogue")
-pub = node.create_publisher(DevicePrediction, "perception/device_1/prediction",
+pub = node.create_publisher(DevicePrediction, "/perception/device_1/prediction",
                             prediction_qos(0.5, 1.0))
 end = time.monotonic() + float(sys.argv[1])
 while time.monotonic() < end:  # well-formed predictions with current stamps
@@ -123,7 +123,9 @@ def test_a_second_writer_on_a_device_topic_is_reported_with_its_node(tmp_path, m
 
         fleet.publish_frames(5, [0, 1, 2])
         assert device_1()["publishers"] == "1" and device_1()["second_writer"] == ""
-        intruder = subprocess.Popen([sys.executable, "-c", SECOND_WRITER, "8"])
+        # its own process; cwd away from the source folder (the installed package has .msg)
+        intruder = subprocess.Popen([sys.executable, "-c", SECOND_WRITER, "8"], cwd=tmp_path,
+                                    stderr=subprocess.PIPE, text=True)
         try:
             seen: dict[str, str] = {}
 
@@ -138,6 +140,7 @@ def test_a_second_writer_on_a_device_topic_is_reported_with_its_node(tmp_path, m
 
             fleet.wait_for(reported, "device 1's second publisher and writer", WAIT_S)
             text = seen["second_writer"]
+            print(f"device 1's status said: {text}")
             assert "/rogue/intruder" in text and "/fusion_node_test" in text, text
             assert "perception/device_1/prediction" in text
             assert fleet.latest_diagnostics()["fusion_node: frame assembly"][
@@ -146,7 +149,7 @@ def test_a_second_writer_on_a_device_topic_is_reported_with_its_node(tmp_path, m
                       for d in (0, 2)]
             assert all(s["second_writer"] == "" for s in others)
         finally:
-            assert intruder.wait(timeout=30) == 0
+            assert intruder.wait(timeout=30) == 0, intruder.stderr.read()
         # A writer that left cleanly leaves the graph: device 1 is single-writer again.
         fleet.wait_for(lambda: fleet.publish_frames(1, [0, 1, 2]) and
                        device_1().get("publishers") == "1" and
