@@ -24,8 +24,11 @@ What the report says (``report.json``, ``report.md``, ``samples.csv``, ``latency
 * memory growth and file-descriptor growth per node (target < 5% and 0), measured on each
   node's process alive at the end from :func:`warmup_s` into the run or 60 s after that
   process started, whichever is later (a restarted process warms up again), between the
-  medians (RSS) or maxima (FDs) of the first and the last 30 s of that span;
-* a plot of memory and latency over time with the events marked.
+  medians (RSS) or maxima (FDs) of the first and the last 30 s of that span (a third of
+  it when shorter; spans under 45 s are not measured);
+* how often the fusion node reported a second publisher or writer on a device's topic
+  (after a camera's kill -9 its dead endpoints stay in the graph for a few seconds);
+* a plot of memory and latency over time with the events marked (:func:`plot_report`).
 """
 
 from __future__ import annotations
@@ -49,8 +52,8 @@ from ..harness.stream_monitor import StreamMonitor
 from ..ros.topics import DIAGNOSTICS_TOPIC, FUSED_TOPIC
 from .live_demo import FailureEvent, parse_schedule
 
-__all__ = ["SOAK_ACTIONS", "parse_soak_schedule", "run_soak", "soak_nodes", "soak_schedule",
-           "warmup_s"]
+__all__ = ["SOAK_ACTIONS", "markdown_report", "parse_soak_schedule", "plot_report", "run_soak",
+           "soak_nodes", "soak_schedule", "warmup_s"]
 
 SOAK_ACTIONS = ("kill", "restart", "stop", "cont")
 IN_FLIGHT_S = 0.5  # frames stamped this long before an event may still be in flight
@@ -474,43 +477,64 @@ def _write(out_dir: Path, report: dict, rows: list[dict], latency: list[dict]) -
         write_csv(out_dir / "samples.csv", rows)
     if latency:
         write_csv(out_dir / "latency.csv", latency)
-    _plot(out_dir / "soak.png", report, rows, latency)
     (out_dir / "report.md").write_text(markdown_report(report))
+    plot_report(out_dir)
 
 
-def _plot(path: Path, report: dict, rows: list[dict], latency: list[dict]) -> None:
-    """Memory per node and latency per second over the run, events as vertical lines."""
+def plot_report(out_dir: Path) -> Path:
+    """Draw ``soak.png`` from ``report.json``, ``samples.csv`` and ``latency.csv`` in ``out_dir``.
+
+    Memory per node (one line per process: a restart starts a new line) and latency per
+    second over the run, the events as vertical lines. Reads the raw files, so a committed
+    report can be redrawn.
+    """
+    import csv
+    import json
+
     import matplotlib
 
     matplotlib.use("Agg")  # no display: a file only
     import matplotlib.pyplot as plt
 
+    report = json.loads((out_dir / "report.json").read_text())
+
+    def read(name: str) -> list[dict]:
+        path = out_dir / name
+        return list(csv.DictReader(path.open())) if path.exists() else []
+
+    rows, latency = read("samples.csv"), read("latency.csv")
     fig, (mem, lat) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
-    for node in dict.fromkeys(r["node"] for r in rows):
-        mine = [r for r in rows if r["node"] == node]
-        mem.plot([r["t"] / 60 for r in mine], [r["rss_mb"] for r in mine], lw=0.8, label=node)
+    colours = dict(zip(dict.fromkeys(r["node"] for r in rows),
+                       plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3, strict=False))
+    for (node, pid) in dict.fromkeys((r["node"], r["pid"]) for r in rows):
+        mine = [r for r in rows if r["node"] == node and r["pid"] == pid]
+        first = pid == next(r["pid"] for r in rows if r["node"] == node)
+        mem.plot([float(r["t"]) / 60 for r in mine], [float(r["rss_mb"]) for r in mine],
+                 lw=0.8, color=colours[node], label=node if first else None)
     mem.set_ylabel("RSS, MB")
-    mem.legend(fontsize=7, ncol=5, loc="upper left")
+    mem.legend(fontsize=7, ncol=5, loc="lower right")
     mem.axvline(report["warmup_s"] / 60, color="k", ls=":", lw=0.8)
     if latency:
-        t = [r["t"] / 60 for r in latency]
-        lat.plot(t, [r["latency_ms_p50"] for r in latency], lw=0.8, label="p50")
-        lat.plot(t, [r["latency_ms_p99"] for r in latency], lw=0.8, label="p99")
+        t = [float(r["t"]) / 60 for r in latency]
+        for q in ("p50", "p99"):
+            lat.plot(t, [float(r[f"latency_ms_{q}"]) for r in latency], lw=0.6, label=q)
         lat.set_yscale("log")
         lat.legend(fontsize=7)
     lat.set_ylabel("latency per second, ms")
-    lat.set_xlabel("minutes from the first labelled frame")
-    colours = {"kill": "red", "restart": "green", "stop": "orange", "cont": "orange"}
+    lat.set_xlabel("minutes from the first labelled frame (dotted: end of the warm-up)")
+    event_colours = {"kill": "red", "restart": "green", "stop": "orange", "cont": "orange"}
     for e in report["events"]:
         for ax in (mem, lat):
-            ax.axvline(e["at"] / 60, color=colours[e["action"]],
+            ax.axvline(e["at"] / 60, color=event_colours[e["action"]],
                        lw=1.2 if e["node"] == "fusion" else 0.4, alpha=0.5)
     fig.suptitle(f"Soak: {report['num_cameras']} cameras at {report['rate_hz']:g} Hz, "
                  f"{report['ran_s'] / 60:.1f} min (red kill, green restart, orange "
                  "stop/cont; thick: fusion node)", fontsize=9)
     fig.tight_layout()
+    path = out_dir / "soak.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
 
 
 def markdown_report(report: dict) -> str:
