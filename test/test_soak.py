@@ -18,12 +18,14 @@ require_ros()
 
 from resilient_perception.bench.live_demo import FailureEvent  # noqa: E402
 from resilient_perception.bench.soak import (  # noqa: E402
+    SOAK_ACTIONS,
     parse_soak_schedule,
     run_soak,
     soak_schedule,
     warmup_s,
 )
 from resilient_perception.cli import main  # noqa: E402
+from resilient_perception.commands import soak as soak_command  # noqa: E402
 from resilient_perception.harness.pipeline import package_prefix  # noqa: E402
 
 MNIST_CONFIG = ROOT / "config" / "mnist_6cam.yaml"
@@ -35,6 +37,7 @@ def test_the_schedule_uses_the_demo_format_with_stop_and_cont():
         FailureEvent(2.0, "stop", "fusion"), FailureEvent(3.0, "cont", "fusion"))
     with pytest.raises(ValueError, match="SECONDS:kill\\|restart\\|stop\\|cont:NODE"):
         parse_soak_schedule("2:pause:fusion")
+    assert soak_command.ACTIONS == SOAK_ACTIONS  # the CLI's copy (its parser imports no ROS)
 
 
 def test_the_default_schedule_spares_one_camera_and_ends_settled():

@@ -12,16 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import onnx_models, positive_float
+from .common import onnx_models, positive_float, schedule
 
-
-def _schedule(text: str) -> tuple:
-    from ..bench.soak import parse_soak_schedule  # imports rclpy: only when the option is given
-
-    try:
-        return parse_soak_schedule(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+# bench.soak.SOAK_ACTIONS, not imported from there: building the parser imports no ROS
+ACTIONS = ("kill", "restart", "stop", "cont")
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
@@ -62,7 +56,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "5, or from minute 1 in runs under 10 minutes")
     p.add_argument("--rate", type=positive_float, default=30.0,
                    help="frames per second (default 30)")
-    p.add_argument("--schedule", type=_schedule, default=None,
+    p.add_argument("--schedule", type=schedule(ACTIONS), default=None,
                    help="chaos as SECONDS:kill|restart|stop|cont:NODE,... (default: every "
                    "minute kill -9 and restart a camera, SIGSTOP one for 2 s and the fusion "
                    "node for 1 s; kill -9 and restart the fusion node every 10 minutes)")
