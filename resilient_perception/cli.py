@@ -25,12 +25,14 @@ from .commands import (
     placement,
     reproduction,
     resnet,
+    soak,
 )
 from .commands.common import ONNX_MODULES, missing_onnx_message
 
 EXIT_USAGE = 2
 
-FAMILIES = (perception, live, fuzz, resnet, bags, placement, distributed, reproduction, cost)
+FAMILIES = (perception, live, fuzz, soak, resnet, bags, placement, distributed, reproduction,
+            cost)
 """Command families, in the order ``--help`` lists their subcommands."""
 
 

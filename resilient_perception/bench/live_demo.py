@@ -56,23 +56,24 @@ DEFAULT_SCHEDULE = (
 )
 
 
-def parse_schedule(text: str) -> tuple[FailureEvent, ...]:
+def parse_schedule(text: str, actions: Sequence[str] = ACTIONS) -> tuple[FailureEvent, ...]:
     """Parse ``"6:kill:camera_1,12:kill:camera_4,18:restart:camera_1"`` (sorted by time).
 
+    ``actions`` are the allowed actions (the soak adds ``stop`` and ``cont``).
+
     Raises:
-        ValueError: naming the entry that is not ``SECONDS:kill|restart:NODE``.
+        ValueError: naming the entry that is not ``SECONDS:ACTION:NODE``.
     """
+    form = f"SECONDS:{'|'.join(actions)}:NODE"
     events = []
     for entry in filter(None, (e.strip() for e in text.split(","))):
         parts = entry.split(":")
         try:
             at, action, node = float(parts[0]), parts[1], parts[2]
         except (ValueError, IndexError):
-            raise ValueError(f"schedule entry {entry!r}: expected SECONDS:kill|restart:NODE"
-                             ) from None
-        if len(parts) != 3 or action not in ACTIONS or at < 0 or not node:
-            raise ValueError(f"schedule entry {entry!r}: expected SECONDS:kill|restart:NODE "
-                             "with SECONDS >= 0")
+            raise ValueError(f"schedule entry {entry!r}: expected {form}") from None
+        if len(parts) != 3 or action not in actions or at < 0 or not node:
+            raise ValueError(f"schedule entry {entry!r}: expected {form} with SECONDS >= 0")
         events.append(FailureEvent(at, action, node))
     return tuple(sorted(events, key=lambda e: e.at))
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["ONNX_MODULES", "fraction", "grid", "missing_onnx_message", "onnx_models", "pair",
-           "positive_float", "positive_int", "require_onnx", "set_threads", "size",
-           "write_csv", "write_json"]
+           "positive_float", "positive_int", "require_onnx", "schedule", "set_threads",
+           "size", "write_csv", "write_json"]
 
 ONNX_MODULES = ("onnx", "onnxruntime")
 """What the ``[onnx]`` extra installs; ``pip install .`` alone leaves them out."""
@@ -81,6 +81,24 @@ def fraction(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
     return value
+
+
+def schedule(actions: tuple[str, ...] | None = None) -> Callable[[str], tuple]:
+    """An argparse type for a failure schedule ``SECONDS:ACTION:NODE,...`` (the demo's).
+
+    ``actions`` defaults to the demo's (kill, restart). The parser (in ``bench``, which
+    imports rclpy) is imported only when the option is given.
+    """
+
+    def parse(text: str) -> tuple:
+        from ..bench.live_demo import ACTIONS, parse_schedule
+
+        try:
+            return parse_schedule(text, actions or ACTIONS)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def set_threads(threads: int | None) -> None:

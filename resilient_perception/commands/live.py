@@ -11,17 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import onnx_models, positive_int, require_onnx, write_json
+from .common import onnx_models, positive_int, require_onnx, schedule, write_json
 from .perception import cmd_train, evaluate_checkpoint, parse
-
-
-def _schedule(text: str) -> tuple:
-    from ..bench.live_demo import parse_schedule  # imports rclpy: only when the option is given
-
-    try:
-        return parse_schedule(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -159,7 +150,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=24.0,
                    help="seconds of live streaming (default 24)")
     p.add_argument("--rate", type=float, default=30.0, help="frames per second (default 30)")
-    p.add_argument("--schedule", type=_schedule, default=None,
+    p.add_argument("--schedule", type=schedule(), default=None,
                    help="failures as SECONDS:kill|restart:NODE,... (default "
                    "6:kill:camera_1,12:kill:camera_4,18:restart:camera_1)")
     p.add_argument("--config", type=Path, default=None,

@@ -11,6 +11,7 @@ the caller spins the observer (``observer.spin_for`` / ``spin_until``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from rclpy.qos import QoSProfile
 
@@ -70,13 +71,21 @@ class StreamMonitor:
         """Labels received so far."""
         return len(next(iter(self.scores.values())).truth)
 
+    def first_arrival(self, name: str, after: float,
+                      predicate: Callable[[FusedRecord], bool]) -> float | None:
+        """Arrival time of the first fused message of ``name`` with ``predicate(record)``.
+
+        Times are ``time.monotonic()`` seconds; only arrivals at or after ``after`` count.
+        Returns None when there is none.
+        """
+        score = self.scores[name]
+        return min((t for s, t in self.arrivals[name].items()
+                    if t >= after and predicate(score.fused[s])), default=None)
+
     def first_arrival_with_surrogate(self, name: str, device: int, after: float) -> float | None:
         """Arrival time of the first fused message flagging ``device`` as a surrogate.
 
         Times are ``time.monotonic()`` seconds; only arrivals at or after ``after`` count.
         Returns None when there is none.
         """
-        score = self.scores[name]
-        times = [t for s, t in self.arrivals[name].items()
-                 if t >= after and device in score.fused[s].surrogates]
-        return min(times, default=None)
+        return self.first_arrival(name, after, lambda record: device in record.surrogates)

@@ -60,7 +60,8 @@ class StreamScore:
     """Ground truth and fused predictions of one stream, joined by source stamp.
 
     A stamp seen twice (a duplicate publish) keeps the first record and is counted in
-    ``duplicates``: the fusion node promises one output per stamp.
+    ``duplicates`` (a fused one's stamp also in ``duplicate_stamps``, so a soak can tell
+    when it happened): the fusion node promises one output per stamp.
     """
 
     def __init__(self, n_devices: int) -> None:
@@ -71,6 +72,7 @@ class StreamScore:
         self.truth: dict[int, tuple[int, int]] = {}  # stamp -> (frame index, label)
         self.fused: dict[int, FusedRecord] = {}
         self.duplicates = 0
+        self.duplicate_stamps: list[int] = []
 
     def add_truth(self, stamp_ns: int, frame_index: int, label: int) -> None:
         """Record the ground truth of the frame stamped ``stamp_ns``."""
@@ -83,6 +85,7 @@ class StreamScore:
         """Record one fused prediction."""
         if record.stamp_ns in self.fused:
             self.duplicates += 1
+            self.duplicate_stamps.append(record.stamp_ns)
             return
         self.fused[record.stamp_ns] = record
 

@@ -56,6 +56,16 @@ events in the next ``deadline`` seconds are doubted (counted in the diagnostics 
 ``deadlines_doubted``): a device that really went silent misses its next deadline too, so
 its death is noticed one deadline later.
 
+Second writers: DDS security is not available with the PyPI wheels, so any process on the
+domain can publish on a device's topics. With every ``/diagnostics`` message the node counts
+the publishers the graph shows on each device's prediction and head topic and the distinct
+writers (``MessageInfo.publisher_gid``) whose messages arrived since the last one
+(:class:`~resilient_perception.ros.writer_watch.WriterWatch`); more than one of either makes
+that device's status WARN, naming each writer's node (``publishers``, ``writers_heard``,
+``head_publishers``, ``second_writer``; ``devices_with_second_writer`` in the frame-assembly
+status). A camera killed with ``kill -9`` and restarted shows two publishers until DDS
+drops the dead one's endpoints (its participant lease), but only one writer heard.
+
 Revival: only accepted predictions count as hearing from a device, except that a *stale*
 prediction (its frame was already released) from a device that is not ALIVE revives it.
 Frames never wait for dead or never-heard devices, so without this a device that comes
@@ -108,6 +118,7 @@ from resilient_perception.ros.topics import (
     head_qos,
     prediction_qos,
 )
+from resilient_perception.ros.writer_watch import WriterWatch
 
 __all__ = ["FUSION_MODES", "REJECTION_REASONS", "FusionNode", "main"]
 
@@ -251,6 +262,7 @@ class FusionNode(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         pred_qos = prediction_qos(p["deadline"], p["liveliness_lease"])
         self._subs = []
+        watched = {}  # (device, "prediction" | "head") -> topic, for the writer watch
         for device in range(self.n_devices):
             events = SubscriptionEventCallbacks(
                 deadline=self.rejections.guard(
@@ -259,16 +271,24 @@ class FusionNode(Node):
                 liveliness=self.rejections.guard(
                     lambda info, dev=device: self._on_liveliness(dev, info),
                     f"device {device}: liveliness event"))
-            self._subs.append(capped_subscription(
+            predictions = capped_subscription(
                 self, DevicePrediction, p["prediction_topic_format"].format(device),
                 lambda msg, dev=device: self._on_prediction(dev, msg), pred_qos,
                 p["max_prediction_bytes"], self.rejections, f"device {device}: prediction",
-                event_callbacks=events))
-            self._subs.append(capped_subscription(
+                on_info=lambda info, dev=device: self.writers.heard((dev, "prediction"), info),
+                event_callbacks=events)
+            heads = capped_subscription(
                 self, ClassifierHead, p["head_topic_format"].format(device),
                 lambda msg, dev=device: self._on_head(dev, msg), head_qos(),
                 p["max_head_bytes"], self.rejections, f"device {device}: classifier head",
-                reason_prefix="head_"))
+                reason_prefix="head_",
+                on_info=lambda info, dev=device: self.writers.heard((dev, "head"), info))
+            self._subs += [predictions, heads]
+            watched[device, "prediction"] = predictions.topic_name
+            watched[device, "head"] = heads.topic_name
+        # No DDS security in these wheels: anyone on the domain may write a device's topics.
+        # Who does is checked with every diagnostics message.
+        self.writers = WriterWatch(self, watched)
         # Cancelled while no frame is pending: in steady state every frame completes as
         # its last device reports, and the timer never fires.
         on_tick = self.rejections.guard(self._on_tick, "timer")
@@ -445,18 +465,30 @@ class FusionNode(Node):
             then, before = self._last_counts
             rates = [(c - b) / (now - then) for c, b in zip(counts_now, before, strict=True)]
         self._last_counts = (now, counts_now)
+        writers = self.writers.check()
+        contested = []
         for device, rec in snapshot.items():
             health = DeviceHealth(rec["health"])
+            mine = [writers[device, "prediction"], writers[device, "head"]]
+            second = "; ".join(w.describe() for w in mine if w.contested)
+            if second:
+                contested.append(str(device))
+            level = _LEVELS[health]
             status = DiagnosticStatus(
-                level=_LEVELS[health], name=f"{name}: device {device}",
-                hardware_id=f"device_{device}",
-                message=health.value + (f" ({rec['reason']})" if rec["reason"] else ""))
+                level=max(level, DiagnosticStatus.WARN) if second else level,
+                name=f"{name}: device {device}", hardware_id=f"device_{device}",
+                message=health.value + (f" ({rec['reason']})" if rec["reason"] else "")
+                + (f"; {second}" if second else ""))
             head = self.heads is not None and bool(self.heads.known[device])
             values = {"health": health.value, "messages": rec["messages"],
                       "rate_hz": round(rates[device], 2),
                       "rejected": rec["rejected"], "deaths": rec["deaths"],
                       "reason": rec["reason"], "head_known": head,
-                      "bad_heads": self._bad_heads[device]}
+                      "bad_heads": self._bad_heads[device],
+                      "publishers": len(mine[0].publishers),
+                      "writers_heard": len(mine[0].heard),
+                      "head_publishers": len(mine[1].publishers),
+                      "second_writer": second}
             status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
             array.status.append(status)
         rejected = self.rejections.total
@@ -469,6 +501,7 @@ class FusionNode(Node):
         counts["heads_of_other_shapes"] = self.head_shapes.votes_for_other_shapes()
         counts["own_stalls"] = self.stall_guard.stalls
         counts["deadlines_doubted"] = self.deadlines_doubted
+        counts["devices_with_second_writer"] = ",".join(contested)
         if self._fusion_times:
             times_ms = 1e3 * np.asarray(self._fusion_times)
             counts["fusion_ms_p50"] = round(float(np.percentile(times_ms, 50)), 4)

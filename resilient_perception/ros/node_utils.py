@@ -144,6 +144,7 @@ class Rejections:
 def capped_subscription(node: Any, msg_type: type, topic: str,
                         callback: Callable[[Any], None], qos: Any, max_bytes: int,
                         rejections: Rejections, what: str, reason_prefix: str = "",
+                        on_info: Callable[[Mapping[str, Any]], None] | None = None,
                         **kwargs: Any) -> Any:
     """A subscription that refuses messages over ``max_bytes`` before deserialising them.
 
@@ -152,7 +153,9 @@ def capped_subscription(node: Any, msg_type: type, topic: str,
     (a 20 MB image would otherwise be copied several times before any check saw it), and one
     that does not deserialise is counted as ``malformed`` (both reasons with
     ``reason_prefix`` in front, for a node that tells its topics apart). The rest reach
-    ``callback`` as messages, through :meth:`Rejections.guard`. ``kwargs`` go to
+    ``callback`` as messages, through :meth:`Rejections.guard`. ``on_info``, if given, sees
+    every message's ``MessageInfo`` first, rejected ones included (a second writer is news
+    whatever it sends; :class:`.writer_watch.WriterWatch`). ``kwargs`` go to
     ``create_subscription`` (e.g. ``event_callbacks``).
     """
     from rclpy.serialization import deserialize_message
@@ -171,6 +174,16 @@ def capped_subscription(node: Any, msg_type: type, topic: str,
             return
         guarded(msg)
 
+    if on_info is not None:
+        guarded_info = rejections.guard(on_info, what)
+
+        # rclpy passes MessageInfo to a callback that takes two arguments
+        def receive_with_info(data: bytes, info: Mapping[str, Any]) -> None:
+            guarded_info(info)
+            receive(data)
+
+        return node.create_subscription(msg_type, topic, receive_with_info, qos, raw=True,
+                                        **kwargs)
     return node.create_subscription(msg_type, topic, receive, qos, raw=True, **kwargs)
 
 

@@ -1,0 +1,92 @@
+"""The soak with chaos: its schedule, and the CI run of 2 minutes (the one long test).
+
+The live run is the whole pipeline (player looping MNIST at 30 Hz, six ONNX camera
+processes, fusion, recorder) under the default schedule's first two cycles: the fusion node
+killed -9 and restarted, two cameras killed and restarted, two frozen for 2 s, the fusion
+node frozen twice for 1 s.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test.conftest import ROOT, domain_id, require_ros
+
+require_ros()
+
+from resilient_perception.bench.live_demo import FailureEvent  # noqa: E402
+from resilient_perception.bench.soak import (  # noqa: E402
+    SOAK_ACTIONS,
+    parse_soak_schedule,
+    run_soak,
+    soak_schedule,
+    warmup_s,
+)
+from resilient_perception.cli import main  # noqa: E402
+from resilient_perception.commands import soak as soak_command  # noqa: E402
+from resilient_perception.harness.pipeline import package_prefix  # noqa: E402
+
+MNIST_CONFIG = ROOT / "config" / "mnist_6cam.yaml"
+LIB = package_prefix() / "lib" / "resilient_perception"
+
+
+def test_the_schedule_uses_the_demo_format_with_stop_and_cont():
+    assert parse_soak_schedule("3:cont:fusion,2:stop:fusion") == (
+        FailureEvent(2.0, "stop", "fusion"), FailureEvent(3.0, "cont", "fusion"))
+    with pytest.raises(ValueError, match="SECONDS:kill\\|restart\\|stop\\|cont:NODE"):
+        parse_soak_schedule("2:pause:fusion")
+    assert soak_command.ACTIONS == SOAK_ACTIONS  # the CLI's copy (its parser imports no ROS)
+
+
+def test_the_default_schedule_spares_one_camera_and_ends_settled():
+    events = soak_schedule(30)
+    fusion_kills = [e.at for e in events if e.node == "fusion" and e.action == "kill"]
+    assert fusion_kills == [2.0, 602.0, 1202.0]  # every 10th cycle: its last process lives
+    assert {e.node for e in events} == {"fusion", *(f"camera_{i}" for i in range(5))}
+    assert max(e.at for e in events) < 30 * 60 - 10
+    assert {e.action for e in soak_schedule(2)} == {"kill", "restart", "stop", "cont"}
+    assert (warmup_s(30), warmup_s(2)) == (300.0, 60.0)
+
+
+def test_a_bad_schedule_option_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["soak", "model.safetensors", "--schedule", "2:pause:fusion"])
+    assert exc.value.code == 2
+    assert "SECONDS:kill|restart|stop|cont:NODE" in capsys.readouterr().err
+
+
+@pytest.mark.ros
+@pytest.mark.timeout(420)
+@pytest.mark.skipif(not (LIB / "recorder_node").is_file(),
+                    reason="nodes not installed: run scripts/setup.sh")
+def test_two_minutes_of_chaos_lose_nothing_outside_the_reaction_windows(
+        briefly_trained_onnx, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain_id()))
+    lines: list[str] = []
+    report = run_soak(MNIST_CONFIG, briefly_trained_onnx, tmp_path / "report",
+                      tmp_path / "logs", minutes=2.0, emit=lines.append, progress_every=20.0)
+    print("\n".join(lines))
+    print((tmp_path / "report" / "report.md").read_text())
+    assert json.loads((tmp_path / "report" / "report.json").read_text()) == report
+    for name in ("samples.csv", "latency.csv", "soak.png", "report.md"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    assert sum("labelled" in line for line in lines) >= 5  # progress lines
+    assert report["aborted"] is None
+    frames = report["frames"]
+    assert frames["labelled"] > 3000 and frames["lost_outside_windows"] == 0
+    assert frames["duplicated_outside_windows"] == 0
+    restart, = (e for e in report["events"] if e["node"] == "fusion"
+                and e["action"] == "restart")
+    assert restart["heads_known_after_s"] is not None
+    assert restart["reaction_s"] is not None and restart["reaction_s"] <= 2.0
+    kills = [e for e in report["events"] if e["action"] == "kill" and e["node"] != "fusion"]
+    assert kills and all(e["reaction_s"] is not None and e["reaction_s"] < 1.0 for e in kills)
+    grown = {node: p["rss_growth"] for node, p in report["processes"].items()}
+    assert grown["camera_5"] is not None and grown["player"] is not None  # measured
+    assert report["criteria"]["max_fd_growth"]["passed"], report["processes"]
+    # Memory: the issue's 5%, on a run this short and a loaded machine, is the target the
+    # report checks; the test asserts the looser bound that catches a leak of a frame per
+    # frame (a 2-minute run cannot tell a slow one from allocator warm-up).
+    assert all(g is None or g < 0.10 for g in grown.values()), grown
