@@ -16,6 +16,7 @@ import time
 
 from . import __version__
 from .commands import (
+    accuracy,
     bags,
     cost,
     distributed,
@@ -32,7 +33,7 @@ from .commands.common import ONNX_MODULES, missing_onnx_message
 EXIT_USAGE = 2
 
 FAMILIES = (perception, live, fuzz, soak, resnet, bags, placement, distributed, reproduction,
-            cost)
+            cost, accuracy)
 """Command families, in the order ``--help`` lists their subcommands."""
 
 

@@ -497,3 +497,19 @@ def load_dataset(
             f"or 'idx:<images_path>:<labels_path>'"
         )
     return loaders[name](root, split)
+
+
+def evaluation_data(meta: dict, dataset: str | None, split: str) -> tuple[str, str]:
+    """``(dataset, description)`` an evaluation of a checkpoint scores.
+
+    ``dataset`` (``--dataset``) defaults to the checkpoint's own, at ``split``. An IDX pair
+    has no splits: a checkpoint trained on one must be given its held-out pair, and naming
+    the training pair again is refused too, because either way the score would be training
+    accuracy reported as test accuracy.
+    """
+    trained = meta["dataset"]
+    name = dataset or trained
+    if name == trained and trained.startswith(IDX_PREFIX):
+        raise ValueError(f"this checkpoint was trained on {trained}, which has no test split; "
+                         "give the held-out pair: --dataset idx:IMAGES:LABELS")
+    return name, (name if name.startswith(IDX_PREFIX) else f"{name} {split}")

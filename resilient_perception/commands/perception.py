@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..datasets import DATASET_NAMES
+from ..datasets import DATASET_NAMES, IDX_PREFIX, evaluation_data
 from ..perception.modes import PRECISIONS
 from ..perception.views import ViewSpec, parse_noise
 from .common import fraction, grid, positive_int, require_onnx, size, write_csv, write_json
@@ -103,10 +103,20 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the N device CNNs jointly and save a checkpoint plus the training history."""
+    from ..paper.gated_modifier import subset_views
     from ..perception.checkpoint import save_checkpoint
     from ..perception.experiment import TRAINING_STATE, train_devices
+    from ..perception.validation import VALIDATION_SEED, holdout_split
+    from ..throughput import achieved, format_speed, forward_macs
 
     data = _load(args, _view_spec(args))
+    validation = None
+    if args.holdout:
+        # Held out of training for the gated Modifier (evaluate --gated).
+        fit, _ = holdout_split(len(data.labels), args.holdout)
+        validation = {"seed": VALIDATION_SEED, "size": args.holdout, "of": len(data.labels),
+                      "limit": args.limit, "limit_rule": "first"}
+        data = subset_views(data, fit)
     config = _train_config(args)
     print(f"training {data.n_devices} devices on {len(data.labels)} {args.dataset} "
           f"{args.split} samples, views {tuple(data.views.shape[2:])}, "
@@ -118,7 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if state.exists():
         print(f"continuing the unfinished run in {state}")
     model, history, metadata = train_devices(data, config, args.non_iid, state_path=state)
-    path = save_checkpoint(args.out / "model.safetensors", model, metadata)
+    path = save_checkpoint(args.out / "model.safetensors", model,
+                           {**metadata, "validation": validation})
     state.unlink()
     write_json(args.out / "history.json", history)
     write_csv(args.out / "history.csv", [
@@ -127,7 +138,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     last = history[-1]
     print(f"saved {path} (train accuracy {100 * last['train_acc']:.2f}%, "
           f"{last['images_per_s']:.0f} images/s)")
+    speed = achieved(6 * forward_macs(model, data.views.shape[1:]), last["images"],
+                     last["seconds"], last["cpu_seconds"], config.precision)
+    print(f"last epoch: {format_speed(speed)}")
+    write_json(args.out / "speed.json", speed)
+    if args.eval_dataset:
+        eval_args = ["evaluate", str(path), "--dataset", args.eval_dataset]
+        if args.data_root:
+            eval_args += ["--data-root", str(args.data_root)]
+        evaluate_checkpoint(path, parse(eval_args), _eval_folder(path, args.eval_dataset, "test"))
+    elif args.dataset.startswith(IDX_PREFIX):
+        print("note: an IDX pair has no test split; score the held-out pair with "
+              f"`resilient-perception evaluate {path} --dataset idx:IMAGES:LABELS` "
+              "(or pass --eval-dataset here)")
     return 0
+
+
+def _eval_folder(checkpoint: Path, dataset: str | None, split: str) -> Path:
+    """Default output folder: ``eval-<split>``, or ``eval-<images file stem>`` for IDX."""
+    if dataset and dataset.startswith(IDX_PREFIX):
+        stem = Path(dataset.removeprefix(IDX_PREFIX).split(":")[0]).name.split(".")[0]
+        return checkpoint.parent / f"eval-{stem}"
+    return checkpoint.parent / f"eval-{split}"
 
 
 def evaluate_checkpoint(checkpoint: Path, args: argparse.Namespace, out: Path) -> dict:
@@ -137,16 +169,18 @@ def evaluate_checkpoint(checkpoint: Path, args: argparse.Namespace, out: Path) -
 
     model, meta = load_checkpoint(checkpoint)
     spec = ViewSpec.from_dict(meta["view_spec"])
-    data = load_device_views(meta["dataset"], args.split, spec, args.data_root, args.limit)
+    dataset, described = evaluation_data(meta, getattr(args, "dataset", None), args.split)
+    data = load_device_views(dataset, args.split, spec, args.data_root, args.limit)
     noise = parse_noise(args.noise) if args.noise else None
     rows, summary = evaluate_devices(model, data, noise, args.seed, tuple(args.modes))
     write_csv(out / "failures.csv", rows)
     write_json(out / "summary.json", {
-        "checkpoint": str(checkpoint), "dataset": meta["dataset"], "split": args.split,
+        "checkpoint": str(checkpoint), "dataset": dataset, "split": args.split,
+        "train_dataset": meta["dataset"],
         "samples": int(len(data.labels)), "noise": args.noise, "seed": args.seed,
         "train_seed": meta.get("seed"), "summary": summary,
     })
-    print(f"{meta['dataset']} {args.split} ({len(data.labels)} samples), accuracy %:")
+    print(f"{described} ({len(data.labels)} samples), accuracy %:")
     print(format_failure_table(summary))
     for mode in summary:
         by_n = summary[mode]["modifier"]["by_n_failed"]
@@ -158,18 +192,26 @@ def evaluate_checkpoint(checkpoint: Path, args: argparse.Namespace, out: Path) -
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score every failure subset of a checkpoint, with and without the Modifier."""
-    out = args.out or args.checkpoint.parent / f"eval-{args.split}"
+    out = args.out or _eval_folder(args.checkpoint, args.dataset, args.split)
     evaluate_checkpoint(args.checkpoint, args, out)
     if args.modifier_options:
         from .reproduction import evaluate_modifier_options
 
-        evaluate_modifier_options(args.checkpoint, args.split, args.data_root, args.limit, out)
+        evaluate_modifier_options(args.checkpoint, args.split, args.data_root, args.limit, out,
+                                  args.dataset)
+    if args.gated:
+        from .reproduction import evaluate_gated
+
+        evaluate_gated(args.checkpoint, args.split, args.data_root, args.limit, out,
+                       args.dataset)
     return 0
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
     """Time one epoch of vectorised joint training against a naive loop over devices."""
+    from ..perception.model import MultiDeviceCNN
     from ..perception.training import TrainConfig, measure_training_throughput
+    from ..throughput import achieved, format_speed, forward_macs
 
     data = _load(args, _view_spec(args))
     config = TrainConfig(batch_size=args.batch_size, seed=args.seed, num_threads=args.threads,
@@ -180,10 +222,15 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     )
     result.update({"dataset": args.dataset, "view_spec": data.spec.to_dict(),
                    "seed": args.seed, "torch_threads": result["threads"]})
+    model = MultiDeviceCNN(data.n_devices, data.views.shape[2], len(data.classes))
+    result["vectorised_speed"] = achieved(
+        6 * forward_macs(model, data.views.shape[1:]), result["images"],
+        result["vectorised_s_per_epoch"], result["vectorised_cpu_s_per_epoch"], args.precision)
     write_json(args.out, result)
     print(f"vectorised {result['vectorised_s_per_epoch']:.1f} s/epoch, naive loop "
           f"{result['naive_s_per_epoch']:.1f} s/epoch, speed-up {result['speedup']:.2f}x; "
           f"wrote {args.out}")
+    print(f"vectorised: {format_speed(result['vectorised_speed'])}")
     return 0
 
 
@@ -229,6 +276,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the unfinished run in --out from its last finished epoch "
                    "(the state is saved after every epoch; same options required)")
+    p.add_argument("--holdout", type=positive_int, default=None, metavar="N",
+                   help="hold N training samples out of training (a fixed draw) as the "
+                   "validation split that `evaluate --gated` fits the Modifier's gate on")
+    p.add_argument("--eval-dataset", default=None, metavar="NAME",
+                   help="score the trained model on this held-out dataset afterwards, e.g. "
+                   "cifar10 (its test split) or idx:IMAGES:LABELS (written to eval-*/)")
     p.add_argument("--out", type=Path, default=Path("runs/train"),
                    help="output folder: model.safetensors, history.json/csv "
                    "(default runs/train)")
@@ -237,6 +290,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__, description=cmd_evaluate.__doc__)
     p.add_argument("checkpoint", type=Path, help="model.safetensors written by `train`")
     p.add_argument("--split", default="test", help="dataset split to score (default test)")
+    p.add_argument("--dataset", default=None, metavar="NAME",
+                   help="dataset to score (default: the checkpoint's own, at --split); for "
+                   "a checkpoint trained on an IDX pair the held-out pair is required: "
+                   "idx:IMAGES:LABELS")
     p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")
     p.add_argument("--limit", type=positive_int, default=None, help="first N samples only")
     p.add_argument("--noise", default=None, metavar="SPEC",
@@ -250,6 +307,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="also score the reproduction's Modifier options (confidence-weighted, "
                    "affine, calibrated fusion; the learned ones fitted on the checkpoint's "
                    "training split) with avg fusion: options.json and options.md")
+    p.add_argument("--gated", action="store_true",
+                   help="gate the Modifier options per failed set on the checkpoint's "
+                   "held-out validation split (train --holdout) and score none / plain / "
+                   "gated with paired tests: gated.json and gated.md")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder for failures.csv and summary.json "
                    "(default: next to the checkpoint, eval-<split>)")

@@ -18,7 +18,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..datasets import DATASET_NAMES
+from ..datasets import DATASET_NAMES, evaluation_data
 from ..paper.methods import FULL_PLANS, METHODS
 from ..perception.modes import PRECISIONS
 from ..perception.views import ViewSpec
@@ -56,12 +56,14 @@ def _epochs(text: str) -> dict[str, int]:
 
 
 def evaluate_modifier_options(checkpoint: Path, split: str, data_root: Path | None,
-                              limit: int | None, out: Path) -> list[dict]:
+                              limit: int | None, out: Path,
+                              dataset: str | None = None) -> list[dict]:
     """Score every Modifier option (avg fusion) of a checkpoint; write options.json/.md.
 
     The learned options are fitted on the split and samples the checkpoint was trained on
     (its metadata; :func:`..paper.reproduction.fit_subset` of them, as in the protocol), then
-    scored on ``split``; the run is named after the checkpoint's folder.
+    scored on ``split`` of ``dataset`` (default: the checkpoint's own dataset; see
+    :func:`..datasets.evaluation_data`); the run is named after the checkpoint's folder.
     """
     from ..paper.reproduction import compare_options, fit_subset, score_modifier_options
     from ..perception.checkpoint import load_checkpoint
@@ -69,18 +71,19 @@ def evaluate_modifier_options(checkpoint: Path, split: str, data_root: Path | No
 
     model, meta = load_checkpoint(checkpoint)
     spec = ViewSpec.from_dict(meta["view_spec"])
+    dataset, described = evaluation_data(meta, dataset, split)
     train = load_device_views(meta["dataset"], meta["train_split"], spec, data_root,
                               meta["train_samples"])
-    test = load_device_views(meta["dataset"], split, spec, data_root, limit)
+    test = load_device_views(dataset, split, spec, data_root, limit)
     options = compare_options(score_modifier_options(model, train, test, ("avg",)),
                               checkpoint.parent.name)
     out.mkdir(parents=True, exist_ok=True)
     (out / "options.json").write_text(json.dumps({
-        "checkpoint": str(checkpoint), "dataset": meta["dataset"],
+        "checkpoint": str(checkpoint), "dataset": dataset, "train_dataset": meta["dataset"],
         "train_split": meta["train_split"], "fit_samples": int(len(fit_subset(train).labels)),
         "split": split, "samples": int(len(test.labels)), "train_seed": meta.get("seed"),
         "options": options}, indent=1) + "\n")
-    lines = [f"{meta['dataset']} {split} ({len(test.labels)} samples), avg fusion, learned "
+    lines = [f"{described} ({len(test.labels)} samples), avg fusion, learned "
              f"options fitted on {len(fit_subset(train).labels)} of the "
              f"{len(train.labels)} {meta['train_split']} samples; recovery ratio against the "
              "plain fusion without Modifier.", "",
@@ -93,6 +96,47 @@ def evaluate_modifier_options(checkpoint: Path, split: str, data_root: Path | No
     print("\n".join(lines))
     print(f"wrote {out / 'options.json'} and {out / 'options.md'}")
     return options
+
+
+def evaluate_gated(checkpoint: Path, split: str, data_root: Path | None, limit: int | None,
+                   out: Path, dataset: str | None = None) -> dict:
+    """Gate the Modifier options on the checkpoint's validation split; write gated.json/.md.
+
+    See :mod:`..paper.gated_modifier`: the gate is fitted on the held-out validation split,
+    the learned options on the training samples, and none / plain Modifier / gated are
+    scored on ``split`` of ``dataset`` (the checkpoint's own by default) with avg fusion.
+    """
+    from ..paper.gated_modifier import gated_evaluation, training_splits
+    from ..perception.checkpoint import load_checkpoint
+    from ..perception.experiment import load_device_views
+
+    model, meta = load_checkpoint(checkpoint)
+    fit, validation = training_splits(meta, data_root)
+    dataset, described = evaluation_data(meta, dataset, split)
+    test = load_device_views(dataset, split, ViewSpec.from_dict(meta["view_spec"]), data_root,
+                             limit)
+    result = gated_evaluation(model, fit, validation, test)
+    result.update({"checkpoint": str(checkpoint), "dataset": dataset,
+                   "train_dataset": meta["dataset"], "train_seed": meta.get("seed")})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gated.json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = [f"{described} ({len(test.labels)} samples), avg fusion; gate fitted on "
+             f"{len(validation.labels)} held-out validation samples (alpha "
+             f"{result['alpha']}), learned options on {len(fit.labels)} training samples.", "",
+             "| strategy | no failure % | mean single failure % |", "|---|---|---|"]
+    lines += [f"| {name} | {100 * s['no_failure']:.2f} | {100 * s['single_failure_mean']:.2f} |"
+              for name, s in result["summary"].items()]
+    lines += ["", "| paired test (single failures, McNemar) | gain (points) | p better | "
+              "p worse |", "|---|---|---|---|"]
+    lines += [f"| {name} | {100 * t['gain']:+.2f} | {t['p_better']:.3g} | {t['p_worse']:.3g} |"
+              for name, t in result["tests"].items()]
+    used = ", ".join(f"{name} {count}" for name, count in result["options_used"].items()
+                     if count)
+    lines += ["", f"Options chosen over the {len(result['gate'])} failed sets: {used}."]
+    (out / "gated.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out / 'gated.json'} and {out / 'gated.md'}")
+    return result
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

@@ -20,7 +20,10 @@ def cmd_train_resnet(args: argparse.Namespace) -> int:
     import torch
 
     from ..datasets import load_cifar10
+    from ..placement.drop_study import spread_subset
+    from ..placement.resnet import ResNet
     from ..placement.resnet_training import CHECKPOINT_NAME, ResNetTrainConfig, train_resnet
+    from ..throughput import achieved, format_speed, forward_macs
 
     set_threads(args.threads)
     config = ResNetTrainConfig(
@@ -39,6 +42,10 @@ def cmd_train_resnet(args: argparse.Namespace) -> int:
     last = history[-1]
     print(f"epoch {last['epoch']}/{config.epochs}: test accuracy {100 * last['test_acc']:.2f}%; "
           f"wrote {args.out / CHECKPOINT_NAME} and history.csv")
+    images = len(spread_subset(train.images, train.labels, config.train_limit)[1])
+    model = ResNet(base_width=config.base_width, num_classes=len(train.classes))
+    speed = achieved(6 * forward_macs(model, train.images.shape[1:]), images, last["seconds"])
+    print(f"last epoch: {format_speed(speed)}")
     return 0
 
 

@@ -64,19 +64,24 @@ class ResNetTrainConfig(SGDConfig):
             raise ValueError(f"stochastic depth must be in [0, 1), got {self.stochastic_depth}")
 
 
-def augment(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Random crop (zero padding 4) and horizontal flip of a uint8 ``(B, C, H, W)`` batch."""
+def augment(images: torch.Tensor, rng: np.random.Generator, pad: int = PAD,
+            flip: bool = True) -> torch.Tensor:
+    """Random crop (zero padding ``pad``) and horizontal flip of a uint8 ``(B, C, H, W)`` batch.
+
+    The random draws are the same for any ``pad``/``flip``, so the defaults keep old runs'
+    batches bit-identical.
+    """
     b, _, h, w = images.shape
-    padded = F.pad(images, (PAD, PAD, PAD, PAD))
-    top = torch.from_numpy(rng.integers(0, 2 * PAD + 1, b))
-    left = torch.from_numpy(rng.integers(0, 2 * PAD + 1, b))
+    padded = F.pad(images, (pad, pad, pad, pad))
+    top = torch.from_numpy(rng.integers(0, 2 * pad + 1, b))
+    left = torch.from_numpy(rng.integers(0, 2 * pad + 1, b))
     rows = (top[:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
     cols = (left[:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
     batch = torch.arange(b)[:, None, None, None]
     channels = torch.arange(images.shape[1])[None, :, None, None]
     cropped = padded[batch, channels, rows, cols]
-    flip = torch.from_numpy(rng.random(b) < 0.5)
-    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+    flipped = torch.from_numpy(rng.random(b) < 0.5) & flip
+    return torch.where(flipped[:, None, None, None], cropped.flip(3), cropped)
 
 
 def _write_history(path: Path, history: list[dict]) -> None:

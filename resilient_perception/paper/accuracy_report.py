@@ -1,0 +1,213 @@
+"""Report of issue 17's long runs: tables, per-epoch CSV and learning curves.
+
+Reads the run folders that ``scripts/accuracy_lanes.sh`` fills (``devices-<method>-s<seed>``
+from :mod:`.paper_budget`, ``resnet-*`` from :mod:`.resnet_recipe`), finished or not, and
+writes ``tables.md`` (the 40-epoch devices beside the 4-epoch, 10-seed protocol of
+``docs/results/paper/seeds.csv``, with 95% confidence intervals over finished seeds and a
+paired t-test of ``ours`` vs ``paper``; the ResNets' clean and flip-TTA accuracy; epoch
+times and achieved FLOP/s against the matmul peak), ``epochs.csv`` (every epoch of every
+run) and ``curves.png``. Runs still training are listed with their latest epoch and left
+out of the means.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..run_state import read_state_meta  # noqa: E402
+from .reproduction import mean_ci, paired_t_test  # noqa: E402
+
+__all__ = ["collect_runs", "gated_report", "protocol_seeds", "write_accuracy_report"]
+
+METHODS = ("paper", "ours")
+
+
+def collect_runs(root: Path) -> dict[str, dict]:
+    """``{run name: {settings, log, finished, summary, commit}}`` of the runs under ``root``.
+
+    ``commit`` is the code of the run's latest epoch (its saved state's metadata).
+    """
+    runs = {}
+    for folder in sorted(Path(root).iterdir()):
+        metrics = folder / "metrics.json"
+        if not metrics.is_file():
+            continue
+        data = json.loads(metrics.read_text())
+        evaluation = folder / "evaluation.json"
+        summary = (json.loads(evaluation.read_text())["summary"] if evaluation.is_file()
+                   else None)
+        epochs = data["settings"]["recipe"]["epochs"]
+        state = read_state_meta(folder) or {}
+        runs[folder.name] = {**data, "summary": summary, "commit": state.get("commit", ""),
+                             "finished": len(data["log"]) == epochs, "epochs": epochs}
+    return runs
+
+
+def protocol_seeds(seeds_csv: Path, dataset: str = "cifar10") -> dict[str, dict[str, list]]:
+    """Per method, the protocol's per-seed avg-fusion ``no_failure`` and ``single_modifier``."""
+    out: dict[str, dict[str, list]] = {m: {"no_failure": [], "single_modifier": []}
+                                       for m in METHODS}
+    with Path(seeds_csv).open() as fh:
+        for row in csv.DictReader(fh):
+            plain = (row["mode"] == "avg" and row["standby"] == "0"
+                     and row["confidence_weighted"] == "False" and not row["learned"])
+            if row["dataset"] != dataset or row["method"] not in out or not plain:
+                continue
+            if row["modifier"] == "False":
+                out[row["method"]]["no_failure"].append(float(row["no_failure"]))
+            else:
+                out[row["method"]]["single_modifier"].append(float(row["single_failure_mean"]))
+    return out
+
+
+def _pct(values: list[float]) -> str:
+    mean, half = mean_ci(values)
+    if math.isnan(mean):
+        return "-"
+    return f"{100 * mean:.2f}" + ("" if math.isnan(half) else f" ± {100 * half:.2f}")
+
+
+def _device_finals(runs: dict[str, dict], method: str) -> dict[int, tuple[float, float]]:
+    """Finished runs of ``method``: seed -> (no failure, mean single failure + Modifier)."""
+    finals = {}
+    for run in runs.values():
+        recipe = run["settings"]["recipe"]
+        if "method" in recipe and recipe["method"] == method and run["summary"]:
+            avg = run["summary"]["avg"]
+            finals[recipe["seed"]] = (avg["baseline"]["no_failure"],
+                                      avg["modifier"]["single_failure_mean"])
+    return finals
+
+
+def _device_tables(runs: dict[str, dict], protocol: dict[str, dict[str, list]]) -> list[str]:
+    lines = ["## CIFAR-10, six devices, avg fusion (test split, %)", "",
+             "| method | training | seeds | no failure | one failure + Modifier |",
+             "|---|---|---|---|---|"]
+    for method in METHODS:
+        p = protocol[method]
+        lines.append(f"| {method} | 4 epochs (issue-4 protocol) | {len(p['no_failure'])} "
+                     f"| {_pct(p['no_failure'])} | {_pct(p['single_modifier'])} |")
+    for method in METHODS:
+        finals = _device_finals(runs, method)
+        values = list(finals.values())
+        lines.append(f"| {method} | 40 epochs, 50% overlap, flip + translate | {len(finals)} "
+                     f"| {_pct([v[0] for v in values])} | {_pct([v[1] for v in values])} |")
+    lines.append("| paper's Table (target) | 40 epochs | - | 83.49 | 80.16 |")
+    paper, ours = _device_finals(runs, "paper"), _device_finals(runs, "ours")
+    seeds = sorted(set(paper) & set(ours))
+    lines += ["", f"Paired t-test, ours vs paper, 40 epochs, on the {len(seeds)} seeds "
+              "finished for both:"]
+    for label, k in (("no failure", 0), ("one failure + Modifier", 1)):
+        t, p = paired_t_test([ours[s][k] for s in seeds], [paper[s][k] for s in seeds])
+        lines.append(f"- {label}: t = {t:.2f}, p = {p:.3g}" if not math.isnan(p)
+                     else f"- {label}: needs two or more paired seeds")
+    return lines
+
+
+def _progress_table(runs: dict[str, dict]) -> list[str]:
+    lines = ["## Every run: progress, latest test accuracy, speed", "",
+             "| run | epochs | latest test % | CPU s / epoch | achieved GFLOP/s per CPU s "
+             "| matmul peak GFLOP/s | % of peak | commit |", "|---|---|---|---|---|---|---|---|"]
+    for name, run in runs.items():
+        last = run["log"][-1]
+        acc = last.get("test_acc", last.get("test_no_failure"))
+        extra = f" (flip TTA {100 * last['test_acc_tta']:.2f})" if "test_acc_tta" in last else ""
+        cpu = sum(e["cpu_seconds"] for e in run["log"]) / len(run["log"])
+        lines.append(f"| {name} | {len(run['log'])}/{run['epochs']} | {100 * acc:.2f}{extra} "
+                     f"| {cpu:.0f} | {last['cpu_gflops']:.2f} | {last['peak_gflops']:.0f} "
+                     f"| {100 * last['utilisation']:.2f} | {run.get('commit', '')[:10]} |")
+    return lines
+
+
+def _plot(runs: dict[str, dict], path: Path) -> None:
+    fig, (dev, res) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, run in runs.items():
+        epochs = [e["epoch"] for e in run["log"]]
+        if name.startswith("devices"):
+            line, = dev.plot(epochs, [100 * e["test_no_failure"] for e in run["log"]],
+                             marker="o", ms=3, label=f"{name}, no failure")
+            dev.plot(epochs, [100 * e["test_single_failure_modifier"] for e in run["log"]],
+                     ls="--", marker="o", ms=3, color=line.get_color())
+        else:
+            res.plot(epochs, [100 * e["test_acc"] for e in run["log"]], marker="o", ms=3,
+                     label=name)
+    dev.axhline(83.49, color="grey", lw=0.8, ls=":")
+    dev.set(title="CIFAR-10 six devices (dashed: one failure + Modifier)", xlabel="epoch",
+            ylabel="test accuracy %")
+    res.axhline(90, color="grey", lw=0.8, ls=":")
+    res.set(title="block-addressable ResNet (EMA weights)", xlabel="epoch",
+            ylabel="test accuracy %")
+    for ax, prefix in ((dev, "devices"), (res, "resnet")):
+        ax.set_xlim(0, max([r["epochs"] for n, r in runs.items() if n.startswith(prefix)],
+                           default=1) + 1)
+        if ax.lines[1:]:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_accuracy_report(root: Path, out: Path, seeds_csv: Path) -> str:
+    """Write ``tables.md``, ``epochs.csv`` and ``curves.png`` to ``out``; return the tables."""
+    runs = collect_runs(root)
+    if not runs:
+        raise ValueError(f"{root}: no run folder with a metrics.json yet")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = "\n".join([
+        "# Issue 17: CIFAR-10 devices at the paper's budget, the fast ResNet recipe", "",
+        f"Generated by `resilient-perception accuracy-report` from `{root}`; runs still "
+        "training are listed with their latest epoch and left out of the means.", "",
+        *_device_tables(runs, protocol_seeds(seeds_csv)), "", *_progress_table(runs), ""])
+    (out / "tables.md").write_text(text)
+    fields = sorted({k for run in runs.values() for e in run["log"] for k in e})
+    with (out / "epochs.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["run", *fields])
+        writer.writeheader()
+        for name, run in runs.items():
+            writer.writerows({"run": name, **e} for e in run["log"])
+    _plot(runs, out / "curves.png")
+    return text
+
+
+
+def gated_report(root: Path) -> str:
+    """Markdown: gated vs plain vs no Modifier per dataset and method, over seeds.
+
+    Reads ``<root>/<dataset>/<method>/seed<k>/gated.json`` (``evaluate --gated``); means with
+    95% confidence intervals over seeds, and paired t-tests across seeds of the mean single
+    failure (gated vs none, gated vs plain Modifier). The issue's bar: gated never more than
+    0.05 points below none.
+    """
+    lines = ["| dataset | method | seeds | no failure (none) | one failure: none | plain "
+             "Modifier | gated | gated - none (points) | p, gated vs none | p, gated vs "
+             "plain |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for method_dir in sorted(Path(root).glob("*/*")):
+        results = [json.loads(p.read_text())
+                   for p in sorted(method_dir.glob("seed*/eval-*/gated.json"))]
+        if not results:
+            continue
+
+        def single(name: str, runs: list = results) -> list[float]:
+            return [r["summary"][name]["single_failure_mean"] for r in runs]
+
+        gain = [g - n for g, n in zip(single("gated"), single("none"), strict=True)]
+        p_none = paired_t_test(single("gated"), single("none"))[1]
+        p_plain = paired_t_test(single("gated"), single("modifier"))[1]
+        no_failure = [r["summary"]["none"]["no_failure"] for r in results]
+        lines.append(
+            f"| {method_dir.parent.name} | {method_dir.name} | {len(results)} "
+            f"| {_pct(no_failure)} | {_pct(single('none'))} | {_pct(single('modifier'))} "
+            f"| {_pct(single('gated'))} | {100 * float(np.mean(gain)):+.2f} "
+            f"| {p_none:.3g} | {p_plain:.3g} |")
+    return "\n".join(lines) + "\n"

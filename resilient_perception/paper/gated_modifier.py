@@ -1,0 +1,202 @@
+"""A Modifier that never hurts beyond noise: each option is used only where it helps (issue 17).
+
+The Modifier's surrogate, and each learned option (:mod:`.learned_modifier`), helps on some
+datasets and live sets and hurts on others (on an IDX pair trained 3 epochs every option
+lowered accuracy). So the aggregator decides per failed set, from data the devices were not
+trained on, whether to use an option at all:
+
+* The **validation split** (:func:`.validation.holdout_split`, recorded in the checkpoint)
+  was held out of training. The learned options are fitted on training samples as before
+  (:func:`.reproduction.fit_subset`); the *gate* is chosen on the validation split only.
+* **Gate**: for every failed set ``S`` (including none) each option's per-sample
+  correctness on the validation split is compared with plain fusion of the live devices
+  (no Modifier) by an exact one-sided McNemar test on the discordant samples. The option
+  with the highest validation accuracy among those better at ``alpha`` (default 0.05) is
+  used for ``S``; if none is, ``S`` gets no Modifier. An option that does not help on data
+  the model never saw is never switched on, so the gated aggregator can only lose where
+  the validation split misleads, which the significance level bounds.
+* **Report** (:func:`gated_evaluation`): on the test split, per failed set, the rows of no
+  Modifier, the plain Modifier and the gated choice, their summaries (no failure, mean
+  single failure), and paired McNemar tests of gated vs none and gated vs plain on the
+  pooled single-failure (sample, failed device) pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import stats
+
+from ..perception.evaluation import device_outputs, failure_subsets
+from ..perception.experiment import DeviceViews, load_device_views
+from ..perception.learned_modifier import LEARNED_VARIANTS, fit_learned_modifier
+from ..perception.modifier import LearnedModifier, device_output_tensors, fuse_with_failures
+from ..perception.validation import holdout_split
+from ..perception.views import ViewSpec
+from ..placement.drop_study import spread_subset
+from .reproduction import fit_subset
+
+__all__ = ["GATE_OPTIONS", "GateOption", "fit_gate", "gated_evaluation", "mcnemar",
+           "option_correctness", "subset_views", "training_splits"]
+
+
+@dataclass(frozen=True)
+class GateOption:
+    """One way to fuse with failures: Modifier or not, confidence weights, a learned variant."""
+
+    name: str
+    modifier: bool
+    confidence: bool = False
+    learned: str = ""  # a key of LEARNED_VARIANTS
+
+
+GATE_OPTIONS = (
+    GateOption("none", False),
+    GateOption("modifier", True),
+    GateOption("confidence", True, confidence=True),
+    GateOption("affine", True, learned="affine"),
+    GateOption("calibrated", False, learned="calibrated"),
+    GateOption("modifier+calibrated", True, learned="calibrated"),
+    GateOption("affine+calibrated", True, learned="affine+calibrated"),
+)
+"""The options of :func:`.reproduction.modifier_options`, by short name; ``none`` first."""
+
+
+def mcnemar(a: np.ndarray, b: np.ndarray, alternative: str = "greater") -> float:
+    """Exact McNemar p-value that ``a`` (bool per sample) is more often right than ``b``.
+
+    Only discordant samples count: a binomial test of ``a``-only wins among them at 1/2.
+    """
+    wins, losses = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    if wins + losses == 0:
+        return 1.0
+    return float(stats.binomtest(wins, wins + losses, 0.5, alternative=alternative).pvalue)
+
+
+def option_correctness(outputs: tuple, heads: tuple, labels: np.ndarray,
+                       available: np.ndarray | None, subsets: list[tuple[int, ...]],
+                       option: GateOption, learned: LearnedModifier | None) -> np.ndarray:
+    """Bool ``(len(subsets), M)``: which samples ``option`` classifies right per failed set."""
+    probs, features, labels_t, avail = device_output_tensors(*outputs, labels, available)
+    out = np.zeros((len(subsets), len(labels_t)), dtype=bool)
+    with torch.inference_mode():
+        for i, failed in enumerate(subsets):
+            live = avail.clone()
+            live[:, list(failed)] = False
+            fused = fuse_with_failures(probs, features, *heads, live, "avg", option.modifier,
+                                       option.confidence, learned)
+            out[i] = ((fused.argmax(1) == labels_t) & live.any(1)).numpy()
+    return out
+
+
+def _learned_fits(model, fit: DeviceViews, heads: tuple) -> dict[str, LearnedModifier]:
+    fit = fit_subset(fit)  # as the protocol: at most 10,000 evenly spaced samples
+    probs, features = device_outputs(model, fit.views)
+    return {name: fit_learned_modifier(probs, features, *heads, fit.labels, fit.available,
+                                       affine, calibrated)
+            for name, (affine, calibrated) in LEARNED_VARIANTS.items()}
+
+
+def _all_correctness(model, data: DeviceViews, heads: tuple, subsets: list[tuple[int, ...]],
+                     learned: dict[str, LearnedModifier]) -> dict[str, np.ndarray]:
+    outputs = device_outputs(model, data.views)
+    return {o.name: option_correctness(outputs, heads, data.labels, data.available, subsets,
+                                       o, learned.get(o.learned))
+            for o in GATE_OPTIONS}
+
+
+def fit_gate(correct: dict[str, np.ndarray], subsets: list[tuple[int, ...]],
+             alpha: float = 0.05) -> dict[tuple[int, ...], str]:
+    """The option per failed set from validation correctness (see the module docstring)."""
+    gate = {}
+    for i, failed in enumerate(subsets):
+        base = correct["none"][i]
+        better = [(correct[name][i].mean(), name) for name in correct
+                  if name != "none" and correct[name][i].mean() > base.mean()
+                  and mcnemar(correct[name][i], base) < alpha]
+        gate[failed] = max(better)[1] if better else "none"
+    return gate
+
+
+def _summary(correct: np.ndarray, subsets: list[tuple[int, ...]]) -> dict:
+    single = [i for i, s in enumerate(subsets) if len(s) == 1]
+    return {"no_failure": float(correct[subsets.index(())].mean()),
+            "single_failure_mean": float(correct[single].mean()),
+            "by_failed_set": {",".join(map(str, s)): float(correct[i].mean())
+                              for i, s in enumerate(subsets)}}
+
+
+def gated_evaluation(model, fit: DeviceViews, validation: DeviceViews, test: DeviceViews,
+                     alpha: float = 0.05, max_failed: int | None = None) -> dict:
+    """Fit the gate on ``validation`` and score none / plain / gated on ``test``.
+
+    ``fit`` is the training data the learned options are fitted on (never ``validation``);
+    ``max_failed`` limits the failed sets to that many devices (default all ``N - 1``).
+    Returns ``gate`` (failed set -> option), ``summary`` per strategy (``none``,
+    ``modifier``, ``gated``, and the validation accuracy of the gate), ``tests`` (McNemar
+    p-values on the pooled single-failure pairs, both directions) and ``mean_gain``.
+    """
+    heads = tuple(t.detach() for t in model.classifier_heads())
+    subsets = [s for s in failure_subsets(test.n_devices)
+               if max_failed is None or len(s) <= max_failed]
+    learned = _learned_fits(model, fit, heads)
+    gate = fit_gate(_all_correctness(model, validation, heads, subsets, learned), subsets,
+                    alpha)
+    on_test = _all_correctness(model, test, heads, subsets, learned)
+    gated = np.stack([on_test[gate[s]][i] for i, s in enumerate(subsets)])
+    strategies = {"none": on_test["none"], "modifier": on_test["modifier"], "gated": gated}
+    single = [i for i, s in enumerate(subsets) if len(s) == 1]
+
+    def pooled(name: str) -> np.ndarray:
+        return strategies[name][single].ravel()
+
+    tests = {f"gated vs {other}": {
+        "gain": float(pooled("gated").mean() - pooled(other).mean()),
+        "p_better": mcnemar(pooled("gated"), pooled(other), "greater"),
+        "p_worse": mcnemar(pooled("gated"), pooled(other), "less")}
+        for other in ("none", "modifier")}
+    return {
+        "alpha": alpha, "fit_samples": len(fit.labels),
+        "validation_samples": len(validation.labels), "test_samples": len(test.labels),
+        "gate": {",".join(map(str, s)): name for s, name in gate.items()},
+        "options_used": {o.name: sum(v == o.name for v in gate.values()) for o in GATE_OPTIONS},
+        "summary": {name: _summary(c, subsets) for name, c in strategies.items()},
+        "tests": tests,
+    }
+
+
+def subset_views(data: DeviceViews, index: np.ndarray) -> DeviceViews:
+    """The samples ``index`` of ``data`` (same spec, classes and names)."""
+    return dataclasses.replace(data, views=data.views[index], available=data.available[index],
+                               labels=data.labels[index])
+
+
+def training_splits(meta: dict, root=None) -> tuple[DeviceViews, DeviceViews]:
+    """``(fit, validation)``: a checkpoint's training samples and its held-out validation.
+
+    Rebuilt from the checkpoint's ``validation`` record ``{seed, size, of, limit,
+    limit_rule}``: the ``limit`` first (``"first"``, as ``train --limit``) or evenly spaced
+    (``"spread"``) samples of the training split, of which :func:`.validation.holdout_split`
+    held ``size`` out. A checkpoint trained on its whole split has no validation data:
+    retrain it with ``train --holdout N``.
+    """
+    record = meta.get("validation")
+    if not record or not record.get("size"):
+        raise ValueError("this checkpoint was trained on its whole training split, so there "
+                         "is no held-out data to gate the Modifier on: retrain with "
+                         "`train --holdout N` (e.g. 10% of the samples)")
+    data = load_device_views(meta["dataset"], meta.get("train_split", "train"),
+                             ViewSpec.from_dict(meta["view_spec"]), root)
+    index = np.arange(len(data.labels))
+    if record.get("limit"):
+        index = (index[:record["limit"]] if record.get("limit_rule") == "first"
+                 else spread_subset(index, index, record["limit"])[0])
+    if len(index) != record["of"]:
+        raise ValueError(f"the training split has {len(index)} samples, the checkpoint's "
+                         f"validation record {record['of']}: not the data it was trained on")
+    fit, validation = holdout_split(len(index), record["size"], record["seed"])
+    return subset_views(data, index[fit]), subset_views(data, index[validation])
+

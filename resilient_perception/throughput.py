@@ -1,0 +1,120 @@
+"""Training speed as a ratio: achieved FLOP/s beside the machine's matmul peak (issue 17, item 5).
+
+An epoch's seconds say little across machines; its share of what the machine can do says
+how far from the limit it runs. :class:`EpochMeter` times an epoch (wall and CPU seconds) and
+converts it to achieved FLOP/s with the model's nominal training cost per image: ``6 x``
+its forward multiply-accumulates (2 FLOPs per MAC; the backward pass costs about twice the
+forward). :func:`matmul_peak` measures, in the same process, with the same torch thread
+count and precision, the FLOP/s of a large square matmul: the best case the BLAS/oneDNN
+kernels reach on this CPU. The ratio of the two is the utilisation; small convolutions,
+batch norm and element-wise work keep it well below 1 on CPUs.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["EpochMeter", "achieved", "format_speed", "forward_macs", "matmul_peak"]
+
+
+def forward_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of one forward pass of one input of ``input_shape`` (no batch).
+
+    Counts convolutions (grouped ones per group) and linear layers from the real output
+    shapes, via forward hooks on a zero input in eval mode.
+    """
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple, output) -> None:
+        nonlocal total
+        out = output[0] if isinstance(output, tuple) else output
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += out[0].numel() * (module.in_channels // module.groups) * kh * kw
+        elif isinstance(module, nn.Linear):
+            total += out[0].numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, nn.Conv2d | nn.Linear)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return total
+
+
+@functools.cache
+def _peak(threads: int, precision: str, size: int, seconds: float) -> float:
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    torch.mm(a, b)  # warm-up: kernel selection, page faults
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def matmul_peak(precision: str = "fp32", size: int = 1024, seconds: float = 0.5) -> float:
+    """FLOP/s of the fastest of repeated ``size x size`` matmuls in ``seconds`` (cached).
+
+    Uses the current ``torch.get_num_threads()`` and the dtype of ``precision`` (``"bf16"``
+    or ``"fp32"``), so it is the peak of the setting a training run uses.
+    """
+    return _peak(torch.get_num_threads(), precision, size, seconds)
+
+
+def achieved(flops_per_image: float, images: int, seconds: float,
+             cpu_seconds: float | None = None, precision: str = "fp32") -> dict:
+    """Achieved training FLOP/s of ``images`` in ``seconds`` beside :func:`matmul_peak`.
+
+    ``gflops`` is over wall time, ``cpu_gflops`` over the process's CPU seconds (what a
+    shared machine leaves the run does not lower it; wall time if not given);
+    ``peak_gflops`` is the matmul peak at the current thread count and ``precision``, and
+    ``utilisation`` is ``cpu_gflops / peak_gflops``.
+    """
+    cpu = seconds if cpu_seconds is None else cpu_seconds
+    flops, peak = flops_per_image * images, matmul_peak(precision)
+    return {"seconds": seconds, "cpu_seconds": cpu,
+            "images_per_s": images / seconds if seconds > 0 else float("nan"),
+            "gflops": flops / seconds / 1e9 if seconds > 0 else float("nan"),
+            "cpu_gflops": flops / cpu / 1e9 if cpu > 0 else float("nan"),
+            "peak_gflops": peak / 1e9,
+            "utilisation": flops / cpu / peak if cpu > 0 else float("nan")}
+
+
+def format_speed(speed: dict) -> str:
+    """One line: achieved GFLOP/s, the matmul peak and the ratio (per CPU second)."""
+    return (f"{speed['gflops']:.2f} GFLOP/s achieved ({speed['cpu_gflops']:.2f} per CPU "
+            f"second), matmul peak {speed['peak_gflops']:.1f} GFLOP/s measured in this run: "
+            f"{100 * speed['utilisation']:.1f}% of peak")
+
+
+class EpochMeter:
+    """Times an epoch and reports achieved training FLOP/s and its ratio to the matmul peak."""
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], precision: str = "fp32"):
+        """Count ``model``'s forward MACs per input of ``input_shape`` once, up front."""
+        self.flops_per_image = 6 * forward_macs(model, input_shape)
+        self.precision = precision
+        self._wall = self._cpu = 0.0
+
+    def start(self) -> None:
+        """Mark the start of an epoch."""
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def stop(self, images: int) -> dict:
+        """:func:`achieved` for the epoch since :meth:`start` over ``images`` images."""
+        return achieved(self.flops_per_image, images, time.perf_counter() - self._wall,
+                        time.process_time() - self._cpu, self.precision)

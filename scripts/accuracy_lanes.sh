@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Issue 17's long training runs in background lanes (docs/results.md, "Accuracy at the
+# papers' budget"): the six CIFAR-10 device CNNs at the paper's 40 epochs (`paper` and
+# `ours`, seeds 0..2, 50%-overlapping views, flip + translate before cutting) and the fast
+# ResNet recipe (plain and stochastic depth).
+#
+# Usage: scripts/accuracy_lanes.sh start|stop|pause|resume|status|report [OUT]
+#   OUT defaults to $ACCURACY_RUNS or ../runs/accuracy (outside the repository, so runs
+#   survive branch changes). LANES (default 2) lanes, one torch thread each, nice 19.
+#   start   snapshot the committed HEAD (git archive into OUT/code/<commit>) and start the
+#           lanes on it; every lane walks the same queue, skips finished runs and runs held
+#           by another lane (flock), and continues an interrupted run from its last epoch.
+#           Run it again after a session restart: it continues where the lanes stopped.
+#   pause   SIGSTOP every lane's (LANE=n: only lane n's) process group (e.g. while the test suite or a benchmark
+#           runs); resume sends SIGCONT. stop sends SIGTERM (a run loses its current epoch).
+#   status  lanes' state and every run's progress (epochs done, last test accuracy).
+#   report  docs/results/accuracy/ (tables.md, epochs.csv, curves.png) from the runs so far.
+# Budget (measured by the pilots, one thread, bf16, shared machine): see docs/results.md.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo=$PWD
+out="${2:-${ACCURACY_RUNS:-$repo/../runs/accuracy}}"
+mkdir -p "$out/lanes"
+out="$(cd "$out" && pwd)"
+lanes="${LANES:-2}"
+
+# The queue: NAME COMMAND-ARGS. Interleaved so the two lanes split the ResNets and devices.
+queue() {
+  echo "resnet-w16 train-resnet-recipe --base-width 16 --epochs 24"
+  echo "devices-paper-s0 train-budget-devices --method paper --seed 0"
+  echo "resnet-w16-sd train-resnet-recipe --base-width 16 --epochs 24 --stochastic-depth 0.5"
+  echo "devices-ours-s0 train-budget-devices --method ours --seed 0"
+  for seed in 1 2; do
+    echo "devices-paper-s$seed train-budget-devices --method paper --seed $seed"
+    echo "devices-ours-s$seed train-budget-devices --method ours --seed $seed"
+  done
+}
+
+finished() {  # a run folder holds its final file
+  [ -f "$1/evaluation.json" ] || [ -f "$1/checkpoint.safetensors" ]
+}
+
+lane() {  # lane number; runs the queue once over, then exits
+  local n="$1" name args dir
+  while read -r name args; do
+    dir="$out/$name"
+    mkdir -p "$dir"
+    finished "$dir" && continue
+    # -n: a run another lane holds is skipped; the lock goes with the process.
+    flock -n "$dir/.lock" nice -n 19 "$python" -m resilient_perception.cli $args \
+      --threads 1 --out "$dir" >>"$dir/train.log" 2>&1 || true
+  done < <(queue)
+  echo "lane $n: queue done $(date -Is)" >>"$out/lanes/lane$n.log"
+}
+
+pgids() { cat "$out"/lanes/lane"${LANE:-*}".pid 2>/dev/null || true; }
+
+case "${1:-status}" in
+  start)
+    if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+      echo "note: uncommitted changes are not part of the lanes' code (HEAD is)" >&2
+    fi
+    commit=$(git rev-parse HEAD)
+    code="$out/code/$commit"
+    if [ ! -d "$code" ]; then
+      mkdir -p "$code"
+      git archive HEAD resilient_perception | tar -x -C "$code"
+    fi
+    python="$repo/.venv/bin/python"
+    export PYTHONPATH="$code" RESILIENT_PERCEPTION_COMMIT="$commit" PYTHONUNBUFFERED=1
+    for n in $(seq 1 "$lanes"); do
+      pidfile="$out/lanes/lane$n.pid"
+      if [ -f "$pidfile" ] && kill -0 -- "-$(cat "$pidfile")" 2>/dev/null; then
+        echo "lane $n already running (process group $(cat "$pidfile"))"; continue
+      fi
+      # setsid: each lane is its own process group, so pause/stop reach its children.
+      setsid bash -c "$(declare -f queue finished lane); out='$out' python='$python'; lane $n" \
+        >>"$out/lanes/lane$n.log" 2>&1 < /dev/null &
+      echo $! >"$pidfile"
+      echo "lane $n started (process group $!) on $commit"
+      sleep 20  # the lanes claim different first runs
+    done ;;
+  stop|pause|resume)
+    signal=$([ "$1" = stop ] && echo TERM || { [ "$1" = pause ] && echo STOP || echo CONT; })
+    for g in $(pgids); do kill -"$signal" -- "-$g" 2>/dev/null && echo "SIG$signal -> $g"; done
+    if [ "$1" = stop ]; then rm -f "$out"/lanes/lane"${LANE:-*}".pid; fi ;;
+  status)
+    for f in "$out"/lanes/lane*.pid; do
+      [ -f "$f" ] || continue
+      g=$(cat "$f")
+      state=$(ps -o stat= -p "$g" 2>/dev/null || echo gone)
+      echo "$(basename "$f" .pid): process group $g, state $state"
+    done
+    "$repo/.venv/bin/python" - "$out" <<'EOF'
+import json, sys
+from pathlib import Path
+for d in sorted(p for p in Path(sys.argv[1]).iterdir() if (p / "train.log").exists()):
+    m = d / "metrics.json"
+    if not m.exists():
+        print(f"{d.name:22s} started, no epoch finished yet"); continue
+    meta = json.loads(m.read_text())
+    log, epochs = meta["log"], meta["settings"]["recipe"]["epochs"]
+    e = log[-1]
+    acc = e.get("test_acc", e.get("test_no_failure"))
+    done = "done" if (d / "evaluation.json").exists() or (d / "checkpoint.safetensors").exists() else ""
+    print(f"{d.name:22s} epoch {e['epoch']:2d}/{epochs} test {100 * acc:.2f}%  "
+          f"{e['seconds']:.0f} s/epoch ({e['cpu_seconds']:.0f} CPU s) {done}")
+EOF
+    ;;
+  report)
+    # Tables, epochs.csv and learning curves of every run so far into docs/results/accuracy
+    # (this checkout's code; seconds of CPU).
+    "$repo/.venv/bin/resilient-perception" accuracy-report --runs "$out" \
+      --out docs/results/accuracy ;;
+  *) echo "usage: $0 start|stop|pause|resume|status|report [OUT]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,159 @@
+"""Issue 17's long runs on real CIFAR-10 cuts: per-epoch resume, checkpoints, FLOP/s meter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from resilient_perception.datasets import load_cifar10
+from resilient_perception.paper.paper_budget import DeviceRecipe, train_device_run
+from resilient_perception.perception.checkpoint import load_checkpoint
+from resilient_perception.perception.views import ViewSpec, crop_views
+from resilient_perception.placement.resnet import load_resnet_checkpoint
+from resilient_perception.placement.resnet_recipe import ResNetRecipe, train_resnet_recipe
+from resilient_perception.placement.resnet_training import augment
+from resilient_perception.run_state import STATE_NAME, load_state, save_state
+from resilient_perception.throughput import EpochMeter, forward_macs, matmul_peak
+from test.conftest import DATA_ROOT
+
+DATA = DATA_ROOT
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present")
+
+
+@pytest.fixture(scope="module")
+def cifar():
+    """CIFAR-10 train and test splits (decoded once, then cached by the loader)."""
+    return load_cifar10(DATA, "train"), load_cifar10(DATA, "test")
+
+
+def test_state_round_trips_without_pickles(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    model(torch.randn(8, 4)).sum().backward()
+    opt.step()
+    save_state(tmp_path, {"model": model}, opt, {"epoch": 1, "log": [{"loss": 1.5}]})
+    expected_rng = torch.get_rng_state()
+    torch.rand(5)  # moves the RNG on: loading must put it back
+
+    fresh = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.5, momentum=0.9, nesterov=True)
+    meta = load_state(tmp_path, {"model": fresh}, fresh_opt)
+    assert meta == {"epoch": 1, "log": [{"loss": 1.5}]}
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert fresh_opt.param_groups[0]["lr"] == 0.1
+    buffers = [fresh_opt.state[p]["momentum_buffer"] for p in fresh.parameters()]
+    assert all(torch.equal(a, opt.state[p]["momentum_buffer"])
+               for a, p in zip(buffers, model.parameters(), strict=True))
+    assert torch.equal(torch.get_rng_state(), expected_rng)
+    # Only tensors and a JSON header: no pickled class can break a moved module's resume.
+    with safe_open(str(tmp_path / STATE_NAME), framework="pt") as fh:
+        header = json.loads(fh.metadata()["run_state"])
+    assert header["epoch"] == 1 and "optimizer" in header
+    assert load_state(tmp_path / "none", {"model": fresh}, fresh_opt) is None
+
+
+def test_resnet_recipe_resumed_equals_straight(tmp_path, cifar):
+    train, test = cifar
+    recipe = ResNetRecipe(base_width=1, epochs=2, batch_size=64, precision="fp32",
+                          compile=False, train_limit=128, test_limit=100)
+    straight = train_resnet_recipe(tmp_path / "a", recipe, train, test, progress=False)
+    first = train_resnet_recipe(tmp_path / "b", recipe, train, test, progress=False,
+                                max_epochs=1)
+    assert len(first) == 1 and not (tmp_path / "b" / "checkpoint.safetensors").exists()
+    resumed = train_resnet_recipe(tmp_path / "b", recipe, train, test, progress=False)
+    assert [e["train_loss"] for e in resumed] == [e["train_loss"] for e in straight]
+    a, meta, _ = load_resnet_checkpoint(tmp_path / "a" / "checkpoint.safetensors")
+    b, _, _ = load_resnet_checkpoint(tmp_path / "b" / "checkpoint.safetensors")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                  b.state_dict().values(), strict=True))
+    assert meta["train_config"]["base_width"] == 1 and meta["commit"]
+    assert {"gflops", "peak_gflops", "utilisation"} <= set(resumed[-1])
+    with pytest.raises(ValueError, match="other settings"):
+        other = ResNetRecipe(**{**recipe.asdict(), "lr": 0.1})
+        train_resnet_recipe(tmp_path / "b", other, train, test, progress=False)
+
+
+def test_device_run_resumes_and_writes_a_normal_checkpoint(tmp_path, cifar):
+    train, test = cifar
+    recipe = DeviceRecipe(method="ours", epochs=2, batch_size=64, precision="fp32",
+                          overlap=0.5, val_size=32, train_limit=128, test_limit=100)
+    straight = train_device_run(tmp_path / "a", recipe, train, test, progress=False)
+    train_device_run(tmp_path / "b", recipe, train, test, progress=False, max_epochs=1)
+    assert not (tmp_path / "b" / "evaluation.json").exists()
+    resumed = train_device_run(tmp_path / "b", recipe, train, test, progress=False)
+    assert [e["train_loss"] for e in resumed["log"]] == [e["train_loss"] for e in straight["log"]]
+    assert resumed["summary"] == straight["summary"]
+    model, meta = load_checkpoint(tmp_path / "b" / "model.safetensors")
+    assert meta["view_spec"] == ViewSpec(overlap=0.5).to_dict()
+    assert model.n_devices == 6 and meta["recipe"]["method"] == "ours"
+    assert meta["train_samples"] == 128 - 32 and meta["validation"]["size"] == 32
+    # 63 failure sets x avg/max x with/without the Modifier
+    assert len(resumed["rows"]) == 63 * 2 * 2
+
+
+def test_augmentation_moves_the_whole_image_so_views_agree(cifar):
+    images = torch.from_numpy(cifar[1].images[:16])
+    shifted = augment(images, np.random.default_rng(0), pad=4)
+    assert not torch.equal(shifted, images)
+    boxes = ViewSpec(overlap=0.5).boxes(32, 32)
+    views = crop_views(shifted.numpy(), boxes)
+    # Devices 0 and 1 (top row) overlap in columns [left1, left0 + width): same pixels.
+    left0, left1, width = boxes[0].left, boxes[1].left, boxes[0].width
+    assert left1 < left0 + width
+    np.testing.assert_array_equal(views[:, 0, :, :, left1 - left0:],
+                                  views[:, 1, :, :, :left0 + width - left1])
+    unchanged = augment(images, np.random.default_rng(0), pad=0, flip=False)
+    assert torch.equal(unchanged, images)
+
+
+def test_meter_counts_flops_and_measures_the_peak():
+    conv = nn.Conv2d(6, 12, 3, padding=1, groups=3)
+    assert forward_macs(conv, (6, 8, 8)) == 8 * 8 * 12 * 2 * 9
+    assert matmul_peak("fp32", size=128, seconds=0.05) > 1e8
+    meter = EpochMeter(conv, (6, 8, 8))
+    meter.start()
+    sum(conv(torch.randn(64, 6, 8, 8)).sum() for _ in range(3)).backward()
+    timing = meter.stop(192)
+    assert timing["gflops"] > 0 and 0 < timing["utilisation"] < 1
+
+
+def _fake_run(folder: Path, recipe: dict, log: list[dict], summary: dict | None) -> None:
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"settings": {"recipe": recipe},
+                                                     "log": log}))
+    if summary is not None:
+        (folder / "evaluation.json").write_text(json.dumps({"summary": summary}))
+
+
+def test_report_compares_finished_seeds_and_lists_running_ones(tmp_path):
+    from resilient_perception.paper.accuracy_report import write_accuracy_report
+
+    speed = {"cpu_seconds": 150.0, "cpu_gflops": 80.0, "peak_gflops": 1300.0,
+             "utilisation": 0.06}
+    for method, seed, acc in (("paper", 0, 0.80), ("ours", 0, 0.82), ("paper", 1, 0.79),
+                              ("ours", 1, 0.815)):
+        log = [{"epoch": e, "test_no_failure": acc - 0.1 / e,
+                "test_single_failure_modifier": acc - 0.02 - 0.1 / e, **speed}
+               for e in (1, 2)]
+        summary = {"avg": {"baseline": {"no_failure": acc},
+                           "modifier": {"single_failure_mean": acc - 0.02}}}
+        _fake_run(tmp_path / "runs" / f"devices-{method}-s{seed}",
+                  {"method": method, "seed": seed, "epochs": 2}, log, summary)
+    _fake_run(tmp_path / "runs" / "resnet-w16", {"epochs": 24},
+              [{"epoch": 1, "test_acc": 0.5, "test_acc_tta": 0.52, **speed}], None)
+    seeds = Path(__file__).resolve().parents[1] / "docs" / "results" / "paper" / "seeds.csv"
+    text = write_accuracy_report(tmp_path / "runs", tmp_path / "out", seeds)
+    assert "| paper | 4 epochs (issue-4 protocol) | 10 | 61.87 ± 0.31 | 60.59 ± 0.30 |" in text
+    assert "| ours | 40 epochs, 50% overlap, flip + translate | 2 | 81.75 ± " in text
+    assert "t-test, ours vs paper, 40 epochs, on the 2 seeds" in text
+    assert "| resnet-w16 | 1/24 | 50.00 (flip TTA 52.00) |" in text
+    assert len((tmp_path / "out" / "epochs.csv").read_text().splitlines()) == 1 + 4 * 2 + 1
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 10_000

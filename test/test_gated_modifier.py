@@ -1,0 +1,86 @@
+"""The gated Modifier: options switched on per failed set only where validation data says so."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from resilient_perception.cli import main
+from resilient_perception.paper.gated_modifier import fit_gate, mcnemar
+from resilient_perception.perception.validation import holdout_split
+from test.conftest import DATA_ROOT
+
+DATA = DATA_ROOT
+
+
+def test_mcnemar_counts_only_discordant_samples():
+    a = np.array([True] * 30 + [False] * 5 + [True] * 100)
+    b = np.array([False] * 30 + [True] * 5 + [True] * 100)
+    assert mcnemar(a, b) < 1e-4 < 0.99 < mcnemar(b, a)
+    assert mcnemar(a, a) == 1.0
+
+
+def test_gate_switches_an_option_on_only_where_it_clearly_helps():
+    rng = np.random.default_rng(0)
+    base = rng.random((3, 2000)) < 0.7
+    helps, noise, hurts = base.copy(), base.copy(), base.copy()
+    helps[0, np.flatnonzero(~base[0])[:200]] = True  # +10 points on set 0
+    noise[1, np.flatnonzero(~base[1])[:3]] = True  # +0.15 points on set 1: not significant
+    hurts[2, np.flatnonzero(base[2])[:100]] = False  # -5 points on set 2
+    subsets = [(0,), (1,), (2,)]
+    gate = fit_gate({"none": base, "modifier": helps, "confidence": noise, "affine": hurts},
+                    subsets)
+    assert gate == {(0,): "modifier", (1,): "none", (2,): "none"}
+
+
+def test_holdout_split_is_fixed_and_disjoint():
+    fit, val = holdout_split(100, 10)
+    assert len(val) == 10 and not set(fit) & set(val) and len(fit) + len(val) == 100
+    assert np.array_equal(holdout_split(100, 10)[1], val)
+    with pytest.raises(ValueError, match="0..99"):
+        holdout_split(100, 100)
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present")
+def test_evaluate_gated_end_to_end(tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["train", "--limit", "1500", "--holdout", "500", "--epochs", "1",
+                 "--threads", "1", "--out", str(out), "--data-root", str(DATA)]) == 0
+    checkpoint = str(out / "model.safetensors")
+    assert main(["evaluate", checkpoint, "--limit", "500", "--gated", "--data-root",
+                 str(DATA), "--out", str(tmp_path / "e")]) == 0
+    result = json.loads((tmp_path / "e" / "gated.json").read_text())
+    assert result["fit_samples"] == 1000 and result["validation_samples"] == 500
+    assert set(result["summary"]) == {"none", "modifier", "gated"}
+    assert len(result["gate"]) == 63 and sum(result["options_used"].values()) == 63
+    # Where the gate chose no option, gated and none are the same predictions.
+    none, gated = result["summary"]["none"], result["summary"]["gated"]
+    for failed, option in result["gate"].items():
+        if option == "none":
+            assert gated["by_failed_set"][failed] == none["by_failed_set"][failed]
+    assert "gated vs none" in (tmp_path / "e" / "gated.md").read_text()
+
+    plain = tmp_path / "plain"
+    assert main(["train", "--limit", "300", "--epochs", "1", "--threads", "1",
+                 "--out", str(plain), "--data-root", str(DATA)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(plain / "model.safetensors"), "--gated", "--limit", "100",
+                 "--data-root", str(DATA)]) == 2
+    assert "--holdout" in capsys.readouterr().err
+
+
+def test_gated_report_pairs_seeds(tmp_path):
+    from resilient_perception.paper.accuracy_report import gated_report
+
+    for seed, (none, plain, gated) in enumerate([(0.90, 0.89, 0.905), (0.91, 0.90, 0.912),
+                                                 (0.92, 0.915, 0.921)]):
+        folder = tmp_path / "mnist" / "ours" / f"seed{seed}" / "eval-test"
+        folder.mkdir(parents=True)
+        summary = {name: {"no_failure": 0.95, "single_failure_mean": value}
+                   for name, value in (("none", none), ("modifier", plain), ("gated", gated))}
+        (folder / "gated.json").write_text(json.dumps({"summary": summary}))
+    table = gated_report(tmp_path)
+    assert "| mnist | ours | 3 | 95.00 ± 0.00 | 91.00 ± 2.48 |" in table
+    assert "| +0.27 |" in table
