@@ -10,6 +10,8 @@
 #   start   snapshot the committed HEAD (git archive into OUT/code/<commit>) and start the
 #           lanes on it; every lane walks the same queue, skips finished runs and runs held
 #           by another lane (flock), and continues an interrupted run from its last epoch.
+#           After a run finishes: `evaluate --gated` for a device run (RUN/eval-test/), the
+#           drop study for a ResNet (RUN/drop-study/: Tables I/II, profile.json).
 #           Run it again after a session restart: it continues where the lanes stopped.
 #   pause   SIGSTOP every lane's (LANE=n: only lane n's) process group (e.g. while the test suite or a benchmark
 #           runs); resume sends SIGCONT. stop sends SIGTERM (a run loses its current epoch).
@@ -40,15 +42,31 @@ finished() {  # a run folder holds its final file
   [ -f "$1/evaluation.json" ] || [ -f "$1/checkpoint.safetensors" ]
 }
 
+after() {  # the step after training: the gated Modifier / the drop study
+  case "$1" in
+    devices-*) [ -f "$2/eval-test/gated.json" ] ||
+      OMP_NUM_THREADS=1 nice -n 19 "$python" -m resilient_perception.cli evaluate \
+        "$2/model.safetensors" --gated --out "$2/eval-test" ;;
+    resnet-*) [ -f "$2/drop-study/drop_study.json" ] ||
+      nice -n 19 "$python" -m resilient_perception.cli drop-study "$2" --threads 1 \
+        --out "$2/drop-study" ;;
+  esac
+}
+
 lane() {  # lane number; runs the queue once over, then exits
   local n="$1" name args dir
   while read -r name args; do
     dir="$out/$name"
     mkdir -p "$dir"
-    finished "$dir" && continue
     # -n: a run another lane holds is skipped; the lock goes with the process.
-    flock -n "$dir/.lock" nice -n 19 "$python" -m resilient_perception.cli $args \
-      --threads 1 --out "$dir" >>"$dir/train.log" 2>&1 || true
+    if ! finished "$dir"; then
+      flock -n "$dir/.lock" nice -n 19 "$python" -m resilient_perception.cli $args \
+        --threads 1 --out "$dir" >>"$dir/train.log" 2>&1 || true
+    fi
+    if finished "$dir"; then
+      flock -n "$dir/.lock" bash -c "$(declare -f after); python='$python'; after $name $dir" \
+        >>"$dir/after.log" 2>&1 || true
+    fi
   done < <(queue)
   echo "lane $n: queue done $(date -Is)" >>"$out/lanes/lane$n.log"
 }
@@ -74,7 +92,7 @@ case "${1:-status}" in
         echo "lane $n already running (process group $(cat "$pidfile"))"; continue
       fi
       # setsid: each lane is its own process group, so pause/stop reach its children.
-      setsid bash -c "$(declare -f queue finished lane); out='$out' python='$python'; lane $n" \
+      setsid bash -c "$(declare -f queue finished after lane); out='$out' python='$python'; lane $n" \
         >>"$out/lanes/lane$n.log" 2>&1 < /dev/null &
       echo $! >"$pidfile"
       echo "lane $n started (process group $!) on $commit"

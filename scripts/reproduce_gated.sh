@@ -8,9 +8,10 @@
 #   idx    a user's IDX pair (MNIST's files by path) trained as a new user would: `train`
 #          defaults and 3 epochs, scored on the held-out t10k pair
 # CIFAR-10's gated results come from the 40-epoch runs of scripts/accuracy_lanes.sh (5,000
-# images held out), with `evaluate <run>/model.safetensors --gated` once they finish.
-# Resumable: a finished step (its output file present) is skipped. One torch thread, nice 19;
-# pause the second accuracy lane while this runs (LANE=2 scripts/accuracy_lanes.sh pause).
+# images held out): the lanes run `evaluate --gated` on each finished run.
+# Resumable: a finished step (its output file present) is skipped, a killed training
+# resumes. One torch thread, nice 19; pause the second accuracy lane while this runs
+# (LANE=2 scripts/accuracy_lanes.sh pause).
 # Usage: scripts/reproduce_gated.sh [RUNS]      (default ../runs/gated; seeds 0..2)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -27,7 +28,8 @@ run() {  # dataset method seed train-options... -- evaluate-options...
   evaluate=("$@")
   mkdir -p "$dir"
   [ -f "$dir/model.safetensors" ] ||
-    rp train "${train[@]}" --seed "$seed" --threads 1 --out "$dir" >>"$dir/log.txt" 2>&1
+    rp train "${train[@]}" --seed "$seed" --threads 1 --resume --out "$dir" \
+      >>"$dir/log.txt" 2>&1
   ls "$dir"/eval-*/gated.json >/dev/null 2>&1 ||
     rp evaluate "$dir/model.safetensors" --gated "${evaluate[@]}" >>"$dir/log.txt" 2>&1
 }

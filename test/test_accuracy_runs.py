@@ -147,6 +147,12 @@ def test_report_compares_finished_seeds_and_lists_running_ones(tmp_path):
                            "modifier": {"single_failure_mean": acc - 0.02}}}
         _fake_run(tmp_path / "runs" / f"devices-{method}-s{seed}",
                   {"method": method, "seed": seed, "epochs": 2}, log, summary)
+    gated = {name: {"no_failure": 0.8, "single_failure_mean": value}
+             for name, value in (("none", 0.78), ("modifier", 0.779), ("gated", 0.782))}
+    for seed in (0, 1):
+        folder = tmp_path / "runs" / f"devices-ours-s{seed}" / "eval-test"
+        folder.mkdir()
+        (folder / "gated.json").write_text(json.dumps({"summary": gated}))
     _fake_run(tmp_path / "runs" / "resnet-w16", {"epochs": 24},
               [{"epoch": 1, "test_acc": 0.5, "test_acc_tta": 0.52, **speed}], None)
     seeds = Path(__file__).resolve().parents[1] / "docs" / "results" / "paper" / "seeds.csv"
@@ -155,5 +161,6 @@ def test_report_compares_finished_seeds_and_lists_running_ones(tmp_path):
     assert "| ours | 40 epochs, 50% overlap, flip + translate | 2 | 81.75 ± " in text
     assert "t-test, ours vs paper, 40 epochs, on the 2 seeds" in text
     assert "| resnet-w16 | 1/24 | 50.00 (flip TTA 52.00) |" in text
+    assert "| cifar10 | ours | 2 | 80.00 ± 0.00 | 78.00 ± 0.00 | 77.90 ± 0.00 |" in text
     assert len((tmp_path / "out" / "epochs.csv").read_text().splitlines()) == 1 + 4 * 2 + 1
     assert (tmp_path / "out" / "curves.png").stat().st_size > 10_000

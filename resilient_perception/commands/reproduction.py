@@ -122,7 +122,8 @@ def evaluate_gated(checkpoint: Path, split: str, data_root: Path | None, limit: 
     (out / "gated.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [f"{described} ({len(test.labels)} samples), avg fusion; gate fitted on "
              f"{len(validation.labels)} held-out validation samples (alpha "
-             f"{result['alpha']}), learned options on {len(fit.labels)} training samples.", "",
+             f"{result['alpha']}), learned options fitted on {result['fit_samples']} of the "
+             f"{len(fit.labels)} training samples.", "",
              "| strategy | no failure % | mean single failure % |", "|---|---|---|"]
     lines += [f"| {name} | {100 * s['no_failure']:.2f} | {100 * s['single_failure_mean']:.2f} |"
               for name, s in result["summary"].items()]

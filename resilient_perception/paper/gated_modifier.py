@@ -159,7 +159,7 @@ def gated_evaluation(model, fit: DeviceViews, validation: DeviceViews, test: Dev
         "p_worse": mcnemar(pooled("gated"), pooled(other), "less")}
         for other in ("none", "modifier")}
     return {
-        "alpha": alpha, "fit_samples": len(fit.labels),
+        "alpha": alpha, "fit_samples": len(fit_subset(fit).labels),
         "validation_samples": len(validation.labels), "test_samples": len(test.labels),
         "gate": {",".join(map(str, s)): name for s, name in gate.items()},
         "options_used": {o.name: sum(v == o.name for v in gate.values()) for o in GATE_OPTIONS},
