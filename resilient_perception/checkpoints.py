@@ -33,6 +33,7 @@ __all__ = [
     "CheckpointError",
     "load_module",
     "save_module",
+    "write_safetensors",
 ]
 
 FORMAT_VERSION = 1
@@ -69,11 +70,18 @@ def save_module(path, module: torch.nn.Module, kind: str, metadata: dict | None 
     tensors = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
     tensors.update({EXTRA_PREFIX + k: v.detach().contiguous().clone()
                     for k, v in (extra or {}).items()})
+    return write_safetensors(path, tensors, header)
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str]) -> Path:
+    """Write a safetensors file atomically: a run killed mid-write leaves the old file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=header)
+        save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

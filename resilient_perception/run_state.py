@@ -19,26 +19,29 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from .checkpoints import write_safetensors
 
 __all__ = [
+    "METRICS_NAME",
     "STATE_NAME",
     "code_commit",
     "load_state",
     "read_state_meta",
     "optimizer_tensors",
     "restore_optimizer",
+    "save_epoch",
     "save_state",
     "write_json_atomic",
 ]
 
 STATE_NAME = "state.safetensors"
+METRICS_NAME = "metrics.json"
 _META_KEY = "run_state"
 COMMIT_ENV = "RESILIENT_PERCEPTION_COMMIT"
 
@@ -110,19 +113,21 @@ def save_state(directory: Path, modules: dict[str, torch.nn.Module],
     tensors["rng.torch"] = torch.get_rng_state()
     tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
     header = {_META_KEY: json.dumps({**meta, "optimizer": opt_meta})}
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / STATE_NAME
-    fd, tmp = tempfile.mkstemp(prefix=f".{STATE_NAME}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_safetensors(directory / STATE_NAME, tensors, header)
+
+
+def save_epoch(directory: Path, modules: dict[str, torch.nn.Module],
+               optimizer: torch.optim.Optimizer, settings: dict, log: list[dict],
+               rng: Any) -> None:
+    """End of an epoch of a resumable run: its state (to resume) and ``metrics.json``.
+
+    ``rng`` is the run's numpy Generator; ``log`` has one entry per finished epoch.
+    """
+    save_state(directory, modules, optimizer,
+               {"settings": settings, "log": log, "epoch": len(log),
+                "numpy_rng": rng.bit_generator.state, "commit": code_commit(),
+                "torch_threads": torch.get_num_threads()})
+    write_json_atomic(Path(directory) / METRICS_NAME, {"settings": settings, "log": log})
 
 
 def load_state(directory: Path, modules: dict[str, torch.nn.Module],

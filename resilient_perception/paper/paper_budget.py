@@ -18,7 +18,7 @@ cuts the image into sections "with some overlap". This module trains one such ru
 * **Schedule**: SGD, momentum 0.9, the paper's learning rate 0.01 as the initial (peak) rate
   after a short warm-up, then cosine decay to 0 over the 40 epochs (``schedule="constant"``
   keeps 0.01 throughout).
-* **Resumable**: after every epoch :func:`.run_state.save_state` writes model, optimiser,
+* **Resumable**: after every epoch :func:`.run_state.save_epoch` writes model, optimiser,
   numpy and torch RNG states, the epoch and the metrics log atomically; a killed run
   continues from its last finished epoch. Each epoch also scores the test split (average
   fusion with no failure, and the mean single failure with and without the Modifier) so
@@ -50,7 +50,7 @@ from ..perception.validation import VALIDATION_SEED, holdout_split
 from ..perception.views import ViewSpec, crop_views
 from ..placement.drop_study import spread_subset
 from ..placement.resnet_training import augment
-from ..run_state import code_commit, load_state, save_state, write_json_atomic
+from ..run_state import code_commit, load_state, save_epoch, write_json_atomic
 from ..throughput import EpochMeter
 
 __all__ = ["DEVICE_METHODS", "DeviceRecipe", "train_device_run"]
@@ -60,7 +60,6 @@ DEVICE_METHODS = {"paper": {"fail_simulation": True, "fused_weight": 0.0},
                   "ours": {"fail_simulation": True, "fused_weight": 1.0}}
 MODEL_NAME = "model.safetensors"
 EVALUATION_NAME = "evaluation.json"
-METRICS_NAME = "metrics.json"
 
 
 @dataclass
@@ -209,11 +208,7 @@ def train_device_run(out: Path, recipe: DeviceRecipe, train_data: LabeledImages,
             "test_single_failure_modifier": avg["modifier"]["single_failure_mean"],
             **timing,
         })
-        save_state(out, {"model": model}, optimizer,
-                   {"settings": settings, "log": log, "epoch": epoch + 1,
-                    "numpy_rng": rng.bit_generator.state, "commit": code_commit(),
-                    "torch_threads": torch.get_num_threads()})
-        write_json_atomic(out / METRICS_NAME, {"settings": settings, "log": log})
+        save_epoch(out, {"model": model}, optimizer, settings, log, rng)
         if progress:
             e = log[-1]
             tqdm.write(f"epoch {e['epoch']}/{recipe.epochs}: loss {e['train_loss']:.3f}, "

@@ -22,7 +22,7 @@ after the fast-CIFAR literature (airbench, Keller Jordan; read, not copied):
 Stochastic depth (``stochastic_depth=P``, the last block's drop probability, linear decay)
 is the drop-robust variant, trained with the same recipe.
 
-Resumable: after each epoch :func:`.run_state.save_state` stores model, EMA, optimiser
+Resumable: after each epoch :func:`.run_state.save_epoch` stores model, EMA, optimiser
 (momentum), torch and numpy RNG states, the epoch and the metrics log atomically; a run
 killed anywhere continues from its last finished epoch. When the last epoch is done,
 ``checkpoint.safetensors`` (the EMA model, for ``drop-study``) marks the run finished.
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..datasets import LabeledImages
-from ..run_state import code_commit, load_state, save_state, write_json_atomic
+from ..run_state import code_commit, load_state, save_epoch
 from ..throughput import EpochMeter
 from .drop_study import spread_subset, to_input
 from .resnet import ResNet, save_resnet_checkpoint
@@ -50,7 +50,6 @@ from .resnet_training import CHECKPOINT_NAME, augment
 
 __all__ = ["ResNetRecipe", "evaluate_tta", "train_resnet_recipe"]
 
-METRICS_NAME = "metrics.json"
 
 
 @dataclass
@@ -195,11 +194,7 @@ def train_resnet_recipe(out: Path, recipe: ResNetRecipe, train_data: LabeledImag
         log.append({"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / len(labels),
                     "train_acc": correct / len(labels), "test_acc": plain,
                     "test_acc_tta": tta, **timing})
-        save_state(out, {"model": model, "ema": ema}, optimizer,
-                   {"settings": settings, "log": log, "epoch": epoch + 1,
-                    "numpy_rng": rng.bit_generator.state, "commit": code_commit(),
-                    "torch_threads": torch.get_num_threads()})
-        write_json_atomic(out / METRICS_NAME, {"settings": settings, "log": log})
+        save_epoch(out, {"model": model, "ema": ema}, optimizer, settings, log, rng)
         if progress:
             e = log[-1]
             tqdm.write(f"epoch {e['epoch']}/{recipe.epochs}: loss {e['train_loss']:.3f}, "
