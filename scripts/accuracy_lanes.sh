@@ -71,7 +71,7 @@ lane() {  # lane number; runs the queue once over, then exits
   echo "lane $n: queue done $(date -Is)" >>"$out/lanes/lane$n.log"
 }
 
-pgids() { cat "$out"/lanes/lane"${LANE:-*}".pid 2>/dev/null || true; }
+pgids() { cat "$out"/lanes/lane${LANE:-*}.pid 2>/dev/null || true; }  # unquoted: the * globs
 
 case "${1:-status}" in
   start)
@@ -101,7 +101,7 @@ case "${1:-status}" in
   stop|pause|resume)
     signal=$([ "$1" = stop ] && echo TERM || { [ "$1" = pause ] && echo STOP || echo CONT; })
     for g in $(pgids); do kill -"$signal" -- "-$g" 2>/dev/null && echo "SIG$signal -> $g"; done
-    if [ "$1" = stop ]; then rm -f "$out"/lanes/lane"${LANE:-*}".pid; fi ;;
+    if [ "$1" = stop ]; then rm -f "$out"/lanes/lane${LANE:-*}.pid; fi ;;
   status)
     for f in "$out"/lanes/lane*.pid; do
       [ -f "$f" ] || continue

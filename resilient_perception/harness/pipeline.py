@@ -32,6 +32,7 @@ name (``/camera_2``), never ``/**``; within those, later files win.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,6 +70,10 @@ __all__ = [
 
 PACKAGE = "resilient_perception"
 _LOG_TAIL_LINES = 30
+NATIVE_STACKS_AFTER_S = 3.0
+"""A node still running this long after SIGINT gets its threads' native stacks written to
+its log (with gdb, when installed): ``run_node`` gives leaving DDS 5 s and then prints only
+the Python stacks, which end at the call into the middleware."""
 T = TypeVar("T")
 
 
@@ -453,11 +458,16 @@ class Pipeline:
         for name in waiting:
             self.signal(name, signal.SIGINT, timeout=None)
         start = time.monotonic()
+        traced = False
         while waiting and time.monotonic() - start < timeout:
             for name in [name for name in waiting if not self.running(name)]:
                 waiting.remove(name)
                 self._log_line(name, f"exited with code {self.returncode(name)} "
                                f"{time.monotonic() - start:.1f} s after SIGINT")
+            if not traced and waiting and time.monotonic() - start >= NATIVE_STACKS_AFTER_S:
+                traced = True
+                for name in waiting:
+                    self._log_native_stacks(name)
             time.sleep(0.02)
         for name in waiting:
             process = self._processes[name]
@@ -467,6 +477,17 @@ class Pipeline:
                            "above): SIGKILL")
             process.kill()
             process.wait()
+
+    def _log_native_stacks(self, name: str) -> None:
+        gdb = shutil.which("gdb")
+        if gdb is None or not self.running(name):
+            return
+        self._log_line(name, f"still running {NATIVE_STACKS_AFTER_S:g} s after SIGINT; its "
+                       "threads' native stacks (gdb):")
+        with open(self.log_path(name), "a") as log:
+            subprocess.run([gdb, "-batch", "-p", str(self._processes[name].pid), "-ex",
+                            "thread apply all bt"], stdout=log, stderr=subprocess.STDOUT,
+                           timeout=60, check=False)
 
     def _log_line(self, name: str, text: str) -> None:
         with open(self.log_path(name), "a") as log:

@@ -106,6 +106,8 @@ class BurstSample:
     contended: bool
     """True when other peers' messages arrived all through this burst, so the rate is that
     of a shared downlink (about half the link's, with two peers bursting)."""
+    sizing: bool = False
+    """True for a sizing burst (sent before the sender knew the link's rate)."""
 
 
 def longest_clean_run(arrival_ns: Sequence[int], foreign_ns: Sequence[int]) -> list[int]:
@@ -145,30 +147,31 @@ class BurstTimer:
 
     def __init__(self, history: int = 4) -> None:
         """Remember the arrivals of each peer's last ``history`` bursts."""
-        self._open: dict[str, tuple[int, list[int]]] = {}  # peer -> (burst, arrival ns)
+        # peer -> (burst, sizing, arrival ns)
+        self._open: dict[str, tuple[int, bool, list[int]]] = {}
         self._closed: dict[str, deque[list[int]]] = defaultdict(lambda: deque(maxlen=history))
 
     def add(self, peer: str, burst: int, index: int, count: int, arrival_ns: int,
-            message_bytes: int) -> list[BurstSample]:
-        """Add message ``index`` of ``count`` of ``burst`` from ``peer``.
+            message_bytes: int, sizing: bool = False) -> list[BurstSample]:
+        """Add message ``index`` of ``count`` of ``burst`` from ``peer`` (a sizing burst's).
 
         Returns:
             The bursts this arrival completed (at most two: the peer's unfinished previous
             burst and this one); bursts with nothing to time are left out.
         """
         samples = []
-        open_burst, arrivals = self._open.get(peer, (None, []))
+        open_burst, _, arrivals = self._open.get(peer, (None, False, []))
         if open_burst != burst:
             samples += self._close(peer, message_bytes)
             arrivals = []
-            self._open[peer] = (burst, arrivals)
+            self._open[peer] = (burst, sizing, arrivals)
         arrivals.append(arrival_ns)
         if index == count - 1:
             samples += self._close(peer, message_bytes)
         return samples
 
     def _close(self, peer: str, message_bytes: int) -> list[BurstSample]:
-        _, arrivals = self._open.pop(peer, (None, []))
+        _, sizing, arrivals = self._open.pop(peer, (None, False, []))
         arrivals = sorted(arrivals)
         rate = burst_rate_bps(arrivals, message_bytes)
         if rate is None:
@@ -176,14 +179,14 @@ class BurstTimer:
         self._closed[peer].append(arrivals)
         others = [times for other, bursts in self._closed.items() if other != peer
                   for times in bursts]
-        others += [times for other, (_, times) in self._open.items() if other != peer]
+        others += [times for other, (_, _, times) in self._open.items() if other != peer]
         foreign = sorted(time for times in others for time in times
                          if arrivals[0] <= time <= arrivals[-1])
         clean = longest_clean_run(arrivals, foreign)
         clean_rate = burst_rate_bps(clean, message_bytes)
         if len(clean) >= min(MIN_CLEAN_ARRIVALS, len(arrivals)) and clean_rate is not None:
-            return [BurstSample(peer, clean_rate, contended=False)]
-        return [BurstSample(peer, rate, contended=True)]
+            return [BurstSample(peer, clean_rate, contended=False, sizing=sizing)]
+        return [BurstSample(peer, rate, contended=True, sizing=sizing)]
 
 
 def burst_count(rate_bps: float | None, message_bytes: int, target_s: float, minimum: int,
@@ -214,7 +217,9 @@ class SampleWindow:
 
     A burst that shares a link with another robot's burst, or an echo delayed by a busy
     executor, gives a sample that is too low or too high; the median of a short window
-    ignores such outliers, where a moving average would drift with each.
+    ignores such outliers, where a moving average would drift with each. Provisional
+    samples (rough ones taken to get started, such as a sizing burst's rate) give the value
+    only until the first firm sample.
     """
 
     def __init__(self, size: int) -> None:
@@ -222,18 +227,24 @@ class SampleWindow:
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         self._samples: deque[float] = deque(maxlen=size)
+        self._provisional: deque[float] = deque(maxlen=size)
         self.count = 0
-        """Samples added in total (not only those still in the window)."""
+        """Firm samples added in total (not only those still in the window)."""
 
-    def add(self, sample: float) -> None:
-        """Add a sample, forgetting the oldest one when the window is full."""
+    def add(self, sample: float, provisional: bool = False) -> None:
+        """Add a sample, forgetting the oldest one of its kind when the window is full."""
+        if provisional:
+            self._provisional.append(float(sample))
+            return
         self._samples.append(float(sample))
+        self._provisional.clear()
         self.count += 1
 
     @property
     def value(self) -> float | None:
-        """Median of the window, None before the first sample."""
-        return statistics.median(self._samples) if self._samples else None
+        """Median of the firm samples (of the provisional ones before any); None if empty."""
+        samples = self._samples or self._provisional
+        return statistics.median(samples) if samples else None
 
 
 def relative_change(reference: float, value: float) -> float:

@@ -10,7 +10,9 @@ receiver's ``<robot>/link_probe`` topic (``LinkProbe`` messages):
   that robots do not keep bursting into one receiver together) it sends the next peer
   (round robin, so two bursts of one robot never share its uplink) messages of
   ``burst_bytes`` back to back, as many as last ``burst_s`` at the rate the peer last
-  measured (between ``min_burst_count`` and ``max_burst_count``); each message fits one
+  measured (between ``min_burst_count`` and ``max_burst_count``; ``min_burst_count`` in a
+  SIZING_BURST while no measurement has arrived, whose rough rate the peer uses only until
+  it has timed a sized burst); each message fits one
   Ethernet frame (a fragmented one would fill the receiver's IP reassembly memory on a
   link that drops packets, see :mod:`..placement.link_estimation`);
   the peer times their arrivals (:class:`..placement.link_estimation.BurstTimer`) with the
@@ -188,11 +190,12 @@ class LinkProbeNode(Node):
         peer = self.peers[self._next_peer]
         self._next_peer = (self._next_peer + 1) % len(self.peers)
         self._burst += 1
-        count = burst_count(self.outbound_bps.get(peer),
-                            self._sent_bytes[peer] + PROBE_TRANSPORT_BYTES, self.burst_s,
+        rate = self.outbound_bps.get(peer)
+        count = burst_count(rate, self._sent_bytes[peer] + PROBE_TRANSPORT_BYTES, self.burst_s,
                             *self.burst_counts)
+        kind = LinkProbe.BURST if rate is not None else LinkProbe.SIZING_BURST
         for index in range(count):
-            probe = self._probe(LinkProbe.BURST, peer, self._burst_payload)
+            probe = self._probe(kind, peer, self._burst_payload)
             probe.burst, probe.index, probe.count = self._burst, index, count
             self._to_peer[peer].publish(probe)
 
@@ -219,7 +222,7 @@ class LinkProbeNode(Node):
                 self._reject(f"echo reply from {peer} stamped in the future")
             else:
                 self.rtt[peer].add(rtt)
-        elif probe.kind == LinkProbe.BURST:
+        elif probe.kind in (LinkProbe.BURST, LinkProbe.SIZING_BURST):
             # The middleware's reception time, not this callback's: the executor may pick
             # up the burst's first messages late, which would shorten the timed span.
             self._on_burst(peer, probe, info["received_timestamp"])
@@ -231,14 +234,15 @@ class LinkProbeNode(Node):
             self._reject(f"burst message {probe.index} of {probe.count} from {peer}")
             return
         for sample in self._bursts.add(peer, probe.burst, probe.index, probe.count, now,
-                                       self._framing[peer] + len(probe.payload)):
+                                       self._framing[peer] + len(probe.payload),
+                                       sizing=probe.kind == LinkProbe.SIZING_BURST):
             # A contended sample is kept, and left to the window's median. Dropping it held
             # back the first low samples after a link slowed down (every burst into that
             # robot is then long and overlaps others), bursts sized for the old rate went on
             # overflowing the link, and in one test run no burst into that robot completed
             # again (perhaps its IP reassembly memory full of fragments of lost messages).
             self.contended += sample.contended
-            self.throughput[sample.peer].add(sample.rate_bps)
+            self.throughput[sample.peer].add(sample.rate_bps, provisional=sample.sizing)
 
     def _publish(self) -> None:
         stamp = self.get_clock().now().to_msg()
