@@ -68,6 +68,7 @@ from resilient_perception.ros.image_conversion import (
 from resilient_perception.ros.topics import (
     DIAGNOSTICS_TOPIC,
     FUSED_TOPIC,
+    HEAD_QUEUE_DEPTH,
     HEAD_TOPIC_FORMAT,
     IMAGE_TOPIC_FORMAT,
     LABEL_TOPIC,
@@ -86,7 +87,6 @@ image is already "huge"; the default (8 MB) would make every oversize image cost
 shared memory traffic."""
 FUSION_OVERRIDES = {"frame_timeout": 1.0, "watchdog_timeout": 2.0}
 HOUR_NS = 3600 * 10**9
-HEAD_SPACING_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -154,11 +154,14 @@ def _truncated(msg: Any, rng: random.Random) -> bytes:
     """``msg`` serialised and cut short so that it no longer deserialises.
 
     Checked here (a cut inside trailing padding can still deserialise): the node must count
-    it as ``malformed``, so only cuts that fail here are sent.
+    it as ``malformed``, so only cuts that fail here are sent. Cuts are whole 4-byte words:
+    the middleware pads a serialised payload to a multiple of 4 bytes, and the zeros it
+    appends to a cut elsewhere can complete the message again (one truncated prediction
+    then arrived whole enough to be fused).
     """
     data = serialize_message(msg)
     for _ in range(20):
-        cut = data[:rng.randrange(4, len(data) - 1)]
+        cut = data[:rng.randrange(4, len(data) - 1, 4)]
         try:
             deserialize_message(cut, type(msg))
         except Exception:  # rclpy raises a bare RuntimeError/ValueError for bad CDR
@@ -317,11 +320,6 @@ class _Fuzzer:
         raise ValueError(f"unknown fuzz kind {kind!r}")
 
 
-def _deep(qos: Any, depth: int = 64) -> Any:
-    qos.depth = depth
-    return qos
-
-
 def _device_for(kind: FuzzKind, rng: random.Random, n: int) -> int:
     # A well-formed head of another shape always goes to device 0: it is that device's
     # vote on the shape, and the other devices' real heads must stay the majority.
@@ -441,8 +439,11 @@ def run_fuzz(
     reference = _Reference(onnx_pattern, num_cameras, data_root)
     overrides: dict[str, dict] = {
         "fusion": FUSION_OVERRIDES,
+        # The player starts once each camera (active) and this process's image counter
+        # have subscribed: an image played before a camera's subscription matched would be
+        # counted here as played but never reach that camera.
         "player": {"rate_hz": frame_rate_hz, "count": 0, "loop": True,
-                   "wait_for_label_subscribers": 1,
+                   "wait_for_subscribers": 2, "wait_for_label_subscribers": 1,
                    **({"data_dir": str(data_root)} if data_root else {})},
         **{f"camera_{i}": {"max_image_bytes": CAMERA_MAX_IMAGE_BYTES}
            for i in range(num_cameras)}}
@@ -480,10 +481,12 @@ def run_fuzz(
             "prediction": [node.create_publisher(
                 DevicePrediction, PREDICTION_TOPIC_FORMAT.format(i), prediction_qos(0.5, 1.0))
                 for i in range(num_cameras)],
-            # Latched like the cameras' (the fusion node asks for TRANSIENT_LOCAL), but with a
-            # history: KEEP_LAST 1 replaces a head not yet delivered by the next one.
+            # Latched like the cameras' (the fusion node asks for TRANSIENT_LOCAL), with the
+            # fusion node's reader depth as history: a writer's KEEP_LAST 1 would replace a
+            # head not yet acknowledged by the next one.
             "head": [node.create_publisher(ClassifierHead, HEAD_TOPIC_FORMAT.format(i),
-                                           _deep(head_qos())) for i in range(num_cameras)]}
+                                           head_qos(HEAD_QUEUE_DEPTH))
+                     for i in range(num_cameras)]}
         pipeline.start_ready(observer, timeout=120.0)
         # The warm-up: every device heard and fused live before the first labelled frame.
         observer.spin_until(lambda: len(labels) >= 5 and len(fused) >= 5,
@@ -498,7 +501,6 @@ def run_fuzz(
         observer.spin_until(lambda: all(p.get_subscription_count() >= 1
                                         for ps in publishers.values() for p in ps),
                             "the fuzz publishers matched", 30.0, pipeline)
-        last_head = [0.0] * num_cameras
         t0 = time.monotonic()
         next_sample = 0.0
         first_label = len(labels)
@@ -506,14 +508,6 @@ def run_fuzz(
         for n in range(messages):
             kind = rng.choice(KINDS)
             device = _device_for(kind, rng, num_cameras)
-            if kind.topic == "head":
-                # The fusion node's head reader keeps one sample (KEEP_LAST 1, latched): a
-                # second head on the topic before it took the first would replace it. Heads
-                # on one topic are kept HEAD_SPACING_S apart (waiting for acknowledgements
-                # instead took up to the writer's 3 s heartbeat period each).
-                while (wait := last_head[device] + HEAD_SPACING_S - time.monotonic()) > 0:
-                    observer.executor.spin_once(timeout_sec=min(wait, 0.01))
-                last_head[device] = time.monotonic()
             publishers[kind.topic][device].publish(fuzzer.build(kind.name, device))
             sent[kind.name] += 1
             target = f"camera_{device}" if kind.node == "camera" else "fusion"

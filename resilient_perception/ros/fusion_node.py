@@ -112,6 +112,7 @@ from resilient_perception.ros.node_utils import (
 from resilient_perception.ros.topics import (
     DIAGNOSTICS_TOPIC,
     FUSED_TOPIC,
+    HEAD_QUEUE_DEPTH,
     HEAD_TOPIC_FORMAT,
     PREDICTION_TOPIC_FORMAT,
     fused_qos,
@@ -279,7 +280,7 @@ class FusionNode(Node):
                 event_callbacks=events)
             heads = capped_subscription(
                 self, ClassifierHead, p["head_topic_format"].format(device),
-                lambda msg, dev=device: self._on_head(dev, msg), head_qos(),
+                lambda msg, dev=device: self._on_head(dev, msg), head_qos(HEAD_QUEUE_DEPTH),
                 p["max_head_bytes"], self.rejections, f"device {device}: classifier head",
                 reason_prefix="head_",
                 on_info=lambda info, dev=device: self.writers.heard((dev, "head"), info))

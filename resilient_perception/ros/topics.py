@@ -37,6 +37,7 @@ __all__ = [
     "DISTRIBUTED_PREDICTION_TOPIC",
     "FRAME_ID_FORMAT",
     "FUSED_TOPIC",
+    "HEAD_QUEUE_DEPTH",
     "HEAD_TOPIC_FORMAT",
     "HEARTBEAT_TOPIC_FORMAT",
     "IMAGE_QUEUE_DEPTH",
@@ -123,6 +124,12 @@ PREDICTION_QUEUE_DEPTH = 100
 # drops.
 IMAGE_QUEUE_DEPTH = 30
 
+# Classifier heads the fusion node's reader holds unprocessed per device: a head is latched
+# (the writer keeps only its last one for late joiners), but heads published in quick
+# succession while the node is busy would otherwise replace each other unseen, and a bad one
+# would go uncounted on /diagnostics.
+HEAD_QUEUE_DEPTH = 16
+
 
 def prediction_qos(deadline_s: float, lease_s: float) -> QoSProfile:
     """Profile of ``DevicePrediction`` topics: liveness is watched through QoS events.
@@ -165,19 +172,21 @@ def prediction_qos(deadline_s: float, lease_s: float) -> QoSProfile:
     )
 
 
-def latched_qos() -> QoSProfile:
-    """A latched topic's profile (RELIABLE, TRANSIENT_LOCAL, depth 1).
+def latched_qos(depth: int = 1) -> QoSProfile:
+    """A latched topic's profile (RELIABLE, TRANSIENT_LOCAL, KEEP_LAST ``depth``, default 1).
 
     The message is published once (or rarely); a subscriber that joins later (a restarted
     fusion node, a stage that starts after the planner) still receives the last one.
-    Subscribers must also request TRANSIENT_LOCAL to get it.
+    Subscribers must also request TRANSIENT_LOCAL to get it. Writers keep depth 1 (a late
+    joiner gets only the last message); a reader may ask for a deeper queue so that
+    messages published in quick succession are each delivered (depth is not matched).
     """
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
     return QoSProfile(
         reliability=ReliabilityPolicy.RELIABLE,
         history=HistoryPolicy.KEEP_LAST,
-        depth=1,
+        depth=depth,
         durability=DurabilityPolicy.TRANSIENT_LOCAL,
     )
 
@@ -205,7 +214,8 @@ def image_qos() -> QoSProfile:
 
 
 head_qos = latched_qos
-"""Profile of ``ClassifierHead`` topics: a camera publishes its head once, latched."""
+"""Profile of ``ClassifierHead`` topics: a camera publishes its head once, latched (the
+fusion node reads them with ``depth=HEAD_QUEUE_DEPTH``)."""
 plan_qos = latched_qos
 """Profile of :data:`PLAN_TOPIC`: the current plan, latched for stages that start later."""
 
