@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -305,6 +306,19 @@ def test_example_fleet_is_the_papers_setting():
     off = ~np.eye(10, dtype=bool)
     assert config.rates_bps[off].min() >= 7.2e6 and config.rates_bps[off].max() <= 72.2e6
     assert (fleet.compute_power_w, fleet.transmit_power_w) == (8, 10)
+
+
+def test_readme_plan_example_runs_as_printed(tmp_path, monkeypatch):
+    # The README's `plan` line, word for word, from a folder that sees the repository's
+    # config/ and docs/ (its --out lands there, not in the repository).
+    line = next(line.strip() for line in (ROOT / "README.md").read_text().splitlines()
+                if line.strip().startswith("resilient-perception plan "))
+    for folder in ("config", "docs"):
+        (tmp_path / folder).symlink_to(ROOT / folder)
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(line)[1:]) == 0
+    plan = json.loads(Path(shlex.split(line)[-1]).read_text())
+    assert plan["metrics"]["feasible"] and plan["status"] in ("optimal", "feasible"), plan
 
 
 def write_fleet(path: Path, **changes) -> Path:
