@@ -28,7 +28,7 @@ from .commands import (
     resnet,
     soak,
 )
-from .commands.common import ONNX_MODULES, missing_onnx_message
+from .commands.common import extra_of, missing_extra_message
 
 EXIT_USAGE = 2
 
@@ -61,11 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resilient-perception {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ModuleNotFoundError as exc:
-        # A path that require_onnx does not guard: the same advice, not a traceback.
-        if exc.name not in ONNX_MODULES:
+        # A module of an extra that `pip install .` left out (ONNX, bags): how to get it,
+        # not a traceback.
+        if exc.name is None or extra_of(exc.name) is None:
             raise
         print(f"resilient-perception {args.command}: error: "
-              f"{missing_onnx_message(args.command, [exc.name])}", file=sys.stderr)
+              f"{missing_extra_message(args.command, [exc.name])}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -109,3 +109,10 @@ def test_torch_workflow_runs_without_onnx_and_onnx_commands_say_how_to_get_it(tm
         assert "pip install '.[onnx]'" in refused["err"]
         assert "Traceback" not in refused["err"]
     assert not (tmp_path / "onnx").exists()
+
+
+def test_bag_commands_without_rosbags_say_how_to_get_it(tmp_path):
+    refused = run_main(["check-bag", "any.bag"], tmp_path, ("rosbags",))
+    assert refused["status"] == 2
+    assert "needs rosbags" in refused["err"] and "pip install '.[bags]'" in refused["err"]
+    assert "Traceback" not in refused["err"]

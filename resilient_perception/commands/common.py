@@ -14,11 +14,12 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["ONNX_MODULES", "fraction", "grid", "missing_onnx_message", "onnx_models", "pair",
+__all__ = ["EXTRAS", "extra_of", "fraction", "grid", "missing_extra_message", "onnx_models", "pair",
            "positive_float", "positive_int", "require_onnx", "schedule", "set_threads",
            "size", "write_csv", "write_json"]
 
-ONNX_MODULES = ("onnx", "onnxruntime")
+EXTRAS = {"onnx": ("onnx", "onnxruntime"), "bags": ("rosbags",)}
+"""setup.py's extras: the modules each brings, which `pip install .` leaves out."""
 """What the ``[onnx]`` extra installs; ``pip install .`` alone leaves them out."""
 
 
@@ -109,10 +110,17 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def missing_onnx_message(command: str, missing: Sequence[str]) -> str:
-    """The error of a command that needs the ``[onnx]`` extra: what is missing, how to get it."""
+def extra_of(module: str) -> str | None:
+    """The extra that brings ``module`` (or one of its submodules); None for any other."""
+    top = module.partition(".")[0]
+    return next((extra for extra, modules in EXTRAS.items() if top in modules), None)
+
+
+def missing_extra_message(command: str, missing: Sequence[str]) -> str:
+    """The error of a command whose extra's ``missing`` modules are not installed."""
+    extras = ",".join(sorted({extra_of(name) or "?" for name in missing}))
     return (f"{command} needs {' and '.join(missing)}, which `pip install .` leaves out; "
-            "install them with: pip install '.[onnx]' (in the source folder)")
+            f"install them with: pip install '.[{extras}]' (in the source folder)")
 
 
 def _importable(name: str) -> bool:
@@ -124,9 +132,9 @@ def _importable(name: str) -> bool:
 
 def require_onnx(command: str) -> None:
     """Raise ``ValueError`` (exit status 2) before ``command`` starts if onnx is missing."""
-    missing = [name for name in ONNX_MODULES if not _importable(name)]
+    missing = [name for name in EXTRAS["onnx"] if not _importable(name)]
     if missing:
-        raise ValueError(missing_onnx_message(command, missing))
+        raise ValueError(missing_extra_message(command, missing))
 
 
 def onnx_models(checkpoint: Path, onnx_dir: Path) -> str:

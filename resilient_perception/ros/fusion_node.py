@@ -103,6 +103,7 @@ from resilient_perception.perception.frame_assembly import (
     StallGuard,
     fuse_frame,
 )
+from resilient_perception.perception.modes import FUSION_MODES
 from resilient_perception.ros.node_utils import (
     Rejections,
     capped_subscription,
@@ -123,7 +124,6 @@ from resilient_perception.ros.writer_watch import WriterWatch
 
 __all__ = ["FUSION_MODES", "REJECTION_REASONS", "FusionNode", "main"]
 
-FUSION_MODES = ("avg", "max")
 TICKS_PER_TIMEOUT = 10  # timer periods per frame_timeout and per watchdog_timeout
 MIN_TICK_S = 0.002
 _LEVELS = {
