@@ -44,6 +44,53 @@ def _heads(seed=0):
 # ---------------------------------------------------------------- FrameAssembler
 
 
+MS = 1_000_000
+
+
+def test_free_running_stamps_within_the_tolerance_form_one_frame():
+    # Three cameras stamping one scene 0, 14 and 9 ms apart, each 33 ms later for the next.
+    assembler = FrameAssembler(N, K, D, TIMEOUT, sync_tolerance_ns=20 * MS)
+    live = {0, 1, 2}
+    for k in range(3):
+        for device, phase in ((0, 0), (1, 14), (2, 9)):
+            assert _add(assembler, (33 * k + phase) * MS, device, now=0.0) is (
+                AddResult.ACCEPTED)
+    frames = assembler.ready(0.0, live)
+    assert [f.stamp_ns for f in frames] == [0, 33 * MS, 66 * MS]  # each its earliest stamp
+    assert all(f.present.all() for f in frames)
+    assert [f.latest_ns for f in frames] == [14 * MS, 47 * MS, 80 * MS]
+
+
+def test_a_frame_never_spans_more_than_the_tolerance_nor_takes_two_of_one_device():
+    assembler = FrameAssembler(N, K, D, TIMEOUT, sync_tolerance_ns=10 * MS)
+    assert _add(assembler, 0, 0, now=0.0) is AddResult.ACCEPTED
+    assert _add(assembler, 12 * MS, 1, now=0.0) is AddResult.ACCEPTED  # 12 ms: a new frame
+    assert _add(assembler, 5 * MS, 0, now=0.0) is AddResult.ACCEPTED  # device 0 is in the
+    assert assembler.pending_count == 2  # first: joins the second (spans 5-12 ms)
+    assert _add(assembler, 12 * MS, 1, now=0.0) is AddResult.DUPLICATE
+    first, second = assembler.ready(1.0, {0, 1, 2})  # both timed out
+    assert list(first.present) == [True, False, False]
+    assert list(second.present) == [True, True, False] and second.stamp_ns == 5 * MS
+
+
+def test_a_prediction_that_could_have_joined_a_released_frame_is_stale():
+    assembler = FrameAssembler(N, K, D, TIMEOUT, sync_tolerance_ns=10 * MS)
+    for device in (0, 1):
+        _add(assembler, 100 * MS + device * MS, device, now=0.0)
+    (frame,) = assembler.ready(1.0, {0, 1, 2})  # device 2 late: released at the timeout
+    assert _add(assembler, 104 * MS, 2, now=1.0) is AddResult.STALE
+    assert _add(assembler, 111 * MS, 2, now=1.0) is AddResult.ACCEPTED  # the next scene
+
+
+def test_a_zero_tolerance_groups_exact_stamps_only():
+    assembler = FrameAssembler(N, K, D, TIMEOUT)
+    assert _add(assembler, 100, 0, now=0.0) is AddResult.ACCEPTED
+    assert _add(assembler, 101, 1, now=0.0) is AddResult.ACCEPTED
+    assert assembler.pending_count == 2
+    with pytest.raises(ValueError):
+        FrameAssembler(N, K, D, TIMEOUT, sync_tolerance_ns=-1)
+
+
 def test_frame_completes_when_all_live_devices_report():
     assembler = FrameAssembler(N, K, D, TIMEOUT)
     live = {0, 1, 2}

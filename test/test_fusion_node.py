@@ -171,10 +171,16 @@ def fleet(tmp_path_factory):
 
 
 def expected(fleet: Fleet, stamp_ns: int, present: list[int]) -> np.ndarray:
+    return fused_outputs(stamp_ns, {device: fleet.sent[stamp_ns][device] for device in present})
+
+
+def fused_outputs(stamp_ns: int, outputs: dict[int, tuple[np.ndarray, np.ndarray]]
+                  ) -> np.ndarray:
+    """What the node must publish for devices' (features, probs), fused offline."""
     frame = Frame(stamp_ns, np.zeros((N, K), np.float32), np.zeros((N, D), np.float32),
                   np.zeros(N, bool), 0.0)
-    for device in present:
-        frame.features[device], frame.probs[device] = fleet.sent[stamp_ns][device]
+    for device, (features, probs) in outputs.items():
+        frame.features[device], frame.probs[device] = features, probs
         frame.present[device] = True
     return fuse_frame(frame, HEADS, "avg")[0]
 
@@ -433,3 +439,52 @@ def test_an_early_bad_head_is_outvoted_by_the_real_heads(tmp_path):
             for s in full:
                 np.testing.assert_allclose(by_stamp[s][0][0].probabilities,
                                            expected(fleet, s, [0, 1, 2]), atol=1e-6)
+
+
+def test_free_running_devices_within_the_sync_tolerance_fuse_as_one_frame(tmp_path):
+    """Devices that stamp each scene 0, 14 and 9 ms apart (+-3 ms), as free-running cameras
+    do, fuse into one complete frame per scene, stamped with its earliest stamp."""
+    with fusion_pipeline(tmp_path, OWN_DOMAIN_ID, num_devices=N, frame_timeout=FRAME_TIMEOUT,
+                         watchdog_timeout=WATCHDOG, deadline=DEADLINE, sync_tolerance=0.025,
+                         diagnostics_period=0.25) as pipeline, Fleet(pipeline) as fleet:
+        pipeline.start()
+        fleet.wait_for(lambda: fleet.latest_diagnostics().get(
+            "fusion_node: frame assembly", {}).get("heads_known") == str(N), "the heads")
+        fleet.wait_for(lambda: all(p.get_subscription_count() for p in fleet.preds),
+                       "the prediction subscriptions")
+        rng = np.random.default_rng(5)
+        phase_ms = (0.0, 14.0, 9.0)
+
+        def publish_scenes(count: int) -> list[tuple[int, dict]]:
+            scenes = []
+            for _ in range(count):
+                now = fleet.stamp_now()
+                base = now.sec * 1_000_000_000 + now.nanosec
+                outputs, stamps = {}, []
+                for device in range(N):
+                    stamp_ns = base + round((phase_ms[device] + rng.uniform(-3, 3)) * 1e6)
+                    outputs[device] = device_output(device, fleet.k)
+                    sec, nanosec = divmod(stamp_ns, 1_000_000_000)
+                    fleet.preds[device].publish(msgs.DevicePrediction(
+                        header=Header(stamp=Time(sec=sec, nanosec=nanosec)),
+                        device_id=device, probabilities=outputs[device][1].tolist(),
+                        features=outputs[device][0].tolist()))
+                    stamps.append(stamp_ns)
+                scenes.append((min(stamps), outputs))
+                fleet.k += 1
+                fleet.spin_for(PERIOD)
+            fleet.wait_for(lambda: {s for s, _ in scenes} <= set(fleet.fused_by_stamp()),
+                           "every scene fused")
+            return scenes
+
+        publish_scenes(3)  # until every device is known alive (frames then wait for all)
+        fused_before = len(fleet.fused)
+        scenes = publish_scenes(20)
+        fleet.spin_for(0.3)  # a frame split in two would have arrived by now
+        assert len(fleet.fused) - fused_before == len(scenes)
+        by_stamp = fleet.fused_by_stamp()
+        for stamp_ns, outputs in scenes:
+            (msg, _), = by_stamp[stamp_ns]
+            assert list(msg.live_devices) == [0, 1, 2] and list(msg.surrogate_devices) == []
+            np.testing.assert_allclose(msg.probabilities, fused_outputs(stamp_ns, outputs),
+                                       atol=1e-6)

@@ -218,19 +218,21 @@ class AddResult(enum.StrEnum):
     BAD_FEATURES_LENGTH = "bad_features_length"
     NON_FINITE = "non_finite"
     DUPLICATE = "duplicate"  # this device already reported for this stamp
-    STALE = "stale"  # stamp <= the newest frame already emitted
+    STALE = "stale"  # stamp of (or within the tolerance of) a frame already emitted
 
 
 @dataclass
 class Frame:
-    """All device predictions for one source stamp (device rows that did not report are 0).
+    """All device predictions for one scene (device rows that did not report are 0).
 
     Attributes:
-        stamp_ns: source image stamp in nanoseconds.
+        stamp_ns: source image stamp in nanoseconds (the earliest of the frame's stamps when
+            they differ within the assembler's ``sync_tolerance_ns``).
         probs: (N, K) float32 device probabilities.
         features: (N, D) float32 device features.
         present: (N,) bool, the devices that reported for this frame.
         first_arrival: time (s) of the first prediction for this frame.
+        latest_ns: the latest of the frame's stamps (``stamp_ns`` for one shared stamp).
 
     """
 
@@ -239,10 +241,30 @@ class Frame:
     features: np.ndarray
     present: np.ndarray
     first_arrival: float
+    latest_ns: int = -1
+
+    def __post_init__(self) -> None:
+        if self.latest_ns < self.stamp_ns:
+            self.latest_ns = self.stamp_ns
+
+    def fits(self, stamp_ns: int, tolerance_ns: int) -> bool:
+        """Whether a prediction stamped ``stamp_ns`` keeps the frame within ``tolerance_ns``."""
+        return max(self.latest_ns, stamp_ns) - min(self.stamp_ns, stamp_ns) <= tolerance_ns
 
 
 class FrameAssembler:
     """Groups device predictions by source stamp and releases frames in stamp order.
+
+    With ``sync_tolerance_ns`` 0 a frame is the predictions of one exact stamp (synchronised
+    sources: the player, recorded datasets, hardware-triggered cameras). Free-running cameras
+    stamp one scene a few milliseconds apart: with a tolerance, a prediction joins the pending
+    frame whose stamps, with it, span at most the tolerance and that has none from its device
+    yet (the nearest such frame), else it starts a new one; each device gives a frame at most
+    one prediction. The tolerance must cover the spread of one scene's stamps across the
+    cameras and stay below one frame period minus that spread, so that a camera's next image
+    cannot join the current frame. A prediction that could have joined a frame already
+    released is stale. A camera slower than the others is missing from some frames, which are
+    released at their timeout with its surrogate.
 
     A pending frame is ready once every live device has reported for it, or once
     ``frame_timeout`` seconds have passed since its first prediction. Frames are released
@@ -260,17 +282,21 @@ class FrameAssembler:
         feature_dim: int,
         frame_timeout: float,
         max_pending: int = 32,
+        sync_tolerance_ns: int = 0,
     ):
         if min(n_devices, n_classes, feature_dim, max_pending) < 1 or frame_timeout <= 0:
             raise ValueError("sizes and max_pending must be >= 1 and frame_timeout > 0")
+        if sync_tolerance_ns < 0:
+            raise ValueError(f"sync_tolerance_ns must be >= 0, got {sync_tolerance_ns}")
         self.n_devices = n_devices
         self.n_classes = n_classes
         self.feature_dim = feature_dim
         self.frame_timeout = float(frame_timeout)
         self.max_pending = max_pending
-        self._pending: dict[int, Frame] = {}
+        self.sync_tolerance_ns = int(sync_tolerance_ns)
+        self._pending: dict[int, Frame] = {}  # keyed by the frame's first stamp
         self._forced_out: list[Frame] = []
-        self._last_released_ns: int | None = None
+        self._last_released_ns: int | None = None  # the released frames' latest first stamp
         self._counts = {result.value: 0 for result in AddResult}
 
     @property
@@ -308,10 +334,12 @@ class FrameAssembler:
 
         """
         result = self._validate(stamp_ns, device, probs, features)
+        frame = self._frame_for(stamp_ns, device) if result is AddResult.ACCEPTED else None
+        if frame is None and result is AddResult.ACCEPTED and stamp_ns in self._pending:
+            result = AddResult.DUPLICATE  # this device already gave that exact stamp's frame
         self._counts[result.value] += 1
         if result is not AddResult.ACCEPTED:
             return result
-        frame = self._pending.get(stamp_ns)
         if frame is None:
             frame = Frame(
                 stamp_ns=stamp_ns,
@@ -323,10 +351,22 @@ class FrameAssembler:
             self._pending[stamp_ns] = frame
             if len(self._pending) > self.max_pending:
                 self._force_out_oldest()
+        frame.stamp_ns = min(frame.stamp_ns, stamp_ns)
+        frame.latest_ns = max(frame.latest_ns, stamp_ns)
         frame.probs[device] = probs
         frame.features[device] = features
         frame.present[device] = True
         return result
+
+    def _frame_for(self, stamp_ns: int, device: int) -> Frame | None:
+        """The pending frame a prediction of ``device`` stamped ``stamp_ns`` joins, if any."""
+        exact = self._pending.get(stamp_ns)
+        if self.sync_tolerance_ns == 0 or exact is not None:
+            return exact if exact is not None and not exact.present[device] else None
+        fitting = [frame for frame in self._pending.values()
+                   if not frame.present[device] and frame.fits(stamp_ns, self.sync_tolerance_ns)]
+        return min(fitting, default=None,
+                   key=lambda f: abs((f.stamp_ns + f.latest_ns) / 2 - stamp_ns))
 
     def _validate(
         self, stamp_ns: int, device: int, probs: np.ndarray, features: np.ndarray
@@ -339,17 +379,18 @@ class FrameAssembler:
             return AddResult.BAD_FEATURES_LENGTH
         if not (np.isfinite(probs).all() and np.isfinite(features).all()):
             return AddResult.NON_FINITE
-        if self._last_released_ns is not None and stamp_ns <= self._last_released_ns:
+        if (self._last_released_ns is not None
+                and stamp_ns <= self._last_released_ns + self.sync_tolerance_ns):
             return AddResult.STALE
-        frame = self._pending.get(stamp_ns)
-        if frame is not None and frame.present[device]:
-            return AddResult.DUPLICATE
         return AddResult.ACCEPTED
 
+    def _oldest_key(self) -> int:
+        return min(self._pending, key=lambda key: self._pending[key].stamp_ns)
+
     def _release_oldest(self) -> Frame:
-        stamp_ns = min(self._pending)
-        self._last_released_ns = stamp_ns
-        return self._pending.pop(stamp_ns)
+        frame = self._pending.pop(self._oldest_key())
+        self._last_released_ns = max(frame.stamp_ns, self._last_released_ns or frame.stamp_ns)
+        return frame
 
     def _force_out_oldest(self) -> None:
         # Released now (later arrivals for it are stale) and handed out by the next ready().
@@ -374,7 +415,7 @@ class FrameAssembler:
         """
         released, self._forced_out = self._forced_out, []
         while self._pending:
-            oldest = self._pending[min(self._pending)]
+            oldest = self._pending[self._oldest_key()]
             complete = all(oldest.present[d] for d in live)
             if not (complete or now - oldest.first_arrival >= self.frame_timeout):
                 break

@@ -10,7 +10,9 @@ Subscribes, for each device ``i`` in ``0..num_devices-1``,
 
 Publishes
 
-* ``output_topic`` (``FusedPrediction``): one per source stamp, in stamp order;
+* ``output_topic`` (``FusedPrediction``): one per frame, in stamp order: the predictions of
+  one source stamp, or with ``sync_tolerance`` of stamps at most that far apart
+  (free-running cameras; the frame carries the earliest);
 * ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``) every ``diagnostics_period``: one
   status per device (OK alive, WARN never heard, ERROR dead) and one for the rejections.
 
@@ -174,6 +176,13 @@ class FusionNode(Node):
         self.declare_parameter("frame_timeout", 0.1, descriptor(
             "How long a frame waits for late devices after its first prediction, s.", d,
             float_range=seconds))
+        self.declare_parameter("sync_tolerance", 0.0, descriptor(
+            "Largest spread of the stamps of one frame's predictions, s: 0 groups exact "
+            "stamps (the player, recorded datasets, triggered cameras); for free-running "
+            "cameras, at least the spread of one scene's stamps across them and below one "
+            "frame period minus that spread (e.g. 0.015 at 30 Hz for cameras up to 12 ms "
+            "apart).", d,
+            float_range=(0.0, 10.0)))
         self.declare_parameter("num_classes", 0, descriptor(
             "Number of classes; 0 = take it from the first classifier head.", i, (0, 100000)))
         self.declare_parameter("feature_dim", 0, descriptor(
@@ -215,7 +224,8 @@ class FusionNode(Node):
 
         p = {name: self.get_parameter(name).value for name in (
             "num_devices", "fusion_mode", "use_modifier", "deadline", "liveliness_lease",
-            "watchdog_timeout", "frame_timeout", "num_classes", "feature_dim",
+            "watchdog_timeout", "frame_timeout", "sync_tolerance", "num_classes",
+            "feature_dim",
             "prediction_topic_format", "head_topic_format", "output_topic",
             "stall_threshold", "diagnostics_period", "max_stamp_ahead_s", "max_stamp_age_s",
             "probability_tolerance", "max_abs_value", "max_prediction_bytes",
@@ -237,6 +247,7 @@ class FusionNode(Node):
         self.stall_guard = StallGuard(p["stall_threshold"], grace=p["deadline"])
         self.deadlines_doubted = 0
         self.frame_timeout = p["frame_timeout"]
+        self.sync_tolerance_ns = round(p["sync_tolerance"] * 1e9)
         self.monitor = DeviceMonitor(self.n_devices, p["watchdog_timeout"])
         self.monitor.start(self._now())
         self.stamp_window = (p["max_stamp_ahead_s"], p["max_stamp_age_s"])
@@ -325,7 +336,8 @@ class FusionNode(Node):
         n_classes, feature_dim = self.head_shapes.shape
         dropped = self.assembler.pending_count if self.assembler is not None else 0
         self.assembler = FrameAssembler(self.n_devices, n_classes, feature_dim,
-                                        self.frame_timeout)
+                                        self.frame_timeout,
+                                        sync_tolerance_ns=self.sync_tolerance_ns)
         self.heads = ClassifierHeads.empty(self.n_devices, n_classes, feature_dim)
         for device in range(self.n_devices):
             if (head := self.head_shapes.head(device)) is not None:
