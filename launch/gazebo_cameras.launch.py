@@ -34,7 +34,8 @@ def _nodes(context: LaunchContext) -> list[Node]:
 
     specs = pipeline_nodes(int(arg("num_cameras")), player=False,
                            model_path=arg("model_path") or None,
-                           image_topic_format=arg("gz_topic_format"))
+                           image_topic_format=arg("gz_topic_format"),
+                           image_reliability="best_effort")
     sim_time = {"use_sim_time": arg("use_sim_time") == "true"}
     # namespace="": see perception.launch.py (each node's own parameters beat the config's).
     nodes = [Node(package=PACKAGE, executable=spec.executable, name=spec.name, namespace="",

@@ -29,8 +29,11 @@ def _nodes(context: LaunchContext) -> list[Node]:
     def arg(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 
-    specs = pipeline_nodes(int(arg("num_cameras")), player=arg("player") == "true",
-                           model_path=arg("model_path") or None)
+    player = arg("player") == "true"
+    # Your own cameras: a BEST_EFFORT image subscription, which every driver matches.
+    specs = pipeline_nodes(int(arg("num_cameras")), player=player,
+                           model_path=arg("model_path") or None,
+                           image_reliability="reliable" if player else "best_effort")
     # namespace="" makes launch_ros key each node's own parameters by its full name
     # (/camera_2), which beats the config file's sections; without a namespace it would use
     # /**, which the config file's `fusion:` / `player:` sections beat.

@@ -118,8 +118,11 @@ def running_camera(log_dir: Path, **parameters) -> Iterator[Camera]:
 
 @pytest.fixture(scope="module")
 def camera(model_files, tmp_path_factory):
+    # RELIABLE like the player: this module counts every image it sends (a 20 MB one among
+    # them, which best effort delivery drops whole when one of its fragments is late).
     with running_camera(tmp_path_factory.mktemp("camera_run"), device_id=DEVICE,
-                        model_path=str(model_files["onnx"])) as cam:
+                        model_path=str(model_files["onnx"]),
+                        image_reliability="reliable") as cam:
         yield cam
 
 
@@ -240,3 +243,29 @@ def test_invalid_parameters_exit_with_code_2(tmp_path, parameters):
     code, log = exit_code_and_log(tmp_path, **parameters)
     assert code == 2
     assert "invalid parameter" in log and "Traceback" not in log
+
+
+def test_a_best_effort_driver_is_heard_by_default_and_named_when_reliable_is_asked(
+        model_files, images, tmp_path):
+    from rclpy.qos import qos_profile_sensor_data
+
+    # Most camera drivers publish with qos_profile_sensor_data (BEST_EFFORT).
+    with running_camera(tmp_path / "default", device_id=DEVICE,
+                        model_path=str(model_files["onnx"])) as cam:
+        cam.images = cam.node.create_publisher(Image, "camera_2/image_raw",
+                                               qos_profile_sensor_data)
+        assert cam.ask(image_msg(images[3], sec=500)) is not None
+    # Asked for RELIABLE (the player's setting), the node can never match such a driver: it
+    # says so once, with the fix.
+    with camera_pipeline(tmp_path / "reliable", device_id=DEVICE, image_reliability="reliable",
+                         model_path=str(model_files["onnx"])) as pipeline, \
+            Camera(pipeline) as cam:
+        driver = cam.node.create_publisher(Image, "camera_2/image_raw", qos_profile_sensor_data)
+        pipeline.start()
+        cam.wait_for(lambda: "image_reliability:=best_effort" in cam.log.read_text(),
+                     "the incompatible-QoS error in the log")
+        for _ in range(3):
+            driver.publish(image_msg(images[4], sec=600))
+        cam.spin_for(1.0)
+        assert cam.log.read_text().count("cannot match") == 1
+        assert not any(p.header.stamp.sec == 600 for p in cam.predictions)

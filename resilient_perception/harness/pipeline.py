@@ -110,6 +110,7 @@ def pipeline_nodes(
     player: bool = True,
     model_path: str | os.PathLike[str] | None = None,
     image_topic_format: str = IMAGE_TOPIC_FORMAT,
+    image_reliability: str = "reliable",
 ) -> list[NodeSpec]:
     """The perception pipeline's nodes in start order: fusion, cameras, then the player.
 
@@ -125,6 +126,10 @@ def pipeline_nodes(
             checkpoint, or per-device files with a ``{}`` for the device index (the
             ``.onnx`` files of ``resilient-perception export``); None keeps the config's.
         image_topic_format: Image topic of camera ``i``: ``format(i)``.
+        image_reliability: The cameras' image subscription: ``"reliable"`` (the package's
+            player, replay and benchmarks publish RELIABLE and every frame counts) or
+            ``"best_effort"`` (matched by any camera driver; the launch files' choice when
+            the cameras are the user's).
 
     Returns:
         The node specs.
@@ -139,7 +144,8 @@ def pipeline_nodes(
     for i in range(num_cameras):
         model = {} if model_path is None else {
             "model_path": os.fspath(model_path).replace("{}", str(i))}
-        nodes.append(NodeSpec(f"camera_{i}", "camera_node", {"device_id": i, **model}, (
+        nodes.append(NodeSpec(f"camera_{i}", "camera_node", {
+            "device_id": i, "image_reliability": image_reliability, **model}, (
             (CAMERA_IMAGE_TOPIC, image_topic_format.format(i)),
             (CAMERA_PREDICTION_TOPIC, PREDICTION_TOPIC_FORMAT.format(i)),
             (CAMERA_HEAD_TOPIC, HEAD_TOPIC_FORMAT.format(i)))))

@@ -2,7 +2,11 @@
 
 Subscribes ``image_raw`` (``sensor_msgs/Image``; remap it, e.g.
 ``-r image_raw:=camera_2/image_raw``), crops this device's view out of the full image
-(per the model's view spec) and runs the device CNN with ONNX Runtime or torch. Publishes
+(per the model's view spec) and runs the device CNN with ONNX Runtime or torch. The image
+subscription is BEST_EFFORT by default (REP-2003: every camera driver matches it),
+``image_reliability:=reliable`` for a publisher whose every frame counts (the package's
+player; set in ``config/``); ``qos_overrides`` parameters apply too, and a publisher the
+subscription cannot match is reported once, with the fix. Publishes
 
 * ``prediction`` (``DevicePrediction``): one per accepted image, ``header`` copied from the
   image (stamp and frame_id), with :func:`~resilient_perception.ros.topics.prediction_qos`
@@ -29,10 +33,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rcl_interfaces.msg import ParameterType
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import Node, State, TransitionCallbackReturn
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import Image
 
 from resilient_perception.msg import ClassifierHead, DevicePrediction
@@ -49,6 +56,7 @@ from resilient_perception.ros.topics import (
     CAMERA_HEAD_TOPIC,
     CAMERA_IMAGE_TOPIC,
     CAMERA_PREDICTION_TOPIC,
+    IMAGE_QUEUE_DEPTH,
     head_qos,
     image_qos,
     prediction_qos,
@@ -109,11 +117,19 @@ class CameraNode(Node):
             float_range=(0.001, 3600.0)))
         self.declare_parameter("autostart", True, _descriptor(
             "Configure and activate at start-up (no lifecycle manager needed).", b))
+        self.declare_parameter("image_reliability", "best_effort", _descriptor(
+            "Reliability of the image subscription: 'best_effort' (REP-2003 for sensor "
+            "data; matched by every publisher) or 'reliable' (every frame of a RELIABLE "
+            "publisher such as the package's player; never matched by a BEST_EFFORT one). "
+            "qos_overrides.<topic>.subscription.* parameters apply on top.", s))
+        self.declare_parameter("image_queue_depth", IMAGE_QUEUE_DEPTH, _descriptor(
+            "Images the subscription holds while the node is busy.", i, (1, 10000)))
         self.declare_parameter("max_image_bytes", 8 << 20, _descriptor(
             "Larger serialised images are rejected before they are deserialised, bytes "
             "(the default takes 1920x1080 at 4 bytes a pixel).", i, (1024, 1 << 31)))
         self._model: _Model | None = None
         self._sub = self._pred_pub = self._head_pub = None
+        self._incompatible_logged = False
         self.accepted = 0
         self.rejections = Rejections(self, REJECTION_REASONS)
         _publish_counters(self, f"device_{self.get_parameter('device_id').value}", lambda: {
@@ -135,6 +151,8 @@ class CameraNode(Node):
         param = self.get_parameter
         try:
             qos = prediction_qos(param("deadline").value, param("liveliness_lease").value)
+            images = image_qos(param("image_reliability").value,
+                               param("image_queue_depth").value)
         except ValueError as exc:
             self.get_logger().error(f"activate failed: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -146,13 +164,26 @@ class CameraNode(Node):
         if result != TransitionCallbackReturn.SUCCESS:
             return result
         self._head_pub.publish(self._head_message())
+        self._incompatible_logged = False
         self._sub = capped_subscription(
-            self, Image, param("input_topic").value, self._on_image, image_qos(),
-            param("max_image_bytes").value, self.rejections, "image")
+            self, Image, param("input_topic").value, self._on_image,
+            images, param("max_image_bytes").value, self.rejections, "image",
+            qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible))
         self.get_logger().info(
             f"active: {self.resolve_topic_name(param('input_topic').value)} -> "
             f"{self._pred_pub.topic_name}")
         return TransitionCallbackReturn.SUCCESS
+
+    def _on_incompatible(self, event: Any) -> None:
+        # Once per activation: a publisher on the image topic that this subscription will
+        # never match (a BEST_EFFORT driver against image_reliability 'reliable').
+        if not self._incompatible_logged:
+            self._incompatible_logged = True
+            self.get_logger().error(
+                f"a publisher on {self._sub.topic_name} offers a QoS this image "
+                f"subscription cannot match ({event.last_policy_kind.name}): its images never "
+                "arrive; for a BEST_EFFORT camera driver set image_reliability:=best_effort")
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         """Stop listening and remove the publishers (liveliness of this device ends)."""

@@ -41,6 +41,7 @@ __all__ = [
     "HEAD_TOPIC_FORMAT",
     "HEARTBEAT_TOPIC_FORMAT",
     "IMAGE_QUEUE_DEPTH",
+    "IMAGE_RELIABILITIES",
     "IMAGE_TOPIC_FORMAT",
     "LABEL_TOPIC",
     "LINK_MEASUREMENT_TOPIC",
@@ -191,24 +192,31 @@ def latched_qos(depth: int = 1) -> QoSProfile:
     )
 
 
-def image_qos() -> QoSProfile:
-    """Profile of camera image topics: sensor-data-like, but RELIABLE and deeper.
+IMAGE_RELIABILITIES = ("best_effort", "reliable")
+"""Values of the camera node's ``image_reliability`` parameter."""
 
-    Like ``qos_profile_sensor_data`` (KEEP_LAST, VOLATILE: only fresh frames matter)
-    except for reliability and the depth, :data:`IMAGE_QUEUE_DEPTH` instead of 5. A
-    RELIABLE subscription matches only RELIABLE publishers, and bag replay and most camera
-    drivers and Gazebo bridges publish RELIABLE; a BEST_EFFORT subscription would match both
-    but lets DDS drop frames of a replayed bag, which breaks frame-by-frame comparisons. A
-    camera driver that publishes BEST_EFFORT is not matched by this profile: its images
-    then silently never arrive (subscribe with ``qos_profile_sensor_data`` for such a
-    driver).
+
+def image_qos(reliability: str = "reliable", depth: int = IMAGE_QUEUE_DEPTH) -> QoSProfile:
+    """Profile of camera image topics: sensor-data-like (KEEP_LAST, VOLATILE), deeper.
+
+    ``reliability`` is ``"reliable"`` (the default here: the package's player and bag replay
+    publish RELIABLE, and frame-by-frame comparisons need every frame) or ``"best_effort"``:
+    what REP-2003 asks of sensor-data subscribers, matched by every publisher, RELIABLE or
+    BEST_EFFORT (most drivers' ``qos_profile_sensor_data``); a RELIABLE subscription is never
+    matched by a BEST_EFFORT publisher. The camera node's ``image_reliability`` parameter
+    chooses (default best effort; the params files in ``config/`` ask reliable for the
+    player). ``depth`` defaults to :data:`IMAGE_QUEUE_DEPTH` instead of sensor data's 5.
     """
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+    if reliability not in IMAGE_RELIABILITIES:
+        raise ValueError(f"image reliability must be one of {IMAGE_RELIABILITIES}, "
+                         f"got {reliability!r}")
     return QoSProfile(
-        reliability=ReliabilityPolicy.RELIABLE,
+        reliability=(ReliabilityPolicy.RELIABLE if reliability == "reliable"
+                     else ReliabilityPolicy.BEST_EFFORT),
         history=HistoryPolicy.KEEP_LAST,
-        depth=IMAGE_QUEUE_DEPTH,
+        depth=depth,
         durability=DurabilityPolicy.VOLATILE,
     )
 
