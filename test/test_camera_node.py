@@ -15,7 +15,7 @@ from test.conftest import DATA_ROOT, domain_id, needs_data, require_ros
 msgs = require_ros()
 
 from builtin_interfaces.msg import Time  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 from resilient_perception.datasets import load_mnist  # noqa: E402
 from resilient_perception.harness.pipeline import (  # noqa: E402
@@ -27,7 +27,11 @@ from resilient_perception.harness.pipeline import (  # noqa: E402
 from resilient_perception.perception.checkpoint import save_checkpoint  # noqa: E402
 from resilient_perception.perception.export import DeviceRunner, export_checkpoint  # noqa: E402
 from resilient_perception.perception.views import ViewSpec, crop_views  # noqa: E402
-from resilient_perception.ros.image_conversion import array_to_image  # noqa: E402
+from resilient_perception.ros.image_conversion import (  # noqa: E402
+    array_to_image,
+    decode_image,
+    to_model_input,
+)
 from resilient_perception.ros.topics import head_qos, image_qos, prediction_qos  # noqa: E402
 
 NAME = "camera_2"
@@ -269,3 +273,37 @@ def test_a_best_effort_driver_is_heard_by_default_and_named_when_reliable_is_ask
         cam.spin_for(1.0)
         assert cam.log.read_text().count("cannot match") == 1
         assert not any(p.header.stamp.sec == 600 for p in cam.predictions)
+
+
+def test_compressed_and_yuyv_images_from_a_driver_give_the_raw_images_predictions(
+        model_files, runner, images, tmp_path):
+    import cv2
+    from rclpy.qos import qos_profile_sensor_data
+
+    digit = images[9, 0]  # (28, 28) uint8
+    view = crop_views(images[9:10], SPEC.boxes(28, 28))[:, DEVICE]
+    want = runner.run(view)[0][0]
+    with camera_pipeline(tmp_path / "compressed", device_id=DEVICE,
+                         image_transport="compressed",
+                         model_path=str(model_files["onnx"])) as pipeline, \
+            Camera(pipeline) as cam:
+        # image_transport's compressed topic of the remapped camera_2/image_raw
+        cam.images = cam.node.create_publisher(
+            CompressedImage, "camera_2/image_raw/compressed", qos_profile_sensor_data)
+        pipeline.start()
+        cam.wait_for(lambda: cam.images.get_subscription_count() > 0, "the node's subscription")
+        png = CompressedImage(format="png", data=cv2.imencode(".png", digit)[1].tobytes())
+        png.header.stamp = Time(sec=700)
+        np.testing.assert_allclose(cam.ask(png).probabilities, want, atol=1e-5)
+    # YUYV with neutral chroma: the device sees the digit again, in OpenCV's video-range
+    # reading of luma (16-235 stretched to 0-255); its prediction is the runner's on those.
+    yuyv = np.stack([digit, np.full_like(digit, 128)], axis=2).reshape(28, 56)
+    msg = Image(height=28, width=28, encoding="yuv422_yuy2", step=56, data=yuyv.tobytes())
+    msg.header.stamp = Time(sec=701)
+    seen = to_model_input(*decode_image(msg), 1)
+    assert np.corrcoef(seen.ravel(), digit.ravel())[0, 1] > 0.999
+    with running_camera(tmp_path / "yuyv", device_id=DEVICE,
+                        model_path=str(model_files["onnx"])) as cam:
+        np.testing.assert_allclose(
+            cam.ask(msg).probabilities,
+            runner.run(crop_views(seen[None], SPEC.boxes(28, 28))[:, DEVICE])[0][0], atol=1e-5)

@@ -16,6 +16,8 @@ from resilient_perception.ros.image_conversion import (  # noqa: E402
     ENCODINGS,
     ImageConversionError,
     array_to_image,
+    decode_compressed,
+    decode_image,
     image_to_array,
     to_model_input,
 )
@@ -48,6 +50,9 @@ def real_pixels(encoding: str, mnist_hw: np.ndarray, cifar_rgb: np.ndarray) -> n
         "mono16": mnist_hw.astype(np.uint16) * 251 + 1,
         "16UC1": mnist_hw.astype(np.uint16) * 131 + 7,
         "32FC1": mnist_hw.astype(np.float32) / 255.0,
+        "8UC1": mnist_hw,
+        "8UC3": cifar_rgb[:, :, ::-1].copy(),
+        "8UC4": np.concatenate([cifar_rgb[:, :, ::-1], alpha], axis=2),
     }[encoding]
 
 
@@ -196,3 +201,79 @@ def test_model_input_rejects_bad_channels(cifar_rgb):
 
 def test_conversion_error_is_a_value_error():
     assert issubclass(ImageConversionError, ValueError)
+
+
+# -- camera encodings and compressed images (OpenCV) ----------------------------------------
+
+
+def packed_image(data: np.ndarray, encoding: str, width: int) -> sensor_msgs.Image:
+    height = data.shape[0]
+    return image(height=height, width=width, encoding=encoding, is_bigendian=0,
+                 step=data.size // height, data=data.tobytes())
+
+
+@pytest.mark.parametrize(("encoding", "order"), [
+    ("yuv422_yuy2", "YUYV"), ("yuyv", "YUYV"), ("uyvy", "UYVY"), ("yuv422", "UYVY")])
+def test_yuv422_decodes_as_opencv_does_and_close_to_the_source(encoding, order, cifar_rgb):
+    import cv2
+
+    bgr = cifar_rgb[:, :, ::-1].copy()
+    yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV).astype(np.float32)
+    y = yuv[:, :, 0]
+    u = yuv[:, :, 1].reshape(32, 16, 2).mean(axis=2)  # 4:2:2: one U and V per pixel pair
+    v = yuv[:, :, 2].reshape(32, 16, 2).mean(axis=2)
+    words = (np.stack([y[:, 0::2], u, y[:, 1::2], v], axis=2) if order == "YUYV" else
+             np.stack([u, y[:, 0::2], v, y[:, 1::2]], axis=2))
+    packed = np.clip(np.rint(words), 0, 255).astype(np.uint8).reshape(32, 64)
+    pixels, decoded_as = decode_image(packed_image(packed, encoding, 32))
+    assert decoded_as == "bgr8" and pixels.shape == (32, 32, 3)
+    np.testing.assert_array_equal(pixels, cv2.cvtColor(
+        packed.reshape(32, 32, 2), getattr(cv2, f"COLOR_YUV2BGR_{order}")))
+    assert np.abs(pixels.astype(int) - bgr).mean() < 12  # chroma shared by pixel pairs
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_bayer_patterns_decode_to_the_colours_they_sampled(pattern):
+    # A flat colour seen through the mosaic: a pattern mapped to the wrong OpenCV
+    # conversion swaps red and blue.
+    rgb = {"r": 200, "g": 100, "b": 40}
+    mosaic = np.empty((8, 8), np.uint8)
+    for k, colour in enumerate(pattern):
+        mosaic[k // 2::2, k % 2::2] = rgb[colour]
+    pixels, decoded_as = decode_image(packed_image(mosaic, f"bayer_{pattern}8", 8))
+    assert decoded_as == "bgr8"
+    np.testing.assert_array_equal(pixels[2:6, 2:6], np.broadcast_to([40, 100, 200],
+                                                                     (4, 4, 3)))
+
+
+def test_yuv422_needs_an_even_width_and_enough_bytes():
+    with pytest.raises(ImageConversionError, match="even width"):
+        decode_image(packed_image(np.zeros((2, 6), np.uint8), "yuyv", 3))
+    with pytest.raises(ImageConversionError, match="expected height"):
+        decode_image(image(height=2, width=4, encoding="uyvy", step=8, data=bytes(10)))
+
+
+def compressed(data: bytes, fmt: str) -> sensor_msgs.CompressedImage:
+    msg = sensor_msgs.CompressedImage()
+    msg.format, msg.data = fmt, data
+    return msg
+
+
+def test_compressed_png_is_lossless_and_jpeg_close(cifar_rgb, mnist_hw):
+    import cv2
+
+    bgr = cifar_rgb[:, :, ::-1].copy()
+    for array, expected, encoding in ((bgr, bgr, "bgr8"), (mnist_hw, mnist_hw, "mono8"),
+                                      (mnist_hw.astype(np.uint16) * 257,
+                                       mnist_hw.astype(np.uint16) * 257, "mono16")):
+        ok, png = cv2.imencode(".png", array)
+        pixels, decoded_as = decode_compressed(compressed(png.tobytes(), "png"))
+        assert ok and decoded_as == encoding
+        np.testing.assert_array_equal(pixels.reshape(expected.shape), expected)
+    ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    pixels, decoded_as = decode_compressed(compressed(jpeg.tobytes(), "jpeg"))
+    assert decoded_as == "bgr8" and np.abs(pixels.astype(int) - bgr).mean() < 6
+    with pytest.raises(ImageConversionError, match="does not decode"):
+        decode_compressed(compressed(b"not an image", "jpeg"))
+    with pytest.raises(ImageConversionError, match="does not decode"):
+        decode_compressed(compressed(b"", "png"))

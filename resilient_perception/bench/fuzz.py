@@ -227,7 +227,7 @@ class _Fuzzer:
         if kind == "image_unknown_encoding":
             msg = self._image(image, "mono8")
             # not "mono8\\x00": a ROS string ends at its first NUL, so that arrives as "mono8"
-            msg.encoding = rng.choice(["yuv422", "", "MONO8", "jpeg", "mono 8"])
+            msg.encoding = rng.choice(["nv21", "", "MONO8", "jpeg", "mono 8"])
             return msg
         if kind == "image_1000_char_encoding":
             msg = self._image(image, "mono8")

@@ -5,8 +5,11 @@ Subscribes ``image_raw`` (``sensor_msgs/Image``; remap it, e.g.
 (per the model's view spec) and runs the device CNN with ONNX Runtime or torch. The image
 subscription is BEST_EFFORT by default (REP-2003: every camera driver matches it),
 ``image_reliability:=reliable`` for a publisher whose every frame counts (the package's
-player; set in ``config/``); ``qos_overrides`` parameters apply too, and a publisher the
-subscription cannot match is reported once, with the fix. Publishes
+player; set by ``pipeline_nodes``); ``qos_overrides`` parameters apply too, and a
+publisher the subscription cannot match is reported once, with the fix. Images come in
+every encoding of :mod:`.image_conversion` (YUV 4:2:2 and Bayer from drivers included), or
+with ``image_transport:=compressed`` as ``sensor_msgs/CompressedImage`` (JPEG, PNG) on the
+remapped input topic plus ``/compressed``. Publishes
 
 * ``prediction`` (``DevicePrediction``): one per accepted image, ``header`` copied from the
   image (stamp and frame_id), with :func:`~resilient_perception.ros.topics.prediction_qos`
@@ -40,13 +43,14 @@ from rcl_interfaces.msg import ParameterType
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import Node, State, TransitionCallbackReturn
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from resilient_perception.msg import ClassifierHead, DevicePrediction
 from resilient_perception.perception.views import ViewSpec, crop_view
 from resilient_perception.ros.image_conversion import (
     ImageConversionError,
-    image_to_array,
+    decode_compressed,
+    decode_image,
     to_model_input,
 )
 from resilient_perception.ros.node_utils import Rejections, capped_subscription, run_node
@@ -65,6 +69,7 @@ from resilient_perception.ros.topics import (
 __all__ = ["CameraNode", "main"]
 
 BACKENDS = ("onnxruntime", "torch")
+IMAGE_TRANSPORTS = ("raw", "compressed")
 REJECTION_REASONS = ("oversize", "malformed", "bad_image", "inference_error",
                      "callback_error")
 
@@ -117,6 +122,10 @@ class CameraNode(Node):
             float_range=(0.001, 3600.0)))
         self.declare_parameter("autostart", True, _descriptor(
             "Configure and activate at start-up (no lifecycle manager needed).", b))
+        self.declare_parameter("image_transport", "raw", _descriptor(
+            "'raw': sensor_msgs/Image on input_topic; 'compressed': "
+            "sensor_msgs/CompressedImage (JPEG, PNG) on input_topic + '/compressed', as "
+            "image_transport's compressed plugin publishes it.", s))
         self.declare_parameter("image_reliability", "best_effort", _descriptor(
             "Reliability of the image subscription: 'best_effort' (REP-2003 for sensor "
             "data; matched by every publisher) or 'reliable' (every frame of a RELIABLE "
@@ -130,6 +139,7 @@ class CameraNode(Node):
         self._model: _Model | None = None
         self._sub = self._pred_pub = self._head_pub = None
         self._incompatible_logged = False
+        self._decode = decode_image
         self.accepted = 0
         self.rejections = Rejections(self, REJECTION_REASONS)
         _publish_counters(self, f"device_{self.get_parameter('device_id').value}", lambda: {
@@ -153,6 +163,10 @@ class CameraNode(Node):
             qos = prediction_qos(param("deadline").value, param("liveliness_lease").value)
             images = image_qos(param("image_reliability").value,
                                param("image_queue_depth").value)
+            transport = param("image_transport").value
+            if transport not in IMAGE_TRANSPORTS:
+                raise ValueError(f"image_transport must be one of {IMAGE_TRANSPORTS}, got "
+                                 f"{transport!r}")
         except ValueError as exc:
             self.get_logger().error(f"activate failed: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -165,14 +179,17 @@ class CameraNode(Node):
             return result
         self._head_pub.publish(self._head_message())
         self._incompatible_logged = False
+        compressed = transport == "compressed"
+        self._decode = decode_compressed if compressed else decode_image
+        # As image_transport does: the base topic remapped first, then "/compressed" added.
+        topic = param("input_topic").value
         self._sub = capped_subscription(
-            self, Image, param("input_topic").value, self._on_image,
-            images, param("max_image_bytes").value, self.rejections, "image",
+            self, CompressedImage if compressed else Image,
+            self.resolve_topic_name(topic) + "/compressed" if compressed else topic,
+            self._on_image, images, param("max_image_bytes").value, self.rejections, "image",
             qos_overriding_options=QoSOverridingOptions.with_default_policies(),
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible))
-        self.get_logger().info(
-            f"active: {self.resolve_topic_name(param('input_topic').value)} -> "
-            f"{self._pred_pub.topic_name}")
+        self.get_logger().info(f"active: {self._sub.topic_name} -> {self._pred_pub.topic_name}")
         return TransitionCallbackReturn.SUCCESS
 
     def _on_incompatible(self, event: Any) -> None:
@@ -279,10 +296,11 @@ class CameraNode(Node):
         return msg
 
     # -- images ----------------------------------------------------------------------------
-    def _view(self, msg: Image) -> np.ndarray:
+    def _view(self, msg: Image | CompressedImage) -> np.ndarray:
         """The device's uint8 ``(C, h, w)`` view of an image message; raises on bad input."""
         model = self._model
-        image = to_model_input(image_to_array(msg), msg.encoding, model.runner.in_channels)
+        pixels, encoding = self._decode(msg)
+        image = to_model_input(pixels, encoding, model.runner.in_channels)
         if model.view_spec is not None:
             boxes = model.view_spec.boxes(image.shape[1], image.shape[2])
             image = crop_view(image, boxes[self.get_parameter("device_id").value])
@@ -290,7 +308,7 @@ class CameraNode(Node):
             h, w = model.input_hw
             raise ImageConversionError(
                 f"view is {image.shape[1]}x{image.shape[2]}, the model takes {h}x{w} "
-                f"(image {msg.width}x{msg.height} {msg.encoding})")
+                f"(image {pixels.shape[1]}x{pixels.shape[0]} {encoding})")
         return image
 
     def _on_image(self, msg: Image) -> None:

@@ -7,7 +7,15 @@ port that fails on numpy 2), and the conversion is small, so it is done with num
 ``width``, ``encoding``, ``is_bigendian``, ``step``, ``data``): a real message, or one
 deserialised by ``rosbags``. It honours row padding (``step`` larger than a row's bytes)
 and ``is_bigendian``, and returns a native-byte-order ``(H, W, C)`` copy. Supported
-encodings: rgb8, bgr8, rgba8, bgra8, mono8, mono16, 16UC1, 32FC1.
+encodings: rgb8, bgr8, rgba8, bgra8, mono8, mono16, 16UC1, 32FC1, and OpenCV's names
+8UC1, 8UC3, 8UC4 (as mono8, bgr8, bgra8, the way cv_bridge reads them).
+
+What camera drivers send besides those is decoded with OpenCV (imported only then) by
+:func:`decode_image` and :func:`decode_compressed`: packed YUV 4:2:2 (``yuv422_yuy2`` /
+``yuyv``, ``uyvy`` / ``yuv422``, as usb_cam and v4l2_camera publish it), Bayer mosaics
+(``bayer_rggb8``, ``bayer_bggr8``, ``bayer_gbrg8``, ``bayer_grbg8``) and
+``sensor_msgs/CompressedImage`` (JPEG, PNG: image_transport's ``compressed``), each to bgr8
+(or mono8/mono16 for a grey PNG or JPEG).
 
 :func:`to_model_input` turns such an array into what a device CNN was trained on: uint8,
 channel-first, RGB for 3 input channels or BT.601 luma for 1 (see its docstring).
@@ -31,6 +39,8 @@ __all__ = [
     "ImageConversionError",
     "array_to_image",
     "camera_images",
+    "decode_compressed",
+    "decode_image",
     "encode",
     "image_to_array",
     "to_model_input",
@@ -57,6 +67,22 @@ ENCODINGS: dict[str, _Encoding] = {
     "mono16": _Encoding(np.dtype(np.uint16), 1, None),
     "16UC1": _Encoding(np.dtype(np.uint16), 1, None),
     "32FC1": _Encoding(np.dtype(np.float32), 1, None),
+    "8UC1": _Encoding(np.dtype(np.uint8), 1, None),
+    "8UC3": _Encoding(np.dtype(np.uint8), 3, "bgr"),
+    "8UC4": _Encoding(np.dtype(np.uint8), 4, "bgra"),
+}
+
+# Camera encodings OpenCV turns into bgr8: bytes per pixel and the cv2 conversion's name.
+# ROS names a Bayer pattern by its first row, OpenCV by its second (cv_bridge's table).
+_OPENCV_ENCODINGS: dict[str, tuple[int, str]] = {
+    "yuv422_yuy2": (2, "COLOR_YUV2BGR_YUYV"),
+    "yuyv": (2, "COLOR_YUV2BGR_YUYV"),
+    "uyvy": (2, "COLOR_YUV2BGR_UYVY"),
+    "yuv422": (2, "COLOR_YUV2BGR_UYVY"),
+    "bayer_rggb8": (1, "COLOR_BayerBG2BGR"),
+    "bayer_bggr8": (1, "COLOR_BayerRG2BGR"),
+    "bayer_gbrg8": (1, "COLOR_BayerGR2BGR"),
+    "bayer_grbg8": (1, "COLOR_BayerGB2BGR"),
 }
 
 # ITU-R BT.601 luma weights (R, G, B): what PIL's "L" mode and OpenCV's RGB2GRAY use.
@@ -67,8 +93,9 @@ def _encoding(name: str) -> _Encoding:
     try:
         return ENCODINGS[name]
     except KeyError:
+        supported = ", ".join([*ENCODINGS, *_OPENCV_ENCODINGS])
         raise ImageConversionError(  # clipped: the name comes from outside
-            f"unsupported image encoding {clip_text(name)!r}; supported: {', '.join(ENCODINGS)}"
+            f"unsupported image encoding {clip_text(name)!r}; supported: {supported}"
         ) from None
 
 
@@ -110,6 +137,59 @@ def image_to_array(msg: Any) -> np.ndarray:
     wire = enc.dtype.newbyteorder(">" if msg.is_bigendian else "<")
     pixels = rows.view(wire).reshape(height, width, enc.channels)
     return pixels.astype(enc.dtype.newbyteorder("="), copy=True)
+
+
+def decode_image(msg: Any) -> tuple[np.ndarray, str]:
+    """An image message's pixels and their encoding, camera encodings decoded to bgr8.
+
+    Encodings of :data:`ENCODINGS` come back as :func:`image_to_array` gives them, with the
+    message's encoding; YUV 4:2:2 and Bayer images are converted with OpenCV to ``(H, W, 3)``
+    BGR and reported as ``"bgr8"``. Raises :class:`ImageConversionError` as
+    :func:`image_to_array` does.
+    """
+    if msg.encoding not in _OPENCV_ENCODINGS:
+        return image_to_array(msg), msg.encoding
+    pixel_bytes, conversion = _OPENCV_ENCODINGS[msg.encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ImageConversionError(f"image has zero size ({height}x{width})")
+    if pixel_bytes == 2 and width % 2:
+        raise ImageConversionError(f"{msg.encoding} needs an even width, got {width}")
+    if step < width * pixel_bytes:
+        raise ImageConversionError(f"step {step} is smaller than one row of {width} "
+                                   f"{msg.encoding} pixels ({width * pixel_bytes} bytes)")
+    buf = _as_uint8_buffer(msg.data)
+    if buf.size != height * step:
+        raise ImageConversionError(
+            f"data has {buf.size} bytes, expected height*step = {height}*{step} = "
+            f"{height * step} for a {height}x{width} {msg.encoding} image")
+    import cv2
+
+    rows = np.ascontiguousarray(buf.reshape(height, step)[:, :width * pixel_bytes])
+    packed = rows.reshape(height, width, pixel_bytes) if pixel_bytes > 1 else rows
+    return cv2.cvtColor(packed, getattr(cv2, conversion)), "bgr8"
+
+
+def decode_compressed(msg: Any) -> tuple[np.ndarray, str]:
+    """A ``sensor_msgs/CompressedImage``'s pixels (decoded by OpenCV) and their encoding.
+
+    Colour images come back ``(H, W, 3)`` BGR as ``"bgr8"`` (alpha dropped), grey ones
+    ``(H, W, 1)`` as ``"mono8"``, or ``"mono16"`` for a 16-bit PNG. Raises
+    :class:`ImageConversionError` for data OpenCV cannot decode (its ``format`` field is only
+    a hint, the data's own header decides).
+    """
+    import cv2
+
+    data = _as_uint8_buffer(msg.data)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise ImageConversionError(
+            f"compressed image ({clip_text(msg.format)!r}, {data.size} bytes) does not decode")
+    if image.ndim == 2:
+        return image[:, :, None], "mono16" if image.dtype == np.uint16 else "mono8"
+    if image.dtype != np.uint8:
+        image = cv2.convertScaleAbs(image, alpha=255.0 / 65535.0)
+    return np.ascontiguousarray(image[:, :, :3]), "bgr8"
 
 
 def array_to_image(
