@@ -30,6 +30,7 @@ from resilient_perception.perception.views import ViewSpec, crop_views  # noqa: 
 from resilient_perception.ros.image_conversion import (  # noqa: E402
     array_to_image,
     decode_image,
+    resize_view,
     to_model_input,
 )
 from resilient_perception.ros.topics import head_qos, image_qos, prediction_qos  # noqa: E402
@@ -148,6 +149,21 @@ def test_predictions_match_the_runner_on_real_images(camera, runner, images):
         assert 0.0 < pred.inference_time < 5.0
 
 
+def test_an_image_of_another_resolution_is_resized_to_the_model_input(camera, runner, images):
+    # The digit at 56x56: each device's view is cut in proportion (19x28) and resized to
+    # the trained 10x14.
+    big = np.repeat(np.repeat(images[11], 2, axis=1), 2, axis=2)
+    pred = camera.ask(image_msg(big, sec=800))
+    view = crop_views(big[None], SPEC.boxes(56, 56))[0, DEVICE]
+    want = runner.run(resize_view(view, view_hw(runner))[None])[0][0]
+    np.testing.assert_allclose(pred.probabilities, want, atol=1e-5)
+
+
+def view_hw(runner: DeviceRunner) -> tuple[int, int]:
+    return tuple(crop_views(np.zeros((1, 1, 28, 28), np.uint8), SPEC.boxes(28, 28))[0, DEVICE]
+                 .shape[1:])
+
+
 def test_late_subscriber_gets_the_head(camera, runner):
     heads = camera.collect(msgs.ClassifierHead, "head", head_qos())
     head = camera.wait_for(lambda: heads and heads[0], "the transient-local head")
@@ -162,8 +178,8 @@ def test_late_subscriber_gets_the_head(camera, runner):
 def test_bad_images_are_skipped_and_the_node_keeps_working(camera, images):
     unknown = image_msg(images[1], sec=200)
     unknown.encoding = "yuv422_weird"
-    wrong_size = image_msg(images[2, :, :20, :20], sec=201)
-    for msg in (unknown, wrong_size):
+    too_small = image_msg(images[2, :, :2, :1], sec=201)  # 3x2 grid: cells with no pixel
+    for msg in (unknown, too_small):
         camera.images.publish(msg)
     good = camera.ask(image_msg(images[3], sec=202))
     assert good.device_id == DEVICE

@@ -277,3 +277,14 @@ def test_compressed_png_is_lossless_and_jpeg_close(cifar_rgb, mnist_hw):
         decode_compressed(compressed(b"not an image", "jpeg"))
     with pytest.raises(ImageConversionError, match="does not decode"):
         decode_compressed(compressed(b"", "png"))
+
+
+def test_resize_view_stretches_to_the_model_input(mnist_hw, cifar_rgb):
+    from resilient_perception.ros.image_conversion import resize_view
+
+    grey = mnist_hw.transpose(2, 0, 1)  # (1, 28, 28)
+    doubled = np.repeat(np.repeat(grey, 2, axis=1), 2, axis=2)
+    np.testing.assert_array_equal(resize_view(doubled, (28, 28)), grey)  # 2x2 areas
+    colour = resize_view(cifar_rgb.transpose(2, 0, 1), (20, 40))
+    assert colour.shape == (3, 20, 40) and colour.dtype == np.uint8
+    assert resize_view(grey, (28, 28)).shape == (1, 28, 28)

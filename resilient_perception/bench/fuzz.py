@@ -109,7 +109,7 @@ KINDS = (
     FuzzKind("image_data_too_short", "image", "camera", "bad_image"),
     FuzzKind("image_zero_height", "image", "camera", "bad_image"),
     FuzzKind("image_step_too_small", "image", "camera", "bad_image"),
-    FuzzKind("image_wrong_view_size", "image", "camera", "bad_image"),
+    FuzzKind("image_too_small_for_the_grid", "image", "camera", "bad_image"),
     FuzzKind("image_huge", "image", "camera", "oversize"),
     FuzzKind("image_truncated_cdr", "image", "camera", "malformed"),
     FuzzKind("image_stamp_hour_ahead", "image", "fusion", "stamp_ahead"),
@@ -245,8 +245,10 @@ class _Fuzzer:
             msg = self._image(image, "mono8")
             msg.step = rng.randrange(0, msg.width)
             return msg
-        if kind == "image_wrong_view_size":
-            h, w = rng.choice([(10, 10), (56, 28), (1, 1), (29, 31)])
+        if kind == "image_too_small_for_the_grid":
+            # Other sizes are resized to the model's input: only a grid cell without a
+            # pixel (3x2 grid) is an error.
+            h, w = rng.choice([(1, 1), (2, 2), (2, 5), (5, 1)])
             return self._image(np.zeros((h, w), np.uint8), "mono8")
         if kind == "image_huge":
             side = rng.choice([400, 700, 1200])  # 160 kB .. 1.4 MB, all over the 64 kB cap

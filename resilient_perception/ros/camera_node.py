@@ -51,6 +51,7 @@ from resilient_perception.ros.image_conversion import (
     ImageConversionError,
     decode_compressed,
     decode_image,
+    resize_view,
     to_model_input,
 )
 from resilient_perception.ros.node_utils import Rejections, capped_subscription, run_node
@@ -305,10 +306,7 @@ class CameraNode(Node):
             boxes = model.view_spec.boxes(image.shape[1], image.shape[2])
             image = crop_view(image, boxes[self.get_parameter("device_id").value])
         if model.input_hw is not None and tuple(image.shape[1:]) != model.input_hw:
-            h, w = model.input_hw
-            raise ImageConversionError(
-                f"view is {image.shape[1]}x{image.shape[2]}, the model takes {h}x{w} "
-                f"(image {pixels.shape[1]}x{pixels.shape[0]} {encoding})")
+            image = resize_view(image, model.input_hw)  # another camera resolution
         return image
 
     def _on_image(self, msg: Image) -> None:

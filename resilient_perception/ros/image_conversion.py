@@ -43,6 +43,7 @@ __all__ = [
     "decode_image",
     "encode",
     "image_to_array",
+    "resize_view",
     "to_model_input",
 ]
 
@@ -190,6 +191,22 @@ def decode_compressed(msg: Any) -> tuple[np.ndarray, str]:
     if image.dtype != np.uint8:
         image = cv2.convertScaleAbs(image, alpha=255.0 / 65535.0)
     return np.ascontiguousarray(image[:, :, :3]), "bgr8"
+
+
+def resize_view(view: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """A channel-first uint8 ``(C, H, W)`` view resized to ``size_hw`` (OpenCV).
+
+    The view is stretched to the new size (its aspect ratio is not kept: a camera's view
+    is cut from the image in proportion, so a camera of the training images' aspect ratio
+    gives the trained shapes); area averaging when shrinking, bilinear when enlarging.
+    """
+    import cv2
+
+    height, width = size_hw
+    shrinking = height * width < view.shape[1] * view.shape[2]
+    resized = cv2.resize(np.ascontiguousarray(view.transpose(1, 2, 0)), (width, height),
+                         interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return np.ascontiguousarray(resized.reshape(height, width, -1).transpose(2, 0, 1))
 
 
 def array_to_image(
