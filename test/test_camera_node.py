@@ -197,7 +197,7 @@ def test_oversized_and_malformed_images_are_counted_and_good_ones_still_served(
     diagnostics = camera.collect(DiagnosticArray, "/diagnostics")
 
     def counters() -> dict[str, int] | None:
-        return next(({kv.key: int(kv.value) for kv in status.values}
+        return next(({kv.key: int(kv.value) for kv in status.values if kv.value.isdigit()}
                      for array in reversed(diagnostics) for status in array.status
                      if status.name == NAME), None)
 
@@ -222,6 +222,21 @@ def test_oversized_and_malformed_images_are_counted_and_good_ones_still_served(
     assert camera.pipeline.running(NAME)
     log = camera.log.read_text()
     assert max(len(line) for line in log.splitlines()) < 600 and "Traceback" not in log
+
+
+def test_diagnostics_give_received_input_rate_and_inference_time(camera, images):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    diagnostics = camera.collect(DiagnosticArray, "/diagnostics")
+    for k in range(5):
+        camera.ask(image_msg(images[20 + k], sec=900 + k))
+    camera.wait_for(lambda: any(status.name == NAME for array in diagnostics[1:]
+                                for status in array.status), "fresh camera diagnostics")
+    values = next({kv.key: kv.value for kv in status.values} for array in reversed(diagnostics)
+                  for status in array.status if status.name == NAME)
+    assert int(values["received"]) == int(values["accepted"]) + int(values["rejected"])
+    assert float(values["input_rate_hz"]) > 0
+    assert 0 < float(values["inference_p50_ms"]) <= float(values["inference_p99_ms"]) < 5000
 
 
 def test_sigint_exits_cleanly(camera):

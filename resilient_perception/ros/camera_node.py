@@ -54,7 +54,12 @@ from resilient_perception.ros.image_conversion import (
     resize_view,
     to_model_input,
 )
-from resilient_perception.ros.node_utils import Rejections, capped_subscription, run_node
+from resilient_perception.ros.node_utils import (
+    InputStats,
+    Rejections,
+    capped_subscription,
+    run_node,
+)
 from resilient_perception.ros.node_utils import descriptor as _descriptor
 from resilient_perception.ros.node_utils import publish_counters as _publish_counters
 from resilient_perception.ros.topics import (
@@ -143,9 +148,14 @@ class CameraNode(Node):
         self._decode = decode_image
         self.accepted = 0
         self.rejections = Rejections(self, REJECTION_REASONS)
+        self.inputs = InputStats()
+        # received = accepted + rejected; the input rate and the inference time (p50/p99,
+        # ms) are over the last 10 s.
         _publish_counters(self, f"device_{self.get_parameter('device_id').value}", lambda: {
-            "accepted": self.accepted, "rejected": self.rejections.total,
-            **self.rejections.counts})
+            "received": self.accepted + self.rejections.total, "accepted": self.accepted,
+            "rejected": self.rejections.total, **self.rejections.counts,
+            **{("inference_" + k if k.endswith("_ms") else k): v
+               for k, v in self.inputs.summary(time.monotonic()).items()}})
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -315,9 +325,11 @@ class CameraNode(Node):
             probs, features = self._model.runner.run(self._view(msg)[None])
         except (ImageConversionError, ValueError) as exc:
             self.rejections.reject("image", "bad_image", str(exc))
+            self.inputs.add(time.monotonic(), None)
             return
         except Exception as exc:  # inference failures are counted too, never fatal
             self.rejections.reject("image", "inference_error", f"{type(exc).__name__}: {exc}")
+            self.inputs.add(time.monotonic(), None)
             return
         out = DevicePrediction(
             header=msg.header, device_id=self.get_parameter("device_id").value,
@@ -325,6 +337,7 @@ class CameraNode(Node):
             inference_time=time.perf_counter() - start)
         self._pred_pub.publish(out)
         self.accepted += 1
+        self.inputs.add(time.monotonic(), out.inference_time)
 
 
 def _autostart(node: CameraNode) -> int | None:

@@ -6,15 +6,18 @@ import faulthandler
 import functools
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from resilient_perception.message_checks import RejectionLog, clip_text
 from resilient_perception.ros.topics import DIAGNOSTICS_TOPIC
 
 __all__ = [
+    "InputStats",
     "DIAGNOSTICS_PERIOD_S",
     "MAX_LOG_DETAIL_CHARS",
     "SHUTDOWN_GRACE_S",
@@ -88,6 +91,34 @@ def publish_counters(node: Any, hardware_id: str,
         publisher.publish(array)
 
     node.create_timer(DIAGNOSTICS_PERIOD_S, publish)
+
+
+class InputStats:
+    """A node's input rate and processing-time percentiles over the last ``window_s``.
+
+    ROS-free: the node calls :meth:`add` per input and puts :meth:`summary` on
+    ``/diagnostics`` beside its counters.
+    """
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        """Remember the inputs of the last ``window_s`` seconds."""
+        self.window_s = window_s
+        self._inputs: deque[tuple[float, float | None]] = deque()
+
+    def add(self, now: float, processing_s: float | None) -> None:
+        """One input at ``now`` (s, monotonic); ``processing_s`` None if it was rejected."""
+        self._inputs.append((now, processing_s))
+        while self._inputs and self._inputs[0][0] <= now - self.window_s:
+            self._inputs.popleft()
+
+    def summary(self, now: float) -> dict[str, float]:
+        """``input_rate_hz`` and the processing time's ``p50_ms`` / ``p99_ms`` (0: none)."""
+        recent = [(t, s) for t, s in self._inputs if t > now - self.window_s]
+        times = [s for _, s in recent if s is not None]
+        span = min(self.window_s, now - recent[0][0]) if len(recent) > 1 else self.window_s
+        p50, p99 = np.percentile(times, [50, 99]) * 1e3 if times else (0.0, 0.0)
+        return {"input_rate_hz": round(len(recent) / max(span, 1e-9), 2),
+                "p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2)}
 
 
 MAX_LOG_DETAIL_CHARS = 300
