@@ -384,6 +384,24 @@ def test_outside_messages_never_poison_frames_or_displace_real_predictions(fleet
     assert max(len(line) for line in log.splitlines()) < 600
 
 
+def test_setting_a_parameter_at_run_time_is_refused_as_read_only(fleet):
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    client = fleet.node.create_client(SetParameters, f"/{NAME}/set_parameters")
+    fleet.wait_for(lambda: client.service_is_ready(), "the parameter service")
+    future = client.call_async(SetParameters.Request(parameters=[
+        Parameter("fusion_mode", Parameter.Type.STRING, "max").to_parameter_msg(),
+        Parameter("use_modifier", Parameter.Type.BOOL, False).to_parameter_msg()]))
+    results = fleet.wait_for(lambda: future.done() and future.result().results,
+                             "the answer")
+    assert [r.successful for r in results] == [False, False]
+    assert all("read-only" in r.reason for r in results), results
+    stamps = fleet.publish_frames(3, [0, 2])  # device 1 stopped in an earlier test
+    fleet.wait_for(lambda: set(stamps) <= set(fleet.fused_by_stamp()), "three frames")
+    assert {fleet.fused_by_stamp()[s][0][0].fusion_mode for s in stamps} == {"avg"}
+
+
 def test_sigint_exits_cleanly(fleet):
     assert fleet.pipeline.interrupt(NAME) == 0, fleet.log.read_text()
 

@@ -45,19 +45,27 @@ def descriptor(
     kind: int,
     int_range: tuple[int, int] | None = None,
     float_range: tuple[float, float] | None = None,
+    read_only: bool = True,
 ) -> ParameterDescriptor:
     """A parameter descriptor with a type and, optionally, an inclusive value range.
+
+    The nodes read their parameters when they start (a camera when it activates), so they
+    are read-only by default: ``ros2 param set`` then answers that the parameter is
+    read-only instead of succeeding and changing nothing. A parameter the node applies
+    while running passes ``read_only=False``.
 
     Args:
         description: Text shown by ``ros2 param describe``.
         kind: A ``rcl_interfaces.msg.ParameterType`` constant.
         int_range: Inclusive (from, to) for integer parameters.
         float_range: Inclusive (from, to) for double parameters.
+        read_only: Refuse changes after start-up.
 
     Returns:
-        The descriptor; rclpy then rejects values of another type or outside the range.
+        The descriptor; rclpy then rejects values of another type or outside the range,
+        and any change of a read-only parameter.
     """
-    result = ParameterDescriptor(description=description, type=kind)
+    result = ParameterDescriptor(description=description, type=kind, read_only=read_only)
     if int_range is not None:
         result.integer_range = [
             IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)]
