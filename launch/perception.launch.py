@@ -3,7 +3,7 @@ r"""The perception pipeline: N camera nodes and the fusion node, plus the datase
     ros2 launch resilient_perception perception.launch.py model_path:=/abs/model.safetensors
     ros2 launch resilient_perception perception.launch.py model_path:=/abs/onnx_dir/device_{}.onnx
     ros2 launch resilient_perception perception.launch.py player:=false \
-        config:=/abs/my_params.yaml num_cameras:=4
+        config:=/abs/my_params.yaml num_cameras:=4 use_sim_time:=true namespace:=robot1
 
 Nodes (names, executables, per-node parameters, remappings) come from
 ``resilient_perception.harness.pipeline.pipeline_nodes``, the function ``Pipeline`` uses to
@@ -34,17 +34,19 @@ def _nodes(context: LaunchContext) -> list[Node]:
     specs = pipeline_nodes(int(arg("num_cameras")), player=player,
                            model_path=arg("model_path") or None,
                            image_reliability="reliable" if player else "best_effort")
-    # namespace="" makes launch_ros key each node's own parameters by its full name
-    # (/camera_2), which beats the config file's sections; without a namespace it would use
-    # /**, which the config file's `fusion:` / `player:` sections beat.
-    return [Node(package=PACKAGE, executable=spec.executable, name=spec.name, namespace="",
-                 parameters=[arg("config"), spec.parameters], remappings=list(spec.remappings),
-                 output="screen")
+    sim_time = {"use_sim_time": arg("use_sim_time") == "true"}
+    # A namespace (even "") makes launch_ros key each node's own parameters by its full
+    # name (/camera_2, /robot1/camera_2), which beats the config file's sections; without
+    # one it would use /**, which the config file's `fusion:` / `player:` sections beat.
+    return [Node(package=PACKAGE, executable=spec.executable, name=spec.name,
+                 namespace=arg("namespace"), parameters=[arg("config"),
+                                                         {**spec.parameters, **sim_time}],
+                 remappings=list(spec.remappings), output="screen")
             for spec in specs]
 
 
 def generate_launch_description() -> LaunchDescription:
-    """Launch arguments config, model_path, num_cameras and player; the nodes."""
+    """Launch arguments config, model_path, num_cameras, player, use_sim_time, namespace."""
     share = Path(get_package_share_directory(PACKAGE))
     return LaunchDescription([
         DeclareLaunchArgument(
@@ -60,5 +62,11 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             "player", default_value="true", choices=["true", "false"],
             description="Start the dataset player (else bring your own camera topics)"),
+        DeclareLaunchArgument(
+            "use_sim_time", default_value="false", choices=["true", "false"],
+            description="Every node on /clock (Gazebo, a bag played with --clock)"),
+        DeclareLaunchArgument(
+            "namespace", default_value="",
+            description="Namespace of every node and relative topic (e.g. robot1)"),
         OpaqueFunction(function=_nodes),
     ])

@@ -506,3 +506,53 @@ def test_free_running_devices_within_the_sync_tolerance_fuse_as_one_frame(tmp_pa
             assert list(msg.live_devices) == [0, 1, 2] and list(msg.surrogate_devices) == []
             np.testing.assert_allclose(msg.probabilities, fused_outputs(stamp_ns, outputs),
                                        atol=1e-6)
+
+
+def test_a_jump_of_the_simulated_clock_is_not_silence(tmp_path):
+    """Under use_sim_time the first /clock message, and a jump of 500 s later (a reset or a
+    looped bag), kill no device and cost no frame."""
+    from rosgraph_msgs.msg import Clock
+
+    with fusion_pipeline(tmp_path, OWN_DOMAIN_ID, num_devices=N, frame_timeout=FRAME_TIMEOUT,
+                         watchdog_timeout=WATCHDOG, deadline=DEADLINE, diagnostics_period=0.25,
+                         use_sim_time=True) as pipeline, Fleet(pipeline) as fleet:
+        clock = fleet.node.create_publisher(Clock, "/clock", 10)
+        start, offset_ns = time.monotonic_ns(), [1000 * 1_000_000_000]
+
+        def sim_ns() -> int:  # simulated time runs with the wall clock, from 1000 s
+            return time.monotonic_ns() - start + offset_ns[0]
+
+        fleet.node.create_timer(0.02, lambda: clock.publish(
+            Clock(clock=Time(sec=sim_ns() // 1_000_000_000, nanosec=sim_ns() % 1_000_000_000))))
+        pipeline.start()
+        fleet.wait_for(lambda: fleet.latest_diagnostics().get(
+            "fusion_node: frame assembly", {}).get("heads_known") == str(N), "the heads")
+        fleet.wait_for(lambda: all(p.get_subscription_count() for p in fleet.preds),
+                       "the prediction subscriptions")
+
+        def publish_frames(count: int) -> list[int]:
+            stamps = []
+            for _ in range(count):
+                stamp_ns = sim_ns()
+                sec, nanosec = divmod(stamp_ns, 1_000_000_000)
+                for device in range(N):
+                    features, probs = device_output(device, fleet.k)
+                    fleet.preds[device].publish(msgs.DevicePrediction(
+                        header=Header(stamp=Time(sec=sec, nanosec=nanosec)), device_id=device,
+                        probabilities=probs.tolist(), features=features.tolist()))
+                stamps.append(stamp_ns)
+                fleet.k += 1
+                fleet.spin_for(PERIOD)
+            fleet.wait_for(lambda: set(stamps) <= set(fleet.fused_by_stamp()), "the frames")
+            return stamps
+
+        publish_frames(10)  # every device heard: alive
+        offset_ns[0] += 500 * 1_000_000_000
+        # Frames stamped after the jump are checked against the node's clock: it must have
+        # the new time first (a simulator's /clock leads the images it stamps).
+        fleet.wait_for(lambda: "jumped +500" in fleet.log.read_text(), "the jump")
+        after = publish_frames(10)
+        by_stamp = fleet.fused_by_stamp()
+        assert all(list(by_stamp[s][0][0].live_devices) == [0, 1, 2] for s in after)
+        log = fleet.log.read_text()
+        assert "dead" not in log, log[-3000:]

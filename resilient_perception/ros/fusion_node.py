@@ -84,6 +84,8 @@ from collections import deque
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterType
+from rclpy.clock import JumpThreshold, TimeJump
+from rclpy.duration import Duration
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
@@ -254,6 +256,15 @@ class FusionNode(Node):
         self.probability_tolerance = p["probability_tolerance"]
         self.max_abs = p["max_abs_value"]
         self.assembler: FrameAssembler | None = None
+        # Silences and frame waits are measured on the node clock, and a simulated clock
+        # jumps: to the simulation's time at the first /clock message, back when a bag loops
+        # or a simulation resets. A jump is not silence: what is measured moves with it
+        # (else the first /clock message made every device silent for the whole simulated
+        # time, and the watchdog declared them all dead).
+        self._clock_jumps = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=Duration(seconds=p["watchdog_timeout"] / 2),
+                          min_backward=Duration(nanoseconds=-1)),
+            post_callback=self._on_clock_jump)
         self.heads: ClassifierHeads | None = None
         self.rejections = Rejections(self, REJECTION_REASONS)
         self.accepted = 0
@@ -317,6 +328,14 @@ class FusionNode(Node):
     # -- helpers ---------------------------------------------------------------------------
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_clock_jump(self, jump: TimeJump) -> None:
+        delta = jump.delta.nanoseconds * 1e-9
+        self.monitor.postpone(delta)
+        if self.assembler is not None:
+            self.assembler.postpone(delta)
+        self.get_logger().info(f"the node clock jumped {delta:+.3f} s: device silences and "
+                               "frame waits moved with it")
 
     def _check_stall(self) -> None:
         """Called first in every callback that fuses: undo what a stall of this node did."""
