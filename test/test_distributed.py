@@ -157,6 +157,15 @@ def test_sample_window_is_a_median_of_the_last_samples():
         SampleWindow(0)
 
 
+def test_a_stale_measurement_sizes_bursts_for_less_and_less():
+    from resilient_perception.placement.link_estimation import sizing_rate
+
+    assert sizing_rate(None, 0.0, 2.0) is None
+    assert sizing_rate(20e6, 0.4, 2.0) == 20e6  # fresh: as measured
+    assert sizing_rate(20e6, 2.5, 2.0) == 10e6
+    assert sizing_rate(20e6, 7.9, 2.0) == 2.5e6  # three timeouts old: an eighth
+
+
 def test_provisional_samples_stand_in_only_until_the_first_firm_one():
     # Sizing bursts (a few ms on a fast link) are timed 20-30% off; three of them filled the
     # window of a slow-to-discover fleet and its median came out a third too low.

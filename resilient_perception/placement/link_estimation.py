@@ -53,6 +53,7 @@ __all__ = [
     "next_burst_period",
     "relative_change",
     "round_trip_s",
+    "sizing_rate",
 ]
 
 
@@ -252,6 +253,24 @@ def relative_change(reference: float, value: float) -> float:
     if reference <= 0:
         return float("inf")
     return abs(value - reference) / reference
+
+
+def sizing_rate(measured_bps: float | None, age_s: float, timeout_s: float) -> float | None:
+    """The rate to size the next burst to a peer for, from the peer's last measurement.
+
+    The measurement of a link comes back from its receiver over the links themselves. When
+    a link slows down, bursts sized for the old rate fill it, and so can bursts the other
+    way: the measurements that would size them down are then stuck in the same queues. So a
+    measurement older than ``timeout_s`` counts for half as much per ``timeout_s`` of age
+    (``measured_bps / 2**(age_s // timeout_s)``), until fresh ones arrive. A burst sized for
+    more than the link's rate still fills the link, so it still times it right.
+
+    Returns:
+        None (size for an unknown rate) without a measurement.
+    """
+    if measured_bps is None:
+        return None
+    return measured_bps / 2.0 ** (max(age_s, 0.0) // timeout_s)
 
 
 def next_burst_period(period: float, base: float, maximum: float,

@@ -21,6 +21,12 @@ receiver's ``<robot>/link_probe`` topic (``LinkProbe`` messages):
   from its part that arrived alone; one with no such part is counted in ``contended`` and
   left to the median of the window.
 
+A peer's measurement older than ``feedback_timeout_s`` sizes the bursts for half its rate,
+a quarter after twice as long, and so on
+(:func:`..placement.link_estimation.sizing_rate`): when a link slows down, bursts sized for
+the old rate fill it both ways, and the measurements that would size them down wait in the
+same queues.
+
 The bursts take about ``burst_s / burst_period_s`` (10% by default) of each robot's uplink,
 at least ``min_burst_count x burst_bytes x 8 / burst_period_s`` bits/s (0.2 Mbit/s), and
 delay the activations they meet on a link. With ``max_burst_period_s`` above
@@ -61,6 +67,7 @@ from resilient_perception.placement.link_estimation import (
     fits_one_frame,
     next_burst_period,
     round_trip_s,
+    sizing_rate,
 )
 from resilient_perception.ros.node_utils import THROTTLE_S, descriptor, run_node
 from resilient_perception.ros.topics import PROBE_TOPIC_FORMAT, probe_qos
@@ -117,6 +124,11 @@ class LinkProbeNode(Node):
         publish_period = self.declare_parameter("publish_period_s", 0.5, descriptor(
             "Seconds between two published measurements.", double,
             float_range=(0.01, 60.0))).value
+        self.feedback_timeout = self.declare_parameter("feedback_timeout_s", 2.0, descriptor(
+            "A peer's measurement of a link from this robot older than this sizes the bursts "
+            "for half its rate, a quarter after twice as long, ... (the measurements are "
+            "stuck behind bursts sized for a link that has slowed down).", double,
+            float_range=(0.01, 600.0))).value
         self.peers = [peer for peer in self.peers if peer]
         if not self.robot:
             raise ValueError("parameter 'robot' (this robot's name) is required")
@@ -143,6 +155,7 @@ class LinkProbeNode(Node):
         self.throughput = {peer: SampleWindow(window) for peer in self.peers}
         self.rtt = {peer: SampleWindow(window) for peer in self.peers}
         self.outbound_bps: dict[str, float] = {}  # peer -> rate to it, as the peer measured
+        self._outbound_heard: dict[str, float] = {}  # peer -> monotonic time of that
         self.rejected = 0
         self.contended = 0
         """Burst samples timed while other peers' bursts arrived all through them."""
@@ -190,7 +203,9 @@ class LinkProbeNode(Node):
         peer = self.peers[self._next_peer]
         self._next_peer = (self._next_peer + 1) % len(self.peers)
         self._burst += 1
-        rate = self.outbound_bps.get(peer)
+        rate = sizing_rate(self.outbound_bps.get(peer),
+                           time.monotonic() - self._outbound_heard.get(peer, 0.0),
+                           self.feedback_timeout)
         count = burst_count(rate, self._sent_bytes[peer] + PROBE_TRANSPORT_BYTES, self.burst_s,
                             *self.burst_counts)
         kind = LinkProbe.BURST if rate is not None else LinkProbe.SIZING_BURST
@@ -204,6 +219,7 @@ class LinkProbeNode(Node):
         if msg.from_robot == self.robot and msg.to_robot in self._to_peer and (
                 msg.throughput_bps > 0):
             self.outbound_bps[msg.to_robot] = msg.throughput_bps
+            self._outbound_heard[msg.to_robot] = time.monotonic()
 
     def _on_probe(self, probe: LinkProbe, info: MessageInfo) -> None:
         now = time.monotonic_ns()
