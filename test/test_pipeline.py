@@ -72,7 +72,8 @@ def test_command_lines_are_the_launch_files(tmp_path):
         "-r", "image_raw:=camera_2/image_raw", "-r", "prediction:=perception/device_2/prediction",
         "-r", "head:=perception/device_2/head"]
     camera = pipeline.nodes["camera_2"].parameters
-    assert camera == {"device_id": 2, "model_path": str(Path("onnx/device_2.onnx").resolve())}
+    assert camera == {"device_id": 2, "image_reliability": "reliable",
+                      "model_path": str(Path("onnx/device_2.onnx").resolve())}
     assert pipeline.nodes["fusion"].parameters["num_devices"] == 6
     assert pipeline.nodes["player"].parameters == {
         "num_cameras": 6, "image_topic_format": "camera_{}/image_raw", "count": 30}

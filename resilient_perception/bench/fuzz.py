@@ -550,7 +550,7 @@ def run_fuzz(
     for name in sorted(final):
         reasons = set(final[name]) | set(baseline.get(name, {}))
         for reason in sorted(reasons):
-            if reason in ("accepted", "rejected", "fused", "pending", "heads_known",
+            if reason in ("received", "accepted", "rejected", "fused", "pending", "heads_known",
                           "heads_of_other_shapes", "own_stalls", "deadlines_doubted"):
                 continue
             got = final[name].get(reason, 0) - baseline.get(name, {}).get(reason, 0)
