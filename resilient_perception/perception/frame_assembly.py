@@ -49,7 +49,7 @@ DEATH_REASONS = ("deadline", "liveliness", "watchdog")
 class DeviceHealth(enum.Enum):
     """Health of one device as seen by the fusion node."""
 
-    UNKNOWN = "unknown"  # never heard from
+    UNKNOWN = "unknown"  # never heard from: "no input yet"
     ALIVE = "alive"
     DEAD = "dead"
 
@@ -68,10 +68,12 @@ class _DeviceRecord:
 class DeviceMonitor:
     """Tracks which devices are alive, from arrivals, QoS events and a watchdog.
 
-    A device is ALIVE from its first accepted prediction until it is marked dead (QoS
-    deadline missed, liveliness lost) or the watchdog finds it silent for longer than
-    ``watchdog_timeout``; a dead device that is heard again is ALIVE again, so it is used
-    from its next frame on.
+    A device is UNKNOWN ("no input yet") until its first accepted prediction, then ALIVE
+    until it is marked dead (QoS deadline missed, liveliness lost) or the watchdog finds it
+    silent for longer than ``watchdog_timeout``; a dead device that is heard again is ALIVE
+    again, so it is used from its next frame on. A device never heard is not declared dead:
+    frames do not wait for it either way, and "no input yet" says what is known (a camera
+    still starting, or one whose images never arrive).
     """
 
     def __init__(self, n_devices: int, watchdog_timeout: float):
@@ -80,15 +82,6 @@ class DeviceMonitor:
         self.n_devices = n_devices
         self.watchdog_timeout = float(watchdog_timeout)
         self._devices = [_DeviceRecord() for _ in range(n_devices)]
-        self._started_at: float | None = None
-
-    def start(self, now: float) -> None:
-        """Start the watchdog clock: a device never heard by ``now + timeout`` is declared dead.
-
-        This is needed because QoS deadline events never fire for a publisher that never
-        sent a sample, so a device that fails to come up would otherwise go unnoticed.
-        """
-        self._started_at = now
 
     def heard(self, device: int, now: float) -> bool:
         """Record an accepted prediction from ``device``; return True if it became ALIVE."""
@@ -120,28 +113,19 @@ class DeviceMonitor:
     def check_watchdog(self, now: float) -> list[int]:
         """Mark dead every device silent for longer than the timeout; return the newly dead.
 
-        A device never heard counts as silent since :meth:`start`.
-
-        Raises:
-            RuntimeError: if :meth:`start` has not been called.
-
+        Only devices heard before can fall silent: one never heard stays UNKNOWN.
         """
-        if self._started_at is None:
-            raise RuntimeError("DeviceMonitor.start(now) must be called before check_watchdog")
         newly_dead = []
         for device, record in enumerate(self._devices):
-            if record.health is DeviceHealth.DEAD:
+            if record.health is DeviceHealth.DEAD or record.last_heard is None:
                 continue
-            silent_since = self._started_at if record.last_heard is None else record.last_heard
-            if now - silent_since > self.watchdog_timeout:
+            if now - record.last_heard > self.watchdog_timeout:
                 self.mark_dead(device, "watchdog", now)
                 newly_dead.append(device)
         return newly_dead
 
     def postpone(self, seconds: float) -> None:
         """Shift every silence the watchdog measures by ``seconds`` (this process stalled)."""
-        if self._started_at is not None:
-            self._started_at += seconds
         for record in self._devices:
             if record.last_heard is not None:
                 record.last_heard += seconds

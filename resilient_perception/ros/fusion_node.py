@@ -14,7 +14,8 @@ Publishes
   one source stamp, or with ``sync_tolerance`` of stamps at most that far apart
   (free-running cameras; the frame carries the earliest);
 * ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``) every ``diagnostics_period``: one
-  status per device (OK alive, WARN never heard, ERROR dead) and one for the rejections.
+  status per device (OK alive, WARN "no input yet" before its first prediction, ERROR dead)
+  and one for the rejections.
 
 All fusion logic is in :mod:`resilient_perception.perception.frame_assembly`; this node converts
 messages, forwards QoS events and runs two timers: the watchdog every
@@ -135,6 +136,7 @@ _LEVELS = {
     DeviceHealth.UNKNOWN: DiagnosticStatus.WARN,
     DeviceHealth.DEAD: DiagnosticStatus.ERROR,
 }
+_MESSAGES = {DeviceHealth.UNKNOWN: "no input yet"}
 # Every rejection reason, reported from the start (0) on /diagnostics: predictions (the
 # last three decided by the frame assembler), then classifier heads, then any callback.
 REJECTION_REASONS = (
@@ -251,7 +253,6 @@ class FusionNode(Node):
         self.frame_timeout = p["frame_timeout"]
         self.sync_tolerance_ns = round(p["sync_tolerance"] * 1e9)
         self.monitor = DeviceMonitor(self.n_devices, p["watchdog_timeout"])
-        self.monitor.start(self._now())
         self.stamp_window = (p["max_stamp_ahead_s"], p["max_stamp_age_s"])
         self.probability_tolerance = p["probability_tolerance"]
         self.max_abs = p["max_abs_value"]
@@ -509,7 +510,8 @@ class FusionNode(Node):
             status = DiagnosticStatus(
                 level=max(level, DiagnosticStatus.WARN) if second else level,
                 name=f"{name}: device {device}", hardware_id=f"device_{device}",
-                message=health.value + (f" ({rec['reason']})" if rec["reason"] else "")
+                message=(_MESSAGES.get(health, health.value)
+                         + (f" ({rec['reason']})" if rec["reason"] else ""))
                 + (f"; {second}" if second else ""))
             head = self.heads is not None and bool(self.heads.known[device])
             values = {"health": health.value, "messages": rec["messages"],
