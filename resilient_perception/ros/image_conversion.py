@@ -110,18 +110,16 @@ def _as_uint8_buffer(data: Any) -> np.ndarray:
         return np.asarray(data, dtype=np.uint8)  # a plain list of ints
 
 
-def image_to_array(msg: Any) -> np.ndarray:
-    """Convert a ``sensor_msgs/Image``-like object to a native-byte-order ``(H, W, C)`` copy.
+def _unpadded_rows(msg: Any, pixel_bytes: int) -> np.ndarray:
+    """The image's bytes as ``(height, width * pixel_bytes)`` uint8, row padding dropped.
 
-    Channels keep the encoding's order (bgr8 stays BGR); single-channel encodings give
-    ``C = 1``. Raises :class:`ImageConversionError` for an unknown encoding, a zero size, a
-    ``step`` shorter than one row, or ``data`` whose length is not ``height * step``.
+    Raises :class:`ImageConversionError` for a zero size, a ``step`` shorter than one row,
+    or ``data`` whose length is not ``height * step``.
     """
-    enc = _encoding(msg.encoding)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
         raise ImageConversionError(f"image has zero size ({height}x{width})")
-    row_bytes = width * enc.channels * enc.dtype.itemsize
+    row_bytes = width * pixel_bytes
     if step < row_bytes:
         raise ImageConversionError(
             f"step {step} is smaller than one row of {width} {msg.encoding} pixels "
@@ -133,8 +131,20 @@ def image_to_array(msg: Any) -> np.ndarray:
             f"data has {buf.size} bytes, expected height*step = {height}*{step} = "
             f"{height * step} for a {height}x{width} {msg.encoding} image"
         )
-    # Drop row padding, then reinterpret the bytes in the message's byte order.
-    rows = np.ascontiguousarray(buf.reshape(height, step)[:, :row_bytes])
+    return np.ascontiguousarray(buf.reshape(height, step)[:, :row_bytes])
+
+
+def image_to_array(msg: Any) -> np.ndarray:
+    """Convert a ``sensor_msgs/Image``-like object to a native-byte-order ``(H, W, C)`` copy.
+
+    Channels keep the encoding's order (bgr8 stays BGR); single-channel encodings give
+    ``C = 1``. Raises :class:`ImageConversionError` for an unknown encoding, a zero size, a
+    ``step`` shorter than one row, or ``data`` whose length is not ``height * step``.
+    """
+    enc = _encoding(msg.encoding)
+    height, width = int(msg.height), int(msg.width)
+    rows = _unpadded_rows(msg, enc.channels * enc.dtype.itemsize)
+    # Reinterpret the bytes in the message's byte order.
     wire = enc.dtype.newbyteorder(">" if msg.is_bigendian else "<")
     pixels = rows.view(wire).reshape(height, width, enc.channels)
     return pixels.astype(enc.dtype.newbyteorder("="), copy=True)
@@ -151,22 +161,12 @@ def decode_image(msg: Any) -> tuple[np.ndarray, str]:
     if msg.encoding not in _OPENCV_ENCODINGS:
         return image_to_array(msg), msg.encoding
     pixel_bytes, conversion = _OPENCV_ENCODINGS[msg.encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        raise ImageConversionError(f"image has zero size ({height}x{width})")
+    rows = _unpadded_rows(msg, pixel_bytes)
+    height, width = int(msg.height), int(msg.width)
     if pixel_bytes == 2 and width % 2:
         raise ImageConversionError(f"{msg.encoding} needs an even width, got {width}")
-    if step < width * pixel_bytes:
-        raise ImageConversionError(f"step {step} is smaller than one row of {width} "
-                                   f"{msg.encoding} pixels ({width * pixel_bytes} bytes)")
-    buf = _as_uint8_buffer(msg.data)
-    if buf.size != height * step:
-        raise ImageConversionError(
-            f"data has {buf.size} bytes, expected height*step = {height}*{step} = "
-            f"{height * step} for a {height}x{width} {msg.encoding} image")
     import cv2
 
-    rows = np.ascontiguousarray(buf.reshape(height, step)[:, :width * pixel_bytes])
     packed = rows.reshape(height, width, pixel_bytes) if pixel_bytes > 1 else rows
     return cv2.cvtColor(packed, getattr(cv2, conversion)), "bgr8"
 
