@@ -1,4 +1,4 @@
-"""Training speed as a ratio: achieved FLOP/s beside the machine's matmul peak (issue 17, item 5).
+"""Training speed as a ratio: achieved FLOP/s beside the machine's matmul peak.
 
 An epoch's seconds say little across machines; its share of what the machine can do says
 how far from the limit it runs. :class:`EpochMeter` times an epoch (wall and CPU seconds) and

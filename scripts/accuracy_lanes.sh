@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 17's long training runs in background lanes (docs/results.md, "Accuracy at the
+# The long accuracy training runs in background lanes (docs/results.md, "Accuracy at the
 # papers' budget"): the six CIFAR-10 device CNNs at the paper's 40 epochs (`paper` and
 # `ours`, seeds 0..2, 50%-overlapping views, flip + translate before cutting) and the fast
 # ResNet recipe (plain and stochastic depth).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Produce docs/results/edge/ (issue 16): resident memory and exec-to-ready time of the fusion
+# Produce docs/results/edge/: resident memory and exec-to-ready time of the fusion
 # node and two camera nodes (ONNX Runtime backend) streaming at 30 Hz, and the wall time of
 # `resilient-perception --help` / `--version`. LABEL names the run (footprint-LABEL.json,
 # help-LABEL.json); footprint.md puts every labelled run side by side. The model only has to

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Produce docs/results/fuzz/: the live fuzz (issue 15 item 3), 10,000 malformed messages by
+# Produce docs/results/fuzz/: the live fuzz, 10,000 malformed messages by
 # default, with the small MNIST model of scripts/small_model.sh.
 # Usage: scripts/reproduce_fuzz.sh [MESSAGES]      (after scripts/setup.sh)
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The gated Modifier (issue 17, item 3) per dataset: devices trained with a validation split
+# The gated Modifier per dataset: devices trained with a validation split
 # held out of training (`train --holdout`), then `evaluate --gated` fits the gate on it and
 # scores no Modifier / plain Modifier / gated on the test split; `gated-report` writes
 # docs/results/gated/tables.md (means and 95% CIs over seeds, paired t-tests).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Produce docs/results/soak/: the soak with chaos (issue 15 item 4), 30 minutes by default,
+# Produce docs/results/soak/: the soak with chaos, 30 minutes by default,
 # with the small MNIST model of scripts/small_model.sh.
 # Usage: scripts/reproduce_soak.sh [MINUTES]      (after scripts/setup.sh)
 set -euo pipefail

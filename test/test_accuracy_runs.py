@@ -1,4 +1,4 @@
-"""Issue 17's long runs on real CIFAR-10 cuts: per-epoch resume, checkpoints, FLOP/s meter."""
+"""The long accuracy runs on real CIFAR-10 cuts: per-epoch resume, checkpoints, FLOP/s meter."""
 
 from __future__ import annotations
 

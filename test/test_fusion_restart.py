@@ -1,4 +1,4 @@
-"""The fusion node killed and restarted, and a second writer on a device's topic (issue 15).
+"""The fusion node killed and restarted, and a second writer on a device's topic.
 
 Real processes over DDS on loopback: the installed ``fusion_node`` (started by
 :class:`~resilient_perception.harness.pipeline.Pipeline`), this test process playing three

@@ -86,7 +86,7 @@ def test_two_minutes_of_chaos_lose_nothing_outside_the_reaction_windows(
     grown = {node: p["rss_growth"] for node, p in report["processes"].items()}
     assert grown["camera_5"] is not None and grown["player"] is not None  # measured
     assert report["criteria"]["max_fd_growth"]["passed"], report["processes"]
-    # Memory: the 5%, on a run this short and a loaded machine, is the target the
+    # Memory: the soak's 5% criterion, on a run this short and a loaded machine, is the target the
     # report checks; the test asserts the looser bound that catches a leak of a frame per
     # frame (a 2-minute run cannot tell a slow one from allocator warm-up).
     assert all(g is None or g < 0.10 for g in grown.values()), grown

@@ -17,7 +17,7 @@ What the report says (``report.json``, ``report.md``, ``samples.csv``, ``latency
   in flight) and ends :data:`REACTION_S` after it; a ``stop`` lasts until its ``cont``; a
   kill of the fusion node lasts until its restarted instance is active (its output
   publisher appears on the graph) plus :data:`FUSION_RESTART_BOUND_S` (the bound within
-  which it must fuse complete frames again, issue 15 item 6);
+  which it must fuse complete frames again);
 * reaction times: kill/stop of a camera to the first frame with its surrogate, restart/cont
   to the first frame with it live again, fusion restart to active, to all classifier heads
   known again (its ``/diagnostics``) and to the first complete frame;

@@ -1,4 +1,4 @@
-"""A Modifier that never hurts beyond noise: each option is used only where it helps (issue 17).
+"""A Modifier that never hurts beyond noise: each option is used only where it helps.
 
 The Modifier's surrogate, and each learned option (:mod:`.learned_modifier`), helps on some
 datasets and live sets and hurts on others (on an IDX pair trained 3 epochs every option

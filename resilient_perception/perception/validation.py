@@ -15,7 +15,7 @@ import numpy as np
 __all__ = ["VALIDATION_SEED", "holdout_split"]
 
 VALIDATION_SEED = 17
-"""Seed of the validation draw (issue 17): the same samples for every run and method."""
+"""Seed of the validation draw: the same samples for every run and method."""
 
 
 def holdout_split(n: int, size: int, seed: int = VALIDATION_SEED

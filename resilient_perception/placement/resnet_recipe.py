@@ -1,4 +1,4 @@
-"""A fast CPU recipe for the block-addressable ResNet (issue 17, item 2), resumable per epoch.
+"""A fast CPU recipe for the block-addressable ResNet, resumable per epoch.
 
 The model is :class:`.resnet.ResNet` unchanged (ResNet-50's 3-4-6-3 bottleneck blocks, each
 droppable), wider than the old default. What makes short training reach high accuracy,
