@@ -20,16 +20,15 @@ from resilient_perception.placement.resnet_recipe import ResNetRecipe, train_res
 from resilient_perception.placement.resnet_training import augment
 from resilient_perception.run_state import STATE_NAME, load_state, save_state
 from resilient_perception.throughput import EpochMeter, forward_macs, matmul_peak
-from test.conftest import DATA_ROOT
+from test.conftest import DATA_ROOT, needs_data
 
-DATA = DATA_ROOT
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present")
+pytestmark = needs_data
 
 
 @pytest.fixture(scope="module")
 def cifar():
     """CIFAR-10 train and test splits (decoded once, then cached by the loader)."""
-    return load_cifar10(DATA, "train"), load_cifar10(DATA, "test")
+    return load_cifar10(DATA_ROOT, "train"), load_cifar10(DATA_ROOT, "test")
 
 
 def test_state_round_trips_without_pickles(tmp_path):

@@ -11,10 +11,9 @@ import pytest
 
 from resilient_perception.cli import main
 from resilient_perception.datasets import load_mnist
-from test.conftest import DATA_ROOT
+from test.conftest import DATA_ROOT, needs_data
 
-DATA = DATA_ROOT
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present")
+pytestmark = needs_data
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -27,7 +26,7 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 def idx_pairs(tmp_path_factory):
     """A user's own IDX data: 300 training and 200 held-out MNIST digits."""
     folder = tmp_path_factory.mktemp("idx")
-    data = load_mnist(DATA, "test")
+    data = load_mnist(DATA_ROOT, "test")
     pairs = {}
     for name, part in (("train", slice(0, 300)), ("heldout", slice(300, 500))):
         _write_idx(folder / f"{name}-images.idx", data.images[part, 0])

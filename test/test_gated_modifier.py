@@ -10,9 +10,7 @@ import pytest
 from resilient_perception.cli import main
 from resilient_perception.paper.gated_modifier import fit_gate, mcnemar
 from resilient_perception.perception.validation import holdout_split
-from test.conftest import DATA_ROOT
-
-DATA = DATA_ROOT
+from test.conftest import DATA_ROOT, needs_data
 
 
 def test_mcnemar_counts_only_discordant_samples():
@@ -43,14 +41,14 @@ def test_holdout_split_is_fixed_and_disjoint():
         holdout_split(100, 100)
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets not present")
+@needs_data
 def test_evaluate_gated_end_to_end(tmp_path, capsys):
     out = tmp_path / "m"
     assert main(["train", "--limit", "1500", "--holdout", "500", "--epochs", "1",
-                 "--threads", "1", "--out", str(out), "--data-root", str(DATA)]) == 0
+                 "--threads", "1", "--out", str(out), "--data-root", str(DATA_ROOT)]) == 0
     checkpoint = str(out / "model.safetensors")
     assert main(["evaluate", checkpoint, "--limit", "500", "--gated", "--data-root",
-                 str(DATA), "--out", str(tmp_path / "e")]) == 0
+                 str(DATA_ROOT), "--out", str(tmp_path / "e")]) == 0
     result = json.loads((tmp_path / "e" / "gated.json").read_text())
     assert result["fit_samples"] == 1000 and result["validation_samples"] == 500
     assert set(result["summary"]) == {"none", "modifier", "gated"}
@@ -64,10 +62,10 @@ def test_evaluate_gated_end_to_end(tmp_path, capsys):
 
     plain = tmp_path / "plain"
     assert main(["train", "--limit", "300", "--epochs", "1", "--threads", "1",
-                 "--out", str(plain), "--data-root", str(DATA)]) == 0
+                 "--out", str(plain), "--data-root", str(DATA_ROOT)]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(plain / "model.safetensors"), "--gated", "--limit", "100",
-                 "--data-root", str(DATA)]) == 2
+                 "--data-root", str(DATA_ROOT)]) == 2
     assert "--holdout" in capsys.readouterr().err
 
 
