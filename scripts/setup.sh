@@ -21,6 +21,16 @@ hash_of() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 # venv must not leak them into ours.
 unset _ROS_WHEELS_BOOTSTRAP_COMPLETE || true
 
+# Headless Chromium (Debian's package) drives the dashboard's browser test and the
+# dashboard benchmark; installed when missing and this is root (as CI is), else the test
+# skips and says why.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  say "installing chromium (Debian package) for the dashboard's browser test"
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+    >/tmp/rp-setup-chromium.log 2>&1 \
+    || say "could not install chromium (log /tmp/rp-setup-chromium.log): the browser test will skip"
+fi
+
 if [ ! -x "$venv/bin/python" ]; then
   say "creating $venv"
   "$python" -m venv "$venv"

@@ -33,6 +33,7 @@ __all__ = [
     "CAMERA_HEAD_TOPIC",
     "CAMERA_IMAGE_TOPIC",
     "CAMERA_PREDICTION_TOPIC",
+    "DASHBOARD_QUEUE_DEPTH",
     "DIAGNOSTICS_TOPIC",
     "DISTRIBUTED_PREDICTION_TOPIC",
     "FRAME_ID_FORMAT",
@@ -50,6 +51,7 @@ __all__ = [
     "PREDICTION_TOPIC_FORMAT",
     "PROBE_TOPIC_FORMAT",
     "activation_qos",
+    "dashboard_qos",
     "fused_qos",
     "head_qos",
     "image_qos",
@@ -268,3 +270,25 @@ def probe_qos(depth: int) -> QoSProfile:
 
     return QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT,
                       history=HistoryPolicy.KEEP_LAST, depth=depth)
+
+
+# Messages of one topic the dashboard's reader holds: it shows the newest and scores what
+# arrives, so a few absorb a burst (the devices' predictions of one frame arrive together
+# on separate topics; the labels and fused frames of a frame arrive one after the other).
+DASHBOARD_QUEUE_DEPTH = 5
+
+
+def dashboard_qos(depth: int = DASHBOARD_QUEUE_DEPTH) -> QoSProfile:
+    """Profile of the dashboard's subscriptions: BEST_EFFORT, VOLATILE, KEEP_LAST ``depth``.
+
+    Best effort so that the dashboard never slows a publisher: a RELIABLE writer neither
+    waits for nor resends to a BEST_EFFORT reader, so a dashboard that falls behind loses
+    messages, never the pipeline's time. It matches RELIABLE and BEST_EFFORT publishers
+    alike and requests no deadline or liveliness (every publisher's offer satisfies it).
+    The latched plan is the exception: the dashboard reads it with :func:`plan_qos`.
+    """
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT,
+                      history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      durability=DurabilityPolicy.VOLATILE)

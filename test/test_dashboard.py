@@ -1,0 +1,273 @@
+"""The dashboard: its state model and previews (no ROS), its server, and the page in a real
+headless Chromium against a live pipeline (six tiles, a kill, the latency plot, a screenshot).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from resilient_perception.dashboard.preview import preview_jpeg
+from resilient_perception.dashboard.server import DashboardServer
+from resilient_perception.dashboard.state import DashboardState, pool_live, tile_state
+from resilient_perception.harness.browser import chromium_path
+from test.conftest import ROOT, domain_id
+
+S = 1_000_000_000  # ns
+
+
+def probs(label: int, confidence: float = 0.9, k: int = 10) -> np.ndarray:
+    out = np.full(k, (1.0 - confidence) / (k - 1), np.float32)
+    out[label] = confidence
+    return out
+
+
+def test_tile_states_from_health_and_surrogates():
+    assert tile_state("alive", False) == "live"
+    assert tile_state("alive", True) == "late"
+    assert tile_state("dead", True) == "dead"
+    assert tile_state("unknown", False) == "no input"
+    assert tile_state("something new", False) == "no input"
+
+
+def test_pooling_without_the_modifier_is_the_fusion_nodes():
+    a, b = probs(3, 0.6), probs(5, 0.9)
+    assert pool_live([a, b], "avg") == 5
+    assert pool_live([a, a, b], "avg") == 3
+    assert pool_live([a, a, b], "max") == 5
+
+
+def test_a_kill_marks_the_tile_dead_with_surrogate_and_an_event():
+    state = DashboardState(3)
+    for device in range(3):
+        state.on_device_health(device, "alive", "", 0.0)
+    state.on_fused(1 * S, 4, 0.8, [0, 1, 2], [], 0.004, "avg", 1.0)
+    snap = state.snapshot(1.0)
+    assert [t["state"] for t in snap["tiles"]] == ["live"] * 3
+    assert not snap["fusion_silent"] and snap["events"] == []
+
+    state.on_fused(2 * S, 4, 0.8, [0, 2], [1], 0.005, "avg", 2.0)
+    assert [t["state"] for t in state.snapshot(2.0)["tiles"]] == ["live", "late", "live"]
+    state.on_device_health(1, "dead", "liveliness", 2.5)
+    snap = state.snapshot(2.5)
+    tile = snap["tiles"][1]
+    assert (tile["state"], tile["reason"], tile["surrogate"]) == ("dead", "liveliness", True)
+    assert snap["fused"]["surrogates"] == [1]
+    assert [(e["kind"], e["text"]) for e in snap["events"]] == [
+        ("dead", "device 1 dead (liveliness)")]
+    assert snap["events"][0]["t"] == pytest.approx(0.0)
+    # no fused frame for a while: the surrogate flag goes, the death stays
+    assert state.snapshot(10.0)["tiles"][1]["surrogate"] is False
+    assert state.snapshot(10.0)["fusion_silent"]  # no fusion diagnostics for 7.5 s
+    state.on_device_health(1, "alive", "", 11.0)
+    assert state.snapshot(11.0)["events"][-1]["kind"] == "alive"
+
+
+def test_camera_restarts_are_seen_from_the_received_counter():
+    state = DashboardState(2)
+    state.on_camera_status(0, {"received": "300", "input_rate_hz": "30.0",
+                               "inference_p50_ms": "0.4"}, 1.0)
+    assert state.snapshot(1.0)["tiles"][0]["inference_ms"] == pytest.approx(0.4)
+    state.on_camera_status(0, {"received": "5", "input_rate_hz": "bad"}, 2.0)
+    tile = state.snapshot(2.0)["tiles"][0]
+    assert tile["restarts"] == 1 and tile["input_rate_hz"] is None
+    state.on_camera_status(0, {"received": "35", "input_rate_hz": "30.0"}, 3.0)
+    assert state.snapshot(3.0)["tiles"][0]["input_rate_hz"] == 30.0
+    assert state.snapshot(9.0)["tiles"][0]["input_rate_hz"] is None  # no report since
+    assert state.snapshot(2.0)["events"][-1]["text"] == "camera 0 restarted"
+
+
+def test_accuracy_with_and_without_the_modifier_on_the_same_frames():
+    state = DashboardState(3, accuracy_window=4)
+    # frame 1: devices 0, 2 live and right, device 1 replaced: both right
+    # frame 2: device 0 live says 7, device 2 live says 2 (more sure): without -> 2 (wrong),
+    #          the Modifier's fused label 7 is right
+    # frame 3: a live device's prediction was never heard: scored with the Modifier only
+    truths = {1: 3, 2: 7, 3: 1}
+    state.on_prediction(0, 1 * S, probs(3), 0.0)
+    state.on_prediction(2, 1 * S, probs(3), 0.0)
+    state.on_prediction(0, 2 * S, probs(7, 0.5), 0.0)
+    state.on_prediction(2, 2 * S, probs(2, 0.9), 0.0)
+    state.on_label(2 * S, truths[2])  # a label before its fused frame counts too
+    for stamp, label in ((1, 3), (2, 7), (3, 1)):
+        state.on_fused(stamp * S, label, 0.9, [0, 2], [1], 0.01, "avg", float(stamp))
+    state.on_label(1 * S, truths[1])
+    state.on_label(3 * S, truths[3])
+    acc = state.snapshot(3.0)["accuracy"]
+    assert acc["frames"] == 3 and acc["compared_frames"] == 2
+    assert acc["modifier"] == 1.0 and acc["without_modifier"] == 0.5
+    for stamp in range(4, 10):  # the window keeps the last 4
+        state.on_fused(stamp * S, 0, 0.9, [0], [], 0.01, "avg", float(stamp))
+        state.on_label(stamp * S, 1)
+    assert state.snapshot(10.0)["accuracy"]["modifier"] == 0.0
+
+
+def test_latency_bins_and_events_keep_the_window():
+    state = DashboardState(1, window_s=10.0)
+    for i in range(40):  # 4 s at 10 Hz: 8 bins of 0.5 s
+        state.on_fused(i, 0, 1.0, [0], [], 0.001 * (1 + i % 5), "avg", 100.0 + 0.1 * i)
+    bins = state.snapshot(104.0)["latency"]
+    assert len(bins) == 8 and all(-4.0 <= b[0] <= 0.0 for b in bins)
+    assert all(b[1] <= b[2] <= 5.0 for b in bins)
+    state.add_event(106.0, "kill", "kill -9 camera_0")
+    assert state.snapshot(114.5)["latency"] == []  # older than the window
+    assert len(state.snapshot(114.5)["events"]) == 1
+    assert state.snapshot(117.0)["events"] == []
+
+
+def test_plan_links_and_requests():
+    state = DashboardState(1)
+    plan = {"version": 2, "reason": "rate change", "units": ["stem", "b1"],
+            "rows": [{"source": "robot0", "robots": ["robot0", None]}]}
+    state.on_plan(plan, 1.0)
+    state.on_plan(plan, 1.5)  # the same plan again is no new event
+    state.on_link("robot0", "robot1", 20e6, 0.002, 1.0)
+    state.on_request(0.030, 1.0)
+    snap = state.snapshot(2.0)
+    assert snap["plan"]["rows"][0]["robots"] == ["robot0", None]
+    assert [e["text"] for e in snap["events"]] == ["plan v2 (rate change)"]
+    assert snap["links"][0]["mbps"] == pytest.approx(20.0)
+    assert snap["requests"]["p50_ms"] == pytest.approx(30.0)
+
+
+def test_previews_are_small_jpegs():
+    import cv2
+
+    big = np.zeros((480, 640, 3), np.uint8)
+    big[:, :320, 0] = 255  # left half red
+    jpeg = preview_jpeg(big, max_width=160)
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (120, 160, 3)
+    assert image[60, 20, 2] > 200 and image[60, 140, 2] < 50  # BGR: red stays left
+    assert cv2.imdecode(np.frombuffer(preview_jpeg(big[:28, :28]), np.uint8),
+                        cv2.IMREAD_COLOR).shape == (28, 28, 3)  # small: not enlarged
+    with pytest.raises(ValueError, match="uint8"):
+        preview_jpeg(np.zeros((4, 4), np.uint8))
+
+
+def gap(numbers: list[int]) -> bool:
+    return any(b - a > 1 for a, b in zip(numbers, numbers[1:], strict=False))
+
+
+def test_server_pushes_the_newest_state_and_serves_the_page():
+    count = iter(range(10**6))
+    pad = "x" * 500_000  # big pushes: a browser that stops reading fills the socket soon
+    server = DashboardServer(lambda: {"n": next(count), "pad": pad},
+                             lambda: {0: "data:image/jpeg;base64,"}, port=0,
+                             push_period=0.02).start()
+    try:
+        assert server.url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(server.url, timeout=5) as page:
+            assert b"dashboard.js" in page.read()
+        with urllib.request.urlopen(server.url + "static/dashboard.js", timeout=5) as script:
+            assert b"EventSource" in script.read()
+        with urllib.request.urlopen(server.url + "events", timeout=5) as events:
+            assert events.headers["Content-Type"] == "text/event-stream"
+            lines = [events.readline().decode() for _ in range(6)]
+            assert lines[0] == "event: state\n" and lines[3] == "event: images\n"
+            time.sleep(1.0)  # a browser that does not read: updates are skipped, not queued
+            seen: list[int] = []
+            while len(seen) < 40 and not gap(seen):
+                line = events.readline().decode()
+                if line.startswith("data: {\"n\""):
+                    seen.append(json.loads(line[len("data: "):])["n"])
+        assert gap(seen), seen
+        assert server.skipped > 0
+        with pytest.raises(ValueError, match="cannot serve"):
+            DashboardServer(dict, dict, port=server.port)  # the port is taken
+    finally:
+        server.stop()
+    assert server.clients == 0
+
+
+# -- the page in a real browser, against a live pipeline ---------------------------------------
+
+needs_chromium = pytest.mark.skipif(
+    chromium_path() is None,
+    reason="chromium not installed (Debian package `chromium`; scripts/setup.sh installs it "
+    "when run as root)")
+TILE = "document.querySelector('.tile[data-device=\"{}\"]')"
+MNIST_CONFIG = ROOT / "config" / "mnist_6cam.yaml"
+DEAD_SHOWN_WITHIN_S = 1.0  # after the fusion node's /diagnostics reported the death
+
+
+@pytest.mark.ros
+@pytest.mark.timeout(150)
+@needs_chromium
+def test_the_page_shows_a_live_pipeline_and_a_kill(briefly_trained_onnx, tmp_path,
+                                                     monkeypatch):
+    from test.conftest import require_ros
+
+    require_ros()
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from resilient_perception.harness.browser import HeadlessBrowser
+    from resilient_perception.harness.pipeline import (
+        NodeSpec,
+        Observer,
+        Pipeline,
+        package_prefix,
+        pipeline_nodes,
+    )
+    from resilient_perception.ros.topics import DIAGNOSTICS_TOPIC
+
+    if not (package_prefix() / "lib" / "resilient_perception" / "dashboard_node").is_file():
+        pytest.skip("nodes not installed: run scripts/setup.sh")
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain_id()))
+    nodes = [*pipeline_nodes(6, model_path=briefly_trained_onnx),
+             NodeSpec("dashboard", "dashboard_node", {"port": 0})]
+    # A looping player at 15 Hz: frames keep coming whatever the start-up took.
+    nodes = [NodeSpec(n.name, n.executable, {**n.parameters, "rate_hz": 15.0, "loop": True,
+                                             "count": 300}, n.remappings)
+             if n.name == "player" else n for n in nodes]
+    dead_seen: list[float] = []
+
+    def fusion_reports_dead(array: DiagnosticArray) -> None:
+        if not dead_seen and any(s.name == "fusion: device 2" and any(
+                kv.key == "health" and kv.value == "dead" for kv in s.values)
+                for s in array.status):
+            dead_seen.append(time.monotonic())
+
+    with (Observer(name="dashboard_test") as observer,
+          Pipeline(nodes, MNIST_CONFIG, log_dir=tmp_path / "logs") as pipeline):
+        diagnostics = observer.collect(DiagnosticArray, DIAGNOSTICS_TOPIC)
+        pipeline.start_ready(observer, timeout=90.0)
+        url = observer.spin_until(lambda: next((kv.value for a in diagnostics for s in a.status
+                                                if s.name == "dashboard" for kv in s.values
+                                                if kv.key == "url"), None),
+                                  "the dashboard's URL on /diagnostics", 20.0, pipeline)
+        with HeadlessBrowser(tmp_path / "chromium") as browser:
+            browser.open(url)
+            browser.wait_for("document.querySelectorAll('.tile').length == 6", 20.0)
+            browser.wait_for("[...document.querySelectorAll('.tile')].every("
+                             "t => t.dataset.state == 'live' && t.querySelector('img').src)",
+                             30.0)
+            assert browser.evaluate("document.querySelectorAll('.tile').length") == 6
+            plot = "document.getElementById('latency').dataset"
+            bins = browser.wait_for(f"Number({plot}.bins) > 0 && Number({plot}.bins)", 10.0)
+            updates = int(browser.evaluate(f"{plot}.updates"))
+
+            observer.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC,
+                                              fusion_reports_dead, 10)
+            pipeline.kill("camera_2")
+            observer.spin_until(lambda: dead_seen, "the fusion node to report device 2 dead",
+                                15.0, pipeline)
+            shown = browser.wait_for(
+                f"{TILE.format(2)}.dataset.state == 'dead' && "
+                f"{TILE.format(2)}.dataset.surrogate == 'true'", 5.0, period=0.02)
+            delay = time.monotonic() - dead_seen[0]
+            assert shown and delay <= DEAD_SHOWN_WITHIN_S, f"dead tile after {delay:.2f} s"
+            for device in (0, 1, 3, 4, 5):
+                assert browser.evaluate(f"{TILE.format(device)}.dataset.state") == "live"
+            assert "device 2 dead" in browser.evaluate(
+                "document.getElementById('event-list').textContent")
+            assert int(browser.evaluate(f"{plot}.updates")) > updates
+            assert int(browser.wait_for(f"Number({plot}.bins) > {bins} && {plot}.bins",
+                                        10.0)) > bins  # the plot moves with time
+            shot = browser.screenshot(tmp_path / "dashboard.png")
+    assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 10_000
+    print(f"dead tile {delay:.3f} s after the fusion node's report; screenshot {shot}")
