@@ -4,7 +4,8 @@ ROS users build the package with colcon (CMakeLists.txt), which also generates t
 `pip install .` gives the same modules without `resilient_perception.msg` and installs the
 `resilient-perception` console script. The placement solvers (OR-Tools CP-SAT, the default of
 `plan`, and pymoo's GA) are part of that workflow; ONNX export and ONNX Runtime are the
-`[onnx]` extra (`pip install '.[onnx]'`), the bag commands' `rosbags` the `[bags]` extra: the
+`[onnx]` extra (`pip install '.[onnx]'`, or `'.[gpu]'` for the CUDA/TensorRT build), the bag
+commands' `rosbags` the `[bags]` extra: the
 commands that need them say so and exit 2.
 """
 
@@ -32,6 +33,10 @@ setup(
         "ortools>=9.8",
         "pymoo>=0.6",
     ],
-    extras_require={"onnx": ["onnx>=1.15", "onnxruntime>=1.17"], "bags": ["rosbags>=0.10"]},
+    # `[gpu]` is `[onnx]` with NVIDIA's ONNX Runtime build (CUDA and TensorRT providers);
+    # install one of the two, not both (they ship the same `onnxruntime` module).
+    extras_require={"onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
+                    "gpu": ["onnx>=1.15", "onnxruntime-gpu>=1.17"],
+                    "bags": ["rosbags>=0.10"]},
     entry_points={"console_scripts": ["resilient-perception=resilient_perception.cli:main"]},
 )

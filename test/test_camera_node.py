@@ -338,3 +338,31 @@ def test_compressed_and_yuyv_images_from_a_driver_give_the_raw_images_prediction
         np.testing.assert_allclose(
             cam.ask(msg).probabilities,
             runner.run(crop_views(seen[None], SPEC.boxes(28, 28))[:, DEVICE])[0][0], atol=1e-5)
+
+
+def test_an_int8_export_runs_on_cpu_when_an_absent_provider_is_asked_for(model_files, images,
+                                                                          tmp_path):
+    from resilient_perception.perception.reduced_precision import precision_path, quantize_int8
+
+    views = crop_views(images, SPEC.boxes(28, 28))[:, DEVICE]
+    int8 = quantize_int8(model_files["onnx"], precision_path(tmp_path / "device_2.onnx", "int8"),
+                         views[128:])
+    with running_camera(tmp_path, device_id=DEVICE, model_path=str(int8),
+                        providers=["TensorrtExecutionProvider", "CPUExecutionProvider"],
+                        provider_options=["TensorrtExecutionProvider:trt_fp16_enable=True"]
+                        ) as cam:
+        pred = cam.ask(image_msg(images[3], sec=400))
+        assert cam.pipeline.interrupt(NAME) == 0, cam.log.read_text()
+    probs, features = DeviceRunner.from_onnx(int8, threads=1).run(views[3:4])
+    np.testing.assert_allclose(pred.probabilities, probs[0], atol=1e-5)
+    np.testing.assert_allclose(pred.features, features[0], atol=1e-5)
+    log = cam.log.read_text()
+    assert "device_2.int8.onnx on CPUExecutionProvider" in log
+    assert log.count("TensorrtExecutionProvider'] are not available") == 1, log
+
+
+def test_bad_provider_options_fail_configure_with_the_reason(model_files, tmp_path):
+    code, log = exit_code_and_log(tmp_path, device_id=DEVICE, model_path=str(model_files["onnx"]),
+                                  provider_options=["CUDAExecutionProvider:device_id=0"])
+    assert code == 1
+    assert "not in providers" in log and "autostart failed" in log

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..datasets import DATASET_NAMES, IDX_PREFIX, evaluation_data
-from ..perception.modes import PRECISIONS
+from ..perception.modes import PRECISIONS, REDUCED_PRECISIONS
 from ..perception.views import ViewSpec, parse_noise
 from .common import fraction, grid, positive_int, require_onnx, size, write_csv, write_json
 
@@ -237,12 +237,41 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Export device CNNs of a checkpoint to ONNX (device_<i>.onnx) for the camera nodes."""
     require_onnx("export")
+    from ..perception.checkpoint import load_checkpoint
     from ..perception.export import export_checkpoint
 
+    precisions = [p for p in REDUCED_PRECISIONS if getattr(args, p)]
+    if precisions:
+        if args.devices is not None:
+            raise ValueError("--int8/--fp16 score the fused accuracy of every device: "
+                             "leave out --devices")
+        test_dataset, described = evaluation_data(load_checkpoint(args.checkpoint)[1],
+                                                  args.dataset, "test")
     paths = export_checkpoint(args.checkpoint, args.out, args.devices, args.image_size,
                               args.opset)
     for path in paths:
         print(path)
+    if not precisions:
+        return 0
+    from tqdm import tqdm
+
+    from ..perception.reduced_precision import export_reduced_precisions, precision_table
+
+    with tqdm(desc="scoring exports", unit="sample") as bar:
+        result = export_reduced_precisions(
+            args.checkpoint, paths, precisions, test_dataset, args.data_root,
+            args.calibration_samples, args.seed, args.limit, bar.update)
+    for name in precisions:
+        for path in result["files"][name]:
+            print(path)
+    write_json(args.out / "precision.json", result)
+    report = (f"Accuracy (%) on {described} ({result['test_samples']} samples), avg fusion "
+              "with the Modifier, mean over every failed set of each size; written by "
+              f"`resilient-perception export {args.checkpoint} --out {args.out} "
+              f"{' '.join('--' + p for p in precisions)} --seed {args.seed}` (raw: "
+              f"precision.json).\n\n{precision_table(result)}\n")
+    (args.out / "precision.md").write_text(report)
+    print(f"\n{report}\nwrote {args.out / 'precision.json'} and precision.md")
     return 0
 
 
@@ -349,6 +378,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="full image size the views are cut from (default: from the "
                    "checkpoint's dataset; needed for idx: datasets)")
     p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write device_<i>.int8.onnx (static QDQ quantisation calibrated "
+                   "on training views) and print its accuracy beside fp32")
+    p.add_argument("--fp16", action="store_true",
+                   help="also write device_<i>.fp16.onnx (half-precision weights, float32 "
+                   "input/outputs; for GPU providers) and print its accuracy beside fp32")
+    p.add_argument("--calibration-samples", type=positive_int, default=1000,
+                   help="training views per device that calibrate int8 (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="draw of the calibration views")
+    p.add_argument("--dataset", default=None,
+                   help="test data for the accuracy of --int8/--fp16 (default: the "
+                   "checkpoint's dataset, test split; idx:IMAGES:LABELS for a held-out pair)")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder holding the datasets (default: $RESILIENT_PERCEPTION_DATA or "
+                   "../shared/datasets)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="score only the first N test samples (quick runs)")
     p.set_defaults(func=cmd_export)
 
 

@@ -9,18 +9,17 @@ parameters, ~14.72 KB). The analogue here, all ROS-free:
   :func:`.frame_assembly.fuse_frame` on one frame with one device missing, with and without
   the surrogate (the difference is the Modifier's cost), and as the vectorised torch
   :func:`.modifier.synthesize_surrogate` for that frame.
-* **int8.** :func:`quantize_device_onnx` quantises an exported device (``export_onnx``)
-  with ONNX Runtime's static quantisation, calibrated on training views of that device, and
-  keeps the float metadata (the classifier head the fusion node averages stays float).
-* **Accuracy.** :func:`runner_outputs` runs device runners over a whole split so the same
-  :func:`.evaluation.evaluate_failures` that scores torch outputs scores ORT fp32 / int8.
+* **int8.** :func:`.reduced_precision.quantize_int8` quantises an exported device (the
+  same conversion as ``export --int8``), calibrated on training views of that device.
+* **Accuracy.** :func:`.reduced_precision.runner_outputs` runs device runners over a whole
+  split, so the :func:`.evaluation.evaluate_failures` that scores torch outputs scores ORT
+  fp32 / int8.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,23 +28,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_static,
-)
-from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
 from ..perception.checkpoint import load_checkpoint
 from ..perception.evaluation import evaluate_failures, summarise
 from ..perception.experiment import DeviceViews, load_device_views
 from ..perception.frame_assembly import ClassifierHeads, Frame, fuse_frame
-from ..perception.model import count_parameters, views_to_float
+from ..perception.model import count_parameters
 from ..perception.modifier import synthesize_surrogate
-from ..perception.runtime import META_KEY, DeviceRunner
+from ..perception.reduced_precision import calibration_views, quantize_int8, runner_outputs
+from ..perception.runtime import DeviceRunner
 from ..perception.views import ViewSpec
 
 __all__ = [
@@ -56,9 +48,7 @@ __all__ = [
     "measure_modifier_cost",
     "median_time",
     "onnx_size_kb",
-    "quantize_device_onnx",
     "run_cost_benchmark",
-    "runner_outputs",
     "surrogate_call",
     "time_call",
     "timing_summary",
@@ -153,55 +143,6 @@ def surrogate_call(frame: Frame, heads: ClassifierHeads) -> Callable[[], torch.T
     return lambda: synthesize_surrogate(features, weights, biases, live)
 
 
-class _ViewReader(CalibrationDataReader):
-    """Feeds uint8 views (M, C, h, w) to the calibrator as ``views`` float batches."""
-
-    def __init__(self, views: np.ndarray, batch_size: int) -> None:
-        self._batches = iter([
-            {"views": views_to_float(views[s : s + batch_size]).numpy()}
-            for s in range(0, len(views), batch_size)
-        ])
-
-    def get_next(self) -> dict | None:
-        return next(self._batches, None)
-
-
-def quantize_device_onnx(
-    fp32_path: str | os.PathLike[str],
-    int8_path: str | os.PathLike[str],
-    calibration_views: np.ndarray,
-    per_channel: bool = True,
-    batch_size: int = 32,
-) -> Path:
-    """Quantise one exported device model to int8 (static, QDQ) and return its path.
-
-    The model is pre-processed as ONNX Runtime recommends (``quant_pre_process``). Weights
-    are int8 (per output channel when ``per_channel``), activations uint8 with ranges from
-    min/max over ``calibration_views`` (uint8 (M, C, h, w), the device's own training
-    views). The ``export_onnx`` metadata is copied, so :class:`DeviceRunner`
-    loads the result like the float model; the head in it stays float32.
-    """
-    int8_path = Path(int8_path)
-    int8_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=int8_path.parent) as tmp:
-        # ORT's recommended pre-processing (shape inference, constant folding of the
-        # shortcut's pad arithmetic) before inserting the QDQ pairs.
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared))
-        quantize_static(
-            str(prepared), str(int8_path), _ViewReader(calibration_views, batch_size),
-            quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
-    source = onnx.load(str(fp32_path))
-    model = onnx.load(str(int8_path))
-    props = {p.key: p.value for p in source.metadata_props if p.key == META_KEY}
-    onnx.helper.set_model_props(model, props)
-    onnx.save(model, str(int8_path))
-    return int8_path
-
-
 def onnx_size_kb(path: str | os.PathLike[str]) -> dict:
     """Size of an ONNX file in KB (1024 bytes), and of its stored weights alone.
 
@@ -213,27 +154,6 @@ def onnx_size_kb(path: str | os.PathLike[str]) -> dict:
     model = onnx.load(str(path))
     weights = sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
     return {"file_kb": Path(path).stat().st_size / 1024, "weights_kb": weights / 1024}
-
-
-def runner_outputs(
-    runners: Sequence[DeviceRunner],
-    views: np.ndarray,
-    batch_size: int = 1024,
-    progress: Callable[[int], object] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Device ``probs (M, N, K)`` and ``features (M, N, D)`` of uint8 views (M, N, C, h, w).
-
-    ``progress`` is called with the number of samples done after each batch.
-    """
-    probs, features = [], []
-    for start in range(0, len(views), batch_size):
-        outputs = [runner.run(views[start : start + batch_size, i])
-                   for i, runner in enumerate(runners)]
-        probs.append(np.stack([p for p, _ in outputs], axis=1))
-        features.append(np.stack([f for _, f in outputs], axis=1))
-        if progress is not None:
-            progress(len(probs[-1]))
-    return np.concatenate(probs), np.concatenate(features)
 
 
 def _cpu_name() -> str:
@@ -253,14 +173,6 @@ def machine_info() -> dict:
         "torch": torch.__version__, "onnxruntime": ort.__version__, "onnx": onnx.__version__,
         "numpy": np.__version__, "load_average_start": list(os.getloadavg()),
     }
-
-
-def _calibration_views(train: DeviceViews, device: int, samples: int,
-                       rng: np.random.Generator) -> np.ndarray:
-    """``samples`` random training views of ``device`` (only samples where it has a view)."""
-    candidates = np.flatnonzero(train.available[:, device])
-    chosen = rng.choice(candidates, min(samples, len(candidates)), replace=False)
-    return train.views[np.sort(chosen), device]
 
 
 def _accuracy(probs, features, weights, biases, data: DeviceViews) -> dict:
@@ -318,9 +230,8 @@ def _cost_benchmark(checkpoint, onnx_pattern, int8_dir, data_root, repeats,
     rng = np.random.default_rng(seed)
     fp32_paths = [Path(onnx_pattern.format(i)) for i in range(n)]
     int8_paths = [
-        quantize_device_onnx(fp32_paths[i], Path(int8_dir) / f"device_{i}.onnx",
-                             _calibration_views(train, i, calibration_samples, rng),
-                             per_channel)
+        quantize_int8(fp32_paths[i], Path(int8_dir) / f"device_{i}.onnx",
+                      calibration_views(train, i, calibration_samples, rng), per_channel)
         for i in tqdm(range(n), desc="quantising", unit="device", disable=not progress)
     ]
     runners = {

@@ -7,7 +7,7 @@ parser need these names without importing torch; :mod:`.modifier`, :mod:`.evalua
 
 from __future__ import annotations
 
-__all__ = ["EVALUATION_MODES", "FUSION_MODES", "PRECISIONS"]
+__all__ = ["EVALUATION_MODES", "FUSION_MODES", "PRECISIONS", "REDUCED_PRECISIONS"]
 
 FUSION_MODES = ("avg", "max")
 # Majority voting is the "ensemble voting" baseline of the paper's Figure 7: scored offline
@@ -15,3 +15,5 @@ FUSION_MODES = ("avg", "max")
 EVALUATION_MODES = (*FUSION_MODES, "vote")
 # Training precisions: fp32, or the forward pass under bfloat16 autocast.
 PRECISIONS = ("fp32", "bf16")
+# Deployment precisions of a device export beside fp32 (:mod:`.reduced_precision`).
+REDUCED_PRECISIONS = ("int8", "fp16")

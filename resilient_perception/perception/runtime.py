@@ -40,6 +40,7 @@ __all__ = [
     "ExportError",
     "decode_array",
     "encode_array",
+    "parse_provider_options",
     "softmax",
     "view_hw",
     "views_to_float32",
@@ -113,8 +114,37 @@ def view_hw(metadata: dict, image_hw: tuple[int, int] | None = None) -> tuple[in
     return box.height, box.width
 
 
-def _choose_providers(preferred: Sequence[str] | None) -> list[str]:
-    """Keep the available preferred providers, in order, and always end with CPU."""
+def parse_provider_options(entries: Sequence[str],
+                           providers: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Per-provider ONNX Runtime options from ``PROVIDER:OPTION=VALUE`` entries.
+
+    For example ``["TensorrtExecutionProvider:trt_fp16_enable=True",
+    "TensorrtExecutionProvider:trt_engine_cache_path=/var/cache/trt"]``; each provider must
+    be one of ``providers``, and empty entries are skipped (a ROS string array parameter
+    cannot be empty, so ``[""]`` means none). Values stay strings, as ONNX Runtime takes
+    them. Raises ValueError naming the entry to fix.
+    """
+    options: dict[str, dict[str, str]] = {}
+    for entry in entries:
+        if not entry.strip():
+            continue
+        provider, _, setting = entry.partition(":")
+        key, equals, value = setting.partition("=")
+        if not (provider.strip() and key.strip() and equals):
+            raise ValueError(f"provider option {entry!r} is not PROVIDER:OPTION=VALUE")
+        if provider.strip() not in providers:
+            raise ValueError(f"provider option {entry!r} is for {provider.strip()}, which is "
+                             f"not in providers {list(providers)}")
+        options.setdefault(provider.strip(), {})[key.strip()] = value.strip()
+    return options
+
+
+def _choose_providers(preferred: Sequence[str] | None,
+                      options: dict[str, dict[str, str]]) -> list[tuple[str, dict[str, str]]]:
+    """Keep the available preferred providers, in order, and always end with CPU.
+
+    Each comes with its options (``{}`` when none are given).
+    """
     import onnxruntime as ort
 
     available = set(ort.get_available_providers())
@@ -123,8 +153,9 @@ def _choose_providers(preferred: Sequence[str] | None) -> list[str]:
     missing = [p for p in wanted if p not in available]
     if missing:
         _log.warning("ONNX Runtime providers %s are not available here (available: %s); "
-                     "falling back", missing, sorted(available))
-    return [*chosen, CPU_PROVIDER]
+                     "falling back to %s", missing, sorted(available),
+                     [*chosen, CPU_PROVIDER])
+    return [(p, options.get(p, {})) for p in (*chosen, CPU_PROVIDER)]
 
 
 def _read_onnx_metadata(session: Any, path: Path) -> dict:
@@ -172,13 +203,16 @@ class DeviceRunner:
         path: str | os.PathLike[str],
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        provider_options: dict[str, dict[str, str]] | None = None,
     ) -> DeviceRunner:
         """Load a model written by :func:`.export.export_onnx` into ONNX Runtime.
 
+        The fp32 export and its int8 and fp16 variants (:mod:`.reduced_precision`) all load.
         ``providers`` is a preference list such as ``["TensorrtExecutionProvider",
         "CUDAExecutionProvider", "CPUExecutionProvider"]``; providers this ONNX Runtime
-        lacks are dropped (with a warning) and CPU is always the last resort. ``threads``
-        caps intra-op threads (several camera nodes often share one board).
+        lacks are dropped (with a warning) and CPU is always the last resort.
+        ``provider_options`` gives a provider its options (:func:`parse_provider_options`).
+        ``threads`` caps intra-op threads (several camera nodes often share one board).
         """
         import onnxruntime as ort
 
@@ -189,8 +223,9 @@ class DeviceRunner:
         if threads is not None:
             options.intra_op_num_threads = threads
         try:
-            session = ort.InferenceSession(str(path), options,
-                                           providers=_choose_providers(providers))
+            session = ort.InferenceSession(
+                str(path), options,
+                providers=_choose_providers(providers, provider_options or {}))
         except Exception as exc:  # ORT raises its own exception types for bad models
             raise ExportError(f"{path}: not a loadable ONNX model ({exc})") from exc
         meta = _read_onnx_metadata(session, path)

@@ -109,6 +109,9 @@ class CameraNode(Node):
         self.declare_parameter("providers", ["CPUExecutionProvider"], _descriptor(
             "ONNX Runtime execution providers in order of preference; unavailable ones are "
             "skipped and CPU is always the last resort.", p))
+        self.declare_parameter("provider_options", [""], _descriptor(
+            "Execution provider options as PROVIDER:OPTION=VALUE entries, e.g. "
+            "TensorrtExecutionProvider:trt_fp16_enable=True; [''] for none.", p))
         self.declare_parameter("threads", 1, _descriptor(
             "Intra-op threads of the inference backend.", i, (1, 64)))
         self.declare_parameter("input_topic", CAMERA_IMAGE_TOPIC, _descriptor(
@@ -242,7 +245,12 @@ class CameraNode(Node):
     def _load_model(self) -> _Model:
         # Imported here: onnxruntime takes a while to import, and only configure needs it.
         # The runtime module is torch-free; torch comes in below, for the torch backend only.
-        from resilient_perception.perception.runtime import DeviceRunner, ExportError, view_hw
+        from resilient_perception.perception.runtime import (
+            DeviceRunner,
+            ExportError,
+            parse_provider_options,
+            view_hw,
+        )
 
         param = self.get_parameter
         device_id, backend = param("device_id").value, param("backend").value
@@ -270,7 +278,10 @@ class CameraNode(Node):
             if backend != "onnxruntime":
                 raise ValueError(f"backend {backend!r} needs a .safetensors checkpoint, "
                                  f"got {path}")
-            runner = DeviceRunner.from_onnx(path, param("providers").value, threads)
+            providers = param("providers").value
+            runner = DeviceRunner.from_onnx(
+                path, providers, threads,
+                parse_provider_options(param("provider_options").value, providers))
             meta, input_hw = runner.metadata, runner.input_hw
             if meta["device_id"] != device_id:
                 raise ValueError(f"{path} holds device {meta['device_id']}, but device_id "
