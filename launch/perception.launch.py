@@ -4,6 +4,8 @@ r"""The perception pipeline: N camera nodes and the fusion node, plus the datase
     ros2 launch resilient_perception perception.launch.py model_path:=/abs/onnx_dir/device_{}.onnx
     ros2 launch resilient_perception perception.launch.py player:=false \
         config:=/abs/my_params.yaml num_cameras:=4 use_sim_time:=true namespace:=robot1
+    ros2 launch resilient_perception perception.launch.py one_process:=true \
+        model_path:=/abs/onnx_dir/device_{}.onnx
 
 Nodes (names, executables, per-node parameters, remappings) come from
 ``resilient_perception.harness.pipeline.pipeline_nodes``, the function ``Pipeline`` uses to
@@ -33,20 +35,21 @@ def _nodes(context: LaunchContext) -> list[Node]:
     # Your own cameras: a BEST_EFFORT image subscription, which every driver matches.
     specs = pipeline_nodes(int(arg("num_cameras")), player=player,
                            model_path=arg("model_path") or None,
-                           image_reliability="reliable" if player else "best_effort")
-    sim_time = {"use_sim_time": arg("use_sim_time") == "true"}
+                           image_reliability="reliable" if player else "best_effort",
+                           one_process=arg("one_process") == "true")
     # A namespace (even "") makes launch_ros key each node's own parameters by its full
     # name (/camera_2, /robot1/camera_2), which beats the config file's sections; without
     # one it would use /**, which the config file's `fusion:` / `player:` sections beat.
+    # use_sim_time is a process-wide -p: it reaches every node of a one-process container.
     return [Node(package=PACKAGE, executable=spec.executable, name=spec.name,
-                 namespace=arg("namespace"), parameters=[arg("config"),
-                                                         {**spec.parameters, **sim_time}],
+                 namespace=arg("namespace"), parameters=[arg("config"), spec.parameters],
+                 ros_arguments=["-p", f"use_sim_time:={arg('use_sim_time')}"],
                  remappings=list(spec.remappings), output="screen")
             for spec in specs]
 
 
 def generate_launch_description() -> LaunchDescription:
-    """Launch arguments config, model_path, num_cameras, player, use_sim_time, namespace."""
+    """The pipeline, with the launch arguments declared below."""
     share = Path(get_package_share_directory(PACKAGE))
     return LaunchDescription([
         DeclareLaunchArgument(
@@ -65,6 +68,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             "use_sim_time", default_value="false", choices=["true", "false"],
             description="Every node on /clock (Gazebo, a bag played with --clock)"),
+        DeclareLaunchArgument(
+            "one_process", default_value="false", choices=["true", "false"],
+            description="The cameras and the fusion node in one process "
+                        "(perception_container) instead of one process each"),
         DeclareLaunchArgument(
             "namespace", default_value="",
             description="Namespace of every node and relative topic (e.g. robot1)"),

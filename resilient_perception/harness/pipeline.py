@@ -74,6 +74,8 @@ NATIVE_STACKS_AFTER_S = 3.0
 """A node still running this long after SIGINT gets its threads' native stacks written to
 its log (with gdb, when installed): ``run_node`` gives leaving DDS 5 s and then prints only
 the Python stacks, which end at the call into the middleware."""
+CONTAINER_NAME = "perception"
+"""Node (and process) name of ``perception_container`` in a one-process pipeline."""
 T = TypeVar("T")
 
 
@@ -111,6 +113,7 @@ def pipeline_nodes(
     model_path: str | os.PathLike[str] | None = None,
     image_topic_format: str = IMAGE_TOPIC_FORMAT,
     image_reliability: str = "reliable",
+    one_process: bool = False,
 ) -> list[NodeSpec]:
     """The perception pipeline's nodes in start order: fusion, cameras, then the player.
 
@@ -131,6 +134,10 @@ def pipeline_nodes(
             ``"best_effort"`` (matched by any camera driver; the launch files' choice when
             the cameras are the user's).
 
+        one_process: The fusion node and the cameras in one process
+            (``perception_container``, node ``perception``), with the same node names,
+            topics and parameters; the player stays its own process.
+
     Returns:
         The node specs.
     """
@@ -138,21 +145,34 @@ def pipeline_nodes(
         raise ValueError(f"num_cameras must be >= 1, got {num_cameras}")
     if image_topic_format.format(0) == image_topic_format.format(1):
         raise ValueError(f"image_topic_format needs a '{{}}' field, got {image_topic_format!r}")
-    nodes = [NodeSpec("fusion", "fusion_node", {
-        "num_devices": num_cameras, "prediction_topic_format": PREDICTION_TOPIC_FORMAT,
-        "head_topic_format": HEAD_TOPIC_FORMAT})]
-    for i in range(num_cameras):
-        model = {} if model_path is None else {
-            "model_path": os.fspath(model_path).replace("{}", str(i))}
-        nodes.append(NodeSpec(f"camera_{i}", "camera_node", {
-            "device_id": i, "image_reliability": image_reliability, **model}, (
-            (CAMERA_IMAGE_TOPIC, image_topic_format.format(i)),
-            (CAMERA_PREDICTION_TOPIC, PREDICTION_TOPIC_FORMAT.format(i)),
-            (CAMERA_HEAD_TOPIC, HEAD_TOPIC_FORMAT.format(i)))))
+    if one_process:
+        nodes = [NodeSpec(CONTAINER_NAME, "perception_container", {
+            "num_cameras": num_cameras, "fusion": True,
+            "image_topic_format": image_topic_format, "image_reliability": image_reliability,
+            "model_path_format": "" if model_path is None else os.fspath(model_path)})]
+    else:
+        nodes = [NodeSpec("fusion", "fusion_node", {
+            "num_devices": num_cameras, "prediction_topic_format": PREDICTION_TOPIC_FORMAT,
+            "head_topic_format": HEAD_TOPIC_FORMAT})]
+        for i in range(num_cameras):
+            model = {} if model_path is None else {
+                "model_path": os.fspath(model_path).replace("{}", str(i))}
+            nodes.append(NodeSpec(f"camera_{i}", "camera_node", {
+                "device_id": i, "image_reliability": image_reliability, **model}, (
+                (CAMERA_IMAGE_TOPIC, image_topic_format.format(i)),
+                (CAMERA_PREDICTION_TOPIC, PREDICTION_TOPIC_FORMAT.format(i)),
+                (CAMERA_HEAD_TOPIC, HEAD_TOPIC_FORMAT.format(i)))))
     if player:
         nodes.append(NodeSpec("player", "player_node", {
             "num_cameras": num_cameras, "image_topic_format": image_topic_format}))
     return nodes
+
+
+def _cameras_in(spec: NodeSpec) -> int:
+    """Camera nodes the process of ``spec`` runs (a container's default is 6)."""
+    if spec.executable == "perception_container":
+        return int(spec.parameters.get("num_cameras", 6))
+    return int(spec.executable == "camera_node")
 
 
 def package_prefix() -> Path:
@@ -234,6 +254,7 @@ class Pipeline:
         image_topic_format: str = IMAGE_TOPIC_FORMAT,
         log_dir: str | os.PathLike[str] | None = None,
         domain_id: int | None = None,
+        one_process: bool = False,
     ) -> Pipeline:
         """The perception pipeline of :func:`pipeline_nodes` with a config file.
 
@@ -248,6 +269,7 @@ class Pipeline:
             image_topic_format: Image topic of camera ``i``.
             log_dir: See :class:`Pipeline`.
             domain_id: See :class:`Pipeline`.
+            one_process: Fusion and cameras in one process, see :func:`pipeline_nodes`.
 
         Raises:
             PipelineError: For overrides of a node the pipeline does not have (and see
@@ -255,7 +277,7 @@ class Pipeline:
         """
         model = None if model_path is None else Path(model_path).resolve()
         nodes = pipeline_nodes(num_cameras, player=player, model_path=model,
-                               image_topic_format=image_topic_format)
+                               image_topic_format=image_topic_format, one_process=one_process)
         names = [spec.name for spec in nodes]
         unknown = sorted(set(overrides or {}) - set(names))
         if unknown:
@@ -354,7 +376,7 @@ class Pipeline:
         players = [name for name, spec in self.nodes.items()
                    if spec.executable in ("player_node", "replay_node")]
         self.start(*(name for name in self.names if name not in players))
-        cameras = sum(spec.executable == "camera_node" for spec in self.nodes.values())
+        cameras = sum(_cameras_in(spec) for spec in self.nodes.values())
         observer.wait_for_fusion(cameras, timeout, self)
         return self.start(*players) if players else self
 

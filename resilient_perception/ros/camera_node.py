@@ -72,7 +72,7 @@ from resilient_perception.ros.topics import (
     prediction_qos,
 )
 
-__all__ = ["CameraNode", "main"]
+__all__ = ["CameraNode", "autostart", "main"]
 
 BACKENDS = ("onnxruntime", "torch")
 IMAGE_TRANSPORTS = ("raw", "compressed")
@@ -351,7 +351,7 @@ class CameraNode(Node):
         self.inputs.add(time.monotonic(), out.inference_time)
 
 
-def _autostart(node: CameraNode) -> int | None:
+def autostart(node: CameraNode) -> int | None:
     """Configure and activate unless ``autostart`` is off; 1 if that fails."""
     if node.get_parameter("autostart").value and not (
         node.trigger_configure() == TransitionCallbackReturn.SUCCESS
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     Exit codes: 0 after SIGINT/SIGTERM, 1 when autostart cannot configure or activate the
     node, 2 for a parameter of the wrong type or out of its range.
     """
-    return run_node(CameraNode, "camera_node", argv, on_created=_autostart)
+    return run_node(CameraNode, "camera_node", argv, on_created=autostart)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ __all__ = [
     "descriptor",
     "publish_counters",
     "run_node",
+    "run_nodes",
 ]
 
 # Period of throttled warnings about bad messages, seconds.
@@ -255,6 +256,23 @@ def run_node(
         the constructor); or what the hooks and ``startup_errors`` say. 1 when leaving the
         middleware took over :data:`SHUTDOWN_GRACE_S` (the stacks are on stderr).
     """
+    return run_nodes(lambda: [node_class()], name, argv, on_created, on_exit, startup_errors)
+
+
+def run_nodes(
+    create_nodes: Callable[[], list[Any]],
+    name: str,
+    argv: list[str] | None = None,
+    on_created: Callable[[Any], int | None] | None = None,
+    on_exit: Callable[[Any], int | None] | None = None,
+    startup_errors: Mapping[type[Exception], tuple[int, str]] | None = None,
+) -> int:
+    """:func:`run_node` for several nodes in one process, on one executor.
+
+    ``create_nodes`` makes them (after ``rclpy.init``); ``on_created`` and ``on_exit`` run
+    for each in order, and the first non-None result of ``on_created`` ends the process
+    with that code. Only a single node's ``finished`` future is waited for.
+    """
     import rclpy
     from rclpy.exceptions import (
         InvalidParameterTypeException,
@@ -270,20 +288,22 @@ def run_node(
     # not stop on SIGINT is doing (the pipeline harness asks before it kills one).
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     rclpy.init(args=argv)
-    node = None
+    nodes: list[Any] = []
     code = 0
     try:
         try:
-            node = node_class()
+            nodes = create_nodes()
         except tuple(errors) as exc:
             code, meaning = next(v for k, v in errors.items() if isinstance(exc, k))
             rclpy.logging.get_logger(name).fatal(f"{meaning}: {exc}")
             return code
-        if on_created is not None and (early := on_created(node)) is not None:
-            return early
+        for node in nodes:
+            if on_created is not None and (early := on_created(node)) is not None:
+                return early
         executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        finished = getattr(node, "finished", None)
+        for node in nodes:
+            executor.add_node(node)
+        finished = getattr(nodes[0], "finished", None) if len(nodes) == 1 else None
         if finished is not None:
             executor.spin_until_future_complete(finished)
         else:
@@ -297,12 +317,13 @@ def run_node(
         if rclpy.ok():
             raise
     finally:
-        if node is not None and on_exit is not None and (late := on_exit(node)) is not None:
-            code = late
+        for node in nodes:
+            if on_exit is not None and (late := on_exit(node)) is not None:
+                code = late
         # Leaving DDS (destroying the participant) has no time limit of its own: bound it,
         # and leave the threads' stacks in the log if it is what held the node up.
         faulthandler.dump_traceback_later(SHUTDOWN_GRACE_S, exit=True)
-        if node is not None:
+        for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
         # The participant leaves DDS here (peers learn it at once), not in the interpreter's
