@@ -206,6 +206,11 @@ def test_the_page_shows_a_live_pipeline_and_a_kill(briefly_trained_onnx, tmp_pat
     from diagnostic_msgs.msg import DiagnosticArray
 
     from resilient_perception.harness.browser import HeadlessBrowser
+    from resilient_perception.harness.dashboard import (
+        all_tiles_live,
+        dashboard_node,
+        wait_for_dashboard_url,
+    )
     from resilient_perception.harness.pipeline import (
         NodeSpec,
         Observer,
@@ -218,8 +223,7 @@ def test_the_page_shows_a_live_pipeline_and_a_kill(briefly_trained_onnx, tmp_pat
     if not (package_prefix() / "lib" / "resilient_perception" / "dashboard_node").is_file():
         pytest.skip("nodes not installed: run scripts/setup.sh")
     monkeypatch.setenv("ROS_DOMAIN_ID", str(domain_id()))
-    nodes = [*pipeline_nodes(6, model_path=briefly_trained_onnx),
-             NodeSpec("dashboard", "dashboard_node", {"port": 0})]
+    nodes = [*pipeline_nodes(6, model_path=briefly_trained_onnx), dashboard_node(6)]
     # A looping player at 15 Hz: frames keep coming whatever the start-up took.
     nodes = [NodeSpec(n.name, n.executable, {**n.parameters, "rate_hz": 15.0, "loop": True,
                                              "count": 300}, n.remappings)
@@ -234,18 +238,12 @@ def test_the_page_shows_a_live_pipeline_and_a_kill(briefly_trained_onnx, tmp_pat
 
     with (Observer(name="dashboard_test") as observer,
           Pipeline(nodes, MNIST_CONFIG, log_dir=tmp_path / "logs") as pipeline):
-        diagnostics = observer.collect(DiagnosticArray, DIAGNOSTICS_TOPIC)
         pipeline.start_ready(observer, timeout=90.0)
-        url = observer.spin_until(lambda: next((kv.value for a in diagnostics for s in a.status
-                                                if s.name == "dashboard" for kv in s.values
-                                                if kv.key == "url"), None),
-                                  "the dashboard's URL on /diagnostics", 20.0, pipeline)
+        url = wait_for_dashboard_url(observer, 20.0, pipeline)
         with HeadlessBrowser(tmp_path / "chromium") as browser:
             browser.open(url)
             browser.wait_for("document.querySelectorAll('.tile').length == 6", 20.0)
-            browser.wait_for("[...document.querySelectorAll('.tile')].every("
-                             "t => t.dataset.state == 'live' && t.querySelector('img').src)",
-                             30.0)
+            browser.wait_for(all_tiles_live(6), 30.0)
             assert browser.evaluate("document.querySelectorAll('.tile').length") == 6
             plot = "document.getElementById('latency').dataset"
             bins = browser.wait_for(f"Number({plot}.bins) > 0 && Number({plot}.bins)", 10.0)

@@ -12,6 +12,7 @@ lost frames.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -22,6 +23,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from resilient_perception.harness.browser import HeadlessBrowser
+from resilient_perception.harness.dashboard import (
+    dashboard_node,
+    wait_for_dashboard_url,
+)
 from resilient_perception.harness.pipeline import NodeSpec, Observer, Pipeline, pipeline_nodes
 from resilient_perception.harness.stream_monitor import StreamMonitor
 from resilient_perception.perception.stream_score import StreamScore
@@ -79,13 +85,15 @@ def parse_schedule(text: str, actions: Sequence[str] = ACTIONS) -> tuple[Failure
 
 
 def demo_nodes(config: Path, model_path: str, num_cameras: int, rate_hz: float,
-               count: int, bag: Path | None = None) -> list[NodeSpec]:
+               count: int, bag: Path | None = None,
+               dashboard_port: int | None = None) -> list[NodeSpec]:
     """The pipeline of :func:`~.pipeline.pipeline_nodes` plus a fusion node without Modifier.
 
     The second fusion node gets the config's ``fusion`` parameters with ``use_modifier``
     off and its own output topic, so both fuse under the same timeouts. With ``bag`` the
     frames come from a ``replay_node`` playing it (looped, recorded timing) instead of the
-    dataset player; the source node is named ``player`` either way.
+    dataset player; the source node is named ``player`` either way. With
+    ``dashboard_port`` (0: a free one) a dashboard node serves the page on that port.
     """
     nodes = pipeline_nodes(num_cameras, model_path=model_path)
     sections = yaml.safe_load(Path(config).read_text()) or {}
@@ -109,6 +117,8 @@ def demo_nodes(config: Path, model_path: str, num_cameras: int, rate_hz: float,
                 "wait_for_label_subscribers": 1}))
         else:
             out.append(spec)
+    if dashboard_port is not None:
+        out.append(dashboard_node(num_cameras, dashboard_port))
     return out
 
 
@@ -162,6 +172,8 @@ def run_live_demo(
     num_cameras: int = 6,
     emit: Callable[[str], None] = print,
     bag: Path | None = None,
+    dashboard_port: int | None = None,
+    screenshot: Path | None = None,
 ) -> dict:
     """Run the live pipeline for ``duration`` seconds of frames under ``schedule``.
 
@@ -175,6 +187,10 @@ def run_live_demo(
         num_cameras: cameras (devices).
         emit: where the live table goes.
         bag: replay this camera bag (``record-dataset``) instead of the dataset player.
+        dashboard_port: run a dashboard node on this port (0: a free one); its URL is
+            printed.
+        screenshot: with a dashboard, a headless Chromium keeps the page open and saves
+            this PNG of it one second before the end.
 
     Returns:
         The report (also written to ``out_dir/report.json``).
@@ -182,17 +198,27 @@ def run_live_demo(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     count = int(rate_hz * (duration + 10.0))  # enough frames; the demo stops the player
-    nodes = demo_nodes(config, model_path, num_cameras, rate_hz, count, bag)
+    if screenshot is not None and dashboard_port is None:
+        raise ValueError("a screenshot needs the dashboard")
+    nodes = demo_nodes(config, model_path, num_cameras, rate_hz, count, bag, dashboard_port)
     names = {spec.name for spec in nodes}
     unknown = sorted({e.node for e in schedule} - names)
     if unknown:
         raise ValueError(f"schedule names unknown nodes {unknown}; nodes are {sorted(names)}")
     reactions: list[dict] = []
     with (Observer(name="demo_monitor") as observer,
-          Pipeline(nodes, config, log_dir=out_dir / "logs") as pipeline):
+          Pipeline(nodes, config, log_dir=out_dir / "logs") as pipeline,
+          contextlib.ExitStack() as browsers):
         monitor = StreamMonitor(observer, STREAMS, num_cameras)
         emit(f"starting {len(nodes)} processes (logs in {out_dir / 'logs'}) ...")
         pipeline.start_ready(observer, timeout=120.0)
+        browser = None
+        if dashboard_port is not None:
+            url = wait_for_dashboard_url(observer, 30.0, pipeline)
+            emit(f"dashboard: {url}")
+            if screenshot is not None:
+                browser = browsers.enter_context(HeadlessBrowser(out_dir / "chromium"))
+                browser.open(url)
         observer.spin_until(lambda: monitor.labels() > 0, "the first labelled frame", 60.0,
                             pipeline)
         table = _LiveTable(monitor, emit)
@@ -212,6 +238,10 @@ def run_live_demo(
             if t >= next_row:
                 table.row(t, ", ".join(events_text))
                 events_text, next_row = [], next_row + 1.0
+            if browser is not None and t >= duration - 1.0:
+                browser.screenshot(screenshot)
+                emit(f"dashboard screenshot: {screenshot}")
+                browser = None
         pipeline.interrupt("player")
         streams = monitor.scores.values()
         observer.spin_until(lambda: all(not (s.truth.keys() - s.fused.keys()) for s in streams),

@@ -11,7 +11,10 @@ Runtime and the fusion node, fed by player processes. Phases, in one run:
 3. max sustained rate: players at increasing rates; a rate is sustained when every
    labelled frame is fused and the p99 latency stays below ``frame_timeout``;
 4. Modifier cost, in this process: one device CNN forward pass (ONNX Runtime, batch 1) vs
-   the surrogate synthesis and the whole per-frame fusion with and without surrogates.
+   the surrogate synthesis and the whole per-frame fusion with and without surrogates;
+
+and, with ``dashboard``, after the steady state: the same stream without, with the
+dashboard open in headless Chromium, and without again (:mod:`.dashboard_bench`).
 
 The benchmark measures; it asserts nothing. Results go to ``benchmark.json`` (raw) and
 ``benchmark.md`` (tables) in the output folder.
@@ -32,6 +35,8 @@ import psutil
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 
+from resilient_perception.bench.dashboard_bench import markdown_lines as dashboard_lines
+from resilient_perception.bench.dashboard_bench import measure_dashboard_cost
 from resilient_perception.harness.pipeline import NodeSpec, Observer, Pipeline, pipeline_nodes
 from resilient_perception.harness.stream_monitor import StreamMonitor
 from resilient_perception.paper.device_cost import measure_modifier_cost
@@ -122,10 +127,12 @@ def run_pipeline_benchmark(
     n_cameras: int = 6,
     emit: Callable[[str], None] = print,
     log_dir: Path | None = None,
+    dashboard: bool = False,
 ) -> dict:
     """Run the four phases (see the module docstring) and write the results; returns them.
 
-    Node logs go to ``log_dir`` (default ``out_dir/logs``).
+    Node logs go to ``log_dir`` (default ``out_dir/logs``); ``dashboard`` adds the
+    dashboard's with/without phase.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = yaml.safe_load(Path(config).read_text()) or {}
@@ -158,6 +165,9 @@ def run_pipeline_benchmark(
             result["steady"] = {"stream": bench.window(span), "processes": usage,
                                 "fusion_ms_p50": float(diag.get("fusion_ms_p50", "nan")),
                                 "fusion_ms_p99": float(diag.get("fusion_ms_p99", "nan"))}
+            if dashboard:
+                emit(f"dashboard: {steady_s:g} s without, with the page open, without again")
+                result["dashboard"] = measure_dashboard_cost(bench, rate_hz, steady_s, emit)
 
             emit(f"failure reaction: {kills} kills and restarts")
             reactions = []
@@ -268,4 +278,6 @@ def markdown_report(result: dict) -> str:
               f"without surrogate {1e6 * cost['fuse_frame_with_modifier_s']:.1f} / "
               f"{1e6 * cost['fuse_frame_without_modifier_s']:.1f} us (medians of "
               f"{cost['repeats']})."]
+    if "dashboard" in result:
+        lines += dashboard_lines(result["dashboard"])
     return "\n".join(lines) + "\n"

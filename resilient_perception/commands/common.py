@@ -68,6 +68,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 0..65535 (0: a free one)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port 0..65535, got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a number > 0."""
     value = float(text)

@@ -1,4 +1,4 @@
-"""The live pipeline: ``demo`` and ``bench-pipeline``.
+"""The live pipeline: ``demo``, ``dashboard`` and ``bench-pipeline``.
 
 Both start the installed node executables as processes (:mod:`..harness`) and so need ROS 2
 and the built package; they import rclpy only when they run, and say so clearly when it is
@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import onnx_models, positive_int, require_onnx, schedule, write_json
+from .common import onnx_models, port, positive_int, require_onnx, schedule, write_json
 from .perception import cmd_train, evaluate_checkpoint, parse
 
 
@@ -22,6 +22,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cameras are killed and restarted on a schedule; a live table is printed every second
     and a report is written to OUT/live/.
     """
+    if args.screenshot is not None and args.dashboard is None:
+        raise ValueError("--screenshot needs --dashboard")
     if not args.no_live:  # say what is missing before training, not after it
         require_onnx("demo")
         _live_imports()
@@ -52,11 +54,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.bag}: no such bag (record one with `resilient-perception "
                          "record-dataset`)")
     report = live_demo.run_live_demo(config, models, args.out / "live", args.duration,
-                                     args.rate, schedule, bag=args.bag)
+                                     args.rate, schedule, bag=args.bag,
+                                     dashboard_port=args.dashboard, screenshot=args.screenshot)
     print()
     print((args.out / "live" / "report.md").read_text(), end="")
     lost = report["streams"]["modifier"]["missing"]
     return 0 if lost == 0 else 1
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the live dashboard of a running pipeline (the same ROS domain) until Ctrl-C.
+
+    One page on http://BIND:PORT/: a tile per camera (image, live / late / dead / no input,
+    surrogates, rate, inference time), the fused output with rolling accuracy with and
+    without the Modifier (when labels are published), end-to-end latency and events over
+    the last minute, and the distributed ResNet's plan and links. Runs the dashboard node
+    in this process.
+    """
+    try:
+        from ..ros import dashboard_node
+    except ImportError as exc:
+        raise ValueError(f"this command needs ROS 2 and the built package ({exc}); run "
+                         "scripts/setup.sh") from exc
+    return dashboard_node.main([
+        "resilient-perception", "--ros-args", "-r", "__node:=dashboard",
+        "-p", f"port:={args.port}", "-p", f"bind_address:={args.bind}",
+        "-p", f"num_devices:={args.cameras}", "-p", f"fusion_node:={args.fusion_node}"])
 
 
 def _live_imports():
@@ -92,7 +115,7 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     _, pipeline, pipeline_benchmark = _live_imports()
     result = pipeline_benchmark.run_pipeline_benchmark(
         _installed_config(args, pipeline), models, args.out, args.rate, args.steady,
-        args.kills, log_dir=args.log_dir)
+        args.kills, log_dir=args.log_dir, dashboard=args.dashboard)
     print((args.out / "benchmark.md").read_text(), end="")
     return 0 if pipeline_benchmark.frames_lost(result) == 0 else 1
 
@@ -160,7 +183,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bag", type=Path, default=None,
                    help="replay this camera bag (from `record-dataset`, same cameras) instead "
                    "of the dataset player; looped, at its recorded timing")
+    p.add_argument("--dashboard", type=port, nargs="?", const=8080, default=None,
+                   metavar="PORT", help="also serve the live dashboard on http://127.0.0.1:"
+                   "PORT/ (default 8080; 0 picks a free port; the URL is printed)")
+    p.add_argument("--screenshot", type=Path, default=None,
+                   help="with --dashboard: save a PNG of the page (headless Chromium) one "
+                   "second before the end")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("dashboard", help="serve the live dashboard of a running pipeline",
+                       description=cmd_dashboard.__doc__)
+    p.add_argument("--port", type=port, default=8080,
+                   help="TCP port (default 8080; 0 picks a free one, logged)")
+    p.add_argument("--bind", default="127.0.0.1",
+                   help="bind address (default 127.0.0.1, this machine only; 0.0.0.0 serves "
+                   "every network of the robot)")
+    p.add_argument("--cameras", type=positive_int, default=6,
+                   help="camera devices (default 6)")
+    p.add_argument("--fusion-node", default="fusion",
+                   help="name of the fusion node whose /diagnostics give the devices' health "
+                   "(default fusion)")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("bench-pipeline", help="benchmark the live pipeline (latency, failure "
                        "reaction, max rate, CPU/memory, Modifier cost)",
@@ -172,6 +215,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="seconds of steady-state streaming (default 20)")
     p.add_argument("--kills", type=positive_int, default=3,
                    help="cameras killed one at a time for the reaction time (default 3)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="after the steady state, play it again with the dashboard open in "
+                   "headless Chromium and once more without: end-to-end latency side by side")
     p.set_defaults(func=cmd_bench_pipeline)
 
     p = sub.add_parser("bench-footprint", help="resident memory and start-up time of the "
