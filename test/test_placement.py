@@ -32,7 +32,12 @@ from resilient_perception.placement.problem import (
 )
 from resilient_perception.placement.solvers import (
     _build,
+    _build_paths,
+    _cpsat,
     _encode,
+    _encode_paths,
+    _identical_devices,
+    _path_bound,
     binding_constraints,
     cpsat_tolerance,
     solve,
@@ -184,7 +189,79 @@ def test_the_program_prices_a_plan_exactly_as_evaluate_plan():
     assert agreed[True] > 0 and agreed[False] > 0  # both cases were exercised
 
 
+def test_the_path_program_prices_a_plan_exactly_as_evaluate_plan():
+    """The path program's objective and rows agree with evaluate_plan on random plans; a
+    plan it cannot express (a run too large for its device) is infeasible."""
+    problem = random_problem(3, n_devices=3, n_requests=2, tight=1.6)
+    model = _build_paths(problem)
+    rng = np.random.default_rng(0)
+    agreed = {True: 0, False: 0}
+    for _ in range(60):
+        devices = rng.integers(0, 3, (2, problem.network.n_units))
+        for r in range(2):
+            devices[r, list(model.options[rng.integers(len(model.options))])] = DROPPED
+        plan = Plan(devices)
+        evaluation = evaluate_plan(problem, plan)
+        values = _encode_paths(problem, model, plan)
+        if values is None:
+            assert not evaluation.feasible
+            continue
+        cost = sum(c * values[j] for j, c in model.program.cost.items())
+        assert cost == pytest.approx(evaluation.objective, abs=1e-12)
+        rows_hold = all(lo - 1e-9 <= coefs @ values[ids] <= hi + 1e-9
+                        for ids, coefs, lo, hi, _ in model.program.rows)
+        assert rows_hold == evaluation.feasible
+        agreed[rows_hold] += 1
+    assert agreed[True] > 0 and agreed[False] > 0  # both cases were exercised
+
+
 # --- solvers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 4, 6])
+def test_the_path_program_has_the_unit_programs_optimum(seed):
+    """CP-SAT on the paper's unit program and the solver on the path program agree."""
+    problem = random_problem(seed, n_devices=4, n_requests=2, tight=0.6 if seed % 2 else 0.9,
+                             alpha=[0.5, 0.3, 1.0, 0.0, 0.7, 0.5, 0.9][seed])
+    status, values, _ = _cpsat(_build(problem).program, 30, 1, 0, with_objective=True)
+    result = solve(problem, "cpsat", time_limit=30)
+    assert result.status == status
+    if status == "optimal":
+        unit_best = evaluate_plan(problem, Plan(np.where(
+            values[_build(problem).x].any(axis=2), values[_build(problem).x].argmax(axis=2),
+            DROPPED))).objective
+        assert result.objective == pytest.approx(unit_best, abs=2 * cpsat_tolerance(problem))
+        assert _path_bound(problem)[0] <= result.objective + 1e-12
+
+
+def test_identical_devices_are_found_and_ordering_them_keeps_the_optimum():
+    problem = random_problem(2, n_devices=3, n_requests=2, tight=1.2)
+    fleet, rates = problem.fleet, problem.rates_bps.copy()
+    same = [1, 2]
+    for key in ("memory_bytes", "macs_per_second", "energy_j"):
+        getattr(fleet, key)[same[1]] = getattr(fleet, key)[same[0]]
+    rates[2, 0], rates[0, 2] = rates[1, 0], rates[0, 1]
+    rates[1, 2] = rates[2, 1] = 100.0
+    twin = dataclasses.replace(problem, rates_bps=np.where(np.isinf(rates), 0, rates),
+                               sources=np.array([0, 0]))
+    assert _identical_devices(twin) == [same]
+    assert any(family == "symmetry" for *_, family in _build_paths(twin).program.rows)
+    best, _ = brute_force(twin)
+    assert np.isfinite(best)
+    result = solve(twin, "cpsat", time_limit=30)
+    assert result.status == "optimal"
+    assert result.objective == pytest.approx(best, abs=cpsat_tolerance(twin))
+
+
+def test_the_example_fleet_is_solved_to_a_proven_optimum():
+    problem = load_fleet(EXAMPLE).problem(
+        Network.from_profile(load_profile(ROOT / "docs/results/resnet/plain/profile.json")))
+    exact = solve(problem, "cpsat", time_limit=20)
+    assert exact.status == "optimal" and exact.info["relative_gap"] < 1e-3, exact.info
+    heuristic = solve(problem, "heuristic")
+    assert exact.objective <= heuristic.objective
+    assert [s["stage"] for s in exact.info["stages"]][:2] == ["paths", "relaxation"]
+
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])

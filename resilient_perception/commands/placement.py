@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
+
+import numpy as np
 
 from ..paper.placement_experiments import EXPERIMENTS, run_sweep, write_report
 from ..placement.block_profile import load_profile, save_profile
 from ..placement.fleet_config import load_fleet
 from ..placement.problem import DROPPED, Network, PlanEvaluation, Problem, evaluate_plan
-from ..placement.solvers import SOLVERS, SolveResult, binding_constraints, solve
+from ..placement.solvers import (
+    SOLVERS,
+    SolveResult,
+    binding_constraints,
+    import_backends,
+    solve,
+)
 from .common import positive_float
 
 _HOW_TO_RELAX = {
@@ -62,6 +71,17 @@ def format_plan(problem: Problem, evaluation: PlanEvaluation) -> str:
     return "\n".join(lines)
 
 
+def solve_summary(result: SolveResult) -> str:
+    """One line: the solver, whether the plan is proven optimal, objective, bound, gap, time."""
+    state = {"optimal": "optimal (proven)",
+             "feasible": "feasible, optimality NOT proven within the time limit"}.get(
+                 result.status, result.status)
+    relative = (f" ({100 * result.gap / result.objective:.3f}% of the objective)"
+                if result.objective > 0 and np.isfinite(result.gap) else "")
+    return (f"{result.solver}: {state}, objective {result.objective:.6f}, bound "
+            f"{result.bound:.6f}, gap {result.gap:.2e}{relative}, {result.seconds:.2f} s")
+
+
 def plan_json(problem: Problem, result: SolveResult, evaluation: PlanEvaluation) -> dict:
     """The JSON document ``plan --out`` writes."""
     names = problem.fleet.names
@@ -89,6 +109,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     options = {"seed": args.seed} if args.solver in ("cpsat", "ga") else {}
     if args.solver == "cpsat":
         options["workers"] = args.workers
+    started = time.monotonic()
+    import_backends()
+    print(f"solver libraries imported in {time.monotonic() - started:.2f} s")
     result = solve(problem, args.solver, args.time_limit, **options)
     if result.plan is None:
         if result.status == "unknown" and args.solver != "cpsat":
@@ -103,8 +126,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                          + " together with the others (relax with: "
                          + "; ".join(_HOW_TO_RELAX[b] for b in binding) + ")")
     evaluation = evaluate_plan(problem, result.plan)
-    print(f"{args.solver}: {result.status}, objective {result.objective:.6f}, bound "
-          f"{result.bound:.6f}, gap {result.gap:.2e}, {result.seconds:.2f} s")
+    print(solve_summary(result))
     print(format_plan(problem, evaluation))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     document = plan_json(problem, result, evaluation)

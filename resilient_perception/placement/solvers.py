@@ -1,39 +1,55 @@
 """Three solvers of the placement problem behind one interface, all scored by ``evaluate_plan``.
 
-* ``cpsat``: exact. The problem as a 0-1 integer program (below) solved by OR-Tools CP-SAT;
-  returns the proven optimum, or the best plan with CP-SAT's bound and the gap when the
-  time limit stops it.
-* ``heuristic``: the paper's Section IV-C: the same program with every 0-1 variable relaxed
-  to [0, 1] (its "one device per block" no longer binds: a unit may be split over devices),
-  solved as a linear program (HiGHS), then rounded by the paper's Algorithm 1: per request,
-  the drop set with the largest relaxed weight; per unit in network order, among the
-  devices the relaxation used the one with the highest data rate from the device holding
-  the activation (staying on it is best), ties - the first unit, where every device sees
-  the same image - to the larger MAC rate; a device without room left for the unit is
-  skipped. The LP value is a valid lower bound.
+* ``cpsat``: exact. The path program (below): a bound from each request's cheapest path
+  alone, the program's linear relaxation (HiGHS), then OR-Tools CP-SAT on the variables
+  whose reduced cost leaves them a chance (see :func:`solve_cpsat`); returns the proven
+  optimum, or the best plan with a proven bound and the gap when the time limit stops it.
+* ``heuristic``: the paper's Section IV-C: the unit program (below) with every 0-1
+  variable relaxed to [0, 1] (its "one device per block" no longer binds: a unit may be
+  split over devices), solved as a linear program (HiGHS), then rounded by the paper's
+  Algorithm 1: per request, the drop set with the largest relaxed weight; per unit in
+  network order, among the devices the relaxation used the one with the highest data rate
+  from the device holding the activation (staying on it is best), ties - the first unit,
+  where every device sees the same image - to the larger MAC rate; a device without room
+  left for the unit is skipped. The LP value is a valid lower bound.
 * ``ga``: a genetic algorithm (pymoo), the paper's MATLAB ``ga``: integer genes (per
   request a drop set and a device per unit), uniform crossover, random-reset mutation,
   constraint violations ranked before the objective (feasibility first).
 
-The 0-1 program. Per request r, unit u, device i: ``loc[r,u,i]`` (where the activation
-is after unit u: its device, or the previous unit's if u is dropped), ``x[r,u,i]`` (u is
-computed on i; equal to ``loc`` for units that cannot be dropped), ``s[r,k]`` (request r
-uses drop set k; one per request, only measured sets, so accuracy is a table look-up), and
-the link product ``z[r,u,i,k] = loc[r,u,i] * loc[r,u+1,k]`` linearised as a transportation
-problem (rows of z sum to ``loc[r,u]``, columns to ``loc[r,u+1]``), which is exact for 0-1
-values. A dropped unit sits where its input is (``sum_i z[r,u-1,i,i] >= dropped``), so a
-hop out of it is the paper's skip-connection transfer. ``y[i,u]`` marks the weights of u
-stored on i (memory). Costs are per unit of objective; CP-SAT needs integers, so the
-objective is multiplied by a power of ten and rounded: large enough that the smallest term
-keeps :data:`OBJECTIVE_RESOLUTION` integer steps (the alpha = 0 tie-break terms are ~1e-10),
-at most :data:`MAX_OBJECTIVE_SCALE`; each term is off by at most 0.5 / scale, see
-:func:`cpsat_tolerance`, and the energy rows are in microjoules with
-coefficients rounded up and budgets down, so CP-SAT never accepts a plan that
-``evaluate_plan`` rejects. Memory (bytes) and computation (MACs) rows are exact integers.
+The unit program (the paper's variables). Per request r, unit u, device i: ``loc[r,u,i]``
+(where the activation is after unit u: its device, or the previous unit's if u is
+dropped), ``x[r,u,i]`` (u is computed on i; equal to ``loc`` for units that cannot be
+dropped), ``s[r,k]`` (request r uses drop set k; one per request, only measured sets, so
+accuracy is a table look-up), and the link product ``z[r,u,i,k] = loc[r,u,i] *
+loc[r,u+1,k]`` linearised as a transportation problem (rows of z sum to ``loc[r,u]``,
+columns to ``loc[r,u+1]``), which is exact for 0-1 values. A dropped unit sits where its
+input is (``sum_i z[r,u-1,i,i] >= dropped``), so a hop out of it is the paper's
+skip-connection transfer. ``y[i,u]`` marks the weights of u stored on i (memory).
+
+The path program (the same plans, the same objective, a tighter relaxation). A request's
+plan is a path through a layered graph over the unit boundaries: a *run* arc computes
+units a..b-1 on one device (only runs whose MACs, weights and computing energy fit the
+device on their own exist), a *transfer* arc moves the activation before unit b from
+device i to k (after a run it must move: two runs on one device in a row are one run), a
+*skip* arc drops a unit on the device holding the activation, the *start* arc sends the
+image from its source to the stem's device. One path per request (flow conservation), its
+skip arcs exactly its drop set ``s[r,k]``; the devices' limits sum the arcs over runs and
+requests. Identical devices (same figures, same links, no image on them) get their loads
+ordered. Its relaxation cannot spread a run too large for one device fractionally over
+devices without paying transfers, which the unit program's can.
+
+Costs are per unit of objective; CP-SAT needs integers, so the objective is multiplied by
+a power of ten and rounded: large enough that the smallest term keeps
+:data:`OBJECTIVE_RESOLUTION` integer steps (the alpha = 0 tie-break terms are ~1e-10), at
+most :data:`MAX_OBJECTIVE_SCALE`; each term is off by at most 0.5 / scale, see
+:func:`cpsat_tolerance`, and the energy rows are in microjoules with coefficients rounded
+up and budgets down, so CP-SAT never accepts a plan that ``evaluate_plan`` rejects. Memory
+(bytes) and computation (MACs) rows are exact integers.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -48,6 +64,8 @@ __all__ = [
     "SolveResult",
     "binding_constraints",
     "cpsat_tolerance",
+    "import_backends",
+    "quick_plan",
     "solve",
     "solve_cpsat",
     "solve_ga",
@@ -61,7 +79,16 @@ MAX_OBJECTIVE_SCALE = 1e13
 """...but never more than this (integer objective sums stay far inside int64)."""
 
 FULL_LP_MAX_VARS = 40_000
-"""CP-SAT uses its full linear relaxation up to this many variables (about 25 devices)."""
+"""CP-SAT uses its full linear relaxation up to this many variables."""
+
+PATH_MAX_ARCS = 40_000
+"""Transfer arcs the path program may have before each device keeps its fastest links only."""
+
+RESTRICT_FIRST = 0.01
+"""CP-SAT first searches the variables whose reduced cost is within this share of the bound."""
+
+ROUND_SHARE = 0.15
+"""Each restricted CP-SAT search may take this share of the time limit."""
 
 MICROJOULES = 1e6
 RESOURCE_FAMILIES = tuple(c for c in CONSTRAINTS if c != "assignment")
@@ -248,12 +275,6 @@ def _add_chain_cuts(p: _Program, problem: Problem, z: np.ndarray, max_dropped: i
                 break
 
 
-def _decode(model: _Model, values: np.ndarray) -> Plan:
-    """The plan of 0-1 variable values (x rounded: computed where x = 1, else dropped)."""
-    x = values[model.x] > 0.5  # (R, U, N)
-    return Plan(np.where(x.any(axis=2), x.argmax(axis=2), DROPPED))
-
-
 def _encode(problem: Problem, model: _Model, plan: Plan) -> np.ndarray | None:
     """The 0-1 variable values of a plan (``None`` if its drop sets are not in the model)."""
     values = np.zeros(model.program.n_vars)
@@ -276,39 +297,442 @@ def _encode(problem: Problem, model: _Model, plan: Plan) -> np.ndarray | None:
     return values
 
 
+def _unit_plan(model: _Model, values: np.ndarray) -> Plan:
+    """The plan of the unit program's 0-1 values (computed where x = 1, else dropped)."""
+    x = values[model.x] > 0.5  # (R, U, N)
+    return Plan(np.where(x.any(axis=2), x.argmax(axis=2), DROPPED))
+
+
 def _objective_scale(program: _Program) -> float:
     smallest = min((abs(c) for c in program.cost.values() if c != 0.0), default=1.0)
     return float(min(10.0 ** math.ceil(math.log10(OBJECTIVE_RESOLUTION / smallest)),
                      MAX_OBJECTIVE_SCALE))
 
 
-def cpsat_tolerance(problem: Problem) -> float:
-    """How far CP-SAT's plan may be above the true optimum from rounding the objective.
+# ---------------------------------------------------------------------------------------
+# The path program: CP-SAT's model.
 
-    Each request's objective has at most 2U + 1 non-zero terms (U computed units, U - 1
-    links, the image link, one drop set); each is rounded by at most 0.5 / scale, so the
-    plan CP-SAT proves optimal is within twice that sum of the true optimum.
+
+@dataclass
+class _PathModel:
+    """The path program's variables, by request: arcs of the layered graph (module doc)."""
+
+    program: _Program
+    options: list[tuple[int, ...]]
+    s: np.ndarray  # (R, K) drop-set choice
+    segment: list[dict[tuple[int, int, int], int]]  # (device, first unit, end unit) -> var
+    hop: list[dict[tuple[int, int, int], int]]  # (boundary, from, to): after a segment
+    land: list[dict[tuple[int, int, int], int]]  # (boundary, from, to): after a skip
+    skip: list[dict[tuple[int, int, bool], int]]  # (unit, device, after a skip)
+    start: list[dict[int, int]]  # device of the stem -> var
+    load: list[dict[int, list[tuple[int, float]]]]  # device -> (var, MACs) of its segments
+    complete: bool  # every link between devices is in the model
+    stored: dict[int, np.ndarray] = field(default_factory=dict)  # device -> y (U,) ids
+
+
+def _segments(problem: Problem, enforce: set[str]) -> list[list[tuple[int, int]]]:
+    """Per device, the runs of units (first, end) it may compute in one go.
+
+    A run whose MACs, weights or computing energy alone exceed the device's limit is left
+    out: no feasible plan uses it, and leaving it out is what makes this program's
+    relaxation tight (a unit program's relaxation spreads such a run fractionally over
+    devices without paying for a transfer).
     """
-    model = _build(problem)
-    scale = _objective_scale(model.program) if model is not None else MAX_OBJECTIVE_SCALE
+    net, fleet = problem.network, problem.fleet
+    macs = np.concatenate([[0], np.cumsum(net.macs)])
+    params = np.concatenate([[0], np.cumsum(net.param_bytes)])
+    first, end = np.triu_indices(net.n_units + 1, 1)
+    runs = []
+    for i in range(fleet.n_devices):
+        ok = np.ones(first.size, dtype=bool)
+        run_macs = macs[end] - macs[first]
+        if "compute" in enforce:
+            ok &= run_macs <= fleet.macs_per_second[i] * problem.round_seconds
+        if "memory" in enforce:
+            ok &= params[end] - params[first] <= fleet.memory_bytes[i]
+        if "energy" in enforce:
+            ok &= fleet.compute_power_w * run_macs / fleet.macs_per_second[i] <= fleet.energy_j[i]
+        runs.append(list(zip(first[ok].tolist(), end[ok].tolist(), strict=True)))
+    return runs
+
+
+def _boundary_seconds(problem: Problem) -> np.ndarray:
+    """(U, N, N) seconds to send the activation before unit b (b = 0: the image)."""
+    net = problem.network
+    sizes = np.concatenate([[net.input_bytes], net.output_bytes[:-1]])
+    return problem.transfer_seconds(sizes)
+
+
+def _transfers(problem: Problem, plan: Plan) -> set[tuple[int, int]]:
+    """The (sender, receiver) pairs of a plan's transfers between devices."""
+    pairs = set()
+    for r, row in enumerate(plan.devices):
+        holder = int(problem.sources[r])
+        for device in row:
+            if device != DROPPED:
+                if device != holder:
+                    pairs.add((holder, int(device)))
+                holder = int(device)
+    return pairs
+
+
+def _links(problem: Problem, neighbours: int | None, keep: Iterable[Plan]) -> np.ndarray:
+    """(N, N) bool: the links the path program may use.
+
+    All of them, or each device's ``neighbours`` fastest outgoing links plus every link the
+    plans in ``keep`` use (so those plans stay in the program).
+    """
+    n = problem.fleet.n_devices
+    off = ~np.eye(n, dtype=bool)
+    if neighbours is None or neighbours >= n - 1:
+        return off
+    rates = np.where(off, problem.rates_bps, -np.inf)
+    fastest = np.argsort(-rates, axis=1, kind="stable")[:, :neighbours]
+    links = np.zeros((n, n), dtype=bool)
+    np.put_along_axis(links, fastest, True, axis=1)
+    for plan in keep:
+        for i, k in _transfers(problem, plan):
+            links[i, k] = True
+    return links & off
+
+
+def _identical_devices(problem: Problem) -> list[list[int]]:
+    """Classes (size >= 2) of devices that any plan may swap without changing anything.
+
+    Same memory, MAC rate and battery, the same rate to and from every other device (and
+    to each other both ways), and no request's image on them.
+    """
+    fleet, rates = problem.fleet, problem.rates_bps
+    n = fleet.n_devices
+    sources = set(problem.sources.tolist())
+    classes: list[list[int]] = []
+    for i in range(n):
+        if i in sources:
+            continue
+        for members in classes:
+            j = members[0]
+            others = [k for k in range(n) if k not in (i, j)]
+            if (fleet.memory_bytes[i] == fleet.memory_bytes[j]
+                    and fleet.macs_per_second[i] == fleet.macs_per_second[j]
+                    and fleet.energy_j[i] == fleet.energy_j[j]
+                    and np.array_equal(rates[i, others], rates[j, others])
+                    and np.array_equal(rates[others, i], rates[others, j])
+                    and rates[i, j] == rates[j, i]):
+                members.append(i)
+                break
+        else:
+            classes.append([i])
+    return [c for c in classes if len(c) > 1]
+
+
+def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
+                 neighbours: int | None = None, keep: Iterable[Plan] = ()
+                 ) -> _PathModel | None:
+    """The path program (module doc); ``None`` if the threshold leaves no drop set."""
+    enforce = set(enforce)
+    net, fleet = problem.network, problem.fleet
+    n, n_units, n_req = fleet.n_devices, net.n_units, problem.n_requests
+    options = net.drop_options(problem.accuracy_threshold if "accuracy" in enforce else None)
+    if not options:
+        return None
+    alpha, beta = problem.weights
+    per_second = alpha / (n_req * problem.reference_latency_s)
+    mps, power_c, power_t = fleet.macs_per_second, fleet.compute_power_w, fleet.transmit_power_w
+    runs = _segments(problem, enforce)
+    links = _links(problem, neighbours, keep)
+    targets = [np.flatnonzero(links[i]).tolist() for i in range(n)]
+    # Only units some allowed drop set drops get skip arcs.
+    skippable = np.zeros(n_units + 1, dtype=bool)
+    skippable[[u for option in options for u in option]] = True
+    cum_macs = np.concatenate([[0], np.cumsum(net.macs)])
+    send_s = _boundary_seconds(problem)
+    p = _Program()
+    s = p.new(n_req, len(options))
+    energy: list[tuple[list[int], list[float]]] = [([], []) for _ in range(n)]
+    load: list[dict[int, list[tuple[int, float]]]] = []
+    cover: list[list[list[list[int]]]] = [[[[] for _ in range(n_units)] for _ in range(n)]
+                                          for _ in range(n_req)]
+    model = _PathModel(p, options, s, [], [], [], [], [], [], bool(links.sum() == n * (n - 1)))
+
+    def arc(cost_s: float = 0.0, sender: int | None = None) -> int:
+        # Plain Python, not _Program.new / add_cost: tens of thousands of arcs.
+        var = p.n_vars
+        p.n_vars += 1
+        if cost_s > 0:
+            p.cost[var] = per_second * float(cost_s)
+            if sender is not None:
+                energy[sender][0].append(var)
+                energy[sender][1].append(power_t * cost_s)
+        return var
+
+    for r in range(n_req):
+        src = int(problem.sources[r])
+        p.row(s[r], np.ones(len(options)), 1, 1)
+        loss = np.array([net.clean_accuracy - net.accuracy(opt) for opt in options])
+        p.add_cost(s[r], beta / n_req * loss)
+        # Flow into and out of the nodes: B = ready to compute unit b on device i (arrived),
+        # E = a run just ended before unit b on i, F = unit b - 1 was skipped on i.
+        flow = {kind: [[([], []) for _ in range(n)] for _ in range(n_units + 1)]
+                for kind in "BEF"}
+        start = {k: arc(send_s[0, src, k], src) for k in range(n) if k == src or links[src, k]}
+        for k, var in start.items():
+            flow["B"][0][k][0].append(var)
+        segment, device_load = {}, {}
+        for i in range(n):
+            for a, b in runs[i]:
+                macs = float(cum_macs[b] - cum_macs[a])
+                var = arc(macs / mps[i])
+                energy[i][0].append(var)
+                energy[i][1].append(power_c * macs / mps[i])
+                device_load.setdefault(i, []).append((var, macs))
+                segment[i, a, b] = var
+                flow["B"][a][i][1].append(var)
+                flow["E"][b][i][0].append(var)
+                for u in range(a, b):
+                    cover[r][i][u].append(var)
+        hop, land, skip = {}, {}, {}
+        for b in range(1, n_units):
+            seconds = send_s[b].tolist()
+            for i in range(n):
+                for k in targets[i]:
+                    hop[b, i, k] = var = arc(seconds[i][k], i)
+                    flow["E"][b][i][1].append(var)
+                    flow["B"][b][k][0].append(var)
+                if skippable[b - 1]:
+                    for k in [i, *targets[i]]:
+                        land[b, i, k] = var = arc(seconds[i][k] if k != i else 0.0, i)
+                        flow["F"][b][i][1].append(var)
+                        flow["B"][b][k][0].append(var)
+        for u in np.flatnonzero(skippable).tolist():
+            for i in range(n):
+                for after_skip in (False, True) if skippable[u - 1] else (False,):
+                    skip[u, i, after_skip] = var = arc()
+                    flow["F" if after_skip else "E"][u][i][1].append(var)
+                    flow["F"][u + 1][i][0].append(var)
+            containing = [k for k, opt in enumerate(options) if u in opt]
+            ids = [v for (unit, _, _), v in skip.items() if unit == u]
+            p.row([*ids, *s[r, containing]], [*np.ones(len(ids)), *-np.ones(len(containing))],
+                  0, 0)
+        p.row(list(start.values()), np.ones(len(start)), 1, 1)
+        for kind, nodes in flow.items():
+            for b, per_device in enumerate(nodes):
+                if kind == "E" and b == n_units:
+                    continue  # the head's runs end the path
+                for into, out in per_device:
+                    if into or out:
+                        p.row([*into, *out], [*np.ones(len(into)), *-np.ones(len(out))], 0, 0)
+        for lst, value in ((model.segment, segment), (model.hop, hop), (model.land, land),
+                           (model.skip, skip), (model.start, start), (load, device_load)):
+            lst.append(value)
+    model.load = load
+
+    total_macs, total_params = float(net.macs.sum()), float(net.param_bytes.sum())
+    for i in range(n):
+        runs_i = [pair for per_request in load for pair in per_request.get(i, [])]
+        if "compute" in enforce and n_req * total_macs > mps[i] * problem.round_seconds:
+            p.row([v for v, _ in runs_i], [m for _, m in runs_i], -np.inf,
+                  np.floor(mps[i] * problem.round_seconds), "compute")
+        if "memory" in enforce and total_params > fleet.memory_bytes[i]:
+            y = model.stored[i] = p.new(n_units)
+            for r in range(n_req):
+                for u in range(n_units):
+                    if cover[r][i][u]:
+                        p.row([y[u], *cover[r][i][u]], [1, *-np.ones(len(cover[r][i][u]))],
+                              0, np.inf)
+            p.row(y, net.param_bytes, -np.inf, np.floor(fleet.memory_bytes[i]), "memory")
+        ids, coefs = energy[i]
+        if "energy" in enforce and ids:
+            worst = sum(np.sort(np.array(coefs))[::-1][:n_req * (2 * n_units + 1)])
+            if worst > fleet.energy_j[i]:
+                p.row(ids, coefs, -np.inf, fleet.energy_j[i], "energy")
+    if model.complete:
+        # Identical devices: order their loads (any plan has a swap that does so).
+        for members in _identical_devices(problem):
+            for i, j in itertools.pairwise(members):
+                mine = [pair for per_request in load for pair in per_request.get(i, [])]
+                theirs = [pair for per_request in load for pair in per_request.get(j, [])]
+                p.row([v for v, _ in mine] + [v for v, _ in theirs],
+                      [m for _, m in mine] + [-m for _, m in theirs], 0, np.inf, "symmetry")
+    return model
+
+
+def _decode_paths(model: _PathModel, values: np.ndarray, n_units: int) -> Plan:
+    """The plan of the path program's 0-1 values: each chosen run's units on its device."""
+    devices = np.full((len(model.segment), n_units), DROPPED)
+    for r, segment in enumerate(model.segment):
+        for (i, a, b), var in segment.items():
+            if values[var] > 0.5:
+                devices[r, a:b] = i
+    return Plan(devices)
+
+
+def _encode_paths(problem: Problem, model: _PathModel, plan: Plan) -> np.ndarray | None:
+    """The path program's 0-1 values of a plan (``None``: an arc of it is not in the model)."""
+    values = np.zeros(model.program.n_vars)
+    n_units = problem.network.n_units
+    try:
+        for r, row in enumerate(plan.devices):
+            dropped = plan.dropped(r)
+            if dropped not in model.options:
+                return None
+            values[model.s[r, model.options.index(dropped)]] = 1
+            values[model.start[r][int(row[0])]] = 1
+            u, skipped, holder = 0, False, int(row[0])
+            while u < n_units:
+                if row[u] == DROPPED:
+                    values[model.skip[r][u, holder, skipped]] = 1
+                    u, skipped = u + 1, True
+                    continue
+                if u > 0:
+                    arcs = model.land[r] if skipped else model.hop[r]
+                    values[arcs[u, holder, int(row[u])]] = 1
+                end = u + 1
+                while end < n_units and row[end] == row[u]:
+                    end += 1
+                holder = int(row[u])
+                values[model.segment[r][holder, u, end]] = 1
+                if holder in model.stored:
+                    values[model.stored[holder][u:end]] = 1
+                u, skipped = end, False
+    except KeyError:
+        return None
+    return values
+
+
+def _path_bound(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES
+                ) -> tuple[float, Plan | None]:
+    """A lower bound on the optimum and the plan that attains it, if any.
+
+    Each request's cheapest path through the path program's graph on its own (dynamic
+    programming over the unit boundaries, for each allowed drop set): the devices'
+    limits bind only on single runs, not summed over runs and requests. The sum over
+    requests is a valid bound; if the plan of those paths meets every constraint it is
+    optimal. ``(inf, None)`` if some request has no path (the instance is infeasible).
+    """
+    enforce = set(enforce)
+    net, fleet = problem.network, problem.fleet
+    n, n_units, n_req = fleet.n_devices, net.n_units, problem.n_requests
+    options = net.drop_options(problem.accuracy_threshold if "accuracy" in enforce else None)
+    if not options:
+        return math.inf, None
+    alpha, beta = problem.weights
+    per_second = alpha / (n_req * problem.reference_latency_s)
+    hop = per_second * _boundary_seconds(problem)  # (U, N, N), 0 on the diagonal
+    leave = hop + np.where(np.eye(n, dtype=bool), np.inf, 0.0)  # a run ends: must move
+    run_cost = np.full((n_units + 1, n_units + 1, n), np.inf)
+    cum_macs = np.concatenate([[0], np.cumsum(net.macs)])
+    for i, runs in enumerate(_segments(problem, enforce)):
+        for a, b in runs:
+            run_cost[a, b, i] = per_second * (cum_macs[b] - cum_macs[a]) / fleet.macs_per_second[i]
+    total, devices = 0.0, np.full((n_req, n_units), DROPPED)
+    for r in range(n_req):
+        best = (math.inf, None)
+        for option in options:
+            loss = beta / n_req * (net.clean_accuracy - net.accuracy(option))
+            cost, row = _cheapest_path(problem, r, set(option), hop, leave, run_cost)
+            best = min(best, (cost + loss, row), key=lambda pair: pair[0])
+        if best[1] is None:
+            return math.inf, None
+        total += best[0]
+        devices[r] = best[1]
+    return total, Plan(devices)
+
+
+def _cheapest_path(problem: Problem, r: int, dropped: set[int], hop: np.ndarray,
+                   leave: np.ndarray, run_cost: np.ndarray) -> tuple[float, np.ndarray | None]:
+    """One request's cheapest path with exactly ``dropped`` skipped: (cost, device row)."""
+    n_units, n = problem.network.n_units, problem.fleet.n_devices
+    ready = np.full((n_units + 1, n), np.inf)  # B: arrived before unit b on device i
+    ended = np.full((n_units + 1, n), np.inf)  # E: a run ended before unit b on i
+    skipped = np.full((n_units + 1, n), np.inf)  # F: unit b - 1 skipped, activation on i
+    came = {}  # back pointers: node -> predecessor node
+    ready[0] = hop[0, problem.sources[r]]
+    devices = np.arange(n)
+    for b in range(n_units):
+        if b > 0:
+            via_end, via_skip = ended[b][:, None] + leave[b], skipped[b][:, None] + hop[b]
+            from_end, from_skip = via_end.argmin(axis=0), via_skip.argmin(axis=0)
+            end_cost, skip_cost = via_end[from_end, devices], via_skip[from_skip, devices]
+            ready[b] = np.minimum(end_cost, skip_cost)
+            for k in range(n):
+                came["B", b, k] = (("E", b, int(from_end[k])) if end_cost[k] <= skip_cost[k]
+                                   else ("F", b, int(from_skip[k])))
+        if b in dropped:
+            use_skip = skipped[b] < ended[b]
+            skipped[b + 1] = np.where(use_skip, skipped[b], ended[b])
+            for i in range(n):
+                came["F", b + 1, i] = ("F" if use_skip[i] else "E", b, i)
+            continue
+        end = b + 1
+        while end <= n_units:
+            cost = ready[b] + run_cost[b, end]
+            better = cost < ended[end]
+            ended[end] = np.where(better, cost, ended[end])
+            for i in np.flatnonzero(better).tolist():
+                came["E", end, i] = ("B", b, i)
+            if end < n_units and end in dropped:
+                break
+            end += 1
+    last = int(ended[n_units].argmin())
+    if not np.isfinite(ended[n_units, last]):
+        return math.inf, None
+    row = np.full(n_units, DROPPED)
+    node = ("E", n_units, last)
+    while node[0] != "B" or node[1] > 0:
+        previous = came[node]
+        if node[0] == "E":
+            row[previous[1]:node[1]] = node[2]
+        node = previous
+    return float(ended[n_units, last]), row
+
+
+def _tolerance(problem: Problem, program: _Program) -> float:
+    scale = _objective_scale(program)
     return problem.n_requests * (2 * problem.network.n_units + 1) / scale
 
 
-def _cpsat(model: _Model, time_limit: float, workers: int, seed: int, with_objective: bool,
-           hint: np.ndarray | None = None, work_limit: float | None = None):
+def cpsat_tolerance(problem: Problem) -> float:
+    """How far CP-SAT's plan may be above the true optimum from rounding the objective.
+
+    A request's path has at most 2U + 1 arcs with a cost (U runs, U - 1 transfers, the
+    image's transfer, one drop set); each cost is rounded by at most 0.5 / scale, so the
+    plan CP-SAT proves optimal is within twice that sum of the true optimum.
+    """
+    model = _build_paths(problem)
+    if model is None:
+        return problem.n_requests * (2 * problem.network.n_units + 1) / MAX_OBJECTIVE_SCALE
+    return _tolerance(problem, model.program)
+
+
+def _cpsat(program: _Program, time_limit: float, workers: int, seed: int,
+           with_objective: bool, hint: np.ndarray | None = None,
+           work_limit: float | None = None, floor: float | None = None,
+           keep: np.ndarray | None = None):
+    """(status, 0-1 values or None, bound) of ``program``.
+
+    ``floor``: a known lower bound on the objective; ``keep``: which variables may be 1
+    (the others are fixed at 0 and left out of the model).
+    """
     from ortools.sat.python import cp_model
 
-    program = model.program
     cp = cp_model.CpModel()
-    var = [cp.new_bool_var(f"v{j}") for j in range(program.n_vars)]
+    keep = np.ones(program.n_vars, dtype=bool) if keep is None else keep
+    var = [cp.new_bool_var(f"v{j}") if kept else None for j, kept in enumerate(keep)]
     for ids, coefs, lo, hi, family in program.rows:
+        kept = keep[ids]
+        ids, coefs = ids[kept], coefs[kept]
+        if ids.size == 0:
+            if lo <= 0 <= hi:
+                continue
+            return "infeasible", None, float("nan")
         if family == "energy":  # microjoules, rounded so that CP-SAT is never optimistic
             coefs = np.ceil(coefs * MICROJOULES)
             hi = np.floor(hi * MICROJOULES)
-        if not np.allclose(coefs, np.round(coefs)):
+        integral = np.round(coefs)
+        if np.abs(coefs - integral).max() > 1e-6:
             raise AssertionError(f"non-integer coefficients in a {family} row")
         expr = cp_model.LinearExpr.weighted_sum([var[j] for j in ids],
-                                                np.round(coefs).astype(np.int64).tolist())
+                                                integral.astype(np.int64).tolist())
         if lo == hi:
             cp.add(expr == int(lo))
         else:
@@ -318,12 +742,16 @@ def _cpsat(model: _Model, time_limit: float, workers: int, seed: int, with_objec
                 cp.add(expr <= int(np.floor(hi)))
     scale = _objective_scale(program)
     if with_objective:
-        items = [(var[j], round(c * scale)) for j, c in program.cost.items()]
-        cp.minimize(cp_model.LinearExpr.weighted_sum([v for v, _ in items],
-                                                     [c for _, c in items]))
+        items = [(var[j], round(c * scale)) for j, c in program.cost.items() if keep[j]]
+        objective = cp_model.LinearExpr.weighted_sum([v for v, _ in items],
+                                                     [c for _, c in items])
+        cp.minimize(objective)
+        if floor is not None and np.isfinite(floor):
+            cp.add(objective >= math.floor(floor * scale))
     if hint is not None:
         for v, value in zip(var, hint, strict=True):
-            cp.add_hint(v, bool(value))
+            if v is not None:
+                cp.add_hint(v, bool(value))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(float(time_limit), 0.01)
     if work_limit is not None:
@@ -335,73 +763,200 @@ def _cpsat(model: _Model, time_limit: float, workers: int, seed: int, with_objec
     # instead of shutting down. Without it, Ctrl-C is seen when the solve returns, within
     # its time limit.
     solver.parameters.catch_sigint_signal = False
-    # The full linear relaxation inside the search gives much better bounds on this problem
-    # (10 devices, 3 requests: proven optimal in 5 s instead of a 2% gap after 20 s), but
-    # on large models (50 devices: 130k variables) it costs the whole time limit before a
-    # first solution.
+    # The full linear relaxation inside the search gives much better bounds on this problem,
+    # but on large models it costs the whole time limit before a first solution.
     solver.parameters.linearization_level = 2 if program.n_vars <= FULL_LP_MAX_VARS else 1
     status = solver.solve(cp)
     values = None
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        values = np.array(solver.boolean_values(var), dtype=float)
+        values = np.zeros(program.n_vars)
+        values[keep] = np.asarray(solver.boolean_values([v for v in var if v is not None]),
+                                  dtype=float)
     name = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible",
             cp_model.INFEASIBLE: "infeasible"}.get(status, "unknown")
     bound = solver.best_objective_bound / scale if with_objective else float("nan")
     return name, values, bound
 
 
+def quick_plan(problem: Problem) -> tuple[Plan | None, float]:
+    """A feasible plan in milliseconds (or None) and a lower bound on the optimum.
+
+    The bound and its plan are :func:`_path_bound`'s; if that plan breaks a limit summed
+    over runs and requests, Algorithm 1 places the units instead, preferring the devices
+    of those paths (then every device, unguided), and the better feasible plan is kept.
+    """
+    bound, paths = _path_bound(problem)
+    if paths is None:
+        return None, bound
+    if evaluate_plan(problem, paths).feasible:
+        return paths, bound
+    net, n = problem.network, problem.fleet.n_devices
+    options = net.drop_options(problem.accuracy_threshold)
+    guided = np.where(paths.devices[..., None] == np.arange(n), 1.0, 0.0)
+    weight = np.array([[float(paths.dropped(r) == o) for o in options]
+                       for r in range(problem.n_requests)])
+    plans = [_algorithm1(problem, options, x, weight) for x in (guided, np.zeros_like(guided))]
+    scored = [(evaluate_plan(problem, p).objective, i) for i, p in enumerate(plans)
+              if p is not None and evaluate_plan(problem, p).feasible]
+    return (plans[min(scored)[1]] if scored else None), bound
+
+
+def import_backends() -> None:
+    """Import CP-SAT and HiGHS (about a second): a solve's time then counts only solving."""
+    import ortools.sat.python.cp_model  # noqa: F401
+    import scipy.optimize  # noqa: F401
+
+
 def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
-                seed: int = 0, warm_start: bool = True,
-                work_limit: float | None = None) -> SolveResult:
-    """Solve exactly with CP-SAT (``workers`` search threads).
+                seed: int = 0, warm_start: bool = True, work_limit: float | None = None,
+                max_arcs: int = PATH_MAX_ARCS) -> SolveResult:
+    """Solve exactly: the path program's relaxation, then CP-SAT (``workers`` threads).
 
-    ``time_limit`` is wall-clock seconds; ``work_limit`` optionally also stops the search
-    after that much CP-SAT *deterministic* time (about a second of one core each, but the
-    same on a loaded machine: with one worker, results are reproducible).
+    ``time_limit`` is wall-clock seconds for all of it; ``work_limit`` optionally also
+    stops each CP-SAT search after that much *deterministic* time (about a second of one
+    core each, but the same on a loaded machine).
 
-    With ``warm_start`` the better of the relaxation + Algorithm 1 plan (its linear program
-    gets at most half the time limit) and Algorithm 1 without the relaxation is CP-SAT's
-    first hint, so the result is never worse than the heuristic's.
+    1. :func:`quick_plan`: a bound and, with ``warm_start``, a plan in milliseconds (proven
+       optimal at once if it meets the bound).
+    2. The path program's linear relaxation (HiGHS): a tighter bound, its reduced costs,
+       and (``warm_start``) Algorithm 1 guided by it.
+    3. CP-SAT on the variables whose reduced cost is at most ``delta``: a plan using any
+       other costs more than bound + ``delta``. If CP-SAT proves the best plan among them
+       within bound + ``delta`` (or proves there is none, which raises the bound), that is
+       proven for every plan; ``delta`` starts small and grows up to the incumbent's gap.
+    Programs with more than ``max_arcs`` transfer arcs keep each device's fastest links
+    only (and the incumbent's): then only step 1's bound holds for every plan.
+
+    The status is ``optimal`` only when proven; otherwise ``feasible`` with the bound and
+    the gap. ``info`` has ``relative_gap`` (gap / objective), ``links`` (``all`` or the
+    number kept per device) and ``stages`` (seconds and bound after each step).
     """
     started = time.monotonic()
-    model = _build(problem)
-    if model is None:
+    stages: list[dict] = []
+
+    def stage(name: str, bound: float) -> None:
+        stages.append({"stage": name, "seconds": round(time.monotonic() - started, 4),
+                       "bound": bound})
+
+    incumbent, bound = quick_plan(problem)
+    stage("paths", bound)
+    if not np.isfinite(bound):  # some request has no path even on its own
         return _result("cpsat", problem, None, "infeasible", float("nan"), started)
-    hint, start, lp_bound = None, None, float("nan")
-    if warm_start:
-        # Algorithm 1 guided by the relaxation, and unguided (every device a candidate: a
-        # plain greedy, milliseconds, for when the linear program is slow); the better one.
-        _, guided, lp_bound = _heuristic(problem, model, time_limit / 2)
-        greedy = _algorithm1(problem, model, np.zeros(model.program.n_vars))
-        starts = [p for p in (guided, greedy) if p is not None]
-        scores = [evaluate_plan(problem, p) for p in starts]
-        feasible = [(e.objective, i) for i, e in enumerate(scores) if e.feasible]
-        if feasible:
-            start = starts[min(feasible)[1]]
-            hint = _encode(problem, model, start)
-    if hint is None:
-        # No warm start: look for any feasible plan first (without the objective CP-SAT
-        # finds one, or proves there is none, much sooner) and optimise from it.
-        budget = time_limit - (time.monotonic() - started)
-        status, values, _ = _cpsat(model, budget, workers, seed, with_objective=False,
-                                   work_limit=work_limit)
-        if status == "infeasible":
-            return _result("cpsat", problem, None, "infeasible", float("nan"), started)
+    info = {"links": "all", "stages": stages}
+
+    def score(plan: Plan | None) -> float:
+        evaluation = None if plan is None else evaluate_plan(problem, plan)
+        return evaluation.objective if evaluation is not None and evaluation.feasible \
+            else math.inf
+
+    best = score(incumbent) if warm_start else math.inf
+    if not warm_start:
+        incumbent = None
+    if best <= bound + 1e-12:
+        return _finish(problem, incumbent, "optimal", bound, started, info)
+    n, n_units = problem.fleet.n_devices, problem.network.n_units
+    per_link = problem.n_requests * n_units
+    neighbours = None if per_link * n * (n - 1) <= max_arcs else max(
+        1, max_arcs // (per_link * n))
+    if neighbours is not None:
+        info["links"] = neighbours
+    model = _build_paths(problem, neighbours=neighbours, keep=[p for p in [incumbent] if p])
+    tolerance = _tolerance(problem, model.program)
+
+    def left() -> float:
+        return time_limit - (time.monotonic() - started)
+
+    status, values, lp_bound, reduced = _relaxation(model.program, left() / 2)
+    if status == "infeasible" and model.complete:
+        return _result("cpsat", problem, None, "infeasible", float("nan"), started)
+    # The relaxation's bound holds for every plan only if its program has every link;
+    # its reduced costs restrict the search below either way.
+    floor = lp_bound if status == "optimal" else bound
+    if model.complete and status == "optimal":
+        bound = max(bound, lp_bound)
+    stage("relaxation", bound)
+    if warm_start and values is not None:
+        guided = _algorithm1(problem, model.options, _unit_shares(problem, model, values),
+                             values[model.s])
+        if score(guided) < best:
+            incumbent, best = guided, score(guided)
+    if reduced is None:
+        reduced = np.zeros(model.program.n_vars)
+    delta = max(RESTRICT_FIRST * abs(floor), 2 * tolerance)
+    proven = False
+    # Without a plan to compare with, only a search of everything can prove infeasibility.
+    while left() > 0.01 and delta < best - floor < math.inf and not proven:
+        # A margin for HiGHS's tolerances on the reduced costs.
+        keep = reduced <= delta + 1e-6 * max(abs(floor), 1e-12)
+        hint = None if incumbent is None else _encode_paths(problem, model, incumbent)
+        if hint is not None and np.any(hint[~keep] > 0):
+            hint = None
+        status, values, cp_bound = _cpsat(model.program, min(left(), ROUND_SHARE * time_limit),
+                                          workers, seed, True, hint=hint, work_limit=work_limit,
+                                          floor=floor - tolerance, keep=keep)
         if values is not None:
-            start, hint = _decode(model, values), values
-    budget = time_limit - (time.monotonic() - started)
-    status, values, bound = _cpsat(model, budget, workers, seed, with_objective=True, hint=hint,
-                                   work_limit=work_limit)
-    plan = None if values is None else _decode(model, values)
-    if plan is None and start is not None and status == "unknown":
-        # The time limit ran out before a better solution: the starting plan stands.
-        plan, status = start, "feasible"
-    # Both are lower bounds: CP-SAT's (of the rounded objective, so up to the tolerance
-    # below the true one) and the relaxation's.
-    bound = float(np.nanmax([bound - cpsat_tolerance(problem), lp_bound]))
-    if status == "infeasible":
-        bound = float("nan")
-    return _result("cpsat", problem, plan, status, bound, started)
+            plan = _decode_paths(model, values, n_units)
+            if score(plan) < best:
+                incumbent, best = plan, score(plan)
+        # Plans outside the restriction cost more than floor + delta; those inside at least
+        # CP-SAT's bound (of the rounded objective, up to the tolerance below the true one).
+        inside = {"optimal": best - tolerance, "infeasible": math.inf}.get(
+            status, cp_bound - tolerance)
+        if model.complete:
+            bound = max(bound, min(inside, floor + delta, best))
+        stage(f"cpsat, reduced cost <= {delta:.3g}", bound)
+        if status not in ("optimal", "infeasible"):
+            break
+        proven = best <= floor + delta + tolerance
+        delta = delta * 4 if status == "infeasible" else best - floor
+    if not proven and left() > 0.01:
+        # The restricted searches did not settle it: search everything for the time left.
+        # CP-SAT searches the unit program (a device per unit) better than the path
+        # program when the drop sets are what is hard to choose; it is the smaller one
+        # only for small fleets.
+        units = _build(problem) if model.complete and n * n * per_link <= max_arcs else None
+        if units is not None:
+            hint = None if incumbent is None else _encode(problem, units, incumbent)
+            status, values, cp_bound = _cpsat(units.program, left(), workers, seed, True,
+                                              hint=hint, work_limit=work_limit)
+            plan = None if values is None else _unit_plan(units, values)
+            tolerance = max(tolerance, _tolerance(problem, units.program))
+        else:
+            keep = reduced <= best - floor + 1e-6 * max(abs(floor), 1e-12)
+            hint = None if incumbent is None else _encode_paths(problem, model, incumbent)
+            status, values, cp_bound = _cpsat(model.program, left(), workers, seed, True,
+                                              hint=hint, work_limit=work_limit,
+                                              floor=floor - tolerance, keep=keep)
+            plan = None if values is None else _decode_paths(model, values, n_units)
+        if score(plan) < best:
+            incumbent, best = plan, score(plan)
+        if status == "infeasible" and incumbent is None and model.complete:
+            return _result("cpsat", problem, None, "infeasible", float("nan"), started)
+        if model.complete:
+            inside = best - tolerance if status == "optimal" else cp_bound - tolerance
+            bound = max(bound, min(inside, best))
+        stage("cpsat, " + ("unit program" if units is not None else "all"), bound)
+    if incumbent is None:
+        return _result("cpsat", problem, None, "unknown", float("nan"), started, **info)
+    proven = best <= bound + tolerance
+    return _finish(problem, incumbent, "optimal" if proven else "feasible", bound, started,
+                   info)
+
+
+def _unit_shares(problem: Problem, model: _PathModel, values: np.ndarray) -> np.ndarray:
+    """(R, U, N): the share of each unit on each device in the path program's values."""
+    shares = np.zeros((problem.n_requests, problem.network.n_units, problem.fleet.n_devices))
+    for r, segment in enumerate(model.segment):
+        for (i, a, b), var in segment.items():
+            shares[r, a:b, i] += values[var]
+    return shares
+
+
+def _finish(problem: Problem, plan: Plan, status: str, bound: float, started: float,
+            info: dict) -> SolveResult:
+    result = _result("cpsat", problem, plan, status, bound, started, **info)
+    result.info["relative_gap"] = result.gap / result.objective if result.objective > 0 else 0.0
+    return result
 
 
 def binding_constraints(problem: Problem, time_limit: float = 10.0) -> tuple[str, ...]:
@@ -412,10 +967,10 @@ def binding_constraints(problem: Problem, time_limit: float = 10.0) -> tuple[str
     """
 
     def feasible(enforce: Iterable[str]) -> bool:
-        model = _build(problem, enforce)
+        model = _build_paths(problem, enforce)
         if model is None:
             return False
-        status, _, _ = _cpsat(model, time_limit, 1, 0, with_objective=False)
+        status, _, _ = _cpsat(model.program, time_limit, 1, 0, with_objective=False)
         return status in ("optimal", "feasible")
 
     if feasible(RESOURCE_FAMILIES):
@@ -432,14 +987,18 @@ def binding_constraints(problem: Problem, time_limit: float = 10.0) -> tuple[str
 # The paper's relaxation + Algorithm 1.
 
 
-def _relaxation(model: _Model, time_limit: float) -> tuple[str, np.ndarray | None, float]:
-    """Solve the LP relaxation with HiGHS: (status, variable values, optimal value)."""
+def _relaxation(program: _Program, time_limit: float
+                ) -> tuple[str, np.ndarray | None, float, np.ndarray | None]:
+    """Solve the LP relaxation with HiGHS: (status, values, optimal value, reduced costs).
+
+    The reduced cost of a variable at 0 is how much the objective must rise at least if it
+    were 1; for the others it is 0.
+    """
     # Imported here, as ortools and pymoo are by their solvers: scipy takes a while to
     # import, and `plan --help` or a CP-SAT plan does not need it.
     import scipy.sparse
     from scipy.optimize import linprog
 
-    program = model.program
     eq, ub = ([], [], []), ([], [], [])
     b_eq, b_ub = [], []
 
@@ -473,10 +1032,10 @@ def _relaxation(model: _Model, time_limit: float) -> tuple[str, np.ndarray | Non
                   bounds=(0, 1), method="highs",
                   options={"time_limit": max(float(time_limit), 0.01)})
     if res.status == 2:
-        return "infeasible", None, float("nan")
+        return "infeasible", None, float("nan"), None
     if res.status != 0:
-        return "unknown", None, float("nan")
-    return "optimal", res.x, float(res.fun) * scale
+        return "unknown", None, float("nan"), None
+    return "optimal", res.x, float(res.fun) * scale, np.maximum(res.lower.marginals, 0) * scale
 
 
 class _Room:
@@ -521,19 +1080,22 @@ class _Room:
         self.stored[device, unit] = True
 
 
-def _algorithm1(problem: Problem, model: _Model, values: np.ndarray) -> Plan | None:
-    """Round the relaxation to one device per computed unit (the paper's Algorithm 1)."""
+def _algorithm1(problem: Problem, options: list[tuple[int, ...]], x: np.ndarray,
+                weight: np.ndarray) -> Plan | None:
+    """Round a relaxation to one device per computed unit (the paper's Algorithm 1).
+
+    ``x`` (R, U, N): the relaxation's share of each unit on each device; ``weight`` (R, K):
+    its weight of each drop set in ``options``.
+    """
     net, rates = problem.network, problem.rates_bps
     mps = problem.fleet.macs_per_second
     room = _Room(problem)
-    x = values[model.x]  # (R, U, N)
-    weight = values[model.s]  # (R, K)
     devices = np.full((problem.n_requests, net.n_units), DROPPED)
     for r in range(problem.n_requests):
-        loss = [net.clean_accuracy - net.accuracy(o) for o in model.options]
-        for k in sorted(range(len(model.options)), key=lambda k: (-weight[r, k], loss[k])):
+        loss = [net.clean_accuracy - net.accuracy(o) for o in options]
+        for k in sorted(range(len(options)), key=lambda k: (-weight[r, k], loss[k])):
             trial = room.copy()
-            placed = _place_request(problem, trial, x[r], model.options[k], r, rates, mps)
+            placed = _place_request(problem, trial, x[r], options[k], r, rates, mps)
             if placed is not None:
                 devices[r], room = placed, trial
                 break
@@ -569,10 +1131,10 @@ def _place_request(problem: Problem, room: _Room, x: np.ndarray, dropped: tuple[
 def _heuristic(problem: Problem, model: _Model, time_limit: float
                ) -> tuple[str, Plan | None, float]:
     """(status, plan or None, LP bound) of the relaxation + Algorithm 1."""
-    status, values, bound = _relaxation(model, time_limit)
+    status, values, bound, _ = _relaxation(model.program, time_limit)
     if values is None:
         return status, None, float("nan")
-    plan = _algorithm1(problem, model, values)
+    plan = _algorithm1(problem, model.options, values[model.x], values[model.s])
     if plan is None or not evaluate_plan(problem, plan).feasible:
         return "unknown", None, bound
     return "feasible", plan, bound
