@@ -27,7 +27,7 @@ from ..placement.solvers import (
     import_backends,
     solve,
 )
-from .common import positive_float
+from .common import positive_float, positive_int
 
 _HOW_TO_RELAX = {
     "memory": "more memory_mb, or more devices",
@@ -164,6 +164,27 @@ def cmd_placement_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_placement_scale(args: argparse.Namespace) -> int:
+    """Solve the example fleet and generated fleets of 10-100 robots with every solver."""
+    import shlex
+    import sys
+
+    from ..bench.placement_scale import run_scale, settings_of, write_scale_report
+    from ..paper.placement_experiments import PAPER_THRESHOLD_SHARE
+
+    profile = load_profile(args.profile)
+    network = Network.from_profile(profile)
+    example = load_fleet(args.example)
+    threshold = PAPER_THRESHOLD_SHARE * network.clean_accuracy
+    rows = run_scale(network, example, args.sizes, args.seeds, args.solvers, args.time_limit,
+                     threshold, args.repeats, args.out / "fleets")
+    command = "resilient-perception " + shlex.join(sys.argv[1:])
+    settings = settings_of(command, args.example, args.profile, args.time_limit, threshold,
+                           args.seeds, args.sizes)
+    print(write_scale_report(args.out, rows, settings))
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register the placement subcommands on the main parser's subparsers."""
     p = sub.add_parser("plan", help=cmd_plan.__doc__, description=cmd_plan.__doc__)
@@ -200,6 +221,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="GA generations, population 100 (default 500: about as long as "
                    "CP-SAT's default work limit on 10 devices)")
     p.set_defaults(func=cmd_placement_sweep)
+
+    p = sub.add_parser("bench-placement-scale", help=cmd_bench_placement_scale.__doc__,
+                       description=cmd_bench_placement_scale.__doc__ + " Writes results.csv, "
+                       "results.json, scale.png and tables.md.")
+    p.add_argument("--profile", type=Path, default=Path("docs/results/resnet/plain/profile.json"),
+                   help="profile.json of the network (default the trained plain model's)")
+    p.add_argument("--example", type=Path, default=Path("config/fleet_example.yaml"),
+                   help="the fleet file solved --repeats times (default "
+                   "config/fleet_example.yaml)")
+    p.add_argument("--sizes", nargs="+", type=positive_int, default=[10, 25, 50, 100],
+                   help="robots per generated fleet (default 10 25 50 100)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="default 0 1")
+    p.add_argument("--solvers", nargs="+", choices=list(SOLVERS), default=list(SOLVERS),
+                   help="default all three")
+    p.add_argument("--time-limit", type=positive_float, default=1.0,
+                   help="wall seconds per solve, the same for every solver (default 1)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="solves of the example fleet per solver (default 5)")
+    p.add_argument("--out", type=Path, default=Path("docs/results/placement_scale"),
+                   help="results folder (default docs/results/placement_scale)")
+    p.set_defaults(func=cmd_bench_placement_scale)
 
     p = sub.add_parser("placement-report", help=cmd_placement_report.__doc__,
                        description=cmd_placement_report.__doc__)

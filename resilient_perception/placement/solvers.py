@@ -81,8 +81,9 @@ MAX_OBJECTIVE_SCALE = 1e13
 FULL_LP_MAX_VARS = 40_000
 """CP-SAT uses its full linear relaxation up to this many variables."""
 
-PATH_MAX_ARCS = 40_000
-"""Transfer arcs the path program may have before each device keeps its fastest links only."""
+PATH_MAX_ARCS = 20_000
+"""Transfer arcs the path program may have before it keeps only some devices (a bound
+for all plans then comes from each request's cheapest path alone)."""
 
 RESTRICT_FIRST = 0.01
 """CP-SAT first searches the variables whose reduced cost is within this share of the bound."""
@@ -326,7 +327,7 @@ class _PathModel:
     skip: list[dict[tuple[int, int, bool], int]]  # (unit, device, after a skip)
     start: list[dict[int, int]]  # device of the stem -> var
     load: list[dict[int, list[tuple[int, float]]]]  # device -> (var, MACs) of its segments
-    complete: bool  # every link between devices is in the model
+    complete: bool  # every device is in the model
     stored: dict[int, np.ndarray] = field(default_factory=dict)  # device -> y (U,) ids
 
 
@@ -363,37 +364,21 @@ def _boundary_seconds(problem: Problem) -> np.ndarray:
     return problem.transfer_seconds(sizes)
 
 
-def _transfers(problem: Problem, plan: Plan) -> set[tuple[int, int]]:
-    """The (sender, receiver) pairs of a plan's transfers between devices."""
-    pairs = set()
-    for r, row in enumerate(plan.devices):
-        holder = int(problem.sources[r])
-        for device in row:
-            if device != DROPPED:
-                if device != holder:
-                    pairs.add((holder, int(device)))
-                holder = int(device)
-    return pairs
+def _candidates(problem: Problem, count: int, incumbent: Plan | None) -> np.ndarray:
+    """(N,) bool: ``count`` devices for a program too large with all of them.
 
-
-def _links(problem: Problem, neighbours: int | None, keep: Iterable[Plan]) -> np.ndarray:
-    """(N, N) bool: the links the path program may use.
-
-    All of them, or each device's ``neighbours`` fastest outgoing links plus every link the
-    plans in ``keep`` use (so those plans stay in the program).
+    The requests' sources, the incumbent's devices, then the fastest computers.
     """
     n = problem.fleet.n_devices
-    off = ~np.eye(n, dtype=bool)
-    if neighbours is None or neighbours >= n - 1:
-        return off
-    rates = np.where(off, problem.rates_bps, -np.inf)
-    fastest = np.argsort(-rates, axis=1, kind="stable")[:, :neighbours]
-    links = np.zeros((n, n), dtype=bool)
-    np.put_along_axis(links, fastest, True, axis=1)
-    for plan in keep:
-        for i, k in _transfers(problem, plan):
-            links[i, k] = True
-    return links & off
+    chosen = np.zeros(n, dtype=bool)
+    chosen[problem.sources] = True
+    if incumbent is not None:
+        chosen[incumbent.devices[incumbent.devices != DROPPED]] = True
+    for i in np.argsort(-problem.fleet.macs_per_second, kind="stable"):
+        if chosen.sum() >= count:
+            break
+        chosen[i] = True
+    return chosen
 
 
 def _identical_devices(problem: Problem) -> list[list[int]]:
@@ -426,9 +411,11 @@ def _identical_devices(problem: Problem) -> list[list[int]]:
 
 
 def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
-                 neighbours: int | None = None, keep: Iterable[Plan] = ()
-                 ) -> _PathModel | None:
-    """The path program (module doc); ``None`` if the threshold leaves no drop set."""
+                 devices: np.ndarray | None = None) -> _PathModel | None:
+    """The path program (module doc); ``None`` if the threshold leaves no drop set.
+
+    ``devices`` (N,) bool: the devices it may use (default all).
+    """
     enforce = set(enforce)
     net, fleet = problem.network, problem.fleet
     n, n_units, n_req = fleet.n_devices, net.n_units, problem.n_requests
@@ -439,7 +426,9 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
     per_second = alpha / (n_req * problem.reference_latency_s)
     mps, power_c, power_t = fleet.macs_per_second, fleet.compute_power_w, fleet.transmit_power_w
     runs = _segments(problem, enforce)
-    links = _links(problem, neighbours, keep)
+    devices = np.ones(n, dtype=bool) if devices is None else devices
+    runs = [r if devices[i] else [] for i, r in enumerate(runs)]
+    links = devices[:, None] & devices[None, :] & ~np.eye(n, dtype=bool)
     targets = [np.flatnonzero(links[i]).tolist() for i in range(n)]
     # Only units some allowed drop set drops get skip arcs.
     skippable = np.zeros(n_units + 1, dtype=bool)
@@ -452,7 +441,7 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
     load: list[dict[int, list[tuple[int, float]]]] = []
     cover: list[list[list[list[int]]]] = [[[[] for _ in range(n_units)] for _ in range(n)]
                                           for _ in range(n_req)]
-    model = _PathModel(p, options, s, [], [], [], [], [], [], bool(links.sum() == n * (n - 1)))
+    model = _PathModel(p, options, s, [], [], [], [], [], [], bool(devices.all()))
 
     def arc(cost_s: float = 0.0, sender: int | None = None) -> int:
         # Plain Python, not _Program.new / add_cost: tens of thousands of arcs.
@@ -645,7 +634,12 @@ def _cheapest_path(problem: Problem, r: int, dropped: set[int], hop: np.ndarray,
     ready = np.full((n_units + 1, n), np.inf)  # B: arrived before unit b on device i
     ended = np.full((n_units + 1, n), np.inf)  # E: a run ended before unit b on i
     skipped = np.full((n_units + 1, n), np.inf)  # F: unit b - 1 skipped, activation on i
-    came = {}  # back pointers: node -> predecessor node
+    # Back pointers: the device a B node came from and whether from an E (else an F) node;
+    # whether an F node came from an F node; the first unit of the run an E node ends.
+    came_from = np.zeros((n_units + 1, n), dtype=np.int64)
+    came_after_run = np.zeros((n_units + 1, n), dtype=bool)
+    skip_after_skip = np.zeros((n_units + 1, n), dtype=bool)
+    run_first = np.zeros((n_units + 1, n), dtype=np.int64)
     ready[0] = hop[0, problem.sources[r]]
     devices = np.arange(n)
     for b in range(n_units):
@@ -653,37 +647,38 @@ def _cheapest_path(problem: Problem, r: int, dropped: set[int], hop: np.ndarray,
             via_end, via_skip = ended[b][:, None] + leave[b], skipped[b][:, None] + hop[b]
             from_end, from_skip = via_end.argmin(axis=0), via_skip.argmin(axis=0)
             end_cost, skip_cost = via_end[from_end, devices], via_skip[from_skip, devices]
+            came_after_run[b] = end_cost <= skip_cost
+            came_from[b] = np.where(came_after_run[b], from_end, from_skip)
             ready[b] = np.minimum(end_cost, skip_cost)
-            for k in range(n):
-                came["B", b, k] = (("E", b, int(from_end[k])) if end_cost[k] <= skip_cost[k]
-                                   else ("F", b, int(from_skip[k])))
         if b in dropped:
-            use_skip = skipped[b] < ended[b]
-            skipped[b + 1] = np.where(use_skip, skipped[b], ended[b])
-            for i in range(n):
-                came["F", b + 1, i] = ("F" if use_skip[i] else "E", b, i)
+            skip_after_skip[b + 1] = skipped[b] < ended[b]
+            skipped[b + 1] = np.minimum(skipped[b], ended[b])
             continue
         end = b + 1
         while end <= n_units:
             cost = ready[b] + run_cost[b, end]
             better = cost < ended[end]
             ended[end] = np.where(better, cost, ended[end])
-            for i in np.flatnonzero(better).tolist():
-                came["E", end, i] = ("B", b, i)
+            run_first[end] = np.where(better, b, run_first[end])
             if end < n_units and end in dropped:
                 break
             end += 1
-    last = int(ended[n_units].argmin())
-    if not np.isfinite(ended[n_units, last]):
+    device = int(ended[n_units].argmin())
+    if not np.isfinite(ended[n_units, device]):
         return math.inf, None
     row = np.full(n_units, DROPPED)
-    node = ("E", n_units, last)
-    while node[0] != "B" or node[1] > 0:
-        previous = came[node]
-        if node[0] == "E":
-            row[previous[1]:node[1]] = node[2]
-        node = previous
-    return float(ended[n_units, last]), row
+    kind, b = "E", n_units
+    while kind != "B" or b > 0:
+        if kind == "E":
+            first = int(run_first[b, device])
+            row[first:b] = device
+            kind, b = "B", first
+        elif kind == "B":
+            kind = "E" if came_after_run[b, device] else "F"
+            device = int(came_from[b, device])
+        else:
+            kind, b = ("F" if skip_after_skip[b, device] else "E"), b - 1
+    return float(ended[n_units].min()), row
 
 
 def _tolerance(problem: Problem, program: _Program) -> float:
@@ -710,10 +705,13 @@ def _cpsat(program: _Program, time_limit: float, workers: int, seed: int,
            keep: np.ndarray | None = None):
     """(status, 0-1 values or None, bound) of ``program``.
 
+    ``time_limit`` counts from the call: building a large model takes part of it.
     ``floor``: a known lower bound on the objective; ``keep``: which variables may be 1
     (the others are fixed at 0 and left out of the model).
     """
     from ortools.sat.python import cp_model
+
+    deadline = time.monotonic() + time_limit
 
     cp = cp_model.CpModel()
     keep = np.ones(program.n_vars, dtype=bool) if keep is None else keep
@@ -753,7 +751,7 @@ def _cpsat(program: _Program, time_limit: float, workers: int, seed: int,
             if v is not None:
                 cp.add_hint(v, bool(value))
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(float(time_limit), 0.01)
+    solver.parameters.max_time_in_seconds = max(deadline - time.monotonic(), 0.01)
     if work_limit is not None:
         solver.parameters.max_deterministic_time = float(work_limit)
     solver.parameters.num_workers = workers
@@ -824,12 +822,12 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
        other costs more than bound + ``delta``. If CP-SAT proves the best plan among them
        within bound + ``delta`` (or proves there is none, which raises the bound), that is
        proven for every plan; ``delta`` starts small and grows up to the incumbent's gap.
-    Programs with more than ``max_arcs`` transfer arcs keep each device's fastest links
-    only (and the incumbent's): then only step 1's bound holds for every plan.
+    Programs with more than ``max_arcs`` transfer arcs keep only some devices (the
+    sources, the incumbent's, the fastest): then only step 1's bound holds for every plan.
 
     The status is ``optimal`` only when proven; otherwise ``feasible`` with the bound and
-    the gap. ``info`` has ``relative_gap`` (gap / objective), ``links`` (``all`` or the
-    number kept per device) and ``stages`` (seconds and bound after each step).
+    the gap. ``info`` has ``relative_gap`` (gap / objective), ``devices`` (``all`` or how
+    many the program kept) and ``stages`` (seconds and bound after each step).
     """
     started = time.monotonic()
     stages: list[dict] = []
@@ -842,7 +840,7 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
     stage("paths", bound)
     if not np.isfinite(bound):  # some request has no path even on its own
         return _result("cpsat", problem, None, "infeasible", float("nan"), started)
-    info = {"links": "all", "stages": stages}
+    info = {"devices": "all", "stages": stages}
 
     def score(plan: Plan | None) -> float:
         evaluation = None if plan is None else evaluate_plan(problem, plan)
@@ -856,25 +854,30 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
         return _finish(problem, incumbent, "optimal", bound, started, info)
     n, n_units = problem.fleet.n_devices, problem.network.n_units
     per_link = problem.n_requests * n_units
-    neighbours = None if per_link * n * (n - 1) <= max_arcs else max(
-        1, max_arcs // (per_link * n))
-    if neighbours is not None:
-        info["links"] = neighbours
-    model = _build_paths(problem, neighbours=neighbours, keep=[p for p in [incumbent] if p])
+    count = n if per_link * n * (n - 1) <= max_arcs else max(
+        2, int(math.sqrt(max_arcs / per_link)))
+    devices = None
+    if count < n:
+        devices = _candidates(problem, count, incumbent)
+        info["devices"] = int(devices.sum())
+    model = _build_paths(problem, devices=devices)
     tolerance = _tolerance(problem, model.program)
 
     def left() -> float:
         return time_limit - (time.monotonic() - started)
 
-    status, values, lp_bound, reduced = _relaxation(model.program, left() / 2)
-    if status == "infeasible" and model.complete:
+    # The relaxation of a program without every link bounds nothing beyond it, and on a
+    # large fleet it takes longer than CP-SAT needs to improve the plan: only for the
+    # complete program.
+    status, values, lp_bound, reduced = (
+        _relaxation(model.program, left() / 2) if model.complete
+        else ("skipped", None, float("nan"), None))
+    if status == "infeasible":
         return _result("cpsat", problem, None, "infeasible", float("nan"), started)
-    # The relaxation's bound holds for every plan only if its program has every link;
-    # its reduced costs restrict the search below either way.
     floor = lp_bound if status == "optimal" else bound
-    if model.complete and status == "optimal":
+    if status == "optimal":
         bound = max(bound, lp_bound)
-    stage("relaxation", bound)
+        stage("relaxation", bound)
     if warm_start and values is not None:
         guided = _algorithm1(problem, model.options, _unit_shares(problem, model, values),
                              values[model.s])
@@ -885,7 +888,8 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
     delta = max(RESTRICT_FIRST * abs(floor), 2 * tolerance)
     proven = False
     # Without a plan to compare with, only a search of everything can prove infeasibility.
-    while left() > 0.01 and delta < best - floor < math.inf and not proven:
+    while (status == "optimal" and left() > 0.01 and delta < best - floor < math.inf
+           and not proven):
         # A margin for HiGHS's tolerances on the reduced costs.
         keep = reduced <= delta + 1e-6 * max(abs(floor), 1e-12)
         hint = None if incumbent is None else _encode_paths(problem, model, incumbent)

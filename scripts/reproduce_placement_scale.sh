@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Produce docs/results/placement_scale/: the example fleet (config/fleet_example.yaml, 10
+# devices x 16 blocks) solved 5 times and generated fleets of 10, 25, 50 and 100 robots
+# (seeds 0 and 1) solved once, each by the exact solver, the paper's relaxation +
+# Algorithm 1 and its GA under the same 1 s wall-clock limit (one thread each); then
+# results.csv/json, scale.png and tables.md. A few minutes of one core (the heuristic's
+# program for 100 robots alone takes tens of seconds to build). Solve times depend on how
+# loaded the machine is: the 1-minute load average is stored beside every row.
+# Usage: scripts/reproduce_placement_scale.sh [PROFILE]  (after scripts/setup.sh)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+profile="${1:-docs/results/resnet/plain/profile.json}"
+resilient-perception bench-placement-scale --profile "$profile" \
+  --out docs/results/placement_scale --sizes 10 25 50 100 --seeds 0 1 --time-limit 1 --repeats 5
