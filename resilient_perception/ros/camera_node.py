@@ -322,10 +322,12 @@ class CameraNode(Node):
         """The device's uint8 ``(C, h, w)`` view of an image message; raises on bad input."""
         model = self._model
         pixels, encoding = self._decode(msg)
-        image = to_model_input(pixels, encoding, model.runner.in_channels)
         if model.view_spec is not None:
-            boxes = model.view_spec.boxes(image.shape[1], image.shape[2])
-            image = crop_view(image, boxes[self.get_parameter("device_id").value])
+            # The view is cut before it is converted: converting a whole 640x480 image
+            # took 5 ms, most of it for pixels of the other devices.
+            box = model.view_spec.boxes(*pixels.shape[:2])[self.get_parameter("device_id").value]
+            pixels = crop_view(pixels.transpose(2, 0, 1), box).transpose(1, 2, 0)
+        image = to_model_input(pixels, encoding, model.runner.in_channels)
         if model.input_hw is not None and tuple(image.shape[1:]) != model.input_hw:
             image = resize_view(image, model.input_hw)  # another camera resolution
         return image

@@ -1,0 +1,256 @@
+"""Free-running camera: what a camera driver publishes, for trying the pipeline as users do.
+
+Not the player: no shared stamps, no labels, no RELIABLE QoS, nothing of the package's image
+conversion. It stands in for one usb_cam or v4l2_camera process on its own clock:
+
+* a timer at ``rate_hz`` whose ticks sit ``phase_ms`` after the shared ``epoch_ns`` grid,
+  each capture a further uniform ``+-jitter_ms`` off (seeded by ``seed``), stamped with the
+  node clock at the capture, as drivers stamp;
+* the scene of :class:`SceneSchedule` at that stamp: dataset frame ``start_index + s`` for
+  scene ``s``, each held for ``hold_frames`` frames (real scenes change slower than the
+  frame rate); the first scene before the epoch, the last one after the schedule;
+* scaled to ``width`` x ``height`` and packed as YUYV (``yuv422_yuy2``, usb_cam's default)
+  with OpenCV, or with ``transport: compressed`` JPEG-encoded on ``image_raw/compressed``
+  (``sensor_msgs/CompressedImage``, as image_transport's compressed plugin publishes it);
+* BEST_EFFORT, depth 5 (``qos_profile_sensor_data``, what drivers offer).
+
+The ground truth is the schedule: :meth:`SceneSchedule.scene_of` maps any stamp of a frame
+(a fused frame carries its earliest) to its scene, so a scorer needs no label topic. Scene
+changes fall in the middle of the gap between two frames' captures, so no frame mixes two
+scenes while the phases stay within ``max_phase_ms`` and the jitter within ``jitter_ms``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from rcl_interfaces.msg import ParameterType
+from rclpy.exceptions import InvalidParameterValueException
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
+
+from resilient_perception.datasets import DatasetError, load_dataset
+from resilient_perception.ros.node_utils import descriptor, run_node
+
+__all__ = ["TRANSPORTS", "FreeRunningCameraNode", "SceneSchedule", "main", "yuyv"]
+
+TRANSPORTS = ("raw", "compressed")
+
+
+@dataclass(frozen=True)
+class SceneSchedule:
+    """Which scene free-running cameras show at a time: the shared clock of the test.
+
+    Frame ``k`` is captured ``phase`` (``0 .. max_phase_ns``, plus jitter) after
+    ``epoch_ns + k * period_ns``; it is frame ``k`` from half the gap after frame ``k - 1``'s
+    last capture to half the gap after its own. Scene ``s`` is frames ``s * hold_frames`` to
+    ``(s + 1) * hold_frames - 1``, for ``s`` in ``0 .. scenes - 1``.
+    """
+
+    epoch_ns: int
+    period_ns: int
+    hold_frames: int
+    scenes: int
+    max_phase_ns: int
+
+    def __post_init__(self) -> None:
+        """Reject schedules without a gap between frames."""
+        if min(self.period_ns, self.hold_frames, self.scenes) < 1:
+            raise ValueError("period_ns, hold_frames and scenes must be >= 1")
+        if not 0 <= self.max_phase_ns < self.period_ns:
+            raise ValueError(f"max_phase_ns must be in [0, period_ns), got {self.max_phase_ns}")
+
+    @classmethod
+    def at_rate(cls, epoch_ns: int, rate_hz: float, hold_frames: int, scenes: int,
+                max_phase_ms: float) -> SceneSchedule:
+        """A schedule of ``scenes`` scenes at ``rate_hz`` from ``epoch_ns``."""
+        return cls(epoch_ns, round(1e9 / rate_hz), hold_frames, scenes,
+                   round(max_phase_ms * 1e6))
+
+    @property
+    def frames(self) -> int:
+        """Frames of the whole schedule."""
+        return self.scenes * self.hold_frames
+
+    @property
+    def end_ns(self) -> int:
+        """When the last scene ends (the start of frame :attr:`frames`)."""
+        return self.frame_start_ns(self.frames)
+
+    def frame_start_ns(self, frame: int) -> int:
+        """When frame ``frame`` begins: half way between two frames' captures."""
+        return self.epoch_ns + frame * self.period_ns - (self.period_ns - self.max_phase_ns) // 2
+
+    def frame_of(self, stamp_ns: int) -> int:
+        """The frame a capture stamped ``stamp_ns`` belongs to (negative before the epoch)."""
+        return (stamp_ns - self.frame_start_ns(0)) // self.period_ns
+
+    def scene_of(self, stamp_ns: int) -> int | None:
+        """The scene shown at ``stamp_ns``, or None outside the schedule."""
+        frame = self.frame_of(stamp_ns)
+        return frame // self.hold_frames if 0 <= frame < self.frames else None
+
+    def shown_scene(self, stamp_ns: int) -> int:
+        """The scene a camera shows at ``stamp_ns``: the first before, the last after."""
+        return min(max(self.frame_of(stamp_ns), 0) // self.hold_frames, self.scenes - 1)
+
+
+def yuyv(bgr: np.ndarray) -> np.ndarray:
+    """A ``(H, W, 3)`` BGR image packed as YUYV 4:2:2 ``(H, W, 2)`` (OpenCV's BT.601 YUV)."""
+    import cv2
+
+    if bgr.shape[1] % 2:
+        raise ValueError(f"YUYV needs an even width, got {bgr.shape[1]}")
+    yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV).astype(np.uint16)
+    packed = np.empty((*bgr.shape[:2], 2), np.uint8)
+    packed[:, :, 0] = yuv[:, :, 0]
+    # One U and one V per pixel pair: their mean, rounded.
+    packed[:, 0::2, 1] = (yuv[:, 0::2, 1] + yuv[:, 1::2, 1] + 1) // 2
+    packed[:, 1::2, 1] = (yuv[:, 0::2, 2] + yuv[:, 1::2, 2] + 1) // 2
+    return packed
+
+
+class FreeRunningCameraNode(Node):
+    """Publishes a dataset's frames as one free-running camera driver would."""
+
+    def __init__(self, node_name: str = "free_running_camera", **kwargs) -> None:
+        """Declare the parameters, load the dataset, start the timer on the epoch's grid.
+
+        Raises:
+            InvalidParameterValueException: For a transport, size or schedule that cannot be.
+            DatasetError: If the dataset cannot be loaded.
+        """
+        super().__init__(node_name, **kwargs)
+        i, d, s = (ParameterType.PARAMETER_INTEGER, ParameterType.PARAMETER_DOUBLE,
+                   ParameterType.PARAMETER_STRING)
+        ms = (0.0, 1000.0)
+        for name, default, text, kind, int_range, float_range in (
+            ("dataset", "mnist", "mnist, cifar10, or idx:IMAGES:LABELS.", s, None, None),
+            ("data_dir", "", "Datasets folder; empty: $RESILIENT_PERCEPTION_DATA or "
+             "../shared/datasets.", s, None, None),
+            ("split", "test", "Dataset split.", s, None, None),
+            ("start_index", 0, "Dataset frame of scene 0.", i, (0, 2**31 - 1), None),
+            ("scenes", 100, "Scenes of the schedule.", i, (1, 2**31 - 1), None),
+            ("hold_frames", 5, "Frames each scene holds.", i, (1, 100000), None),
+            ("epoch_ns", 0, "System time of frame 0 of the schedule, ns (every camera of a "
+             "run gets the same); 0: the node's start.", i, (0, 2**63 - 1), None),
+            ("rate_hz", 30.0, "Frames per second.", d, None, (0.1, 1000.0)),
+            ("phase_ms", 0.0, "This camera's capture offset after each tick of the grid, ms.",
+             d, None, ms),
+            ("max_phase_ms", 15.0, "Largest phase of any camera of the run (places the scene "
+             "changes between frames), ms.", d, None, ms),
+            ("jitter_ms", 3.0, "Each capture a uniform +-this off its phase, ms.", d, None,
+             ms),
+            ("seed", 0, "Seed of the jitter.", i, (0, 2**31 - 1), None),
+            ("width", 640, "Published image width (even).", i, (2, 16384), None),
+            ("height", 480, "Published image height.", i, (1, 16384), None),
+            ("transport", "raw", "'raw': YUYV sensor_msgs/Image on image_raw; 'compressed': "
+             "JPEG sensor_msgs/CompressedImage on image_raw/compressed.", s, None, None),
+            ("jpeg_quality", 80, "JPEG quality of the compressed transport (image_transport's "
+             "default).", i, (1, 100), None),
+            ("frame_id", "camera", "header.frame_id of the images.", s, None, None),
+        ):
+            self.declare_parameter(name, default, descriptor(text, kind, int_range,
+                                                             float_range))
+        p = {name: self.get_parameter(name).value for name in self._parameters}
+        if p["transport"] not in TRANSPORTS:
+            raise InvalidParameterValueException("transport", p["transport"],
+                                                 f"must be one of {TRANSPORTS}")
+        if p["width"] % 2:
+            raise InvalidParameterValueException("width", p["width"], "YUYV needs it even")
+        epoch = p["epoch_ns"] or time.time_ns()
+        try:
+            self.schedule = SceneSchedule.at_rate(epoch, p["rate_hz"], p["hold_frames"],
+                                                  p["scenes"], p["max_phase_ms"])
+        except ValueError as exc:
+            raise InvalidParameterValueException("max_phase_ms", p["max_phase_ms"],
+                                                 str(exc)) from None
+        if p["phase_ms"] > p["max_phase_ms"]:
+            raise InvalidParameterValueException("phase_ms", p["phase_ms"],
+                                                 f"must be <= max_phase_ms {p['max_phase_ms']}")
+        data = load_dataset(p["dataset"], p["split"], p["data_dir"] or None)
+        stop = p["start_index"] + p["scenes"]
+        if stop > len(data.labels):
+            raise InvalidParameterValueException(
+                "scenes", p["scenes"], f"the split has {len(data.labels)} frames, "
+                f"start_index {p['start_index']} + scenes needs {stop}")
+        self._images = data.images[p["start_index"]:stop]
+        self._size = (p["width"], p["height"])
+        self._compressed = p["transport"] == "compressed"
+        self._jpeg_quality, self._frame_id = p["jpeg_quality"], p["frame_id"]
+        self._jitter_s = p["jitter_ms"] * 1e-3
+        self._random = random.Random(p["seed"])
+        self._shown: tuple[int, bytes] | None = None  # (scene, encoded pixels)
+        self.published = 0
+        topic = "image_raw/compressed" if self._compressed else "image_raw"
+        self._pub = self.create_publisher(CompressedImage if self._compressed else Image,
+                                          topic, qos_profile_sensor_data)
+        # Ticks at phase - jitter after the grid; each capture then waits 0 .. 2 * jitter.
+        period_ns = self.schedule.period_ns
+        offset_ns = round((p["phase_ms"] - p["jitter_ms"]) * 1e6)
+        now = time.time_ns()
+        first = epoch + offset_ns + ((now - epoch - offset_ns) // period_ns + 2) * period_ns
+        time.sleep(max(first - period_ns - time.time_ns(), 0) * 1e-9)
+        self._timer = self.create_timer(period_ns * 1e-9, self._capture)
+        self.get_logger().info(
+            f"{p['dataset']} frames {p['start_index']}..{stop - 1}, {p['hold_frames']} "
+            f"frames each, as {p['width']}x{p['height']} "
+            f"{'JPEG' if self._compressed else 'YUYV'} at {p['rate_hz']:g} Hz, phase "
+            f"{p['phase_ms']:.1f} +- {p['jitter_ms']:g} ms, on {self._pub.topic_name}")
+
+    _parameters = ("dataset", "data_dir", "split", "start_index", "scenes", "hold_frames",
+                   "epoch_ns", "rate_hz", "phase_ms", "max_phase_ms", "jitter_ms", "seed",
+                   "width", "height", "transport", "jpeg_quality", "frame_id")
+
+    def _pixels(self, scene: int) -> bytes:
+        """The scene's image as this camera sends it (encoded once per scene)."""
+        if self._shown is None or self._shown[0] != scene:
+            import cv2
+
+            image = np.ascontiguousarray(self._images[scene].transpose(1, 2, 0))
+            bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR if image.shape[2] == 1
+                               else cv2.COLOR_RGB2BGR)
+            bgr = cv2.resize(bgr, self._size, interpolation=cv2.INTER_LINEAR)
+            if self._compressed:
+                ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY,
+                                                         self._jpeg_quality])
+                if not ok:
+                    raise RuntimeError("OpenCV could not JPEG-encode the image")
+                pixels = encoded.tobytes()
+            else:
+                pixels = yuyv(bgr).tobytes()
+            self._shown = (scene, pixels)
+        return self._shown[1]
+
+    def _capture(self) -> None:
+        time.sleep(self._random.uniform(0.0, 2.0 * self._jitter_s))
+        stamp = self.get_clock().now()
+        pixels = self._pixels(self.schedule.shown_scene(stamp.nanoseconds))
+        if self._compressed:
+            msg = CompressedImage(format="bgr8; jpeg compressed bgr8", data=pixels)
+        else:
+            width, height = self._size
+            msg = Image(height=height, width=width, encoding="yuv422_yuy2", is_bigendian=0,
+                        step=2 * width, data=pixels)
+        msg.header.stamp = stamp.to_msg()
+        msg.header.frame_id = self._frame_id
+        self._pub.publish(msg)
+        self.published += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the camera until SIGINT/SIGTERM.
+
+    Exit codes: 0 after SIGINT/SIGTERM, 1 when the dataset cannot be loaded, 2 for an
+    invalid parameter.
+    """
+    return run_node(FreeRunningCameraNode, "free_running_camera", argv,
+                    startup_errors={DatasetError: (1, "cannot load the dataset")})
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
