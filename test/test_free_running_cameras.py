@@ -21,6 +21,7 @@ from test.conftest import ROOT, domain_id, needs_data, require_ros
 msgs = require_ros()
 
 from resilient_perception.harness.free_running import (  # noqa: E402
+    LARGE_IMAGES_PROFILE,
     SceneSchedule,
     camera_drivers,
     free_running_pipeline_nodes,
@@ -31,6 +32,7 @@ from resilient_perception.ros.topics import FUSED_TOPIC  # noqa: E402
 
 DOMAIN_ID = domain_id()
 CONFIG = ROOT / "config" / "mnist_6cam.yaml"
+DDS_PROFILE = ROOT / "config" / LARGE_IMAGES_PROFILE  # 600 KB BEST_EFFORT images arrive
 SCENES, HOLD, RATE_HZ = 60, 5, 30.0  # 300 frames, 10 s
 WARMUP_S = 8.0  # drivers start, cameras match them, every device is heard once
 COMPRESSED = (5,)
@@ -59,13 +61,15 @@ def test_free_running_foreign_cameras_fuse_complete_frames_and_a_dead_one_is_rep
 
     views, labels = mnist_views
     with (Observer(domain_id=DOMAIN_ID) as observer,
-          Pipeline(free_running_pipeline_nodes(briefly_trained_onnx, compressed=COMPRESSED),
+          Pipeline(free_running_pipeline_nodes(briefly_trained_onnx, compressed=COMPRESSED,
+                                               dds_profile=DDS_PROFILE),
                    CONFIG, log_dir=tmp_path, domain_id=DOMAIN_ID) as pipeline):
         fused = observer.collect(msgs.FusedPrediction, FUSED_TOPIC)
         pipeline.start_ready(observer, timeout=120.0)
         schedule = SceneSchedule.at_rate(time.time_ns() + round(WARMUP_S * 1e9), RATE_HZ,
                                          HOLD, SCENES, max_phase_ms=15.0)
-        with Pipeline(camera_drivers(schedule, seed=DOMAIN_ID, compressed=COMPRESSED),
+        with Pipeline(camera_drivers(schedule, seed=DOMAIN_ID, compressed=COMPRESSED,
+                                     dds_profile=DDS_PROFILE),
                       log_dir=tmp_path / "drivers", domain_id=DOMAIN_ID) as drivers:
             drivers.start()
             observer.spin_until(lambda: time.time_ns() > schedule.end_ns + 300_000_000,
