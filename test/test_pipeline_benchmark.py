@@ -35,11 +35,21 @@ def test_short_benchmark_runs_every_phase_and_loses_no_frame(briefly_trained_onn
     monkeypatch.setenv("RESILIENT_PERCEPTION_DATA", str(DATA_ROOT))
     result = run_pipeline_benchmark(ROOT / "config" / "mnist_6cam.yaml", briefly_trained_onnx,
                                     tmp_path, steady_s=3.0, kills=1, rates=(30.0,),
-                                    rate_step_s=2.0, emit=lambda _: None)
+                                    rate_step_s=2.0, emit=lambda _: None,
+                                    compare_one_process=True)
     assert frames_lost(result) == 0
     assert result["steady"]["stream"]["labelled_frames"] == 90
     (kill,) = result["failure_reaction"]["kills"]
     assert kill["device"] == 0 and kill["reaction_s"] is not None  # a surrogate came
     assert result["max_rate"]["steps"][0]["lost"] == 0
+    deployments = result["deployments"]
+    per, one = deployments["per_process"], deployments["one_process"]
+    assert per["processes"] == [*(f"camera_{i}" for i in range(6)), "fusion"]
+    assert one["processes"] == ["perception"]
+    for deployment in (per, one):
+        assert deployment["lost"] == 0 and deployment["frames"] == 90
+        assert deployment["deactivation_reaction_s"] is not None  # a surrogate came
+    assert one["rss_mb"] < per["rss_mb"]  # one participant and runtime instead of seven
     assert result == json.loads((tmp_path / "benchmark.json").read_text())
+    assert "| processes (fusion + cameras) | - | 7 | 1 |" in (tmp_path / "benchmark.md").read_text()
     assert "| frames lost (steady + kills) | 0 | 0 |" in (tmp_path / "benchmark.md").read_text()

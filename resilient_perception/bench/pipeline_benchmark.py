@@ -14,7 +14,9 @@ Runtime and the fusion node, fed by player processes. Phases, in one run:
    the surrogate synthesis and the whole per-frame fusion with and without surrogates;
 
 and, with ``dashboard``, after the steady state: the same stream without, with the
-dashboard open in headless Chromium, and without again (:mod:`.dashboard_bench`).
+dashboard open in headless Chromium, and without again (:mod:`.dashboard_bench`); with
+``compare_one_process``, at the end: the pipeline deployed as one process per node and as
+one ``perception_container`` process, measured the same way (:mod:`.deployment_comparison`).
 
 The benchmark measures; it asserts nothing. Results go to ``benchmark.json`` (raw) and
 ``benchmark.md`` (tables) in the output folder.
@@ -22,7 +24,6 @@ The benchmark measures; it asserts nothing. Results go to ``benchmark.json`` (ra
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -33,86 +34,18 @@ from pathlib import Path
 import numpy as np
 import psutil
 import yaml
-from diagnostic_msgs.msg import DiagnosticArray
 
 from resilient_perception.bench.dashboard_bench import markdown_lines as dashboard_lines
 from resilient_perception.bench.dashboard_bench import measure_dashboard_cost
-from resilient_perception.harness.pipeline import NodeSpec, Observer, Pipeline, pipeline_nodes
-from resilient_perception.harness.stream_monitor import StreamMonitor
+from resilient_perception.bench.deployment_comparison import (
+    compare_deployments,
+    deployment_markdown,
+)
+from resilient_perception.bench.played_pipeline import PlayedPipeline, fusion_diagnostics
 from resilient_perception.paper.device_cost import measure_modifier_cost
 from resilient_perception.perception.runtime import DeviceRunner
-from resilient_perception.ros.topics import DIAGNOSTICS_TOPIC, FUSED_TOPIC
 
 __all__ = ["frames_lost", "markdown_report", "run_pipeline_benchmark"]
-
-FUSED = FUSED_TOPIC
-
-
-def _fusion_diagnostics(arrays: list[DiagnosticArray]) -> dict[str, str]:
-    for array in reversed(arrays):
-        for status in array.status:
-            if status.name.endswith(": frame assembly"):
-                return {kv.key: kv.value for kv in status.values}
-    return {}
-
-
-class _Bench:
-    """The running pipeline (fusion + cameras) and helpers to play frames through it."""
-
-    def __init__(self, config: Path, onnx_pattern: str, n_cameras: int, log_dir: Path):
-        self.config, self.log_dir, self.n = config, log_dir, n_cameras
-        # The config's `player` section is keyed by that node name; every play starts a
-        # player of its own name, which gets the section's parameters (its warm-up above
-        # all: without it a new player's first frames reach cameras not yet matched to it).
-        sections = yaml.safe_load(Path(config).read_text()) or {}
-        self.player_parameters = (sections.get("player") or {}).get("ros__parameters") or {}
-        nodes = pipeline_nodes(n_cameras, player=False, model_path=onnx_pattern)
-        self.observer = Observer(name="benchmark_monitor")
-        self.pipeline = Pipeline(nodes, config, log_dir=log_dir)
-        self.monitor = StreamMonitor(self.observer, {"fused": FUSED}, n_cameras)
-        self.score = self.monitor.scores["fused"]
-        self.diagnostics = self.observer.collect(DiagnosticArray, DIAGNOSTICS_TOPIC)
-        self._players = 0
-
-    def play(self, rate_hz: float, count: int, during: Callable[[float], None] | None = None,
-             ) -> tuple[int, int]:
-        """Play ``count`` labelled frames at ``rate_hz``; return the stamp window (ns).
-
-        ``during(t)`` is called about every 20 ms with the seconds since the first label.
-        """
-        self._players += 1
-        name = f"player_{self._players}"
-        player = Pipeline([NodeSpec(name, "player_node", {
-            **self.player_parameters,
-            "num_cameras": self.n, "rate_hz": rate_hz, "count": count, "on_end": "shutdown",
-            "wait_for_label_subscribers": 1,
-            "start_index": (self._players * 997) % 5000})], self.config, log_dir=self.log_dir)
-        start_ns = time.time_ns()
-        labels0 = self.monitor.labels()
-        with player:
-            player.start()
-            self.observer.spin_until(lambda: self.monitor.labels() > labels0,
-                                     "the first labelled frame", 60.0, self.pipeline)
-            t0 = time.monotonic()
-            while player.running(name):
-                self.observer.spin_for(0.02)
-                if during is not None:
-                    during(time.monotonic() - t0)
-            self.pipeline.check()
-        end_ns = time.time_ns()
-        labelled = self.score.window(start_ns, end_ns).truth.keys()
-        # Drain: frames still in flight are not lost; what is missing after 5 s is.
-        with contextlib.suppress(TimeoutError):
-            self.observer.spin_until(lambda: not (labelled - self.score.fused.keys()),
-                                     "every labelled frame fused", 5.0, self.pipeline)
-        return start_ns, end_ns
-
-    def window(self, span: tuple[int, int]) -> dict:
-        return self.score.window(*span).summary()
-
-    def processes(self) -> dict[str, psutil.Process]:
-        return {name: psutil.Process(self.pipeline.pid(name))
-                for name in self.pipeline.names if self.pipeline.running(name)}
 
 
 def run_pipeline_benchmark(
@@ -128,11 +61,12 @@ def run_pipeline_benchmark(
     emit: Callable[[str], None] = print,
     log_dir: Path | None = None,
     dashboard: bool = False,
+    compare_one_process: bool = False,
 ) -> dict:
     """Run the four phases (see the module docstring) and write the results; returns them.
 
     Node logs go to ``log_dir`` (default ``out_dir/logs``); ``dashboard`` adds the
-    dashboard's with/without phase.
+    dashboard's with/without phase, ``compare_one_process`` the deployments' comparison.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = yaml.safe_load(Path(config).read_text()) or {}
@@ -147,7 +81,7 @@ def run_pipeline_benchmark(
         "config": {"rate_hz": rate_hz, "cameras": n_cameras, "deadline_s": deadline,
                    "frame_timeout_s": frame_timeout, "steady_s": steady_s},
     }
-    bench = _Bench(config, onnx_pattern, n_cameras, log_dir or out_dir / "logs")
+    bench = PlayedPipeline(config, onnx_pattern, n_cameras, log_dir or out_dir / "logs")
     try:
         with bench.pipeline:
             emit(f"starting fusion + {n_cameras} cameras ...")
@@ -161,7 +95,7 @@ def run_pipeline_benchmark(
             usage = {name: {"cpu_percent_of_one_core": p.cpu_percent(None),
                             "rss_mb": p.memory_info().rss / 2**20} for name, p in procs.items()}
             bench.observer.spin_for(1.5)  # a diagnostics period
-            diag = _fusion_diagnostics(bench.diagnostics)
+            diag = fusion_diagnostics(bench.diagnostics)
             result["steady"] = {"stream": bench.window(span), "processes": usage,
                                 "fusion_ms_p50": float(diag.get("fusion_ms_p50", "nan")),
                                 "fusion_ms_p99": float(diag.get("fusion_ms_p99", "nan"))}
@@ -189,7 +123,7 @@ def run_pipeline_benchmark(
                                   "frames": window["labelled_frames"]})
                 bench.pipeline.restart(f"camera_{device}")
                 bench.observer.spin_until(
-                    lambda device=device: _fusion_diagnostics(bench.diagnostics).get(
+                    lambda device=device: fusion_diagnostics(bench.diagnostics).get(
                         "heads_known") == str(n_cameras) and bench.pipeline.running(
                         f"camera_{device}"), "the restarted camera", 60.0, bench.pipeline)
             result["failure_reaction"] = {"bound_s": deadline + 1.0 / rate_hz,
@@ -212,6 +146,10 @@ def run_pipeline_benchmark(
             result["max_rate"] = {"steps": steps, "max_sustained_hz": max(sustained, default=None)}
     finally:
         bench.observer.close()
+    if compare_one_process:
+        result["deployments"] = compare_deployments(
+            config, onnx_pattern, (log_dir or out_dir / "logs") / "deployments", n_cameras,
+            rate_hz, steady_s, emit)
     emit("Modifier cost ...")
     # Times do not depend on the values: zero views stand in for camera images.
     runners = [DeviceRunner.from_onnx(onnx_pattern.format(i), threads=1)
@@ -280,4 +218,7 @@ def markdown_report(result: dict) -> str:
               f"{cost['repeats']})."]
     if "dashboard" in result:
         lines += dashboard_lines(result["dashboard"])
+    if "deployments" in result:
+        lines += ["", "## One process per node vs one process (perception_container)", "",
+                  deployment_markdown(result["deployments"]).rstrip()]
     return "\n".join(lines) + "\n"
