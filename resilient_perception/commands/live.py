@@ -106,13 +106,22 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
 
     Measures end-to-end and fusion-only latency, failure reaction time, max sustained
     frame rate, CPU and memory per process, and the Modifier's cost vs a device forward.
-    Writes benchmark.json and benchmark.md to --out.
+    Writes benchmark.json and benchmark.md to --out. With --free-running, instead: the same
+    digits from the player and from six free-running camera drivers, side by side
+    (free_running.json and free_running.md).
     """
     if not args.checkpoint.is_file():
         raise ValueError(f"{args.checkpoint}: no such checkpoint (train one with "
                          "`resilient-perception train`)")
     models = onnx_models(args.checkpoint, args.checkpoint.parent / "onnx")  # inputs first
     _, pipeline, pipeline_benchmark = _live_imports()
+    if args.free_running:
+        from ..bench.free_running_bench import run_free_running_benchmark
+
+        run_free_running_benchmark(_installed_config(args, pipeline), models, args.out,
+                                   args.rate, args.digits, args.hold, log_dir=args.log_dir)
+        print((args.out / "free_running.md").read_text(), end="")
+        return 0
     result = pipeline_benchmark.run_pipeline_benchmark(
         _installed_config(args, pipeline), models, args.out, args.rate, args.steady,
         args.kills, log_dir=args.log_dir, dashboard=args.dashboard)
@@ -223,6 +232,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-footprint", help="resident memory and start-up time of the "
                        "fusion and camera node processes", description=cmd_bench_footprint.__doc__)
     _add_bench_options(p, "bench-footprint")
+    p.add_argument("--free-running", action="store_true",
+                   help="instead, the same digits from the player and from six free-running "
+                   "camera drivers (640x480 YUYV, best effort, own phases): frames fused "
+                   "complete, latency and accuracy side by side (free_running.md)")
+    p.add_argument("--digits", type=positive_int, default=200,
+                   help="with --free-running: test digits played (default 200)")
+    p.add_argument("--hold", type=positive_int, default=5,
+                   help="with --free-running: frames each digit holds (default 5)")
     p.add_argument("--cameras", type=positive_int, default=2, help="camera nodes (default 2)")
     p.add_argument("--seconds", type=float, default=10.0,
                    help="seconds of streaming while memory is sampled (default 10)")

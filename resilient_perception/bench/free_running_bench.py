@@ -1,0 +1,183 @@
+"""The pipeline fed by the player and by free-running cameras, on the same digits, side by side.
+
+``bench-pipeline --free-running``. Two modes in one run, each a fresh pipeline of separate
+processes over DDS (fusion + six ONNX camera nodes):
+
+* **player**: the package's player publishes each digit once, all cameras one stamp,
+  RELIABLE, at the trained size (the cameras as ``pipeline_nodes`` sets them up);
+* **free-running**: six ``free_running_camera_node`` drivers, each on its own timer with its
+  own phase (0-15 ms) and +-3 ms jitter, 640x480 YUYV BEST_EFFORT (one JPEG on
+  ``image_raw/compressed``), each digit held ``hold`` frames; the cameras subscribe best
+  effort, the fusion node groups stamps within ``sync_tolerance``, and the cameras and
+  drivers use ``config/fastdds_large_images.xml`` (:mod:`~..harness.free_running`).
+
+Per mode: the fraction of frames fused complete (all six devices live, no surrogate),
+end-to-end latency p50 / p99 (``FusedPrediction.latency``: the frame's earliest stamp to the
+fused publish) and accuracy. Writes ``free_running.json`` (raw) and ``free_running.md``.
+The benchmark measures; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from resilient_perception.datasets import load_dataset
+from resilient_perception.harness.free_running import (
+    FREE_RUNNING_SYNC_TOLERANCE_S,
+    SceneSchedule,
+    camera_drivers,
+    free_running_pipeline_nodes,
+    score_fused,
+)
+from resilient_perception.harness.pipeline import Observer, Pipeline
+from resilient_perception.msg import FrameLabel, FusedPrediction
+from resilient_perception.ros.topics import FUSED_TOPIC, LABEL_TOPIC, label_qos
+
+__all__ = ["markdown_report", "run_free_running_benchmark"]
+
+WARMUP_S = 8.0
+"""Drivers start, the cameras match them and every device is heard before frame 0."""
+MAX_PHASE_MS = 15.0
+COMPRESSED = (5,)
+
+
+def _stamp(msg) -> int:
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+def _player_mode(config: Path, onnx_pattern: str, log_dir: Path, start: int, scenes: int,
+                 rate_hz: float, n: int, domain_id: int) -> dict:
+    overrides = {"player": {"start_index": start, "count": scenes, "rate_hz": rate_hz,
+                            "on_end": "shutdown", "wait_for_label_subscribers": 1}}
+    with (Observer(name="benchmark_monitor", domain_id=domain_id) as observer,
+          Pipeline.from_config(config, model_path=onnx_pattern, num_cameras=n,
+                               overrides=overrides, log_dir=log_dir,
+                               domain_id=domain_id) as pipeline):
+        labels = observer.collect(FrameLabel, LABEL_TOPIC, label_qos())
+        fused = observer.collect(FusedPrediction, FUSED_TOPIC)
+        pipeline.start_ready(observer, timeout=120.0)
+        observer.spin_until(lambda: not pipeline.running("player"), "the player's end",
+                            60.0 + 2 * scenes / rate_hz, pipeline)
+        observer.spin_for(1.0)  # frames in flight
+    truth = {_stamp(m): int(m.label) for m in labels}
+    scored = [m for m in fused if _stamp(m) in truth]
+    complete = [list(m.live_devices) == list(range(n)) and not list(m.surrogate_devices)
+                for m in scored]
+    latencies = [float(m.latency) for m in scored]
+    return {"frames": len(truth), "fused": len(scored),
+            "complete": int(sum(complete)),
+            "complete_fraction": sum(complete) / max(len(truth), len(scored), 1),
+            "accuracy": (float(np.mean([int(m.label) == truth[_stamp(m)] for m in scored]))
+                         if scored else None),
+            "latency_s": {f"p{q}": float(np.percentile(latencies, q)) if latencies else None
+                          for q in (50, 99)}}
+
+
+def _free_running_mode(config: Path, onnx_pattern: str, log_dir: Path, start: int,
+                       scenes: int, hold: int, rate_hz: float, n: int, labels: np.ndarray,
+                       profile: Path, seed: int, domain_id: int) -> dict:
+    nodes = free_running_pipeline_nodes(onnx_pattern, n, compressed=COMPRESSED,
+                                        dds_profile=profile)
+    with (Observer(name="benchmark_monitor", domain_id=domain_id) as observer,
+          Pipeline(nodes, config, log_dir=log_dir, domain_id=domain_id) as pipeline):
+        fused = observer.collect(FusedPrediction, FUSED_TOPIC)
+        pipeline.start_ready(observer, timeout=120.0)
+        schedule = SceneSchedule.at_rate(time.time_ns() + round(WARMUP_S * 1e9), rate_hz,
+                                         hold, scenes, MAX_PHASE_MS)
+        with Pipeline(camera_drivers(schedule, n, seed=seed, compressed=COMPRESSED,
+                                     start_index=start, dds_profile=profile),
+                      log_dir=log_dir / "drivers", domain_id=domain_id):
+            observer.spin_until(lambda: time.time_ns() > schedule.end_ns + 500_000_000,
+                                "the end of the schedule",
+                                WARMUP_S + schedule.frames / rate_hz + 60.0, pipeline)
+    score = score_fused(fused, schedule, labels, n)
+    del score["records"]
+    return score
+
+
+def run_free_running_benchmark(
+    config: Path,
+    onnx_pattern: str,
+    out_dir: Path,
+    rate_hz: float = 30.0,
+    scenes: int = 200,
+    hold: int = 5,
+    start_index: int = 0,
+    seed: int = 1,
+    n_cameras: int = 6,
+    log_dir: Path | None = None,
+    emit: Callable[[str], None] = print,
+) -> dict:
+    """Run both modes on digits ``start_index .. start_index + scenes - 1``; write the results.
+
+    ``config`` is the pipeline's params file; the Fast DDS profile is the
+    ``fastdds_large_images.xml`` beside it. ``seed`` draws the drivers' phases and jitter.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = log_dir or out_dir / "logs"
+    profile = Path(config).parent / "fastdds_large_images.xml"
+    data = load_dataset("mnist", "test")
+    labels = data.labels[start_index:start_index + scenes]
+    domain_id = int(os.environ.get("ROS_DOMAIN_ID", "0"))
+    result: dict = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "load_average_1min_start": os.getloadavg()[0]},
+        "config": {"rate_hz": rate_hz, "cameras": n_cameras, "digits": scenes,
+                   "start_index": start_index, "hold_frames": hold, "seed": seed,
+                   "max_phase_ms": MAX_PHASE_MS, "jitter_ms": 3.0, "size": "640x480",
+                   "compressed_cameras": list(COMPRESSED),
+                   "sync_tolerance_s": FREE_RUNNING_SYNC_TOLERANCE_S},
+    }
+    emit(f"player: {scenes} digits at {rate_hz:g} Hz ...")
+    result["player"] = _player_mode(config, onnx_pattern, log_dir / "player", start_index,
+                                    scenes, rate_hz, n_cameras, domain_id)
+    emit(f"free-running: the same digits, {hold} frames each ...")
+    result["free_running"] = _free_running_mode(
+        config, onnx_pattern, log_dir / "free_running", start_index, scenes, hold, rate_hz,
+        n_cameras, labels, profile, seed, domain_id)
+    result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
+    (out_dir / "free_running.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "free_running.md").write_text(markdown_report(result))
+    return result
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{1e3 * seconds:.1f}"
+
+
+def _pct(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.1f}"
+
+
+def markdown_report(result: dict) -> str:
+    """The two modes side by side."""
+    cfg, machine = result["config"], result["machine"]
+    lines = [
+        f"# Player vs free-running cameras: {cfg['cameras']} cameras at {cfg['rate_hz']:g} "
+        f"Hz, MNIST test digits {cfg['start_index']}..{cfg['start_index'] + cfg['digits'] - 1}",
+        "",
+        f"Free-running: {cfg['size']} YUYV BEST_EFFORT (camera(s) "
+        f"{', '.join(map(str, cfg['compressed_cameras']))} JPEG), phases 0-"
+        f"{cfg['max_phase_ms']:g} ms (seed {cfg['seed']}), +-{cfg['jitter_ms']:g} ms jitter, "
+        f"each digit held {cfg['hold_frames']} frames, sync_tolerance "
+        f"{cfg['sync_tolerance_s']:g} s. Machine: {machine['cpu']}, {machine['cores']} cores, "
+        f"1-minute load average {machine['load_average_1min_start']:.1f} at the start and "
+        f"{machine['load_average_1min_end']:.1f} at the end. Raw data: `free_running.json`.",
+        "",
+        "| mode | frames | fused | complete (6 live, no surrogate), % | latency p50 / p99, ms "
+        "| accuracy, % |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, key in (("player", "player"), ("free-running", "free_running")):
+        r = result[key]
+        lines.append(f"| {name} | {r['frames']} | {r['fused']} | {_pct(r['complete_fraction'])} "
+                     f"| {_ms(r['latency_s']['p50'])} / {_ms(r['latency_s']['p99'])} | "
+                     f"{_pct(r['accuracy'])} |")
+    return "\n".join(lines) + "\n"
