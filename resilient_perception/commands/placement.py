@@ -185,6 +185,56 @@ def cmd_bench_placement_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_replan(args: argparse.Namespace) -> int:
+    """Lose robots of a simulated fleet one at a time; time until the planner's new plan."""
+    import shlex
+    import sys
+
+    from ..bench.replan_benchmark import run_replan_benchmark, summarise
+    from ..paper.placement_experiments import PAPER_THRESHOLD_SHARE
+    from .common import write_json
+
+    network = Network.from_profile(load_profile(args.profile))
+    record = run_replan_benchmark(args.profile, args.out, args.robots, args.losses, args.seed,
+                                  args.time_limit, args.robot_timeout, args.domain_id,
+                                  PAPER_THRESHOLD_SHARE * network.clean_accuracy)
+    record["command"] = "resilient-perception " + shlex.join(sys.argv[1:])
+    record["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    record["summary"] = summary = summarise(record)
+    name = f"replan-{args.robots}"
+    write_json(args.out / f"{name}.json", record)
+
+    def row(what: str, stats: dict) -> str:
+        if not stats["count"]:
+            return f"| {what} | 0 | - | - | - |"
+        return (f"| {what} | {stats['count']} | {stats['p50']:.3f} | {stats['p99']:.3f} | "
+                f"{stats['max']:.3f} |")
+
+    text = "\n".join([
+        f"# Re-planning after a robot loss, {args.robots} simulated robots",
+        "",
+        f"Made by `{record['command']}` ({record['date']}); raw rounds in `{name}.json`, the "
+        f"fleet in `{record['fleet']}`, the planner's log in `logs/`. {args.losses} losses "
+        f"of a random robot; the planner (CP-SAT, time limit {args.time_limit:g} s, one "
+        f"worker) declares a robot lost {args.robot_timeout:g} s after its last heartbeat "
+        f"(heartbeats every 0.1 s), so that much of each time is detection. Median 1-minute "
+        f"load average during the run: {summary['load_1min_median']:.1f} (2 cores, shared).",
+        "",
+        "| loss -> | plans | p50 (s) | p99 (s) | max (s) |",
+        "|---|---|---|---|---|",
+        row("first plan without the robot (published at once)",
+            summary["loss_to_first_plan_s"]),
+        row("the solver's better plan (when there was one)", summary["loss_to_solver_plan_s"]),
+        "",
+        "Plans by status: " + ", ".join(f"{k} {v}" for k, v in
+                                        sorted(summary["plans_by_status"].items())) + ".",
+        "",
+    ])
+    (args.out / f"{name}.md").write_text(text)
+    print(text)
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register the placement subcommands on the main parser's subparsers."""
     p = sub.add_parser("plan", help=cmd_plan.__doc__, description=cmd_plan.__doc__)
@@ -242,6 +292,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("docs/results/placement_scale"),
                    help="results folder (default docs/results/placement_scale)")
     p.set_defaults(func=cmd_bench_placement_scale)
+
+    p = sub.add_parser("bench-replan", help=cmd_bench_replan.__doc__,
+                       description=cmd_bench_replan.__doc__ + " Starts the installed "
+                       "planner_node; writes replan-N.json (every round) and replan-N.md.")
+    p.add_argument("--profile", type=Path, default=Path("docs/results/resnet/plain/profile.json"),
+                   help="profile.json of the network (default the trained plain model's)")
+    p.add_argument("--robots", type=positive_int, default=50, help="fleet size (default 50)")
+    p.add_argument("--losses", type=positive_int, default=30,
+                   help="robots lost, one at a time (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="fleet and victims (default 0)")
+    p.add_argument("--time-limit", type=positive_float, default=1.0,
+                   help="the planner's solver time limit in s (default 1)")
+    p.add_argument("--robot-timeout", type=positive_float, default=0.5,
+                   help="the planner's robot_timeout_s (default 0.5)")
+    p.add_argument("--domain-id", type=int, default=87, help="ROS domain (default 87)")
+    p.add_argument("--out", type=Path, default=Path("docs/results/placement_scale/replan"),
+                   help="results folder (default docs/results/placement_scale/replan)")
+    p.set_defaults(func=cmd_bench_replan)
 
     p = sub.add_parser("placement-report", help=cmd_placement_report.__doc__,
                        description=cmd_placement_report.__doc__)
