@@ -93,7 +93,8 @@ def _free_running_mode(config: Path, onnx_pattern: str, log_dir: Path, start: in
                                          hold, scenes, MAX_PHASE_MS)
         with Pipeline(camera_drivers(schedule, n, seed=seed, compressed=COMPRESSED,
                                      start_index=start, dds_profile=profile),
-                      log_dir=log_dir / "drivers", domain_id=domain_id):
+                      log_dir=log_dir / "drivers", domain_id=domain_id) as drivers:
+            drivers.start()
             observer.spin_until(lambda: time.time_ns() > schedule.end_ns + 500_000_000,
                                 "the end of the schedule",
                                 WARMUP_S + schedule.frames / rate_hz + 60.0, pipeline)
