@@ -8,6 +8,7 @@ malformed predictions.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -459,9 +460,12 @@ def test_an_early_bad_head_is_outvoted_by_the_real_heads(tmp_path):
                                            expected(fleet, s, [0, 1, 2]), atol=1e-6)
 
 
-def test_free_running_devices_within_the_sync_tolerance_fuse_as_one_frame(tmp_path):
-    """Devices that stamp each scene 0, 14 and 9 ms apart (+-3 ms), as free-running cameras
-    do, fuse into one complete frame per scene, stamped with its earliest stamp."""
+FREE_RUNNING_PHASES_MS = (0.0, 14.0, 9.0)
+
+
+@contextlib.contextmanager
+def free_running_fleet(tmp_path: Path):
+    """A fusion node grouping stamps within 25 ms, fed by this test's devices."""
     with fusion_pipeline(tmp_path, OWN_DOMAIN_ID, num_devices=N, frame_timeout=FRAME_TIMEOUT,
                          watchdog_timeout=WATCHDOG, deadline=DEADLINE, sync_tolerance=0.025,
                          diagnostics_period=0.25) as pipeline, Fleet(pipeline) as fleet:
@@ -470,34 +474,46 @@ def test_free_running_devices_within_the_sync_tolerance_fuse_as_one_frame(tmp_pa
             "fusion_node: frame assembly", {}).get("heads_known") == str(N), "the heads")
         fleet.wait_for(lambda: all(p.get_subscription_count() for p in fleet.preds),
                        "the prediction subscriptions")
+        yield fleet
+
+
+def publish_scenes(fleet: Fleet, count: int, rng: np.random.Generator, period: float = PERIOD,
+                   reports=lambda device, k: True) -> list[tuple[int, dict]]:
+    """``count`` scenes, each device stamping it :data:`FREE_RUNNING_PHASES_MS` apart (+-3
+    ms), as free-running cameras do; device ``d`` reports scene ``k`` if ``reports(d, k)``.
+    Returns each scene's (earliest stamp, {device: (features, probs)}) once all are fused."""
+    scenes = []
+    for k in range(count):
+        now = fleet.stamp_now()
+        base = now.sec * 1_000_000_000 + now.nanosec
+        outputs, stamps = {}, []
+        for device in range(N):
+            stamp_ns = base + round((FREE_RUNNING_PHASES_MS[device] + rng.uniform(-3, 3)) * 1e6)
+            if not reports(device, k):
+                continue
+            outputs[device] = device_output(device, fleet.k)
+            sec, nanosec = divmod(stamp_ns, 1_000_000_000)
+            fleet.preds[device].publish(msgs.DevicePrediction(
+                header=Header(stamp=Time(sec=sec, nanosec=nanosec)),
+                device_id=device, probabilities=outputs[device][1].tolist(),
+                features=outputs[device][0].tolist()))
+            stamps.append(stamp_ns)
+        scenes.append((min(stamps), outputs))
+        fleet.k += 1
+        fleet.spin_for(period)
+    fleet.wait_for(lambda: {s for s, _ in scenes} <= set(fleet.fused_by_stamp()),
+                   "every scene fused")
+    return scenes
+
+
+def test_free_running_devices_within_the_sync_tolerance_fuse_as_one_frame(tmp_path):
+    """Devices that stamp each scene 0, 14 and 9 ms apart (+-3 ms), as free-running cameras
+    do, fuse into one complete frame per scene, stamped with its earliest stamp."""
+    with free_running_fleet(tmp_path) as fleet:
         rng = np.random.default_rng(5)
-        phase_ms = (0.0, 14.0, 9.0)
-
-        def publish_scenes(count: int) -> list[tuple[int, dict]]:
-            scenes = []
-            for _ in range(count):
-                now = fleet.stamp_now()
-                base = now.sec * 1_000_000_000 + now.nanosec
-                outputs, stamps = {}, []
-                for device in range(N):
-                    stamp_ns = base + round((phase_ms[device] + rng.uniform(-3, 3)) * 1e6)
-                    outputs[device] = device_output(device, fleet.k)
-                    sec, nanosec = divmod(stamp_ns, 1_000_000_000)
-                    fleet.preds[device].publish(msgs.DevicePrediction(
-                        header=Header(stamp=Time(sec=sec, nanosec=nanosec)),
-                        device_id=device, probabilities=outputs[device][1].tolist(),
-                        features=outputs[device][0].tolist()))
-                    stamps.append(stamp_ns)
-                scenes.append((min(stamps), outputs))
-                fleet.k += 1
-                fleet.spin_for(PERIOD)
-            fleet.wait_for(lambda: {s for s, _ in scenes} <= set(fleet.fused_by_stamp()),
-                           "every scene fused")
-            return scenes
-
-        publish_scenes(3)  # until every device is known alive (frames then wait for all)
+        publish_scenes(fleet, 3, rng)  # until every device is known alive (frames wait)
         fused_before = len(fleet.fused)
-        scenes = publish_scenes(20)
+        scenes = publish_scenes(fleet, 20, rng)
         fleet.spin_for(0.3)  # a frame split in two would have arrived by now
         assert len(fleet.fused) - fused_before == len(scenes)
         by_stamp = fleet.fused_by_stamp()
@@ -508,6 +524,36 @@ def test_free_running_devices_within_the_sync_tolerance_fuse_as_one_frame(tmp_pa
             assert list(msg.live_devices) == [0, 1, 2] and list(msg.surrogate_devices) == []
             np.testing.assert_allclose(msg.probabilities, fused_outputs(stamp_ns, outputs),
                                        atol=1e-6)
+
+
+def test_a_camera_at_half_the_rate_gets_a_surrogate_in_the_frames_it_misses(tmp_path):
+    """Devices 0 and 1 at 30 Hz, device 2 at 15 Hz (every other scene), free-running stamps.
+
+    The rule: a frame waits for every live device, so a frame without the slow device is
+    released at its ``frame_timeout`` with that device's surrogate (its older prediction is
+    not reused); the frames it reports in are complete. It stays alive (heard every 67 ms),
+    and no frame is lost or split.
+    """
+    with free_running_fleet(tmp_path) as fleet:
+        rng = np.random.default_rng(6)
+        publish_scenes(fleet, 3, rng)  # every device alive
+        fused_before = len(fleet.fused)
+        scenes = publish_scenes(fleet, 30, rng, period=1 / 30,
+                                reports=lambda device, k: device != 2 or k % 2 == 0)
+        fleet.spin_for(0.3)
+        assert len(fleet.fused) - fused_before == len(scenes)
+        by_stamp = fleet.fused_by_stamp()
+        for stamp_ns, outputs in scenes[2:]:
+            (msg, _), = by_stamp[stamp_ns]
+            if 2 in outputs:
+                assert list(msg.live_devices) == [0, 1, 2], list(msg.live_devices)
+                assert list(msg.surrogate_devices) == []
+            else:
+                assert list(msg.live_devices) == [0, 1] and list(msg.surrogate_devices) == [2]
+                assert msg.latency >= FRAME_TIMEOUT  # it waited for device 2
+            np.testing.assert_allclose(msg.probabilities, fused_outputs(stamp_ns, outputs),
+                                       atol=1e-6)
+        assert fleet.latest_diagnostics()["fusion_node: device 2"]["health"] == "alive"
 
 
 def test_a_jump_of_the_simulated_clock_is_not_silence(tmp_path):
