@@ -272,10 +272,10 @@ def probe_qos(depth: int) -> QoSProfile:
                       history=HistoryPolicy.KEEP_LAST, depth=depth)
 
 
-# Messages of one topic the dashboard's reader holds: it shows the newest and scores what
-# arrives, so a few absorb a burst (the devices' predictions of one frame arrive together
-# on separate topics; the labels and fused frames of a frame arrive one after the other).
-DASHBOARD_QUEUE_DEPTH = 5
+# Messages of one topic the dashboard's reader holds: it takes them every sample period
+# (0.1 s), so 50 hold the frames of half a second at 100 Hz; at higher rates it scores a
+# sample (best effort: the oldest are replaced, the publisher never waits).
+DASHBOARD_QUEUE_DEPTH = 50
 
 
 def dashboard_qos(depth: int = DASHBOARD_QUEUE_DEPTH) -> QoSProfile:
