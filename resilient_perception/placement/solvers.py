@@ -91,6 +91,15 @@ RESTRICT_FIRST = 0.01
 ROUND_SHARE = 0.15
 """Each restricted CP-SAT search may take this share of the time limit."""
 
+LAGRANGE_SHARE = 0.6
+"""On large fleets the exact solver's Lagrangian steps may take this share of it."""
+
+MIN_SEARCH_SECONDS = 0.5
+"""CP-SAT on a program without every device only starts with this much time left."""
+
+LAGRANGE_STEPS = 40
+"""...and at most this many steps (the bound hardly moves after)."""
+
 MICROJOULES = 1e6
 RESOURCE_FAMILIES = tuple(c for c in CONSTRAINTS if c != "assignment")
 
@@ -588,97 +597,158 @@ def _encode_paths(problem: Problem, model: _PathModel, plan: Plan) -> np.ndarray
     return values
 
 
-def _path_bound(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES
-                ) -> tuple[float, Plan | None]:
-    """A lower bound on the optimum and the plan that attains it, if any.
+class _Paths:
+    """Every request's cheapest path for every drop set at once, under device prices.
 
-    Each request's cheapest path through the path program's graph on its own (dynamic
-    programming over the unit boundaries, for each allowed drop set): the devices'
-    limits bind only on single runs, not summed over runs and requests. The sum over
-    requests is a valid bound; if the plan of those paths meets every constraint it is
-    optimal. ``(inf, None)`` if some request has no path (the instance is infeasible).
+    The graph is the path program's; ``prices`` (N,) per MAC computed on each device are
+    added to the runs' costs (the Lagrange multipliers of the devices' computation limits).
     """
-    enforce = set(enforce)
-    net, fleet = problem.network, problem.fleet
-    n, n_units, n_req = fleet.n_devices, net.n_units, problem.n_requests
-    options = net.drop_options(problem.accuracy_threshold if "accuracy" in enforce else None)
-    if not options:
-        return math.inf, None
-    alpha, beta = problem.weights
-    per_second = alpha / (n_req * problem.reference_latency_s)
-    hop = per_second * _boundary_seconds(problem)  # (U, N, N), 0 on the diagonal
-    leave = hop + np.where(np.eye(n, dtype=bool), np.inf, 0.0)  # a run ends: must move
-    run_cost = np.full((n_units + 1, n_units + 1, n), np.inf)
-    cum_macs = np.concatenate([[0], np.cumsum(net.macs)])
-    for i, runs in enumerate(_segments(problem, enforce)):
-        for a, b in runs:
-            run_cost[a, b, i] = per_second * (cum_macs[b] - cum_macs[a]) / fleet.macs_per_second[i]
-    total, devices = 0.0, np.full((n_req, n_units), DROPPED)
-    for r in range(n_req):
-        best = (math.inf, None)
-        for option in options:
-            loss = beta / n_req * (net.clean_accuracy - net.accuracy(option))
-            cost, row = _cheapest_path(problem, r, set(option), hop, leave, run_cost)
-            best = min(best, (cost + loss, row), key=lambda pair: pair[0])
-        if best[1] is None:
-            return math.inf, None
-        total += best[0]
-        devices[r] = best[1]
-    return total, Plan(devices)
 
+    def __init__(self, problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES) -> None:
+        enforce = set(enforce)
+        net, fleet = problem.network, problem.fleet
+        self.problem = problem
+        self.options = net.drop_options(
+            problem.accuracy_threshold if "accuracy" in enforce else None)
+        n, n_units, n_req = fleet.n_devices, net.n_units, problem.n_requests
+        alpha, beta = problem.weights
+        self.per_second = per_second = alpha / (n_req * problem.reference_latency_s)
+        self.hop = per_second * _boundary_seconds(problem)  # (U, N, N), 0 on the diagonal
+        self.leave = self.hop + np.where(np.eye(n, dtype=bool), np.inf, 0.0)  # must move
+        cum_macs = np.concatenate([[0], np.cumsum(net.macs)]).astype(float)
+        self.run_macs = cum_macs[None, :] - cum_macs[:, None]  # (U+1, U+1): a..b-1
+        self.run_cost = np.full((n_units + 1, n_units + 1, n), np.inf)
+        for i, runs in enumerate(_segments(problem, enforce)):
+            for a, b in runs:
+                self.run_cost[a, b, i] = per_second * self.run_macs[a, b] / fleet.macs_per_second[i]
+        # One row per (request, drop set).
+        k = len(self.options)
+        self.request = np.repeat(np.arange(n_req), k)
+        self.option = np.tile(np.arange(k), n_req)
+        dropped = np.zeros((k, n_units + 1), dtype=bool)
+        for j, option in enumerate(self.options):
+            dropped[j, list(option)] = True
+        self.dropped = dropped[self.option]  # (J, U+1)
+        # The first dropped unit at or after each unit: runs from b end at most there.
+        first = np.where(self.dropped, np.arange(n_units + 1), n_units)
+        self.run_end = np.minimum.accumulate(first[:, ::-1], axis=1)[:, ::-1]
+        self.loss = np.array([beta / n_req * (net.clean_accuracy - net.accuracy(o))
+                              for o in self.options])[self.option]
 
-def _cheapest_path(problem: Problem, r: int, dropped: set[int], hop: np.ndarray,
-                   leave: np.ndarray, run_cost: np.ndarray) -> tuple[float, np.ndarray | None]:
-    """One request's cheapest path with exactly ``dropped`` skipped: (cost, device row)."""
-    n_units, n = problem.network.n_units, problem.fleet.n_devices
-    ready = np.full((n_units + 1, n), np.inf)  # B: arrived before unit b on device i
-    ended = np.full((n_units + 1, n), np.inf)  # E: a run ended before unit b on i
-    skipped = np.full((n_units + 1, n), np.inf)  # F: unit b - 1 skipped, activation on i
-    # Back pointers: the device a B node came from and whether from an E (else an F) node;
-    # whether an F node came from an F node; the first unit of the run an E node ends.
-    came_from = np.zeros((n_units + 1, n), dtype=np.int64)
-    came_after_run = np.zeros((n_units + 1, n), dtype=bool)
-    skip_after_skip = np.zeros((n_units + 1, n), dtype=bool)
-    run_first = np.zeros((n_units + 1, n), dtype=np.int64)
-    ready[0] = hop[0, problem.sources[r]]
-    devices = np.arange(n)
-    for b in range(n_units):
-        if b > 0:
-            via_end, via_skip = ended[b][:, None] + leave[b], skipped[b][:, None] + hop[b]
-            from_end, from_skip = via_end.argmin(axis=0), via_skip.argmin(axis=0)
-            end_cost, skip_cost = via_end[from_end, devices], via_skip[from_skip, devices]
-            came_after_run[b] = end_cost <= skip_cost
-            came_from[b] = np.where(came_after_run[b], from_end, from_skip)
-            ready[b] = np.minimum(end_cost, skip_cost)
-        if b in dropped:
+    def solve(self, prices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per request: the cheapest path's cost (with prices) and its device row."""
+        problem = self.problem
+        n_units, n = problem.network.n_units, problem.fleet.n_devices
+        rows = self.request.size
+        run_cost = self.run_cost + prices[None, None, :] * self.run_macs[:, :, None]
+        shape = (n_units + 1, rows, n)
+        ready, ended, skipped = (np.full(shape, np.inf) for _ in range(3))
+        came_from = np.zeros(shape, dtype=np.int64)
+        after_run = np.zeros(shape, dtype=bool)
+        skip_after_skip = np.zeros(shape, dtype=bool)
+        run_first = np.zeros(shape, dtype=np.int64)
+        ready[0] = self.hop[0, problem.sources[self.request]]
+        for b in range(n_units):
+            if b > 0:
+                via_end = ended[b][:, :, None] + self.leave[b][None]
+                via_skip = skipped[b][:, :, None] + self.hop[b][None]
+                from_end, from_skip = via_end.argmin(axis=1), via_skip.argmin(axis=1)
+                end_cost = np.take_along_axis(via_end, from_end[:, None, :], 1)[:, 0]
+                skip_cost = np.take_along_axis(via_skip, from_skip[:, None, :], 1)[:, 0]
+                after_run[b] = end_cost <= skip_cost
+                came_from[b] = np.where(after_run[b], from_end, from_skip)
+                ready[b] = np.minimum(end_cost, skip_cost)
+            drop = self.dropped[:, b][:, None]
             skip_after_skip[b + 1] = skipped[b] < ended[b]
-            skipped[b + 1] = np.minimum(skipped[b], ended[b])
-            continue
-        end = b + 1
-        while end <= n_units:
-            cost = ready[b] + run_cost[b, end]
-            better = cost < ended[end]
-            ended[end] = np.where(better, cost, ended[end])
-            run_first[end] = np.where(better, b, run_first[end])
-            if end < n_units and end in dropped:
-                break
-            end += 1
-    device = int(ended[n_units].argmin())
-    if not np.isfinite(ended[n_units, device]):
-        return math.inf, None
-    row = np.full(n_units, DROPPED)
-    kind, b = "E", n_units
-    while kind != "B" or b > 0:
-        if kind == "E":
-            first = int(run_first[b, device])
-            row[first:b] = device
-            kind, b = "B", first
-        elif kind == "B":
-            kind = "E" if came_after_run[b, device] else "F"
-            device = int(came_from[b, device])
+            skipped[b + 1] = np.where(drop, np.minimum(skipped[b], ended[b]), np.inf)
+            start = np.where(drop, np.inf, ready[b])
+            for end in range(b + 1, n_units + 1):
+                cost = start + run_cost[b, end][None]
+                cost[self.run_end[:, b] < end] = np.inf
+                better = cost < ended[end]
+                ended[end] = np.where(better, cost, ended[end])
+                run_first[end] = np.where(better, b, run_first[end])
+        total = ended[n_units].min(axis=1) + self.loss
+        n_req = problem.n_requests
+        per_request = total.reshape(n_req, -1)
+        best_rows = per_request.argmin(axis=1) + np.arange(n_req) * per_request.shape[1]
+        devices = np.full((n_req, n_units), DROPPED)
+        for r, j in enumerate(best_rows):
+            if not np.isfinite(total[j]):
+                continue
+            device, kind, b = int(ended[n_units, j].argmin()), "E", n_units
+            while kind != "B" or b > 0:
+                if kind == "E":
+                    first = int(run_first[b, j, device])
+                    devices[r, first:b] = device
+                    kind, b = "B", first
+                elif kind == "B":
+                    kind = "E" if after_run[b, j, device] else "F"
+                    device = int(came_from[b, j, device])
+                else:
+                    kind, b = ("F" if skip_after_skip[b, j, device] else "E"), b - 1
+        return total[best_rows], devices
+
+
+def _path_bound(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
+                seconds: float = 0.0, incumbent: float = math.inf
+                ) -> tuple[float, Plan | None, list[Plan]]:
+    """A lower bound on the optimum, the plan that attains it, and the plans on the way.
+
+    Each request's cheapest path through the path program's graph on its own (for each
+    allowed drop set): the devices' limits bind only on single runs, not summed over runs
+    and requests. The sum over requests is a valid bound; if the plan of those paths meets
+    every constraint it is optimal. For ``seconds``, the bound is then raised by
+    Lagrangian relaxation of the devices' computation limits: a price per MAC on each
+    device (subgradient steps towards ``incumbent``, an objective some plan reaches),
+    which also spreads the paths over devices (the plans on the way, for Algorithm 1).
+    ``(inf, None, [])`` if some request has no path (the instance is infeasible).
+    """
+    started = time.monotonic()
+    paths = _Paths(problem, enforce)
+    if not paths.options:
+        return math.inf, None, []
+    fleet = problem.fleet
+    capacity = fleet.macs_per_second * problem.round_seconds
+    prices = np.zeros(fleet.n_devices)
+    costs, devices = paths.solve(prices)
+    if not np.all(np.isfinite(costs)):
+        return math.inf, None, []
+    bound, first = float(costs.sum()), Plan(devices)
+    tried, step = [first], 1.0
+    net = problem.network
+    if seconds > 0:
+        # First prices: fill the devices cheapest per MAC first with every request's MACs
+        # (fractionally); each device cheaper than the last one needed is priced up to it.
+        per_mac = paths.per_second / fleet.macs_per_second
+        order = np.argsort(per_mac)
+        filled = np.cumsum(capacity[order])
+        demand = sum(float(net.macs[row != DROPPED].sum()) for row in devices)
+        last = order[min(int(np.searchsorted(filled, demand)), order.size - 1)]
+        prices = np.maximum(per_mac[last] - per_mac, 0.0)
+        costs, devices = paths.solve(prices)
+        bound = max(bound, float(costs.sum() - prices @ capacity))
+        tried.append(Plan(devices))
+    while time.monotonic() - started < seconds and len(tried) <= LAGRANGE_STEPS:
+        load = np.zeros(fleet.n_devices)
+        for row in devices:
+            on = row != DROPPED
+            np.add.at(load, row[on], net.macs[on])
+        gradient = load - capacity
+        gradient[(prices <= 0) & (gradient < 0)] = 0.0
+        if not np.any(gradient) or not np.isfinite(incumbent):
+            break
+        value = float(costs.sum() - prices @ capacity)
+        prices = np.maximum(prices + step * (incumbent - value) / float(gradient @ gradient)
+                            * gradient, 0.0)
+        costs, devices = paths.solve(prices)
+        value = float(costs.sum() - prices @ capacity)
+        if value > bound:
+            bound = value
         else:
-            kind, b = ("F" if skip_after_skip[b, device] else "E"), b - 1
-    return float(ended[n_units].min()), row
+            step /= 2
+        tried.append(Plan(devices))
+    return bound, first, tried
 
 
 def _tolerance(problem: Problem, program: _Program) -> float:
@@ -776,27 +846,51 @@ def _cpsat(program: _Program, time_limit: float, workers: int, seed: int,
     return name, values, bound
 
 
-def quick_plan(problem: Problem) -> tuple[Plan | None, float]:
+def quick_plan(problem: Problem, seconds: float = 0.0) -> tuple[Plan | None, float]:
     """A feasible plan in milliseconds (or None) and a lower bound on the optimum.
 
     The bound and its plan are :func:`_path_bound`'s; if that plan breaks a limit summed
     over runs and requests, Algorithm 1 places the units instead, preferring the devices
     of those paths (then every device, unguided), and the better feasible plan is kept.
+    With ``seconds``, the Lagrangian steps of :func:`_path_bound` raise the bound and
+    their paths guide Algorithm 1 too.
     """
-    bound, paths = _path_bound(problem)
+    bound, paths, _ = _path_bound(problem)
     if paths is None:
         return None, bound
     if evaluate_plan(problem, paths).feasible:
         return paths, bound
+    best, best_objective = None, math.inf
+
+    def consider(plan: Plan | None) -> None:
+        nonlocal best, best_objective
+        evaluation = None if plan is None else evaluate_plan(problem, plan)
+        if evaluation is not None and evaluation.feasible and evaluation.objective < best_objective:
+            best, best_objective = plan, evaluation.objective
+
+    for guide in (paths, None):
+        consider(_repair(problem, guide))
+    # Twice: the second time the steps aim at the better plan the first one's paths gave.
+    for _ in range(2 if seconds > 0 and best is not None else 0):
+        priced, _, tried = _path_bound(problem, seconds=seconds / 2, incumbent=best_objective)
+        bound = max(bound, priced)
+        for guide in tried[1:]:  # milliseconds each
+            consider(_repair(problem, guide))
+    return best, bound
+
+
+def _repair(problem: Problem, guide: Plan | None) -> Plan | None:
+    """Algorithm 1 preferring each unit's device in ``guide`` (None: unguided)."""
     net, n = problem.network, problem.fleet.n_devices
     options = net.drop_options(problem.accuracy_threshold)
-    guided = np.where(paths.devices[..., None] == np.arange(n), 1.0, 0.0)
-    weight = np.array([[float(paths.dropped(r) == o) for o in options]
-                       for r in range(problem.n_requests)])
-    plans = [_algorithm1(problem, options, x, weight) for x in (guided, np.zeros_like(guided))]
-    scored = [(evaluate_plan(problem, p).objective, i) for i, p in enumerate(plans)
-              if p is not None and evaluate_plan(problem, p).feasible]
-    return (plans[min(scored)[1]] if scored else None), bound
+    if guide is None:
+        x = np.zeros((problem.n_requests, net.n_units, n))
+        weight = np.zeros((problem.n_requests, len(options)))
+    else:
+        x = np.where(guide.devices[..., None] == np.arange(n), 1.0, 0.0)
+        weight = np.array([[float(guide.dropped(r) == o) for o in options]
+                           for r in range(problem.n_requests)])
+    return _algorithm1(problem, options, x, weight)
 
 
 def import_backends() -> None:
@@ -815,7 +909,9 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
     core each, but the same on a loaded machine).
 
     1. :func:`quick_plan`: a bound and, with ``warm_start``, a plan in milliseconds (proven
-       optimal at once if it meets the bound).
+       optimal at once if it meets the bound); on fleets too large for step 2 it spends up
+       to :data:`LAGRANGE_SHARE` of the time on Lagrangian steps (a better bound, and
+       priced paths that guide Algorithm 1 to better plans).
     2. The path program's linear relaxation (HiGHS): a tighter bound, its reduced costs,
        and (``warm_start``) Algorithm 1 guided by it.
     3. CP-SAT on the variables whose reduced cost is at most ``delta``: a plan using any
@@ -836,7 +932,12 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
         stages.append({"stage": name, "seconds": round(time.monotonic() - started, 4),
                        "bound": bound})
 
-    incumbent, bound = quick_plan(problem)
+    n, n_units = problem.fleet.n_devices, problem.network.n_units
+    per_link = problem.n_requests * n_units
+    count = n if per_link * n * (n - 1) <= max_arcs else max(
+        2, int(math.sqrt(max_arcs / per_link)))
+    # The Lagrangian steps only where the relaxation below cannot bound every plan.
+    incumbent, bound = quick_plan(problem, LAGRANGE_SHARE * time_limit if count < n else 0.0)
     stage("paths", bound)
     if not np.isfinite(bound):  # some request has no path even on its own
         return _result("cpsat", problem, None, "infeasible", float("nan"), started)
@@ -852,10 +953,6 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
         incumbent = None
     if best <= bound + 1e-12:
         return _finish(problem, incumbent, "optimal", bound, started, info)
-    n, n_units = problem.fleet.n_devices, problem.network.n_units
-    per_link = problem.n_requests * n_units
-    count = n if per_link * n * (n - 1) <= max_arcs else max(
-        2, int(math.sqrt(max_arcs / per_link)))
     devices = None
     if count < n:
         devices = _candidates(problem, count, incumbent)
@@ -913,7 +1010,9 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
             break
         proven = best <= floor + delta + tolerance
         delta = delta * 4 if status == "infeasible" else best - floor
-    if not proven and left() > 0.01:
+    # Building a CP-SAT model of a large fleet takes a good part of a second by itself:
+    # not worth starting with less time left than that.
+    if not proven and left() > (0.01 if model.complete else MIN_SEARCH_SECONDS):
         # The restricted searches did not settle it: search everything for the time left.
         # CP-SAT searches the unit program (a device per unit) better than the path
         # program when the drop sets are what is hard to choose; it is the smaller one
