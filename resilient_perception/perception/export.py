@@ -9,8 +9,9 @@ Graph contract (one device): input ``views`` float32 ``(B, C, h, w)`` in ``[0, 1
 dynamic batch axis and the fixed view size the device was trained on; outputs ``logits``
 ``(B, K)`` and ``features`` ``(B, D)``. The model's ``metadata_props`` hold one key,
 ``"resilient_perception"``, whose value is JSON: ``format_version``, ``kind``,
-``device_id``, ``classes``, ``view_spec``, ``input_hw``, ``model`` (DeviceCNN kwargs) and
-``head`` (the classifier's weight and bias as base64 little-endian float32 with shapes).
+``device_id``, ``classes``, ``view_spec``, ``input_hw``, ``image_hw`` (the training images'
+size, or null), ``model`` (DeviceCNN kwargs) and ``head`` (the classifier's weight and bias
+as base64 little-endian float32 with shapes).
 
 The head is stored in the metadata rather than dug out of the graph because the graph's
 layout is the exporter's choice (Gemm with ``transB`` today, MatMul+Add with the new
@@ -42,6 +43,7 @@ from .runtime import (
     DeviceRunner,
     ExportError,
     encode_array,
+    training_image_hw,
     view_hw,
 )
 
@@ -99,12 +101,15 @@ def export_onnx(
     device_id: int = 0,
     classes: Sequence[str] = (),
     view_spec: dict | None = None,
+    image_hw: tuple[int, int] | None = None,
 ) -> Path:
     """Export one device CNN to ONNX at ``path`` (atomically) and return the path.
 
-    ``input_hw`` is the device's view size ``(h, w)``; ``device_id``, ``classes`` and
-    ``view_spec`` (``ViewSpec.to_dict()``) are stored in the metadata for the camera node.
-    The caller's module is not modified (a copy is exported in eval mode).
+    ``input_hw`` is the device's view size ``(h, w)``; ``device_id``, ``classes``,
+    ``view_spec`` (``ViewSpec.to_dict()``) and ``image_hw`` (the training images' size: a
+    camera of another resolution is resized to it before its view is cut) are stored in the
+    metadata for the camera node. The caller's module is not modified (a copy is exported
+    in eval mode).
     """
     h, w = (int(x) for x in input_hw)
     if h < 1 or w < 1:
@@ -116,6 +121,7 @@ def export_onnx(
     meta = {
         "format_version": FORMAT_VERSION, "kind": KIND, "device_id": int(device_id),
         "classes": list(classes), "view_spec": view_spec, "input_hw": [h, w],
+        "image_hw": None if image_hw is None else [int(x) for x in image_hw],
         "model": device.kwargs(),
         "head": {"weight": encode_array(device.classifier.weight.detach().numpy()),
                  "bias": encode_array(device.classifier.bias.detach().numpy())},
@@ -141,10 +147,11 @@ def export_checkpoint(
     if bad:
         raise ExportError(f"devices {bad} out of range: {checkpoint} has devices "
                           f"0..{model.n_devices - 1}")
+    image_hw = training_image_hw(meta) if image_hw is None else image_hw
     hw = view_hw(meta, image_hw)
     return [
         export_onnx(model.device(i), Path(out_dir) / f"device_{i}.onnx", hw, opset,
                     device_id=i, classes=meta.get("classes", ()),
-                    view_spec=meta["view_spec"])
+                    view_spec=meta["view_spec"], image_hw=image_hw)
         for i in ids
     ]

@@ -42,6 +42,7 @@ __all__ = [
     "encode_array",
     "parse_provider_options",
     "softmax",
+    "training_image_hw",
     "view_hw",
     "views_to_float32",
 ]
@@ -95,18 +96,32 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def training_image_hw(metadata: dict) -> tuple[int, int]:
+    """The full image size ``(h, w)`` a model was trained on, from its metadata.
+
+    An ONNX export states it (``image_hw``); a checkpoint's dataset implies it (mnist
+    28x28, cifar10 and mvmc 32x32).
+
+    Raises:
+        ExportError: If neither tells it.
+    """
+    if metadata.get("image_hw"):
+        return tuple(int(x) for x in metadata["image_hw"])
+    dataset = metadata.get("dataset")
+    if dataset not in DATASET_IMAGE_HW:
+        raise ExportError(f"image size of dataset {dataset!r} is unknown; give it "
+                          "explicitly (--image-size HxW)")
+    return DATASET_IMAGE_HW[dataset]
+
+
 def view_hw(metadata: dict, image_hw: tuple[int, int] | None = None) -> tuple[int, int]:
     """The device view size ``(h, w)`` of a checkpoint, from its view spec and image size.
 
-    ``image_hw`` is the full image size; by default it is looked up from the checkpoint's
-    dataset (mnist 28x28, cifar10 and mvmc 32x32). Other datasets need it given.
+    ``image_hw`` is the full image size; by default :func:`training_image_hw`. Other
+    datasets need it given.
     """
     if image_hw is None:
-        dataset = metadata.get("dataset")
-        if dataset not in DATASET_IMAGE_HW:
-            raise ExportError(f"image size of dataset {dataset!r} is unknown; give it "
-                              "explicitly (--image-size HxW)")
-        image_hw = DATASET_IMAGE_HW[dataset]
+        image_hw = training_image_hw(metadata)
     spec = ViewSpec.from_dict(metadata["view_spec"])
     if spec.kind != "grid":
         return tuple(image_hw)

@@ -2,7 +2,8 @@
 
 Subscribes ``image_raw`` (``sensor_msgs/Image``; remap it, e.g.
 ``-r image_raw:=camera_2/image_raw``), crops this device's view out of the full image
-(per the model's view spec) and runs the device CNN with ONNX Runtime or torch. The image
+(per the model's view spec; an image of another size than the training images is first
+resized to theirs, stretched) and runs the device CNN with ONNX Runtime or torch. The image
 subscription is BEST_EFFORT by default (REP-2003: every camera driver matches it),
 ``image_reliability:=reliable`` for a publisher whose every frame counts (the package's
 player; set by ``pipeline_nodes``); ``qos_overrides`` parameters apply too, and a
@@ -84,9 +85,9 @@ class _Model:
     """What configure loaded: the runner and how to cut this device's view."""
 
     def __init__(self, runner, classes: list[str], view_spec: ViewSpec | None,
-                 input_hw: tuple[int, int] | None) -> None:
+                 input_hw: tuple[int, int] | None, image_hw: tuple[int, int] | None) -> None:
         self.runner, self.classes = runner, classes
-        self.view_spec, self.input_hw = view_spec, input_hw
+        self.view_spec, self.input_hw, self.image_hw = view_spec, input_hw, image_hw
 
 
 class CameraNode(Node):
@@ -249,6 +250,7 @@ class CameraNode(Node):
             DeviceRunner,
             ExportError,
             parse_provider_options,
+            training_image_hw,
             view_hw,
         )
 
@@ -288,6 +290,10 @@ class CameraNode(Node):
                                  f"is {device_id}")
         else:
             raise ValueError(f"model_path must be a .onnx or .safetensors file, got {path}")
+        try:
+            image_hw = training_image_hw(meta)
+        except ExportError:
+            image_hw = None  # an export without it: views are cut in proportion instead
         spec = None
         if param("crop_view").value:
             spec = ViewSpec.from_dict(meta["view_spec"])
@@ -305,7 +311,8 @@ class CameraNode(Node):
         self.get_logger().info(
             f"device {device_id}: {path.name} on {runner.provider}, view {size}, "
             f"{'cropped from the full image' if spec else 'image used as the view'}")
-        return _Model(runner, list(meta.get("classes") or ()), spec, input_hw)
+        return _Model(runner, list(meta.get("classes") or ()), spec, input_hw,
+                      image_hw if spec is not None else None)
 
     def _head_message(self) -> ClassifierHead:
         weight, bias = self._model.runner.head()
@@ -322,6 +329,14 @@ class CameraNode(Node):
         """The device's uint8 ``(C, h, w)`` view of an image message; raises on bad input."""
         model = self._model
         pixels, encoding = self._decode(msg)
+        if model.image_hw is not None and pixels.shape[:2] != model.image_hw:
+            # Another resolution: the whole image to the training images' size first, so
+            # the view is the box it was trained on (boxes cut in proportion from a large
+            # image differ: MNIST's 3 rows of 10 overlap by a pixel in 28, not in 480). An
+            # image with fewer pixels than the grid has cells is refused all the same.
+            if model.view_spec is not None:
+                model.view_spec.boxes(*pixels.shape[:2])
+            pixels = resize_view(pixels.transpose(2, 0, 1), model.image_hw).transpose(1, 2, 0)
         if model.view_spec is not None:
             # The view is cut before it is converted: converting a whole 640x480 image
             # took 5 ms, most of it for pixels of the other devices.
