@@ -17,3 +17,7 @@ cp runs/dashboard/live/report.json runs/dashboard/live/report.md runs/dashboard/
   docs/results/dashboard/demo/
 resilient-perception bench-pipeline runs/dashboard/model.safetensors --dashboard \
   --out docs/results/dashboard --log-dir runs/dashboard/bench-logs
+# Once more on the same model: the spread between two runs is the noise the with/without
+# difference is judged against.
+resilient-perception bench-pipeline runs/dashboard/model.safetensors --dashboard \
+  --out docs/results/dashboard/repeat --log-dir runs/dashboard/bench-logs
