@@ -15,7 +15,7 @@ from resilient_perception.dashboard.preview import preview_jpeg
 from resilient_perception.dashboard.server import DashboardServer
 from resilient_perception.dashboard.state import DashboardState, pool_live, tile_state
 from resilient_perception.harness.browser import chromium_path
-from test.conftest import ROOT, domain_id
+from test.conftest import ROOT, domain_id, needs_cli, run_cli_process
 
 S = 1_000_000_000  # ns
 
@@ -182,6 +182,16 @@ def test_server_pushes_the_newest_state_and_serves_the_page():
     finally:
         server.stop()
     assert server.clients == 0
+
+
+@pytest.mark.ros
+@needs_cli
+def test_dashboard_command_exits_2_for_an_address_it_cannot_serve(tmp_path):
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: binding it fails at once
+    result = run_cli_process("dashboard", "--bind", "192.0.2.1", "--port", "0", cwd=tmp_path,
+                             timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "cannot serve on 192.0.2.1:0" in result.stdout + result.stderr
 
 
 # -- the page in a real browser, against a live pipeline ---------------------------------------

@@ -23,7 +23,8 @@ from resilient_perception.perception.runtime import DeviceRunner, softmax, views
 from test.conftest import domain_id, needs_data
 
 NOT_ON_THE_RUNTIME_PATH = ("torch", "onnx")
-NODE_MODULES = ("camera_node", "fusion_node", "player_node", "replay_node", "recorder_node")
+NODE_MODULES = ("camera_node", "fusion_node", "player_node", "replay_node", "recorder_node",
+                "dashboard_node")
 TOLERANCE = 1e-6  # max abs difference between the numpy runtime and torch
 
 

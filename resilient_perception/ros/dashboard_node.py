@@ -282,9 +282,13 @@ class DashboardNode(Node):
         return {device: url for device, (_, url) in self._previews.items() if url}
 
     def destroy_node(self) -> None:
-        """Stop the web server, then leave ROS."""
-        self.server.stop()
-        self._sampler.destroy_node()
+        """Stop the web server, then leave ROS (also after a constructor that failed)."""
+        server = getattr(self, "server", None)  # absent when the constructor failed
+        if server is not None:
+            server.stop()
+        sampler = getattr(self, "_sampler", None)
+        if sampler is not None:
+            sampler.destroy_node()
         super().destroy_node()
 
 
