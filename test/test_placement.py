@@ -167,33 +167,14 @@ def test_network_from_the_real_profile():
     assert net.accuracy((2, 3)) == profile.accuracy((1, 2))
 
 
-def test_the_program_prices_a_plan_exactly_as_evaluate_plan():
-    """The 0-1 program's objective and rows agree with evaluate_plan on random plans."""
+@pytest.mark.parametrize(("build", "encode"), [(_build, _encode),
+                                               (_build_paths, _encode_paths)])
+def test_the_programs_price_a_plan_exactly_as_evaluate_plan(build, encode):
+    """The unit and the path program's objective and rows agree with evaluate_plan on random
+    plans; a plan the path program cannot express (a run too large for its device) is
+    infeasible."""
     problem = random_problem(3, n_devices=3, n_requests=2, tight=1.6)
-    model = _build(problem)
-    rng = np.random.default_rng(0)
-    agreed = {True: 0, False: 0}
-    for _ in range(40):
-        devices = rng.integers(0, 3, (2, problem.network.n_units))
-        for r in range(2):
-            devices[r, list(model.options[rng.integers(len(model.options))])] = DROPPED
-        plan = Plan(devices)
-        values = _encode(problem, model, plan)
-        cost = sum(c * values[j] for j, c in model.program.cost.items())
-        evaluation = evaluate_plan(problem, plan)
-        assert cost == pytest.approx(evaluation.objective, abs=1e-12)
-        rows_hold = all(lo - 1e-9 <= coefs @ values[ids] <= hi + 1e-9
-                        for ids, coefs, lo, hi, _ in model.program.rows)
-        assert rows_hold == evaluation.feasible
-        agreed[rows_hold] += 1
-    assert agreed[True] > 0 and agreed[False] > 0  # both cases were exercised
-
-
-def test_the_path_program_prices_a_plan_exactly_as_evaluate_plan():
-    """The path program's objective and rows agree with evaluate_plan on random plans; a
-    plan it cannot express (a run too large for its device) is infeasible."""
-    problem = random_problem(3, n_devices=3, n_requests=2, tight=1.6)
-    model = _build_paths(problem)
+    model = build(problem)
     rng = np.random.default_rng(0)
     agreed = {True: 0, False: 0}
     for _ in range(60):
@@ -202,7 +183,7 @@ def test_the_path_program_prices_a_plan_exactly_as_evaluate_plan():
             devices[r, list(model.options[rng.integers(len(model.options))])] = DROPPED
         plan = Plan(devices)
         evaluation = evaluate_plan(problem, plan)
-        values = _encode_paths(problem, model, plan)
+        values = encode(problem, model, plan)
         if values is None:
             assert not evaluation.feasible
             continue

@@ -235,6 +235,11 @@ def cmd_bench_replan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", type=Path, default=Path("docs/results/resnet/plain/profile.json"),
+                   help="profile.json of the network (default the trained plain model's)")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register the placement subcommands on the main parser's subparsers."""
     p = sub.add_parser("plan", help=cmd_plan.__doc__, description=cmd_plan.__doc__)
@@ -275,13 +280,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-placement-scale", help=cmd_bench_placement_scale.__doc__,
                        description=cmd_bench_placement_scale.__doc__ + " Writes results.csv, "
                        "results.json, scale.png and tables.md.")
-    p.add_argument("--profile", type=Path, default=Path("docs/results/resnet/plain/profile.json"),
-                   help="profile.json of the network (default the trained plain model's)")
+    _profile_option(p)
     p.add_argument("--example", type=Path, default=Path("config/fleet_example.yaml"),
                    help="the fleet file solved --repeats times (default "
                    "config/fleet_example.yaml)")
-    p.add_argument("--sizes", nargs="+", type=positive_int, default=[10, 25, 50, 100],
-                   help="robots per generated fleet (default 10 25 50 100)")
+    p.add_argument("--sizes", nargs="*", type=positive_int, default=[10, 25, 50, 100],
+                   help="robots per generated fleet (default 10 25 50 100; none: only the "
+                   "example)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="default 0 1")
     p.add_argument("--solvers", nargs="+", choices=list(SOLVERS), default=list(SOLVERS),
                    help="default all three")
@@ -296,8 +301,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-replan", help=cmd_bench_replan.__doc__,
                        description=cmd_bench_replan.__doc__ + " Starts the installed "
                        "planner_node; writes replan-N.json (every round) and replan-N.md.")
-    p.add_argument("--profile", type=Path, default=Path("docs/results/resnet/plain/profile.json"),
-                   help="profile.json of the network (default the trained plain model's)")
+    _profile_option(p)
     p.add_argument("--robots", type=positive_int, default=50, help="fleet size (default 50)")
     p.add_argument("--losses", type=positive_int, default=30,
                    help="robots lost, one at a time (default 30)")

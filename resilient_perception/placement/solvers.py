@@ -52,6 +52,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -91,7 +92,7 @@ RESTRICT_FIRST = 0.01
 ROUND_SHARE = 0.15
 """Each restricted CP-SAT search may take this share of the time limit."""
 
-LAGRANGE_SHARE = 0.6
+LAGRANGE_SHARE = 0.85
 """On large fleets the exact solver's Lagrangian steps may take this share of it."""
 
 MIN_SEARCH_SECONDS = 0.5
@@ -188,16 +189,22 @@ class _Model:
     y: np.ndarray  # (N, U) weights stored
 
 
+def _terms(problem: Problem, enforce: set[str]) -> tuple[list[tuple[int, ...]], float, float]:
+    """(drop sets a plan may use, objective per second of mean latency per request, beta)."""
+    options = problem.network.drop_options(
+        problem.accuracy_threshold if "accuracy" in enforce else None)
+    alpha, beta = problem.weights
+    return options, alpha / (problem.n_requests * problem.reference_latency_s), beta
+
+
 def _build(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES) -> _Model | None:
     """The 0-1 program; ``None`` if the accuracy threshold leaves no drop set at all."""
     enforce = set(enforce)
     net, fleet = problem.network, problem.fleet
     n, n_units, n_req = fleet.n_devices, net.n_units, problem.n_requests
-    options = net.drop_options(problem.accuracy_threshold if "accuracy" in enforce else None)
+    options, per_second, beta = _terms(problem, enforce)
     if not options:
         return None
-    alpha, beta = problem.weights
-    per_second = alpha / (n_req * problem.reference_latency_s)
     p = _Program()
     loc = p.new(n_req, n_units, n)
     s = p.new(n_req, len(options))
@@ -428,16 +435,15 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
     enforce = set(enforce)
     net, fleet = problem.network, problem.fleet
     n, n_units, n_req = fleet.n_devices, net.n_units, problem.n_requests
-    options = net.drop_options(problem.accuracy_threshold if "accuracy" in enforce else None)
+    options, per_second, beta = _terms(problem, enforce)
     if not options:
         return None
-    alpha, beta = problem.weights
-    per_second = alpha / (n_req * problem.reference_latency_s)
     mps, power_c, power_t = fleet.macs_per_second, fleet.compute_power_w, fleet.transmit_power_w
     runs = _segments(problem, enforce)
     devices = np.ones(n, dtype=bool) if devices is None else devices
     runs = [r if devices[i] else [] for i, r in enumerate(runs)]
     links = devices[:, None] & devices[None, :] & ~np.eye(n, dtype=bool)
+    active = np.flatnonzero(devices).tolist()
     targets = [np.flatnonzero(links[i]).tolist() for i in range(n)]
     # Only units some allowed drop set drops get skip arcs.
     skippable = np.zeros(n_units + 1, dtype=bool)
@@ -448,8 +454,7 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
     s = p.new(n_req, len(options))
     energy: list[tuple[list[int], list[float]]] = [([], []) for _ in range(n)]
     load: list[dict[int, list[tuple[int, float]]]] = []
-    cover: list[list[list[list[int]]]] = [[[[] for _ in range(n_units)] for _ in range(n)]
-                                          for _ in range(n_req)]
+    cover: dict[tuple[int, int, int], list[int]] = defaultdict(list)  # (r, i, u) -> runs
     model = _PathModel(p, options, s, [], [], [], [], [], [], bool(devices.all()))
 
     def arc(cost_s: float = 0.0, sender: int | None = None) -> int:
@@ -470,13 +475,14 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
         p.add_cost(s[r], beta / n_req * loss)
         # Flow into and out of the nodes: B = ready to compute unit b on device i (arrived),
         # E = a run just ended before unit b on i, F = unit b - 1 was skipped on i.
-        flow = {kind: [[([], []) for _ in range(n)] for _ in range(n_units + 1)]
-                for kind in "BEF"}
-        start = {k: arc(send_s[0, src, k], src) for k in range(n) if k == src or links[src, k]}
+        # (kind, boundary, device) -> (arcs in, arcs out).
+        flow: dict[tuple[str, int, int], tuple[list[int], list[int]]] = defaultdict(
+            lambda: ([], []))
+        start = {k: arc(send_s[0, src, k], src) for k in active if k == src or links[src, k]}
         for k, var in start.items():
-            flow["B"][0][k][0].append(var)
+            flow["B", 0, k][0].append(var)
         segment, device_load = {}, {}
-        for i in range(n):
+        for i in active:
             for a, b in runs[i]:
                 macs = float(cum_macs[b] - cum_macs[a])
                 var = arc(macs / mps[i])
@@ -484,48 +490,44 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
                 energy[i][1].append(power_c * macs / mps[i])
                 device_load.setdefault(i, []).append((var, macs))
                 segment[i, a, b] = var
-                flow["B"][a][i][1].append(var)
-                flow["E"][b][i][0].append(var)
+                flow["B", a, i][1].append(var)
+                flow["E", b, i][0].append(var)
                 for u in range(a, b):
-                    cover[r][i][u].append(var)
+                    cover[r, i, u].append(var)
         hop, land, skip = {}, {}, {}
         for b in range(1, n_units):
             seconds = send_s[b].tolist()
-            for i in range(n):
+            for i in active:
                 for k in targets[i]:
                     hop[b, i, k] = var = arc(seconds[i][k], i)
-                    flow["E"][b][i][1].append(var)
-                    flow["B"][b][k][0].append(var)
+                    flow["E", b, i][1].append(var)
+                    flow["B", b, k][0].append(var)
                 if skippable[b - 1]:
                     for k in [i, *targets[i]]:
                         land[b, i, k] = var = arc(seconds[i][k] if k != i else 0.0, i)
-                        flow["F"][b][i][1].append(var)
-                        flow["B"][b][k][0].append(var)
+                        flow["F", b, i][1].append(var)
+                        flow["B", b, k][0].append(var)
         for u in np.flatnonzero(skippable).tolist():
-            for i in range(n):
+            for i in active:
                 for after_skip in (False, True) if skippable[u - 1] else (False,):
                     skip[u, i, after_skip] = var = arc()
-                    flow["F" if after_skip else "E"][u][i][1].append(var)
-                    flow["F"][u + 1][i][0].append(var)
+                    flow["F" if after_skip else "E", u, i][1].append(var)
+                    flow["F", u + 1, i][0].append(var)
             containing = [k for k, opt in enumerate(options) if u in opt]
             ids = [v for (unit, _, _), v in skip.items() if unit == u]
             p.row([*ids, *s[r, containing]], [*np.ones(len(ids)), *-np.ones(len(containing))],
                   0, 0)
         p.row(list(start.values()), np.ones(len(start)), 1, 1)
-        for kind, nodes in flow.items():
-            for b, per_device in enumerate(nodes):
-                if kind == "E" and b == n_units:
-                    continue  # the head's runs end the path
-                for into, out in per_device:
-                    if into or out:
-                        p.row([*into, *out], [*np.ones(len(into)), *-np.ones(len(out))], 0, 0)
+        for (kind, b, _), (into, out) in flow.items():
+            if kind != "E" or b < n_units:  # the head's runs end the path
+                p.row([*into, *out], [*np.ones(len(into)), *-np.ones(len(out))], 0, 0)
         for lst, value in ((model.segment, segment), (model.hop, hop), (model.land, land),
                            (model.skip, skip), (model.start, start), (load, device_load)):
             lst.append(value)
     model.load = load
 
     total_macs, total_params = float(net.macs.sum()), float(net.param_bytes.sum())
-    for i in range(n):
+    for i in active:
         runs_i = [pair for per_request in load for pair in per_request.get(i, [])]
         if "compute" in enforce and n_req * total_macs > mps[i] * problem.round_seconds:
             p.row([v for v, _ in runs_i], [m for _, m in runs_i], -np.inf,
@@ -534,8 +536,8 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
             y = model.stored[i] = p.new(n_units)
             for r in range(n_req):
                 for u in range(n_units):
-                    if cover[r][i][u]:
-                        p.row([y[u], *cover[r][i][u]], [1, *-np.ones(len(cover[r][i][u]))],
+                    if cover[r, i, u]:
+                        p.row([y[u], *cover[r, i, u]], [1, *-np.ones(len(cover[r, i, u]))],
                               0, np.inf)
             p.row(y, net.param_bytes, -np.inf, np.floor(fleet.memory_bytes[i]), "memory")
         ids, coefs = energy[i]
@@ -605,14 +607,11 @@ class _Paths:
     """
 
     def __init__(self, problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES) -> None:
-        enforce = set(enforce)
         net, fleet = problem.network, problem.fleet
         self.problem = problem
-        self.options = net.drop_options(
-            problem.accuracy_threshold if "accuracy" in enforce else None)
+        self.options, per_second, beta = _terms(problem, set(enforce))
+        self.per_second = per_second
         n, n_units, n_req = fleet.n_devices, net.n_units, problem.n_requests
-        alpha, beta = problem.weights
-        self.per_second = per_second = alpha / (n_req * problem.reference_latency_s)
         self.hop = per_second * _boundary_seconds(problem)  # (U, N, N), 0 on the diagonal
         self.leave = self.hop + np.where(np.eye(n, dtype=bool), np.inf, 0.0)  # must move
         cum_macs = np.concatenate([[0], np.cumsum(net.macs)]).astype(float)
@@ -691,8 +690,9 @@ class _Paths:
 
 
 def _path_bound(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
-                seconds: float = 0.0, incumbent: float = math.inf
-                ) -> tuple[float, Plan | None, list[Plan]]:
+                seconds: float = 0.0, incumbent: float = math.inf,
+                prices: np.ndarray | None = None
+                ) -> tuple[float, Plan | None, list[Plan], np.ndarray]:
     """A lower bound on the optimum, the plan that attains it, and the plans on the way.
 
     Each request's cheapest path through the path program's graph on its own (for each
@@ -702,22 +702,24 @@ def _path_bound(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
     Lagrangian relaxation of the devices' computation limits: a price per MAC on each
     device (subgradient steps towards ``incumbent``, an objective some plan reaches),
     which also spreads the paths over devices (the plans on the way, for Algorithm 1).
-    ``(inf, None, [])`` if some request has no path (the instance is infeasible).
+    ``prices`` continues from earlier steps' prices (returned last). ``(inf, None, [],
+    prices)`` if some request has no path (the instance is infeasible).
     """
     started = time.monotonic()
     paths = _Paths(problem, enforce)
-    if not paths.options:
-        return math.inf, None, []
     fleet = problem.fleet
+    given = prices is not None
+    prices = prices if given else np.zeros(fleet.n_devices)
+    if not paths.options:
+        return math.inf, None, [], prices
     capacity = fleet.macs_per_second * problem.round_seconds
-    prices = np.zeros(fleet.n_devices)
     costs, devices = paths.solve(prices)
     if not np.all(np.isfinite(costs)):
-        return math.inf, None, []
-    bound, first = float(costs.sum()), Plan(devices)
+        return math.inf, None, [], prices
+    bound, first = float(costs.sum() - prices @ capacity), Plan(devices)
     tried, step = [first], 1.0
     net = problem.network
-    if seconds > 0:
+    if seconds > 0 and not given:
         # First prices: fill the devices cheapest per MAC first with every request's MACs
         # (fractionally); each device cheaper than the last one needed is priced up to it.
         per_mac = paths.per_second / fleet.macs_per_second
@@ -748,7 +750,7 @@ def _path_bound(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
         else:
             step /= 2
         tried.append(Plan(devices))
-    return bound, first, tried
+    return bound, first, tried, prices
 
 
 def _tolerance(problem: Problem, program: _Program) -> float:
@@ -855,7 +857,7 @@ def quick_plan(problem: Problem, seconds: float = 0.0) -> tuple[Plan | None, flo
     With ``seconds``, the Lagrangian steps of :func:`_path_bound` raise the bound and
     their paths guide Algorithm 1 too.
     """
-    bound, paths, _ = _path_bound(problem)
+    bound, paths, _, _ = _path_bound(problem)
     if paths is None:
         return None, bound
     if evaluate_plan(problem, paths).feasible:
@@ -871,8 +873,10 @@ def quick_plan(problem: Problem, seconds: float = 0.0) -> tuple[Plan | None, flo
     for guide in (paths, None):
         consider(_repair(problem, guide))
     # Twice: the second time the steps aim at the better plan the first one's paths gave.
+    prices = None
     for _ in range(2 if seconds > 0 and best is not None else 0):
-        priced, _, tried = _path_bound(problem, seconds=seconds / 2, incumbent=best_objective)
+        priced, _, tried, prices = _path_bound(problem, seconds=seconds / 2,
+                                               incumbent=best_objective, prices=prices)
         bound = max(bound, priced)
         for guide in tried[1:]:  # milliseconds each
             consider(_repair(problem, guide))
@@ -955,6 +959,10 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
         return _finish(problem, incumbent, "optimal", bound, started, info)
     devices = None
     if count < n:
+        if time_limit - (time.monotonic() - started) < MIN_SEARCH_SECONDS:
+            if incumbent is None:
+                return _result("cpsat", problem, None, "unknown", float("nan"), started, **info)
+            return _finish(problem, incumbent, "feasible", bound, started, info)
         devices = _candidates(problem, count, incumbent)
         info["devices"] = int(devices.sum())
     model = _build_paths(problem, devices=devices)
