@@ -9,5 +9,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/small_model.sh"
 out=docs/results/free_running
 mkdir -p runs/free_running "$out"
 cp "$small_model" runs/free_running/model.safetensors
-resilient-perception bench-pipeline runs/free_running/model.safetensors --free-running \
-  --out "$out" --log-dir runs/free_running/logs "$@" | tee "$out/output.txt"
+command=(resilient-perception bench-pipeline runs/free_running/model.safetensors --free-running
+  --out "$out" --log-dir runs/free_running/logs "$@")
+{ echo "\$ ${command[*]}"; "${command[@]}"; } | tee "$out/output.txt"
