@@ -7,13 +7,19 @@ nothing else changes::
     ros2 launch resilient_perception gazebo_cameras.launch.py \
         model_path:=/abs/mvmc/model.safetensors gz_topic_format:=/camera_{}/image
 
+With ``bridge:=true`` the launch starts that bridge too (``ros_gz_bridge``'s
+``parameter_bridge``, which must be installed): every camera topic from Gazebo's
+``gz.msgs.Image`` to ``sensor_msgs/Image`` under the same name, and ``/clock`` when
+``use_sim_time``. Without it, run the bridge yourself::
+
+    ros2 run ros_gz_bridge parameter_bridge /clock@rosgraph_msgs/msg/Clock[gz.msgs.Clock \
+        /camera_0/image@sensor_msgs/msg/Image[gz.msgs.Image ...
+
 The default config is ``config/mvmc_6cam.yaml``: every camera's image is its device's view
-(``crop_view: false``), so a model trained on MVMC needs 32x32 RGB images; set the
-simulated cameras to that size (``<image><width>32</width><height>32</height>`` in the
-SDF) or train on your own camera size. Images of another size are rejected and counted by
-the camera nodes. The camera nodes subscribe RELIABLE (see ``ros/qos.py``), which the
-bridge's default publisher QoS matches. With ``use_sim_time`` (default true) the nodes use
-Gazebo's ``/clock`` (bridge it too), so the fused latency is measured in simulated time.
+(``crop_view: false``), so a model trained on MVMC takes 32x32 RGB images; images of another
+size are resized to it. The camera nodes subscribe best effort, which every publisher QoS
+matches. With ``use_sim_time`` (default true) the nodes use Gazebo's ``/clock`` (bridged),
+so the fused latency is measured in simulated time.
 """
 
 from pathlib import Path
@@ -42,23 +48,31 @@ def _nodes(context: LaunchContext) -> list[Node]:
                   parameters=[arg("config"), {**spec.parameters, **sim_time}],
                   remappings=list(spec.remappings), output="screen")
              for spec in specs]
-    # The bridge, for a world whose camera i publishes the Gazebo topic /camera_i/image
-    # (<topic>camera_i/image</topic> in its SDF sensor) and whose clock is /clock.
-    # Uncomment to start it here (needs ros_gz_bridge), or run it yourself:
-    #   ros2 run ros_gz_bridge parameter_bridge /clock@rosgraph_msgs/msg/Clock[gz.msgs.Clock \
-    #       /camera_0/image@sensor_msgs/msg/Image[gz.msgs.Image ...
-    #
-    # nodes.append(Node(
-    #     package="ros_gz_bridge", executable="parameter_bridge", name="camera_bridge",
-    #     arguments=["/clock@rosgraph_msgs/msg/Clock[gz.msgs.Clock"] + [
-    #         f"/camera_{i}/image@sensor_msgs/msg/Image[gz.msgs.Image"
-    #         for i in range(int(arg("num_cameras")))],
-    #     output="screen"))
+    if arg("bridge") == "true":
+        nodes.append(Node(package="ros_gz_bridge", executable="parameter_bridge",
+                          name="camera_bridge", output="screen",
+                          arguments=bridge_arguments(int(arg("num_cameras")),
+                                                     arg("gz_topic_format"),
+                                                     arg("use_sim_time") == "true")))
     return nodes
 
 
+def bridge_arguments(num_cameras: int, topic_format: str, clock: bool) -> list[str]:
+    """parameter_bridge's arguments: every camera topic Gazebo -> ROS, and /clock.
+
+    Camera ``i`` of the world publishes ``topic_format.format(i)`` (its SDF sensor's
+    ``<topic>``); the bridged ROS topic has the same name.
+    """
+    return ((["/clock@rosgraph_msgs/msg/Clock[gz.msgs.Clock"] if clock else [])
+            + [f"{topic_format.format(i)}@sensor_msgs/msg/Image[gz.msgs.Image"
+               for i in range(num_cameras)])
+
+
 def generate_launch_description() -> LaunchDescription:
-    """Launch arguments config, model_path, num_cameras, gz_topic_format, use_sim_time."""
+    """The launch arguments and the nodes.
+
+    Arguments: config, model_path, num_cameras, gz_topic_format, use_sim_time, bridge.
+    """
     share = Path(get_package_share_directory(PACKAGE))
     return LaunchDescription([
         DeclareLaunchArgument(
@@ -77,5 +91,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             "use_sim_time", default_value="true", choices=["true", "false"],
             description="Use Gazebo's /clock (bridged) as the nodes' clock"),
+        DeclareLaunchArgument(
+            "bridge", default_value="false", choices=["true", "false"],
+            description="Also start ros_gz_bridge's parameter_bridge for the camera topics "
+                        "(and /clock with use_sim_time)"),
         OpaqueFunction(function=_nodes),
     ])

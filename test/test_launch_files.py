@@ -113,3 +113,35 @@ def test_gazebo_launch_reads_the_bridged_camera_topics(mnist_views):
                             "every sent frame fused", WAIT_S)
     last = {stamp_ns(m): m for m in fused}[sent[-1]]
     assert list(last.live_devices) == list(range(6))
+
+
+def test_gazebo_launch_starts_the_bridge_when_asked(checkpoint):
+    import importlib.util
+
+    from launch.launch_context import LaunchContext
+
+    spec = importlib.util.spec_from_file_location(
+        "gazebo_cameras_launch", ROOT / "launch" / "gazebo_cameras.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    declared = {a.name: a.default_value[0].text
+                for a in module.generate_launch_description().get_launch_arguments()}
+    assert declared["bridge"] == "false"
+
+    def nodes(bridge: str, use_sim_time: str) -> list:
+        context = LaunchContext()
+        context.launch_configurations.update(
+            config=str(ROOT / "config" / "mvmc_6cam.yaml"), model_path=str(checkpoint),
+            num_cameras="2", gz_topic_format="/world/cam_{}/image", use_sim_time=use_sim_time,
+            bridge=bridge)
+        return module._nodes(context)
+
+    assert [n.node_executable for n in nodes("false", "true")] == ["fusion_node", "camera_node",
+                                                                  "camera_node"]
+    assert nodes("true", "true")[-1].node_executable == "parameter_bridge"
+    assert module.bridge_arguments(2, "/world/cam_{}/image", clock=True) == [
+        "/clock@rosgraph_msgs/msg/Clock[gz.msgs.Clock",
+        "/world/cam_0/image@sensor_msgs/msg/Image[gz.msgs.Image",
+        "/world/cam_1/image@sensor_msgs/msg/Image[gz.msgs.Image"]
+    assert module.bridge_arguments(1, "/c{}", clock=False) == [
+        "/c0@sensor_msgs/msg/Image[gz.msgs.Image"]
