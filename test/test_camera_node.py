@@ -360,3 +360,25 @@ def test_bad_provider_options_fail_configure_with_the_reason(model_files, tmp_pa
                                   provider_options=["CUDAExecutionProvider:device_id=0"])
     assert code == 1
     assert "not in providers" in log and "autostart failed" in log
+
+
+def test_a_4000x4000_image_leaves_the_camera_less_than_250_mb_larger(model_files, images,
+                                                                   runner, tmp_path):
+    """A 48 MB rgb8 image (max_image_bytes raised to take it) is resized to the training
+    size and predicted; the camera's resident memory afterwards is < 250 MB above what it
+    was after an image of the trained size."""
+    import psutil
+
+    with running_camera(tmp_path, device_id=DEVICE, model_path=str(model_files["onnx"]),
+                        image_reliability="reliable", max_image_bytes=64 << 20) as cam:
+        cam.ask(image_msg(images[5], sec=900))
+        process = psutil.Process(cam.pipeline.pid(NAME))
+        before = process.memory_info().rss
+        # 4000x4000 nearest-enlarged digit: back at 28x28 it is the digit again.
+        rows = np.arange(4000) * 28 // 4000
+        big = np.repeat(images[5][:, rows][:, :, rows], 3, axis=0)  # (3, 4000, 4000)
+        pred = cam.ask(image_msg(big, sec=901, encoding="rgb8"))
+        rise_mb = (process.memory_info().rss - before) / 2**20
+    view = crop_views(images[5:6], SPEC.boxes(28, 28))[:, DEVICE]
+    np.testing.assert_allclose(pred.probabilities, runner.run(view)[0][0], atol=1e-5)
+    assert rise_mb < 250, rise_mb
