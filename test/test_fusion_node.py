@@ -607,3 +607,36 @@ def test_a_jump_of_the_simulated_clock_is_not_silence(tmp_path):
         assert all(list(by_stamp[s][0][0].live_devices) == [0, 1, 2] for s in after[2:])
         log = fleet.log.read_text()
         assert "dead (watchdog)" not in log, log[-3000:]
+
+
+def test_qos_overrides_apply_to_the_fusion_and_recorder_subscriptions(tmp_path):
+    """``qos_overrides.<topic>.subscription.*`` parameters (e.g. best effort to record a
+    camera driver's topic) reach the subscriptions; the others keep their profiles."""
+    import rclpy
+    from rclpy.parameter import Parameter
+    from rclpy.qos import ReliabilityPolicy
+
+    from resilient_perception.ros.fusion_node import FusionNode
+    from resilient_perception.ros.recorder_node import RecorderNode
+    from resilient_perception.ros.topics import PREDICTION_QUEUE_DEPTH
+
+    overrides = [
+        Parameter("qos_overrides./perception/device_1/prediction.subscription.depth",
+                  value=7),
+        Parameter("qos_overrides./perception/device_1/prediction.subscription.reliability",
+                  value="best_effort")]
+    context = rclpy.Context()
+    context.init(domain_id=OWN_DOMAIN_ID)
+    try:
+        for node in (FusionNode("fusion_qos", context=context, parameter_overrides=overrides),
+                     RecorderNode("recorder_qos", context=context, parameter_overrides=[
+                         *overrides, Parameter("bag_path", value=str(tmp_path / "bag"))])):
+            subs = {s.topic_name: s.qos_profile for s in node.subscriptions}
+            changed, kept = (subs[f"/perception/device_{i}/prediction"] for i in (1, 0))
+            assert (changed.depth, changed.reliability) == (7, ReliabilityPolicy.BEST_EFFORT)
+            assert kept.reliability == ReliabilityPolicy.RELIABLE and kept.depth != 7
+            if isinstance(node, FusionNode):
+                assert kept.depth == PREDICTION_QUEUE_DEPTH
+            node.destroy_node()
+    finally:
+        context.try_shutdown()

@@ -5,7 +5,8 @@ Subscribes, for each device ``i`` in ``0..num_devices-1``,
 * ``prediction_topic_format.format(i)`` (``DevicePrediction``) with
   :func:`~resilient_perception.ros.topics.prediction_qos` (requested deadline and liveliness
   lease from the parameters; a camera must offer values <= these, else DDS never matches
-  them) and QoS event callbacks: a missed deadline or lost liveliness marks the device dead;
+  them; ``qos_overrides.<topic>.subscription.*`` parameters apply on top) and QoS event
+  callbacks: a missed deadline or lost liveliness marks the device dead;
 * ``head_topic_format.format(i)`` (``ClassifierHead``, transient local) for the Modifier.
 
 Publishes
@@ -90,6 +91,7 @@ from rclpy.duration import Duration
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
+from rclpy.qos_overriding_options import QoSOverridingOptions
 
 from resilient_perception.message_checks import (
     HeadShapes,
@@ -284,7 +286,6 @@ class FusionNode(Node):
 
         self._pub = self.create_publisher(FusedPrediction, p["output_topic"], fused_qos())
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
-        pred_qos = prediction_qos(p["deadline"], p["liveliness_lease"])
         self._subs = []
         watched = {}  # (device, "prediction" | "head") -> topic, for the writer watch
         for device in range(self.n_devices):
@@ -297,10 +298,13 @@ class FusionNode(Node):
                     f"device {device}: liveliness event"))
             predictions = capped_subscription(
                 self, DevicePrediction, p["prediction_topic_format"].format(device),
-                lambda msg, dev=device: self._on_prediction(dev, msg), pred_qos,
+                # A profile of its own: qos_overrides change the profile they are given.
+                lambda msg, dev=device: self._on_prediction(dev, msg),
+                prediction_qos(p["deadline"], p["liveliness_lease"]),
                 p["max_prediction_bytes"], self.rejections, f"device {device}: prediction",
                 on_info=lambda info, dev=device: self.writers.heard((dev, "prediction"), info),
-                event_callbacks=events)
+                event_callbacks=events,
+                qos_overriding_options=QoSOverridingOptions.with_default_policies())
             heads = capped_subscription(
                 self, ClassifierHead, p["head_topic_format"].format(device),
                 lambda msg, dev=device: self._on_head(dev, msg), head_qos(HEAD_QUEUE_DEPTH),

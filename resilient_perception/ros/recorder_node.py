@@ -14,8 +14,11 @@ No message may be lost: every subscription is RELIABLE with a deep KEEP_LAST his
 requests no deadline or liveliness lease, so it matches any publisher (a subscriber that
 requests less than a publisher offers always matches). Each topic is added to the bag on its
 first message, with the QoS profiles its publishers offer then (as ``ros2 bag record``
-stores them, so the bag replays with the same QoS). The node counts what it wrote per topic
-and logs the counts on exit; ``resilient-perception score-bag`` scores the bag.
+stores them, so the bag replays with the same QoS). A BEST_EFFORT publisher of such a topic
+(none of the package's) is recorded with ``qos_overrides.<topic>.subscription.reliability:
+best_effort`` (standard ``qos_overrides`` parameters apply to every subscription). The node
+counts what it wrote per topic and logs the counts on exit; ``resilient-perception
+score-bag`` scores the bag.
 
 SIGINT/SIGTERM close the bag cleanly (index and ``metadata.yaml`` written). Exit codes: 0
 after SIGINT/SIGTERM, 2 for an invalid parameter or a bag folder that already exists.
@@ -28,6 +31,7 @@ from rcl_interfaces.msg import ParameterType
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from rosbags.interfaces import (
     Qos,
     QosDurability,
@@ -118,13 +122,16 @@ class RecorderNode(Node):
         except BagError as exc:
             raise InvalidParameterValueException("bag_path", p["bag_path"], str(exc)) from None
         self.errors = 0
-        qos = QoSProfile(depth=_DEPTH)  # RELIABLE, VOLATILE, no deadline or lease requested
         for topic, msg_type in topics:
             # The resolved name (namespace and remappings applied) is what the bag stores.
             name = self.resolve_topic_name(topic)
             self.create_subscription(
                 msg_type, topic, lambda data, name=name, kind=msg_type:
-                self._on_message(name, kind, data), qos, raw=True)
+                self._on_message(name, kind, data),
+                # RELIABLE, VOLATILE, no deadline or lease requested; a profile of its own:
+                # qos_overrides change the profile they are given.
+                QoSProfile(depth=_DEPTH), raw=True,
+                qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self.get_logger().info(f"recording {len(topics)} topics to {self.bag.path} "
                                f"({p['storage']})")
 
