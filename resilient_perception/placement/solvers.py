@@ -1027,6 +1027,11 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
         # only for small fleets.
         units = _build(problem) if model.complete and n * n * per_link <= max_arcs else None
         if units is not None:
+            # The paper's heuristic on its own program: CP-SAT starts from the better plan,
+            # so the exact solver's plan is never worse than the heuristic's.
+            _, paper, _ = _heuristic(problem, units, left() / 4)
+            if score(paper) < best:
+                incumbent, best = paper, score(paper)
             hint = None if incumbent is None else _encode(problem, units, incumbent)
             status, values, cp_bound = _cpsat(units.program, left(), workers, seed, True,
                                               hint=hint, work_limit=work_limit)
