@@ -6,13 +6,16 @@ r"""The perception pipeline: N camera nodes and the fusion node, plus the datase
         config:=/abs/my_params.yaml num_cameras:=4 use_sim_time:=true namespace:=robot1
     ros2 launch resilient_perception perception.launch.py one_process:=true \
         model_path:=/abs/onnx_dir/device_{}.onnx
+    ros2 launch resilient_perception perception.launch.py dashboard:=true dashboard_port:=8080
 
 Nodes (names, executables, per-node parameters, remappings) come from
 ``resilient_perception.harness.pipeline.pipeline_nodes``, the function ``Pipeline`` uses to
 start the same processes without ``launch`` (tests, demo, benchmark): node ``camera_i``
 reads ``camera_i/image_raw`` and publishes ``perception/device_i/{prediction,head}``, the
 ``fusion`` node publishes ``perception/fused`` and ``/diagnostics``, and the ``player``
-publishes the images and ``perception/label``. Everything else is in the config file.
+publishes the images and ``perception/label``; with ``dashboard:=true`` the ``dashboard``
+node serves the live page on ``http://127.0.0.1:<dashboard_port>/``. Everything else is in
+the config file.
 """
 
 from pathlib import Path
@@ -24,6 +27,7 @@ from launch.launch_description import LaunchDescription
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from resilient_perception.harness.dashboard import dashboard_node
 from resilient_perception.harness.pipeline import PACKAGE, pipeline_nodes
 
 
@@ -37,6 +41,8 @@ def _nodes(context: LaunchContext) -> list[Node]:
                            model_path=arg("model_path") or None,
                            image_reliability="reliable" if player else "best_effort",
                            one_process=arg("one_process") == "true")
+    if arg("dashboard") == "true":
+        specs.append(dashboard_node(int(arg("num_cameras")), int(arg("dashboard_port"))))
     # A namespace (even "") makes launch_ros key each node's own parameters by its full
     # name (/camera_2, /robot1/camera_2), which beats the config file's sections; without
     # one it would use /**, which the config file's `fusion:` / `player:` sections beat.
@@ -72,6 +78,12 @@ def generate_launch_description() -> LaunchDescription:
             "one_process", default_value="false", choices=["true", "false"],
             description="The cameras and the fusion node in one process "
                         "(perception_container) instead of one process each"),
+        DeclareLaunchArgument(
+            "dashboard", default_value="false", choices=["true", "false"],
+            description="Also serve the live dashboard (a web page of the pipeline)"),
+        DeclareLaunchArgument(
+            "dashboard_port", default_value="8080",
+            description="TCP port of the dashboard on 127.0.0.1 (0: a free one, logged)"),
         DeclareLaunchArgument(
             "namespace", default_value="",
             description="Namespace of every node and relative topic (e.g. robot1)"),
