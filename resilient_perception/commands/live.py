@@ -124,7 +124,8 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
         return 0
     result = pipeline_benchmark.run_pipeline_benchmark(
         _installed_config(args, pipeline), models, args.out, args.rate, args.steady,
-        args.kills, log_dir=args.log_dir, dashboard=args.dashboard)
+        args.kills, log_dir=args.log_dir, dashboard=args.dashboard,
+        compare_one_process=args.compare_one_process)
     print((args.out / "benchmark.md").read_text(), end="")
     return 0 if pipeline_benchmark.frames_lost(result) == 0 else 1
 
@@ -227,11 +228,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dashboard", action="store_true",
                    help="after the steady state, play it again with the dashboard open in "
                    "headless Chromium and once more without: end-to-end latency side by side")
-    p.set_defaults(func=cmd_bench_pipeline)
-
-    p = sub.add_parser("bench-footprint", help="resident memory and start-up time of the "
-                       "fusion and camera node processes", description=cmd_bench_footprint.__doc__)
-    _add_bench_options(p, "bench-footprint")
+    p.add_argument("--compare-one-process", action="store_true",
+                   help="at the end, deploy fusion + cameras as one process per node and as "
+                   "one perception_container process: start-up, latency, CPU, memory and a "
+                   "camera's deactivation side by side")
     p.add_argument("--free-running", action="store_true",
                    help="instead, the same digits from the player and from six free-running "
                    "camera drivers (640x480 YUYV, best effort, own phases): frames fused "
@@ -240,6 +240,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="with --free-running: test digits played (default 200)")
     p.add_argument("--hold", type=positive_int, default=5,
                    help="with --free-running: frames each digit holds (default 5)")
+    p.set_defaults(func=cmd_bench_pipeline)
+
+    p = sub.add_parser("bench-footprint", help="resident memory and start-up time of the "
+                       "fusion and camera node processes", description=cmd_bench_footprint.__doc__)
+    _add_bench_options(p, "bench-footprint")
     p.add_argument("--cameras", type=positive_int, default=2, help="camera nodes (default 2)")
     p.add_argument("--seconds", type=float, default=10.0,
                    help="seconds of streaming while memory is sampled (default 10)")
