@@ -48,11 +48,11 @@ class HeadlessBrowser:
     Args:
         profile_dir: Chromium's user data folder (default a new temporary one, removed on
             :meth:`close`); its ``chromium.log`` keeps the browser's output.
-        window: Viewport width and height in pixels.
+        window: Window width and height in pixels (the viewport is ~140 pixels lower).
         timeout: Seconds to wait for Chromium to start and for each answer.
     """
 
-    def __init__(self, profile_dir: Path | None = None, window: tuple[int, int] = (1280, 960),
+    def __init__(self, profile_dir: Path | None = None, window: tuple[int, int] = (1280, 1100),
                  timeout: float = 30.0) -> None:
         executable = chromium_path()
         if executable is None:
