@@ -90,7 +90,10 @@ RESTRICT_FIRST = 0.01
 """CP-SAT first searches the variables whose reduced cost is within this share of the bound."""
 
 ROUND_SHARE = 0.15
-"""Each restricted CP-SAT search may take this share of the time limit."""
+"""Each restricted CP-SAT search may take this share of the time limit..."""
+
+MIN_ROUND_SECONDS = 1.0
+"""...or this long, if more."""
 
 LAGRANGE_SHARE = 0.85
 """On large fleets the exact solver's Lagrangian steps may take this share of it."""
@@ -1000,7 +1003,10 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
         hint = None if incumbent is None else _encode_paths(problem, model, incumbent)
         if hint is not None and np.any(hint[~keep] > 0):
             hint = None
-        status, values, cp_bound = _cpsat(model.program, min(left(), ROUND_SHARE * time_limit),
+        # Each round its share of the time limit, but at least a second (or all that is
+        # left): the first round usually settles it, and more rounds cannot fit anyway.
+        cap = min(left(), max(ROUND_SHARE * time_limit, MIN_ROUND_SECONDS))
+        status, values, cp_bound = _cpsat(model.program, cap,
                                           workers, seed, True, hint=hint, work_limit=work_limit,
                                           floor=floor - tolerance, keep=keep)
         if values is not None:
