@@ -194,6 +194,24 @@ def test_dashboard_command_exits_2_for_an_address_it_cannot_serve(tmp_path):
     assert "cannot serve on 192.0.2.1:0" in result.stdout + result.stderr
 
 
+@pytest.mark.ros
+def test_a_placement_plan_as_the_page_shows_it():
+    from test.conftest import require_ros
+
+    msgs = require_ros()
+    from resilient_perception.ros.dashboard_node import plan_view
+
+    plan = msgs.PlacementPlan(version=3, robot_names=["r0", "r1"],
+                              unit_names=["stem", "b1", "head"], sources=[0, 1],
+                              devices=[0, -1, 1, 1, 1, 0], robots_alive=[True, True],
+                              reason="robot joined", solver="cpsat", expected_accuracy=0.8)
+    view = plan_view(plan)
+    assert view["rows"] == [{"source": "r0", "robots": ["r0", None, "r1"]},
+                            {"source": "r1", "robots": ["r1", "r1", "r0"]}]
+    assert (view["version"], view["reason"], view["units"][1]) == (3, "robot joined", "b1")
+    assert view["robots_alive"] == ["r0", "r1"]
+
+
 # -- the page in a real browser, against a live pipeline ---------------------------------------
 
 needs_chromium = pytest.mark.skipif(
