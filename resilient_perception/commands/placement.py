@@ -214,7 +214,7 @@ def cmd_bench_replan(args: argparse.Namespace) -> int:
         f"# Re-planning after a robot loss, {args.robots} simulated robots",
         "",
         f"Made by `{record['command']}` ({record['date']}); raw rounds in `{name}.json`, the "
-        f"fleet in `{record['fleet']}`, the planner's log in `logs/`. {args.losses} losses "
+        f"fleet in `{record['fleet']}`. {args.losses} losses "
         f"of a random robot; the planner (CP-SAT, time limit {args.time_limit:g} s, one "
         f"worker) declares a robot lost {args.robot_timeout:g} s after its last heartbeat "
         f"(heartbeats every 0.1 s), so that much of each time is detection. Median 1-minute "
