@@ -3,9 +3,13 @@
 Not the player: no shared stamps, no labels, no RELIABLE QoS, nothing of the package's image
 conversion. It stands in for one usb_cam or v4l2_camera process on its own clock:
 
-* a timer at ``rate_hz`` whose ticks sit ``phase_ms`` after the shared ``epoch_ns`` grid,
-  each capture a further uniform ``+-jitter_ms`` off (seeded by ``seed``), stamped with the
-  node clock at the capture, as drivers stamp;
+* captures at ``rate_hz`` that sit ``phase_ms`` after the shared ``epoch_ns`` grid, each a
+  further uniform ``+-jitter_ms`` off (seeded by ``seed``), stamped with the capture time,
+  as a V4L2 driver stamps a frame with its buffer's capture timestamp. The sensor keeps its
+  clock when the process is short of CPU: a timer tick that comes late publishes the frames
+  captured since the last one (late, but stamped when they were taken), up to
+  ``QUEUED_FRAMES`` of them, as a driver's queue of capture buffers holds them; older ones
+  are lost (``dropped``);
 * the scene of :class:`SceneSchedule` at that stamp: dataset frame ``start_index + s`` for
   scene ``s``, each held for ``hold_frames`` frames (real scenes change slower than the
   frame rate); the first scene before the epoch, the last one after the schedule;
@@ -28,6 +32,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import ParameterType
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
@@ -40,6 +45,8 @@ from resilient_perception.ros.node_utils import descriptor, run_node
 __all__ = ["TRANSPORTS", "FreeRunningCameraNode", "SceneSchedule", "main", "yuyv"]
 
 TRANSPORTS = ("raw", "compressed")
+QUEUED_FRAMES = 4
+"""Frames a late tick still publishes (V4L2 drivers queue about four capture buffers)."""
 
 
 @dataclass(frozen=True)
@@ -183,18 +190,21 @@ class FreeRunningCameraNode(Node):
         self._size = (p["width"], p["height"])
         self._compressed = p["transport"] == "compressed"
         self._jpeg_quality, self._frame_id = p["jpeg_quality"], p["frame_id"]
-        self._jitter_s = p["jitter_ms"] * 1e-3
+        self._phase_ns = round(p["phase_ms"] * 1e6)
+        self._jitter_ns = round(p["jitter_ms"] * 1e6)
         self._random = random.Random(p["seed"])
         self._shown: tuple[int, bytes] | None = None  # (scene, encoded pixels)
-        self.published = 0
+        self.published = self.dropped = 0
         topic = "image_raw/compressed" if self._compressed else "image_raw"
         self._pub = self.create_publisher(CompressedImage if self._compressed else Image,
                                           topic, qos_profile_sensor_data)
-        # Ticks at phase - jitter after the grid; each capture then waits 0 .. 2 * jitter.
+        # Ticks at phase + jitter after the grid: the latest a frame of that tick is taken.
         period_ns = self.schedule.period_ns
-        offset_ns = round((p["phase_ms"] - p["jitter_ms"]) * 1e6)
+        offset_ns = self._phase_ns + self._jitter_ns
         now = time.time_ns()
-        first = epoch + offset_ns + ((now - epoch - offset_ns) // period_ns + 2) * period_ns
+        self._next_frame = (now - epoch - self._phase_ns) // period_ns + 2
+        self._next_capture_ns = self._capture_ns(self._next_frame)
+        first = epoch + offset_ns + self._next_frame * period_ns
         time.sleep(max(first - period_ns - time.time_ns(), 0) * 1e-9)
         self._timer = self.create_timer(period_ns * 1e-9, self._capture)
         self.get_logger().info(
@@ -229,17 +239,35 @@ class FreeRunningCameraNode(Node):
             self._shown = (scene, pixels)
         return self._shown[1]
 
+    def _capture_ns(self, frame: int) -> int:
+        """Capture time of ``frame`` of the grid: its phase plus this frame's jitter."""
+        jitter = self._random.uniform(-1.0, 1.0) * self._jitter_ns
+        return self.schedule.epoch_ns + frame * self.schedule.period_ns + self._phase_ns + round(
+            jitter)
+
     def _capture(self) -> None:
-        time.sleep(self._random.uniform(0.0, 2.0 * self._jitter_s))
-        stamp = self.get_clock().now()
-        pixels = self._pixels(self.schedule.shown_scene(stamp.nanoseconds))
+        """Publish the frames captured since the last tick, oldest first."""
+        now = time.time_ns()
+        while self._next_capture_ns <= now:
+            if now - self._next_capture_ns > QUEUED_FRAMES * self.schedule.period_ns:
+                self.dropped += 1
+                self.get_logger().warning(
+                    f"{self.dropped} frames dropped: this process was short of CPU for over "
+                    f"{QUEUED_FRAMES} frames", throttle_duration_sec=5.0)
+            else:
+                self._publish(self._next_capture_ns)
+            self._next_frame += 1
+            self._next_capture_ns = self._capture_ns(self._next_frame)
+
+    def _publish(self, capture_ns: int) -> None:
+        pixels = self._pixels(self.schedule.shown_scene(capture_ns))
         if self._compressed:
             msg = CompressedImage(format="bgr8; jpeg compressed bgr8", data=pixels)
         else:
             width, height = self._size
             msg = Image(height=height, width=width, encoding="yuv422_yuy2", is_bigendian=0,
                         step=2 * width, data=pixels)
-        msg.header.stamp = stamp.to_msg()
+        msg.header.stamp = Time(sec=capture_ns // 10**9, nanosec=capture_ns % 10**9)
         msg.header.frame_id = self._frame_id
         self._pub.publish(msg)
         self.published += 1
