@@ -652,11 +652,17 @@ class _Paths:
         ready[0] = self.hop[0, problem.sources[self.request]]
         for b in range(n_units):
             if b > 0:
-                via_end = ended[b][:, :, None] + self.leave[b][None]
-                via_skip = skipped[b][:, :, None] + self.hop[b][None]
-                from_end, from_skip = via_end.argmin(axis=1), via_skip.argmin(axis=1)
-                end_cost = np.take_along_axis(via_end, from_end[:, None, :], 1)[:, 0]
-                skip_cost = np.take_along_axis(via_skip, from_skip[:, None, :], 1)[:, 0]
+                # Where a run ended (the rows that computed unit b - 1) or unit b - 1 was
+                # skipped (the others): the minimum over the device it moves from.
+                end_cost, skip_cost = np.full((2, rows, n), np.inf)
+                from_end, from_skip = np.zeros((2, rows, n), dtype=np.int64)
+                for part, base, arcs, cost, source in (
+                        (~self.dropped[:, b - 1], ended[b], self.leave[b], end_cost, from_end),
+                        (self.dropped[:, b - 1], skipped[b], self.hop[b], skip_cost, from_skip)):
+                    if part.any():
+                        via = base[part][:, :, None] + arcs[None]
+                        source[part] = via.argmin(axis=1)
+                        cost[part] = np.take_along_axis(via, source[part][:, None, :], 1)[:, 0]
                 after_run[b] = end_cost <= skip_cost
                 came_from[b] = np.where(after_run[b], from_end, from_skip)
                 ready[b] = np.minimum(end_cost, skip_cost)
