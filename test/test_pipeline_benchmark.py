@@ -19,6 +19,7 @@ from resilient_perception.bench.pipeline_benchmark import (  # noqa: E402
     frames_lost,
     run_pipeline_benchmark,
 )
+from resilient_perception.harness.browser import chromium_path  # noqa: E402
 from resilient_perception.harness.pipeline import package_prefix  # noqa: E402
 
 pytestmark = [
@@ -36,7 +37,8 @@ def test_short_benchmark_runs_every_phase_and_loses_no_frame(briefly_trained_onn
     result = run_pipeline_benchmark(ROOT / "config" / "mnist_6cam.yaml", briefly_trained_onnx,
                                     tmp_path, steady_s=3.0, kills=1, rates=(30.0,),
                                     rate_step_s=2.0, emit=lambda _: None,
-                                    compare_one_process=True)
+                                    compare_one_process=True,
+                                    dashboard=chromium_path() is not None)
     assert frames_lost(result) == 0
     assert result["steady"]["stream"]["labelled_frames"] == 90
     (kill,) = result["failure_reaction"]["kills"]
@@ -53,3 +55,8 @@ def test_short_benchmark_runs_every_phase_and_loses_no_frame(briefly_trained_onn
     assert result == json.loads((tmp_path / "benchmark.json").read_text())
     assert "| processes (fusion + cameras) | - | 7 | 1 |" in (tmp_path / "benchmark.md").read_text()
     assert "| frames lost (steady + kills) | 0 | 0 |" in (tmp_path / "benchmark.md").read_text()
+    if chromium_path() is not None:  # without, with the page open, without again
+        runs = result["dashboard"]["runs"]
+        assert [runs[k]["stream"]["missing"] for k in runs] == [0, 0, 0]
+        assert runs["with_dashboard"]["url"].startswith("http://127.0.0.1:")
+        assert "| dashboard + page open | 90 | 0 |" in (tmp_path / "benchmark.md").read_text()
