@@ -168,13 +168,16 @@ def write_scale_report(out: Path, rows: list[dict], settings: dict) -> str:
     write_json(out / "results.json", {"settings": settings, "rows": rows})
     write_csv(out / "results.csv", [{k: v for k, v in r.items() if k != "stages"}
                                     for r in rows])
-    _figure(rows, out / "scale.png")
+    generated = any(r["instance"] != "example" for r in rows)
+    if generated:
+        _figure(rows, out / "scale.png")
     ranges = settings["ranges"]
     text = "\n".join([
         "# Placement at fleet scale",
         "",
         f"Made by `{settings['command']}` ({settings['date']}); raw rows in `results.json` "
-        "and `results.csv`, figure `scale.png`, generated fleets in `fleets/`.",
+        "and `results.csv`" + (", figure `scale.png`, generated fleets in `fleets/`."
+                               if generated else "."),
         "",
         f"Every solver had the same wall-clock limit of {settings['time_limit']:g} s per "
         "solve, one CPU thread (CP-SAT `num_workers=1`); the solver libraries were imported "
