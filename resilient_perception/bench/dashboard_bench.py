@@ -61,7 +61,7 @@ def measure_dashboard_cost(bench: Any, rate_hz: float, steady_s: float,
                     seen["tiles_live"] = bool(browser.evaluate(all_tiles_live(bench.n)))
 
             started = time.monotonic()
-            span = bench.play(rate_hz, count, look)
+            span = bench.play(rate_hz, count, look, label_subscribers=2)  # + dashboard
             runs["with_dashboard"] = {
                 "stream": bench.window(span), "url": url,
                 "tiles_live_halfway": seen.get("tiles_live", False),

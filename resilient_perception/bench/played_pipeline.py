@@ -56,17 +56,21 @@ class PlayedPipeline:
         self._players = 0
 
     def play(self, rate_hz: float, count: int, during: Callable[[float], None] | None = None,
-             ) -> tuple[int, int]:
+             label_subscribers: int = 1) -> tuple[int, int]:
         """Play ``count`` labelled frames at ``rate_hz``; return the stamp window (ns).
 
         ``during(t)`` is called about every 20 ms with the seconds since the first label.
+        The player waits for ``label_subscribers`` on the label topic: this benchmark's
+        monitor, plus any other node that reads labels (the dashboard), or an already
+        running one would satisfy the wait before the monitor has matched the player and
+        the monitor would miss the first labels.
         """
         self._players += 1
         name = f"player_{self._players}"
         player = Pipeline([NodeSpec(name, "player_node", {
             **self.player_parameters,
             "num_cameras": self.n, "rate_hz": rate_hz, "count": count, "on_end": "shutdown",
-            "wait_for_label_subscribers": 1,
+            "wait_for_label_subscribers": label_subscribers,
             "start_index": (self._players * 997) % 5000})], self.config, log_dir=self.log_dir)
         start_ns = time.time_ns()
         labels0 = self.monitor.labels()
