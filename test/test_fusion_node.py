@@ -485,7 +485,10 @@ def publish_scenes(fleet: Fleet, count: int, rng: np.random.Generator, period: f
     scenes = []
     for k in range(count):
         now = fleet.stamp_now()
-        base = now.sec * 1_000_000_000 + now.nanosec
+        # Captured before they are sent, as a camera's images are: every stamp in the past
+        # (a stamp from the future would shorten the frame's measured wait).
+        base = (now.sec * 1_000_000_000 + now.nanosec
+                - round((max(FREE_RUNNING_PHASES_MS) + 3) * 1e6))
         outputs, stamps = {}, []
         for device in range(N):
             stamp_ns = base + round((FREE_RUNNING_PHASES_MS[device] + rng.uniform(-3, 3)) * 1e6)

@@ -270,7 +270,7 @@ def _interrupt_script_node(tmp_path: Path, node_body: str,
         "from std_msgs.msg import String\n"
         "from resilient_perception.ros.node_utils import run_node\n"
         f"{node_body}\n"
-        "sys.exit(run_node(Script, 'script'))\n")
+        "sys.exit(run_node(Script, 'script', on_exit=globals().get('on_exit')))\n")
     with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True,
                           env={**os.environ, "ROS_DOMAIN_ID": str(DOMAIN_ID)},
@@ -315,6 +315,21 @@ def test_a_node_stuck_leaving_the_middleware_exits_within_the_grace_period(tmp_p
     assert code == 1, stderr
     assert SHUTDOWN_GRACE_S <= waited < SHUTDOWN_GRACE_S + 5.0
     assert "in destroy_node" in stderr  # the stacks say what held it up
+
+
+def test_a_node_stuck_in_its_clean_up_exits_within_the_grace_period(tmp_path):
+    from resilient_perception.ros.node_utils import SHUTDOWN_GRACE_S
+
+    code, waited, stderr = _interrupt_script_node(tmp_path, (
+        "class Script(Node):\n"
+        "    def __init__(self):\n"
+        "        super().__init__('script')\n"
+        "        self.create_timer(0.1, lambda: print('spinning', flush=True))\n"
+        "def on_exit(node):\n"
+        "    time.sleep(60)\n"))
+    assert code == 1, stderr
+    assert SHUTDOWN_GRACE_S <= waited < SHUTDOWN_GRACE_S + 5.0
+    assert "in on_exit" in stderr
 
 
 def test_check_reports_a_node_that_failed_with_its_log(tmp_path):

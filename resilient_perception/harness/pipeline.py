@@ -31,6 +31,7 @@ name (``/camera_2``), never ``/**``; within those, later files win.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -71,9 +72,10 @@ __all__ = [
 PACKAGE = "resilient_perception"
 _LOG_TAIL_LINES = 30
 NATIVE_STACKS_AFTER_S = 3.0
-"""A node still running this long after SIGINT gets its threads' native stacks written to
-its log (with gdb, when installed): ``run_node`` gives leaving DDS 5 s and then prints only
-the Python stacks, which end at the call into the middleware."""
+"""A node still running this long after SIGINT (or SIGTERM) gets its threads' stacks
+written to its log (Python's, and native ones with gdb when installed): ``run_node`` gives
+its clean-up and leaving DDS 5 s and then prints only the Python stacks, which end at the
+call into the middleware."""
 CONTAINER_NAME = "perception"
 """Node (and process) name of ``perception_container`` in a one-process pipeline."""
 T = TypeVar("T")
@@ -420,7 +422,15 @@ class Pipeline:
             return self.returncode(name)
         self._signalled.add(name)
         self._processes[name].send_signal(sig)
-        return None if timeout is None else self.wait(name, timeout)
+        if timeout is None:
+            return None
+        if sig in (signal.SIGINT, signal.SIGTERM) and timeout > NATIVE_STACKS_AFTER_S:
+            # A node that does not leave on a stop request: keep where it hangs in its log.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                return self._processes[name].wait(timeout=NATIVE_STACKS_AFTER_S)
+            self._log_stacks(name)
+            timeout -= NATIVE_STACKS_AFTER_S
+        return self.wait(name, timeout)
 
     def kill(self, name: str) -> int | None:
         """``kill -9`` the node (a crash: no cleanup, DDS learns it from lost liveliness)."""
@@ -515,12 +525,21 @@ class Pipeline:
             process.kill()
             process.wait()
 
+    def _log_stacks(self, name: str) -> None:
+        """Python stacks (``run_node``'s SIGUSR1 handler) and native stacks into the log."""
+        if self.running(name):
+            self._log_line(name, f"still running {NATIVE_STACKS_AFTER_S:g} s after a stop "
+                           "request; its threads' Python stacks:")
+            self._processes[name].send_signal(signal.SIGUSR1)
+            time.sleep(0.2)  # the handler writes them from the process's next bytecode
+        self._log_native_stacks(name)
+
     def _log_native_stacks(self, name: str) -> None:
         gdb = shutil.which("gdb")
         if gdb is None or not self.running(name):
             return
-        self._log_line(name, f"still running {NATIVE_STACKS_AFTER_S:g} s after SIGINT; its "
-                       "threads' native stacks (gdb):")
+        self._log_line(name, f"still running {NATIVE_STACKS_AFTER_S:g} s after a stop "
+                       "request; its threads' native stacks (gdb):")
         with open(self.log_path(name), "a") as log:
             subprocess.run([gdb, "-batch", "-p", str(self._processes[name].pid), "-ex",
                             "thread apply all bt"], stdout=log, stderr=subprocess.STDOUT,

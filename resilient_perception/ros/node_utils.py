@@ -34,8 +34,8 @@ __all__ = [
 THROTTLE_S = 5.0
 
 SHUTDOWN_GRACE_S = 5.0
-"""Longest a node may take to leave the middleware after its spin ended; past it, it dumps
-its threads' stacks and exits with code 1."""
+"""Longest a node may take to clean up and leave the middleware after its spin ended; past
+it, it dumps its threads' stacks and exits with code 1."""
 
 DIAGNOSTICS_PERIOD_S = 1.0
 """Period of the counters that :func:`publish_counters` puts on ``/diagnostics``, s."""
@@ -253,8 +253,9 @@ def run_node(
     Returns:
         0 after SIGINT/SIGTERM (or the end of ``finished``); 2 for a parameter of the wrong
         type or out of its range, or another invalid configuration (a ``ValueError`` from
-        the constructor); or what the hooks and ``startup_errors`` say. 1 when leaving the
-        middleware took over :data:`SHUTDOWN_GRACE_S` (the stacks are on stderr).
+        the constructor); or what the hooks and ``startup_errors`` say. 1 when ``on_exit``
+        and leaving the middleware took over :data:`SHUTDOWN_GRACE_S` (the stacks are on
+        stderr).
     """
     return run_nodes(lambda: [node_class()], name, argv, on_created, on_exit, startup_errors)
 
@@ -317,12 +318,13 @@ def run_nodes(
         if rclpy.ok():
             raise
     finally:
+        # Leaving (the nodes' own clean-up, then DDS: destroying the participant) has no
+        # time limit of its own: bound it, and leave the threads' stacks in the log if
+        # something held the process up.
+        faulthandler.dump_traceback_later(SHUTDOWN_GRACE_S, exit=True)
         for node in nodes:
             if on_exit is not None and (late := on_exit(node)) is not None:
                 code = late
-        # Leaving DDS (destroying the participant) has no time limit of its own: bound it,
-        # and leave the threads' stacks in the log if it is what held the node up.
-        faulthandler.dump_traceback_later(SHUTDOWN_GRACE_S, exit=True)
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
