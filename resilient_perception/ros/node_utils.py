@@ -37,6 +37,9 @@ SHUTDOWN_GRACE_S = 5.0
 """Longest a node may take to clean up and leave the middleware after its spin ended; past
 it, it dumps its threads' stacks and exits with code 1."""
 
+WAKE_S = 0.5
+"""Longest a node's executor waits for work before it checks whether ROS was shut down."""
+
 DIAGNOSTICS_PERIOD_S = 1.0
 """Period of the counters that :func:`publish_counters` puts on ``/diagnostics``, s."""
 
@@ -305,10 +308,15 @@ def run_nodes(
         for node in nodes:
             executor.add_node(node)
         finished = getattr(nodes[0], "finished", None) if len(nodes) == 1 else None
-        if finished is not None:
-            executor.spin_until_future_complete(finished)
-        else:
-            executor.spin()
+        # Waits are bounded: SIGINT/SIGTERM shut the context down from another thread, and
+        # the wake-up of an executor blocked in its wait set can be missed (a looping
+        # replay then waited forever after SIGTERM, 2 runs in 30). A bounded wait sees the
+        # shutdown within WAKE_S at the latest.
+        while rclpy.ok() and not (finished is not None and finished.done()):
+            if finished is not None:
+                executor.spin_until_future_complete(finished, timeout_sec=WAKE_S)
+            else:
+                executor.spin_once(timeout_sec=WAKE_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
