@@ -9,6 +9,7 @@ node frozen twice for 1 s.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -19,6 +20,8 @@ require_ros()
 from resilient_perception.bench.live_demo import FailureEvent  # noqa: E402
 from resilient_perception.bench.soak import (  # noqa: E402
     SOAK_ACTIONS,
+    _fd_targets,
+    _growth,
     parse_soak_schedule,
     run_soak,
     soak_schedule,
@@ -48,6 +51,26 @@ def test_the_default_schedule_spares_one_camera_and_ends_settled():
     assert max(e.at for e in events) < 30 * 60 - 10
     assert {e.action for e in soak_schedule(2)} == {"kill", "restart", "stop", "cont"}
     assert (warmup_s(30), warmup_s(2)) == (300.0, 60.0)
+
+
+def test_a_descriptor_open_for_a_moment_is_a_peak_and_one_left_open_is_growth(tmp_path):
+    """FD growth is the steady count (medians), so one sample's extra descriptor is no leak."""
+    log = tmp_path / "leaked.log"
+    with open(log, "w"):
+        held = _fd_targets(os.getpid())
+    assert str(log) in held and str(log) not in _fd_targets(os.getpid())
+
+    def rows(pid: int, extra_at: set[int]) -> list[dict]:
+        return [{"t": float(t), "node": f"node_{pid}", "pid": pid, "rss_mb": 100.0,
+                 "cpu_percent": 1.0, "fds": 18 + (t in extra_at)} for t in range(121)]
+
+    base = frozenset({"/dev/null", "socket:[1]"})
+    targets = {1: [(0.0, base), (110.0, base | {"/usr/lib/x.so"}), (111.0, base)],
+               2: [(0.0, base), (100.0, base | {str(log)})]}
+    grown = _growth(rows(1, {110}) + rows(2, set(range(100, 121))), 0.0, targets)
+    assert (grown["node_1"]["fd_growth"], grown["node_1"]["fds_peak"]) == (0, 19)
+    assert grown["node_1"]["fds_opened"] == []
+    assert grown["node_2"]["fd_growth"] == 1 and grown["node_2"]["fds_opened"] == [str(log)]
 
 
 def test_a_bad_schedule_option_exits_2(capsys):

@@ -24,8 +24,12 @@ What the report says (``report.json``, ``report.md``, ``samples.csv``, ``latency
 * memory growth and file-descriptor growth per node (target < 5% and 0), measured on each
   node's process alive at the end from :func:`warmup_s` into the run or 60 s after that
   process started, whichever is later (a restarted process warms up again), between the
-  medians (RSS) or maxima (FDs) of the first and the last 30 s of that span (a third of
-  it when shorter; spans under 45 s are not measured);
+  medians of the first and the last 30 s of that span (a third of it when shorter; spans
+  under 45 s are not measured). The FD count is the steady one (the median), as a leaked
+  descriptor stays open: a descriptor open for a moment (a module loaded, a DDS probe) is
+  not a leak, and with one-second samples a maximum would count it in one run of many.
+  The peak is reported beside it, and the descriptors open at the end that were not at the
+  start are named (``/proc/<pid>/fd``), so a growth says what grew;
 * how often the fusion node reported a second publisher or writer on a device's topic
   (after a camera's kill -9 its dead endpoints stay in the graph for a few seconds);
 * a plot of memory and latency over time with the events marked (:func:`plot_report`).
@@ -60,7 +64,7 @@ IN_FLIGHT_S = 0.5  # frames stamped this long before an event may still be in fl
 REACTION_S = 1.0  # the liveliness lease: by then the fusion node no longer waits for a device
 FUSION_RESTART_BOUND_S = 2.0  # a restarted fusion node fuses complete frames within this
 INSTANCE_WARMUP_S = 60.0  # a (re)started process's own warm-up before its memory counts
-EDGE_S = 30.0  # RSS medians / FD maxima over the first and last this-many seconds ...
+EDGE_S = 30.0  # RSS and FD medians over the first and last this-many seconds ...
 MIN_SPAN_S = 45.0  # ... or a third of the span when shorter; shorter spans are not measured
 GROWTH_LIMIT = 0.05
 CYCLE_S = 60.0
@@ -122,12 +126,28 @@ def soak_nodes(model_path: str, num_cameras: int, rate_hz: float, bag: Path) -> 
     return nodes
 
 
+def _fd_targets(pid: int) -> frozenset[str]:
+    """What each open descriptor of ``pid`` points to (empty where ``/proc`` is not)."""
+    folder = Path(f"/proc/{pid}/fd")
+    targets = set()
+    with contextlib.suppress(OSError):
+        for fd in folder.iterdir():
+            with contextlib.suppress(OSError):
+                targets.add(os.readlink(fd))
+    return frozenset(targets)
+
+
 class _Sampler:
-    """Every node's RSS, CPU, FDs and threads, once per call (``psutil``, by current pid)."""
+    """Every node's RSS, CPU, FDs and threads, once per call (``psutil``, by current pid).
+
+    ``fd_targets[pid]`` keeps ``(t, targets)`` each time a process's descriptor count
+    changes, to name what was opened.
+    """
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.rows: list[dict] = []
+        self.fd_targets: dict[int, list[tuple[float, frozenset[str]]]] = {}
         self._procs: dict[int, psutil.Process] = {}
 
     def sample(self, t: float) -> None:
@@ -146,6 +166,9 @@ class _Sampler:
                         "rss_mb": round(proc.memory_info().rss / 2**20, 3),
                         "cpu_percent": proc.cpu_percent(None), "fds": proc.num_fds(),
                         "threads": proc.num_threads(), "status": proc.status()})
+                changes = self.fd_targets.setdefault(pid, [])
+                if not changes or len(changes[-1][1]) != self.rows[-1]["fds"]:
+                    changes.append((round(t, 2), _fd_targets(pid)))
             except psutil.Error:  # exited between the check and the sample
                 self._procs.pop(pid, None)
 
@@ -292,7 +315,7 @@ def run_soak(
             observer.spin_until(lambda: not (score.truth.keys() - score.fused.keys()),
                                 "every labelled frame fused", 10.0)
         ended = time.monotonic() - t0
-    report = _report(monitor, watch, sampler.rows, events, t0, wall0, ended, minutes,
+    report = _report(monitor, watch, sampler, events, t0, wall0, ended, minutes,
                      rate_hz, schedule)
     report["aborted"] = aborted
     report["passed"] = aborted is None and all(c["passed"] for c in report["criteria"].values())
@@ -359,11 +382,17 @@ def _reactions(monitor: StreamMonitor, events: list[dict], n: int) -> None:
         e["reaction_s"] = None if first is None else round(first - at, 4)
 
 
-def _growth(rows: list[dict], start_s: float) -> dict:
+def _targets_at(changes: list[tuple[float, frozenset[str]]], t: float) -> frozenset[str]:
+    """The descriptors open at ``t``: the last change recorded at or before it."""
+    return next((targets for at, targets in reversed(changes) if at <= t), frozenset())
+
+
+def _growth(rows: list[dict], start_s: float,
+            fd_targets: dict[int, list[tuple[float, frozenset[str]]]]) -> dict:
     """Memory and FD growth of each node's last process, CPU over all its processes.
 
     Measured from ``start_s`` or the process's own warm-up, whichever is later, to the
-    last sample.
+    last sample; ``fd_targets`` (:attr:`_Sampler.fd_targets`) names the descriptors opened.
     """
     out = {}
     for node in dict.fromkeys(r["node"] for r in rows):
@@ -382,16 +411,19 @@ def _growth(rows: list[dict], start_s: float) -> dict:
             last = [r for r in span if r["t"] >= span[-1]["t"] - edge]
             before = float(np.median([r["rss_mb"] for r in first]))
             after = float(np.median([r["rss_mb"] for r in last]))
+            changes = fd_targets.get(proc[-1]["pid"], [])
+            opened = _targets_at(changes, span[-1]["t"]) - _targets_at(changes, span[0]["t"])
             entry.update(rss_mb_start=round(before, 2), rss_mb_end=round(after, 2),
                          rss_growth=round((after - before) / before, 4),
-                         fds_start=max(r["fds"] for r in first),
-                         fds_end=max(r["fds"] for r in last))
+                         fds_start=int(np.median([r["fds"] for r in first])),
+                         fds_end=int(np.median([r["fds"] for r in last])),
+                         fds_peak=max(r["fds"] for r in span), fds_opened=sorted(opened))
             entry["fd_growth"] = entry["fds_end"] - entry["fds_start"]
         out[node] = entry
     return out
 
 
-def _report(monitor: StreamMonitor, watch: _FusionWatch, rows: list[dict],
+def _report(monitor: StreamMonitor, watch: _FusionWatch, sampler: _Sampler,
             events: list[dict], t0: float, wall0: float, ended: float, minutes: float,
             rate_hz: float, schedule: Sequence[FailureEvent]) -> dict:
     score, n = monitor.scores["fused"], watch.n
@@ -413,7 +445,7 @@ def _report(monitor: StreamMonitor, watch: _FusionWatch, rows: list[dict],
                     "window"):
             e.pop(key, None)
     warm = min(warmup_s(minutes), ended)
-    processes = _growth(rows, warm)
+    processes = _growth(sampler.rows, warm, sampler.fd_targets)
     measured = {k: v for k, v in processes.items() if v["rss_growth"] is not None}
     restarts = [e for e in events if e["node"] == "fusion" and e["action"] == "restart"]
     worst_rss = max((v["rss_growth"] for v in measured.values()), default=None)
@@ -566,20 +598,22 @@ def markdown_report(report: dict) -> str:
            f"{1e3 * lat['p99']:.1f} ms, max {1e3 * lat['max']:.0f} ms") + ".",
         "",
         f"Memory and FDs of each node's last process, from {report['warmup_s'] / 60:g} min "
-        f"(or {INSTANCE_WARMUP_S:g} s after that process started) to the end; medians (RSS) "
-        f"and maxima (FDs) of the first and last {EDGE_S:g} s (a third of the span when "
-        f"shorter; spans under {MIN_SPAN_S:g} s are not measured):",
+        f"(or {INSTANCE_WARMUP_S:g} s after that process started) to the end; medians of the "
+        f"first and last {EDGE_S:g} s (a third of the span when shorter; spans under "
+        f"{MIN_SPAN_S:g} s are not measured), the FD peak over the span, and the descriptors "
+        "open at its end that were not at its start:",
         "",
         "| node | processes | CPU % (mean) | from (s) | RSS start, MB | RSS end, MB | growth "
-        "| FDs start | FDs end |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| FDs start | FDs end | FDs peak | opened |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for node, p in report["processes"].items():
         growth = "-" if p["rss_growth"] is None else f"{100 * p['rss_growth']:+.2f}%"
         lines.append(f"| {node} | {p['processes']} | {p['cpu_percent_mean']:.1f} | "
                      f"{p['measured_from_s']:g} | {p.get('rss_mb_start', '-')} | "
                      f"{p.get('rss_mb_end', '-')} | {growth} | {p.get('fds_start', '-')} | "
-                     f"{p.get('fds_end', '-')} |")
+                     f"{p.get('fds_end', '-')} | {p.get('fds_peak', '-')} | "
+                     f"{', '.join(p.get('fds_opened', [])) or '-'} |")
     lines += [
         "",
         "| at (s) | event | reaction | reaction (s) | window (s) | lost in window |",
