@@ -286,7 +286,7 @@ def test_cli_train_study_report(tmp_path, cli):
         (["drop-study", "missing/checkpoint.safetensors", "--out", "x"], "no such file"),
         (["drop-study", "--out", "x"], "give a CHECKPOINT"),
         (["drop-report", "a=nowhere"], "cannot read a drop-study result"),
-        (["drop-report", "no-equals"], "NAME=FOLDER"),
+        (["drop-report", "no-equals"], "NAME=PATH such as plain="),
         (["train-resnet", "--stochastic-depth", "1.5"], "must be in [0, 1)"),
         (["train-resnet", "--epochs", "0"], "must be >= 1"),
         (["train-resnet", "--lr", "-1", "--out", "x"], "lr must be positive"),

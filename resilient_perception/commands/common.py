@@ -14,7 +14,8 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["EXTRAS", "extra_of", "fraction", "grid", "missing_extra_message", "onnx_models", "pair",
+__all__ = ["EXTRAS", "extra_of", "fraction", "grid", "missing_extra_message", "named_path",
+           "onnx_models", "pair",
            "positive_float", "positive_int", "require_onnx", "schedule", "set_threads",
            "size", "write_csv", "write_json"]
 
@@ -58,6 +59,18 @@ def pair(what: str, example: str) -> Callable[[str], tuple[int, int]]:
 
 grid = pair("ROWSxCOLS", "3x2")
 size = pair("HxW", "28x28")
+
+
+def named_path(example: str) -> Callable[[str], tuple[str, Path]]:
+    """An argparse type for ``NAME=PATH`` (a labelled input of a report), e.g. ``example``."""
+
+    def parse(text: str) -> tuple[str, Path]:
+        name, _, path = text.partition("=")
+        if not name or not path:
+            raise argparse.ArgumentTypeError(f"expected NAME=PATH such as {example}, got {text!r}")
+        return name, Path(path)
+
+    return parse
 
 
 def positive_int(text: str) -> int:

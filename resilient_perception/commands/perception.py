@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING
 from ..datasets import DATASET_NAMES, IDX_PREFIX, evaluation_data
 from ..perception.modes import PRECISIONS, REDUCED_PRECISIONS
 from ..perception.views import ViewSpec, parse_noise
-from .common import fraction, grid, positive_int, require_onnx, size, write_csv, write_json
+from .common import (
+    fraction,
+    grid,
+    named_path,
+    positive_int,
+    require_onnx,
+    size,
+    write_csv,
+    write_json,
+)
 
 # The commands import torch (and onnx) through these modules when they run, never when the
 # parser is built: `--help` answers at interpreter speed.
@@ -280,12 +289,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..perception.experiment import markdown_report
 
     summaries = {}
-    for path in args.summaries:
-        name, _, file = path.partition("=")
-        if not file:
-            raise ValueError(f"expected NAME=PATH/summary.json, got {path!r}")
+    for name, file in args.summaries:
         try:
-            summaries[name] = json.loads(Path(file).read_text())
+            summaries[name] = json.loads(file.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"{file}: cannot read an evaluate summary.json ({exc})") from exc
     throughputs = [json.loads(path.read_text()) for path in args.throughput or []]
@@ -363,6 +369,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
     p.add_argument("summaries", nargs="+", metavar="NAME=SUMMARY_JSON",
+                   type=named_path("fail-sim=runs/a/eval-test/summary.json"),
                    help="runs to tabulate, e.g. fail-sim=runs/a/eval-test/summary.json")
     p.add_argument("--throughput", type=Path, nargs="+", default=None,
                    help="training_throughput JSONs written by bench-train")

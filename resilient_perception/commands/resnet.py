@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import fraction, positive_int, set_threads, write_csv, write_json
+from .common import fraction, named_path, positive_int, set_threads, write_csv, write_json
 
 # torch and the modules below are imported by each command when it runs, never when the
 # parser is built.
@@ -112,12 +112,7 @@ def cmd_drop_report(args: argparse.Namespace) -> int:
     """Compare drop studies (e.g. plain vs stochastic depth) with the paper, as Markdown."""
     from ..paper.drop_report import plot_dc_accuracy, read_study, report_markdown
 
-    studies = {}
-    for item in args.studies:
-        name, _, folder = item.partition("=")
-        if not folder:
-            raise ValueError(f"expected NAME=FOLDER (a drop-study --out folder), got {item!r}")
-        studies[name] = read_study(Path(folder))
+    studies = {name: read_study(folder) for name, folder in args.studies}
     figure = args.out.parent / args.figure
     plot_dc_accuracy(studies, figure)
     text = report_markdown(studies, figure.name)
@@ -181,6 +176,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("drop-report", help=cmd_drop_report.__doc__,
                        description=cmd_drop_report.__doc__)
     p.add_argument("studies", nargs="+", metavar="NAME=FOLDER",
+                   type=named_path("plain=docs/results/resnet/plain"),
                    help="drop-study output folders, e.g. plain=docs/results/resnet/plain")
     p.add_argument("--out", type=Path, default=Path("docs/results/resnet/tables.md"),
                    help="Markdown report (default docs/results/resnet/tables.md)")
