@@ -192,25 +192,55 @@ class _Model:
     y: np.ndarray  # (N, U) weights stored
 
 
-def _terms(problem: Problem, enforce: set[str]) -> tuple[list[tuple[int, ...]], float, float]:
-    """(drop sets a plan may use, objective per second of mean latency per request, beta)."""
-    options = problem.network.drop_options(
-        problem.accuracy_threshold if "accuracy" in enforce else None)
+@dataclass(frozen=True)
+class _Terms:
+    """What every program of one problem shares: its drop sets and objective coefficients."""
+
+    enforce: set[str]
+    options: list[tuple[int, ...]]  # drop sets a plan may use
+    per_second: float  # objective per second of mean latency per request
+    loss: np.ndarray  # (K,) objective of each drop set's accuracy loss on one request
+
+
+def _terms(problem: Problem, enforce: Iterable[str]) -> _Terms | None:
+    """The shared terms; ``None`` if the accuracy threshold leaves no drop set at all."""
+    enforce = set(enforce)
+    net = problem.network
+    options = net.drop_options(problem.accuracy_threshold if "accuracy" in enforce else None)
+    if not options:
+        return None
     alpha, beta = problem.weights
-    return options, alpha / (problem.n_requests * problem.reference_latency_s), beta
+    n_req = problem.n_requests
+    loss = np.array([beta / n_req * (net.clean_accuracy - net.accuracy(o)) for o in options])
+    return _Terms(enforce, options, alpha / (n_req * problem.reference_latency_s), loss)
+
+
+def _start(problem: Problem, enforce: Iterable[str]
+           ) -> tuple[_Terms, _Program, np.ndarray] | None:
+    """How both programs start: the terms and one drop set per request, ``s[r, k]``.
+
+    Each choice costs its accuracy loss; ``None`` if the accuracy threshold leaves no drop set.
+    """
+    terms = _terms(problem, enforce)
+    if terms is None:
+        return None
+    p = _Program()
+    s = p.new(problem.n_requests, len(terms.options))
+    for r in range(problem.n_requests):
+        p.row(s[r], np.ones(len(terms.options)), 1, 1)
+        p.add_cost(s[r], terms.loss)
+    return terms, p, s
 
 
 def _build(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES) -> _Model | None:
     """The 0-1 program; ``None`` if the accuracy threshold leaves no drop set at all."""
-    enforce = set(enforce)
+    if (start := _start(problem, enforce)) is None:
+        return None
+    terms, p, s = start
+    enforce, options, per_second = terms.enforce, terms.options, terms.per_second
     net, fleet = problem.network, problem.fleet
     n, n_units, n_req = fleet.n_devices, net.n_units, problem.n_requests
-    options, per_second, beta = _terms(problem, enforce)
-    if not options:
-        return None
-    p = _Program()
     loc = p.new(n_req, n_units, n)
-    s = p.new(n_req, len(options))
     z = p.new(n_req, n_units - 1, n, n)
     x = loc.copy()
     droppable = np.flatnonzero(net.droppable)
@@ -224,7 +254,6 @@ def _build(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES) -> _Mod
     energy_coefs: list[list[np.ndarray]] = [[] for _ in range(n)]
 
     for r in range(n_req):
-        p.row(s[r], np.ones(len(options)), 1, 1)
         for u in range(n_units):
             p.row(loc[r, u], np.ones(n), 1, 1)
         for u in droppable:
@@ -242,8 +271,6 @@ def _build(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES) -> _Mod
                 p.row([*z[r, u, :, i], loc[r, u + 1, i]], [*np.ones(n), -1], 0, 0)
         if "compute" in enforce:
             _add_chain_cuts(p, problem, z[r], max(len(o) for o in options))
-        loss = np.array([net.clean_accuracy - net.accuracy(opt) for opt in options])
-        p.add_cost(s[r], beta / n_req * loss)
         p.add_cost(x[r], per_second * compute_s)
         off = ~np.broadcast_to(eye, z[r].shape)
         p.add_cost(z[r][off], per_second * unit_send[off])
@@ -435,14 +462,13 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
 
     ``devices`` (N,) bool: the devices it may use (default all).
     """
-    enforce = set(enforce)
-    net, fleet = problem.network, problem.fleet
-    n, n_units, n_req = fleet.n_devices, net.n_units, problem.n_requests
-    options, per_second, beta = _terms(problem, enforce)
-    if not options:
+    if (start := _start(problem, enforce)) is None:
         return None
+    terms, p, s = start
+    net, fleet, n_req = problem.network, problem.fleet, problem.n_requests
+    n, n_units, options = fleet.n_devices, net.n_units, terms.options
     mps, power_c, power_t = fleet.macs_per_second, fleet.compute_power_w, fleet.transmit_power_w
-    runs = _segments(problem, enforce)
+    runs = _segments(problem, terms.enforce)
     devices = np.ones(n, dtype=bool) if devices is None else devices
     runs = [r if devices[i] else [] for i, r in enumerate(runs)]
     links = devices[:, None] & devices[None, :] & ~np.eye(n, dtype=bool)
@@ -453,8 +479,6 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
     skippable[[u for option in options for u in option]] = True
     cum_macs = np.concatenate([[0], np.cumsum(net.macs)])
     send_s = _boundary_seconds(problem)
-    p = _Program()
-    s = p.new(n_req, len(options))
     energy: list[tuple[list[int], list[float]]] = [([], []) for _ in range(n)]
     load: list[dict[int, list[tuple[int, float]]]] = []
     cover: dict[tuple[int, int, int], list[int]] = defaultdict(list)  # (r, i, u) -> runs
@@ -465,7 +489,7 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
         var = p.n_vars
         p.n_vars += 1
         if cost_s > 0:
-            p.cost[var] = per_second * float(cost_s)
+            p.cost[var] = terms.per_second * float(cost_s)
             if sender is not None:
                 energy[sender][0].append(var)
                 energy[sender][1].append(power_t * cost_s)
@@ -473,9 +497,6 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
 
     for r in range(n_req):
         src = int(problem.sources[r])
-        p.row(s[r], np.ones(len(options)), 1, 1)
-        loss = np.array([net.clean_accuracy - net.accuracy(opt) for opt in options])
-        p.add_cost(s[r], beta / n_req * loss)
         # Flow into and out of the nodes: B = ready to compute unit b on device i (arrived),
         # E = a run just ended before unit b on i, F = unit b - 1 was skipped on i.
         # (kind, boundary, device) -> (arcs in, arcs out).
@@ -532,10 +553,10 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
     total_macs, total_params = float(net.macs.sum()), float(net.param_bytes.sum())
     for i in active:
         runs_i = [pair for per_request in load for pair in per_request.get(i, [])]
-        if "compute" in enforce and n_req * total_macs > mps[i] * problem.round_seconds:
+        if "compute" in terms.enforce and n_req * total_macs > mps[i] * problem.round_seconds:
             p.row([v for v, _ in runs_i], [m for _, m in runs_i], -np.inf,
                   np.floor(mps[i] * problem.round_seconds), "compute")
-        if "memory" in enforce and total_params > fleet.memory_bytes[i]:
+        if "memory" in terms.enforce and total_params > fleet.memory_bytes[i]:
             y = model.stored[i] = p.new(n_units)
             for r in range(n_req):
                 for u in range(n_units):
@@ -544,7 +565,7 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
                               0, np.inf)
             p.row(y, net.param_bytes, -np.inf, np.floor(fleet.memory_bytes[i]), "memory")
         ids, coefs = energy[i]
-        if "energy" in enforce and ids:
+        if "energy" in terms.enforce and ids:
             worst = sum(np.sort(np.array(coefs))[::-1][:n_req * (2 * n_units + 1)])
             if worst > fleet.energy_j[i]:
                 p.row(ids, coefs, -np.inf, fleet.energy_j[i], "energy")
@@ -609,10 +630,10 @@ class _Paths:
     added to the runs' costs (the Lagrange multipliers of the devices' computation limits).
     """
 
-    def __init__(self, problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES) -> None:
+    def __init__(self, problem: Problem, terms: _Terms) -> None:
         net, fleet = problem.network, problem.fleet
         self.problem = problem
-        self.options, per_second, beta = _terms(problem, set(enforce))
+        self.options, per_second = terms.options, terms.per_second
         self.per_second = per_second
         n, n_units, n_req = fleet.n_devices, net.n_units, problem.n_requests
         self.hop = per_second * _boundary_seconds(problem)  # (U, N, N), 0 on the diagonal
@@ -620,7 +641,7 @@ class _Paths:
         cum_macs = np.concatenate([[0], np.cumsum(net.macs)]).astype(float)
         self.run_macs = cum_macs[None, :] - cum_macs[:, None]  # (U+1, U+1): a..b-1
         self.run_cost = np.full((n_units + 1, n_units + 1, n), np.inf)
-        for i, runs in enumerate(_segments(problem, enforce)):
+        for i, runs in enumerate(_segments(problem, terms.enforce)):
             for a, b in runs:
                 self.run_cost[a, b, i] = per_second * self.run_macs[a, b] / fleet.macs_per_second[i]
         # One row per (request, drop set).
@@ -634,8 +655,7 @@ class _Paths:
         # The first dropped unit at or after each unit: runs from b end at most there.
         first = np.where(self.dropped, np.arange(n_units + 1), n_units)
         self.run_end = np.minimum.accumulate(first[:, ::-1], axis=1)[:, ::-1]
-        self.loss = np.array([beta / n_req * (net.clean_accuracy - net.accuracy(o))
-                              for o in self.options])[self.option]
+        self.loss = terms.loss[self.option]
 
     def solve(self, prices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per request: the cheapest path's cost (with prices) and its device row."""
@@ -715,12 +735,13 @@ def _path_bound(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
     prices)`` if some request has no path (the instance is infeasible).
     """
     started = time.monotonic()
-    paths = _Paths(problem, enforce)
     fleet = problem.fleet
     given = prices is not None
     prices = prices if given else np.zeros(fleet.n_devices)
-    if not paths.options:
+    terms = _terms(problem, enforce)
+    if terms is None:
         return math.inf, None, [], prices
+    paths = _Paths(problem, terms)
     capacity = fleet.macs_per_second * problem.round_seconds
     costs, devices = paths.solve(prices)
     if not np.all(np.isfinite(costs)):
