@@ -440,7 +440,7 @@ def check_run(live_runs, run: str, model, views, truth) -> tuple[dict, list]:
     assert [s for s in in_bag if s >= both] == [s for s in seen if s >= both]
 
     def fused_by_fusion(result: dict) -> int:  # the fusion node counts since its start
-        return int(result["diagnostics"]["fusion: frame assembly"]["fused"])
+        return int(result["diagnostics"]["/fusion: frame assembly"]["fused"])
 
     fused = fused_by_fusion(result) - (
         0 if run == "full" else fused_by_fusion(score_bag(live_runs["folder"] / "full")))

@@ -32,9 +32,16 @@ from resilient_perception.ros.image_conversion import (  # noqa: E402
     decode_image,
     to_model_input,
 )
-from resilient_perception.ros.topics import head_qos, image_qos, prediction_qos  # noqa: E402
+from resilient_perception.ros.topics import (  # noqa: E402
+    CAMERA_STATUS,
+    head_qos,
+    image_qos,
+    prediction_qos,
+    status_name,
+)
 
 NAME = "camera_2"
+STATUS = status_name(f"/{NAME}", CAMERA_STATUS)  # its /diagnostics status
 SPEC = ViewSpec(kind="grid")  # 3x2 grid: 10x14 views of 28x28 digits
 CLASSES = [str(k) for k in range(10)]
 DEVICE = 2
@@ -72,11 +79,16 @@ def runner(model_files) -> DeviceRunner:
     return DeviceRunner.from_onnx(model_files["onnx"], threads=1)
 
 
-def camera_pipeline(log_dir: Path, **parameters) -> Pipeline:
-    """The installed camera_node as ``camera_2``, its images remapped as in the launch file."""
-    return Pipeline([NodeSpec(NAME, "camera_node", parameters,
-                              remappings=(("image_raw", "camera_2/image_raw"),))],
-                    log_dir=log_dir, domain_id=DOMAIN_ID)
+def camera_pipeline(log_dir: Path, twin: bool = False, **parameters) -> Pipeline:
+    """The installed camera_node as ``camera_2``, its images remapped as in the launch file.
+
+    ``twin``: a second robot's ``camera_2`` beside it, in namespace ``/robot_b`` (its topics
+    are ``/robot_b/...``: it gets no image from this test).
+    """
+    names = [NAME, f"/robot_b/{NAME}"] if twin else [NAME]
+    return Pipeline([NodeSpec(name, "camera_node", parameters,
+                              remappings=(("image_raw", "camera_2/image_raw"),))
+                     for name in names], log_dir=log_dir, domain_id=DOMAIN_ID)
 
 
 class Camera(Observer):
@@ -111,9 +123,9 @@ class Camera(Observer):
 
 
 @contextlib.contextmanager
-def running_camera(log_dir: Path, **parameters) -> Iterator[Camera]:
+def running_camera(log_dir: Path, twin: bool = False, **parameters) -> Iterator[Camera]:
     """Start the camera node; yield this test's side once the node's topics are up."""
-    with camera_pipeline(log_dir, **parameters) as pipeline, Camera(pipeline) as cam:
+    with camera_pipeline(log_dir, twin, **parameters) as pipeline, Camera(pipeline) as cam:
         pipeline.start()
         cam.wait_for(lambda: cam.images.get_subscription_count() > 0
                      and cam.node.count_publishers("prediction") > 0, "the node's topics")
@@ -124,7 +136,8 @@ def running_camera(log_dir: Path, **parameters) -> Iterator[Camera]:
 def camera(model_files, tmp_path_factory):
     # RELIABLE like the player: this module counts every image it sends (a 20 MB one among
     # them, which best effort delivery drops whole when one of its fragments is late).
-    with running_camera(tmp_path_factory.mktemp("camera_run"), device_id=DEVICE,
+    # With a twin in another robot's namespace: /diagnostics must tell the two apart.
+    with running_camera(tmp_path_factory.mktemp("camera_run"), twin=True, device_id=DEVICE,
                         model_path=str(model_files["onnx"]),
                         image_reliability="reliable") as cam:
         yield cam
@@ -193,7 +206,7 @@ def test_oversized_and_malformed_images_are_counted_and_good_ones_still_served(
     def counters() -> dict[str, int] | None:
         return next(({kv.key: int(kv.value) for kv in status.values if kv.value.isdigit()}
                      for array in reversed(diagnostics) for status in array.status
-                     if status.name == NAME), None)
+                     if status.name == STATUS), None)
 
     before = camera.wait_for(counters, "the camera's counters")
     huge = image_msg(np.zeros((1, 4000, 5000), np.uint8), sec=300)  # 20 MB
@@ -219,18 +232,34 @@ def test_oversized_and_malformed_images_are_counted_and_good_ones_still_served(
 
 
 def test_diagnostics_give_received_input_rate_and_inference_time(camera, images):
-    from diagnostic_msgs.msg import DiagnosticArray
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
     diagnostics = camera.collect(DiagnosticArray, "/diagnostics")
     for k in range(5):
         camera.ask(image_msg(images[20 + k], sec=900 + k))
-    camera.wait_for(lambda: any(status.name == NAME for array in diagnostics[1:]
+    camera.wait_for(lambda: any(status.name == STATUS for array in diagnostics[1:]
                                 for status in array.status), "fresh camera diagnostics")
     values = next({kv.key: kv.value for kv in status.values} for array in reversed(diagnostics)
-                  for status in array.status if status.name == NAME)
+                  for status in array.status if status.name == STATUS)
     assert int(values["received"]) == int(values["accepted"]) + int(values["rejected"])
     assert float(values["input_rate_hz"]) > 0
     assert 0 < float(values["inference_p50_ms"]) <= float(values["inference_p99_ms"]) < 5000
+    # The other robot's camera_2 (same node name, same device) reports under its own fully
+    # qualified name: it has had no image, which reads "no input yet", not a failure.
+    twin = status_name(f"/robot_b/{NAME}", CAMERA_STATUS)
+
+    def both() -> dict | None:  # the newest status of each
+        latest = {s.name: s for array in diagnostics for s in array.status
+                  if s.name in (STATUS, twin)}
+        return latest if len(latest) == 2 else None
+
+    statuses = camera.wait_for(both, "the twin's diagnostics")
+    assert statuses[STATUS].hardware_id == statuses[twin].hardware_id == f"device_{DEVICE}"
+    twin_values = {kv.key: kv.value for kv in statuses[twin].values}
+    assert twin_values["received"] == "0" and float(twin_values["input_rate_hz"]) == 0
+    assert (statuses[twin].level, statuses[twin].message) == (DiagnosticStatus.WARN,
+                                                               "no input yet")
+    assert statuses[STATUS].message != "no input yet"
 
 
 def test_sigint_exits_cleanly(camera):

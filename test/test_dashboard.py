@@ -259,7 +259,7 @@ def test_the_page_shows_a_live_pipeline_and_a_kill(briefly_trained_onnx, tmp_pat
     dead_seen: list[float] = []
 
     def fusion_reports_dead(array: DiagnosticArray) -> None:
-        if not dead_seen and any(s.name == "fusion: device 2" and any(
+        if not dead_seen and any(s.name == "/fusion: device 2" and any(
                 kv.key == "health" and kv.value == "dead" for kv in s.values)
                 for s in array.status):
             dead_seen.append(time.monotonic())

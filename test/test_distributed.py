@@ -350,9 +350,11 @@ def _check_outputs(tiny, predictions: list[dict]) -> None:
 
 def _counters(arrays, node: str) -> dict[str, str] | None:
     """The newest counters a node put on /diagnostics (:func:`publish_counters`)."""
+    from resilient_perception.ros.topics import status_node
+
     for array in reversed(arrays):
         for status in array.status:
-            if status.name == node:
+            if status_node(status.name) == f"/{node}":
                 return {v.key: v.value for v in status.values}
     return None
 

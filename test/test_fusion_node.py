@@ -145,7 +145,7 @@ class Fleet(Observer):
 
     def assembly_counts(self) -> dict[str, int]:
         """The fusion node's newest integer counters (frame assembly status)."""
-        values = self.latest_diagnostics().get("fusion_node: frame assembly", {})
+        values = self.latest_diagnostics().get("/fusion_node: frame assembly", {})
         return {k: int(v) for k, v in values.items() if isinstance(v, str) and v.isdigit()}
 
     def latest_diagnostics(self) -> dict[str, dict[str, str]]:
@@ -164,7 +164,7 @@ def fleet(tmp_path_factory):
             Fleet(pipeline) as f:
         pipeline.start()
         # All heads received (sizes known) and every prediction topic matched.
-        f.wait_for(lambda: f.latest_diagnostics().get("fusion_node: frame assembly", {})
+        f.wait_for(lambda: f.latest_diagnostics().get("/fusion_node: frame assembly", {})
                    .get("heads_known") == str(N), "the node to receive the 3 heads")
         f.wait_for(lambda: all(p.get_subscription_count() > 0 for p in f.preds),
                    "the node's prediction subscriptions")
@@ -218,13 +218,13 @@ def test_every_frame_fused_and_a_stopped_device_gets_a_surrogate(fleet):
         np.testing.assert_allclose(msg.probabilities, expected(fleet, s, [0, 2]), atol=1e-6)
         assert received - max(fleet.sent_at[s], stopped_at) <= bound
 
-    fleet.wait_for(lambda: fleet.latest_diagnostics().get("fusion_node: device 1", {})
+    fleet.wait_for(lambda: fleet.latest_diagnostics().get("/fusion_node: device 1", {})
                      .get("health") == "dead", "device 1 reported dead in /diagnostics")
     diag = fleet.latest_diagnostics()
-    assert diag["fusion_node: device 1"]["_level"] == DiagnosticStatus.ERROR
-    assert diag["fusion_node: device 1"]["reason"] in ("liveliness", "deadline", "watchdog")
-    assert diag["fusion_node: device 0"]["_level"] == DiagnosticStatus.OK
-    assert float(diag["fusion_node: device 0"]["rate_hz"]) >= 0.0  # messages/s since last
+    assert diag["/fusion_node: device 1"]["_level"] == DiagnosticStatus.ERROR
+    assert diag["/fusion_node: device 1"]["reason"] in ("liveliness", "deadline", "watchdog")
+    assert diag["/fusion_node: device 0"]["_level"] == DiagnosticStatus.OK
+    assert float(diag["/fusion_node: device 0"]["rate_hz"]) >= 0.0  # messages/s since last
 
 
 def test_malformed_predictions_are_rejected_and_good_frames_keep_flowing(fleet):
@@ -286,14 +286,14 @@ def test_malformed_predictions_are_rejected_and_good_frames_keep_flowing(fleet):
 
     def counted():
         diag = fleet.latest_diagnostics()
-        assembly = diag.get("fusion_node: frame assembly", {})
+        assembly = diag.get("/fusion_node: frame assembly", {})
         return (int(assembly.get("bad_probs_length", 0)) >= 1
                 and int(assembly.get("non_finite", 0)) >= 1
                 and int(assembly.get("device_id_mismatch", 0)) >= 1
                 and int(assembly.get("stale", 0)) >= 1
                 and int(assembly.get("duplicate", 0)) >= 1
                 and int(assembly.get("head_shape_mismatch", 0)) >= 1
-                and int(diag.get("fusion_node: device 0", {}).get("rejected", 0)) >= 3
+                and int(diag.get("/fusion_node: device 0", {}).get("rejected", 0)) >= 3
                 and diag)
 
     fleet.wait_for(counted, "the rejections in /diagnostics")
@@ -443,14 +443,14 @@ def test_an_early_bad_head_is_outvoted_by_the_real_heads(tmp_path):
                          WAIT_S, pipeline)
         with Fleet(pipeline) as fleet:  # the three real heads (device 0's replaces the bad)
             fleet.wait_for(lambda: fleet.latest_diagnostics().get(
-                "fusion_node: frame assembly", {}).get("heads_known") == str(N),
+                "/fusion_node: frame assembly", {}).get("heads_known") == str(N),
                 "the real heads")
             fleet.wait_for(lambda: all(p.get_subscription_count() for p in fleet.preds),
                            "the prediction subscriptions")
             stamps = fleet.publish_frames(8, [0, 1, 2])
             fleet.wait_for(lambda: set(stamps) <= set(fleet.fused_by_stamp()),
                            "every frame fused")
-            assert fleet.latest_diagnostics()["fusion_node: frame assembly"][
+            assert fleet.latest_diagnostics()["/fusion_node: frame assembly"][
                 "head_shape"] == f"{K}x{D}"
             by_stamp = fleet.fused_by_stamp()
             full = [s for s in stamps if list(by_stamp[s][0][0].live_devices) == [0, 1, 2]]
@@ -471,7 +471,7 @@ def free_running_fleet(tmp_path: Path):
                          diagnostics_period=0.25) as pipeline, Fleet(pipeline) as fleet:
         pipeline.start()
         fleet.wait_for(lambda: fleet.latest_diagnostics().get(
-            "fusion_node: frame assembly", {}).get("heads_known") == str(N), "the heads")
+            "/fusion_node: frame assembly", {}).get("heads_known") == str(N), "the heads")
         fleet.wait_for(lambda: all(p.get_subscription_count() for p in fleet.preds),
                        "the prediction subscriptions")
         yield fleet
@@ -556,7 +556,7 @@ def test_a_camera_at_half_the_rate_gets_a_surrogate_in_the_frames_it_misses(tmp_
                 assert msg.latency >= FRAME_TIMEOUT  # it waited for device 2
             np.testing.assert_allclose(msg.probabilities, fused_outputs(stamp_ns, outputs),
                                        atol=1e-6)
-        assert fleet.latest_diagnostics()["fusion_node: device 2"]["health"] == "alive"
+        assert fleet.latest_diagnostics()["/fusion_node: device 2"]["health"] == "alive"
 
 
 def test_a_jump_of_the_simulated_clock_is_not_silence(tmp_path):
@@ -577,7 +577,7 @@ def test_a_jump_of_the_simulated_clock_is_not_silence(tmp_path):
             Clock(clock=Time(sec=sim_ns() // 1_000_000_000, nanosec=sim_ns() % 1_000_000_000))))
         pipeline.start()
         fleet.wait_for(lambda: fleet.latest_diagnostics().get(
-            "fusion_node: frame assembly", {}).get("heads_known") == str(N), "the heads")
+            "/fusion_node: frame assembly", {}).get("heads_known") == str(N), "the heads")
         fleet.wait_for(lambda: all(p.get_subscription_count() for p in fleet.preds),
                        "the prediction subscriptions")
 

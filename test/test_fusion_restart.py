@@ -52,7 +52,7 @@ def started_fleet(pipeline) -> Fleet:
     pipeline.start()
     fleet = Fleet(pipeline)
     fleet.wait_for(lambda: fleet.latest_diagnostics().get(
-        "fusion_node: frame assembly", {}).get("heads_known") == str(N), "the 3 heads")
+        "/fusion_node: frame assembly", {}).get("heads_known") == str(N), "the 3 heads")
     fleet.wait_for(lambda: all(p.get_subscription_count() for p in fleet.preds),
                    "the prediction subscriptions")
     return fleet
@@ -89,7 +89,7 @@ def test_a_killed_fusion_node_restarts_with_every_head_and_fuses_complete_frames
         assert complete is not None and complete - active <= RESTART_BOUND_S, (
             complete and complete - active, pipeline.log_tails())
         fleet.wait_for(lambda: fleet.latest_diagnostics().get(
-            "fusion_node: frame assembly", {}).get("heads_known") == str(N),
+            "/fusion_node: frame assembly", {}).get("heads_known") == str(N),
             "every head known to the new process")
         print(f"restarted fusion node: complete frame {complete - active:.3f} s after "
               "its output publisher appeared")
@@ -123,7 +123,7 @@ def test_a_second_writer_on_a_device_topic_is_reported_with_its_node(tmp_path, m
                          watchdog_timeout=WATCHDOG, deadline=DEADLINE,
                          diagnostics_period=0.25) as pipeline, started_fleet(pipeline) as fleet:
         def device_1() -> dict[str, str]:
-            return fleet.latest_diagnostics().get("fusion_node: device 1", {})
+            return fleet.latest_diagnostics().get("/fusion_node: device 1", {})
 
         fleet.publish_frames(5, [0, 1, 2])
         assert device_1()["publishers"] == "1" and device_1()["second_writer"] == ""
@@ -147,9 +147,9 @@ def test_a_second_writer_on_a_device_topic_is_reported_with_its_node(tmp_path, m
             print(f"device 1's status said: {text}")
             assert "/rogue/intruder" in text and "/fusion_node_test" in text, text
             assert "perception/device_1/prediction" in text
-            assert fleet.latest_diagnostics()["fusion_node: frame assembly"][
+            assert fleet.latest_diagnostics()["/fusion_node: frame assembly"][
                 "devices_with_second_writer"] == "1"
-            others = [fleet.latest_diagnostics()[f"fusion_node: device {d}"]
+            others = [fleet.latest_diagnostics()[f"/fusion_node: device {d}"]
                       for d in (0, 2)]
             assert all(s["second_writer"] == "" for s in others)
         finally:

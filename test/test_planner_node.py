@@ -28,6 +28,7 @@ from resilient_perception.ros.topics import (  # noqa: E402
     LINK_MEASUREMENT_TOPIC,
     PLAN_TOPIC,
     plan_qos,
+    status_node,
 )
 
 DOMAIN_ID = domain_id()
@@ -45,7 +46,7 @@ pytestmark = [
 def _counters(arrays: list) -> dict[str, str]:
     for array in reversed(arrays):
         for status in array.status:
-            if status.name == "planner":
+            if status_node(status.name) == "/planner":
                 return {kv.key: kv.value for kv in status.values}
     return {}
 

@@ -66,8 +66,10 @@ from resilient_perception.ros.image_conversion import (
     to_model_input,
 )
 from resilient_perception.ros.topics import (
+    CAMERA_STATUS,
     DIAGNOSTICS_TOPIC,
     FUSED_TOPIC,
+    FUSION_ASSEMBLY_STATUS,
     HEAD_QUEUE_DEPTH,
     HEAD_TOPIC_FORMAT,
     IMAGE_TOPIC_FORMAT,
@@ -77,6 +79,7 @@ from resilient_perception.ros.topics import (
     image_qos,
     label_qos,
     prediction_qos,
+    status_node,
 )
 
 __all__ = ["KINDS", "FuzzKind", "markdown_report", "run_fuzz"]
@@ -337,10 +340,10 @@ def _node_counts(arrays: list[tuple[float, DiagnosticArray]],
             continue
         for status in diagnostics.status:
             values = {kv.key: kv.value for kv in status.values}
-            if status.name.endswith(": frame assembly"):
-                latest[status.name.split(":")[0]] = values
-            elif status.hardware_id.startswith("device_") and "accepted" in values:
-                latest[status.name] = values
+            node = status_node(status.name).lstrip("/")  # the nodes run in the root namespace
+            what = status.name.rpartition(": ")[2]
+            if what == FUSION_ASSEMBLY_STATUS or (what == CAMERA_STATUS and "accepted" in values):
+                latest[node] = values
     return latest
 
 

@@ -18,7 +18,11 @@ from diagnostic_msgs.msg import DiagnosticArray
 
 from resilient_perception.harness.pipeline import NodeSpec, Observer, Pipeline, pipeline_nodes
 from resilient_perception.harness.stream_monitor import StreamMonitor
-from resilient_perception.ros.topics import DIAGNOSTICS_TOPIC, FUSED_TOPIC
+from resilient_perception.ros.topics import (
+    DIAGNOSTICS_TOPIC,
+    FUSED_TOPIC,
+    FUSION_ASSEMBLY_STATUS,
+)
 
 __all__ = ["PlayedPipeline", "fusion_diagnostics"]
 
@@ -27,7 +31,7 @@ def fusion_diagnostics(arrays: list[DiagnosticArray]) -> dict[str, str]:
     """The newest key-values of the fusion node's "frame assembly" status ({} if none)."""
     for array in reversed(arrays):
         for status in array.status:
-            if status.name.endswith(": frame assembly"):
+            if status.name.endswith(f": {FUSION_ASSEMBLY_STATUS}"):
                 return {kv.key: kv.value for kv in status.values}
     return {}
 

@@ -53,7 +53,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from ..commands.common import write_csv, write_json
 from ..harness.pipeline import NodeSpec, Observer, Pipeline, PipelineError, pipeline_nodes
 from ..harness.stream_monitor import StreamMonitor
-from ..ros.topics import DIAGNOSTICS_TOPIC, FUSED_TOPIC
+from ..ros.topics import DIAGNOSTICS_TOPIC, FUSED_TOPIC, FUSION_ASSEMBLY_STATUS
 from .live_demo import FailureEvent, parse_schedule
 
 __all__ = ["SOAK_ACTIONS", "markdown_report", "parse_soak_schedule", "plot_report", "run_soak",
@@ -203,7 +203,7 @@ class _FusionWatch:
                 entry = self.second_writer.setdefault(status.hardware_id, {"reports": 0})
                 entry["reports"] += 1
                 entry["last"] = values["second_writer"]
-            if status.name.endswith(": frame assembly"):
+            if status.name.endswith(f": {FUSION_ASSEMBLY_STATUS}"):
                 self.counters = {kv.key: kv.value for kv in status.values}
                 if self.awaiting_heads is not None and \
                         self.counters.get("heads_known") == str(self.n):

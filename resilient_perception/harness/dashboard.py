@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from diagnostic_msgs.msg import DiagnosticArray
 
-from ..ros.topics import DIAGNOSTICS_TOPIC
+from ..ros.topics import DIAGNOSTICS_TOPIC, status_node
 from .pipeline import NodeSpec, Observer, Pipeline
 
 __all__ = ["DASHBOARD_NODE", "all_tiles_live", "dashboard_node", "wait_for_dashboard_url"]
@@ -39,7 +39,7 @@ def wait_for_dashboard_url(observer: Observer, timeout: float,
 
     def url() -> str | None:
         return next((kv.value for array in arrays for status in array.status
-                     if status.name == DASHBOARD_NODE for kv in status.values
+                     if status_node(status.name) == f"/{DASHBOARD_NODE}" for kv in status.values
                      if kv.key == "url"), None)
 
     try:

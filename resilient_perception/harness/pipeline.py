@@ -51,6 +51,7 @@ from ..ros.topics import (
     CAMERA_IMAGE_TOPIC,
     CAMERA_PREDICTION_TOPIC,
     DIAGNOSTICS_TOPIC,
+    FUSION_ASSEMBLY_STATUS,
     HEAD_TOPIC_FORMAT,
     IMAGE_TOPIC_FORMAT,
     PREDICTION_TOPIC_FORMAT,
@@ -85,12 +86,19 @@ class PipelineError(RuntimeError):
     """A node cannot be started, or exited when it should be running."""
 
 
+def _file_stem(name: str) -> str:
+    """A node's log and params file name: its name with the namespace's slashes as dots."""
+    return name.strip("/").replace("/", ".")
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     """One node of a pipeline: what ``launch_ros.actions.Node`` is told about it.
 
     Attributes:
-        name: Node name (``-r __node:=name``), also the key of its process and log file.
+        name: Node name (``-r __node:=name``), also the key of its process and log file; a
+            name with a namespace (``/robot_a/camera_0``) also sets the node's namespace
+            (``-r __ns:=/robot_a``), so two robots' ``camera_0`` can run side by side.
         executable: Executable under ``lib/resilient_perception``.
         parameters: This node's own parameters, on top of the config file's.
         remappings: ``(from, to)`` topic remappings.
@@ -301,18 +309,21 @@ class Pipeline:
     def log_path(self, name: str) -> Path:
         """The node's stdout + stderr log file."""
         self._spec(name)  # an unknown name is an error, not a path
-        return self.log_dir / f"{name}.log"
+        return self.log_dir / f"{_file_stem(name)}.log"
 
     def params_path(self, name: str) -> Path:
         """The node's own params file (written by :meth:`start`)."""
         self._spec(name)
-        return self.log_dir / f"{name}.params.yaml"
+        return self.log_dir / f"{_file_stem(name)}.params.yaml"
 
     def command(self, name: str) -> list[str]:
         """The node's command line, as ``launch_ros`` builds it for the launch file."""
         spec = self._spec(name)
+        namespace, _, node = spec.name.rpartition("/")
         cmd = [*spec.command_prefix, str(self.executable(name)), "--ros-args", "-r",
-               f"__node:={spec.name}"]
+               f"__node:={node}"]
+        if namespace:
+            cmd += ["-r", f"__ns:={namespace}"]
         if self.config is not None:
             cmd += ["--params-file", str(self.config)]
         if spec.parameters:
@@ -351,7 +362,7 @@ class Pipeline:
             params = {k: os.fspath(v) if isinstance(v, os.PathLike) else v
                       for k, v in spec.parameters.items()}
             self.params_path(name).write_text(yaml.safe_dump(
-                {f"/{name}": {"ros__parameters": params}}, sort_keys=False))
+                {f"/{name.lstrip('/')}": {"ros__parameters": params}}, sort_keys=False))
         cmd = self.command(name)
         with open(self.log_path(name), "a") as log:  # the child keeps its own copy of the fd
             log.write(f"[pipeline] {time.strftime('%H:%M:%S')} $ {' '.join(cmd)}\n")
@@ -632,7 +643,7 @@ class Observer:
                                                      arrays.append, 10)
 
         def heads_known() -> bool:
-            return any(status.name.endswith(": frame assembly") and any(
+            return any(status.name.endswith(f": {FUSION_ASSEMBLY_STATUS}") and any(
                 kv.key == "heads_known" and kv.value == str(num_devices) for kv in status.values)
                 for array in arrays for status in array.status)
 

@@ -67,6 +67,7 @@ from resilient_perception.ros.topics import (
     CAMERA_HEAD_TOPIC,
     CAMERA_IMAGE_TOPIC,
     CAMERA_PREDICTION_TOPIC,
+    CAMERA_STATUS,
     IMAGE_QUEUE_DEPTH,
     head_qos,
     image_qos,
@@ -153,13 +154,15 @@ class CameraNode(Node):
         self.accepted = 0
         self.rejections = Rejections(self, REJECTION_REASONS)
         self.inputs = InputStats()
-        # received = accepted + rejected; the input rate and the inference time (p50/p99,
-        # ms) are over the last 10 s.
-        _publish_counters(self, f"device_{self.get_parameter('device_id').value}", lambda: {
-            "received": self.accepted + self.rejections.total, "accepted": self.accepted,
-            "rejected": self.rejections.total, **self.rejections.counts,
-            **{("inference_" + k if k.endswith("_ms") else k): v
-               for k, v in self.inputs.summary(time.monotonic()).items()}})
+        _publish_counters(self, CAMERA_STATUS,
+                          f"device_{self.get_parameter('device_id').value}", self._counters)
+
+    def _counters(self) -> dict[str, object]:
+        """Counts (received = accepted + rejected), input rate and inference p50/p99 (10 s)."""
+        return {"received": self.accepted + self.rejections.total, "accepted": self.accepted,
+                "rejected": self.rejections.total, **self.rejections.counts,
+                **{("inference_" + k if k.endswith("_ms") else k): v
+                   for k, v in self.inputs.summary(time.monotonic()).items()}}
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:

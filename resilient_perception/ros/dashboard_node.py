@@ -68,9 +68,11 @@ from resilient_perception.msg import (
 from resilient_perception.ros.image_conversion import decode_image, to_model_input
 from resilient_perception.ros.node_utils import Rejections, descriptor, publish_counters, run_node
 from resilient_perception.ros.topics import (
+    CAMERA_STATUS,
     DIAGNOSTICS_TOPIC,
     DISTRIBUTED_PREDICTION_TOPIC,
     FUSED_TOPIC,
+    FUSION_DEVICE_STATUS_FORMAT,
     IMAGE_TOPIC_FORMAT,
     LABEL_TOPIC,
     LINK_MEASUREMENT_TOPIC,
@@ -78,6 +80,9 @@ from resilient_perception.ros.topics import (
     PREDICTION_TOPIC_FORMAT,
     dashboard_qos,
     plan_qos,
+    qualified_node_name,
+    status_name,
+    status_node,
 )
 
 __all__ = ["DashboardNode", "main", "plan_view"]
@@ -141,8 +146,8 @@ class DashboardNode(Node):
         self.declare_parameter("accuracy_window", 300, descriptor(
             "Labelled frames of the rolling accuracy.", i, (1, 100000)))
         self.declare_parameter("fusion_node", "fusion", descriptor(
-            "Name of the fusion node whose per-device /diagnostics give the tiles' health.",
-            s))
+            "Name of the fusion node whose per-device /diagnostics give the tiles' health "
+            "(relative: in this node's namespace; or fully qualified).", s))
         for name, default, what in (
                 ("image_topic_format", IMAGE_TOPIC_FORMAT, "Image topic of camera i: format(i)."),
                 ("prediction_topic_format", PREDICTION_TOPIC_FORMAT,
@@ -165,7 +170,10 @@ class DashboardNode(Node):
                 raise ValueError(f"{name} {p[name]!r} needs a '{{}}' field")
         self.n_devices = p["num_devices"]
         self.image_width = p["image_width"]
-        self.fusion_prefix = f"{p['fusion_node']}: device "
+        # Statuses are named with fully qualified node names: only this robot's fusion node
+        # and cameras (this node's namespace) feed the tiles.
+        self.fusion_node = qualified_node_name(p["fusion_node"], self.get_namespace())
+        self._namespace = self.get_namespace().rstrip("/")
         self.state = DashboardState(self.n_devices, p["window_s"], p["accuracy_window"])
         self.rejections = Rejections(self, REJECTION_REASONS)
         # The newest serialised image per camera and the preview made of it: decoding waits
@@ -202,7 +210,7 @@ class DashboardNode(Node):
         self.server = DashboardServer(
             lambda: self.state.snapshot(time.monotonic()), self._preview_urls,
             p["bind_address"], p["port"], p["push_period"], p["image_period"]).start()
-        publish_counters(self, "dashboard", lambda: {
+        publish_counters(self, "page", "dashboard", lambda: {
             "url": self.server.url, "clients": self.server.clients,
             "pushes": self.server.pushes, "skipped": self.server.skipped,
             "push_errors": self.server.errors, "rejected": self.rejections.total,
@@ -245,10 +253,12 @@ class DashboardNode(Node):
             if device is None:
                 continue
             values = {kv.key: kv.value for kv in status.values}
-            if status.name == f"{self.fusion_prefix}{device}" and "health" in values:
+            if status.name == status_name(
+                    self.fusion_node, FUSION_DEVICE_STATUS_FORMAT.format(device)):
                 self.state.on_device_health(device, values["health"], values.get("reason", ""),
                                             now)
-            elif "received" in values and ": " not in status.name:  # a camera node's own
+            elif (status.name.endswith(f": {CAMERA_STATUS}") and "received" in values
+                  and status_node(status.name).rpartition("/")[0] == self._namespace):
                 self.state.on_camera_status(device, values, now)
 
     def _on_plan(self, msg: PlacementPlan) -> None:

@@ -15,8 +15,9 @@ Publishes
   one source stamp, or with ``sync_tolerance`` of stamps at most that far apart
   (free-running cameras; the frame carries the earliest);
 * ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``) every ``diagnostics_period``: one
-  status per device (OK alive, WARN "no input yet" before its first prediction, ERROR dead)
-  and one for the rejections.
+  status per device, ``/ns/fusion: device <i>`` (OK alive, WARN "no input yet" before its
+  first prediction, ERROR dead), and ``/ns/fusion: frame assembly`` for the inputs, rejections
+  and frames (names with the node's namespace: two robots' fusion nodes are told apart).
 
 All fusion logic is in :mod:`resilient_perception.perception.frame_assembly`; this node converts
 messages, forwards QoS events and runs two timers: the watchdog every
@@ -115,11 +116,14 @@ from resilient_perception.ros.node_utils import (
     Rejections,
     capped_subscription,
     descriptor,
+    diagnostic_name,
     run_node,
 )
 from resilient_perception.ros.topics import (
     DIAGNOSTICS_TOPIC,
     FUSED_TOPIC,
+    FUSION_ASSEMBLY_STATUS,
+    FUSION_DEVICE_STATUS_FORMAT,
     HEAD_QUEUE_DEPTH,
     HEAD_TOPIC_FORMAT,
     PREDICTION_TOPIC_FORMAT,
@@ -494,7 +498,6 @@ class FusionNode(Node):
     def _publish_diagnostics(self) -> None:
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        name = self.get_name()
         now, snapshot = self._now(), self.monitor.snapshot()
         counts_now = [rec["messages"] for rec in snapshot.values()]
         rates = [0.0] * self.n_devices
@@ -513,7 +516,8 @@ class FusionNode(Node):
             level = _LEVELS[health]
             status = DiagnosticStatus(
                 level=max(level, DiagnosticStatus.WARN) if second else level,
-                name=f"{name}: device {device}", hardware_id=f"device_{device}",
+                name=diagnostic_name(self, FUSION_DEVICE_STATUS_FORMAT.format(device)),
+                hardware_id=f"device_{device}",
                 message=(_MESSAGES.get(health, health.value)
                          + (f" ({rec['reason']})" if rec["reason"] else ""))
                 + (f"; {second}" if second else ""))
@@ -545,7 +549,7 @@ class FusionNode(Node):
             counts["fusion_ms_p50"] = round(float(np.percentile(times_ms, 50)), 4)
             counts["fusion_ms_p99"] = round(float(np.percentile(times_ms, 99)), 4)
         array.status.append(DiagnosticStatus(
-            level=DiagnosticStatus.OK, name=f"{name}: frame assembly",
+            level=DiagnosticStatus.OK, name=diagnostic_name(self, FUSION_ASSEMBLY_STATUS),
             hardware_id="fusion",
             message=f"{self.fused_count} frames fused, {rejected} inputs rejected",
             values=[KeyValue(key=k, value=str(v)) for k, v in counts.items()]))

@@ -14,7 +14,7 @@ import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from resilient_perception.message_checks import RejectionLog, clip_text
-from resilient_perception.ros.topics import DIAGNOSTICS_TOPIC
+from resilient_perception.ros.topics import DIAGNOSTICS_TOPIC, status_name
 
 __all__ = [
     "InputStats",
@@ -25,6 +25,7 @@ __all__ = [
     "Rejections",
     "capped_subscription",
     "descriptor",
+    "diagnostic_name",
     "publish_counters",
     "run_node",
     "run_nodes",
@@ -79,13 +80,25 @@ def descriptor(
     return result
 
 
-def publish_counters(node: Any, hardware_id: str,
+def diagnostic_name(node: Any, what: str) -> str:
+    """Name of ``node``'s ``/diagnostics`` status about ``what``: ``/ns/node: what``.
+
+    Every node names its statuses here, with its fully qualified name
+    (:func:`~resilient_perception.ros.topics.status_name`), so two robots' ``camera_0``
+    are told apart.
+    """
+    return status_name(node.get_fully_qualified_name(), what)
+
+
+def publish_counters(node: Any, what: str, hardware_id: str,
                      counters: Callable[[], Mapping[str, object]]) -> None:
     """Put ``counters()`` on ``/diagnostics`` every :data:`DIAGNOSTICS_PERIOD_S`.
 
-    One ``DiagnosticStatus`` named after the node, ``hardware_id`` as given. Warnings
-    about bad messages are throttled, so the counts (``rejected`` above all) are what
-    monitors and tests read. The level is WARN while ``rejected`` is non-zero.
+    One ``DiagnosticStatus`` named :func:`diagnostic_name` (``node``, ``what``),
+    ``hardware_id`` as given. Warnings about bad messages are throttled, so the counts
+    (``rejected`` above all) are what monitors and tests read. The level is WARN while
+    ``rejected`` is non-zero, and while a ``received`` count is 0 (message "no input yet":
+    nothing has arrived, which is not a failure of the node).
     """
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
@@ -94,10 +107,12 @@ def publish_counters(node: Any, hardware_id: str,
     def publish() -> None:
         values = dict(counters())
         rejected = int(values.get("rejected", 0))
+        # A node that counts its inputs has had none yet: that is news, not "0 rejected".
+        idle = "received" in values and not int(values["received"])
         array = DiagnosticArray(status=[DiagnosticStatus(
-            level=DiagnosticStatus.WARN if rejected else DiagnosticStatus.OK,
-            name=node.get_name(), hardware_id=hardware_id,
-            message=f"{rejected} messages rejected",
+            level=DiagnosticStatus.WARN if rejected or idle else DiagnosticStatus.OK,
+            name=diagnostic_name(node, what), hardware_id=hardware_id,
+            message="no input yet" if idle else f"{rejected} messages rejected",
             values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])])
         array.header.stamp = node.get_clock().now().to_msg()
         publisher.publish(array)

@@ -168,7 +168,7 @@ class PlannerNode(Node):
         capped_subscription(self, LinkMeasurement, LINK_MEASUREMENT_TOPIC, self._on_link, 50,
                             MAX_MESSAGE_BYTES, self.rejections, "link measurement")
         self.create_timer(0.02, self.rejections.guard(self._check, "re-plan check"))
-        publish_counters(self, "planner", lambda: {
+        publish_counters(self, "plans", "planner", lambda: {
             "plan_version": self.version, "rejected": self.rejections.total,
             **self.rejections.counts, "replan_errors": self.replan_errors,
             "alive": [self.names[i] for i in np.flatnonzero(self._alive())]})

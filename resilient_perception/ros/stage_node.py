@@ -125,7 +125,7 @@ class StageNode(Node):
                             "activation")
         self.create_timer(heartbeat, self.rejections.guard(self._beat, "heartbeat"))
         self._beat()
-        publish_counters(self, self.robot, lambda: {
+        publish_counters(self, "activations", self.robot, lambda: {
             "completed": self.completed, "rejected": self.rejections.total,
             **self.rejections.counts, "plans": list(self.plans)})
         self.get_logger().info(f"stage of {self.robot} ready ({self.model.n_blocks} blocks)")

@@ -33,10 +33,13 @@ __all__ = [
     "CAMERA_HEAD_TOPIC",
     "CAMERA_IMAGE_TOPIC",
     "CAMERA_PREDICTION_TOPIC",
+    "CAMERA_STATUS",
     "DASHBOARD_QUEUE_DEPTH",
     "DIAGNOSTICS_TOPIC",
     "DISTRIBUTED_PREDICTION_TOPIC",
     "FRAME_ID_FORMAT",
+    "FUSION_ASSEMBLY_STATUS",
+    "FUSION_DEVICE_STATUS_FORMAT",
     "FUSED_TOPIC",
     "HEAD_QUEUE_DEPTH",
     "HEAD_TOPIC_FORMAT",
@@ -60,6 +63,9 @@ __all__ = [
     "plan_qos",
     "prediction_qos",
     "probe_qos",
+    "qualified_node_name",
+    "status_name",
+    "status_node",
 ]
 
 # Perception (DESIGN.md's topics). A camera node's own names are relative and remapped to
@@ -84,6 +90,39 @@ LABEL_TOPIC = "perception/label"
 """Ground truth (``FrameLabel``) of the player or a bag replay, stamped like the images."""
 DIAGNOSTICS_TOPIC = "/diagnostics"
 """``diagnostic_msgs/DiagnosticArray`` of every node (absolute, as ROS tools expect)."""
+
+
+CAMERA_STATUS = "images"
+"""What a camera node's ``/diagnostics`` status is about: ``/ns/camera_0: images``."""
+FUSION_ASSEMBLY_STATUS = "frame assembly"
+"""The fusion node's status of its inputs and frames: ``/ns/fusion: frame assembly``."""
+FUSION_DEVICE_STATUS_FORMAT = "device {}"
+"""The fusion node's status of device ``i``'s health: ``/ns/fusion: device 2``."""
+
+
+def status_name(node: str, what: str) -> str:
+    """Name of a ``/diagnostics`` status: ``<fully qualified node name>: <what>``.
+
+    The node's namespace is in the name (``/robot_a/camera_0: images``), so two robots'
+    ``camera_0`` are told apart on a shared ``/diagnostics``, as ``diagnostic_updater``
+    names a node's tasks.
+    """
+    return f"{node}: {what}"
+
+
+def status_node(name: str) -> str:
+    """The fully qualified node name a :func:`status_name` starts with."""
+    return name.split(": ", 1)[0]
+
+
+def qualified_node_name(name: str, namespace: str = "/") -> str:
+    """``name`` resolved as a node name from ``namespace``, as ROS resolves relative names.
+
+    ``fusion`` seen from ``/robot_a`` is ``/robot_a/fusion``; an absolute name stays as is.
+    """
+    if name.startswith("/"):
+        return name
+    return f"{namespace.rstrip('/')}/{name}"
 
 # Distributed ResNet inference.
 PLAN_TOPIC = "placement_plan"
