@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..ros.topics import FUSED_TOPIC
-from .common import positive_float, positive_int, write_json
+from .common import non_negative_float, positive_float, positive_int, write_json
 
 __all__ = ["add_parsers", "cmd_bench_bag", "cmd_check_bag", "cmd_record_dataset",
            "cmd_score_bag"]
@@ -49,17 +49,32 @@ def cmd_record_dataset(args: argparse.Namespace) -> int:
 
 def cmd_check_bag(args: argparse.Namespace) -> int:
     """Check a camera bag (metadata, camera topics, every image decodes) and summarise it."""
+    import numpy as np
+
     from resilient_perception.ros.bags import camera_topics, read_frames, summarize
 
     summary = summarize(args.bag)
     cameras = camera_topics(summary, args.cameras)
-    frames = sum(1 for _ in tqdm(read_frames(args.bag, len(cameras)), unit="frame",
-                                 desc="reading", mininterval=1.0))
+    tolerance_ns = (summary.frame_period_ns() // 2 if args.sync_tolerance is None
+                    else round(args.sync_tolerance * 1e9))
+    spreads, complete, labelled = [], 0, 0
+    for frame in tqdm(read_frames(args.bag, len(cameras), tolerance_ns), unit="frame",
+                      desc="reading", mininterval=1.0):
+        spreads.append(frame.spread_ns / 1e6)
+        complete += all(image is not None for image in frame.images)
+        labelled += frame.label >= 0
     print(f"{summary.path}: rosbag2 v{summary.version} {summary.storage}, "
           f"{summary.message_count} messages over {summary.duration_ns / 1e9:.2f} s, "
-          f"{frames} frames from {len(cameras)} cameras")
+          f"{len(spreads)} frames from {len(cameras)} cameras, {complete} with every camera")
+    if spreads:
+        print(f"a frame's stamps lie within {tolerance_ns / 1e6:.1f} ms (--sync-tolerance); "
+              f"their spread: median {np.median(spreads):.1f} ms, max {max(spreads):.1f} ms"
+              + ("" if max(spreads) else " (one shared stamp per frame)"))
+    print(f"{labelled} frames labelled" if labelled else
+          "no labels: the bag plays, but score-bag needs labelled frames")
     for topic in summary.topics.values():
-        print(f"  {topic.name}: {topic.msgtype} x {topic.count}")
+        camera = " (camera)" if topic.name in cameras else ""
+        print(f"  {topic.name}: {topic.msgtype} x {topic.count}{camera}")
     return 0
 
 
@@ -67,7 +82,7 @@ def cmd_score_bag(args: argparse.Namespace) -> int:
     """Score a bag of pipeline outputs: accuracy, availability, surrogate use, latency."""
     from resilient_perception.ros.bags import score_bag
 
-    result = score_bag(args.bag, args.fused_topic)
+    result = score_bag(args.bag, args.fused_topic, round(args.sync_tolerance * 1e9))
     out = args.out or args.bag.with_name(f"{args.bag.name}_score.json")
     write_json(out, result)
     score = result["score"]
@@ -144,6 +159,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bag", type=Path, help="bag folder")
     p.add_argument("--cameras", type=positive_int, default=None,
                    help="expected cameras (default: as recorded in the bag)")
+    p.add_argument("--sync-tolerance", type=non_negative_float, default=None,
+                   metavar="SECONDS", help="largest spread of one frame's image stamps "
+                   "(default: half the frame period; 0: one shared stamp)")
     p.set_defaults(func=cmd_check_bag)
 
     p = sub.add_parser("score-bag", help=cmd_score_bag.__doc__,
@@ -152,6 +170,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bag", type=Path, help="bag written by recorder_node")
     p.add_argument("--fused-topic", default=FUSED_TOPIC,
                    help=f"FusedPrediction topic to score (default {FUSED_TOPIC})")
+    p.add_argument("--sync-tolerance", type=non_negative_float, default=0.0,
+                   metavar="SECONDS", help="match a fused prediction to the nearest label "
+                   "stamped at most this far from it (default 0: the same stamp; labels of "
+                   "free-running cameras carry their frame's earliest image stamp, as fused "
+                   "frames do, unless that image was lost)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON result (default BAG_score.json beside the bag folder)")
     p.set_defaults(func=cmd_score_bag)

@@ -97,6 +97,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """An argparse type: a number >= 0."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     """An argparse type: a number in [0, 1) (an overlap, a drop probability)."""
     value = float(text)

@@ -17,6 +17,16 @@ bag replay is a drop-in replacement for it):
 * ``custom_data`` in the metadata: ``dataset``, ``split``, ``cameras``, ``rate_hz`` and
   ``first_frame_index``, so a reader knows how many camera topics to expect.
 
+Bags of real cameras (``ros2 bag record`` of free-running drivers) are read and played too:
+each camera's messages have their own log (receive) times and header stamps, a few
+milliseconds apart from the other cameras', a camera may be recorded as
+``camera_<i>/image_raw/compressed`` (``sensor_msgs/msg/CompressedImage``, JPEG or PNG)
+instead of ``camera_<i>/image_raw``, there may be no labels, and the metadata has no custom
+data. :func:`read_frames` groups the images of one frame by stamps within a tolerance (half
+the frame period by default), as the fusion node's ``sync_tolerance`` does; a label, where
+there is one, is stamped with its frame's earliest image stamp (the stamp the fusion node
+gives the fused frame).
+
 What ``ros2 bag play`` on Jazzy and Kilted needs, and this module writes: metadata version 9
 (offered QoS profiles as YAML lists with policy names, infinite durations as rosbag2 writes
 them, ``{sec: 9223372036, nsec: 854775807}``), ``cdr`` serialisation, and each topic's RIHS01
@@ -37,7 +47,7 @@ import struct
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +68,7 @@ from resilient_perception.ros.image_conversion import (
     ENCODINGS,
     ImageConversionError,
     camera_images,
+    decode_compressed,
     encode,
     image_to_array,
 )
@@ -69,6 +80,7 @@ from resilient_perception.ros.topics import (
 )
 
 __all__ = [
+    "COMPRESSED_IMAGE_TYPE",
     "IMAGE_TYPE",
     "LABEL_TOPIC",
     "LABEL_TYPE",
@@ -83,6 +95,7 @@ __all__ = [
     "count_labelled",
     "dataset_frames",
     "has_header",
+    "header_stamp",
     "iter_messages",
     "make_qos",
     "read_frames",
@@ -96,11 +109,13 @@ __all__ = [
 
 PACKAGE = "resilient_perception"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
 LABEL_TYPE = f"{PACKAGE}/msg/FrameLabel"
 STORAGES = ("mcap", "sqlite3")
 METADATA_VERSION = 9  # what rosbag2 writes since Jazzy (QoS as YAML lists, policy names)
 
-_CAMERA_TOPIC = re.compile(r"^/?camera_(\d+)/image_raw$")
+# A camera's raw images, or image_transport's compressed ones beside (or instead of) them.
+_CAMERA_TOPIC = re.compile(r"^/?camera_(\d+)/image_raw(/compressed)?$")
 # rmw's RMW_DURATION_INFINITE (INT64_MAX ns as sec + nsec): rosbag2 records default
 # deadlines, lifespans and lease durations this way.
 _INFINITE = QosTime(9223372036, 854775807)
@@ -197,6 +212,13 @@ def restamp(data: bytes | memoryview, stamp_ns: int) -> bytes:
     return bytes(out)
 
 
+def header_stamp(data: bytes | memoryview) -> int:
+    """``header.stamp`` (ns) of a CDR message that starts with a Header (see :func:`restamp`)."""
+    order = "<" if data[1] & 1 else ">"
+    sec, nanosec = struct.unpack_from(f"{order}iI", data, 4)
+    return sec * 1_000_000_000 + nanosec
+
+
 def _check_type(msgtype: str, topic: str) -> None:
     if msgtype not in typestore().fielddefs:
         raise BagError(f"topic {topic} has type {msgtype!r}, which is neither a ROS 2 Kilted "
@@ -263,7 +285,13 @@ class BagWriter:
 
 @dataclass(frozen=True)
 class CameraFrame:
-    """One frame of N cameras: ``images[i]`` is camera i's ``(H, W, C)`` image or None."""
+    """One frame of N cameras: ``images[i]`` is camera i's ``(H, W, C)`` image or None.
+
+    ``stamp_ns`` is the earliest of the frame's stamps and ``spread_ns`` how far the latest
+    is from it (0 for one shared stamp). ``label`` and ``frame_index`` are -1 in a bag
+    without labels; ``encoding`` is the images' encoding (comma-separated when cameras
+    differ, e.g. a decoded JPEG camera's ``bgr8`` beside ``rgb8``).
+    """
 
     stamp_ns: int
     images: tuple[np.ndarray | None, ...]
@@ -271,6 +299,7 @@ class CameraFrame:
     label: int
     frame_index: int
     class_name: str = ""
+    spread_ns: int = 0
 
 
 def _header(stamp_ns: int, frame_id: str):
@@ -467,16 +496,20 @@ def summarize(path: str | Path) -> BagSummary:
 
 
 def camera_topics(summary: BagSummary, cameras: int | None = None) -> list[str]:
-    """The bag's camera topics ``/camera_<i>/image_raw`` for i = 0..N-1, checked.
+    """The bag's camera topics for cameras i = 0..N-1, checked.
 
-    N is ``cameras`` if given, else the ``cameras`` entry of the bag's custom data, else one
-    more than the highest camera index present.
+    Camera ``i``'s topic is ``/camera_<i>/image_raw`` (``sensor_msgs/msg/Image``), or
+    ``/camera_<i>/image_raw/compressed`` (``sensor_msgs/msg/CompressedImage``) for a camera
+    recorded only compressed. N is ``cameras`` if given, else the ``cameras`` entry of the
+    bag's custom data, else one more than the highest camera index present.
 
     Raises:
-        BagError: If a camera topic is missing or is not a ``sensor_msgs/msg/Image`` topic.
+        BagError: If a camera topic is missing or is not of its image type.
     """
-    present = {int(m.group(1)): name for name in summary.topics
-               if (m := _CAMERA_TOPIC.match(name))}
+    present: dict[int, str] = {}
+    for name in sorted(summary.topics):  # a camera's raw topic sorts before its compressed
+        if m := _CAMERA_TOPIC.match(name):
+            present.setdefault(int(m.group(1)), name)
     if cameras is None:
         recorded = summary.custom.get("cameras")
         cameras = int(recorded) if recorded else (max(present) + 1 if present else 0)
@@ -487,10 +520,15 @@ def camera_topics(summary: BagSummary, cameras: int | None = None) -> list[str]:
         raise BagError(f"bag {summary.path} lacks camera topics {missing} of its {cameras} "
                        f"cameras (it has {sorted(present.values())})")
     for i in range(cameras):
-        if summary.topics[present[i]].msgtype != IMAGE_TYPE:
+        expected = _image_type(present[i])
+        if summary.topics[present[i]].msgtype != expected:
             raise BagError(f"bag {summary.path}: {present[i]} has type "
-                           f"{summary.topics[present[i]].msgtype}, expected {IMAGE_TYPE}")
+                           f"{summary.topics[present[i]].msgtype}, expected {expected}")
     return [present[i] for i in range(cameras)]
+
+
+def _image_type(topic: str) -> str:
+    return COMPRESSED_IMAGE_TYPE if topic.endswith("/compressed") else IMAGE_TYPE
 
 
 def iter_messages(path: str | Path, topics: Iterable[str] | None = None,
@@ -551,47 +589,108 @@ def count_labelled(path: str | Path, topics: Iterable[str]) -> dict[str, int]:
     return counts
 
 
-def read_frames(path: str | Path, cameras: int | None = None) -> Iterator[CameraFrame]:
-    """Read a camera bag back as frames: images grouped with their label by stamp.
+@dataclass
+class _Group:
+    first_ns: int
+    last_ns: int
+    parts: dict[Any, Any]
 
-    Images are ``(H, W, C)`` arrays as :func:`~resilient_perception.ros.image_conversion.
-    image_to_array` returns them; a camera without an image for a frame gives None.
+
+class _StampGroups:
+    """Messages grouped into frames by stamp, as they come in log-time order.
+
+    A message joins the pending frame whose stamps, with its own, span at most
+    ``tolerance_ns`` and that has nothing under its key yet (the nearest such frame), else it
+    starts a new one: the fusion node's rule (``sync_tolerance``). Log order and stamp order
+    differ by a few milliseconds between cameras, so a frame is done only once a stamp more
+    than twice the tolerance past its latest one arrives.
+    """
+
+    def __init__(self, tolerance_ns: int) -> None:
+        self.tolerance_ns = tolerance_ns
+        self.pending: list[_Group] = []
+
+    def add(self, stamp_ns: int, key: Any, value: Any) -> list[_Group]:
+        """File ``value`` under ``key`` in its frame; return the frames done, oldest first."""
+        tolerance = self.tolerance_ns
+        fitting = [g for g in self.pending if key not in g.parts
+                   and max(g.last_ns, stamp_ns) - min(g.first_ns, stamp_ns) <= tolerance]
+        group = min(fitting, default=None,
+                    key=lambda g: abs((g.first_ns + g.last_ns) / 2 - stamp_ns))
+        if group is None:
+            group = _Group(stamp_ns, stamp_ns, {})
+            self.pending.append(group)
+        group.first_ns, group.last_ns = min(group.first_ns, stamp_ns), max(group.last_ns,
+                                                                           stamp_ns)
+        group.parts[key] = value
+        done = [g for g in self.pending if g.last_ns + 2 * tolerance < stamp_ns]
+        self.pending = [g for g in self.pending if g.last_ns + 2 * tolerance >= stamp_ns]
+        return sorted(done, key=lambda g: g.first_ns)
+
+    def flush(self) -> list[_Group]:
+        """The frames still pending, oldest first."""
+        done, self.pending = sorted(self.pending, key=lambda g: g.first_ns), []
+        return done
+
+
+def _decoded(path: Path, topic: str, stamp: int, msg: Any) -> tuple[np.ndarray, str]:
+    try:
+        if topic.endswith("/compressed"):
+            return decode_compressed(msg)
+        return image_to_array(msg), msg.encoding
+    except ImageConversionError as exc:
+        raise BagError(f"bag {path}: image on {topic} at stamp {stamp}: {exc}") from exc
+
+
+def read_frames(path: str | Path, cameras: int | None = None,
+                sync_tolerance_ns: int | None = None) -> Iterator[CameraFrame]:
+    """Read a camera bag back as frames: each camera's image and the label, grouped by stamp.
+
+    A frame holds at most one image per camera and stamps within ``sync_tolerance_ns`` of
+    each other (:class:`_StampGroups`; default half the bag's frame period, which groups one
+    shared stamp exactly and a few milliseconds' spread between free-running cameras alike).
+    Raw images are ``(H, W, C)`` arrays as :func:`~resilient_perception.ros.image_conversion.
+    image_to_array` returns them, compressed ones as OpenCV decodes them
+    (:func:`~resilient_perception.ros.image_conversion.decode_compressed`); a camera without
+    an image for a frame gives None. A bag without a label topic gives frames labelled -1.
 
     Raises:
         BagError: For the problems :func:`summarize` and :func:`camera_topics` find, an
-            undecodable image, or a frame without a label.
+            undecodable image, or (in a bag with labels) a frame without a label.
     """
+    path = Path(path)
     summary = summarize(path)
     topics = camera_topics(summary, cameras)
     index = {name: i for i, name in enumerate(topics)}
-    if _absolute(LABEL_TOPIC) not in summary.topics:
-        raise BagError(f"bag {path} has no {_absolute(LABEL_TOPIC)} topic")
-    pending: dict[int, dict] = {}
-    encoding = ""
+    label_topic = _absolute(LABEL_TOPIC)
+    labelled = label_topic in summary.topics
+    tolerance = (summary.frame_period_ns() // 2 if sync_tolerance_ns is None
+                 else int(sync_tolerance_ns))
+    groups = _StampGroups(tolerance)
 
-    def frame(stamp: int) -> CameraFrame:
-        parts = pending.pop(stamp)
-        if "label" not in parts:
-            raise BagError(f"bag {path}: frame at stamp {stamp} has no label")
-        label = parts["label"]
-        return CameraFrame(stamp, tuple(parts.get(i) for i in range(len(topics))),
-                           encoding, label.label, label.frame_index, label.class_name)
+    def frame(group: _Group) -> CameraFrame:
+        parts = group.parts
+        if labelled and "label" not in parts:
+            raise BagError(f"bag {path}: frame at stamp {group.first_ns} has no label within "
+                           f"{tolerance / 1e6:.1f} ms (the sync tolerance: do its cameras' "
+                           "stamps spread further?)")
+        label = parts.get("label")
+        images = [parts.get(i) for i in range(len(topics))]
+        encodings = sorted({image[1] for image in images if image is not None})
+        return CameraFrame(
+            group.first_ns, tuple(None if image is None else image[0] for image in images),
+            ",".join(encodings), -1 if label is None else label.label,
+            -1 if label is None else label.frame_index, "" if label is None else label.class_name,
+            group.last_ns - group.first_ns)
 
-    for topic, _, msg in read_messages(path, [*topics, LABEL_TOPIC]):
+    for topic, _, msg in read_messages(path, [*topics, *([label_topic] if labelled else [])]):
         stamp = _stamp_ns(msg)
-        for done in [s for s in pending if s < stamp]:  # stamps only grow in a camera bag
-            yield frame(done)
-        parts = pending.setdefault(stamp, {})
-        if topic == _absolute(LABEL_TOPIC):
-            parts["label"] = msg
-            continue
-        try:
-            parts[index[topic]] = image_to_array(msg)
-        except ImageConversionError as exc:
-            raise BagError(f"bag {path}: image on {topic} at stamp {stamp}: {exc}") from exc
-        encoding = msg.encoding
-    for stamp in sorted(pending):
-        yield frame(stamp)
+        if topic == label_topic:
+            done = groups.add(stamp, "label", msg)
+        else:
+            done = groups.add(stamp, index[topic], _decoded(path, topic, stamp, msg))
+        yield from map(frame, done)
+    yield from map(frame, groups.flush())
 
 
 # -- scoring a bag of pipeline outputs -------------------------------------------------------
@@ -600,13 +699,17 @@ PREDICTION_TYPE = f"{PACKAGE}/msg/DevicePrediction"
 _PREDICTION_TOPIC = re.compile(r"^/(?:.*/)?device_(\d+)/prediction$")
 
 
-def score_bag(path: str | Path, fused_topic: str = FUSED_TOPIC) -> dict:
+def score_bag(path: str | Path, fused_topic: str = FUSED_TOPIC,
+              sync_tolerance_ns: int = 0) -> dict:
     """Score a bag of pipeline outputs (as ``recorder_node`` writes it) against its labels.
 
     Fused predictions are joined to ``FrameLabel`` messages by stamp with
     :class:`~resilient_perception.perception.stream_score.StreamScore` (accuracy, availability,
-    surrogate use, latency). Added: per device, how many labelled frames had a prediction
-    from it, and the last ``/diagnostics`` status of every component.
+    surrogate use, latency): the same stamp, or with ``sync_tolerance_ns`` the nearest label
+    stamp at most that far (a fused frame carries its earliest image's stamp, which is the
+    label's only when that camera's image was in the frame). Added: per device, how many
+    labelled frames had a prediction from it, and the last ``/diagnostics`` status of every
+    component.
 
     Raises:
         BagError: If the bag is damaged or lacks the label or fused topic.
@@ -652,7 +755,12 @@ def score_bag(path: str | Path, fused_topic: str = FUSED_TOPIC) -> dict:
     score = StreamScore(n_devices)
     for stamp, index, label in truth:
         score.add_truth(stamp, index, label)
+    label_stamps = np.array(sorted(score.truth), np.int64)
     for record in fused:
+        if sync_tolerance_ns and label_stamps.size:
+            near = label_stamps[np.argmin(np.abs(label_stamps - record.stamp_ns))]
+            if abs(int(near) - record.stamp_ns) <= sync_tolerance_ns:
+                record = replace(record, stamp_ns=int(near))
         score.add_fused(record)
     labelled = set(score.truth)
     return {

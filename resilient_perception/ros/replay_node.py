@@ -8,13 +8,24 @@ they do to the player. Each topic's publisher offers the QoS the bag recorded fo
 ``ros2 bag play`` does; rosbag2's default, RELIABLE depth 10, when none or conflicting ones
 were recorded). Messages are published as the recorded bytes, never deserialised.
 
-Stamps: by default every message that starts with a ``std_msgs/Header`` gets
-``header.stamp`` = its scheduled publish time on the node clock, so the messages of one
-recorded frame (the cameras' images and the label) share one fresh stamp, as the player's
-do. The fusion node needs that: it reports latency as *now - stamp* and drops frames whose
-stamp is not newer than the last fused one, so original stamps give meaningless latencies
-and, when looping, only stale frames. ``original_stamps: true`` keeps the recorded stamps
-(a one-pass replay into tools that compare stamps with the recording).
+Stamps: by default every message that starts with a ``std_msgs/Header`` gets a fresh
+``header.stamp``: its recorded stamp moved by what its log time moved, i.e. its scheduled
+publish time on the node clock plus its recorded stamp's offset from its log time (divided
+by ``rate``). In a camera bag (stamp = log time) the messages of one recorded frame (the
+cameras' images and the label) then share one fresh stamp, as the player's do; in a bag of
+free-running cameras each image keeps its stamp's distance to the other cameras' and lies
+as far in the past as it did when recorded, and the fusion node's ``sync_tolerance`` groups
+them. A stamp more than :data:`MAX_STAMP_OFFSET_S` from its log time (another clock, e.g.
+simulated time) is replaced by the publish time. The fusion node needs fresh stamps: it
+reports latency as *now - stamp* and drops frames whose stamp is not newer than the last
+fused one, so original stamps give meaningless latencies and, when looping, only stale
+frames. ``original_stamps: true`` keeps the recorded stamps (a one-pass replay into tools
+that compare stamps with the recording).
+
+Bags: the package's camera bags (``record-dataset``), and bags of real cameras as ``ros2 bag
+record`` writes them: messages are published at their own log times (messages logged at
+the same instant together), whatever camera they are from, and ``sensor_msgs/
+CompressedImage`` topics (``camera_<i>/image_raw/compressed``) are played like any other.
 
 Timing: each message is due at a point on the monotonic clock; the node sleeps until just
 before it and spins the last fraction of a millisecond, so publish times do not drift and
@@ -22,12 +33,15 @@ do not inherit timer jitter. On a loaded CPU the playback thread still waits for
 ``realtime_priority`` gives it SCHED_FIFO (root or CAP_SYS_NICE), which keeps frames within
 a fraction of a millisecond (docs/results/bags). After the run it logs (and writes to
 ``stats_path`` as JSON) how late frames were published and the error of the intervals
-between frames.
+between frames (a frame: the messages of one log time, i.e. one camera's image in a bag of
+free-running cameras).
 
-Like the player: ``warmup_frames`` publishes the first frame's non-label messages that many
-times before playing (every camera is heard once before the first labelled frame), with
-``warmup_fused_topic`` until a fused prediction there has every camera of that frame live
-(:mod:`~resilient_perception.ros.warmup`), ``wait_for_subscribers`` waits for that many
+Like the player: ``warmup_frames`` publishes the first frame's non-label messages (those
+logged within half a frame period of the first, one per topic) that many times, each time
+with its recorded offsets, before playing (every camera is heard once before the first
+labelled frame), with ``warmup_fused_topic`` until a fused prediction there has every
+camera of that frame live (:mod:`~resilient_perception.ros.warmup`),
+``wait_for_subscribers`` waits for that many
 subscribers on every camera topic (every topic if the bag has no camera topics),
 ``wait_for_label_subscribers`` for that many on the label topic (a scorer or recorder must
 not miss the first labels), and ``on_end`` is ``stop`` (keep running) or ``shutdown`` (wait
@@ -70,6 +84,7 @@ from resilient_perception.ros.bags import (
     BagError,
     camera_topics,
     has_header,
+    header_stamp,
     iter_messages,
     restamp,
     summarize,
@@ -77,7 +92,8 @@ from resilient_perception.ros.bags import (
 from resilient_perception.ros.node_utils import descriptor, run_node
 from resilient_perception.ros.warmup import declare_warmup
 
-__all__ = ["ON_END", "ReplayNode", "main", "recorded_qos", "timing_stats"]
+__all__ = ["MAX_STAMP_OFFSET_S", "ON_END", "ReplayNode", "main", "recorded_qos",
+           "timing_stats"]
 
 ON_END = ("stop", "shutdown")
 # How long an ``on_end: shutdown`` waits for subscribers to acknowledge the last messages.
@@ -87,6 +103,9 @@ _SPIN_S = 0.0005
 # Longest single sleep, so a stop request is noticed during long gaps in a bag.
 _MAX_SLEEP_S = 0.1
 _INFINITE_NS = 9223372036854775807
+MAX_STAMP_OFFSET_S = 1.0
+"""A recorded stamp further than this from its message's log time is not on the log clock."""
+_MAX_STAMP_OFFSET_NS = round(MAX_STAMP_OFFSET_S * 1e9)
 
 
 def _duration(time_: tuple[int, int]) -> Duration | None:
@@ -234,7 +253,8 @@ class ReplayNode(Node):
         if "cameras" in self.bag.custom:  # a camera bag: it must have all its cameras
             cameras = set(camera_topics(self.bag))
         else:
-            cameras = {t for t in self.bag.topics if t.rstrip("/").endswith("image_raw")}
+            cameras = {t for t in self.bag.topics
+                       if t.rstrip("/").endswith(("image_raw", "image_raw/compressed"))}
         excluded = {"/" + t.lstrip("/") for t in p["exclude_topics"] if t}
         unknown = sorted(excluded - set(self.bag.topics))
         if unknown:
@@ -323,7 +343,7 @@ class ReplayNode(Node):
             clock_offset = self.get_clock().now().nanoseconds - time.monotonic_ns()
             period = round(self.bag.frame_period_ns() / self.rate)
             t0 = time.monotonic_ns() + period
-            first, messages = _first_frame(self._messages())
+            first, messages = _first_frame(self._messages(), self.bag.frame_period_ns() // 2)
             if not first:
                 self.get_logger().warning(f"nothing to play in {self.bag.path} from the offset")
                 self._finish()
@@ -331,12 +351,12 @@ class ReplayNode(Node):
             unlabelled = [m for m in first if self.bag.topics[m[0]].msgtype != LABEL_TYPE]
             self._warmup.live_devices = sum(m[0] in self._cameras for m in unlabelled)
             warmed = not self._warmup.needed
+            first_log = first[0][1]
             while not warmed:
-                if not self._publish_frame(unlabelled, t0, clock_offset):
+                if self._play_pass(iter(unlabelled), first_log, t0, clock_offset) is None:
                     return
                 warmed = self._warmup.frame_sent()
                 t0 += period
-            first_log = first[0][1]
             while True:
                 last_due = self._play_pass(messages, first_log, t0, clock_offset)
                 if last_due is None or not self.loop:
@@ -354,7 +374,11 @@ class ReplayNode(Node):
             self.finished.set_result(False)
 
     def _play_pass(self, messages, first_log: int, t0: int, clock_offset: int) -> int | None:
-        """Play one pass; returns the monotonic time its last frame was due (None: stopped)."""
+        """Play one pass; returns the monotonic time its last frame was due (None: stopped).
+
+        A message logged at ``log`` is due at ``t0 + (log - first_log) / rate``; messages
+        logged at the same instant (a camera bag's frame) go out together.
+        """
         frame, frame_log = [], None
         due = t0
         for message in messages:
@@ -377,11 +401,18 @@ class ReplayNode(Node):
         self.actual_ns.append(time.monotonic_ns())
         self.scheduled_ns.append(due_ns)
         stamp = due_ns + clock_offset
-        for topic, _, data in frame:
-            self._pubs[topic].publish(restamp(data, stamp) if self._restamp[topic] else data)
+        for topic, log_ns, data in frame:
+            if self._restamp[topic]:
+                data = restamp(data, stamp + self._stamp_offset(data, log_ns))
+            self._pubs[topic].publish(data)
             self.published += 1
             self.published_bytes += len(data)
         return True
+
+    def _stamp_offset(self, data: bytes, log_ns: int) -> int:
+        """How far a message's fresh stamp lies from its publish time: as recorded, / rate."""
+        offset = header_stamp(data) - log_ns
+        return round(offset / self.rate) if abs(offset) <= _MAX_STAMP_OFFSET_NS else 0
 
     def _wait_for_subscribers(self) -> None:
         while not self._stop.is_set() and any(
@@ -407,12 +438,18 @@ class ReplayNode(Node):
             self.finished.set_result(True)
 
 
-def _first_frame(messages: Iterator[tuple[str, int, bytes]]
+def _first_frame(messages: Iterator[tuple[str, int, bytes]], window_ns: int
                  ) -> tuple[list[tuple[str, int, bytes]], Iterator[tuple[str, int, bytes]]]:
-    """The messages of the first bag time, and an iterator over all messages (those too)."""
+    """The first frame's messages, and an iterator over all messages (those too).
+
+    The first frame is the messages logged less than ``window_ns`` after the first one (at
+    the same instant for a window of 0), one per topic: a camera bag's first bag time, or
+    each free-running camera's first image.
+    """
     first: list[tuple[str, int, bytes]] = []
     for message in messages:
-        if first and message[1] != first[0][1]:
+        if first and (message[1] - first[0][1] >= max(window_ns, 1)
+                      or any(message[0] == m[0] for m in first)):
             return first, itertools.chain(first, [message], messages)
         first.append(message)
     return first, iter(first)
