@@ -642,6 +642,9 @@ def test_a_bag_of_free_running_cameras_replays_and_scores_fused_complete(
     result, failed = check_run(live_runs, "robot", briefly_trained_model,
                                robot_views(robot_bag), truth, previous="dropped")
     assert failed == [()] * COUNT
+    # score-bag matched with the fusion node's sync_tolerance, from its recorded diagnostics
+    assert result["sync_tolerance_s"] == ROBOT_SYNC_TOLERANCE
+    assert [d["labelled_frames"] for d in result["device_predictions"]] == [COUNT] * 6
     score = result["score"]
     out = live_runs["folder"] / "robot"
     labelled = {stamp_of(m) for m in recorded(out, LABEL_TOPIC)}

@@ -82,7 +82,8 @@ def cmd_score_bag(args: argparse.Namespace) -> int:
     """Score a bag of pipeline outputs: accuracy, availability, surrogate use, latency."""
     from resilient_perception.ros.bags import score_bag
 
-    result = score_bag(args.bag, args.fused_topic, round(args.sync_tolerance * 1e9))
+    result = score_bag(args.bag, args.fused_topic, None if args.sync_tolerance is None
+                       else round(args.sync_tolerance * 1e9))
     out = args.out or args.bag.with_name(f"{args.bag.name}_score.json")
     write_json(out, result)
     score = result["score"]
@@ -170,11 +171,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bag", type=Path, help="bag written by recorder_node")
     p.add_argument("--fused-topic", default=FUSED_TOPIC,
                    help=f"FusedPrediction topic to score (default {FUSED_TOPIC})")
-    p.add_argument("--sync-tolerance", type=non_negative_float, default=0.0,
-                   metavar="SECONDS", help="match a fused prediction to the nearest label "
-                   "stamped at most this far from it (default 0: the same stamp; labels of "
-                   "free-running cameras carry their frame's earliest image stamp, as fused "
-                   "frames do, unless that image was lost)")
+    p.add_argument("--sync-tolerance", type=non_negative_float, default=None,
+                   metavar="SECONDS", help="match fused and device predictions to the "
+                   "nearest label stamped at most this far from them (default: the fusion "
+                   "node's sync_tolerance as recorded on /diagnostics, else 0: the same "
+                   "stamp)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON result (default BAG_score.json beside the bag folder)")
     p.set_defaults(func=cmd_score_bag)

@@ -75,6 +75,7 @@ from resilient_perception.ros.image_conversion import (
 from resilient_perception.ros.topics import (
     DIAGNOSTICS_TOPIC,
     FUSED_TOPIC,
+    FUSION_ASSEMBLY_STATUS,
     IMAGE_TOPIC_FORMAT,
     LABEL_TOPIC,
 )
@@ -699,17 +700,27 @@ PREDICTION_TYPE = f"{PACKAGE}/msg/DevicePrediction"
 _PREDICTION_TOPIC = re.compile(r"^/(?:.*/)?device_(\d+)/prediction$")
 
 
+def _nearest(values: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """For each of ``targets``, the element of the sorted, non-empty ``values`` nearest it."""
+    right = np.minimum(np.searchsorted(values, targets), len(values) - 1)
+    left = np.maximum(right - 1, 0)
+    closer_left = np.abs(values[left] - targets) <= np.abs(values[right] - targets)
+    return np.where(closer_left, values[left], values[right])
+
+
 def score_bag(path: str | Path, fused_topic: str = FUSED_TOPIC,
-              sync_tolerance_ns: int = 0) -> dict:
+              sync_tolerance_ns: int | None = None) -> dict:
     """Score a bag of pipeline outputs (as ``recorder_node`` writes it) against its labels.
 
     Fused predictions are joined to ``FrameLabel`` messages by stamp with
     :class:`~resilient_perception.perception.stream_score.StreamScore` (accuracy, availability,
-    surrogate use, latency): the same stamp, or with ``sync_tolerance_ns`` the nearest label
-    stamp at most that far (a fused frame carries its earliest image's stamp, which is the
-    label's only when that camera's image was in the frame). Added: per device, how many
-    labelled frames had a prediction from it, and the last ``/diagnostics`` status of every
-    component.
+    surrogate use, latency): the nearest label stamp at most ``sync_tolerance_ns`` away (0:
+    the same stamp). A fused frame carries its earliest image's stamp, and a label its
+    frame's earliest image's: they differ only when that image was lost. Added: per device,
+    how many labelled frames had a prediction from it (its stamp within the tolerance of
+    the label's: free-running cameras' images are stamped apart), and the last
+    ``/diagnostics`` status of every component. ``sync_tolerance_ns`` None takes the fusion
+    node's ``sync_tolerance`` from its recorded ``/diagnostics`` (0 if none was recorded).
 
     Raises:
         BagError: If the bag is damaged or lacks the label or fused topic.
@@ -755,23 +766,36 @@ def score_bag(path: str | Path, fused_topic: str = FUSED_TOPIC,
     score = StreamScore(n_devices)
     for stamp, index, label in truth:
         score.add_truth(stamp, index, label)
+    if sync_tolerance_ns is None:
+        sync_tolerance_ns = round(1e9 * max(
+            (float(values["sync_tolerance_s"]) for name, values in diagnostics.items()
+             if name.endswith(f": {FUSION_ASSEMBLY_STATUS}") and "sync_tolerance_s" in values),
+            default=0.0))
     label_stamps = np.array(sorted(score.truth), np.int64)
     for record in fused:
         if sync_tolerance_ns and label_stamps.size:
-            near = label_stamps[np.argmin(np.abs(label_stamps - record.stamp_ns))]
-            if abs(int(near) - record.stamp_ns) <= sync_tolerance_ns:
-                record = replace(record, stamp_ns=int(near))
+            near = int(_nearest(label_stamps, np.array([record.stamp_ns], np.int64))[0])
+            if abs(near - record.stamp_ns) <= sync_tolerance_ns:
+                record = replace(record, stamp_ns=near)
         score.add_fused(record)
-    labelled = set(score.truth)
+
+    def labelled_frames(device: int) -> int:  # labels with a prediction of the device near
+        stamps = np.array(sorted(heard.get(device, ())), np.int64)
+        if not (stamps.size and label_stamps.size):
+            return 0
+        return int(np.sum(np.abs(_nearest(stamps, label_stamps) - label_stamps)
+                          <= sync_tolerance_ns))
+
     return {
         "bag": str(path),
         "fused_topic": fused_name,
+        "sync_tolerance_s": sync_tolerance_ns / 1e9,
         "devices": n_devices,
         "score": score.summary(),
         "device_predictions": [
             {"device": d, "messages": len(heard.get(d, ())),
-             "labelled_frames": len(heard.get(d, set()) & labelled),
-             "fraction_of_labelled": len(heard.get(d, set()) & labelled) / max(1, len(labelled))}
+             "labelled_frames": labelled_frames(d),
+             "fraction_of_labelled": labelled_frames(d) / max(1, label_stamps.size)}
             for d in range(n_devices)],
         "diagnostics": diagnostics,
     }

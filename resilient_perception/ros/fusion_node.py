@@ -541,6 +541,7 @@ class FusionNode(Node):
         shape = self.head_shapes.shape
         counts["head_shape"] = f"{shape[0]}x{shape[1]}" if shape else ""
         counts["heads_of_other_shapes"] = self.head_shapes.votes_for_other_shapes()
+        counts["sync_tolerance_s"] = self.sync_tolerance_ns / 1e9  # score-bag matches with it
         counts["own_stalls"] = self.stall_guard.stalls
         counts["deadlines_doubted"] = self.deadlines_doubted
         counts["devices_with_second_writer"] = ",".join(contested)
