@@ -55,7 +55,7 @@ def cmd_check_bag(args: argparse.Namespace) -> int:
 
     summary = summarize(args.bag)
     cameras = camera_topics(summary, args.cameras)
-    tolerance_ns = (summary.frame_period_ns() // 2 if args.sync_tolerance is None
+    tolerance_ns = (summary.sync_tolerance_ns() if args.sync_tolerance is None
                     else round(args.sync_tolerance * 1e9))
     spreads, complete, labelled = [], 0, 0
     for frame in tqdm(read_frames(args.bag, len(cameras), tolerance_ns), unit="frame",

@@ -442,6 +442,14 @@ class BagSummary:
         most = max((t.count for t in self.topics.values()), default=0)
         return self.duration_ns // (most - 1) if most > 1 else 0
 
+    def sync_tolerance_ns(self) -> int:
+        """Default spread of one frame's stamps (or log times): half the frame period.
+
+        One shared stamp per frame groups exactly, and so do free-running cameras' stamps a
+        few milliseconds apart, as long as they spread less than half a period.
+        """
+        return self.frame_period_ns() // 2
+
 
 def _corrupt(path: Path, exc: BaseException) -> BagError:
     return BagError(f"bag {path} is truncated or corrupt ({type(exc).__name__}: {exc}); a bag "
@@ -648,8 +656,7 @@ def read_frames(path: str | Path, cameras: int | None = None,
     """Read a camera bag back as frames: each camera's image and the label, grouped by stamp.
 
     A frame holds at most one image per camera and stamps within ``sync_tolerance_ns`` of
-    each other (:class:`_StampGroups`; default half the bag's frame period, which groups one
-    shared stamp exactly and a few milliseconds' spread between free-running cameras alike).
+    each other (:class:`_StampGroups`; default :meth:`BagSummary.sync_tolerance_ns`).
     Raw images are ``(H, W, C)`` arrays as :func:`~resilient_perception.ros.image_conversion.
     image_to_array` returns them, compressed ones as OpenCV decodes them
     (:func:`~resilient_perception.ros.image_conversion.decode_compressed`); a camera without
@@ -665,7 +672,7 @@ def read_frames(path: str | Path, cameras: int | None = None,
     index = {name: i for i, name in enumerate(topics)}
     label_topic = _absolute(LABEL_TOPIC)
     labelled = label_topic in summary.topics
-    tolerance = (summary.frame_period_ns() // 2 if sync_tolerance_ns is None
+    tolerance = (summary.sync_tolerance_ns() if sync_tolerance_ns is None
                  else int(sync_tolerance_ns))
     groups = _StampGroups(tolerance)
 

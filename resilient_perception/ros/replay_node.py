@@ -343,7 +343,7 @@ class ReplayNode(Node):
             clock_offset = self.get_clock().now().nanoseconds - time.monotonic_ns()
             period = round(self.bag.frame_period_ns() / self.rate)
             t0 = time.monotonic_ns() + period
-            first, messages = _first_frame(self._messages(), self.bag.frame_period_ns() // 2)
+            first, messages = _first_frame(self._messages(), self.bag.sync_tolerance_ns())
             if not first:
                 self.get_logger().warning(f"nothing to play in {self.bag.path} from the offset")
                 self._finish()
