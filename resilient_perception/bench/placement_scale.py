@@ -57,7 +57,8 @@ def _solve_row(problem, solver: str, time_limit: float, **instance) -> dict:
             "gap": result.gap if np.isfinite(result.gap) else None,
             "relative_gap": relative, "seconds": round(result.seconds, 4),
             "wall_seconds": round(wall, 4), "load_1min": round(load, 2),
-            "stages": result.info.get("stages"), "devices_kept": result.info.get("devices")}
+            "stages": result.info.get("stages"),
+            "reduced_costs": result.info.get("reduced_costs")}
 
 
 def run_scale(network: Network, example: FleetConfig, sizes: Iterable[int],

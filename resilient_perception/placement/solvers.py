@@ -1,9 +1,11 @@
 """Three solvers of the placement problem behind one interface, all scored by ``evaluate_plan``.
 
 * ``cpsat``: exact. The path program (below): a bound from each request's cheapest path
-  alone, the program's linear relaxation (HiGHS), then OR-Tools CP-SAT on the variables
-  whose reduced cost leaves them a chance (see :func:`solve_cpsat`); returns the proven
-  optimum, or the best plan with a proven bound and the gap when the time limit stops it.
+  alone, reduced costs from the program's linear relaxation (HiGHS) or, on fleets too
+  large for it, from Lagrangian prices on the devices' computation, then OR-Tools CP-SAT
+  on the variables whose reduced cost leaves them a chance (see :func:`solve_cpsat`);
+  returns the proven optimum, or the best plan with a proven bound and the gap when the
+  time limit stops it.
 * ``heuristic``: the paper's Section IV-C: the unit program (below) with every 0-1
   variable relaxed to [0, 1] (its "one device per block" no longer binds: a unit may be
   split over devices), solved as a linear program (HiGHS), then rounded by the paper's
@@ -86,6 +88,9 @@ PATH_MAX_ARCS = 20_000
 """Transfer arcs the path program may have before it keeps only some devices (a bound
 for all plans then comes from each request's cheapest path alone)."""
 
+RESTRICTED_MAX_ARCS = 4 * PATH_MAX_ARCS
+"""A program restricted by the Lagrangian slack is not searched with more transfer arcs."""
+
 RESTRICT_FIRST = 0.01
 """CP-SAT first searches the variables whose reduced cost is within this share of the bound."""
 
@@ -95,14 +100,26 @@ ROUND_SHARE = 0.15
 MIN_ROUND_SECONDS = 1.0
 """...or this long, if more."""
 
-LAGRANGE_SHARE = 0.85
-"""On large fleets the exact solver's Lagrangian steps may take this share of it."""
-
-MIN_SEARCH_SECONDS = 0.5
-"""CP-SAT on a program without every device only starts with this much time left."""
+LAGRANGE_SHARE = 0.4
+"""On large fleets the exact solver's Lagrangian steps may take this share of it..."""
 
 LAGRANGE_STEPS = 40
 """...and at most this many steps (the bound hardly moves after)."""
+
+LAGRANGE_TARGET = 0.25
+"""Each step aims this share of the way from the bound to the best plan's objective (the
+plans of the first steps are far above the optimum: aiming at them overshoots)."""
+
+LAGRANGE_FIRST = 0.001
+"""On large fleets CP-SAT first searches the arcs whose slack is within this share of the
+bound (the Lagrangian bound is tight there, the programs within 1% take seconds)."""
+
+SLACK_PASSES = 6
+"""The arcs' slack costs about this many cheapest-path passes (forward, backward, arcs)..."""
+
+MIN_SEARCH_SECONDS = 0.2
+"""...and it is only computed with this much time left after it for CP-SAT; a last
+search of everything (a program built then) starts only with this much time left."""
 
 MICROJOULES = 1e6
 RESOURCE_FAMILIES = tuple(c for c in CONSTRAINTS if c != "assignment")
@@ -160,6 +177,7 @@ class _Program:
     """Rows ``lo <= sum(coef * var) <= hi`` over variables in [0, 1], plus a cost vector."""
 
     n_vars: int = 0
+    smallest: float | None = None  # the least cost the objective's scale resolves (None: its own)
     rows: list[tuple[np.ndarray, np.ndarray, float, float, str]] = field(default_factory=list)
     cost: dict[int, float] = field(default_factory=dict)
 
@@ -351,7 +369,8 @@ def _unit_plan(model: _Model, values: np.ndarray) -> Plan:
 
 
 def _objective_scale(program: _Program) -> float:
-    smallest = min((abs(c) for c in program.cost.values() if c != 0.0), default=1.0)
+    smallest = program.smallest or min((abs(c) for c in program.cost.values() if c != 0.0),
+                                       default=1.0)
     return float(min(10.0 ** math.ceil(math.log10(OBJECTIVE_RESOLUTION / smallest)),
                      MAX_OBJECTIVE_SCALE))
 
@@ -373,8 +392,9 @@ class _PathModel:
     skip: list[dict[tuple[int, int, bool], int]]  # (unit, device, after a skip)
     start: list[dict[int, int]]  # device of the stem -> var
     load: list[dict[int, list[tuple[int, float]]]]  # device -> (var, MACs) of its segments
-    complete: bool  # every device is in the model
+    complete: bool  # every device and every arc is in the model
     stored: dict[int, np.ndarray] = field(default_factory=dict)  # device -> y (U,) ids
+    reduced: np.ndarray | None = None  # per variable: its slack (zeros without one)
 
 
 def _segments(problem: Problem, enforce: set[str]) -> list[list[tuple[int, int]]]:
@@ -457,10 +477,14 @@ def _identical_devices(problem: Problem) -> list[list[int]]:
 
 
 def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
-                 devices: np.ndarray | None = None) -> _PathModel | None:
+                 devices: np.ndarray | None = None, slack: _Slack | None = None,
+                 cutoff: float = math.inf) -> _PathModel | None:
     """The path program (module doc); ``None`` if the threshold leaves no drop set.
 
-    ``devices`` (N,) bool: the devices it may use (default all).
+    ``devices`` (N,) bool: the devices it may use (default all). With ``slack``, only the
+    arcs (and drop sets) whose slack is at most ``cutoff``: a plan using any other costs
+    more than the Lagrangian bound + ``cutoff``; the model's ``reduced`` has each
+    variable's slack.
     """
     if (start := _start(problem, enforce)) is None:
         return None
@@ -473,7 +497,6 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
     runs = [r if devices[i] else [] for i, r in enumerate(runs)]
     links = devices[:, None] & devices[None, :] & ~np.eye(n, dtype=bool)
     active = np.flatnonzero(devices).tolist()
-    targets = [np.flatnonzero(links[i]).tolist() for i in range(n)]
     # Only units some allowed drop set drops get skip arcs.
     skippable = np.zeros(n_units + 1, dtype=bool)
     skippable[[u for option in options for u in option]] = True
@@ -482,12 +505,25 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
     energy: list[tuple[list[int], list[float]]] = [([], []) for _ in range(n)]
     load: list[dict[int, list[tuple[int, float]]]] = []
     cover: dict[tuple[int, int, int], list[int]] = defaultdict(list)  # (r, i, u) -> runs
-    model = _PathModel(p, options, s, [], [], [], [], [], [], bool(devices.all()))
+    model = _PathModel(p, options, s, [], [], [], [], [], [],
+                       bool(devices.all()) and slack is None)
+    reduced = [0.0] * p.n_vars
+    if slack is not None:
+        # Scaled as the whole program would be: CP-SAT's rounding stays below the margins.
+        costs = np.concatenate([
+            terms.loss, terms.per_second * send_s[:, ~np.eye(n, dtype=bool)].ravel(),
+            terms.per_second * net.macs / mps.max()])
+        p.smallest = float(costs[costs > 0].min())
+        for var, value in zip(s.ravel(), slack.choice.ravel(), strict=True):
+            reduced[var] = float(value)
+            if value > cutoff:
+                p.row([var], [1], 0, 0)
 
-    def arc(cost_s: float = 0.0, sender: int | None = None) -> int:
+    def arc(cost_s: float = 0.0, sender: int | None = None, extra: float = 0.0) -> int:
         # Plain Python, not _Program.new / add_cost: tens of thousands of arcs.
         var = p.n_vars
         p.n_vars += 1
+        reduced.append(float(extra))
         if cost_s > 0:
             p.cost[var] = terms.per_second * float(cost_s)
             if sender is not None:
@@ -495,21 +531,28 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
                 energy[sender][1].append(power_t * cost_s)
         return var
 
+    every = (np.zeros((n_units + 1, n_units + 1, n)), np.zeros((n_units, n, n)),
+             np.zeros((n_units, n, n)), np.zeros((n_units + 1, n, 2)), np.zeros(n))
     for r in range(n_req):
         src = int(problem.sources[r])
+        extra_run, extra_hop, extra_land, extra_skip, extra_start = every if slack is None \
+            else (slack.run[r], slack.hop[r], slack.land[r], slack.skip[r], slack.start[r])
         # Flow into and out of the nodes: B = ready to compute unit b on device i (arrived),
         # E = a run just ended before unit b on i, F = unit b - 1 was skipped on i.
         # (kind, boundary, device) -> (arcs in, arcs out).
         flow: dict[tuple[str, int, int], tuple[list[int], list[int]]] = defaultdict(
             lambda: ([], []))
-        start = {k: arc(send_s[0, src, k], src) for k in active if k == src or links[src, k]}
+        start = {k: arc(send_s[0, src, k], src, extra_start[k]) for k in active
+                 if (k == src or links[src, k]) and extra_start[k] <= cutoff}
         for k, var in start.items():
             flow["B", 0, k][0].append(var)
         segment, device_load = {}, {}
         for i in active:
             for a, b in runs[i]:
+                if extra_run[a, b, i] > cutoff:
+                    continue
                 macs = float(cum_macs[b] - cum_macs[a])
-                var = arc(macs / mps[i])
+                var = arc(macs / mps[i], extra=extra_run[a, b, i])
                 energy[i][0].append(var)
                 energy[i][1].append(power_c * macs / mps[i])
                 device_load.setdefault(i, []).append((var, macs))
@@ -521,20 +564,26 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
         hop, land, skip = {}, {}, {}
         for b in range(1, n_units):
             seconds = send_s[b].tolist()
+            hops, lands = links & (extra_hop[b] <= cutoff), extra_land[b] <= cutoff
+            lands &= links | np.eye(n, dtype=bool)
             for i in active:
-                for k in targets[i]:
-                    hop[b, i, k] = var = arc(seconds[i][k], i)
+                for k in np.flatnonzero(hops[i]).tolist():
+                    hop[b, i, k] = var = arc(seconds[i][k], i, extra_hop[b, i, k])
                     flow["E", b, i][1].append(var)
                     flow["B", b, k][0].append(var)
                 if skippable[b - 1]:
-                    for k in [i, *targets[i]]:
-                        land[b, i, k] = var = arc(seconds[i][k] if k != i else 0.0, i)
+                    # staying (k = i) first
+                    for k in sorted(np.flatnonzero(lands[i]).tolist(), key=lambda k: k != i):
+                        land[b, i, k] = var = arc(seconds[i][k] if k != i else 0.0, i,
+                                                  extra_land[b, i, k])
                         flow["F", b, i][1].append(var)
                         flow["B", b, k][0].append(var)
         for u in np.flatnonzero(skippable).tolist():
             for i in active:
                 for after_skip in (False, True) if skippable[u - 1] else (False,):
-                    skip[u, i, after_skip] = var = arc()
+                    if extra_skip[u, i, int(after_skip)] > cutoff:
+                        continue
+                    skip[u, i, after_skip] = var = arc(extra=extra_skip[u, i, int(after_skip)])
                     flow["F" if after_skip else "E", u, i][1].append(var)
                     flow["F", u + 1, i][0].append(var)
             containing = [k for k, opt in enumerate(options) if u in opt]
@@ -577,6 +626,7 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
                 theirs = [pair for per_request in load for pair in per_request.get(j, [])]
                 p.row([v for v, _ in mine] + [v for v, _ in theirs],
                       [m for _, m in mine] + [-m for _, m in theirs], 0, np.inf, "symmetry")
+    model.reduced = np.concatenate([reduced, np.zeros(p.n_vars - len(reduced))])
     return model
 
 
@@ -697,6 +747,7 @@ class _Paths:
                 ended[end] = np.where(better, cost, ended[end])
                 run_first[end] = np.where(better, b, run_first[end])
         total = ended[n_units].min(axis=1) + self.loss
+        self.forward = (run_cost, ready, ended, skipped)
         n_req = problem.n_requests
         per_request = total.reshape(n_req, -1)
         best_rows = per_request.argmin(axis=1) + np.arange(n_req) * per_request.shape[1]
@@ -718,11 +769,97 @@ class _Paths:
         return total[best_rows], devices
 
 
+    def slack(self, prices: np.ndarray) -> _Slack:
+        """How much more than its cheapest path each arc costs a request, under ``prices``.
+
+        The cheapest path through an arc is the cost to reach its tail (the forward pass of
+        :meth:`solve`) plus the arc plus the cheapest way on from its head (a backward pass
+        over the same graph, which depends on the drop set but not on the request), for the
+        request's best drop set through it.
+        """
+        costs, _ = self.solve(prices)
+        run_cost, ready, ended, skipped = self.forward
+        n_units, n = self.problem.network.n_units, self.problem.fleet.n_devices
+        n_req, n_options = self.problem.n_requests, len(self.options)
+        dropped, run_end = self.dropped[:n_options], self.run_end[:n_options]
+        # Cost from each node to the path's end, per drop set: B = ready before unit b,
+        # E = a run ended before b, F = unit b - 1 skipped (as in solve).
+        shape = (n_units + 1, n_options, n)
+        on_b, on_e, on_f = (np.full(shape, np.inf) for _ in range(3))
+        on_e[n_units] = 0.0
+        for b in range(n_units - 1, -1, -1):
+            for end in range(b + 1, n_units + 1):
+                cost = run_cost[b, end][None] + on_e[end]
+                cost[(run_end[:, b] < end) | dropped[:, b]] = np.inf
+                on_b[b] = np.minimum(on_b[b], cost)
+            drop = dropped[:, b][:, None]
+            on_e[b] = np.where(drop, on_f[b + 1],
+                               (on_b[b][:, None, :] + self.leave[b][None]).min(axis=2))
+            on_f[b] = np.where(drop, on_f[b + 1],
+                               (on_b[b][:, None, :] + self.hop[b][None]).min(axis=2))
+        on_b, on_e, on_f = on_b[:, self.option], on_e[:, self.option], on_f[:, self.option]
+        offset = self.loss - costs[self.request]
+
+        def per_request(through: np.ndarray) -> np.ndarray:
+            # (rows, ...) -> (R, ...): the request's best drop set, less its cheapest path
+            extra = through + offset.reshape((-1,) + (1,) * (through.ndim - 1))
+            return np.maximum(extra.reshape(n_req, n_options, *through.shape[1:]).min(axis=1),
+                              0.0)
+
+        runs = np.full((n_req, n_units + 1, n_units + 1, n), np.inf)
+        hops, lands = (np.full((n_req, n_units, n, n), np.inf) for _ in range(2))
+        skips = np.full((n_req, n_units + 1, n, 2), np.inf)
+        for a in range(n_units):
+            for end in range(a + 1, n_units + 1):
+                through = ready[a] + run_cost[a, end][None] + on_e[end]
+                through[(self.run_end[:, a] < end) | self.dropped[:, a]] = np.inf
+                runs[:, a, end] = per_request(through)
+            if a > 0:
+                # A hop leaves a run's end, a landing a skip (of unit a - 1).
+                after_skip = self.dropped[:, a - 1][:, None, None]
+                onward = self.hop[a] + on_b[a][:, None, :]
+                hops[:, a] = per_request(np.where(after_skip, np.inf,
+                                                  ended[a][:, :, None] + onward))
+                lands[:, a] = per_request(np.where(after_skip, skipped[a][:, :, None] + onward,
+                                                   np.inf))
+            drop = self.dropped[:, a][:, None]
+            for k, came in enumerate((ended[a], skipped[a])):
+                skips[:, a, :, k] = per_request(np.where(drop, came + on_f[a + 1], np.inf))
+        hops[:, :, np.arange(n), np.arange(n)] = np.inf  # after a run the activation moves
+        total = ended[n_units].min(axis=1) + self.loss
+        capacity = self.problem.fleet.macs_per_second * self.problem.round_seconds
+        return _Slack(float(costs.sum() - prices @ capacity), runs, hops, lands, skips,
+                      per_request(ready[0] + on_b[0]),
+                      np.maximum(total.reshape(n_req, -1) - costs[:, None], 0.0))
+
+
+@dataclass(frozen=True)
+class _Slack:
+    """Lagrangian reduced costs of the path program's arcs, per request.
+
+    How much more than the request's cheapest path (under the prices) its cheapest path
+    through the arc costs; inf: no path uses the arc.
+    """
+
+    bound: float  # the Lagrangian bound at these prices
+    run: np.ndarray  # (R, U+1, U+1, N): units a..b-1 on device i
+    hop: np.ndarray  # (R, U, N, N): before unit b from i to k, after a run
+    land: np.ndarray  # (R, U, N, N): before unit b from i to k, after a skip
+    skip: np.ndarray  # (R, U+1, N, 2): unit u skipped on i (after a run, after a skip)
+    start: np.ndarray  # (R, N): the stem on device k
+    choice: np.ndarray  # (R, K): the drop set
+
+    def arcs(self, cutoff: float) -> int:
+        """Transfer arcs (hops and landings) whose slack is at most ``cutoff``."""
+        return int(np.count_nonzero(self.hop <= cutoff) + np.count_nonzero(self.land <= cutoff))
+
+
 def _path_bound(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
                 seconds: float = 0.0, incumbent: float = math.inf,
-                prices: np.ndarray | None = None
-                ) -> tuple[float, Plan | None, list[Plan], np.ndarray]:
-    """A lower bound on the optimum, the plan that attains it, and the plans on the way.
+                prices: np.ndarray | None = None,
+                repair: Callable[[Plan], float] | None = None
+                ) -> tuple[float, Plan | None, np.ndarray]:
+    """A lower bound on the optimum, the plan that attains it, and the prices of the bound.
 
     Each request's cheapest path through the path program's graph on its own (for each
     allowed drop set): the devices' limits bind only on single runs, not summed over runs
@@ -730,9 +867,11 @@ def _path_bound(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
     every constraint it is optimal. For ``seconds``, the bound is then raised by
     Lagrangian relaxation of the devices' computation limits: a price per MAC on each
     device (subgradient steps towards ``incumbent``, an objective some plan reaches),
-    which also spreads the paths over devices (the plans on the way, for Algorithm 1).
-    ``prices`` continues from earlier steps' prices (returned last). ``(inf, None, [],
-    prices)`` if some request has no path (the instance is infeasible).
+    which also spreads the paths over devices: ``repair`` turns each step's paths into a
+    plan and returns the best objective found so far, which the next steps aim at.
+    ``prices`` continues from earlier steps' prices. A step starts only if one as long as
+    the last still fits in ``seconds``. ``(inf, None, prices)`` if some request has no
+    path (the instance is infeasible).
     """
     started = time.monotonic()
     fleet = problem.fleet
@@ -740,14 +879,19 @@ def _path_bound(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
     prices = prices if given else np.zeros(fleet.n_devices)
     terms = _terms(problem, enforce)
     if terms is None:
-        return math.inf, None, [], prices
+        return math.inf, None, prices
     paths = _Paths(problem, terms)
     capacity = fleet.macs_per_second * problem.round_seconds
     costs, devices = paths.solve(prices)
     if not np.all(np.isfinite(costs)):
-        return math.inf, None, [], prices
+        return math.inf, None, prices
     bound, first = float(costs.sum() - prices @ capacity), Plan(devices)
-    tried, step = [first], 1.0
+    step, best_prices, last_step, steps = 1.0, prices, 0.0, 0
+
+    def improve() -> None:
+        nonlocal incumbent
+        if repair is not None:
+            incumbent = min(incumbent, repair(Plan(devices)))
     net = problem.network
     if seconds > 0 and not given:
         # First prices: fill the devices cheapest per MAC first with every request's MACs
@@ -759,9 +903,11 @@ def _path_bound(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
         last = order[min(int(np.searchsorted(filled, demand)), order.size - 1)]
         prices = np.maximum(per_mac[last] - per_mac, 0.0)
         costs, devices = paths.solve(prices)
-        bound = max(bound, float(costs.sum() - prices @ capacity))
-        tried.append(Plan(devices))
-    while time.monotonic() - started < seconds and len(tried) <= LAGRANGE_STEPS:
+        if (value := float(costs.sum() - prices @ capacity)) > bound:
+            bound, best_prices = value, prices
+        improve()
+    while time.monotonic() - started + last_step < seconds and steps < LAGRANGE_STEPS:
+        step_started, steps = time.monotonic(), steps + 1
         load = np.zeros(fleet.n_devices)
         for row in devices:
             on = row != DROPPED
@@ -771,16 +917,18 @@ def _path_bound(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
         if not np.any(gradient) or not np.isfinite(incumbent):
             break
         value = float(costs.sum() - prices @ capacity)
-        prices = np.maximum(prices + step * (incumbent - value) / float(gradient @ gradient)
+        target = bound + LAGRANGE_TARGET * (incumbent - bound)
+        prices = np.maximum(prices + step * (target - value) / float(gradient @ gradient)
                             * gradient, 0.0)
         costs, devices = paths.solve(prices)
         value = float(costs.sum() - prices @ capacity)
         if value > bound:
-            bound = value
+            bound, best_prices = value, prices
         else:
             step /= 2
-        tried.append(Plan(devices))
-    return bound, first, tried, prices
+        improve()
+        last_step = time.monotonic() - step_started
+    return bound, first, best_prices
 
 
 def _tolerance(problem: Problem, program: _Program) -> float:
@@ -887,30 +1035,43 @@ def quick_plan(problem: Problem, seconds: float = 0.0) -> tuple[Plan | None, flo
     With ``seconds``, the Lagrangian steps of :func:`_path_bound` raise the bound and
     their paths guide Algorithm 1 too.
     """
-    bound, paths, _, _ = _path_bound(problem)
-    if paths is None:
-        return None, bound
-    if evaluate_plan(problem, paths).feasible:
-        return paths, bound
+    plan, bound, _, _ = _quick(problem, lambda _: seconds)
+    return plan, bound
+
+
+def _quick(problem: Problem, budget: Callable[[float], float]
+           ) -> tuple[Plan | None, float, np.ndarray | None, float]:
+    """:func:`quick_plan`, the prices of its bound and the seconds of one pass.
+
+    ``budget``: the seconds for the Lagrangian steps, given how long one cheapest-path
+    pass took. The prices are None without steps.
+    """
+    started = time.monotonic()
+    bound, paths, _ = _path_bound(problem)
+    pass_seconds = time.monotonic() - started
+    seconds = budget(pass_seconds)
+    if paths is None or evaluate_plan(problem, paths).feasible:
+        return paths, bound, None, pass_seconds
     best, best_objective = None, math.inf
 
-    def consider(plan: Plan | None) -> None:
+    def consider(guide: Plan | None) -> float:
+        # Algorithm 1 guided by a plan: milliseconds
         nonlocal best, best_objective
+        plan = _repair(problem, guide)
         evaluation = None if plan is None else evaluate_plan(problem, plan)
         if evaluation is not None and evaluation.feasible and evaluation.objective < best_objective:
             best, best_objective = plan, evaluation.objective
+        return best_objective
 
     for guide in (paths, None):
-        consider(_repair(problem, guide))
-    # Twice: the second time the steps aim at the better plan the first one's paths gave.
+        consider(guide)
     prices = None
-    for _ in range(2 if seconds > 0 and best is not None else 0):
-        priced, _, tried, prices = _path_bound(problem, seconds=seconds / 2,
-                                               incumbent=best_objective, prices=prices)
+    # Two passes come before the first step: none without time for them.
+    if best is not None and seconds - (time.monotonic() - started) > 2 * pass_seconds:
+        priced, _, prices = _path_bound(problem, seconds=seconds - (time.monotonic() - started),
+                                        incumbent=best_objective, repair=consider)
         bound = max(bound, priced)
-        for guide in tried[1:]:  # milliseconds each
-            consider(_repair(problem, guide))
-    return best, bound
+    return best, bound, prices, pass_seconds
 
 
 def _repair(problem: Problem, guide: Plan | None) -> Plan | None:
@@ -936,28 +1097,40 @@ def import_backends() -> None:
 def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
                 seed: int = 0, warm_start: bool = True, work_limit: float | None = None,
                 max_arcs: int = PATH_MAX_ARCS) -> SolveResult:
-    """Solve exactly: the path program's relaxation, then CP-SAT (``workers`` threads).
+    """Solve exactly: a bound and reduced costs, then CP-SAT (``workers`` threads).
 
     ``time_limit`` is wall-clock seconds for all of it; ``work_limit`` optionally also
     stops each CP-SAT search after that much *deterministic* time (about a second of one
-    core each, but the same on a loaded machine).
+    core each, but the same on a loaded machine). With one worker and a ``work_limit``
+    that stops the searches before ``time_limit`` does, the result depends only on the
+    problem and ``seed``; with more workers CP-SAT's threads race (the proven optimum's
+    value does not change, the plan among equally good ones and a gap left may).
 
     1. :func:`quick_plan`: a bound and, with ``warm_start``, a plan in milliseconds (proven
-       optimal at once if it meets the bound); on fleets too large for step 2 it spends up
-       to :data:`LAGRANGE_SHARE` of the time on Lagrangian steps (a better bound, and
-       priced paths that guide Algorithm 1 to better plans).
-    2. The path program's linear relaxation (HiGHS): a tighter bound, its reduced costs,
-       and (``warm_start``) Algorithm 1 guided by it.
-    3. CP-SAT on the variables whose reduced cost is at most ``delta``: a plan using any
-       other costs more than bound + ``delta``. If CP-SAT proves the best plan among them
-       within bound + ``delta`` (or proves there is none, which raises the bound), that is
-       proven for every plan; ``delta`` starts small and grows up to the incumbent's gap.
-    Programs with more than ``max_arcs`` transfer arcs keep only some devices (the
-    sources, the incumbent's, the fastest): then only step 1's bound holds for every plan.
+       optimal at once if it meets the bound).
+    2. Reduced costs. On a fleet whose path program has at most ``max_arcs`` transfer
+       arcs: the program's linear relaxation (HiGHS), a tighter bound, its reduced costs
+       and (``warm_start``) Algorithm 1 guided by it. On a larger one (the relaxation alone
+       would take longer than a second), up to :data:`LAGRANGE_SHARE` of the time on
+       Lagrangian prices of the devices' computation (:func:`_path_bound`; their paths
+       guide Algorithm 1 too), then each arc's slack at the best prices
+       (:meth:`_Paths.slack`): the Lagrangian bound plus an arc's slack is a lower bound
+       on every plan that uses it.
+    3. CP-SAT on the variables whose reduced cost is at most ``delta`` (on a large fleet a
+       program built from those arcs alone): a plan using any other costs more than
+       bound + ``delta``. If CP-SAT proves the best plan among them within bound +
+       ``delta`` (or proves there is none, which raises the bound), that is proven for
+       every plan; ``delta`` starts small and grows up to the incumbent's gap.
+    4. With time left and no proof: CP-SAT on everything that can still beat the
+       incumbent (on a small fleet the whole unit program, which CP-SAT searches better
+       when the drop sets are what is hard to choose).
 
-    The status is ``optimal`` only when proven; otherwise ``feasible`` with the bound and
-    the gap. ``info`` has ``relative_gap`` (gap / objective), ``devices`` (``all`` or how
-    many the program kept) and ``stages`` (seconds and bound after each step).
+    No step starts without time left for it: the solve returns within ``time_limit``
+    (plus one cheapest-path pass on fleets where that takes long). The status is
+    ``optimal`` only when proven; otherwise ``feasible`` with the bound and the gap.
+    ``info`` has ``relative_gap`` (gap / objective), ``reduced_costs`` (``relaxation``,
+    ``lagrangian`` or ``none``: no time for them) and ``stages`` (seconds and bound after
+    each step).
     """
     started = time.monotonic()
     stages: list[dict] = []
@@ -966,16 +1139,27 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
         stages.append({"stage": name, "seconds": round(time.monotonic() - started, 4),
                        "bound": bound})
 
+    def left() -> float:
+        return time_limit - (time.monotonic() - started)
+
     n, n_units = problem.fleet.n_devices, problem.network.n_units
     per_link = problem.n_requests * n_units
-    count = n if per_link * n * (n - 1) <= max_arcs else max(
-        2, int(math.sqrt(max_arcs / per_link)))
-    # The Lagrangian steps only where the relaxation below cannot bound every plan.
-    incumbent, bound = quick_plan(problem, LAGRANGE_SHARE * time_limit if count < n else 0.0)
+    large = per_link * n * (n - 1) > max_arcs
+
+    def lagrange_seconds(pass_seconds: float) -> float:
+        # Where the arcs' slack and a search fit after the steps, their share; else the
+        # steps get the time (a better bound and, by Algorithm 1, a better plan).
+        if not large:
+            return 0.0
+        if (1 - LAGRANGE_SHARE) * time_limit > SLACK_PASSES * pass_seconds + MIN_SEARCH_SECONDS:
+            return LAGRANGE_SHARE * time_limit
+        return time_limit - pass_seconds
+
+    incumbent, bound, prices, pass_seconds = _quick(problem, lagrange_seconds)
     stage("paths", bound)
     if not np.isfinite(bound):  # some request has no path even on its own
         return _result("cpsat", problem, None, "infeasible", float("nan"), started)
-    info = {"devices": "all", "stages": stages}
+    info = {"reduced_costs": "none", "stages": stages}
 
     def score(plan: Plan | None) -> float:
         evaluation = None if plan is None else evaluate_plan(problem, plan)
@@ -987,78 +1171,102 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
         incumbent = None
     if best <= bound + 1e-12:
         return _finish(problem, incumbent, "optimal", bound, started, info)
-    devices = None
-    if count < n:
-        if time_limit - (time.monotonic() - started) < MIN_SEARCH_SECONDS:
-            if incumbent is None:
-                return _result("cpsat", problem, None, "unknown", float("nan"), started, **info)
-            return _finish(problem, incumbent, "feasible", bound, started, info)
-        devices = _candidates(problem, count, incumbent)
-        info["devices"] = int(devices.sum())
-    model = _build_paths(problem, devices=devices)
-    tolerance = _tolerance(problem, model.program)
 
-    def left() -> float:
-        return time_limit - (time.monotonic() - started)
+    # restrict(delta): a program with every plan whose variables' reduced costs are at
+    # most delta (None: too large to search), and which of its variables may be 1.
+    restrict: Callable[[float], tuple[_PathModel, np.ndarray | None] | None] | None = None
+    floor = bound
+    if large and left() > SLACK_PASSES * pass_seconds + MIN_SEARCH_SECONDS:
+        paths = _Paths(problem, _terms(problem, RESOURCE_FAMILIES))
+        slack = paths.slack(np.zeros(n) if prices is None else prices)
+        floor = slack.bound
+        bound = max(bound, floor)
+        info["reduced_costs"] = "lagrangian"
+        stage("lagrangian slack", bound)
 
-    # The relaxation of a program without every link bounds nothing beyond it, and on a
-    # large fleet it takes longer than CP-SAT needs to improve the plan: only for the
-    # complete program.
-    status, values, lp_bound, reduced = (
-        _relaxation(model.program, left() / 2) if model.complete
-        else ("skipped", None, float("nan"), None))
-    if status == "infeasible":
-        return _result("cpsat", problem, None, "infeasible", float("nan"), started)
-    floor = lp_bound if status == "optimal" else bound
-    if status == "optimal":
-        bound = max(bound, lp_bound)
-        stage("relaxation", bound)
-    if warm_start and values is not None:
-        guided = _algorithm1(problem, model.options, _unit_shares(problem, model, values),
-                             values[model.s])
-        if score(guided) < best:
-            incumbent, best = guided, score(guided)
-    if reduced is None:
-        reduced = np.zeros(model.program.n_vars)
-    delta = max(RESTRICT_FIRST * abs(floor), 2 * tolerance)
-    proven = False
-    # Without a plan to compare with, only a search of everything can prove infeasibility.
-    while (status == "optimal" and left() > 0.01 and delta < best - floor < math.inf
-           and not proven):
-        # A margin for HiGHS's tolerances on the reduced costs.
-        keep = reduced <= delta + 1e-6 * max(abs(floor), 1e-12)
+        def restrict(delta: float) -> tuple[_PathModel, None] | None:
+            if slack.arcs(delta) > RESTRICTED_MAX_ARCS:
+                return None
+            return _build_paths(problem, slack=slack, cutoff=delta), None
+    elif not large:
+        full = _build_paths(problem)
+        status, values, lp_bound, reduced = _relaxation(full.program, left() / 2)
+        if status == "infeasible":
+            return _result("cpsat", problem, None, "infeasible", float("nan"), started)
+        if status == "optimal":
+            floor = lp_bound
+            bound = max(bound, lp_bound)
+            info["reduced_costs"] = "relaxation"
+            stage("relaxation", bound)
+        if warm_start and values is not None:
+            guided = _algorithm1(problem, full.options, _unit_shares(problem, full, values),
+                                 values[full.s])
+            if score(guided) < best:
+                incumbent, best = guided, score(guided)
+        reduced = np.zeros(full.program.n_vars) if reduced is None else reduced
+
+        def restrict(delta: float) -> tuple[_PathModel, np.ndarray]:
+            # A margin for HiGHS's tolerances on the reduced costs.
+            return full, reduced <= delta + 1e-6 * max(abs(floor), 1e-12)
+
+    tolerance = 0.0 if large else _tolerance(problem, full.program)
+
+    def search(delta: float, seconds: float) -> tuple[str, float] | None:
+        """CP-SAT on restrict(delta): (status, its bound); None if it is too large.
+
+        ``seconds`` counts from the call: building the restricted program takes part of it.
+        """
+        nonlocal incumbent, best, tolerance
+        until = time.monotonic() + seconds
+        part = restrict(delta)
+        if part is None:
+            return None
+        model, keep = part
+        tolerance = max(tolerance, _tolerance(problem, model.program))
         hint = None if incumbent is None else _encode_paths(problem, model, incumbent)
-        if hint is not None and np.any(hint[~keep] > 0):
+        if hint is not None and keep is not None and np.any(hint[~keep] > 0):
             hint = None
-        # Each round its share of the time limit, but at least a second (or all that is
-        # left): the first round usually settles it, and more rounds cannot fit anyway.
-        cap = min(left(), max(ROUND_SHARE * time_limit, MIN_ROUND_SECONDS))
-        status, values, cp_bound = _cpsat(model.program, cap,
-                                          workers, seed, True, hint=hint, work_limit=work_limit,
+        status, values, cp_bound = _cpsat(model.program, until - time.monotonic(), workers,
+                                          seed, True,
+                                          hint=hint, work_limit=work_limit,
                                           floor=floor - tolerance, keep=keep)
         if values is not None:
             plan = _decode_paths(model, values, n_units)
             if score(plan) < best:
                 incumbent, best = plan, score(plan)
+        return status, cp_bound
+
+    delta = max((LAGRANGE_FIRST if large else RESTRICT_FIRST) * abs(floor), 2 * tolerance,
+                1e-12)
+    proven = False
+    # Without a plan to compare with, only a search of everything can prove infeasibility.
+    while (info["reduced_costs"] != "none" and left() > 0.01
+           and delta < best - floor < math.inf and not proven):
+        # Each round its share of the time limit, but at least a second (or all that is
+        # left): the first round usually settles it, and more rounds cannot fit anyway.
+        found = search(delta, min(left(), max(ROUND_SHARE * time_limit, MIN_ROUND_SECONDS)))
+        if found is None:
+            break
+        status, cp_bound = found
         # Plans outside the restriction cost more than floor + delta; those inside at least
         # CP-SAT's bound (of the rounded objective, up to the tolerance below the true one).
         inside = {"optimal": best - tolerance, "infeasible": math.inf}.get(
             status, cp_bound - tolerance)
-        if model.complete:
-            bound = max(bound, min(inside, floor + delta, best))
+        bound = max(bound, min(inside, floor + delta, best))
         stage(f"cpsat, reduced cost <= {delta:.3g}", bound)
         if status not in ("optimal", "infeasible"):
             break
         proven = best <= floor + delta + tolerance
-        delta = delta * 4 if status == "infeasible" else best - floor
-    # Building a CP-SAT model of a large fleet takes a good part of a second by itself:
-    # not worth starting with less time left than that.
-    if not proven and left() > (0.01 if model.complete else MIN_SEARCH_SECONDS):
-        # The restricted searches did not settle it: search everything for the time left.
-        # CP-SAT searches the unit program (a device per unit) better than the path
+        # Small steps: the programs grow fast with delta, and each round raises the bound.
+        delta = delta * 4 if status == "infeasible" else min(delta * 4, best - floor)
+    if not proven and left() > MIN_SEARCH_SECONDS and (info["reduced_costs"] != "none"
+                                                      or not large):
+        # The restricted searches did not settle it: search what is left for the time
+        # left. CP-SAT searches the unit program (a device per unit) better than the path
         # program when the drop sets are what is hard to choose; it is the smaller one
         # only for small fleets.
-        units = _build(problem) if model.complete and n * n * per_link <= max_arcs else None
+        units = _build(problem) if n * n * per_link <= max_arcs else None
+        found = None
         if units is not None:
             # The paper's heuristic on its own program: CP-SAT starts from the better plan,
             # so the exact solver's plan is never worse than the heuristic's.
@@ -1069,22 +1277,19 @@ def solve_cpsat(problem: Problem, time_limit: float = 10.0, workers: int = 1,
             status, values, cp_bound = _cpsat(units.program, left(), workers, seed, True,
                                               hint=hint, work_limit=work_limit)
             plan = None if values is None else _unit_plan(units, values)
+            if score(plan) < best:
+                incumbent, best = plan, score(plan)
             tolerance = max(tolerance, _tolerance(problem, units.program))
+            found = status, cp_bound
         else:
-            keep = reduced <= best - floor + 1e-6 * max(abs(floor), 1e-12)
-            hint = None if incumbent is None else _encode_paths(problem, model, incumbent)
-            status, values, cp_bound = _cpsat(model.program, left(), workers, seed, True,
-                                              hint=hint, work_limit=work_limit,
-                                              floor=floor - tolerance, keep=keep)
-            plan = None if values is None else _decode_paths(model, values, n_units)
-        if score(plan) < best:
-            incumbent, best = plan, score(plan)
-        if status == "infeasible" and incumbent is None and model.complete:
-            return _result("cpsat", problem, None, "infeasible", float("nan"), started)
-        if model.complete:
+            found = search(best - floor, left())
+        if found is not None:
+            status, cp_bound = found
+            if status == "infeasible" and incumbent is None and not large:
+                return _result("cpsat", problem, None, "infeasible", float("nan"), started)
             inside = best - tolerance if status == "optimal" else cp_bound - tolerance
             bound = max(bound, min(inside, best))
-        stage("cpsat, " + ("unit program" if units is not None else "all"), bound)
+            stage("cpsat, " + ("unit program" if units is not None else "all"), bound)
     if incumbent is None:
         return _result("cpsat", problem, None, "unknown", float("nan"), started, **info)
     proven = best <= bound + tolerance
