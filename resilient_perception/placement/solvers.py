@@ -85,8 +85,8 @@ FULL_LP_MAX_VARS = 40_000
 """CP-SAT uses its full linear relaxation up to this many variables."""
 
 PATH_MAX_ARCS = 20_000
-"""Transfer arcs the path program may have before it keeps only some devices (a bound
-for all plans then comes from each request's cheapest path alone)."""
+"""Transfer arcs the path program may have for its linear relaxation (it takes about a
+second at this size); larger fleets get Lagrangian reduced costs instead."""
 
 RESTRICTED_MAX_ARCS = 4 * PATH_MAX_ARCS
 """A program restricted by the Lagrangian slack is not searched with more transfer arcs."""
@@ -101,7 +101,8 @@ MIN_ROUND_SECONDS = 1.0
 """...or this long, if more."""
 
 LAGRANGE_SHARE = 0.4
-"""On large fleets the exact solver's Lagrangian steps may take this share of it..."""
+"""On large fleets the exact solver's Lagrangian steps may take this share of the time
+limit (all of it where the arcs' slack would not fit after them)..."""
 
 LAGRANGE_STEPS = 40
 """...and at most this many steps (the bound hardly moves after)."""
@@ -428,23 +429,6 @@ def _boundary_seconds(problem: Problem) -> np.ndarray:
     net = problem.network
     sizes = np.concatenate([[net.input_bytes], net.output_bytes[:-1]])
     return problem.transfer_seconds(sizes)
-
-
-def _candidates(problem: Problem, count: int, incumbent: Plan | None) -> np.ndarray:
-    """(N,) bool: ``count`` devices for a program too large with all of them.
-
-    The requests' sources, the incumbent's devices, then the fastest computers.
-    """
-    n = problem.fleet.n_devices
-    chosen = np.zeros(n, dtype=bool)
-    chosen[problem.sources] = True
-    if incumbent is not None:
-        chosen[incumbent.devices[incumbent.devices != DROPPED]] = True
-    for i in np.argsort(-problem.fleet.macs_per_second, kind="stable"):
-        if chosen.sum() >= count:
-            break
-        chosen[i] = True
-    return chosen
 
 
 def _identical_devices(problem: Problem) -> list[list[int]]:
