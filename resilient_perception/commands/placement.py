@@ -252,7 +252,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "(default cpsat)")
     p.add_argument("--time-limit", type=positive_float, default=10.0,
                    help="seconds the solver may search (default 10)")
-    p.add_argument("--workers", type=int, default=1, help="CP-SAT threads (default 1)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="CP-SAT threads (default 1: with the same --seed the same plan on "
+                   "every run, unless --time-limit stops the solve or the fleet is large "
+                   "enough for Lagrangian steps, which are timed; more threads race, so the "
+                   "plan among equally good ones may differ; a proven optimum's objective "
+                   "never does)")
     p.add_argument("--seed", type=int, default=0, help="solver seed (default 0)")
     p.add_argument("--out", type=Path, default=Path("plan.json"),
                    help="where to save the plan (default plan.json)")
