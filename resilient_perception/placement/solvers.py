@@ -235,32 +235,17 @@ def _terms(problem: Problem, enforce: Iterable[str]) -> _Terms | None:
     return _Terms(enforce, options, alpha / (n_req * problem.reference_latency_s), loss)
 
 
-def _start(problem: Problem, enforce: Iterable[str]
-           ) -> tuple[_Terms, _Program, np.ndarray] | None:
-    """How both programs start: the terms and one drop set per request, ``s[r, k]``.
-
-    Each choice costs its accuracy loss; ``None`` if the accuracy threshold leaves no drop set.
-    """
+def _build(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES) -> _Model | None:
+    """The 0-1 program; ``None`` if the accuracy threshold leaves no drop set at all."""
     terms = _terms(problem, enforce)
     if terms is None:
         return None
-    p = _Program()
-    s = p.new(problem.n_requests, len(terms.options))
-    for r in range(problem.n_requests):
-        p.row(s[r], np.ones(len(terms.options)), 1, 1)
-        p.add_cost(s[r], terms.loss)
-    return terms, p, s
-
-
-def _build(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES) -> _Model | None:
-    """The 0-1 program; ``None`` if the accuracy threshold leaves no drop set at all."""
-    if (start := _start(problem, enforce)) is None:
-        return None
-    terms, p, s = start
     enforce, options, per_second = terms.enforce, terms.options, terms.per_second
     net, fleet = problem.network, problem.fleet
     n, n_units, n_req = fleet.n_devices, net.n_units, problem.n_requests
+    p = _Program()
     loc = p.new(n_req, n_units, n)
+    s = p.new(n_req, len(options))
     z = p.new(n_req, n_units - 1, n, n)
     x = loc.copy()
     droppable = np.flatnonzero(net.droppable)
@@ -274,6 +259,7 @@ def _build(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES) -> _Mod
     energy_coefs: list[list[np.ndarray]] = [[] for _ in range(n)]
 
     for r in range(n_req):
+        p.row(s[r], np.ones(len(options)), 1, 1)
         for u in range(n_units):
             p.row(loc[r, u], np.ones(n), 1, 1)
         for u in droppable:
@@ -291,6 +277,7 @@ def _build(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES) -> _Mod
                 p.row([*z[r, u, :, i], loc[r, u + 1, i]], [*np.ones(n), -1], 0, 0)
         if "compute" in enforce:
             _add_chain_cuts(p, problem, z[r], max(len(o) for o in options))
+        p.add_cost(s[r], terms.loss)
         p.add_cost(x[r], per_second * compute_s)
         off = ~np.broadcast_to(eye, z[r].shape)
         p.add_cost(z[r][off], per_second * unit_send[off])
@@ -471,9 +458,9 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
     more than the Lagrangian bound + ``cutoff``; the model's ``reduced`` has each
     variable's slack.
     """
-    if (start := _start(problem, enforce)) is None:
+    terms = _terms(problem, enforce)
+    if terms is None:
         return None
-    terms, p, s = start
     net, fleet, n_req = problem.network, problem.fleet, problem.n_requests
     n, n_units, options = fleet.n_devices, net.n_units, terms.options
     mps, power_c, power_t = fleet.macs_per_second, fleet.compute_power_w, fleet.transmit_power_w
@@ -487,6 +474,8 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
     skippable[[u for option in options for u in option]] = True
     cum_macs = np.concatenate([[0], np.cumsum(net.macs)])
     send_s = _boundary_seconds(problem)
+    p = _Program()
+    s = p.new(n_req, len(options))
     energy: list[tuple[list[int], list[float]]] = [([], []) for _ in range(n)]
     load: list[dict[int, list[tuple[int, float]]]] = []
     cover: dict[tuple[int, int, int], list[int]] = defaultdict(list)  # (r, i, u) -> runs
@@ -520,6 +509,8 @@ def _build_paths(problem: Problem, enforce: Iterable[str] = RESOURCE_FAMILIES,
              np.zeros((n_units, n, n)), np.zeros((n_units + 1, n, 2)), np.zeros(n))
     for r in range(n_req):
         src = int(problem.sources[r])
+        p.row(s[r], np.ones(len(options)), 1, 1)
+        p.add_cost(s[r], terms.loss)
         extra_run, extra_hop, extra_land, extra_skip, extra_start = every if slack is None \
             else (slack.run[r], slack.hop[r], slack.land[r], slack.skip[r], slack.start[r])
         # Flow into and out of the nodes: B = ready to compute unit b on device i (arrived),
