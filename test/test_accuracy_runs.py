@@ -156,7 +156,7 @@ def test_report_compares_finished_seeds_and_lists_running_ones(tmp_path):
               [{"epoch": 1, "test_acc": 0.5, "test_acc_tta": 0.52, **speed}], None)
     seeds = Path(__file__).resolve().parents[1] / "docs" / "results" / "paper" / "seeds.csv"
     text = write_accuracy_report(tmp_path / "runs", tmp_path / "out", seeds)
-    assert "| paper | 4 epochs (issue-4 protocol) | 10 | 61.87 ± 0.31 | 60.59 ± 0.30 |" in text
+    assert "| paper | 4 epochs (reproduction protocol) | 10 | 61.87 ± 0.31 | 60.59 ± 0.30 |" in text
     assert "| ours | 40 epochs, 50% overlap, flip + translate | 2 | 81.75 ± " in text
     assert "t-test, ours vs paper, 40 epochs, on the 2 seeds" in text
     assert "| resnet-w16 | 1/24 | 50.00 (flip TTA 52.00) |" in text

@@ -96,7 +96,7 @@ def _device_tables(root: Path, runs: dict[str, dict], protocol: dict[str, dict[s
              "|---|---|---|---|---|"]
     for method in METHODS:
         p = protocol[method]
-        lines.append(f"| {method} | 4 epochs (issue-4 protocol) | {len(p['no_failure'])} "
+        lines.append(f"| {method} | 4 epochs (reproduction protocol) | {len(p['no_failure'])} "
                      f"| {_pct(p['no_failure'])} | {_pct(p['single_modifier'])} |")
     for method in METHODS:
         finals = _device_finals(runs, method)
@@ -226,7 +226,7 @@ def gated_report(root: Path) -> str:
 
     Reads ``<root>/<dataset>/<method>/seed<k>/eval-*/gated.json`` (``evaluate --gated``);
     means with 95% confidence intervals over seeds, and paired t-tests across seeds of the
-    mean single failure (gated vs none, gated vs plain Modifier). The issue's bar: gated
+    mean single failure (gated vs none, gated vs plain Modifier). The target: gated
     never more than 0.05 points below none.
     """
     lines = ["# The gated Modifier: no Modifier, plain Modifier and gated (avg fusion, test %)",

@@ -1,6 +1,6 @@
 """CIFAR-10 device CNNs at the Modifier paper's budget, resumable per epoch.
 
-The issue-4 protocol trains the six device CNNs for 4 epochs on fixed, non-overlapping
+The reproduction protocol (`reproduce`) trains the six device CNNs for 4 epochs on fixed, non-overlapping
 patches; the paper trains 40 epochs with SGD (initial learning rate 0.01, momentum 0.9) and
 cuts the image into sections "with some overlap". This module trains one such run:
 
