@@ -1554,7 +1554,17 @@ SOLVERS: dict[str, Callable[..., SolveResult]] = {
 
 def solve(problem: Problem, solver: str = "cpsat", time_limit: float = 10.0,
           **options) -> SolveResult:
-    """Solve with the named solver (one of :data:`SOLVERS`)."""
+    """Solve with the named solver (one of :data:`SOLVERS`).
+
+    Raises:
+        OverflowError: The problem's costs overflow float64 (e.g. a link rate of 1e-306
+            bit/s): a plan computed from infinities would be wrong without a word.
+    """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-    return SOLVERS[solver](problem, time_limit=time_limit, **options)
+    try:
+        with np.errstate(over="raise"):
+            return SOLVERS[solver](problem, time_limit=time_limit, **options)
+    except FloatingPointError as exc:
+        raise OverflowError(f"{solver}: the problem's costs overflow ({exc}); look for rates, "
+                            "memory or energy no fleet has") from exc
