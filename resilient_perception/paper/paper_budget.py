@@ -1,8 +1,9 @@
 """CIFAR-10 device CNNs at the Modifier paper's budget, resumable per epoch.
 
-The reproduction protocol (`reproduce`) trains the six device CNNs for 4 epochs on fixed, non-overlapping
-patches; the paper trains 40 epochs with SGD (initial learning rate 0.01, momentum 0.9) and
-cuts the image into sections "with some overlap". This module trains one such run:
+The reproduction protocol (`reproduce`) trains the six device CNNs for 4 epochs on fixed,
+non-overlapping patches; the paper trains 40 epochs with SGD (initial learning rate 0.01,
+momentum 0.9) and cuts the image into sections "with some overlap". This module trains one
+such run:
 
 * **Augmentation before cutting.** Each batch of whole 32x32 images gets one random
   translation (zero padding ``pad``, random crop) and horizontal flip per image, and only
