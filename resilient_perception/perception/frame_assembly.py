@@ -24,7 +24,9 @@ stop waiting for it.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -40,7 +42,10 @@ __all__ = [
     "FrameAssembler",
     "StallGuard",
     "fuse_frame",
+    "nearest_fitting",
 ]
+
+T = TypeVar("T")
 
 # deadline / liveliness come from the subscription's QoS events, watchdog from check_watchdog
 DEATH_REASONS = ("deadline", "liveliness", "watchdog")
@@ -231,9 +236,20 @@ class Frame:
         if self.latest_ns < self.stamp_ns:
             self.latest_ns = self.stamp_ns
 
-    def fits(self, stamp_ns: int, tolerance_ns: int) -> bool:
-        """Whether a prediction stamped ``stamp_ns`` keeps the frame within ``tolerance_ns``."""
-        return max(self.latest_ns, stamp_ns) - min(self.stamp_ns, stamp_ns) <= tolerance_ns
+
+def nearest_fitting(spans: Iterable[tuple[T, int, int]], stamp_ns: int,
+                    tolerance_ns: int) -> T | None:
+    """The group a message stamped ``stamp_ns`` joins, of ``(group, first_ns, last_ns)``.
+
+    The approximate-time rule (the fusion node's and a bag reader's): of the groups whose
+    stamps, with ``stamp_ns``, span at most ``tolerance_ns``, the one whose middle is nearest;
+    None when none fits. The caller leaves out the groups that already hold the message's
+    source (one message per device and frame).
+    """
+    fitting = [(group, first, last) for group, first, last in spans
+               if max(last, stamp_ns) - min(first, stamp_ns) <= tolerance_ns]
+    nearest = min(fitting, default=None, key=lambda span: abs((span[1] + span[2]) / 2 - stamp_ns))
+    return None if nearest is None else nearest[0]
 
 
 class FrameAssembler:
@@ -347,10 +363,9 @@ class FrameAssembler:
         exact = self._pending.get(stamp_ns)
         if self.sync_tolerance_ns == 0 or exact is not None:
             return exact if exact is not None and not exact.present[device] else None
-        fitting = [frame for frame in self._pending.values()
-                   if not frame.present[device] and frame.fits(stamp_ns, self.sync_tolerance_ns)]
-        return min(fitting, default=None,
-                   key=lambda f: abs((f.stamp_ns + f.latest_ns) / 2 - stamp_ns))
+        return nearest_fitting(((frame, frame.stamp_ns, frame.latest_ns)
+                                for frame in self._pending.values() if not frame.present[device]),
+                               stamp_ns, self.sync_tolerance_ns)
 
     def _validate(
         self, stamp_ns: int, device: int, probs: np.ndarray, features: np.ndarray

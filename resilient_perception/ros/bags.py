@@ -64,6 +64,7 @@ from rosbags.interfaces import (
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from resilient_perception.perception.frame_assembly import nearest_fitting
 from resilient_perception.ros.image_conversion import (
     ENCODINGS,
     ImageConversionError,
@@ -608,8 +609,8 @@ class _Group:
 class _StampGroups:
     """Messages grouped into frames by stamp, as they come in log-time order.
 
-    A message joins the pending frame whose stamps, with its own, span at most
-    ``tolerance_ns`` and that has nothing under its key yet (the nearest such frame), else it
+    A message joins the pending frame that has nothing under its key yet and that
+    :func:`~resilient_perception.perception.frame_assembly.nearest_fitting` picks, else it
     starts a new one: the fusion node's rule (``sync_tolerance``). Log order and stamp order
     differ by a few milliseconds between cameras, so a frame is done only once a stamp more
     than twice the tolerance past its latest one arrives.
@@ -622,10 +623,8 @@ class _StampGroups:
     def add(self, stamp_ns: int, key: Any, value: Any) -> list[_Group]:
         """File ``value`` under ``key`` in its frame; return the frames done, oldest first."""
         tolerance = self.tolerance_ns
-        fitting = [g for g in self.pending if key not in g.parts
-                   and max(g.last_ns, stamp_ns) - min(g.first_ns, stamp_ns) <= tolerance]
-        group = min(fitting, default=None,
-                    key=lambda g: abs((g.first_ns + g.last_ns) / 2 - stamp_ns))
+        group = nearest_fitting(((g, g.first_ns, g.last_ns) for g in self.pending
+                                 if key not in g.parts), stamp_ns, tolerance)
         if group is None:
             group = _Group(stamp_ns, stamp_ns, {})
             self.pending.append(group)
