@@ -255,13 +255,14 @@ def test_kill_restart_and_stop_one_node(tmp_path):
     assert re.search(r"exited with code 0 [0-9.]+ s after SIGINT\n$", log), log
 
 
-def _interrupt_script_node(tmp_path: Path, node_body: str,
-                           started_ignoring_sigint: bool = False) -> tuple[int, float, str]:
+def _interrupt_script_node(tmp_path: Path, node_body: str, started_ignoring_sigint: bool = False,
+                           env: dict[str, str] | None = None) -> tuple[int, float, str]:
     """Run a ``run_node`` node defined by ``node_body`` (a class ``Script``), SIGINT it once
     it prints its first line, and return its exit code, seconds to exit and stderr.
 
     ``started_ignoring_sigint``: start it as a shell's background job is started, so that
-    Python raises no KeyboardInterrupt and only rclpy's handler acts on SIGINT.
+    Python raises no KeyboardInterrupt and only the node's own handler acts on SIGINT.
+    ``env``: the node's environment (default: this one, with the test's domain id).
     """
     script = tmp_path / "script_node.py"
     script.write_text(
@@ -273,7 +274,7 @@ def _interrupt_script_node(tmp_path: Path, node_body: str,
         "sys.exit(run_node(Script, 'script', on_exit=globals().get('on_exit')))\n")
     with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, "ROS_DOMAIN_ID": str(DOMAIN_ID)},
+                          env=env or {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN_ID)},
                           preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
                           if started_ignoring_sigint else None) as process:
         assert process.stdout.readline() == "spinning\n"
@@ -286,8 +287,9 @@ def _interrupt_script_node(tmp_path: Path, node_body: str,
 
 
 def test_sigint_during_a_burst_of_publishes_is_a_clean_stop(tmp_path):
-    # rclpy's handler shuts the context down (from another thread) while the callback
-    # publishes: its next publish fails. Without a KeyboardInterrupt to race it, every time.
+    # The burst runs to its end (its publishes would fail if the context were shut down
+    # under it, as rclpy's own handler does), then the node leaves with exit code 0; started
+    # as a shell's background job, with SIGINT ignored, it still stops.
     code, _, stderr = _interrupt_script_node(tmp_path, started_ignoring_sigint=True, node_body=(
         "class Script(Node):\n"
         "    def __init__(self):\n"
@@ -300,6 +302,43 @@ def test_sigint_during_a_burst_of_publishes_is_a_clean_stop(tmp_path):
         "        while time.monotonic() < end:\n"
         "            self.publisher.publish(String(data='x' * 1000))\n"))
     assert code == 0, stderr
+
+
+def test_a_node_leaving_waits_for_its_last_reliable_messages_to_be_acknowledged(tmp_path):
+    # The subscriber is stopped (SIGSTOP) once matched, so the node's last message is never
+    # acknowledged: the node waits FLUSH_S for it, then leaves cleanly.
+    from resilient_perception.ros.node_utils import FLUSH_S
+
+    env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN_ID)}
+    with subprocess.Popen([sys.executable, "-c", (
+            "import rclpy\n"
+            "from std_msgs.msg import String\n"
+            "rclpy.init()\n"
+            "node = rclpy.create_node('stopped_subscriber')\n"
+            "node.create_subscription(String, 'flushed', lambda msg: None, 10)\n"
+            "print('subscribed', flush=True)\n"
+            "rclpy.spin(node)\n")], stdout=subprocess.PIPE, text=True, env=env) as subscriber:
+        try:
+            assert subscriber.stdout.readline() == "subscribed\n"
+            env["STOPPED_SUBSCRIBER"] = str(subscriber.pid)
+            code, waited, stderr = _interrupt_script_node(tmp_path, env=env, node_body=(
+                "import os, signal\n"
+                "class Script(Node):\n"
+                "    def __init__(self):\n"
+                "        super().__init__('script')\n"
+                "        self.publisher = self.create_publisher(String, 'flushed', 10)\n"
+                "        self.timer = self.create_timer(0.05, self.publish_once_matched)\n"
+                "    def publish_once_matched(self):\n"
+                "        if self.publisher.get_subscription_count():\n"
+                "            self.timer.cancel()\n"
+                "            os.kill(int(os.environ['STOPPED_SUBSCRIBER']), signal.SIGSTOP)\n"
+                "            self.publisher.publish(String(data='last'))\n"
+                "            print('spinning', flush=True)\n"))
+        finally:
+            subscriber.send_signal(signal.SIGCONT)
+            subscriber.kill()
+    assert code == 0, stderr
+    assert waited >= FLUSH_S
 
 
 def test_a_node_stuck_leaving_the_middleware_exits_within_the_grace_period(tmp_path):

@@ -35,6 +35,8 @@ def test_summary_counts_accuracy_availability_and_latency():
     assert s["device_surrogate_frames"] == [0, 2, 0]
     assert s["latency_s"]["max"] == pytest.approx(0.008)
     assert [m[0] for m in score.matched()] == [1, 2, 3]
+    assert score.unfused() == [40]
+    assert score.describe_unfused() == "1 of 4 labelled frames unfused: index 4 (4/4, stamp 40)"
 
 
 def test_window_keeps_the_frames_stamped_inside():

@@ -244,8 +244,11 @@ def run_live_demo(
                 browser = None
         pipeline.interrupt("player")
         streams = monitor.scores.values()
-        observer.spin_until(lambda: all(not (s.truth.keys() - s.fused.keys()) for s in streams),
-                            "every labelled frame fused", 10.0, pipeline)
+        observer.spin_until(
+            lambda: not any(s.unfused() for s in streams),
+            lambda: "every labelled frame fused; " + "; ".join(
+                f"{name}: {s.describe_unfused()}" for name, s in monitor.scores.items()),
+            10.0, pipeline)
         pipeline.check()
     for r in reactions:  # kill -> first frame that carries the dead device's surrogate
         device, at = _device_of(r["node"]), r.pop("monotonic")

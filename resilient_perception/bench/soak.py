@@ -312,8 +312,8 @@ def run_soak(
         with contextlib.suppress(PipelineError):
             pipeline.interrupt("player")
         with contextlib.suppress(TimeoutError, PipelineError):
-            observer.spin_until(lambda: not (score.truth.keys() - score.fused.keys()),
-                                "every labelled frame fused", 10.0)
+            observer.spin_until(lambda: not score.unfused(), "every labelled frame fused",
+                                10.0)
         ended = time.monotonic() - t0
     report = _report(monitor, watch, sampler, events, t0, wall0, ended, minutes,
                      rate_hz, schedule)
@@ -326,7 +326,7 @@ def run_soak(
 def _progress(t: float, score, sampler: _Sampler, events: list[dict], settled: float) -> str:
     """One progress line: frames, frames missing so far, memory and FDs of the newest sample."""
     cutoff = int(settled * 1e9)  # frames younger than this may still be in flight
-    missing = sum(1 for s in score.truth.keys() - score.fused.keys() if s < cutoff)
+    missing = sum(1 for s in score.unfused() if s < cutoff)
     newest = sampler.rows[-1]["t"] if sampler.rows else None
     now = [r for r in sampler.rows if r["t"] == newest]
     last = events[-1] if events else None
@@ -435,7 +435,7 @@ def _report(monitor: StreamMonitor, watch: _FusionWatch, sampler: _Sampler,
         return sorted(s for s in stamps if not any(
             e["window"][0] <= s * 1e-9 + to_run <= e["window"][1] for e in events))
 
-    lost = sorted(score.truth.keys() - score.fused.keys())
+    lost = score.unfused()
     lost_outside, dup_outside = outside(lost), outside(score.duplicate_stamps)
     for e in events:
         lo, hi = e["window"]

@@ -607,11 +607,13 @@ class Observer:
         while (left := end - time.monotonic()) > 0:
             self.executor.spin_once(timeout_sec=min(left, 0.05))
 
-    def spin_until(self, condition: Callable[[], T], what: str, timeout: float,
-                   pipeline: Pipeline | None = None) -> T:
+    def spin_until(self, condition: Callable[[], T], what: str | Callable[[], str],
+                   timeout: float, pipeline: Pipeline | None = None) -> T:
         """Process callbacks until ``condition()`` is truthy; return its value.
 
-        With ``pipeline``, its nodes are checked as well (:meth:`Pipeline.check`).
+        With ``pipeline``, its nodes are checked as well (:meth:`Pipeline.check`). ``what``
+        names the condition in the timeout's message; a callable is asked at the timeout,
+        so it can say what was still missing then.
 
         Raises:
             TimeoutError: After ``timeout`` s, with the pipeline's log tails if given.
@@ -626,7 +628,8 @@ class Observer:
                 pipeline.check()
             self.executor.spin_once(timeout_sec=0.02)
         logs = f"\n{pipeline.log_tails()}" if pipeline is not None else ""
-        raise TimeoutError(f"timed out after {timeout} s waiting for {what}{logs}")
+        waited_for = what() if callable(what) else what
+        raise TimeoutError(f"timed out after {timeout} s waiting for {waited_for}{logs}")
 
     def wait_for_fusion(self, num_devices: int, timeout: float,
                         pipeline: Pipeline | None = None) -> None:

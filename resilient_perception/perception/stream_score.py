@@ -96,6 +96,21 @@ class StreamScore:
         out.fused = {s: r for s, r in self.fused.items() if start_ns <= s < end_ns}
         return out
 
+    def unfused(self) -> list[int]:
+        """Stamps of the labelled frames without a fused output yet, in stamp order."""
+        return sorted(self.truth.keys() - self.fused.keys())
+
+    def describe_unfused(self, limit: int = 5) -> str:
+        """Which labelled frames are not fused, e.g. for a timeout: where in the stream."""
+        unfused = self.unfused()
+        if not unfused:
+            return "none unfused"
+        order = sorted(self.truth)
+        frames = ", ".join(f"index {self.truth[s][0]} ({order.index(s) + 1}/{len(order)}, "
+                           f"stamp {s})" for s in unfused[:limit])
+        more = f" and {len(unfused) - limit} more" if len(unfused) > limit else ""
+        return f"{len(unfused)} of {len(order)} labelled frames unfused: {frames}{more}"
+
     def matched(self) -> list[tuple[int, int, FusedRecord]]:
         """``(frame index, label, record)`` for every stamp with both, in stamp order."""
         return [
@@ -128,7 +143,7 @@ class StreamScore:
             "labelled_frames": len(self.truth),
             "fused_frames": n_fused,
             "scored_frames": len(rows),
-            "missing": len(self.truth.keys() - self.fused.keys()),
+            "missing": len(self.unfused()),
             "unlabelled": len(self.fused.keys() - self.truth.keys()),
             "duplicates": self.duplicates,
             "accuracy": float(np.mean(correct)) if correct else None,

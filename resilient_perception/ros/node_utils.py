@@ -5,6 +5,7 @@ from __future__ import annotations
 import faulthandler
 import functools
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -19,6 +20,7 @@ from resilient_perception.ros.topics import DIAGNOSTICS_TOPIC, status_name
 __all__ = [
     "InputStats",
     "DIAGNOSTICS_PERIOD_S",
+    "FLUSH_S",
     "MAX_LOG_DETAIL_CHARS",
     "SHUTDOWN_GRACE_S",
     "THROTTLE_S",
@@ -26,6 +28,7 @@ __all__ = [
     "capped_subscription",
     "descriptor",
     "diagnostic_name",
+    "flush_publishers",
     "publish_counters",
     "run_node",
     "run_nodes",
@@ -38,8 +41,12 @@ SHUTDOWN_GRACE_S = 5.0
 """Longest a node may take to clean up and leave the middleware after its spin ended; past
 it, it dumps its threads' stacks and exits with code 1."""
 
-WAKE_S = 0.5
-"""Longest a node's executor waits for work before it checks whether ROS was shut down."""
+WAKE_S = 0.1
+"""Longest a node's executor waits for work before it checks for a stop request."""
+
+FLUSH_S = 1.0
+"""Longest a node leaving waits, in all, for subscribers to acknowledge its last reliable
+messages (a player's last frame, a camera's last prediction)."""
 
 DIAGNOSTICS_PERIOD_S = 1.0
 """Period of the counters that :func:`publish_counters` puts on ``/diagnostics``, s."""
@@ -268,12 +275,18 @@ def run_node(
         startup_errors: Exceptions of the constructor -> (exit code, what it means),
             checked before the defaults below.
 
+    SIGINT/SIGTERM end the spin once the running callback returns (within :data:`WAKE_S`),
+    not by shutting the context down under it: the node then leaves in order, with its
+    context still valid. ``on_exit`` runs, the node's reliable publishers get up to
+    :data:`FLUSH_S` to have their last messages acknowledged, and only then is the node
+    destroyed. A second signal ends the process at once.
+
     Returns:
         0 after SIGINT/SIGTERM (or the end of ``finished``); 2 for a parameter of the wrong
         type or out of its range, or another invalid configuration (a ``ValueError`` from
         the constructor); or what the hooks and ``startup_errors`` say. 1 when ``on_exit``
-        and leaving the middleware took over :data:`SHUTDOWN_GRACE_S` (the stacks are on
-        stderr).
+        and leaving the middleware took over :data:`SHUTDOWN_GRACE_S` (plus the flush; the
+        stacks are on stderr).
     """
     return run_nodes(lambda: [node_class()], name, argv, on_created, on_exit, startup_errors)
 
@@ -297,7 +310,8 @@ def run_nodes(
         InvalidParameterTypeException,
         InvalidParameterValueException,
     )
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
     errors = {**(startup_errors or {}),
               InvalidParameterTypeException: (2, "invalid parameter"),
@@ -306,7 +320,10 @@ def run_nodes(
     # `kill -USR1` prints every thread's Python stack to the log: what a node that does
     # not stop on SIGINT is doing (the pipeline harness asks before it kills one).
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    rclpy.init(args=argv)
+    # rclpy's own handlers would shut the context down from another thread at once: a
+    # callback then fails mid-way and reliable messages still unacknowledged are lost.
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    stop_requested = _handle_stop_signals()
     nodes: list[Any] = []
     code = 0
     try:
@@ -323,31 +340,22 @@ def run_nodes(
         for node in nodes:
             executor.add_node(node)
         finished = getattr(nodes[0], "finished", None) if len(nodes) == 1 else None
-        # Waits are bounded: SIGINT/SIGTERM shut the context down from another thread, and
-        # the wake-up of an executor blocked in its wait set can be missed (a looping
-        # replay then waited forever after SIGTERM, 2 runs in 30). A bounded wait sees the
-        # shutdown within WAKE_S at the latest.
-        while rclpy.ok() and not (finished is not None and finished.done()):
+        # A signal handler runs between Python instructions, not inside the executor's wait,
+        # so waits are bounded: a stop request is seen within WAKE_S.
+        while not stop_requested.is_set() and not (finished is not None and finished.done()):
             if finished is not None:
                 executor.spin_until_future_complete(finished, timeout_sec=WAKE_S)
             else:
                 executor.spin_once(timeout_sec=WAKE_S)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        # SIGINT shuts the context down at once, from another thread: a callback that was
-        # running (a burst of publishes) fails at its next call into it. That is the stop
-        # that was asked for, not an error of the node's.
-        if rclpy.ok():
-            raise
     finally:
-        # Leaving (the nodes' own clean-up, then DDS: destroying the participant) has no
-        # time limit of its own: bound it, and leave the threads' stacks in the log if
-        # something held the process up.
-        faulthandler.dump_traceback_later(SHUTDOWN_GRACE_S, exit=True)
+        # Leaving (the nodes' own clean-up, the flush, then DDS: destroying the participant)
+        # has no time limit of its own: bound it, and leave the threads' stacks in the log
+        # if something held the process up.
+        faulthandler.dump_traceback_later(SHUTDOWN_GRACE_S + FLUSH_S, exit=True)
         for node in nodes:
             if on_exit is not None and (late := on_exit(node)) is not None:
                 code = late
+        flush_publishers(nodes, FLUSH_S)
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
@@ -356,3 +364,35 @@ def run_nodes(
         rclpy.utilities.get_default_context().destroy()
         faulthandler.cancel_dump_traceback_later()
     return code
+
+
+def _handle_stop_signals() -> threading.Event:
+    """Make SIGINT/SIGTERM set the returned event; a second one ends the process at once."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        stop.set()
+        signal.signal(signum, signal.SIG_DFL)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, request_stop)
+    return stop
+
+
+def flush_publishers(nodes: Iterable[Any], timeout: float) -> bool:
+    """Wait until the nodes' reliable publishers have their messages acknowledged.
+
+    Publishers are polled in turn, so one whose subscriber never answers (a stopped process)
+    does not use up the time of the others. Best-effort publishers count as acknowledged.
+
+    Returns:
+        Whether all were acknowledged within ``timeout`` seconds.
+    """
+    from rclpy.duration import Duration
+
+    pending = [pub for node in nodes for pub in node.publishers]
+    end = time.monotonic() + timeout
+    poll = Duration(seconds=min(0.02, timeout))
+    while pending and time.monotonic() < end:
+        pending = [pub for pub in pending if not pub.wait_for_all_acked(poll)]
+    return not pending

@@ -43,7 +43,6 @@ from collections.abc import Iterator
 
 from rcl_interfaces.msg import ParameterType
 from rclpy.clock import Clock, ClockType
-from rclpy.duration import Duration
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.task import Future
@@ -69,10 +68,6 @@ __all__ = ["ENCODINGS", "ON_END", "PlayerNode", "main"]
 
 ENCODINGS = ("mono8", "rgb8", "bgr8")
 ON_END = ("stop", "shutdown")
-# The dataset's own encoding for each channel count of its (C, H, W) images.
-# How long an ``on_end: shutdown`` waits for subscribers to acknowledge the last messages.
-_ACK_TIMEOUT_S = 2.0
-
 
 class PlayerNode(Node):
     """Plays a dataset split as ``num_cameras`` synchronised image topics plus labels."""
@@ -212,10 +207,7 @@ class PlayerNode(Node):
     def _finish(self) -> None:
         self._timer.cancel()
         self.get_logger().info(f"played {self.published} labelled frames; {self.on_end}")
-        if self.on_end == "shutdown":
-            # Exiting at once could drop the last reliable messages still in flight.
-            for pub in (*self._image_pubs, self._label_pub):
-                pub.wait_for_all_acked(Duration(seconds=_ACK_TIMEOUT_S))
+        if self.on_end == "shutdown":  # run_node flushes the last messages on the way out
             self.finished.set_result(True)
 
 
