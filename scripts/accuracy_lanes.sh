@@ -38,6 +38,10 @@ queue() {
   done
 }
 
+# A finished run's record (settings, every epoch, final evaluation) is kept in the repository
+# by `report`, so a run finished on an earlier machine is not trained again on a new one.
+recorded() { [ -f "$repo/docs/results/accuracy/records/$1.json" ]; }
+
 finished() {  # a run folder holds its final file
   [ -f "$1/evaluation.json" ] || [ -f "$1/checkpoint.safetensors" ]
 }
@@ -57,6 +61,7 @@ lane() {  # lane number; runs the queue once over, then exits
   local n="$1" name args dir
   while read -r name args; do
     dir="$out/$name"
+    if recorded "$name" && ! [ -d "$dir" ]; then continue; fi
     mkdir -p "$dir"
     # -n: a run another lane holds is skipped; the lock goes with the process.
     if ! finished "$dir"; then
@@ -92,7 +97,7 @@ case "${1:-status}" in
         echo "lane $n already running (process group $(cat "$pidfile"))"; continue
       fi
       # setsid: each lane is its own process group, so pause/stop reach its children.
-      setsid bash -c "$(declare -f queue finished after lane); out='$out' python='$python'; lane $n" \
+      setsid bash -c "$(declare -f queue recorded finished after lane); out='$out' repo='$repo' python='$python'; lane $n" \
         >>"$out/lanes/lane$n.log" 2>&1 < /dev/null &
       echo $! >"$pidfile"
       echo "lane $n started (process group $!) on $commit"

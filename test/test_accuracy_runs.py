@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,14 @@ def test_report_compares_finished_seeds_and_lists_running_ones(tmp_path):
     assert "| cifar10 | ours | 2 | 80.00 ± 0.00 | 78.00 ± 0.00 | 77.90 ± 0.00 |" in text
     assert len((tmp_path / "out" / "epochs.csv").read_text().splitlines()) == 1 + 4 * 2 + 1
     assert (tmp_path / "out" / "curves.png").stat().st_size > 10_000
+
+    # The run folders go with their machine; the records of the finished runs stay.
+    records = sorted(p.stem for p in (tmp_path / "out" / "records").glob("*.json"))
+    assert records == ["devices-ours-s0", "devices-ours-s1", "devices-paper-s0",
+                       "devices-paper-s1"]
+    shutil.rmtree(tmp_path / "runs")
+    again = write_accuracy_report(tmp_path / "runs", tmp_path / "out", seeds)
+    for line in text.splitlines():
+        if line.startswith(("| ours | 40", "| paper | 40", "| cifar10 |", "- ")):
+            assert line in again.splitlines()
+    assert "resnet-w16" not in again

@@ -7,7 +7,10 @@ writes ``tables.md`` (the 40-epoch devices beside the 4-epoch, 10-seed protocol 
 paired t-test of ``ours`` vs ``paper``; the ResNets' clean and flip-TTA accuracy; epoch
 times and achieved FLOP/s against the matmul peak), ``epochs.csv`` (every epoch of every
 run) and ``curves.png``. Runs still training are listed with their latest epoch and left
-out of the means.
+out of the means. A run folder lives outside the repository and goes with its machine, so
+the report keeps a record of each finished run beside the tables (``records/<name>.json``) and
+reads it back when the folder is gone; ``scripts/accuracy_lanes.sh`` does not train a
+recorded run again.
 """
 
 from __future__ import annotations
@@ -32,24 +35,42 @@ __all__ = ["collect_runs", "gated_report", "protocol_seeds", "write_accuracy_rep
 METHODS = ("paper", "ours")
 
 
-def collect_runs(root: Path) -> dict[str, dict]:
-    """``{run name: {settings, log, finished, summary, commit}}`` of the runs under ``root``.
+RECORDS = "records"  # the report's folder of finished runs' records, one JSON per run
 
-    ``commit`` is the code of the run's latest epoch (its saved state's metadata).
+
+def _read_live_run(folder: Path) -> dict | None:
+    metrics = folder / "metrics.json"
+    if not metrics.is_file():
+        return None
+    data = json.loads(metrics.read_text())
+    evaluation, gated = folder / "evaluation.json", folder / "eval-test" / "gated.json"
+    return {**data, "commit": (read_state_meta(folder) or {}).get("commit", ""),
+            "summary": (json.loads(evaluation.read_text())["summary"]
+                        if evaluation.is_file() else None),
+            "gated": json.loads(gated.read_text()) if gated.is_file() else None}
+
+
+def collect_runs(root: Path, records: Path | None = None) -> dict[str, dict]:
+    """``{run name: {settings, log, summary, gated, commit, finished, epochs}}``.
+
+    The run folders under ``root`` (finished or not), and the records in ``records``
+    (:func:`write_accuracy_report` keeps one per finished run) of runs whose folder is gone:
+    a run folder lives outside the repository and is lost with its machine, its record
+    is not. ``commit`` is the code of the run's latest epoch (its saved state's metadata).
     """
+    found = {}
+    if records is not None and Path(records).is_dir():
+        found = {p.stem: json.loads(p.read_text()) for p in Path(records).glob("*.json")}
+    if Path(root).is_dir():
+        for folder in Path(root).iterdir():
+            run = _read_live_run(folder)
+            if run is not None:
+                found[folder.name] = run
     runs = {}
-    for folder in sorted(Path(root).iterdir()):
-        metrics = folder / "metrics.json"
-        if not metrics.is_file():
-            continue
-        data = json.loads(metrics.read_text())
-        evaluation = folder / "evaluation.json"
-        summary = (json.loads(evaluation.read_text())["summary"] if evaluation.is_file()
-                   else None)
-        epochs = data["settings"]["recipe"]["epochs"]
-        state = read_state_meta(folder) or {}
-        runs[folder.name] = {**data, "summary": summary, "commit": state.get("commit", ""),
-                             "finished": len(data["log"]) == epochs, "epochs": epochs}
+    for name in sorted(found):
+        run = found[name]
+        epochs = run["settings"]["recipe"]["epochs"]
+        runs[name] = {**run, "finished": len(run["log"]) == epochs, "epochs": epochs}
     return runs
 
 
@@ -89,8 +110,7 @@ def _device_finals(runs: dict[str, dict], method: str) -> dict[int, tuple[float,
     return finals
 
 
-def _device_tables(root: Path, runs: dict[str, dict], protocol: dict[str, dict[str, list]]
-                   ) -> list[str]:
+def _device_tables(runs: dict[str, dict], protocol: dict[str, dict[str, list]]) -> list[str]:
     lines = ["## CIFAR-10, six devices, avg fusion (test split, %)", "",
              "| method | training | seeds | no failure | one failure + Modifier |",
              "|---|---|---|---|---|"]
@@ -106,9 +126,8 @@ def _device_tables(root: Path, runs: dict[str, dict], protocol: dict[str, dict[s
     lines.append("| paper's Table (target) | 40 epochs | - | 83.49 | 80.16 |")
     paper, ours = _device_finals(runs, "paper"), _device_finals(runs, "ours")
     seeds = sorted(set(paper) & set(ours))
-    gated = {m: [json.loads(p.read_text()) for p in sorted(root.glob(f"devices-{m}-s*/"
-                                                                     "eval-test/gated.json"))]
-             for m in METHODS}
+    gated = {m: [run["gated"] for name, run in runs.items()
+                 if name.startswith(f"devices-{m}-s") and run.get("gated")] for m in METHODS}
     if any(gated.values()):
         lines += ["", "The gated Modifier on the 40-epoch runs (gate fitted on the 5,000 "
                   "held-out training images; `evaluate --gated`):", "", *GATED_HEADER]
@@ -167,18 +186,29 @@ def _plot(runs: dict[str, dict], path: Path) -> None:
 
 
 def write_accuracy_report(root: Path, out: Path, seeds_csv: Path) -> str:
-    """Write ``tables.md``, ``epochs.csv`` and ``curves.png`` to ``out``; return the tables."""
-    runs = collect_runs(root)
-    if not runs:
-        raise ValueError(f"{root}: no run folder with a metrics.json yet")
+    """Write ``tables.md``, ``epochs.csv``, ``curves.png`` and the records to ``out``.
+
+    Every finished run in ``root`` gets its record in ``out/records/<name>.json`` (settings,
+    every epoch, final evaluation, gated evaluation, commit), which later reports read
+    when the run folder is gone. Returns the tables.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    runs = collect_runs(root, out / RECORDS)
+    if not runs:
+        raise ValueError(f"{root}: no run folder with a metrics.json yet, and no record in "
+                         f"{out / RECORDS}")
+    (out / RECORDS).mkdir(parents=True, exist_ok=True)
+    for name, run in runs.items():
+        live = Path(root) / name / "metrics.json"
+        if run["finished"] and live.is_file():
+            record = {k: run[k] for k in ("settings", "log", "summary", "gated", "commit")}
+            (out / RECORDS / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
     text = "\n".join([
         "# Accuracy runs: CIFAR-10 devices at the paper's budget, the fast ResNet recipe", "",
         f"Generated by `resilient-perception accuracy-report` from "
-        f"`{os.path.relpath(root)}`; runs still "
-        "training are listed with their latest epoch and left out of the means.", "",
-        *_device_tables(Path(root), runs, protocol_seeds(seeds_csv)), "",
+        f"`{os.path.relpath(root)}` and the records of finished runs in `{RECORDS}/`; runs "
+        "still training are listed with their latest epoch and left out of the means.", "",
+        *_device_tables(runs, protocol_seeds(seeds_csv)), "",
         *_progress_table(runs), ""])
     (out / "tables.md").write_text(text)
     fields = sorted({k for run in runs.values() for e in run["log"] for k in e})
