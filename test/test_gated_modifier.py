@@ -33,6 +33,23 @@ def test_gate_switches_an_option_on_only_where_it_clearly_helps():
     assert gate == {(0,): "modifier", (1,): "none", (2,): "none"}
 
 
+def test_evidence_too_thin_for_one_failed_set_is_pooled_over_sets_of_its_size():
+    # Five single failures of 300 validation samples: on four the Modifier wins 4 and
+    # loses 1 (p = 0.19 each, no set passes alone), on the fifth it wins 1 and loses 3.
+    # Pooled, 17 wins against 7 losses pass (p = 0.03); the fifth set keeps no Modifier, as
+    # its own samples say the Modifier is worse there. The no-failure set is its own pool.
+    subsets = [(), (0,), (1,), (2,), (3,), (4,)]
+    base = np.zeros((6, 300), dtype=bool)
+    base[:, :200] = True
+    modifier = base.copy()
+    for row, (wins, losses) in enumerate([(0, 0), (4, 1), (4, 1), (4, 1), (4, 1), (1, 3)]):
+        modifier[row, 200:200 + wins] = True
+        modifier[row, :losses] = False
+    gate = fit_gate({"none": base, "modifier": modifier}, subsets)
+    assert gate == {(): "none", (0,): "modifier", (1,): "modifier", (2,): "modifier",
+                    (3,): "modifier", (4,): "none"}
+
+
 def test_holdout_split_is_fixed_and_disjoint():
     fit, val = holdout_split(100, 10)
     assert len(val) == 10 and not set(fit) & set(val) and len(fit) + len(val) == 100

@@ -12,9 +12,12 @@ trained on, whether to use an option at all:
   correctness on the validation split is compared with plain fusion of the live devices
   (no Modifier) by an exact one-sided McNemar test on the discordant samples. The option
   with the highest validation accuracy among those better at ``alpha`` (default 0.05) is
-  used for ``S``; if none is, ``S`` gets no Modifier. An option that does not help on data
-  the model never saw is never switched on, so the gated aggregator can only lose where
-  the validation split misleads, which the significance level bounds.
+  used for ``S``. If none is, the evidence is pooled over all failed sets of ``S``'s size
+  (more samples: a small split, as MVMC's 110 frames, rarely decides one set alone) and
+  the pooled winner is used for ``S`` where it is also more accurate than no Modifier on
+  ``S``'s own validation samples; otherwise ``S`` gets no Modifier. An option that does
+  not help on data the model never saw is never switched on, so the gated aggregator can
+  only lose where the validation split misleads, which the significance level bounds.
 * **Report** (:func:`gated_evaluation`): on the test split, per failed set, the rows of no
   Modifier, the plain Modifier and the gated choice, their summaries (no failure, mean
   single failure), and paired McNemar tests of gated vs none and gated vs plain on the
@@ -110,14 +113,32 @@ def _all_correctness(model, data: DeviceViews, heads: tuple, subsets: list[tuple
 
 def fit_gate(correct: dict[str, np.ndarray], subsets: list[tuple[int, ...]],
              alpha: float = 0.05) -> dict[tuple[int, ...], str]:
-    """The option per failed set from validation correctness (see the module docstring)."""
+    """The option per failed set from validation correctness (see the module docstring).
+
+    Where no option passes on a failed set's own samples (a small validation split, or an
+    effect too small for one set), each option's evidence is pooled over every failed set
+    of the same size, which holds C(N, k) times the samples; the best option that passes
+    pooled is used for the set if, on the set's own samples, it is also more accurate
+    than no Modifier.
+    """
+    def winner(rows: list[int]) -> str:
+        base = correct["none"][rows].ravel()
+        better = [(correct[name][rows].mean(), name) for name in correct
+                  if name != "none" and correct[name][rows].mean() > base.mean()
+                  and mcnemar(correct[name][rows].ravel(), base) < alpha]
+        return max(better)[1] if better else "none"
+
+    rows_by_size: dict[int, list[int]] = {}
+    for i, failed in enumerate(subsets):
+        rows_by_size.setdefault(len(failed), []).append(i)
+    pooled = {size: winner(rows) for size, rows in rows_by_size.items()}
     gate = {}
     for i, failed in enumerate(subsets):
-        base = correct["none"][i]
-        better = [(correct[name][i].mean(), name) for name in correct
-                  if name != "none" and correct[name][i].mean() > base.mean()
-                  and mcnemar(correct[name][i], base) < alpha]
-        gate[failed] = max(better)[1] if better else "none"
+        choice, fallback = winner([i]), pooled[len(failed)]
+        if (choice == "none" and fallback != "none"
+                and correct[fallback][i].mean() > correct["none"][i].mean()):
+            choice = fallback
+        gate[failed] = choice
     return gate
 
 
