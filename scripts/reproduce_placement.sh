@@ -6,10 +6,11 @@
 # Resumable: one result file per (experiment, point, solver, seed), skipped when present.
 # About 30 min of one CPU core (niced; CP-SAT with one worker, torch with one thread).
 # Usage: scripts/reproduce_placement.sh [PROFILE]
-#        (after scripts/setup.sh; default: the trained plain model's drop-study profile)
+#        (after scripts/setup.sh; default: the current ResNet's drop-study profile,
+#        docs/results/resnet/recipe-w16/profile.json, made by scripts/reproduce_resnet.sh)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$PWD/.venv/bin:$PATH"
-profile="${1:-docs/results/resnet/plain/profile.json}"
+profile="${1:-docs/results/resnet/recipe-w16/profile.json}"
 nice -n 10 resilient-perception placement-sweep --profile "$profile" \
   --out docs/results/placement --seeds 0 1 --work-limit 2 --ga-generations 500

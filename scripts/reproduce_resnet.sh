@@ -1,55 +1,109 @@
 #!/usr/bin/env bash
-# Produce docs/results/resnet/: train the plain and the stochastic-depth ResNet on CIFAR-10
-# (side by side, one torch thread each, niced), run both drop studies on the 10k test set,
-# and write the comparison report (tables.md + figure).
-# Resumable: re-running continues each training after its last finished epoch and redoes a
-# drop study only when its checkpoint is newer than its results.
-# Usage: scripts/reproduce_resnet.sh [EPOCHS]      (after scripts/setup.sh; default 6)
+# Produce docs/results/resnet/: the current ResNets (issue 17 item 2) and their drop studies.
+#   recipe-w16/     ResNet-50's 3-4-6-3 bottleneck blocks at base width 16, trained with the
+#                   fast recipe for 24 epochs (`train-resnet-recipe`, EMA weights, seed 0)
+#   recipe-w16-sd/  the same with stochastic depth 0.5 (Huang et al.'s linear decay)
+#   tables.md, dc_drop_accuracy.png   `drop-report` of the models whose study is done
+# Each model is trained and studied in its run folder, $ACCURACY_RUNS/resnet-w16[-sd]
+# (default ../runs/accuracy, outside the repository): the same folders and commands as
+# scripts/accuracy_lanes.sh, so a model the lanes trained (or are training) is never trained
+# twice. Training is resumable per epoch; a run folder locked by a lane (flock on RUN/.lock)
+# is skipped with a note, and the report then has the finished models only: run this script
+# again once the lane is done (`scripts/accuracy_lanes.sh status`) to add the missing one.
+# A drop study is redone only when its checkpoint is newer than its results. About 2 CPU
+# hours per model for training plus 35 min per drop study on one niced core.
+#
+# Usage: scripts/reproduce_resnet.sh            the current models (above)
+#        scripts/reproduce_resnet.sh baseline-w8 [EPOCHS]
+#             the earlier baseline in docs/results/resnet/baseline-w8/: base width 8, plain and
+#             stochastic depth, `train-resnet` for EPOCHS (default 6) in runs/resnet/, and
+#             untrained-profile.json (the width-8 layer numbers at chance accuracy, which
+#             the planners' tests read)
+# (after scripts/setup.sh)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$PWD/.venv/bin:$PATH"
-epochs="${1:-6}"
-runs=runs/resnet
-out=docs/results/resnet
-mkdir -p "$runs/plain" "$runs/stochastic-depth" "$out"
 
-train() {  # name, extra train-resnet options...
-  local name="$1"; shift
-  nice -n 10 resilient-perception train-resnet --epochs "$epochs" --seed 0 --threads 1 \
-    --resume --out "$runs/$name" "$@" >>"$runs/$name/train.log" 2>&1
-}
-
-study() {  # name
-  local name="$1"
-  if [ ! -f "$out/$name/drop_study.json" ] ||
-     [ "$runs/$name/checkpoint.safetensors" -nt "$out/$name/drop_study.json" ]; then
-    nice -n 10 resilient-perception drop-study "$runs/$name" --threads 1 --out "$out/$name" \
-      >>"$runs/$name/drop_study.log" 2>&1
+baseline_w8() {  # the width-8, 6-epoch models the docs quoted before issue 17
+  local epochs="${1:-6}" runs=runs/resnet out=docs/results/resnet/baseline-w8 status=0
+  mkdir -p "$runs/plain" "$runs/stochastic-depth" "$out"
+  train() {  # name, extra train-resnet options...
+    local name="$1"; shift
+    nice -n 10 resilient-perception train-resnet --epochs "$epochs" --seed 0 --threads 1 \
+      --resume --out "$runs/$name" "$@" >>"$runs/$name/train.log" 2>&1
+  }
+  study() {  # name
+    local name="$1"
+    if [ ! -f "$out/$name/drop_study.json" ] ||
+       [ "$runs/$name/checkpoint.safetensors" -nt "$out/$name/drop_study.json" ]; then
+      nice -n 10 resilient-perception drop-study "$runs/$name" --threads 1 --out "$out/$name" \
+        >>"$runs/$name/drop_study.log" 2>&1
+    fi
+    cp "$runs/$name/history.csv" "$out/$name/history.csv"
+  }
+  if [ ! -f docs/results/resnet/untrained-profile.json ]; then
+    nice -n 10 resilient-perception drop-study --untrained-width 8 --limit 500 --threads 1 \
+      --out "$runs/untrained" >"$runs/untrained.log" 2>&1
+    cp "$runs/untrained/profile.json" docs/results/resnet/untrained-profile.json
   fi
-  cp "$runs/$name/history.csv" "$out/$name/history.csv"
+  train plain & local plain=$!
+  train stochastic-depth --stochastic-depth 0.5 & local sd=$!
+  wait "$plain" || status=$?
+  wait "$sd" || status=$?
+  [ "$status" -eq 0 ] || { echo "training failed: see $runs/*/train.log" >&2; exit "$status"; }
+  study plain & plain=$!
+  study stochastic-depth & sd=$!
+  wait "$plain" || status=$?
+  wait "$sd" || status=$?
+  [ "$status" -eq 0 ] || { echo "drop study failed: see $runs/*/drop_study.log" >&2; exit "$status"; }
+  resilient-perception drop-report "plain=$out/plain" "stochastic-depth=$out/stochastic-depth" \
+    --out "$out/tables.md"
 }
 
-# The layer numbers of the default model before training, for planners' tests (accuracies
-# are chance; 500 test images suffice).
-if [ ! -f "$out/untrained-profile.json" ]; then
-  nice -n 10 resilient-perception drop-study --untrained-width 8 --limit 500 --threads 1 \
-    --out "$runs/untrained" >"$runs/untrained.log" 2>&1
-  cp "$runs/untrained/profile.json" "$out/untrained-profile.json"
+if [ "${1:-}" = baseline-w8 ]; then
+  baseline_w8 "${2:-6}"
+  exit 0
 fi
 
-# Huang et al.'s linear decay with 0.5 at the last block.
-train plain & plain=$!
-train stochastic-depth --stochastic-depth 0.5 & sd=$!
-status=0
-wait "$plain" || status=$?
-wait "$sd" || status=$?
-[ "$status" -eq 0 ] || { echo "training failed: see $runs/*/train.log" >&2; exit "$status"; }
+runs="${ACCURACY_RUNS:-../runs/accuracy}"
+out=docs/results/resnet
+recipe=(train-resnet-recipe --base-width 16 --epochs 24)
 
-study plain & plain=$!
-study stochastic-depth & sd=$!
-wait "$plain" || status=$?
-wait "$sd" || status=$?
-[ "$status" -eq 0 ] || { echo "drop study failed: see $runs/*/drop_study.log" >&2; exit "$status"; }
+model() {  # run name, docs folder, extra train-resnet-recipe options...; 1 when a lane holds it
+  local name="$1" folder="$2" dir="$runs/$1"; shift 2
+  mkdir -p "$dir"
+  # The lanes' step after training (the drop study) goes into RUN/drop-study, as here.
+  if ! flock -n "$dir/.lock" bash -c '
+      set -euo pipefail
+      dir="$1"; shift
+      if [ ! -f "$dir/checkpoint.safetensors" ]; then
+        nice -n 19 resilient-perception "$@" --threads 1 --out "$dir" >>"$dir/train.log" 2>&1
+      fi
+      if [ ! -f "$dir/drop-study/drop_study.json" ] ||
+         [ "$dir/checkpoint.safetensors" -nt "$dir/drop-study/drop_study.json" ]; then
+        nice -n 19 resilient-perception drop-study "$dir" --threads 1 --out "$dir/drop-study" \
+          >>"$dir/after.log" 2>&1
+      fi' _ "$dir" "${recipe[@]}" "$@"; then
+    if [ -f "$dir/drop-study/drop_study.json" ] && [ -f "$dir/checkpoint.safetensors" ] &&
+       ! [ "$dir/checkpoint.safetensors" -nt "$dir/drop-study/drop_study.json" ]; then
+      :  # finished, the lock is the lanes' last look at it
+    else
+      echo "$name: $dir is locked (an accuracy lane is training or studying it, or it" \
+           "failed: see $dir/train.log); left out of the report, run again when it is done" >&2
+      return 1
+    fi
+  fi
+  mkdir -p "$out/$folder"
+  cp "$dir"/drop-study/{drop_study.json,profile.json,table1.csv,table2.csv,tables.md} \
+     "$out/$folder/"
+  cp "$dir/metrics.json" "$out/$folder/metrics.json"  # settings and per-epoch log
+}
 
-resilient-perception drop-report "plain=$out/plain" "stochastic-depth=$out/stochastic-depth" \
-  --out "$out/tables.md"
+studies=()
+# One after the other: two trainings side by side would share the lanes' two cores.
+if model resnet-w16 recipe-w16; then studies+=("plain=$out/recipe-w16"); fi
+if model resnet-w16-sd recipe-w16-sd --stochastic-depth 0.5; then
+  studies+=("stochastic-depth=$out/recipe-w16-sd")
+fi
+[ "${#studies[@]}" -gt 0 ] || { echo "no finished model to report" >&2; exit 1; }
+resilient-perception drop-report "${studies[@]}" --out "$out/tables.md"

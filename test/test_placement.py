@@ -239,7 +239,8 @@ def test_identical_devices_are_found_and_ordering_them_keeps_the_optimum():
 
 def test_the_example_fleet_is_solved_to_a_proven_optimum():
     problem = load_fleet(EXAMPLE).problem(
-        Network.from_profile(load_profile(ROOT / "docs/results/resnet/plain/profile.json")))
+        Network.from_profile(load_profile(
+            ROOT / "docs/results/resnet/baseline-w8/plain/profile.json")))
     exact = solve(problem, "cpsat", time_limit=20)
     assert exact.status == "optimal" and exact.info["relative_gap"] < 1e-3, exact.info
     heuristic = solve(problem, "heuristic")

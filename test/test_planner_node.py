@@ -64,7 +64,7 @@ def test_bad_rates_are_rejected_a_failed_replan_is_survived_and_sigint_exits_0(t
     (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(fleet))
     planner = NodeSpec("planner", "planner_node", {
         "fleet": str(tmp_path / "fleet.yaml"),
-        "profile": str(ROOT / "docs/results/resnet/plain/profile.json"),
+        "profile": str(ROOT / "docs/results/resnet/baseline-w8/plain/profile.json"),
         "solver": "cpsat", "time_limit_s": 0.5, "robot_timeout_s": 5.0})
     with Pipeline([planner], log_dir=tmp_path / "logs", domain_id=DOMAIN_ID) as pipeline, \
             Observer("planner_test", domain_id=DOMAIN_ID) as observer:

@@ -29,7 +29,7 @@ from resilient_perception.placement.problem import Network  # noqa: E402
 from resilient_perception.ros.planner_node import INCUMBENT  # noqa: E402
 
 DOMAIN_ID = domain_id()
-PROFILE = ROOT / "docs/results/resnet/plain/profile.json"
+PROFILE = ROOT / "docs/results/resnet/baseline-w8/plain/profile.json"
 WAIT_S = 30.0
 
 pytestmark = [

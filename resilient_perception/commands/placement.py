@@ -236,8 +236,10 @@ def cmd_bench_replan(args: argparse.Namespace) -> int:
 
 
 def _profile_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", type=Path, default=Path("docs/results/resnet/plain/profile.json"),
-                   help="profile.json of the network (default the trained plain model's)")
+    p.add_argument("--profile", type=Path,
+                   default=Path("docs/results/resnet/recipe-w16/profile.json"),
+                   help="profile.json of the network (default the current trained ResNet's, "
+                   "docs/results/resnet/recipe-w16)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

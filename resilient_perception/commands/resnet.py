@@ -176,8 +176,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("drop-report", help=cmd_drop_report.__doc__,
                        description=cmd_drop_report.__doc__)
     p.add_argument("studies", nargs="+", metavar="NAME=FOLDER",
-                   type=named_path("plain=docs/results/resnet/plain"),
-                   help="drop-study output folders, e.g. plain=docs/results/resnet/plain")
+                   type=named_path("plain=docs/results/resnet/recipe-w16"),
+                   help="drop-study output folders, e.g. plain=docs/results/resnet/recipe-w16")
     p.add_argument("--out", type=Path, default=Path("docs/results/resnet/tables.md"),
                    help="Markdown report (default docs/results/resnet/tables.md)")
     p.add_argument("--figure", default="dc_drop_accuracy.png",
