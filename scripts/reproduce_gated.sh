@@ -10,12 +10,18 @@
 # CIFAR-10's gated results come from the 40-epoch runs of scripts/accuracy_lanes.sh (5,000
 # images held out): the lanes run `evaluate --gated` on each finished run.
 # Resumable: a finished step (its output file present) is skipped, a killed training
-# resumes. One torch thread, nice 19; pause the second accuracy lane while this runs
-# (LANE=2 scripts/accuracy_lanes.sh pause).
+# resumes. Each seed's gated.json is kept in docs/results/gated/raw/ (the run folders are
+# outside the repository and go with their machine), the table is made from there, and a
+# seed recorded there is not run again: delete its folder in raw/ to redo it (e.g. after
+# the gate changes). One torch thread, nice 19; pause the second accuracy lane while this
+# runs (LANE=2 scripts/accuracy_lanes.sh pause).
 # Usage: scripts/reproduce_gated.sh [RUNS]      (default ../runs/gated; seeds 0..2)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 runs="${1:-../runs/gated}"
+repo=$PWD
+raw=docs/results/gated/raw
+mkdir -p "$raw"
 data="${RESILIENT_PERCEPTION_DATA:-../shared/datasets}"
 rp() { nice -n 19 .venv/bin/resilient-perception "$@"; }
 mnist_idx="idx:$data/mnist/train-images-idx3-ubyte.gz:$data/mnist/train-labels-idx1-ubyte.gz"
@@ -24,6 +30,7 @@ heldout_idx="idx:$data/mnist/t10k-images-idx3-ubyte.gz:$data/mnist/t10k-labels-i
 run() {  # dataset method seed train-options... -- evaluate-options...
   local dataset="$1" method="$2" seed="$3"; shift 3
   local dir="$runs/$dataset/$method/seed$seed" train=() evaluate=()
+  if ls "$raw/$dataset/$method/seed$seed"/eval-*/gated.json >/dev/null 2>&1; then return; fi
   while [ "$1" != "--" ]; do train+=("$1"); shift; done; shift
   evaluate=("$@")
   mkdir -p "$dir"
@@ -32,6 +39,7 @@ run() {  # dataset method seed train-options... -- evaluate-options...
       >>"$dir/log.txt" 2>&1
   ls "$dir"/eval-*/gated.json >/dev/null 2>&1 ||
     rp evaluate "$dir/model.safetensors" --gated "${evaluate[@]}" >>"$dir/log.txt" 2>&1
+  (cd "$runs" && cp --parents "$dataset/$method/seed$seed"/eval-*/gated.json "$repo/$raw/")
 }
 
 for seed in 0 1 2; do
@@ -45,4 +53,4 @@ for seed in 0 1 2; do
   run idx defaults "$seed" --dataset "$mnist_idx" --epochs 3 --holdout 6000 -- \
     --dataset "$heldout_idx"
 done
-.venv/bin/resilient-perception gated-report --runs "$runs" --out docs/results/gated/tables.md
+.venv/bin/resilient-perception gated-report --runs "$raw" --out docs/results/gated/tables.md
