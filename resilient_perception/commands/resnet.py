@@ -7,6 +7,7 @@ Registered on the main parser by :func:`add_parsers` (see :mod:`..cli`); errors 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from .common import fraction, named_path, positive_int, set_threads, write_csv, write_json
@@ -92,7 +93,7 @@ def cmd_drop_study(args: argparse.Namespace) -> int:
     write_csv(out / "table1.csv", rows_one)
     write_csv(out / "table2.csv", rows_two)
     result = {
-        "name": name, "checkpoint": None if checkpoint is None else str(checkpoint),
+        "name": name, "checkpoint": None if checkpoint is None else os.path.relpath(checkpoint),
         "dataset": "cifar10", "split": "test", "samples": study.samples,
         "seed": meta.get("seed"), "model": model.kwargs(),
         "train_config": meta.get("train_config"), "history": meta.get("history", []),
