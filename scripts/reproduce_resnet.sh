@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Produce docs/results/resnet/: the current ResNets (issue 17 item 2) and their drop studies.
+# Produce docs/results/resnet/: the current ResNets and their drop studies.
 #   recipe-w16/     ResNet-50's 3-4-6-3 bottleneck blocks at base width 16, trained with the
 #                   fast recipe for 24 epochs (`train-resnet-recipe`, EMA weights, seed 0)
 #   recipe-w16-sd/  the same with stochastic depth 0.5 (Huang et al.'s linear decay)
@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 
-baseline_w8() {  # the width-8, 6-epoch models the docs quoted before issue 17
+baseline_w8() {  # the earlier width-8, 6-epoch models
   local epochs="${1:-6}" runs=runs/resnet out=docs/results/resnet/baseline-w8 status=0
   mkdir -p "$runs/plain" "$runs/stochastic-depth" "$out"
   train() {  # name, extra train-resnet options...
