@@ -117,7 +117,7 @@ def test_damaged_fleet_and_profile_files(cli, tmp_path):
     from resilient_perception.placement.fleet_config import load_fleet
 
     fleet = ROOT / "config" / "fleet_example.yaml"
-    profile = ROOT / "docs" / "results" / "resnet" / "plain" / "profile.json"
+    profile = ROOT / "docs" / "results" / "resnet" / "baseline-w8" / "plain" / "profile.json"
     tried = 0
     for name, source, reader in (("fleet.yaml", fleet, load_fleet),
                                  ("profile.json", profile, load_profile)):

@@ -303,7 +303,7 @@ def test_stage_work_of_any_plan_row(row, robot, start):
 
 # -- fleet YAML and profile JSON -------------------------------------------------------------------
 FLEET = (ROOT / "config" / "fleet_example.yaml").read_bytes()
-PROFILE_PATH = ROOT / "docs" / "results" / "resnet" / "plain" / "profile.json"
+PROFILE_PATH = ROOT / "docs" / "results" / "resnet" / "baseline-w8" / "plain" / "profile.json"
 PROFILE = PROFILE_PATH.read_bytes()
 
 
