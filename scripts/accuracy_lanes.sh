@@ -13,15 +13,19 @@
 #           After a run finishes: `evaluate --gated` for a device run (RUN/eval-test/), the
 #           drop study for a ResNet (RUN/drop-study/: Tables I/II, profile.json).
 #           Run it again after a session restart: it continues where the lanes stopped.
-#   pause   SIGSTOP every lane's (LANE=n: only lane n's) process group (e.g. while the test suite or a benchmark
-#           runs); resume sends SIGCONT. stop sends SIGTERM (a run loses its current epoch).
+#   pause   SIGSTOP every lane's (LANE=n: only lane n's) process group (e.g. while the
+#           test suite or a benchmark runs); resume sends SIGCONT. stop sends SIGTERM (a run loses its current epoch).
 #   status  lanes' state and every run's progress (epochs done, last test accuracy).
 #   report  docs/results/accuracy/ (tables.md, epochs.csv, curves.png) from the runs so far.
+#   run NAME [OUT]  one run of the queue in the foreground, as a lane runs it (its lock,
+#           code snapshot and step after); exit 1 when another process holds it or it
+#           failed (scripts/reproduce_resnet.sh uses it).
 # Budget (measured by the pilots, one thread, bf16, shared machine): see docs/results.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$PWD
-out="${2:-${ACCURACY_RUNS:-$repo/../runs/accuracy}}"
+out_arg=$([ "${1:-}" = run ] && echo "${3:-}" || echo "${2:-}")  # run's OUT comes third
+out="${out_arg:-${ACCURACY_RUNS:-$repo/../runs/accuracy}}"
 mkdir -p "$out/lanes"
 out="$(cd "$out" && pwd)"
 lanes="${LANES:-2}"
@@ -57,52 +61,72 @@ after() {  # the step after training: the gated Modifier / the drop study
   esac
 }
 
+run_one() {  # run name, command args...: train it (resumable), then the step after
+  local name="$1" dir="$out/$1"; shift
+  mkdir -p "$dir"
+  # -n: a run another process holds is skipped; the lock goes with the process.
+  if ! finished "$dir"; then
+    flock -n "$dir/.lock" nice -n 19 "$python" -m resilient_perception.cli "$@" \
+      --threads 1 --out "$dir" >>"$dir/train.log" 2>&1 || true
+  fi
+  if finished "$dir"; then
+    flock -n "$dir/.lock" bash -c "$(declare -f after); python='$python'; after $name $dir" \
+      >>"$dir/after.log" 2>&1 || true
+  fi
+}
+
 lane() {  # lane number; runs the queue once over, then exits
-  local n="$1" name args dir
+  local n="$1" name args
   while read -r name args; do
-    dir="$out/$name"
-    if recorded "$name" && ! [ -d "$dir" ]; then continue; fi
-    mkdir -p "$dir"
-    # -n: a run another lane holds is skipped; the lock goes with the process.
-    if ! finished "$dir"; then
-      flock -n "$dir/.lock" nice -n 19 "$python" -m resilient_perception.cli $args \
-        --threads 1 --out "$dir" >>"$dir/train.log" 2>&1 || true
-    fi
-    if finished "$dir"; then
-      flock -n "$dir/.lock" bash -c "$(declare -f after); python='$python'; after $name $dir" \
-        >>"$dir/after.log" 2>&1 || true
-    fi
+    if recorded "$name" && ! [ -d "$out/$name" ]; then continue; fi
+    # shellcheck disable=SC2086  # args: the queue's words
+    run_one "$name" $args
   done < <(queue)
   echo "lane $n: queue done $(date -Is)" >>"$out/lanes/lane$n.log"
+}
+
+snapshot() {  # the committed HEAD's code in OUT/code/<commit>; sets python and the env
+  if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+    echo "note: uncommitted changes are not part of the lanes' code (HEAD is)" >&2
+  fi
+  commit=$(git rev-parse HEAD)
+  local code="$out/code/$commit"
+  if [ ! -d "$code" ]; then
+    mkdir -p "$code"
+    git archive HEAD resilient_perception | tar -x -C "$code"
+  fi
+  python="$repo/.venv/bin/python"
+  export PYTHONPATH="$code" RESILIENT_PERCEPTION_COMMIT="$commit" PYTHONUNBUFFERED=1
 }
 
 pgids() { cat "$out"/lanes/lane${LANE:-*}.pid 2>/dev/null || true; }  # unquoted: the * globs
 
 case "${1:-status}" in
   start)
-    if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
-      echo "note: uncommitted changes are not part of the lanes' code (HEAD is)" >&2
-    fi
-    commit=$(git rev-parse HEAD)
-    code="$out/code/$commit"
-    if [ ! -d "$code" ]; then
-      mkdir -p "$code"
-      git archive HEAD resilient_perception | tar -x -C "$code"
-    fi
-    python="$repo/.venv/bin/python"
-    export PYTHONPATH="$code" RESILIENT_PERCEPTION_COMMIT="$commit" PYTHONUNBUFFERED=1
+    snapshot
     for n in $(seq 1 "$lanes"); do
       pidfile="$out/lanes/lane$n.pid"
       if [ -f "$pidfile" ] && kill -0 -- "-$(cat "$pidfile")" 2>/dev/null; then
         echo "lane $n already running (process group $(cat "$pidfile"))"; continue
       fi
       # setsid: each lane is its own process group, so pause/stop reach its children.
-      setsid bash -c "$(declare -f queue recorded finished after lane); out='$out' repo='$repo' python='$python'; lane $n" \
+      setsid bash -c "$(declare -f queue recorded finished after run_one lane); out='$out' repo='$repo' python='$python'; lane $n" \
         >>"$out/lanes/lane$n.log" 2>&1 < /dev/null &
       echo $! >"$pidfile"
       echo "lane $n started (process group $!) on $commit"
       sleep 20  # the lanes claim different first runs
     done ;;
+  run)
+    # One queued run in the foreground, with the lanes' code, lock and step after; exit 0
+    # when it is finished and its step after is done, 1 when another process holds it.
+    name="${2:?usage: $0 run NAME [OUT]}"
+    args=$(queue | awk -v n="$name" '$1 == n {$1 = ""; print}')
+    [ -n "$args" ] || { echo "no run named $name in the queue" >&2; exit 2; }
+    snapshot
+    # shellcheck disable=SC2086
+    run_one "$name" $args
+    finished "$out/$name" && { [ -f "$out/$name/eval-test/gated.json" ] ||
+                                [ -f "$out/$name/drop-study/drop_study.json" ]; } ;;
   stop|pause|resume)
     signal=$([ "$1" = stop ] && echo TERM || { [ "$1" = pause ] && echo STOP || echo CONT; })
     for g in $(pgids); do kill -"$signal" -- "-$g" 2>/dev/null && echo "SIG$signal -> $g"; done
@@ -135,5 +159,6 @@ EOF
     # (this checkout's code; seconds of CPU).
     "$repo/.venv/bin/resilient-perception" accuracy-report --runs "$out" \
       --out docs/results/accuracy ;;
-  *) echo "usage: $0 start|stop|pause|resume|status|report [OUT]" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|pause|resume|status|report [OUT] | run NAME [OUT]" >&2
+     exit 2 ;;
 esac

@@ -4,13 +4,12 @@
 #                   fast recipe for 24 epochs (`train-resnet-recipe`, EMA weights, seed 0)
 #   recipe-w16-sd/  the same with stochastic depth 0.5 (Huang et al.'s linear decay)
 #   tables.md, dc_drop_accuracy.png   `drop-report` of the models whose study is done
-# Each model is trained and studied in its run folder, $ACCURACY_RUNS/resnet-w16[-sd]
-# (default ../runs/accuracy, outside the repository): the same folders and commands as
-# scripts/accuracy_lanes.sh, so a model the lanes trained (or are training) is never trained
-# twice. Training is resumable per epoch; a run folder locked by a lane (flock on RUN/.lock)
-# is skipped with a note, and the report then has the finished models only: run this script
-# again once the lane is done (`scripts/accuracy_lanes.sh status`) to add the missing one.
-# A drop study is redone only when its checkpoint is newer than its results. About 2 CPU
+# Each model is the accuracy lanes' run of that name (`scripts/accuracy_lanes.sh run`: the
+# same folder, $ACCURACY_RUNS/resnet-w16[-sd], default ../runs/accuracy, the same lock and
+# the drop study after training), so a model the lanes trained (or are training) is never
+# trained twice. Training is resumable per epoch; a run held by a lane is skipped with a
+# note, and the report then has the finished models only: run this script again once the
+# lane is done (`scripts/accuracy_lanes.sh status`) to add the missing one. About 2 CPU
 # hours per model for training plus 35 min per drop study on one niced core.
 #
 # Usage: scripts/reproduce_resnet.sh            the current models (above)
@@ -67,31 +66,13 @@ fi
 
 runs="${ACCURACY_RUNS:-../runs/accuracy}"
 out=docs/results/resnet
-recipe=(train-resnet-recipe --base-width 16 --epochs 24)
 
-model() {  # run name, docs folder, extra train-resnet-recipe options...; 1 when a lane holds it
-  local name="$1" folder="$2" dir="$runs/$1"; shift 2
-  mkdir -p "$dir"
-  # The lanes' step after training (the drop study) goes into RUN/drop-study, as here.
-  if ! flock -n "$dir/.lock" bash -c '
-      set -euo pipefail
-      dir="$1"; shift
-      if [ ! -f "$dir/checkpoint.safetensors" ]; then
-        nice -n 19 resilient-perception "$@" --threads 1 --out "$dir" >>"$dir/train.log" 2>&1
-      fi
-      if [ ! -f "$dir/drop-study/drop_study.json" ] ||
-         [ "$dir/checkpoint.safetensors" -nt "$dir/drop-study/drop_study.json" ]; then
-        nice -n 19 resilient-perception drop-study "$dir" --threads 1 --out "$dir/drop-study" \
-          >>"$dir/after.log" 2>&1
-      fi' _ "$dir" "${recipe[@]}" "$@"; then
-    if [ -f "$dir/drop-study/drop_study.json" ] && [ -f "$dir/checkpoint.safetensors" ] &&
-       ! [ "$dir/checkpoint.safetensors" -nt "$dir/drop-study/drop_study.json" ]; then
-      :  # finished, the lock is the lanes' last look at it
-    else
-      echo "$name: $dir is locked (an accuracy lane is training or studying it, or it" \
-           "failed: see $dir/train.log); left out of the report, run again when it is done" >&2
-      return 1
-    fi
+model() {  # lanes' run name, docs folder; 1 when a lane holds it (or it failed)
+  local name="$1" folder="$2" dir="$runs/$1"
+  if ! scripts/accuracy_lanes.sh run "$name" "$runs"; then
+    echo "$name: $dir is not done (an accuracy lane is training or studying it, or it" \
+         "failed: see $dir/train.log); left out of the report, run again when it is done" >&2
+    return 1
   fi
   mkdir -p "$out/$folder"
   cp "$dir"/drop-study/{drop_study.json,profile.json,table1.csv,table2.csv,tables.md} \
@@ -102,7 +83,7 @@ model() {  # run name, docs folder, extra train-resnet-recipe options...; 1 when
 studies=()
 # One after the other: two trainings side by side would share the lanes' two cores.
 if model resnet-w16 recipe-w16; then studies+=("plain=$out/recipe-w16"); fi
-if model resnet-w16-sd recipe-w16-sd --stochastic-depth 0.5; then
+if model resnet-w16-sd recipe-w16-sd; then
   studies+=("stochastic-depth=$out/recipe-w16-sd")
 fi
 [ "${#studies[@]}" -gt 0 ] || { echo "no finished model to report" >&2; exit 1; }

@@ -15,6 +15,7 @@ from test.conftest import DATA_ROOT, domain_id, needs_data, require_ros
 msgs = require_ros()
 
 from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 from resilient_perception.datasets import load_mnist  # noqa: E402
@@ -101,12 +102,26 @@ class Camera(Observer):
         # Requested deadline/lease >= the node's offered 0.5 s / 1.0 s: compatible.
         self.predictions = self.collect(msgs.DevicePrediction, "prediction",
                                         prediction_qos(2.0, 2.0))
+        self.diagnostics = self.collect(DiagnosticArray, "/diagnostics")
 
     def wait_for(self, condition, what: str):
         return self.spin_until(condition, what, WAIT_S, self.pipeline)
 
     def received(self, stamp: Time):
         return next((p for p in self.predictions if p.header.stamp == stamp), None)
+
+    def delivery(self) -> str:
+        """Where a missing answer was lost: matches of both ends, the node's own counts."""
+        counts = next(({kv.key: kv.value for kv in status.values}
+                       for array in reversed(self.diagnostics) for status in array.status
+                       if status.name == STATUS), {})
+        pred_sub = next(s for s in self.node.subscriptions if s.topic_name == "/prediction")
+        return (f"image publisher matched {self.images.get_subscription_count()} readers, "
+                f"prediction reader matched {pred_sub.get_publisher_count()} writers, "
+                f"{len(self.predictions)} predictions received (stamps "
+                f"{[p.header.stamp.sec for p in self.predictions[-5:]]}); the node counted "
+                f"received {counts.get('received')}, accepted {counts.get('accepted')} from "
+                f"{counts.get('image_publishers')} matched image publishers")
 
     def ask(self, msg: Image):
         """Publish ``msg`` (again every second, in case discovery was still settling)."""
@@ -119,7 +134,8 @@ class Camera(Observer):
                 last = time.monotonic()
             return self.received(msg.header.stamp)
 
-        return self.wait_for(answered, f"a prediction stamped {msg.header.stamp}")
+        return self.wait_for(answered, lambda: f"a prediction stamped {msg.header.stamp}: "
+                             f"{self.delivery()}")
 
 
 @contextlib.contextmanager

@@ -554,7 +554,8 @@ def run_fuzz(
         reasons = set(final[name]) | set(baseline.get(name, {}))
         for reason in sorted(reasons):
             if reason in ("received", "accepted", "rejected", "fused", "pending", "heads_known",
-                          "heads_of_other_shapes", "own_stalls", "deadlines_doubted"):
+                          "heads_of_other_shapes", "own_stalls", "deadlines_doubted",
+                          "image_publishers"):
                 continue
             got = final[name].get(reason, 0) - baseline.get(name, {}).get(reason, 0)
             want = expected.get((name, reason), 0)

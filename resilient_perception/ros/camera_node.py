@@ -158,8 +158,14 @@ class CameraNode(Node):
                           f"device_{self.get_parameter('device_id').value}", self._counters)
 
     def _counters(self) -> dict[str, object]:
-        """Counts (received = accepted + rejected), input rate and inference p50/p99 (10 s)."""
-        return {"received": self.accepted + self.rejections.total, "accepted": self.accepted,
+        """Counts (received = accepted + rejected), input rate and inference p50/p99 (10 s).
+
+        ``image_publishers`` is how many image publishers the subscription has matched: 0
+        with images expected tells a topic, transport or QoS mismatch from lost images.
+        """
+        matched = self._sub.get_publisher_count() if self._sub is not None else 0
+        return {"image_publishers": matched,
+                "received": self.accepted + self.rejections.total, "accepted": self.accepted,
                 "rejected": self.rejections.total, **self.rejections.counts,
                 **{("inference_" + k if k.endswith("_ms") else k): v
                    for k, v in self.inputs.summary(time.monotonic()).items()}}
