@@ -33,13 +33,6 @@ needs_cli = pytest.mark.skipif(CLI is None, reason="CLI not installed: run scrip
 # DDS stays on loopback in every test and in every node process a test starts (they inherit
 # the environment), whatever the shell that runs pytest has set.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-# ... and on UDP: Fast DDS's shared-memory transport keeps per-process state about its
-# peers' ports, and this process outlives hundreds of node processes that take the same
-# ports in turn. In full-suite runs a camera node then matched the test's image publisher
-# on both ends and received none of 15 images (4 of 15 runs; 0 of 5 on UDP); see the open
-# Fast DDS shared-memory issues eProsima/Fast-DDS#5053, #5469. Outside the tests the nodes
-# keep Fast DDS's default transports.
-os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "UDPv4"
 
 # ROS domains 110-199: away from the default 0 and from other DDS users on the machine.
 # Starting at this process's pid keeps two pytest runs on one machine (mostly) apart.

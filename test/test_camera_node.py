@@ -141,9 +141,13 @@ class Camera(Observer):
 @contextlib.contextmanager
 def running_camera(log_dir: Path, twin: bool = False, **parameters) -> Iterator[Camera]:
     """Start the camera node; yield this test's side once the node's topics are up."""
+    compressed = parameters.get("image_transport") == "compressed"
     with camera_pipeline(log_dir, twin, **parameters) as pipeline, Camera(pipeline) as cam:
         pipeline.start()
-        cam.wait_for(lambda: cam.images.get_subscription_count() > 0
+        # With compressed images the node listens on camera_2/image_raw/compressed, which
+        # the test's driver publisher joins afterwards; raw images reach cam.images.
+        cam.wait_for(lambda: (cam.node.count_subscribers("camera_2/image_raw/compressed") > 0
+                              if compressed else cam.images.get_subscription_count() > 0)
                      and cam.node.count_publishers("prediction") > 0, "the node's topics")
         yield cam
 
@@ -353,14 +357,11 @@ def test_compressed_and_yuyv_images_from_a_driver_give_the_raw_images_prediction
     digit = images[9, 0]  # (28, 28) uint8
     view = crop_views(images[9:10], SPEC.boxes(28, 28))[:, DEVICE]
     want = runner.run(view)[0][0]
-    with camera_pipeline(tmp_path / "compressed", device_id=DEVICE,
-                         image_transport="compressed",
-                         model_path=str(model_files["onnx"])) as pipeline, \
-            Camera(pipeline) as cam:
+    with running_camera(tmp_path / "compressed", device_id=DEVICE, image_transport="compressed",
+                        model_path=str(model_files["onnx"])) as cam:
         # image_transport's compressed topic of the remapped camera_2/image_raw
         cam.images = cam.node.create_publisher(
             CompressedImage, "camera_2/image_raw/compressed", qos_profile_sensor_data)
-        pipeline.start()
         cam.wait_for(lambda: cam.images.get_subscription_count() > 0, "the node's subscription")
         png = CompressedImage(format="png", data=cv2.imencode(".png", digit)[1].tobytes())
         png.header.stamp = Time(sec=700)
