@@ -11,6 +11,7 @@ import argparse
 import csv
 import importlib.util
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,6 +29,14 @@ def write_json(path: Path, payload: object) -> None:
     """Write ``payload`` as indented JSON (plus a newline) to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def recorded_path(path: Path) -> str:
+    """``path`` relative to the working folder, as results files record it.
+
+    Results kept in the repository then name no machine's absolute path.
+    """
+    return os.path.relpath(path)
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

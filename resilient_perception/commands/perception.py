@@ -21,6 +21,7 @@ from .common import (
     grid,
     named_path,
     positive_int,
+    recorded_path,
     require_onnx,
     size,
     write_csv,
@@ -184,7 +185,7 @@ def evaluate_checkpoint(checkpoint: Path, args: argparse.Namespace, out: Path) -
     rows, summary = evaluate_devices(model, data, noise, args.seed, tuple(args.modes))
     write_csv(out / "failures.csv", rows)
     write_json(out / "summary.json", {
-        "checkpoint": str(checkpoint), "dataset": dataset, "split": args.split,
+        "checkpoint": recorded_path(checkpoint), "dataset": dataset, "split": args.split,
         "train_dataset": meta["dataset"],
         "samples": int(len(data.labels)), "noise": args.noise, "seed": args.seed,
         "train_seed": meta.get("seed"), "summary": summary,

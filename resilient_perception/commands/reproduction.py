@@ -22,7 +22,7 @@ from ..datasets import DATASET_NAMES, evaluation_data
 from ..paper.methods import FULL_PLANS, METHODS
 from ..perception.modes import PRECISIONS
 from ..perception.views import ViewSpec
-from .common import positive_int
+from .common import positive_int, recorded_path
 
 # The protocol's modules (torch, scipy) are imported by each command when it runs.
 
@@ -79,7 +79,8 @@ def evaluate_modifier_options(checkpoint: Path, split: str, data_root: Path | No
                               checkpoint.parent.name)
     out.mkdir(parents=True, exist_ok=True)
     (out / "options.json").write_text(json.dumps({
-        "checkpoint": str(checkpoint), "dataset": dataset, "train_dataset": meta["dataset"],
+        "checkpoint": recorded_path(checkpoint), "dataset": dataset,
+        "train_dataset": meta["dataset"],
         "train_split": meta["train_split"], "fit_samples": int(len(fit_subset(train).labels)),
         "split": split, "samples": int(len(test.labels)), "train_seed": meta.get("seed"),
         "options": options}, indent=1) + "\n")
@@ -116,7 +117,7 @@ def evaluate_gated(checkpoint: Path, split: str, data_root: Path | None, limit: 
     test = load_device_views(dataset, split, ViewSpec.from_dict(meta["view_spec"]), data_root,
                              limit)
     result = gated_evaluation(model, fit, validation, test)
-    result.update({"checkpoint": str(checkpoint), "dataset": dataset,
+    result.update({"checkpoint": recorded_path(checkpoint), "dataset": dataset,
                    "train_dataset": meta["dataset"], "train_seed": meta.get("seed")})
     out.mkdir(parents=True, exist_ok=True)
     (out / "gated.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -7,10 +7,17 @@ Registered on the main parser by :func:`add_parsers` (see :mod:`..cli`); errors 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from .common import fraction, named_path, positive_int, set_threads, write_csv, write_json
+from .common import (
+    fraction,
+    named_path,
+    positive_int,
+    recorded_path,
+    set_threads,
+    write_csv,
+    write_json,
+)
 
 # torch and the modules below are imported by each command when it runs, never when the
 # parser is built.
@@ -93,7 +100,7 @@ def cmd_drop_study(args: argparse.Namespace) -> int:
     write_csv(out / "table1.csv", rows_one)
     write_csv(out / "table2.csv", rows_two)
     result = {
-        "name": name, "checkpoint": None if checkpoint is None else os.path.relpath(checkpoint),
+        "name": name, "checkpoint": None if checkpoint is None else recorded_path(checkpoint),
         "dataset": "cifar10", "split": "test", "samples": study.samples,
         "seed": meta.get("seed"), "model": model.kwargs(),
         "train_config": meta.get("train_config"), "history": meta.get("history", []),
