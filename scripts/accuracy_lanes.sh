@@ -14,7 +14,8 @@
 #           drop study for a ResNet (RUN/drop-study/: Tables I/II, profile.json).
 #           Run it again after a session restart: it continues where the lanes stopped.
 #   pause   SIGSTOP every lane's (LANE=n: only lane n's) process group (e.g. while the
-#           test suite or a benchmark runs); resume sends SIGCONT. stop sends SIGTERM (a run loses its current epoch).
+#           test suite or a benchmark runs); resume sends SIGCONT. stop sends SIGTERM (a
+#           run loses its current epoch).
 #   status  lanes' state and every run's progress (epochs done, last test accuracy).
 #   report  docs/results/accuracy/ (tables.md, epochs.csv, curves.png) from the runs so far.
 #   run NAME [OUT]  one run of the queue in the foreground, as a lane runs it (its lock,
@@ -50,13 +51,19 @@ finished() {  # a run folder holds its final file
   [ -f "$1/evaluation.json" ] || [ -f "$1/checkpoint.safetensors" ]
 }
 
-after() {  # the step after training: the gated Modifier / the drop study
+after_done() {  # name, run folder: the step after training has its result
   case "$1" in
-    devices-*) [ -f "$2/eval-test/gated.json" ] ||
-      OMP_NUM_THREADS=1 nice -n 19 "$python" -m resilient_perception.cli evaluate \
+    devices-*) [ -f "$2/eval-test/gated.json" ] ;;
+    resnet-*) [ -f "$2/drop-study/drop_study.json" ] ;;
+  esac
+}
+
+after() {  # the step after training: the gated Modifier / the drop study
+  after_done "$1" "$2" && return 0
+  case "$1" in
+    devices-*) OMP_NUM_THREADS=1 nice -n 19 "$python" -m resilient_perception.cli evaluate \
         "$2/model.safetensors" --gated --out "$2/eval-test" ;;
-    resnet-*) [ -f "$2/drop-study/drop_study.json" ] ||
-      nice -n 19 "$python" -m resilient_perception.cli drop-study "$2" --threads 1 \
+    resnet-*) nice -n 19 "$python" -m resilient_perception.cli drop-study "$2" --threads 1 \
         --out "$2/drop-study" ;;
   esac
 }
@@ -70,7 +77,7 @@ run_one() {  # run name, command args...: train it (resumable), then the step af
       --threads 1 --out "$dir" >>"$dir/train.log" 2>&1 || true
   fi
   if finished "$dir"; then
-    flock -n "$dir/.lock" bash -c "$(declare -f after); python='$python'; after $name $dir" \
+    flock -n "$dir/.lock" bash -c "$(declare -f after_done after); python='$python'; after $name $dir" \
       >>"$dir/after.log" 2>&1 || true
   fi
 }
@@ -110,7 +117,7 @@ case "${1:-status}" in
         echo "lane $n already running (process group $(cat "$pidfile"))"; continue
       fi
       # setsid: each lane is its own process group, so pause/stop reach its children.
-      setsid bash -c "$(declare -f queue recorded finished after run_one lane); out='$out' repo='$repo' python='$python'; lane $n" \
+      setsid bash -c "$(declare -f queue recorded finished after_done after run_one lane); out='$out' repo='$repo' python='$python'; lane $n" \
         >>"$out/lanes/lane$n.log" 2>&1 < /dev/null &
       echo $! >"$pidfile"
       echo "lane $n started (process group $!) on $commit"
@@ -125,8 +132,7 @@ case "${1:-status}" in
     snapshot
     # shellcheck disable=SC2086
     run_one "$name" $args
-    finished "$out/$name" && { [ -f "$out/$name/eval-test/gated.json" ] ||
-                                [ -f "$out/$name/drop-study/drop_study.json" ]; } ;;
+    finished "$out/$name" && after_done "$name" "$out/$name" ;;
   stop|pause|resume)
     signal=$([ "$1" = stop ] && echo TERM || { [ "$1" = pause ] && echo STOP || echo CONT; })
     for g in $(pgids); do kill -"$signal" -- "-$g" 2>/dev/null && echo "SIG$signal -> $g"; done

@@ -60,15 +60,13 @@ def subscribe() -> None:
     subscription = node.create_subscription(Header, "rematch",
                                             lambda _: first.append(time.monotonic()), 10)
     matched = None
-    try:
+    with contextlib.suppress(KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         while not first:
             rclpy.spin_once(node, timeout_sec=0.005)
             if matched is None and subscription.get_publisher_count() > 0:
                 matched = time.monotonic()
         print(f"{(matched or first[0]) - created:.4f} {first[0] - created:.4f}", flush=True)
         rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
 
 
 def measure(runs: int, end: str, domain: int) -> list[dict]:
