@@ -69,6 +69,12 @@ out=docs/results/resnet
 
 model() {  # lanes' run name, docs folder; 1 when a lane holds it (or it failed)
   local name="$1" folder="$2" dir="$runs/$1"
+  if [ ! -d "$dir" ] && [ -f "$out/$folder/drop_study.json" ]; then
+    # Trained on an earlier machine (its record is in docs/results/accuracy/records): the
+    # docs copy is the result; a run folder is needed only to redo it.
+    echo "$name: kept $out/$folder ($dir is not on this machine)"
+    return 0
+  fi
   if ! scripts/accuracy_lanes.sh run "$name" "$runs"; then
     echo "$name: $dir is not done (an accuracy lane is training or studying it, or it" \
          "failed: see $dir/train.log); left out of the report, run again when it is done" >&2
