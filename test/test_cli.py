@@ -84,6 +84,8 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path):
         (("train", "--grid", "0x2"), "at least 1x1"),
         (("export", "model.safetensors", "--image-size", "28"), "HxW such as 28x28"),
         (("train", "--epochs", "0"), "must be >= 1"),
+        (("train-budget-devices", "--out", "r", "--lr", "0"), "--lr: must be > 0"),
+        (("train-budget-devices", "--out", "r", "--pad", "-4"), "--pad: must be >= 0"),
         (("train", "--drop-k", "6", "--limit", "10"), "drop_k"),
         (("evaluate", "missing.safetensors"), "missing.safetensors"),
         (("evaluate", "--noise", "9:gaussian:0.1", "x"), "x"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import fraction, positive_int
+from .common import fraction, non_negative_int, positive_float, positive_int
 
 # The methods of paper.paper_budget.DEVICE_METHODS, named here so --help imports no torch.
 DEVICE_METHOD_NAMES = ("paper", "ours")
@@ -87,15 +87,20 @@ def cmd_gated_report(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="run folder (state.safetensors, metrics.json); rerun to resume")
-    p.add_argument("--epochs", type=positive_int, default=epochs)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    p.add_argument("--epochs", type=positive_int, default=epochs,
+                   help=f"epochs of the whole run (default {epochs}); part of its settings, "
+                   "so a resume must give the same")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, order and augmentation")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
+                   help="autocast precision on CPU (bf16 uses AMX where the CPU has it)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads")
     p.add_argument("--chunk", type=positive_int, default=None, metavar="N",
                    help="stop after N epochs of this call (resume later)")
     p.add_argument("--limit", type=positive_int, default=None, help="training images")
     p.add_argument("--test-limit", type=positive_int, default=None, help="test images")
-    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder holding cifar10/ (default: $RESILIENT_PERCEPTION_DATA or "
+                   "../shared/datasets)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -103,25 +108,31 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-budget-devices", help=cmd_train_budget_devices.__doc__,
                        description=cmd_train_budget_devices.__doc__)
     _common(p, 40)
-    p.add_argument("--method", choices=DEVICE_METHOD_NAMES, default="ours")
-    p.add_argument("--lr", type=float, default=0.01, help="initial (peak) learning rate")
-    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
+    p.add_argument("--method", choices=DEVICE_METHOD_NAMES, default="ours",
+                   help="fail-simulation loss: the paper's Algorithm 2, or ours (plus the "
+                   "fused output's loss)")
+    p.add_argument("--lr", type=positive_float, default=0.01,
+                   help="initial (peak) learning rate")
+    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                   help="cosine decay to 0 after a 2%% warm-up, or the initial rate throughout")
     p.add_argument("--overlap", type=fraction, default=0.5,
                    help="grid views enlarged by this fraction of a cell (0: no overlap)")
-    p.add_argument("--pad", type=int, default=4, help="translation range in pixels (0: none)")
+    p.add_argument("--pad", type=non_negative_int, default=4,
+                   help="translation range in pixels (0: none)")
     p.add_argument("--no-flip", action="store_true", help="no horizontal flips")
-    p.add_argument("--val-size", type=int, default=5000,
+    p.add_argument("--val-size", type=non_negative_int, default=5000,
                    help="training images held out for the gated Modifier (default 5000)")
     p.set_defaults(func=cmd_train_budget_devices)
 
     p = sub.add_parser("train-resnet-recipe", help=cmd_train_resnet_recipe.__doc__,
                        description=cmd_train_resnet_recipe.__doc__)
     _common(p, 24)
-    p.add_argument("--base-width", type=positive_int, default=16)
+    p.add_argument("--base-width", type=positive_int, default=16,
+                   help="channels inside the first stage's blocks (x4 out; doubles per stage)")
     p.add_argument("--stochastic-depth", type=fraction, default=0.0, metavar="P",
                    help="drop probability of the last block (linear decay)")
     p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--lr", type=float, default=0.2, help="peak learning rate")
+    p.add_argument("--lr", type=positive_float, default=0.2, help="peak learning rate")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.set_defaults(func=cmd_train_resnet_recipe)
 

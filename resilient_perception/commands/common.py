@@ -90,6 +90,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def port(text: str) -> int:
     """An argparse type: a TCP port, 0..65535 (0: a free one)."""
     value = int(text)
