@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The long accuracy training runs in background lanes (docs/results.md, "Accuracy at the
 # papers' budget"): the six CIFAR-10 device CNNs at the paper's 40 epochs (`paper` and
-# `ours`, seeds 0..2, 50%-overlapping views, flip + translate before cutting) and the fast
-# ResNet recipe (plain and stochastic depth).
+# `ours`, seeds 0..2, 50%-overlapping views, flip + translate before cutting), 10-epoch
+# pilots of changes to that recipe, and the fast ResNet recipe (plain and stochastic depth).
 #
 # Usage: scripts/accuracy_lanes.sh start|stop|pause|resume|status|report [OUT]
 #   OUT defaults to $ACCURACY_RUNS or ../runs/accuracy (outside the repository, so runs
@@ -37,9 +37,16 @@ queue() {
   echo "devices-paper-s0 train-budget-devices --method paper --seed 0"
   echo "resnet-w16-sd train-resnet-recipe --base-width 16 --epochs 24 --stochastic-depth 0.5"
   echo "devices-ours-s0 train-budget-devices --method ours --seed 0"
+  local seed pilot="train-budget-devices --method ours --seed 0 --epochs 10"
   for seed in 1 2; do
     echo "devices-paper-s$seed train-budget-devices --method paper --seed $seed"
     echo "devices-ours-s$seed train-budget-devices --method ours --seed $seed"
+    [ "$seed" = 1 ] || continue
+    # Pilots of what might lift the devices, which plateau near 75% (docs/results.md): the
+    # 10-epoch reference, a higher learning rate, larger views. A pilot has no step after.
+    echo "devices-pilot-e10 $pilot"
+    echo "devices-pilot-e10-lr0.05 $pilot --lr 0.05"
+    echo "devices-pilot-e10-overlap0.9 $pilot --overlap 0.9"
   done
 }
 
@@ -53,6 +60,7 @@ finished() {  # a run folder holds its final file
 
 after_done() {  # name, run folder: the step after training has its result
   case "$1" in
+    devices-pilot-*) true ;;
     devices-*) [ -f "$2/eval-test/gated.json" ] ;;
     resnet-*) [ -f "$2/drop-study/drop_study.json" ] ;;
   esac

@@ -19,6 +19,7 @@ import csv
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import matplotlib
@@ -28,6 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..run_state import read_state_meta  # noqa: E402
+from .paper_budget import DeviceRecipe  # noqa: E402
 from .reproduction import mean_ci, paired_t_test  # noqa: E402
 
 __all__ = ["collect_runs", "gated_report", "protocol_seeds", "write_accuracy_report"]
@@ -98,16 +100,43 @@ def _pct(values: list[float]) -> str:
     return f"{100 * mean:.2f}" + ("" if math.isnan(half) else f" ± {100 * half:.2f}")
 
 
+def _is_main_run(name: str, method: str) -> bool:
+    """A run of the 40-epoch seeds (``devices-<method>-s<seed>``), not a pilot."""
+    return re.fullmatch(rf"devices-{method}-s\d+", name) is not None
+
+
+def _finals(run: dict) -> tuple[float, float]:
+    """A finished device run's (no failure, mean single failure + Modifier), avg fusion."""
+    avg = run["summary"]["avg"]
+    return avg["baseline"]["no_failure"], avg["modifier"]["single_failure_mean"]
+
+
 def _device_finals(runs: dict[str, dict], method: str) -> dict[int, tuple[float, float]]:
-    """Finished runs of ``method``: seed -> (no failure, mean single failure + Modifier)."""
-    finals = {}
-    for run in runs.values():
+    """Finished main runs of ``method``: seed -> (no failure, single failure + Modifier)."""
+    return {run["settings"]["recipe"]["seed"]: _finals(run) for name, run in runs.items()
+            if _is_main_run(name, method) and run["summary"]}
+
+
+def _pilot_table(runs: dict[str, dict]) -> list[str]:
+    """Short runs (``devices-pilot-*``) that try a change of the recipe before a full run."""
+    pilots = {name: run for name, run in runs.items() if name.startswith("devices-pilot-")}
+    if not pilots:
+        return []
+    default = DeviceRecipe().asdict()
+    lines = ["", "Pilots: short runs of a changed recipe, each against the reference of the "
+             "same length (settings that differ from the 40-epoch runs'):", "",
+             "| run | settings | epochs | no failure | one failure + Modifier |",
+             "|---|---|---|---|---|"]
+    for name, run in pilots.items():
         recipe = run["settings"]["recipe"]
-        if "method" in recipe and recipe["method"] == method and run["summary"]:
-            avg = run["summary"]["avg"]
-            finals[recipe["seed"]] = (avg["baseline"]["no_failure"],
-                                      avg["modifier"]["single_failure_mean"])
-    return finals
+        changed = ", ".join(f"{k} {v}" for k, v in recipe.items() if default.get(k) != v)
+        if run["summary"]:
+            scores = "| ".join(f"{100 * v:.2f} " for v in _finals(run))
+        else:
+            scores = "training | - "
+        lines.append(f"| {name} | {changed or '-'} | {len(run['log'])}/{run['epochs']} "
+                     f"| {scores}|")
+    return lines
 
 
 def _device_tables(runs: dict[str, dict], protocol: dict[str, dict[str, list]]) -> list[str]:
@@ -127,7 +156,7 @@ def _device_tables(runs: dict[str, dict], protocol: dict[str, dict[str, list]]) 
     paper, ours = _device_finals(runs, "paper"), _device_finals(runs, "ours")
     seeds = sorted(set(paper) & set(ours))
     gated = {m: [run["gated"] for name, run in runs.items()
-                 if name.startswith(f"devices-{m}-s") and run.get("gated")] for m in METHODS}
+                 if _is_main_run(name, m) and run.get("gated")] for m in METHODS}
     if any(gated.values()):
         lines += ["", "The gated Modifier on the 40-epoch runs (gate fitted on the 5,000 "
                   "held-out training images; `evaluate --gated`):", "", *GATED_HEADER]
@@ -138,7 +167,7 @@ def _device_tables(runs: dict[str, dict], protocol: dict[str, dict[str, list]]) 
         t, p = paired_t_test([ours[s][k] for s in seeds], [paper[s][k] for s in seeds])
         lines.append(f"- {label}: t = {t:.2f}, p = {p:.3g}" if not math.isnan(p)
                      else f"- {label}: needs two or more paired seeds")
-    return lines
+    return lines + _pilot_table(runs)
 
 
 def _progress_table(runs: dict[str, dict]) -> list[str]:
