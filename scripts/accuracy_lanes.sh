@@ -43,10 +43,10 @@ queue() {
     echo "devices-ours-s$seed train-budget-devices --method ours --seed $seed"
     [ "$seed" = 1 ] || continue
     # Pilots of what might lift the devices, which plateau near 75% (docs/results.md): the
-    # 10-epoch reference, a higher learning rate, larger views. A pilot has no step after.
+    # 10-epoch reference, larger views, a higher learning rate. A pilot has no step after.
     echo "devices-pilot-e10 $pilot"
-    echo "devices-pilot-e10-lr0.05 $pilot --lr 0.05"
     echo "devices-pilot-e10-overlap0.9 $pilot --overlap 0.9"
+    echo "devices-pilot-e10-lr0.05 $pilot --lr 0.05"
   done
   # Width 16 stopped at 86.25% after 24 epochs; a one-cycle run gains most late, so longer.
   echo "resnet-w16-e40 train-resnet-recipe --base-width 16 --epochs 40"
