@@ -92,7 +92,7 @@ def _common(p: argparse.ArgumentParser, epochs: int) -> None:
                    "so a resume must give the same")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, order and augmentation")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
-                   help="autocast precision on CPU (bf16 uses AMX where the CPU has it)")
+                   help="autocast precision (bf16 is faster on CPUs with AMX or AVX512-BF16)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads")
     p.add_argument("--chunk", type=positive_int, default=None, metavar="N",
                    help="stop after N epochs of this call (resume later)")
