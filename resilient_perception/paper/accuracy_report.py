@@ -130,12 +130,10 @@ def _pilot_table(runs: dict[str, dict]) -> list[str]:
     for name, run in pilots.items():
         recipe = run["settings"]["recipe"]
         changed = ", ".join(f"{k} {v}" for k, v in recipe.items() if default.get(k) != v)
-        if run["summary"]:
-            scores = "| ".join(f"{100 * v:.2f} " for v in _finals(run))
-        else:
-            scores = "training | - "
+        scores = (" | ".join(f"{100 * v:.2f}" for v in _finals(run)) if run["summary"]
+                  else "training | -")
         lines.append(f"| {name} | {changed or '-'} | {len(run['log'])}/{run['epochs']} "
-                     f"| {scores}|")
+                     f"| {scores} |")
     return lines
 
 
