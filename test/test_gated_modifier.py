@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from resilient_perception.cli import main
-from resilient_perception.paper.gated_modifier import fit_gate, mcnemar
+from resilient_perception.paper.gated_modifier import GATE_OPTIONS, fit_gate, mcnemar
 from resilient_perception.perception.validation import holdout_split
 from test.conftest import DATA_ROOT, needs_data
 
@@ -75,7 +75,15 @@ def test_evaluate_gated_end_to_end(tmp_path, capsys):
     for failed, option in result["gate"].items():
         if option == "none":
             assert gated["by_failed_set"][failed] == none["by_failed_set"][failed]
-    assert "gated vs none" in (tmp_path / "e" / "gated.md").read_text()
+    # Every option is scored alone, and on every failed set the gate's choice is one of them,
+    # so the gated accuracy there equals that option's.
+    options = result["options"]
+    assert set(options) == {o.name for o in GATE_OPTIONS}
+    assert options["none"] == none and options["modifier"] == result["summary"]["modifier"]
+    for failed, option in result["gate"].items():
+        assert gated["by_failed_set"][failed] == options[option]["by_failed_set"][failed]
+    md = (tmp_path / "e" / "gated.md").read_text()
+    assert "gated vs none" in md and "| affine+calibrated |" in md
 
     plain = tmp_path / "plain"
     assert main(["train", "--limit", "300", "--epochs", "1", "--threads", "1",
@@ -99,3 +107,29 @@ def test_gated_report_pairs_seeds(tmp_path):
     table = gated_report(tmp_path)
     assert "| mnist | ours | 3 | 95.00 ± 0.00 | 91.00 ± 2.48 |" in table
     assert "| +0.27 |" in table
+    assert "upper bound" not in table  # these seeds kept no per-option scores
+
+
+def test_gated_report_bounds_the_gate_by_the_best_option_per_set(tmp_path):
+    from resilient_perception.paper.accuracy_report import gated_report
+
+    def summary(by_set: dict) -> dict:  # failed set -> accuracy; "" is no failure
+        singles = [v for k, v in by_set.items() if k]
+        return {"no_failure": by_set[""], "single_failure_mean": float(np.mean(singles)),
+                "by_failed_set": by_set}
+
+    # No failure 0.95, one failure 0.90 without a Modifier: a cost of 5 points. Option "a"
+    # recovers device 0's loss fully, "b" device 1's; the gate picks "a" on both sets.
+    options = {"none": summary({"": 0.95, "0": 0.90, "1": 0.90}),
+               "a": summary({"": 0.95, "0": 0.95, "1": 0.89}),
+               "b": summary({"": 0.95, "0": 0.88, "1": 0.95})}
+    result = {"summary": {"none": options["none"], "modifier": options["a"],
+                          "gated": summary({"": 0.95, "0": 0.95, "1": 0.90})},
+              "options": options}
+    folder = tmp_path / "idx" / "defaults" / "seed0" / "eval-test"
+    folder.mkdir(parents=True)
+    (folder / "gated.json").write_text(json.dumps(result))
+    table = gated_report(tmp_path)
+    assert "| dataset | method | seeds | a | b | gated | best per set (bound) |" in table
+    # a: (0.92 - 0.90) / 0.05 = 40%; b: 30%; gated: 50%; best per set (0.95, 0.95): 100%.
+    assert "| idx | defaults | 1 | 40% | 30% | 50% | 100% |" in table

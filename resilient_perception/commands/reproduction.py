@@ -126,8 +126,15 @@ def evaluate_gated(checkpoint: Path, split: str, data_root: Path | None, limit: 
              f"{result['alpha']}), learned options fitted on {result['fit_samples']} of the "
              f"{len(fit.labels)} training samples.", "",
              "| strategy | no failure % | mean single failure % |", "|---|---|---|"]
-    lines += [f"| {name} | {100 * s['no_failure']:.2f} | {100 * s['single_failure_mean']:.2f} |"
-              for name, s in result["summary"].items()]
+
+    def rows(summaries: dict) -> list[str]:
+        return [f"| {name} | {100 * s['no_failure']:.2f} | {100 * s['single_failure_mean']:.2f} |"
+                for name, s in summaries.items()]
+
+    lines += rows(result["summary"])
+    lines += ["", "Each option alone on every failed set (the gate picks among these):", "",
+              "| option | no failure % | mean single failure % |", "|---|---|---|"]
+    lines += rows(result["options"])
     lines += ["", "| paired test (single failures, McNemar) | gain (points) | p better | "
               "p worse |", "|---|---|---|---|"]
     lines += [f"| {name} | {100 * t['gain']:+.2f} | {t['p_better']:.3g} | {t['p_worse']:.3g} |"

@@ -21,7 +21,10 @@ trained on, whether to use an option at all:
 * **Report** (:func:`gated_evaluation`): on the test split, per failed set, the rows of no
   Modifier, the plain Modifier and the gated choice, their summaries (no failure, mean
   single failure), and paired McNemar tests of gated vs none and gated vs plain on the
-  pooled single-failure (sample, failed device) pairs.
+  pooled single-failure (sample, failed device) pairs. Every option's own summary is
+  kept too, so a report can show what each gives alone and the best option per failed set
+  *chosen on the test split itself*: an upper bound no gate reaches, which tells apart a
+  gate that chooses badly from options that cannot recover more.
 """
 
 from __future__ import annotations
@@ -157,8 +160,10 @@ def gated_evaluation(model, fit: DeviceViews, validation: DeviceViews, test: Dev
     ``fit`` is the training data the learned options are fitted on (never ``validation``);
     ``max_failed`` limits the failed sets to that many devices (default all ``N - 1``).
     Returns ``gate`` (failed set -> option), ``summary`` per strategy (``none``,
-    ``modifier``, ``gated``, and the validation accuracy of the gate), ``tests`` (McNemar
-    p-values on the pooled single-failure pairs, both directions) and ``mean_gain``.
+    ``modifier``, ``gated``), ``options`` (the same summary for every option of
+    :data:`GATE_OPTIONS` used on every failed set: what each would give alone, and per set
+    the ceiling of any gate over them) and ``tests`` (McNemar p-values on the pooled
+    single-failure pairs, both directions).
     """
     heads = tuple(t.detach() for t in model.classifier_heads())
     subsets = [s for s in failure_subsets(test.n_devices)
@@ -185,6 +190,7 @@ def gated_evaluation(model, fit: DeviceViews, validation: DeviceViews, test: Dev
         "gate": {",".join(map(str, s)): name for s, name in gate.items()},
         "options_used": {o.name: sum(v == o.name for v in gate.values()) for o in GATE_OPTIONS},
         "summary": {name: _summary(c, subsets) for name, c in strategies.items()},
+        "options": {name: _summary(c, subsets) for name, c in on_test.items()},
         "tests": tests,
     }
 
