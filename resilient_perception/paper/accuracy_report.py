@@ -298,7 +298,7 @@ def _options_lines(rows: list[tuple[str, str, list[dict]]]) -> list[str]:
     """Recovery of every option alone, of the gate, and of the best option per failed set.
 
     Only rows whose every seed recorded its options (``evaluate --gated`` since it keeps
-    them). The best per set is chosen on the test split itself, so no gate can reach it:
+    them). The best per set is chosen on the test split itself, so no gate can exceed it:
     it bounds what choosing among these options can recover.
     """
     rows = [row for row in rows if all("options" in r for r in row[2])]

@@ -23,7 +23,7 @@ trained on, whether to use an option at all:
   single failure), and paired McNemar tests of gated vs none and gated vs plain on the
   pooled single-failure (sample, failed device) pairs. Every option's own summary is
   kept too, so a report can show what each gives alone and the best option per failed set
-  *chosen on the test split itself*: an upper bound no gate reaches, which tells apart a
+  *chosen on the test split itself*: an upper bound no gate can exceed, which tells apart a
   gate that chooses badly from options that cannot recover more.
 """
 
