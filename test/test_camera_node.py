@@ -112,16 +112,20 @@ class Camera(Observer):
 
     def delivery(self) -> str:
         """Where a missing answer was lost: matches of both ends, the node's own counts."""
-        counts = next(({kv.key: kv.value for kv in status.values}
-                       for array in reversed(self.diagnostics) for status in array.status
-                       if status.name == STATUS), {})
+        last = next(((array, status) for array in reversed(self.diagnostics)
+                     for status in array.status if status.name == STATUS), None)
+        counts = {kv.key: kv.value for kv in last[1].values} if last else {}
+        # A report that stopped coming tells a node stuck in a callback from a deaf one.
+        stamp = last[0].header.stamp if last else None
+        age = f"{time.time() - stamp.sec - stamp.nanosec * 1e-9:.1f} s" if stamp else "never"
         pred_sub = next(s for s in self.node.subscriptions if s.topic_name == "/prediction")
         return (f"image publisher matched {self.images.get_subscription_count()} readers, "
                 f"prediction reader matched {pred_sub.get_publisher_count()} writers, "
                 f"{len(self.predictions)} predictions received (stamps "
                 f"{[p.header.stamp.sec for p in self.predictions[-5:]]}); the node counted "
                 f"received {counts.get('received')}, accepted {counts.get('accepted')} from "
-                f"{counts.get('image_publishers')} matched image publishers")
+                f"{counts.get('image_publishers')} matched image publishers in its last "
+                f"report ({age} ago)")
 
     def ask(self, msg: Image):
         """Publish ``msg`` (again every second, in case discovery was still settling)."""

@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -538,12 +538,24 @@ class Pipeline:
 
     def _log_stacks(self, name: str) -> None:
         """Python stacks (``run_node``'s SIGUSR1 handler) and native stacks into the log."""
-        if self.running(name):
-            self._log_line(name, f"still running {NATIVE_STACKS_AFTER_S:g} s after a stop "
-                           "request; its threads' Python stacks:")
-            self._processes[name].send_signal(signal.SIGUSR1)
-            time.sleep(0.2)  # the handler writes them from the process's next bytecode
+        self.log_python_stacks([name], f"still running {NATIVE_STACKS_AFTER_S:g} s after a "
+                               "stop request")
         self._log_native_stacks(name)
+
+    def log_python_stacks(self, names: Iterable[str] | None = None,
+                          reason: str = "asked") -> None:
+        """Write the running nodes' Python thread stacks into their logs (all by default).
+
+        ``run_node``'s SIGUSR1 handler prints them, even while the node's main thread waits
+        in native code; a test that times out asks for them, so its failure message (the
+        log tails) says whether a node was stuck in a callback or idle in its executor.
+        """
+        running = [n for n in (self._processes if names is None else names) if self.running(n)]
+        for name in running:
+            self._log_line(name, f"{reason}; its threads' Python stacks:")
+            self._processes[name].send_signal(signal.SIGUSR1)
+        if running:
+            time.sleep(0.2)  # for the handlers to finish writing
 
     def _log_native_stacks(self, name: str) -> None:
         gdb = shutil.which("gdb")
@@ -627,7 +639,10 @@ class Observer:
             if pipeline is not None:
                 pipeline.check()
             self.executor.spin_once(timeout_sec=0.02)
-        logs = f"\n{pipeline.log_tails()}" if pipeline is not None else ""
+        logs = ""
+        if pipeline is not None:
+            pipeline.log_python_stacks(reason=f"a wait of {timeout:g} s timed out")
+            logs = f"\n{pipeline.log_tails()}"
         waited_for = what() if callable(what) else what
         raise TimeoutError(f"timed out after {timeout} s waiting for {waited_for}{logs}")
 
