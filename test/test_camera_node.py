@@ -384,6 +384,20 @@ def test_compressed_and_yuyv_images_from_a_driver_give_the_raw_images_prediction
             runner.run(crop_views(seen[None], SPEC.boxes(28, 28))[:, DEVICE])[0][0], atol=1e-5)
 
 
+def shared_memory_ports(pid: int | str) -> set[str]:
+    """The Fast DDS shared-memory ports (``/dev/shm/fastdds_port<N>``) a process has mapped."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return {line.rsplit("/", 1)[1] for line in maps.splitlines() if "/fastdds_port" in line}
+
+
+def test_the_suites_samples_go_over_udp(model_files, images, tmp_path):
+    """conftest's Fast DDS profile holds: an answered image used no shared-memory port."""
+    with running_camera(tmp_path, device_id=DEVICE, model_path=str(model_files["onnx"])) as cam:
+        assert cam.ask(image_msg(images[1], sec=800)) is not None
+        assert shared_memory_ports(cam.pipeline.pid(NAME)) == set()
+        assert shared_memory_ports("self") == set()
+
+
 def test_an_int8_export_runs_on_cpu_when_an_absent_provider_is_asked_for(model_files, images,
                                                                           tmp_path):
     from resilient_perception.perception.reduced_precision import precision_path, quantize_int8
