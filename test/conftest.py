@@ -33,12 +33,6 @@ needs_cli = pytest.mark.skipif(CLI is None, reason="CLI not installed: run scrip
 # DDS stays on loopback in every test and in every node process a test starts (they inherit
 # the environment), whatever the shell that runs pytest has set.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-# ... and samples go over UDP, not Fast DDS's shared memory: this process outlives hundreds
-# of node processes that take the same shared-memory ports in turn, and in 1 of the last 5
-# CI runs a camera node matched the test's image publisher on both ends and received none
-# of 15 images (config/fastdds_udp_only.xml says why). A test or harness that gives a node
-# its own profile (the large-image drivers) replaces this one for that node.
-os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(ROOT / "config" / "fastdds_udp_only.xml")
 
 # ROS domains 110-199: away from the default 0 and from other DDS users on the machine.
 # Starting at this process's pid keeps two pytest runs on one machine (mostly) apart.
