@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -394,9 +395,8 @@ def test_compressed_and_yuyv_images_from_a_driver_give_the_raw_images_prediction
 
 def shared_memory_ports(pid: int) -> set[int]:
     """The Fast DDS shared-memory ports (``/dev/shm/fastdds_port<N>``) a process has mapped."""
-    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
-    return {int(line.rsplit("fastdds_port", 1)[1]) for line in maps
-            if "/fastdds_port" in line and line.rsplit("fastdds_port", 1)[1].isdigit()}
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return {int(port) for port in re.findall(r"/fastdds_port(\d+)$", maps, re.MULTILINE)}
 
 
 def udp_ports(pid: int) -> set[int]:
@@ -417,8 +417,8 @@ def test_the_camera_node_here_takes_images_over_udp(model_files, images, tmp_pat
     with running_camera(tmp_path, device_id=DEVICE, model_path=str(model_files["onnx"])) as cam:
         assert cam.ask(image_msg(images[1], sec=800)) is not None
         pid = cam.pipeline.pid(NAME)
-        own = udp_ports(pid)
-        assert own and not own & shared_memory_ports(pid), (own, shared_memory_ports(pid))
+        own, mapped = udp_ports(pid), shared_memory_ports(pid)
+        assert own and not own & mapped, (own, mapped)
 
 
 def test_an_int8_export_runs_on_cpu_when_an_absent_provider_is_asked_for(model_files, images,
