@@ -13,6 +13,7 @@ from safetensors import safe_open
 from torch import nn
 
 from resilient_perception.datasets import load_cifar10
+from resilient_perception.paper.gated_modifier import GATE_AVERAGE
 from resilient_perception.paper.paper_budget import DeviceRecipe, train_device_run
 from resilient_perception.perception.checkpoint import load_checkpoint
 from resilient_perception.perception.views import ViewSpec, crop_views
@@ -152,7 +153,12 @@ def test_report_compares_finished_seeds_and_lists_running_ones(tmp_path):
     for seed in (0, 1):
         folder = tmp_path / "runs" / f"devices-ours-s{seed}" / "eval-test"
         folder.mkdir()
-        (folder / "gated.json").write_text(json.dumps({"summary": gated}))
+        (folder / "gated.json").write_text(json.dumps({"summary": gated,
+                                                       "average": GATE_AVERAGE}))
+    # paper's seed 0 was gated by the earlier gate: listed, left out of the gated table.
+    folder = tmp_path / "runs" / "devices-paper-s0" / "eval-test"
+    folder.mkdir()
+    (folder / "gated.json").write_text(json.dumps({"summary": gated}))
     # A pilot of ours (seed 0 too) is reported apart, never in the seeds' means.
     _fake_run(tmp_path / "runs" / "devices-pilot-lr0.05",
               {"method": "ours", "seed": 0, "epochs": 2, "lr": 0.05},
@@ -169,6 +175,8 @@ def test_report_compares_finished_seeds_and_lists_running_ones(tmp_path):
     assert "t-test, ours vs paper, 40 epochs, on the 2 seeds" in text
     assert "| resnet-w16 | 1/24 | 50.00 (flip TTA 52.00) |" in text
     assert "| cifar10 | ours | 2 | 80.00 ± 0.00 | 78.00 ± 0.00 | 77.90 ± 0.00 |" in text
+    assert "| cifar10 | paper |" not in text and "earlier gate" in text
+    assert "devices-paper-s0." in text
     assert "| devices-pilot-lr0.05 | epochs 2, lr 0.05 | 2/2 | 90.00 | 89.00 |" in text
     assert len((tmp_path / "out" / "epochs.csv").read_text().splitlines()) == 1 + 5 * 2 + 1
     assert (tmp_path / "out" / "curves.png").stat().st_size > 10_000

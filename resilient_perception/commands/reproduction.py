@@ -132,7 +132,8 @@ def evaluate_gated(checkpoint: Path, split: str, data_root: Path | None, limit: 
                 for name, s in summaries.items()]
 
     lines += rows(result["summary"])
-    lines += ["", "Each option alone on every failed set (the gate picks among these):", "",
+    lines += ["", "Each option alone on every failed set (the gate averages up to "
+              f"{result['average']} of these):", "",
               "| option | no failure % | mean single failure % |", "|---|---|---|"]
     lines += rows(result["options"])
     lines += ["", "| paired test (single failures, McNemar) | gain (points) | p better | "
@@ -141,7 +142,14 @@ def evaluate_gated(checkpoint: Path, split: str, data_root: Path | None, limit: 
               for name, t in result["tests"].items()]
     used = ", ".join(f"{name} {count}" for name, count in result["options_used"].items()
                      if count)
-    lines += ["", f"Options chosen over the {len(result['gate'])} failed sets: {used}."]
+    lines += ["", f"Options used over the {len(result['gate'])} failed sets (each averages "
+              f"up to {result['average']}; none: no option passed): {used}."]
+    folds = result["cross_fitted"]
+    lines += ["", f"Judged on the validation split alone ({folds['halves']} random halves: "
+              "the gate fitted on one, scored on the other), mean single failure %: plain "
+              f"fusion {100 * folds['single_failure_none']:.2f}; "
+              + ", ".join(f"{count} averaged {100 * value:.2f}"
+                          for count, value in folds["single_failure"].items()) + "."]
     (out / "gated.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out / 'gated.json'} and {out / 'gated.md'}")

@@ -29,6 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..run_state import read_state_meta  # noqa: E402
+from .gated_modifier import GATE_AVERAGE  # noqa: E402
 from .paper_budget import DeviceRecipe  # noqa: E402
 from .reproduction import mean_ci, paired_t_test  # noqa: E402
 
@@ -153,13 +154,22 @@ def _device_tables(runs: dict[str, dict], protocol: dict[str, dict[str, list]]) 
     lines.append("| paper's Table (target) | 40 epochs | - | 83.49 | 80.16 |")
     paper, ours = _device_finals(runs, "paper"), _device_finals(runs, "ours")
     seeds = sorted(set(paper) & set(ours))
-    gated = {m: [run["gated"] for name, run in runs.items()
-                 if _is_main_run(name, m) and run.get("gated")] for m in METHODS}
+    gated = {m: {name: run["gated"] for name, run in runs.items()
+                 if _is_main_run(name, m) and run.get("gated")} for m in METHODS}
     if any(gated.values()):
         lines += ["", "The gated Modifier on the 40-epoch runs (gate fitted on the 5,000 "
                   "held-out training images; `evaluate --gated`):", "", *GATED_HEADER]
-        rows = [("cifar10", m, r) for m, r in gated.items() if r]
+        rows = [("cifar10", m, [r for r in by_run.values() if current_gate(r)])
+                for m, by_run in gated.items()]
+        rows = [row for row in rows if row[2]]
         lines += [_gated_row(*row) for row in rows] + _options_lines(rows)
+        lines += _cross_fitted_lines(rows)
+        earlier = sorted(name for by_run in gated.values() for name, r in by_run.items()
+                         if not current_gate(r))
+        if earlier:
+            lines += ["", "Left out, gated by an earlier gate (one option per failed set) "
+                      "and without a model on this machine to gate again: "
+                      + ", ".join(earlier) + "."]
     lines += ["", f"Paired t-test, ours vs paper, 40 epochs, on the {len(seeds)} seeds "
               "finished for both:"]
     for label, k in (("no failure", 0), ("one failure + Modifier", 1)):
@@ -256,18 +266,56 @@ GATED_HEADER = ["| dataset | method | seeds | no failure (none) | one failure: n
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
+def current_gate(result: dict) -> bool:
+    """Whether a ``gated.json`` came from the gate of this code, so no table mixes gates.
+
+    Results without ``average`` came from a gate that chose one option per failed set.
+    """
+    return result.get("average", 1) == GATE_AVERAGE
+
+
 MIN_RECOVERY_COST = 0.001
 """A failure that costs less than this (0.1 points) makes a recovery ratio noise over noise."""
 
 
-def _recovery(results: list[dict], with_: list[float]) -> str:
+def _ratio(no_failure: list[float], without: list[float], with_: list[float]) -> str:
     """(with - without) / (no failure - without) over the seeds' means, as summarise() does."""
-    none = [r["summary"]["none"] for r in results]
-    without = float(np.mean([s["single_failure_mean"] for s in none]))
-    cost = float(np.mean([s["no_failure"] for s in none])) - without
+    cost = float(np.mean(no_failure)) - float(np.mean(without))
     if cost < MIN_RECOVERY_COST:
         return "-"
-    return f"{100 * (float(np.mean(with_)) - without) / cost:.0f}%"
+    return f"{100 * (float(np.mean(with_)) - float(np.mean(without))) / cost:.0f}%"
+
+
+def _recovery(results: list[dict], with_: list[float]) -> str:
+    """Recovery on the test split: ``with_`` against the seeds' no-Modifier summaries."""
+    none = [r["summary"]["none"] for r in results]
+    return _ratio([s["no_failure"] for s in none], [s["single_failure_mean"] for s in none],
+                  with_)
+
+
+def _cross_fitted_lines(rows: list[tuple[str, str, list[dict]]]) -> list[str]:
+    """Recovery on held-out validation halves per number of options averaged.
+
+    The evidence for :data:`.gated_modifier.GATE_AVERAGE`, from the validation splits
+    only (``cross_fitted`` in each ``gated.json``).
+    """
+    rows = [row for row in rows if all("cross_fitted" in r for r in row[2])]
+    if not rows:
+        return []
+    counts = list(rows[0][2][0]["cross_fitted"]["single_failure"])
+    lines = ["", "How many options to average, judged on the validation split alone: the gate "
+             "fitted on one random half and scored on the other (10 halves per seed); "
+             "recovery of the mean single failure per number of options averaged (the gate "
+             f"averages {GATE_AVERAGE}):", "",
+             "| dataset | method | seeds | " + " | ".join(f"{c} averaged" for c in counts)
+             + " |", "|---" * (len(counts) + 3) + "|"]
+    for dataset, method, results in rows:
+        folds = [r["cross_fitted"] for r in results]
+        cells = [_ratio([f["no_failure"] for f in folds],
+                        [f["single_failure_none"] for f in folds],
+                        [f["single_failure"][c] for f in folds]) for c in counts]
+        lines.append(f"| {dataset} | {method} | {len(results)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _gated_row(dataset: str, method: str, results: list[dict]) -> str:
@@ -288,7 +336,7 @@ def _gated_row(dataset: str, method: str, results: list[dict]) -> str:
 
 
 def _best_per_set(options: dict) -> float:
-    """Mean single failure when each failed set gets its best option on these samples."""
+    """Mean single failure when each failed set gets its best single option on these samples."""
     singles = [key for key in options["none"]["by_failed_set"] if key and "," not in key]
     return float(np.mean([max(o["by_failed_set"][key] for o in options.values())
                           for key in singles]))
@@ -298,18 +346,18 @@ def _options_lines(rows: list[tuple[str, str, list[dict]]]) -> list[str]:
     """Recovery of every option alone, of the gate, and of the best option per failed set.
 
     Only rows whose every seed recorded its options (``evaluate --gated`` since it keeps
-    them). The best per set is chosen on the test split itself, so no gate can exceed it:
-    it bounds what choosing among these options can recover.
+    them). The best per set is chosen on the test split itself, so no gate choosing one
+    option can exceed it; the gate, which averages up to :data:`GATE_AVERAGE`, can.
     """
     rows = [row for row in rows if all("options" in r for r in row[2])]
     if not rows:
         return []
     names = [n for n in rows[0][2][0]["options"] if n != "none"]
     lines = ["", "Recovery of the mean single failure by each option alone, by the gate, and by "
-             "the best option per failed set chosen on the test split (an upper bound for any "
-             "gate over these options):", "",
+             "the best single option per failed set chosen on the test split (the most a gate "
+             "choosing one option could recover; averaging options can pass it):", "",
              "| dataset | method | seeds | " + " | ".join(names)
-             + " | gated | best per set (bound) |", "|---" * (len(names) + 5) + "|"]
+             + " | gated | best option per set |", "|---" * (len(names) + 5) + "|"]
     for dataset, method, results in rows:
         cells = [_recovery(results, [r["options"][n]["single_failure_mean"] for r in results])
                  for n in names]
@@ -335,11 +383,20 @@ def gated_report(root: Path) -> str:
              "paired t-tests across seeds (nan below two seeds); recovery = (with - without) "
              "/ (no failure - without) on the mean single failure (\"-\" where a single failure "
              "costs under 0.1 points: a ratio would be noise over noise).", "", *GATED_HEADER]
-    rows = []
+    rows, earlier = [], []
     for method_dir in sorted(Path(root).glob("*/*")):
-        results = [json.loads(p.read_text())
-                   for p in sorted(method_dir.glob("seed*/eval-*/gated.json"))]
+        results = []
+        for path in sorted(method_dir.glob("seed*/eval-*/gated.json")):
+            result = json.loads(path.read_text())
+            if current_gate(result):
+                results.append(result)
+            else:
+                earlier.append(str(path.relative_to(root)))
         if results:
             rows.append((method_dir.parent.name, method_dir.name, results))
     lines += [_gated_row(*row) for row in rows]
-    return "\n".join(lines + _options_lines(rows)) + "\n"
+    lines += _options_lines(rows) + _cross_fitted_lines(rows)
+    if earlier:
+        lines += ["", "Left out, gated by an earlier gate (run `evaluate --gated` again): "
+                  + ", ".join(earlier) + "."]
+    return "\n".join(lines) + "\n"
