@@ -80,8 +80,10 @@ GATE_OPTIONS = (
 GATE_AVERAGE = 2
 """At most this many options, the most accurate that pass, are averaged per failed set.
 
-Cross-fitted on halves of the validation splits (:func:`cross_fitted`, in every
-``gated.json``), two beat one and three on MNIST (both methods) and the IDX pair."""
+Judged on halves of the validation splits alone (:func:`cross_fitted`, in every
+``gated.json``; docs/results/gated/tables.md), two beat one on every dataset where the gate
+switches options on (MNIST, both methods, and an IDX pair), and three were better than two
+on one of the three only."""
 
 
 def mcnemar(a: np.ndarray, b: np.ndarray, alternative: str = "greater") -> float:
