@@ -105,7 +105,8 @@ def option_probabilities(outputs: tuple, heads: tuple, labels: np.ndarray,
     A sample with no live device gets all zeros: it is classified wrong whatever is chosen.
     """
     probs, features, _, avail = device_output_tensors(*outputs, labels, available)
-    out = np.zeros((len(subsets), *probs.shape[::2]), dtype=np.float32)
+    n_samples, _, n_classes = probs.shape
+    out = np.zeros((len(subsets), n_samples, n_classes), dtype=np.float32)
     with torch.inference_mode():
         for i, failed in enumerate(subsets):
             live = avail.clone()
