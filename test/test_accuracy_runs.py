@@ -166,6 +166,13 @@ def test_report_compares_finished_seeds_and_lists_running_ones(tmp_path):
                 **speed} for e in (1, 2)],
               {"avg": {"baseline": {"no_failure": 0.9},
                        "modifier": {"single_failure_mean": 0.89}}})
+    # So is one seed of a pilot's setting at full length.
+    _fake_run(tmp_path / "runs" / "devices-ours-lr0.05-s0",
+              {"method": "ours", "seed": 0, "epochs": 2, "lr": 0.05},
+              [{"epoch": e, "test_no_failure": 0.83, "test_single_failure_modifier": 0.82,
+                **speed} for e in (1, 2)],
+              {"avg": {"baseline": {"no_failure": 0.83},
+                       "modifier": {"single_failure_mean": 0.82}}})
     _fake_run(tmp_path / "runs" / "resnet-w16", {"epochs": 24},
               [{"epoch": 1, "test_acc": 0.5, "test_acc_tta": 0.52, **speed}], None)
     seeds = Path(__file__).resolve().parents[1] / "docs" / "results" / "paper" / "seeds.csv"
@@ -178,13 +185,14 @@ def test_report_compares_finished_seeds_and_lists_running_ones(tmp_path):
     assert "| cifar10 | paper |" not in text and "earlier gate" in text
     assert "devices-paper-s0." in text
     assert "| devices-pilot-lr0.05 | epochs 2, lr 0.05 | 2/2 | 90.00 | 89.00 |" in text
-    assert len((tmp_path / "out" / "epochs.csv").read_text().splitlines()) == 1 + 5 * 2 + 1
+    assert "| devices-ours-lr0.05-s0 | epochs 2, lr 0.05 | 2/2 | 83.00 | 82.00 |" in text
+    assert len((tmp_path / "out" / "epochs.csv").read_text().splitlines()) == 1 + 6 * 2 + 1
     assert (tmp_path / "out" / "curves.png").stat().st_size > 10_000
 
     # The run folders go with their machine; the records of the finished runs stay.
     records = sorted(p.stem for p in (tmp_path / "out" / "records").glob("*.json"))
-    assert records == ["devices-ours-s0", "devices-ours-s1", "devices-paper-s0",
-                       "devices-paper-s1", "devices-pilot-lr0.05"]
+    assert records == ["devices-ours-lr0.05-s0", "devices-ours-s0", "devices-ours-s1",
+                       "devices-paper-s0", "devices-paper-s1", "devices-pilot-lr0.05"]
     shutil.rmtree(tmp_path / "runs")
     again = write_accuracy_report(tmp_path / "runs", tmp_path / "out", seeds)
     for line in text.splitlines():

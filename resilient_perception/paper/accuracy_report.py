@@ -119,13 +119,17 @@ def _device_finals(runs: dict[str, dict], method: str) -> dict[int, tuple[float,
 
 
 def _pilot_table(runs: dict[str, dict]) -> list[str]:
-    """Short runs (``devices-pilot-*``) that try a change of the recipe before a full run."""
-    pilots = {name: run for name, run in runs.items() if name.startswith("devices-pilot-")}
+    """Device runs of a changed recipe, outside the 40-epoch seeds.
+
+    The short pilots (``devices-pilot-*``) and e.g. one seed of a pilot's setting at 40 epochs.
+    """
+    pilots = {name: run for name, run in runs.items() if name.startswith("devices-")
+              and not any(_is_main_run(name, method) for method in METHODS)}
     if not pilots:
         return []
     default = DeviceRecipe().asdict()
-    lines = ["", "Pilots: short runs of a changed recipe, each against the reference of the "
-             "same length (settings that differ from the 40-epoch runs'):", "",
+    lines = ["", "Pilots: runs of a changed recipe, each against the reference of the "
+             "same length and seed (settings that differ from the 40-epoch runs'):", "",
              "| run | settings | epochs | no failure | one failure + Modifier |",
              "|---|---|---|---|---|"]
     for name, run in pilots.items():
