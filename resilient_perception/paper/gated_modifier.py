@@ -161,7 +161,8 @@ def fit_gate(probs: dict[str, np.ndarray], labels: np.ndarray,
     the samples; the pooled choice is used for the set if, on the set's own samples, it is
     also more accurate than ``none``. An empty tuple: no Modifier.
     """
-    correct = {name: (p.argmax(-1) == labels) & (p.sum(-1) > 0) for name, p in probs.items()}
+    correct = {name: gated_correctness(probs, labels, dict.fromkeys(subsets, (name,)), subsets)
+               for name in probs}
 
     def passing(rows: list[int]) -> tuple[str, ...]:
         base = correct["none"][rows].ravel()
