@@ -239,19 +239,22 @@ def test_watchdog_catches_a_device_that_went_silent():
 
 
 def test_a_stall_of_the_node_itself_is_told_from_silent_devices():
-    guard = StallGuard(threshold=0.25, grace=0.5)
+    guard = StallGuard(threshold=0.25)
     assert guard.observe(10.0) == 0.0  # the first callback has nothing to compare with
-    assert guard.observe(10.1) == 0.0 and not guard.in_grace(10.1)
-    assert guard.observe(10.9) == pytest.approx(0.8)  # stopped for 0.8 s
-    assert guard.in_grace(11.4) and not guard.in_grace(11.41) and guard.stalls == 1
+    assert guard.observe(10.1) == 0.0
+    assert guard.observe(10.9) == pytest.approx(0.8) and guard.stalls == 1  # stopped 0.8 s
     with pytest.raises(ValueError):
-        StallGuard(threshold=0.0, grace=0.5)
+        StallGuard(threshold=0.0)
 
-    # After the stall the watchdog and the pending frames count the silence without it.
+    # After the stall the watchdog and the pending frames count the silence without it,
+    # and so does the check a deadline event must pass (devices silent for half a deadline).
     monitor = DeviceMonitor(N, watchdog_timeout=1.0)
     for device in range(N):
         monitor.heard(device, 0.0)
+    assert monitor.silence(0, 0.85) == pytest.approx(0.85)
     monitor.postpone(0.8)
+    assert monitor.silence(0, 0.85) == pytest.approx(0.05)
+    assert DeviceMonitor(N, watchdog_timeout=1.0).silence(0, 0.85) == float("inf")
     assert monitor.check_watchdog(1.5) == []
     assert monitor.check_watchdog(1.81) == [0, 1, 2]
     assembler = FrameAssembler(N, K, D, frame_timeout=TIMEOUT)

@@ -129,6 +129,18 @@ class DeviceMonitor:
                 newly_dead.append(device)
         return newly_dead
 
+    def silence(self, device: int, now: float) -> float:
+        """Seconds since ``device``'s last accepted prediction (infinite if never heard).
+
+        A deadline event is believed only when this agrees (the fusion node's
+        ``_mark_dead``): the middleware's deadline clock runs on the arrival of messages,
+        not on their processing, so while the node works through a backlog (after its own
+        stall, or when it falls behind) a device whose queued predictions it is still
+        reading has missed its deadline in the middleware's terms only.
+        """
+        last = self._devices[device].last_heard
+        return float("inf") if last is None else now - last
+
     def postpone(self, seconds: float) -> None:
         """Shift every silence the watchdog measures by ``seconds`` (this process stalled)."""
         for record in self._devices:
@@ -167,21 +179,18 @@ class StallGuard:
     devices' predictions wait in its queues: once it runs again it would see every device's
     deadline missed and fuse each waiting frame from whichever prediction it reads first.
     The node calls :meth:`observe` in its callbacks, which its timers make at least every
-    tick: a longer gap than ``threshold`` since the previous one is a stall. For ``grace``
-    seconds after one, deadline events are not believed; a device that really went silent
-    misses its next deadline too.
+    tick: a longer gap than ``threshold`` since the previous one is a stall, and the node
+    adds it to the devices' silences and the pending frames' timeouts.
     """
 
-    def __init__(self, threshold: float, grace: float) -> None:
-        """Stalls are gaps over ``threshold`` s; deadlines are doubted ``grace`` s after."""
-        if threshold <= 0 or grace < 0:
-            raise ValueError(f"need threshold > 0 and grace >= 0, got {threshold}, {grace}")
+    def __init__(self, threshold: float) -> None:
+        """Stalls are gaps over ``threshold`` s between callbacks."""
+        if threshold <= 0:
+            raise ValueError(f"need threshold > 0, got {threshold}")
         self.threshold = float(threshold)
-        self.grace = float(grace)
         self.stalls = 0
         """Stalls seen so far."""
         self._last: float | None = None
-        self._grace_until = float("-inf")
 
     def observe(self, now: float) -> float:
         """Note a callback at ``now`` (monotonic s); return the stall that just ended, or 0."""
@@ -190,12 +199,7 @@ class StallGuard:
         if gap <= self.threshold:
             return 0.0
         self.stalls += 1
-        self._grace_until = now + self.grace
         return gap
-
-    def in_grace(self, now: float) -> bool:
-        """Whether ``now`` is within ``grace`` of the end of the last stall."""
-        return now <= self._grace_until
 
 
 class AddResult(enum.StrEnum):

@@ -56,10 +56,17 @@ Own stalls: when this node itself stops running for a while (SIGSTOP, swapping, 
 starvation), its middleware's deadline clocks and its pending frames' timeouts run on while
 the devices' predictions wait in its queues. A gap of more than ``stall_threshold`` between
 its callbacks (:class:`~resilient_perception.perception.frame_assembly.StallGuard`, wall time)
-adds the gap to the pending frames' timeouts and the watchdog's silences, and deadline
-events in the next ``deadline`` seconds are doubted (counted in the diagnostics as
-``deadlines_doubted``): a device that really went silent misses its next deadline too, so
-its death is noticed one deadline later.
+adds the gap to the pending frames' timeouts and the devices' silences.
+
+Deadline events: the middleware's deadline clock runs on the arrival of messages, not on
+their processing, so while the node works through a backlog (after a stall of its own, or
+when it falls behind) a device whose queued predictions it is still reading can miss its
+deadline in the middleware's terms only; acting on that, the node fused the rest of the
+backlog from the one device it read next. A deadline event is therefore believed only
+for a device silent in the node's own terms (no accepted prediction, with stalls added)
+for at least half the deadline; otherwise it is counted in the diagnostics as
+``deadlines_doubted``. A device that really went silent misses its next deadline too, so
+its death is noticed one deadline later at most.
 
 Second writers: DDS security is not available with the PyPI wheels, so any process on the
 domain can publish on a device's topics. With every ``/diagnostics`` message the node counts
@@ -207,9 +214,9 @@ class FusionNode(Node):
             "FusedPrediction topic.", s))
         self.declare_parameter("stall_threshold", 0.25, descriptor(
             "A gap this long between this node's own callbacks means the node itself "
-            "stalled: deadline events are then doubted for one deadline and pending frames "
-            "get the gap added to their timeout, s; must exceed watchdog_timeout / 10 (the "
-            "watchdog's tick).", d, float_range=seconds))
+            "stalled: the gap is added to the devices' silences and to the pending frames' "
+            "timeouts, s; must exceed watchdog_timeout / 10 (the watchdog's tick).", d,
+            float_range=seconds))
         self.declare_parameter("diagnostics_period", 1.0, descriptor(
             "Period of /diagnostics, s.", d, float_range=seconds))
         self.declare_parameter("max_stamp_ahead_s", 1.0, descriptor(
@@ -254,7 +261,7 @@ class FusionNode(Node):
                 f"{tick:g} s): the node's callbacks are that far apart when idle")
         self.n_devices = p["num_devices"]
         self.mode, self.use_modifier = p["fusion_mode"], p["use_modifier"]
-        self.stall_guard = StallGuard(p["stall_threshold"], grace=p["deadline"])
+        self.stall_guard = StallGuard(p["stall_threshold"])
         self.deadlines_doubted = 0
         self.frame_timeout = p["frame_timeout"]
         self.sync_tolerance_ns = round(p["sync_tolerance"] * 1e9)
@@ -291,6 +298,7 @@ class FusionNode(Node):
         self._pub = self.create_publisher(FusedPrediction, p["output_topic"], fused_qos())
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self._subs = []
+        self._deadlines: list[float] = []
         watched = {}  # (device, "prediction" | "head") -> topic, for the writer watch
         for device in range(self.n_devices):
             events = SubscriptionEventCallbacks(
@@ -316,6 +324,8 @@ class FusionNode(Node):
                 reason_prefix="head_",
                 on_info=lambda info, dev=device: self.writers.heard((dev, "head"), info))
             self._subs += [predictions, heads]
+            # The deadline in force (qos_overrides may have changed the parameter's), s
+            self._deadlines.append(predictions.qos_profile.deadline.nanoseconds * 1e-9)
             watched[device, "prediction"] = predictions.topic_name
             watched[device, "head"] = heads.topic_name
         # No DDS security in these wheels: anyone on the domain may write a device's topics.
@@ -459,7 +469,8 @@ class FusionNode(Node):
         started = time.perf_counter()
         self._check_stall()
         now = self._now()
-        if reason == "deadline" and self.stall_guard.in_grace(time.monotonic()):
+        if reason == "deadline" and self.monitor.silence(device, now) < self._deadlines[device] / 2:
+            # The middleware's clock counts arrivals; predictions may still wait in the queue
             self.deadlines_doubted += 1
         elif self.monitor.mark_dead(device, reason, now):
             self.get_logger().warning(f"device {device}: dead ({reason})")
