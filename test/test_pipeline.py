@@ -208,8 +208,8 @@ def test_a_stalled_fusion_node_catches_up_without_losing_a_frame(checkpoint, tmp
     all six devices made the first frame or two after each stall one device + surrogates.
     The player ends during the third stall, so there the devices really fall silent while
     the node still reads the stall's backlog: their deadline events must not count before
-    it has (``DeviceMonitor.silence``; in about one run in thirty they came after the
-    backlog outlasted a deadline, and the rest of it went out from one device).
+    it has (``DeviceMonitor.silence``; when the backlog outlasted a deadline, as on a slowed
+    node, the rest of it went out from one device).
     """
     count = 100
     stalls = []
