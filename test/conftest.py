@@ -25,6 +25,11 @@ from resilient_perception.perception.views import ViewSpec, make_views
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = ROOT / ".." / "shared" / "datasets"
 needs_data = pytest.mark.skipif(not DATA_ROOT.is_dir(), reason="../shared/datasets not present")
+# A node's samples over UDP, not shared memory (config/fastdds_udp_only.xml says why): for
+# nodes a test freezes or restarts. Fast DDS resets a shared-memory port whose reader it has
+# not seen for about a second, and the samples sent to it are then lost until the reliable
+# writer repairs them, seconds later (a writer's publish() may block until then too).
+UDP_ONLY_ENV = {"FASTDDS_DEFAULT_PROFILES_FILE": str(ROOT / "config" / "fastdds_udp_only.xml")}
 
 CLI = shutil.which("resilient-perception", path=os.path.dirname(sys.executable))
 """The installed ``resilient-perception`` executable of this venv, or None."""

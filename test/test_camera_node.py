@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test.conftest import DATA_ROOT, ROOT, domain_id, needs_data, require_ros
+from test.conftest import DATA_ROOT, UDP_ONLY_ENV, domain_id, needs_data, require_ros
 
 msgs = require_ros()
 
@@ -55,7 +55,6 @@ DOMAIN_ID = domain_id()
 # and in 1 of 5 CI runs a camera node matched the test's image publisher on both ends and
 # received none of 15 images (config/fastdds_udp_only.xml says why). These tests check
 # what the node makes of an image, not the transport; the pipeline tests keep the default.
-UDP_ONLY = {"FASTDDS_DEFAULT_PROFILES_FILE": str(ROOT / "config" / "fastdds_udp_only.xml")}
 
 pytestmark = [
     pytest.mark.ros,
@@ -97,7 +96,7 @@ def camera_pipeline(log_dir: Path, twin: bool = False, **parameters) -> Pipeline
     names = [NAME, f"/robot_b/{NAME}"] if twin else [NAME]
     return Pipeline([NodeSpec(name, "camera_node", parameters,
                               remappings=(("image_raw", "camera_2/image_raw"),),
-                              env=UDP_ONLY)
+                              env=UDP_ONLY_ENV)
                      for name in names], log_dir=log_dir, domain_id=DOMAIN_ID)
 
 

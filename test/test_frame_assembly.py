@@ -257,11 +257,21 @@ def test_a_stall_of_the_node_itself_is_told_from_silent_devices():
     assert DeviceMonitor(N, watchdog_timeout=1.0).silence(0, 0.85) == float("inf")
     assert monitor.check_watchdog(1.5) == []
     assert monitor.check_watchdog(1.81) == [0, 1, 2]
+    # A frame pending at the stall waits it out; so does one stamped during the stall (its
+    # devices may have been held up too) that starts after it, but not one stamped later.
     assembler = FrameAssembler(N, K, D, frame_timeout=TIMEOUT)
     assembler.add(1, 0, np.full(K, 1 / K), np.zeros(D), now=0.0)
-    assembler.postpone(0.8)
+    assembler.stalled(0.8, until_ns=50)
+    assembler.add(50, 0, np.full(K, 1 / K), np.zeros(D), now=0.85)
+    assembler.add(51, 0, np.full(K, 1 / K), np.zeros(D), now=0.85)
     assert assembler.ready(0.85, live={0, 1}) == []
     assert [f.stamp_ns for f in assembler.ready(0.91, live={0, 1})] == [1]
+    assert assembler.ready(0.85 + TIMEOUT + 0.79, live={0, 1}) == []  # 51 waits behind 50
+    assert [f.stamp_ns for f in assembler.ready(0.85 + TIMEOUT + 0.81, live={0, 1})] == [50, 51]
+    assembler.stalled(0.8, until_ns=100)
+    assembler.postpone(0.0)  # a clock jump: the stall's stamps mean nothing any more
+    assembler.add(60, 0, np.full(K, 1 / K), np.zeros(D), now=2.0)
+    assert [f.stamp_ns for f in assembler.ready(2.0 + TIMEOUT, live={0, 1})] == [60]
 
 
 def test_dead_device_heard_again_becomes_alive_and_counters_track_it():

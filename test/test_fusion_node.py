@@ -9,6 +9,7 @@ malformed predictions.
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test.conftest import domain_id, require_ros
+from test.conftest import UDP_ONLY_ENV, domain_id, require_ros
 
 msgs = require_ros()
 
@@ -72,9 +73,10 @@ def device_output(device: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return features, probs
 
 
-def fusion_pipeline(log_dir: Path, domain_id: int = DOMAIN_ID, **parameters) -> Pipeline:
-    return Pipeline([NodeSpec(NAME, "fusion_node", parameters)], log_dir=log_dir,
-                    domain_id=domain_id)
+def fusion_pipeline(log_dir: Path, domain_id: int = DOMAIN_ID, env: dict[str, str] | None = None,
+                    **parameters) -> Pipeline:
+    return Pipeline([NodeSpec(NAME, "fusion_node", parameters, env=env or {})],
+                    log_dir=log_dir, domain_id=domain_id)
 
 
 class Fleet(Observer):
@@ -107,6 +109,14 @@ class Fleet(Observer):
 
     def wait_for(self, condition, what: str, timeout: float = WAIT_S):
         return self.spin_until(condition, what, timeout, self.pipeline)
+
+    def wait_until_matched(self) -> None:
+        """Until the node has every head (sizes known) and subscribes every prediction topic."""
+        self.wait_for(lambda: self.latest_diagnostics().get(
+            "/fusion_node: frame assembly", {}).get("heads_known") == str(N),
+            f"the node to receive the {N} heads")
+        self.wait_for(lambda: all(p.get_subscription_count() > 0 for p in self.preds),
+                      "the node's prediction subscriptions")
 
     def stamp_now(self):
         return self.node.get_clock().now().to_msg()
@@ -167,11 +177,7 @@ def fleet(tmp_path_factory):
                          deadline=DEADLINE, diagnostics_period=0.25) as pipeline, \
             Fleet(pipeline) as f:
         pipeline.start()
-        # All heads received (sizes known) and every prediction topic matched.
-        f.wait_for(lambda: f.latest_diagnostics().get("/fusion_node: frame assembly", {})
-                   .get("heads_known") == str(N), "the node to receive the 3 heads")
-        f.wait_for(lambda: all(p.get_subscription_count() > 0 for p in f.preds),
-                   "the node's prediction subscriptions")
+        f.wait_until_matched()
         yield f
 
 
@@ -446,11 +452,7 @@ def test_an_early_bad_head_is_outvoted_by_the_real_heads(tmp_path):
         rogue.spin_until(lambda: assembly("head_shape") == f"11x{D}", "the bad head in use",
                          WAIT_S, pipeline)
         with Fleet(pipeline) as fleet:  # the three real heads (device 0's replaces the bad)
-            fleet.wait_for(lambda: fleet.latest_diagnostics().get(
-                "/fusion_node: frame assembly", {}).get("heads_known") == str(N),
-                "the real heads")
-            fleet.wait_for(lambda: all(p.get_subscription_count() for p in fleet.preds),
-                           "the prediction subscriptions")
+            fleet.wait_until_matched()
             stamps = fleet.publish_frames(8, [0, 1, 2])
             fleet.wait_for(lambda: set(stamps) <= set(fleet.fused_by_stamp()),
                            "every frame fused")
@@ -468,17 +470,24 @@ FREE_RUNNING_PHASES_MS = (0.0, 14.0, 9.0)
 
 
 @contextlib.contextmanager
+def own_fleet(tmp_path: Path, env: dict[str, str] | None = None, deadline: float = DEADLINE,
+              **parameters):
+    """A fusion node of the test's own, started and matched with this test's devices.
+
+    ``parameters`` go to the node on top of the module's; ``env`` to its process.
+    """
+    with fusion_pipeline(tmp_path, OWN_DOMAIN_ID, env, **{
+            "num_devices": N, "frame_timeout": FRAME_TIMEOUT, "watchdog_timeout": WATCHDOG,
+            "deadline": deadline, "diagnostics_period": 0.25, **parameters}) as pipeline, \
+            Fleet(pipeline, deadline) as fleet:
+        pipeline.start()
+        fleet.wait_until_matched()
+        yield fleet
+
+
 def free_running_fleet(tmp_path: Path):
     """A fusion node grouping stamps within 25 ms, fed by this test's devices."""
-    with fusion_pipeline(tmp_path, OWN_DOMAIN_ID, num_devices=N, frame_timeout=FRAME_TIMEOUT,
-                         watchdog_timeout=WATCHDOG, deadline=DEADLINE, sync_tolerance=0.025,
-                         diagnostics_period=0.25) as pipeline, Fleet(pipeline) as fleet:
-        pipeline.start()
-        fleet.wait_for(lambda: fleet.latest_diagnostics().get(
-            "/fusion_node: frame assembly", {}).get("heads_known") == str(N), "the heads")
-        fleet.wait_for(lambda: all(p.get_subscription_count() for p in fleet.preds),
-                       "the prediction subscriptions")
-        yield fleet
+    return own_fleet(tmp_path, sync_tolerance=0.025)
 
 
 def publish_scenes(fleet: Fleet, count: int, rng: np.random.Generator, period: float = PERIOD,
@@ -575,15 +584,8 @@ def test_a_backlog_that_outlasts_the_deadline_is_fused_whole(tmp_path):
     silences), so a device it is reading never looks silent for half a deadline.
     """
     deadline = 0.03
-    with fusion_pipeline(tmp_path, OWN_DOMAIN_ID, num_devices=N, frame_timeout=FRAME_TIMEOUT,
-                         watchdog_timeout=0.1, deadline=deadline, stall_threshold=0.012,
-                         diagnostics_period=0.25) as pipeline, \
-            Fleet(pipeline, deadline) as fleet:
-        pipeline.start()
-        fleet.wait_for(lambda: fleet.latest_diagnostics().get(
-            "/fusion_node: frame assembly", {}).get("heads_known") == str(N), "the heads")
-        fleet.wait_for(lambda: all(p.get_subscription_count() for p in fleet.preds),
-                       "the prediction subscriptions")
+    with own_fleet(tmp_path, deadline=deadline, watchdog_timeout=0.1,
+                   stall_threshold=0.012) as fleet:
         warm_up = []
         diagnostics = fleet.latest_diagnostics
         while not all(diagnostics().get(f"/fusion_node: device {i}", {}).get("health")
@@ -600,6 +602,45 @@ def test_a_backlog_that_outlasts_the_deadline_is_fused_whole(tmp_path):
         # frames (this test's own pauses), as in the tests above.
         live = [list(fleet.fused_by_stamp()[s][0][0].live_devices) for s in burst[2:]]
         assert all(devices == [0, 1, 2] for devices in live), (live, fleet.log.read_text()[-3000:])
+
+
+def test_a_device_held_up_by_the_nodes_own_stall_is_waited_for(tmp_path):
+    """Frames stamped while the node was frozen wait the stall's length longer for a device.
+
+    A frozen reader can block its writers' ``publish()`` for as long as it is frozen, so a
+    camera may start on the stall's frames only when the node runs again, and report them
+    after the others. Here devices 0 and 1 publish during a 0.8 s freeze, device 2 only
+    0.3 s after it ends (longer than the 0.2 s frame timeout): every frame has all three.
+    The node takes its samples over UDP: over shared memory, 1 of 10 runs lost the freeze's
+    samples for seconds (``UDP_ONLY_ENV``), which is the transport, not the node.
+    """
+    with own_fleet(tmp_path, UDP_ONLY_ENV) as fleet:
+        pipeline = fleet.pipeline
+        before = fleet.publish_frames(5, [0, 1, 2])
+        fleet.wait_for(lambda: set(before) <= set(fleet.fused_by_stamp()), "the first frames")
+        pipeline.signal(NAME, signal.SIGSTOP, timeout=None)
+        try:
+            first_k = fleet.k
+            during = fleet.publish_frames(8, [0, 1])  # 0.8 s
+        finally:
+            pipeline.signal(NAME, signal.SIGCONT, timeout=None)
+        fleet.spin_for(FRAME_TIMEOUT + 0.1)
+        for k, stamp_ns in enumerate(during, start=first_k):
+            features, probs = device_output(2, k)
+            fleet.sent[stamp_ns][2] = (features, probs)
+            sec, nanosec = divmod(stamp_ns, 1_000_000_000)
+            fleet.preds[2].publish(msgs.DevicePrediction(
+                header=Header(stamp=Time(sec=sec, nanosec=nanosec)), device_id=2,
+                probabilities=probs.tolist(), features=features.tolist()))
+        fleet.wait_for(lambda: set(during) <= set(fleet.fused_by_stamp()), "the stall's frames")
+        by_stamp = fleet.fused_by_stamp()
+        for stamp_ns in during:
+            (msg, _), = by_stamp[stamp_ns]
+            assert list(msg.live_devices) == [0, 1, 2], (list(msg.live_devices),
+                                                         fleet.log.read_text()[-2000:])
+            np.testing.assert_allclose(msg.probabilities, expected(fleet, stamp_ns, [0, 1, 2]),
+                                       atol=1e-6)
+        assert "this node stalled" in fleet.log.read_text()
 
 
 def test_a_jump_of_the_simulated_clock_is_not_silence(tmp_path):
@@ -619,10 +660,7 @@ def test_a_jump_of_the_simulated_clock_is_not_silence(tmp_path):
         fleet.node.create_timer(0.02, lambda: clock.publish(
             Clock(clock=Time(sec=sim_ns() // 1_000_000_000, nanosec=sim_ns() % 1_000_000_000))))
         pipeline.start()
-        fleet.wait_for(lambda: fleet.latest_diagnostics().get(
-            "/fusion_node: frame assembly", {}).get("heads_known") == str(N), "the heads")
-        fleet.wait_for(lambda: all(p.get_subscription_count() for p in fleet.preds),
-                       "the prediction subscriptions")
+        fleet.wait_until_matched()
 
         def publish_frames(count: int) -> list[int]:
             stamps = []

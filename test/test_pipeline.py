@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from test.conftest import ROOT, domain_id, needs_data, require_ros
+from test.conftest import ROOT, UDP_ONLY_ENV, domain_id, needs_data, require_ros
 
 msgs = require_ros()
 
@@ -128,14 +128,15 @@ def stamp(msg) -> int:
 
 
 @contextlib.contextmanager
-def live_run(checkpoint: Path, log_dir: Path, count: int):
+def live_run(checkpoint: Path, log_dir: Path, count: int,
+             env: dict[str, dict[str, str]] | None = None):
     """The MNIST pipeline playing ``count`` labelled frames: ``(pipeline, observer, labels,
-    fused)``, the player started once the fusion node is ready."""
+    fused)``, the player started once the fusion node is ready; ``env`` per node name."""
     overrides = {"player": {"count": count, "on_end": "shutdown",
                             "wait_for_label_subscribers": 1}}
     with (Observer(domain_id=DOMAIN_ID) as observer,
           Pipeline.from_config(MNIST_CONFIG, model_path=checkpoint, overrides=overrides,
-                               log_dir=log_dir, domain_id=DOMAIN_ID) as pipeline):
+                               env=env, log_dir=log_dir, domain_id=DOMAIN_ID) as pipeline):
         labels = observer.collect(msgs.FrameLabel, LABEL_TOPIC, label_qos())
         fused = observer.collect(msgs.FusedPrediction, FUSED_TOPIC)
         pipeline.start_ready(observer, timeout=60.0)
@@ -198,22 +199,26 @@ def test_every_labelled_frame_is_fused_from_all_six_devices(checkpoint, mnist_vi
 def test_a_stalled_fusion_node_catches_up_without_losing_a_frame(checkpoint, tmp_path):
     """Frozen (SIGSTOP) three times for 0.8 s, ~24 frames at 30 Hz each: none is lost.
 
-    The prediction queues must hold the frames (with depth 10 they did not), and so must the
-    cameras' image queues: a frozen reader can block a camera's ``publish()`` for the whole
-    stall, in about one stall in ten (``qos.IMAGE_QUEUE_DEPTH``; with depth 5 the cameras
-    lost all but 5 of the stall's frames). Three stalls give that three chances.
+    The prediction queues must hold the frames (with depth 10 they did not). Nor is any
+    frame from the stalls on fused without all six devices: the node knows it was stalled,
+    not its devices (``StallGuard``). Without that, the missed deadlines of all six devices
+    made the first frame or two after each stall one device + surrogates. The player ends
+    during the third stall, so there the devices really fall silent while the node still
+    reads the stall's backlog: their deadline events must not count before it has
+    (``DeviceMonitor.silence``; when the backlog outlasted a deadline, as on a slowed node,
+    the rest of it went out from one device).
 
-    Nor is any frame from the stalls on fused without all six devices: the node knows it
-    was stalled, not its devices (``StallGuard``). Without that, the missed deadlines of
-    all six devices made the first frame or two after each stall one device + surrogates.
-    The player ends during the third stall, so there the devices really fall silent while
-    the node still reads the stall's backlog: their deadline events must not count before
-    it has (``DeviceMonitor.silence``; when the backlog outlasted a deadline, as on a slowed
-    node, the rest of it went out from one device).
+    The fusion node takes its samples over UDP (``UDP_ONLY_ENV``). Over shared memory a
+    writer to the frozen node could block in ``publish()`` for seconds, in about one freeze
+    in ten (a camera, so ``qos.IMAGE_QUEUE_DEPTH``; once the player, which then published 1
+    frame in a freeze), and the freeze's samples arrived only when the reliable writer
+    repaired them, after their frames had gone out without them: the failures this test had
+    in CI (test_fusion_node's held-up device test shows it in isolation).
     """
     count = 100
     stalls = []
-    with live_run(checkpoint, tmp_path, count) as (pipeline, observer, labels, fused):
+    with live_run(checkpoint, tmp_path, count, env={"fusion": UDP_ONLY_ENV}) as (
+            pipeline, observer, labels, fused):
         for after in (20, 50, 80):
             observer.spin_until(lambda n=after: len(labels) >= n, f"{after} labelled frames",
                                 timeout=60.0, pipeline=pipeline)

@@ -261,6 +261,7 @@ class Pipeline:
         num_cameras: int = 6,
         player: bool = True,
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        env: Mapping[str, Mapping[str, str]] | None = None,
         image_topic_format: str = IMAGE_TOPIC_FORMAT,
         log_dir: str | os.PathLike[str] | None = None,
         domain_id: int | None = None,
@@ -276,24 +277,27 @@ class Pipeline:
             player: Include the dataset player.
             overrides: Extra parameters per node name, e.g. ``{"player": {"count": 30}}``;
                 they win over the config file and the pipeline's own.
+            env: Extra environment variables per node name, e.g. a Fast DDS profile.
             image_topic_format: Image topic of camera ``i``.
             log_dir: See :class:`Pipeline`.
             domain_id: See :class:`Pipeline`.
             one_process: Fusion and cameras in one process, see :func:`pipeline_nodes`.
 
         Raises:
-            PipelineError: For overrides of a node the pipeline does not have (and see
+            PipelineError: For overrides or env of a node the pipeline does not have (and see
                 :class:`Pipeline`).
         """
         model = None if model_path is None else Path(model_path).resolve()
         nodes = pipeline_nodes(num_cameras, player=player, model_path=model,
                                image_topic_format=image_topic_format, one_process=one_process)
         names = [spec.name for spec in nodes]
-        unknown = sorted(set(overrides or {}) - set(names))
-        if unknown:
-            raise PipelineError(f"overrides for unknown nodes {unknown}; nodes are {names}")
+        for what, per_node in (("overrides", overrides), ("env", env)):
+            unknown = sorted(set(per_node or {}) - set(names))
+            if unknown:
+                raise PipelineError(f"{what} for unknown nodes {unknown}; nodes are {names}")
         nodes = [replace(spec, parameters={**spec.parameters, **(overrides or {}).get(
-            spec.name, {})}) for spec in nodes]
+            spec.name, {})}, env={**spec.env, **(env or {}).get(spec.name, {})})
+            for spec in nodes]
         return cls(nodes, config, log_dir=log_dir, domain_id=domain_id)
 
     # -- paths and command lines -------------------------------------------------------------

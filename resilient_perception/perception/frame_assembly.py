@@ -271,7 +271,8 @@ class FrameAssembler:
     released at their timeout with its surrogate.
 
     A pending frame is ready once every live device has reported for it, or once
-    ``frame_timeout`` seconds have passed since its first prediction. Frames are released
+    ``frame_timeout`` seconds have passed since its first prediction (longer for frames
+    caught in a stall of this process, :meth:`stalled`). Frames are released
     oldest first and never overtake an older pending frame (whose own timeout bounds the
     wait). At most ``max_pending`` frames are held: a new frame beyond that forces the
     oldest pending one out, and it is returned by the next :meth:`ready` call whatever its
@@ -301,6 +302,7 @@ class FrameAssembler:
         self._pending: dict[int, Frame] = {}  # keyed by the frame's first stamp
         self._forced_out: list[Frame] = []
         self._last_released_ns: int | None = None  # the released frames' latest first stamp
+        self._stall: tuple[int, float] | None = None  # (last stamp it covers, its seconds)
         self._counts = {result.value: 0 for result in AddResult}
 
     @property
@@ -350,7 +352,8 @@ class FrameAssembler:
                 probs=np.zeros((self.n_devices, self.n_classes), np.float32),
                 features=np.zeros((self.n_devices, self.feature_dim), np.float32),
                 present=np.zeros(self.n_devices, bool),
-                first_arrival=now,
+                first_arrival=now if self._stall is None or stamp_ns > self._stall[0]
+                else now + self._stall[1],
             )
             self._pending[stamp_ns] = frame
             if len(self._pending) > self.max_pending:
@@ -400,7 +403,26 @@ class FrameAssembler:
         self._forced_out.append(self._release_oldest())
 
     def postpone(self, seconds: float) -> None:
-        """Give every pending frame ``seconds`` more to complete (this process stalled)."""
+        """Give every pending frame ``seconds`` more to complete (the clock jumped).
+
+        Stamps from before the jump no longer say when they were taken, so a stall's
+        longer wait (:meth:`stalled`) ends here.
+        """
+        self._extend_pending(seconds)
+        self._stall = None
+
+    def stalled(self, seconds: float, until_ns: int) -> None:
+        """This process stalled for ``seconds``, until stamp time ``until_ns``.
+
+        Every pending frame, and every frame stamped up to ``until_ns`` that starts later,
+        waits ``seconds`` longer: the devices' predictions for the stall's frames may have
+        been held up by the same stall (a frozen reader can block its writers' publish for
+        as long as it is frozen), and then arrive one device after another as each catches up.
+        """
+        self._extend_pending(seconds)
+        self._stall = (until_ns, seconds)
+
+    def _extend_pending(self, seconds: float) -> None:
         for frame in self._pending.values():
             frame.first_arrival += seconds
 

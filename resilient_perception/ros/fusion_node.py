@@ -56,7 +56,9 @@ Own stalls: when this node itself stops running for a while (SIGSTOP, swapping, 
 starvation), its middleware's deadline clocks and its pending frames' timeouts run on while
 the devices' predictions wait in its queues. A gap of more than ``stall_threshold`` between
 its callbacks (:class:`~resilient_perception.perception.frame_assembly.StallGuard`, wall time)
-adds the gap to the pending frames' timeouts and the devices' silences.
+adds the gap to the devices' silences and to the timeouts of the pending frames and of the
+frames stamped during the stall (their devices may have been held up too: a frozen reader
+can block its writers' ``publish()``, so a camera catches up after the node does).
 
 Deadline events: the middleware's deadline clock runs on the arrival of messages, not on
 their processing, so while the node works through a backlog (after a stall of its own, or
@@ -363,11 +365,11 @@ class FusionNode(Node):
             # Wall time: the node clock may be simulated, and the stall was real.
             self.monitor.postpone(stall)
             if self.assembler is not None:
-                self.assembler.postpone(stall)
+                self.assembler.stalled(stall, round(self._now() * 1e9))
             # Not throttled with the rejections (one call site): each stall is news.
             self.get_logger().warning(
-                f"this node stalled for {stall:.2f} s: pending frames wait that much longer, "
-                "deadline events are doubted for one deadline")
+                f"this node stalled for {stall:.2f} s: the devices' silences exclude it, and "
+                "the frames stamped up to now wait that much longer")
 
     def _use_shape(self) -> None:
         """Start frame assembly and the heads over for the shape the heads agree on."""
