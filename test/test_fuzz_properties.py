@@ -461,6 +461,25 @@ def test_damaged_bags_read_or_raise_bag_error(tiny_bag, data, metadata):
         _read_bag_or_bag_error(folder)
 
 
+def test_a_bag_whose_metadata_names_an_unknown_type_is_named_in_the_error(tiny_bag):
+    """Found by the property above: one flipped bit turned ``sensor_msgs`` into
+    ``rensor_msgs`` in metadata.yaml, and the error did not say which bag."""
+    import re
+    import shutil
+
+    from resilient_perception.ros.bags import BagError, summarize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "bag"
+        shutil.copytree(tiny_bag, folder)
+        metadata = folder / "metadata.yaml"
+        metadata.write_text(metadata.read_text().replace("sensor_msgs/", "rensor_msgs/"))
+        _read_bag_or_bag_error(folder)
+        if tiny_bag.name == "sqlite3":  # mcap keeps its own copy of the types
+            with pytest.raises(BagError, match=re.escape(f"bag {folder}: topic ")):
+                summarize(folder)
+
+
 def test_valid_bag_round_trips(tiny_bag):
     from resilient_perception.ros.bags import read_frames
 

@@ -221,10 +221,10 @@ def header_stamp(data: bytes | memoryview) -> int:
     return sec * 1_000_000_000 + nanosec
 
 
-def _check_type(msgtype: str, topic: str) -> None:
+def _check_type(msgtype: str, topic: str, path: Path) -> None:
     if msgtype not in typestore().fielddefs:
-        raise BagError(f"topic {topic} has type {msgtype!r}, which is neither a ROS 2 Kilted "
-                       f"standard message nor one of {PACKAGE}'s")
+        raise BagError(f"bag {path}: topic {topic} has type {msgtype!r}, which is neither a "
+                       f"ROS 2 Kilted standard message nor one of {PACKAGE}'s")
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ class BagWriter:
     def add_topic(self, topic: str, msgtype: str, qos: Sequence[Qos] = ()) -> None:
         """Add a topic of ``msgtype`` with the QoS profiles its publishers offered."""
         name = _absolute(topic)
-        _check_type(msgtype, name)
+        _check_type(msgtype, name, self.path)
         self._connections[name] = self._writer.add_connection(
             name, msgtype, typestore=typestore(), offered_qos_profiles=list(qos))
         self.counts[name] = 0
@@ -486,7 +486,7 @@ def summarize(path: str | Path) -> BagSummary:
         topics = {}
         for name, info in reader.topics.items():
             conn = info.connections[0]
-            _check_type(info.msgtype or "(mixed types)", name)
+            _check_type(info.msgtype or "(mixed types)", name, path)
             topics[name] = TopicSummary(name, info.msgtype, info.msgcount,
                                         tuple(conn.ext.offered_qos_profiles), conn.digest)
         storage = reader.storage
