@@ -19,7 +19,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["EpochMeter", "achieved", "format_speed", "forward_macs", "matmul_peak"]
+from .perception.modes import PRECISIONS
+
+__all__ = ["EpochMeter", "achieved", "fastest_precision", "format_speed", "forward_macs",
+           "matmul_peak"]
 
 
 def forward_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
@@ -73,6 +76,21 @@ def matmul_peak(precision: str = "fp32", size: int = 1024, seconds: float = 0.5)
     or ``"fp32"``), so it is the peak of the setting a training run uses.
     """
     return _peak(torch.get_num_threads(), precision, size, seconds)
+
+
+def fastest_precision(precision: str = "auto") -> str:
+    """``precision`` itself, or for ``auto`` the faster of bf16 and fp32 matmuls here.
+
+    The choice is measured (:func:`matmul_peak` at the current thread count), not guessed from
+    CPU flags: CPUs with AMX or AVX512-BF16 run bf16 several times faster than fp32, and
+    without them torch emulates bf16 about 90x slower (1.0 against 92 GFLOP/s on one AVX2
+    core), which made a bf16 training epoch there about 20x slower than fp32.
+    """
+    if precision not in ("auto", *PRECISIONS):
+        raise ValueError(f"precision must be auto or one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "bf16" if matmul_peak("bf16") > matmul_peak("fp32") else "fp32"
 
 
 def achieved(flops_per_image: float, images: int, seconds: float,

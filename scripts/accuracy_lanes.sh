@@ -54,6 +54,9 @@ queue() {
   echo "devices-ours-lr0.05-s0 train-budget-devices --method ours --seed 0 --lr 0.05"
   # Seed 0 gained 0.8 / 1.2 points at 40 epochs; a second seed tells a gain from seed noise.
   echo "devices-ours-lr0.05-s1 train-budget-devices --method ours --seed 1 --lr 0.05"
+  # The devices score no higher on their augmented training batches than on the test split:
+  # do they fit better, and test better, without flip and translate?
+  echo "devices-pilot-e10-noaug $pilot --pad 0 --no-flip"
 }
 
 # A finished run's record (settings, every epoch, final evaluation) is kept in the repository

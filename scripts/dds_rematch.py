@@ -8,7 +8,11 @@ fusion node. Per run it records the time from the subscriber's node being create
 subscription matching the publisher and to its first message. The soak's fusion restart
 reaction contains this time; this script measures it for a bare pair of rclpy nodes.
 
-Usage: scripts/dds_rematch.py [--runs 20] [--end kill|int] [--domain 230] [--out CSV]
+``--subscriber-transport udp`` starts the subscriber with ``config/fastdds_udp_only.xml``
+(its samples over UDP, not shared memory), as the soak starts its fusion node.
+
+Usage: scripts/dds_rematch.py [--runs 20] [--end kill|int] [--subscriber-transport shm|udp]
+                              [--domain 230] [--out CSV]
 Prints one line per run and the median and maximum; ``--out`` keeps the rows as CSV.
 """
 
@@ -25,6 +29,8 @@ import sys
 import time
 
 PERIOD_S = 1 / 30
+UDP_ONLY_PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "config",
+                                "fastdds_udp_only.xml")
 WAIT_S = 20.0  # a subscriber that hears nothing for this long is reported as such
 
 
@@ -69,24 +75,27 @@ def subscribe() -> None:
         rclpy.spin(node)
 
 
-def measure(runs: int, end: str, domain: int) -> list[dict]:
+def measure(runs: int, end: str, domain: int, transport: str = "shm") -> list[dict]:
     """Start the publisher, then ``runs`` subscribers one after the other; their rows."""
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain),
            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    subscriber_env = env if transport == "shm" else {
+        **env, "FASTDDS_DEFAULT_PROFILES_FILE": os.path.normpath(UDP_ONLY_PROFILE)}
     me = [sys.executable, os.path.abspath(__file__)]
     publisher = subprocess.Popen([*me, "--role", "publish"], env=env)
     rows = []
     try:
         time.sleep(2.0)
         for run in range(1, runs + 1):
-            subscriber = subprocess.Popen([*me, "--role", "subscribe"], env=env,
+            subscriber = subprocess.Popen([*me, "--role", "subscribe"], env=subscriber_env,
                                           stdout=subprocess.PIPE, text=True)
             started = time.monotonic()
             line = ""
             while not line and time.monotonic() - started < WAIT_S:
                 line = subscriber.stdout.readline().strip()
             matched, first = (float(v) for v in line.split()) if line else (None, None)
-            rows.append({"run": run, "end": end, "matched_s": matched, "first_message_s": first})
+            rows.append({"run": run, "end": end, "subscriber_transport": transport,
+                         "matched_s": matched, "first_message_s": first})
             print(f"run {run}: matched {matched} s, first message {first} s", flush=True)
             time.sleep(1.0)
             subscriber.send_signal(signal.SIGKILL if end == "kill" else signal.SIGINT)
@@ -103,6 +112,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--end", choices=("kill", "int"), default="kill",
                         help="how each subscriber ends: SIGKILL (a crash) or SIGINT")
+    parser.add_argument("--subscriber-transport", choices=("shm", "udp"), default="shm",
+                        help="the subscriber's samples over shared memory (Fast DDS's "
+                        "default) or UDP (config/fastdds_udp_only.xml)")
     parser.add_argument("--domain", type=int, default=230, help="ROS_DOMAIN_ID (0-232)")
     parser.add_argument("--out", help="CSV file for the rows")
     parser.add_argument("--role", choices=("publish", "subscribe"), help=argparse.SUPPRESS)
@@ -112,7 +124,7 @@ def main() -> int:
         return 0
     if args.runs < 1 or not 0 <= args.domain <= 232:
         parser.error("--runs must be >= 1 and --domain within 0-232")
-    rows = measure(args.runs, args.end, args.domain)
+    rows = measure(args.runs, args.end, args.domain, args.subscriber_transport)
     if args.out:
         with open(args.out, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from resilient_perception.datasets import load_mnist
+from resilient_perception.harness.pipeline import transport_env
 from resilient_perception.perception.views import ViewSpec, make_views
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ needs_data = pytest.mark.skipif(not DATA_ROOT.is_dir(), reason="../shared/datase
 # nodes a test freezes or restarts. Fast DDS resets a shared-memory port whose reader it has
 # not seen for about a second, and the samples sent to it are then lost until the reliable
 # writer repairs them, seconds later (a writer's publish() may block until then too).
-UDP_ONLY_ENV = {"FASTDDS_DEFAULT_PROFILES_FILE": str(ROOT / "config" / "fastdds_udp_only.xml")}
+UDP_ONLY_ENV = transport_env("udp")
 
 CLI = shutil.which("resilient-perception", path=os.path.dirname(sys.executable))
 """The installed ``resilient-perception`` executable of this venv, or None."""

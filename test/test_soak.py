@@ -22,14 +22,16 @@ from resilient_perception.bench.soak import (  # noqa: E402
     SOAK_ACTIONS,
     _fd_targets,
     _growth,
+    _windows,
     parse_soak_schedule,
     run_soak,
+    soak_nodes,
     soak_schedule,
     warmup_s,
 )
 from resilient_perception.cli import main  # noqa: E402
 from resilient_perception.commands import soak as soak_command  # noqa: E402
-from resilient_perception.harness.pipeline import package_prefix  # noqa: E402
+from resilient_perception.harness.pipeline import package_prefix, transport_env  # noqa: E402
 
 MNIST_CONFIG = ROOT / "config" / "mnist_6cam.yaml"
 LIB = package_prefix() / "lib" / "resilient_perception"
@@ -73,11 +75,39 @@ def test_a_descriptor_open_for_a_moment_is_a_peak_and_one_left_open_is_growth(tm
     assert grown["node_2"]["fd_growth"] == 1 and grown["node_2"]["fds_opened"] == [str(log)]
 
 
+def test_the_fusion_node_takes_its_samples_over_the_transport_asked_for(tmp_path):
+    profile = transport_env("udp")["FASTDDS_DEFAULT_PROFILES_FILE"]
+    assert profile.endswith("fastdds_udp_only.xml") and os.path.isfile(profile)
+    for transport, fusion_env in (("udp", transport_env("udp")), ("shm", {})):
+        nodes = {n.name: n for n in soak_nodes("m_{}.onnx", 6, 30.0, tmp_path, transport)}
+        assert nodes["fusion"].env == fusion_env
+        assert all(n.env == {} for name, n in nodes.items() if name != "fusion")
+    default = {n.name: n for n in soak_nodes("m_{}.onnx", 6, 30.0, tmp_path)}
+    assert default["fusion"].env == {}  # shared memory, as the pipeline runs it
+    with pytest.raises(ValueError, match="use one of shm, udp"):
+        transport_env("tcp")
+
+
+@pytest.mark.parametrize(("complete", "window_end"), [(13.0, 14.0), (16.5, 16.5), (None, 14.0)])
+def test_a_fusion_kill_window_lasts_until_complete_frames_and_at_least_the_bound(
+        complete, window_end):
+    """A slow restart is the restart target's miss; its frames are not also lost outside."""
+    events = [{"node": "fusion", "action": "kill", "monotonic": 10.0},
+              {"node": "fusion", "action": "restart", "monotonic": 11.0,
+               "active_monotonic": 12.0, "complete_monotonic": complete},
+              {"node": "camera_0", "action": "kill", "monotonic": 20.0}]
+    _windows(events, ended=30.0)
+    assert [e["window"] for e in events] == [(9.5, window_end), (10.5, window_end), (19.5, 21.0)]
+
+
 def test_a_bad_schedule_option_exits_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["soak", "model.safetensors", "--schedule", "2:pause:fusion"])
     assert exc.value.code == 2
     assert "SECONDS:kill|restart|stop|cont:NODE" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["soak", "model.safetensors", "--fusion-transport", "tcp"])
+    assert exc.value.code == 2 and "--fusion-transport" in capsys.readouterr().err
 
 
 @pytest.mark.ros

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..perception.modes import PRECISIONS
 from .common import fraction, non_negative_int, positive_float, positive_int
 
 # The methods of paper.paper_budget.DEVICE_METHODS, named here so --help imports no torch.
@@ -25,10 +26,11 @@ def cmd_train_budget_devices(args: argparse.Namespace) -> int:
     from ..throughput import format_speed
 
     torch.set_num_threads(args.threads)
+    precision = _precision(args.precision)
     recipe = DeviceRecipe(method=args.method, epochs=args.epochs, lr=args.lr,
                           schedule=args.schedule, overlap=args.overlap, pad=args.pad,
                           flip=not args.no_flip, val_size=args.val_size,
-                          precision=args.precision, seed=args.seed,
+                          precision=precision, seed=args.seed,
                           train_limit=args.limit, test_limit=args.test_limit)
     recipe.validate()
     train, test = load_cifar10(args.data_root, "train"), load_cifar10(args.data_root, "test")
@@ -50,9 +52,10 @@ def cmd_train_resnet_recipe(args: argparse.Namespace) -> int:
     from ..throughput import format_speed
 
     torch.set_num_threads(args.threads)
+    precision = _precision(args.precision)
     recipe = ResNetRecipe(base_width=args.base_width, stochastic_depth=args.stochastic_depth,
                           epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          precision=args.precision, compile=not args.no_compile,
+                          precision=precision, compile=not args.no_compile,
                           seed=args.seed, train_limit=args.limit, test_limit=args.test_limit)
     recipe.validate()
     train, test = load_cifar10(args.data_root, "train"), load_cifar10(args.data_root, "test")
@@ -84,6 +87,17 @@ def cmd_gated_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _precision(requested: str) -> str:
+    """The training precision for ``--precision`` (``auto``: measured here), said aloud."""
+    from ..throughput import fastest_precision, matmul_peak
+
+    precision = fastest_precision(requested)
+    if requested == "auto":
+        print(f"precision auto: {precision} (matmul peak here: fp32 "
+              f"{matmul_peak('fp32') / 1e9:.1f}, bf16 {matmul_peak('bf16') / 1e9:.1f} GFLOP/s)")
+    return precision
+
+
 def _common(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="run folder (state.safetensors, metrics.json); rerun to resume")
@@ -91,8 +105,9 @@ def _common(p: argparse.ArgumentParser, epochs: int) -> None:
                    help=f"epochs of the whole run (default {epochs}); part of its settings, "
                    "so a resume must give the same")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, order and augmentation")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
-                   help="autocast precision (bf16 is faster on CPUs with AMX or AVX512-BF16)")
+    p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                   help="autocast precision; auto (default): bf16 where its matmuls run faster "
+                   "than fp32's on this machine (CPUs with AMX or AVX512-BF16), else fp32")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads")
     p.add_argument("--chunk", type=positive_int, default=None, metavar="N",
                    help="stop after N epochs of this call (resume later)")

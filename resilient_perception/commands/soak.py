@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..harness.pipeline import TRANSPORTS
 from .common import onnx_models, positive_float, schedule
 
 # bench.soak.SOAK_ACTIONS, not imported from there: building the parser imports no ROS
@@ -38,7 +39,8 @@ def cmd_soak(args: argparse.Namespace) -> int:
                          "`resilient-perception train`)")
     models = onnx_models(args.checkpoint, args.checkpoint.parent / "onnx")
     report = soak.run_soak(_installed_config(args, pipeline), models, args.out, args.log_dir,
-                           args.minutes, args.rate, args.schedule)
+                           args.minutes, args.rate, args.schedule,
+                           fusion_transport=args.fusion_transport)
     print()
     print((args.out / "report.md").read_text(), end="")
     return 0 if report["passed"] else 1
@@ -60,6 +62,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="chaos as SECONDS:kill|restart|stop|cont:NODE,... (default: every "
                    "minute kill -9 and restart a camera, SIGSTOP one for 2 s and the fusion "
                    "node for 1 s; kill -9 and restart the fusion node every 10 minutes)")
+    p.add_argument("--fusion-transport", choices=TRANSPORTS, default="shm",
+                   help="how the fusion node takes its samples: Fast DDS's shared memory "
+                   "(default, as the pipeline runs it) or UDP (config/fastdds_udp_only.xml)")
     p.add_argument("--out", type=Path, default=Path("runs/soak/report"),
                    help="report folder (default runs/soak/report)")
     p.add_argument("--log-dir", type=Path, default=Path("runs/soak/logs"),
