@@ -289,7 +289,8 @@ def _cost_benchmark(checkpoint, onnx_pattern, int8_dir, data_root, repeats,
         "quantization": {
             "tool": "onnxruntime.quantization quant_pre_process + quantize_static",
             "format": "QDQ",
-            "weights": "int8, per output channel" if per_channel else "int8, per tensor",
+            "weights": ("int8 in a 7-bit range (reduce_range), "
+                        + ("per output channel" if per_channel else "per tensor")),
             "activations": "uint8, per tensor", "calibration": "MinMax",
             "calibration_samples": calibration_samples, "calibration_split": "train",
             "head": "float32 (metadata, used by the Modifier)",
