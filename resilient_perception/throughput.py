@@ -84,7 +84,7 @@ def fastest_precision(precision: str = "auto") -> str:
     The choice is measured (:func:`matmul_peak` at the current thread count), not guessed from
     CPU flags: CPUs with AMX or AVX512-BF16 run bf16 several times faster than fp32, and
     without them torch emulates bf16 about 90x slower (1.0 against 92 GFLOP/s on one AVX2
-    core), which made a bf16 training epoch there about 20x slower than fp32.
+    core), which made a bf16 training epoch there about 9x slower than fp32.
     """
     if precision not in ("auto", *PRECISIONS):
         raise ValueError(f"precision must be auto or one of {PRECISIONS}, got {precision!r}")
