@@ -9,7 +9,8 @@ subscription matching the publisher and to its first message. The soak's fusion 
 reaction contains this time; this script measures it for a bare pair of rclpy nodes.
 
 ``--subscriber-transport udp`` starts the subscriber with ``config/fastdds_udp_only.xml``
-(its samples over UDP, not shared memory), as the soak starts its fusion node.
+(its samples over UDP, not shared memory), as `soak --fusion-transport udp` starts
+its fusion node.
 
 Usage: scripts/dds_rematch.py [--runs 20] [--end kill|int] [--subscriber-transport shm|udp]
                               [--domain 230] [--out CSV]

@@ -207,10 +207,12 @@ def transport_env(transport: str) -> dict[str, str]:
     """Environment that puts a node's samples on ``transport`` (one of :data:`TRANSPORTS`).
 
     ``udp`` points Fast DDS at the installed ``config/fastdds_udp_only.xml`` (it says why):
-    for a node that may freeze or be killed and restarted. Over shared memory such a node's
-    port is reset when it comes back, and samples sent to it are lost until the reliable
-    writer repairs them: a restarted subscriber of ``scripts/dds_rematch.py`` waited a
-    median 1.35 s from matched to its first sample over shared memory, 0.03 s over UDP
+    for a node that may freeze, whose writers over shared memory can block and lose its
+    samples until the reliable writer repairs them. A restarted process's shared-memory port
+    is reset too (a restarted subscriber of ``scripts/dds_rematch.py`` waited a median
+    1.35 s from matched to its first sample over shared memory, 0.03 s over UDP), but in the
+    soak UDP did not bring a restarted fusion node its peers sooner: matching under load
+    dominates (docs/results.md).
     """
     if transport not in TRANSPORTS:
         raise ValueError(f"transport {transport!r}: use one of {', '.join(TRANSPORTS)}")
