@@ -4,7 +4,7 @@
 # `ours`, seeds 0..2, 50%-overlapping views, flip + translate before cutting), 10-epoch
 # pilots of changes to that recipe, and the fast ResNet recipe (plain and stochastic depth).
 #
-# Usage: scripts/accuracy_lanes.sh start|stop|pause|resume|status|report [OUT]
+# Usage: scripts/accuracy_lanes.sh start|stop|pause|resume|status|report|carry|restore [OUT]
 #   OUT defaults to $ACCURACY_RUNS or ../runs/accuracy (outside the repository, so runs
 #   survive branch changes). LANES (default 2) lanes, one torch thread each, nice 19.
 #   start   snapshot the committed HEAD (git archive into OUT/code/<commit>) and start the
@@ -21,6 +21,13 @@
 #   run NAME [OUT]  one run of the queue in the foreground, as a lane runs it (its lock,
 #           code snapshot and step after); exit 1 when another process holds it or it
 #           failed (scripts/reproduce_resnet.sh uses it).
+#   carry   copy every unfinished run's resume state that is under 1 MB (a device run's:
+#           six CNNs and their momentum, ~0.9 MB) into CARRY, to be committed, so a run
+#           continues on the next machine; a ResNet's state is too big and stays behind.
+#           Carried states of runs that have finished are removed.
+#   restore put CARRY's states into OUT where OUT has none for that run (a lane does this
+#           before it starts a run, so `start` on a new machine continues them).
+#   CARRY defaults to $ACCURACY_CARRY or docs/results/accuracy/inflight.
 # Budget (measured by the pilots, one thread, bf16, shared machine): see docs/results.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -30,6 +37,8 @@ out="${out_arg:-${ACCURACY_RUNS:-$repo/../runs/accuracy}}"
 mkdir -p "$out/lanes"
 out="$(cd "$out" && pwd)"
 lanes="${LANES:-2}"
+carried="${ACCURACY_CARRY:-$repo/docs/results/accuracy/inflight}"
+carry_limit=1000000  # bytes: no file over 1 MB goes into the repository
 
 # The queue: NAME COMMAND-ARGS. Interleaved so the two lanes split the ResNets and devices.
 queue() {
@@ -89,8 +98,18 @@ after() {  # the step after training: the gated Modifier / the drop study
   esac
 }
 
+restore_one() {  # run name: its carried state into OUT unless OUT already has one
+  local dir="$out/$1" state="$carried/$1.safetensors"
+  if [ -f "$state" ] && [ ! -f "$dir/state.safetensors" ] && ! finished "$dir"; then
+    mkdir -p "$dir"
+    cp "$state" "$dir/state.safetensors"
+    echo "restored $1 from $state"
+  fi
+}
+
 run_one() {  # run name, command args...: train it (resumable), then the step after
   local name="$1" dir="$out/$1"; shift
+  restore_one "$name"
   mkdir -p "$dir"
   # -n: a run another process holds is skipped; the lock goes with the process.
   if ! finished "$dir"; then
@@ -138,7 +157,7 @@ case "${1:-status}" in
         echo "lane $n already running (process group $(cat "$pidfile"))"; continue
       fi
       # setsid: each lane is its own process group, so pause/stop reach its children.
-      setsid bash -c "$(declare -f queue recorded finished after_done after run_one lane); out='$out' repo='$repo' python='$python'; lane $n" \
+      setsid bash -c "$(declare -f queue recorded finished after_done after restore_one run_one lane); out='$out' repo='$repo' python='$python' carried='$carried'; lane $n" \
         >>"$out/lanes/lane$n.log" 2>&1 < /dev/null &
       echo $! >"$pidfile"
       echo "lane $n started (process group $!) on $commit"
@@ -154,6 +173,30 @@ case "${1:-status}" in
     # shellcheck disable=SC2086
     run_one "$name" $args
     finished "$out/$name" && after_done "$name" "$out/$name" ;;
+  carry)
+    mkdir -p "$carried"
+    for state in "$out"/*/state.safetensors; do
+      [ -f "$state" ] || continue
+      dir=$(dirname "$state"); name=$(basename "$dir")
+      if finished "$dir"; then continue; fi
+      size=$(stat -c %s "$state")
+      if [ "$size" -gt "$carry_limit" ]; then
+        echo "not carried: $name ($size bytes, over $carry_limit)"; continue
+      fi
+      cp "$state" "$carried/$name.safetensors"
+      echo "carried: $name ($size bytes)"
+    done
+    for state in "$carried"/*.safetensors; do
+      [ -f "$state" ] || continue
+      name=$(basename "$state" .safetensors)
+      if recorded "$name" || finished "$out/$name"; then
+        rm "$state"; echo "finished, no longer carried: $name"
+      fi
+    done ;;
+  restore)
+    for state in "$carried"/*.safetensors; do
+      if [ -f "$state" ]; then restore_one "$(basename "$state" .safetensors)"; fi
+    done ;;
   stop|pause|resume)
     signal=$([ "$1" = stop ] && echo TERM || { [ "$1" = pause ] && echo STOP || echo CONT; })
     for g in $(pgids); do kill -"$signal" -- "-$g" 2>/dev/null && echo "SIG$signal -> $g"; done
@@ -186,6 +229,6 @@ EOF
     # (this checkout's code; seconds of CPU).
     "$repo/.venv/bin/resilient-perception" accuracy-report --runs "$out" \
       --out docs/results/accuracy ;;
-  *) echo "usage: $0 start|stop|pause|resume|status|report [OUT] | run NAME [OUT]" >&2
+  *) echo "usage: $0 start|stop|pause|resume|status|report|carry|restore [OUT] | run NAME [OUT]" >&2
      exit 2 ;;
 esac

@@ -1,0 +1,69 @@
+"""scripts/accuracy_lanes.sh carries unfinished runs' resume states across machines.
+
+``carry`` copies each unfinished run's ``state.safetensors`` under 1 MB into the carry
+folder (committed with the repository), ``restore`` puts them back on a machine that has
+none; finished runs and states too big for the repository stay behind.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "accuracy_lanes.sh"
+
+
+def lanes(command: str, runs: Path, carry: Path) -> str:
+    """Run the lane script's ``command`` on ``runs``; its stdout (it must exit 0)."""
+    env = {**os.environ, "ACCURACY_CARRY": str(carry)}
+    done = subprocess.run(["bash", str(SCRIPT), command, str(runs)], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def state(runs: Path, name: str, size: int, finished: bool = False) -> bytes:
+    """A run folder with a state of ``size`` bytes (and a final file when ``finished``)."""
+    folder = runs / name
+    folder.mkdir(parents=True)
+    payload = os.urandom(size)
+    (folder / "state.safetensors").write_bytes(payload)
+    if finished:
+        (folder / "evaluation.json").write_text("{}")
+    return payload
+
+
+def test_carry_takes_unfinished_small_states_and_restore_puts_them_back(tmp_path):
+    runs, carry = tmp_path / "runs", tmp_path / "carry"
+    running = state(runs, "devices-running", 925_352)
+    state(runs, "devices-finished", 1000, finished=True)
+    state(runs, "resnet-running", 1_000_001)
+
+    said = lanes("carry", runs, carry)
+    assert sorted(p.name for p in carry.iterdir()) == ["devices-running.safetensors"]
+    assert (carry / "devices-running.safetensors").read_bytes() == running
+    assert "not carried: resnet-running" in said
+
+    new_machine = tmp_path / "new"
+    new_machine.mkdir()
+    (new_machine / "devices-other").mkdir()
+    lanes("restore", new_machine, carry)
+    assert (new_machine / "devices-running" / "state.safetensors").read_bytes() == running
+    assert not (new_machine / "devices-other" / "state.safetensors").exists()
+
+
+def test_restore_keeps_a_newer_local_state_and_carry_drops_finished_runs(tmp_path):
+    runs, carry = tmp_path / "runs", tmp_path / "carry"
+    state(runs, "devices-a", 100)
+    lanes("carry", runs, carry)
+
+    local = (runs / "devices-a" / "state.safetensors")
+    local.write_bytes(b"a later epoch")
+    lanes("restore", runs, carry)
+    assert local.read_bytes() == b"a later epoch"
+
+    (runs / "devices-a" / "evaluation.json").write_text("{}")
+    said = lanes("carry", runs, carry)
+    assert "no longer carried: devices-a" in said
+    assert list(carry.iterdir()) == []
