@@ -30,6 +30,7 @@ from .checkpoints import write_safetensors
 __all__ = [
     "METRICS_NAME",
     "STATE_NAME",
+    "check_same_run",
     "code_commit",
     "load_state",
     "read_state_meta",
@@ -44,6 +45,9 @@ STATE_NAME = "state.safetensors"
 METRICS_NAME = "metrics.json"
 _META_KEY = "run_state"
 COMMIT_ENV = "RESILIENT_PERCEPTION_COMMIT"
+# Recipe fields that say how a run computes, not what it trains: a run carried to another
+# machine continues in the precision that is fastest there (each epoch's log names it).
+HOW_NOT_WHAT = ("precision",)
 
 
 def code_commit() -> str:
@@ -63,6 +67,20 @@ def code_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("-dirty" if dirty.strip() else "")
+
+
+def check_same_run(directory: Path, saved: dict, settings: dict) -> None:
+    """Raise ``ValueError`` unless a saved run's settings are ``settings``.
+
+    Both are ``{"recipe": {...}, ...}``; the recipe's :data:`HOW_NOT_WHAT` fields may differ.
+    """
+    def what(run: dict) -> dict:
+        return {**run, "recipe": {k: v for k, v in run["recipe"].items()
+                                  if k not in HOW_NOT_WHAT}}
+
+    if what(saved) != what(settings):
+        raise ValueError(f"{directory} holds a run with other settings ({saved}); "
+                         "pass the same options or choose another output folder")
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

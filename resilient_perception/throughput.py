@@ -100,11 +100,11 @@ def achieved(flops_per_image: float, images: int, seconds: float,
     ``gflops`` is over wall time, ``cpu_gflops`` over the process's CPU seconds (what a
     shared machine leaves the run does not lower it; wall time if not given);
     ``peak_gflops`` is the matmul peak at the current thread count and ``precision``, and
-    ``utilisation`` is ``cpu_gflops / peak_gflops``.
+    ``utilisation`` is ``cpu_gflops / peak_gflops``; ``precision`` is the one trained in.
     """
     cpu = seconds if cpu_seconds is None else cpu_seconds
     flops, peak = flops_per_image * images, matmul_peak(precision)
-    return {"seconds": seconds, "cpu_seconds": cpu,
+    return {"precision": precision, "seconds": seconds, "cpu_seconds": cpu,
             "images_per_s": images / seconds if seconds > 0 else float("nan"),
             "gflops": flops / seconds / 1e9 if seconds > 0 else float("nan"),
             "cpu_gflops": flops / cpu / 1e9 if cpu > 0 else float("nan"),

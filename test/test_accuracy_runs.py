@@ -107,6 +107,21 @@ def test_device_run_resumes_and_writes_a_normal_checkpoint(tmp_path, cifar):
     assert len(resumed["rows"]) == 63 * 2 * 2
 
 
+def test_a_device_run_continues_in_another_precision_but_not_other_settings(tmp_path, cifar):
+    """A run carried to a machine where bf16 is faster continues there; its log says so."""
+    train, test = cifar
+    recipe = DeviceRecipe(method="paper", epochs=2, batch_size=8, precision="fp32",
+                          val_size=32, train_limit=40, test_limit=50)
+    train_device_run(tmp_path, recipe, train, test, progress=False, max_epochs=1)
+    with pytest.raises(ValueError, match="other settings"):
+        train_device_run(tmp_path, DeviceRecipe(**{**recipe.asdict(), "lr": 0.05}),
+                         train, test, progress=False)
+    bf16 = DeviceRecipe(**{**recipe.asdict(), "precision": "bf16"})
+    result = train_device_run(tmp_path, bf16, train, test, progress=False)
+    assert [e["precision"] for e in result["log"]] == ["fp32", "bf16"]
+    assert (tmp_path / "evaluation.json").exists()
+
+
 def test_augmentation_moves_the_whole_image_so_views_agree(cifar):
     images = torch.from_numpy(cifar[1].images[:16])
     shifted = augment(images, np.random.default_rng(0), pad=4)

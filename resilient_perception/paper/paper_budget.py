@@ -51,7 +51,7 @@ from ..perception.validation import VALIDATION_SEED, holdout_split
 from ..perception.views import ViewSpec, crop_views
 from ..placement.drop_study import spread_subset
 from ..placement.resnet_training import augment
-from ..run_state import code_commit, load_state, save_epoch, write_json_atomic
+from ..run_state import check_same_run, code_commit, load_state, save_epoch, write_json_atomic
 from ..throughput import EpochMeter
 
 __all__ = ["DEVICE_METHODS", "DeviceRecipe", "train_device_run"]
@@ -158,9 +158,7 @@ def train_device_run(out: Path, recipe: DeviceRecipe, train_data: LabeledImages,
     meta = load_state(out, {"model": model}, optimizer)
     log: list[dict] = []
     if meta is not None:
-        if meta["settings"] != settings:
-            raise ValueError(f"{out} holds a run with other settings ({meta['settings']}); "
-                             "pass the same options or choose another output folder")
+        check_same_run(out, meta["settings"], settings)
         log, rng.bit_generator.state = meta["log"], meta["numpy_rng"]
     single = [()] + [(i,) for i in range(n_devices)]
     box = spec.boxes(*images.shape[2:])[0]

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..datasets import LabeledImages
-from ..run_state import code_commit, load_state, save_epoch
+from ..run_state import check_same_run, code_commit, load_state, save_epoch
 from ..throughput import EpochMeter
 from .drop_study import spread_subset, to_input
 from .resnet import ResNet, save_resnet_checkpoint
@@ -145,9 +145,8 @@ def train_resnet_recipe(out: Path, recipe: ResNetRecipe, train_data: LabeledImag
     settings = {"recipe": recipe.asdict(), "dataset": "cifar10"}
     meta = load_state(out, {"model": model, "ema": ema}, optimizer)
     log: list[dict] = meta["log"] if meta else []
-    if meta is not None and meta["settings"] != settings:
-        raise ValueError(f"{out} holds a run with other settings ({meta['settings']}); "
-                         "pass the same options or choose another output folder")
+    if meta is not None:
+        check_same_run(out, meta["settings"], settings)
     if (out / CHECKPOINT_NAME).exists() and len(log) == recipe.epochs:
         return log
     rng = np.random.default_rng(recipe.seed)
