@@ -156,8 +156,12 @@ case "${1:-status}" in
       if [ -f "$pidfile" ] && kill -0 -- "-$(cat "$pidfile")" 2>/dev/null; then
         echo "lane $n already running (process group $(cat "$pidfile"))"; continue
       fi
-      # setsid: each lane is its own process group, so pause/stop reach its children.
-      setsid bash -c "$(declare -f queue recorded finished after_done after restore_one run_one lane); out='$out' repo='$repo' python='$python' carried='$carried'; lane $n" \
+      # setsid: each lane is its own process group, so pause/stop reach its children. It
+      # is also its own session, and so its own scheduler autogroup where the kernel has
+      # them (sched_autogroup_enabled): nice then ranks a process only within its
+      # autogroup, and the lane's nice 19 would leave it an equal share of the CPU against
+      # the test suite. Niceing the lane's autogroup makes it yield to everything else.
+      setsid bash -c "echo 19 >/proc/self/autogroup 2>/dev/null || true; $(declare -f queue recorded finished after_done after restore_one run_one lane); out='$out' repo='$repo' python='$python' carried='$carried'; lane $n" \
         >>"$out/lanes/lane$n.log" 2>&1 < /dev/null &
       echo $! >"$pidfile"
       echo "lane $n started (process group $!) on $commit"
