@@ -8,8 +8,9 @@
 #   OUT defaults to $ACCURACY_RUNS or ../runs/accuracy (outside the repository, so runs
 #   survive branch changes). LANES (default 2) lanes, one torch thread each, nice 19.
 #   start   snapshot the committed HEAD (git archive into OUT/code/<commit>) and start the
-#           lanes on it; every lane walks the same queue, skips finished runs and runs held
-#           by another lane (flock), and continues an interrupted run from its last epoch.
+#           lanes on it; every lane walks the same queue, runs under way (here or carried)
+#           first, skips finished runs and runs held by another lane (flock), and continues
+#           an interrupted run from its last epoch.
 #           After a run finishes: `evaluate --gated` for a device run (RUN/eval-test/), the
 #           drop study for a ResNet (RUN/drop-study/: Tables I/II, profile.json).
 #           Run it again after a session restart: it continues where the lanes stopped.
@@ -124,9 +125,17 @@ run_one() {  # run name, command args...: train it (resumable), then the step af
 
 lane() {  # lane number; runs the queue once over, then exits
   local n="$1" name args
+  # Runs already under way first (here or carried from another machine): a run carried in
+  # should not wait behind queued runs that cannot finish in this session.
+  while read -r name args; do
+    if [ -f "$out/$name/state.safetensors" ] || [ -f "$carried/$name.safetensors" ]; then
+      # shellcheck disable=SC2086  # args: the queue's words
+      run_one "$name" $args
+    fi
+  done < <(queue)
   while read -r name args; do
     if recorded "$name" && ! [ -d "$out/$name" ]; then continue; fi
-    # shellcheck disable=SC2086  # args: the queue's words
+    # shellcheck disable=SC2086
     run_one "$name" $args
   done < <(queue)
   echo "lane $n: queue done $(date -Is)" >>"$out/lanes/lane$n.log"
