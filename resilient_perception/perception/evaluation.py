@@ -42,8 +42,14 @@ __all__ = [
 ]
 
 
+# Small batches keep the six devices' activations in cache: the CIFAR-10 test split scored
+# about 2.4x faster in batches of 32 than of 1024 on a 2-core AVX2 machine (the per-epoch
+# scoring of the long device runs was a sixth of their time).
+EVAL_BATCH = 32
+
+
 def device_outputs(
-    model: MultiDeviceCNN, views: np.ndarray | torch.Tensor, batch_size: int = 1024
+    model: MultiDeviceCNN, views: np.ndarray | torch.Tensor, batch_size: int = EVAL_BATCH
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-device ``(probs (M, N, K), features (M, N, D))`` in eval mode (uint8 views in)."""
     was_training = model.training
