@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..perception.modes import EVAL_BATCH
 from .common import (
     fraction,
     named_path,
@@ -174,8 +175,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="model name in profile.json (default: the run folder's name)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="N evenly spaced test images (default: all 10,000)")
-    p.add_argument("--batch-size", type=positive_int, default=1000,
-                   help="images per chunk of cached activations (default 1000, ~1 GB)")
+    p.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH,
+                   help=f"images per chunk of cached activations (default {EVAL_BATCH}: small "
+                   "chunks stay in the CPU's caches)")
     p.add_argument("--seed", type=int, default=0, help="seed of an untrained model")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")

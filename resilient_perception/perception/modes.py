@@ -7,7 +7,7 @@ parser need these names without importing torch; :mod:`.modifier`, :mod:`.evalua
 
 from __future__ import annotations
 
-__all__ = ["EVALUATION_MODES", "FUSION_MODES", "PRECISIONS", "REDUCED_PRECISIONS"]
+__all__ = ["EVALUATION_MODES", "EVAL_BATCH", "FUSION_MODES", "PRECISIONS", "REDUCED_PRECISIONS"]
 
 FUSION_MODES = ("avg", "max")
 # Majority voting is the "ensemble voting" baseline of the paper's Figure 7: scored offline
@@ -17,3 +17,8 @@ EVALUATION_MODES = (*FUSION_MODES, "vote")
 PRECISIONS = ("fp32", "bf16")
 # Deployment precisions of a device export beside fp32 (:mod:`.reduced_precision`).
 REDUCED_PRECISIONS = ("int8", "fp16")
+# Images per forward pass when scoring a split offline (devices and the ResNet): small
+# batches keep the activations in the CPU's caches. On a 2-core AVX2 machine the CIFAR-10
+# test split scored about 2.4x faster in batches of 32 than of 1024 (the six devices) or
+# 500 (the width-16 ResNet); scoring was a sixth of a long device run's epoch.
+EVAL_BATCH = 32

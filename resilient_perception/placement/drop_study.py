@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..perception.model import views_to_float
+from ..perception.modes import EVAL_BATCH
 from .block_profile import BlockProfile
 from .resnet import ResNet, module_macs, profile_blocks, trace_costs, weight_bytes
 
@@ -67,7 +68,8 @@ def _chunks(images: np.ndarray, labels: np.ndarray, batch_size: int
 
 def evaluate_accuracy(model: ResNet, images: np.ndarray, labels: np.ndarray,
                       drop_dc: Collection[int] = frozenset(),
-                      drop_sc: Collection[int] = frozenset(), batch_size: int = 1000) -> float:
+                      drop_sc: Collection[int] = frozenset(),
+                      batch_size: int = EVAL_BATCH) -> float:
     """Accuracy of ``model`` on uint8 ``images`` with blocks dropped (one full forward each)."""
     model.eval()
     correct = 0
@@ -89,7 +91,7 @@ class DropStudy:
 
 
 def run_drop_study(model: ResNet, images: np.ndarray, labels: np.ndarray,
-                   batch_size: int = 1000, progress: bool = True) -> DropStudy:
+                   batch_size: int = EVAL_BATCH, progress: bool = True) -> DropStudy:
     """Score the clean model, every DC and SC single drop and every DC pair (see module doc)."""
     model.eval()
     n = model.n_blocks

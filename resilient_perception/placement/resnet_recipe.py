@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..datasets import LabeledImages
+from ..perception.modes import EVAL_BATCH
 from ..run_state import check_same_run, code_commit, load_state, save_epoch
 from ..throughput import EpochMeter
 from .drop_study import spread_subset, to_input
@@ -95,7 +96,7 @@ class ResNetRecipe:
 
 
 def evaluate_tta(model: ResNet, images: np.ndarray, labels: np.ndarray,
-                 batch_size: int = 500) -> tuple[float, float]:
+                 batch_size: int = EVAL_BATCH) -> tuple[float, float]:
     """``(plain accuracy, flip-TTA accuracy)``: TTA averages the logits of x and flip(x)."""
     model.eval()
     plain = tta = 0
