@@ -157,7 +157,10 @@ def test_auto_precision_is_the_faster_matmul_here_and_a_named_one_is_kept():
 
 
 def _fake_run(folder: Path, recipe: dict, log: list[dict], summary: dict | None) -> None:
+    """A run folder as the lanes leave it; a device run's recipe is the default but ``recipe``."""
     folder.mkdir(parents=True)
+    if folder.name.startswith("devices-"):
+        recipe = {**DeviceRecipe().asdict(), **recipe}
     (folder / "metrics.json").write_text(json.dumps({"settings": {"recipe": recipe},
                                                      "log": log}))
     if summary is not None:
@@ -203,6 +206,12 @@ def test_report_compares_finished_seeds_and_lists_running_ones(tmp_path):
                 **speed} for e in (1, 2)],
               {"avg": {"baseline": {"no_failure": 0.83},
                        "modifier": {"single_failure_mean": 0.82}}})
+    # A pilot still training is compared with the reference after the same epoch.
+    _fake_run(tmp_path / "runs" / "devices-pilot-noaug",
+              {"method": "ours", "seed": 0, "epochs": 2, "pad": 0, "flip": False,
+               "precision": "fp32"},
+              [{"epoch": 1, "test_no_failure": 0.75, "test_single_failure_modifier": 0.74,
+                **speed}], None)
     _fake_run(tmp_path / "runs" / "resnet-w16", {"epochs": 24},
               [{"epoch": 1, "test_acc": 0.5, "test_acc_tta": 0.52, **speed}], None)
     seeds = Path(__file__).resolve().parents[1] / "docs" / "results" / "paper" / "seeds.csv"
@@ -214,9 +223,13 @@ def test_report_compares_finished_seeds_and_lists_running_ones(tmp_path):
     assert "| cifar10 | ours | 2 | 80.00 ± 0.00 | 78.00 ± 0.00 | 77.90 ± 0.00 |" in text
     assert "| cifar10 | paper |" not in text and "earlier gate" in text
     assert "devices-paper-s0." in text
-    assert "| devices-pilot-lr0.05 | epochs 2, lr 0.05 | 2/2 | 90.00 | 89.00 |" in text
-    assert "| devices-ours-lr0.05-s0 | epochs 2, lr 0.05 | 2/2 | 83.00 | 82.00 |" in text
-    assert len((tmp_path / "out" / "epochs.csv").read_text().splitlines()) == 1 + 6 * 2 + 1
+    reference = "devices-ours-s0 | 77.00 | 75.00 |"  # ours seed 0 after epoch 2 of 2
+    for run, scores in (("devices-pilot-lr0.05", "90.00 | 89.00"),
+                        ("devices-ours-lr0.05-s0", "83.00 | 82.00")):
+        assert f"| {run} | epochs 2, lr 0.05 | 2/2 | {scores} | {reference}" in text
+    assert ("| devices-pilot-noaug | epochs 2, pad 0, flip False | 1/2 | 75.00 | 74.00 "
+            "| devices-ours-s0 | 72.00 | 70.00 |") in text
+    assert len((tmp_path / "out" / "epochs.csv").read_text().splitlines()) == 1 + 6 * 2 + 1 + 1
     assert (tmp_path / "out" / "curves.png").stat().st_size > 10_000
 
     # The run folders go with their machine; the records of the finished runs stay.

@@ -28,7 +28,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..run_state import read_state_meta  # noqa: E402
+from ..run_state import HOW_NOT_WHAT, read_state_meta  # noqa: E402
 from .gated_modifier import GATE_AVERAGE  # noqa: E402
 from .paper_budget import DeviceRecipe  # noqa: E402
 from .reproduction import mean_ci, paired_t_test  # noqa: E402
@@ -118,27 +118,57 @@ def _device_finals(runs: dict[str, dict], method: str) -> dict[int, tuple[float,
             if _is_main_run(name, method) and run["summary"]}
 
 
+def _what(recipe: dict) -> dict:
+    """A recipe without the fields that say how it computes (precision), not what it trains."""
+    return {k: v for k, v in recipe.items() if k not in HOW_NOT_WHAT}
+
+
+def _reference(runs: dict[str, dict], recipe: dict) -> tuple[str, dict] | None:
+    """The run of the default recipe with ``recipe``'s method, seed and length, if any."""
+    want = _what({**DeviceRecipe().asdict(),
+                  **{k: recipe[k] for k in ("method", "seed", "epochs")}})
+    return next(((name, run) for name, run in runs.items() if name.startswith("devices-")
+                 and _what(run["settings"]["recipe"]) == want), None)
+
+
+def _at_epoch(run: dict, epoch: int) -> str:
+    """``no failure | one failure + Modifier`` (%) after ``epoch``, or dashes before it."""
+    entry = next((e for e in run["log"] if e["epoch"] == epoch), None)
+    if entry is None:
+        return "- | -"
+    return " | ".join(f"{100 * entry[k]:.2f}"
+                      for k in ("test_no_failure", "test_single_failure_modifier"))
+
+
 def _pilot_table(runs: dict[str, dict]) -> list[str]:
     """Device runs of a changed recipe, outside the 40-epoch seeds.
 
-    The short pilots (``devices-pilot-*``) and e.g. one seed of a pilot's setting at 40 epochs.
+    The short pilots (``devices-pilot-*``) and e.g. one seed of a pilot's setting at 40 epochs,
+    each beside the reference run (default recipe, same method, seed and length) after the
+    same epoch, so a run still training is compared where it stands.
     """
     pilots = {name: run for name, run in runs.items() if name.startswith("devices-")
               and not any(_is_main_run(name, method) for method in METHODS)}
     if not pilots:
         return []
-    default = DeviceRecipe().asdict()
-    lines = ["", "Pilots: runs of a changed recipe, each against the reference of the "
-             "same length and seed (settings that differ from the 40-epoch runs'):", "",
-             "| run | settings | epochs | no failure | one failure + Modifier |",
-             "|---|---|---|---|---|"]
+    default = _what(DeviceRecipe().asdict())
+    lines = ["", "Pilots: runs of a changed recipe (settings that differ from the 40-epoch "
+             "runs'), after their latest epoch, beside the reference of the same method, seed "
+             "and length after the same epoch:", "",
+             "| run | settings | epochs | no failure | one failure + Modifier | reference "
+             "| reference: no failure | reference: one failure + Modifier |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, run in pilots.items():
-        recipe = run["settings"]["recipe"]
+        recipe = _what(run["settings"]["recipe"])
         changed = ", ".join(f"{k} {v}" for k, v in recipe.items() if default.get(k) != v)
-        scores = (" | ".join(f"{100 * v:.2f}" for v in _finals(run)) if run["summary"]
-                  else "training | -")
-        lines.append(f"| {name} | {changed or '-'} | {len(run['log'])}/{run['epochs']} "
-                     f"| {scores} |")
+        epoch = run["log"][-1]["epoch"]
+        reference = _reference(runs, recipe)
+        if reference is None or reference[0] == name:
+            against = f"{'itself' if reference else '-'} | - | -"
+        else:
+            against = f"{reference[0]} | {_at_epoch(reference[1], epoch)}"
+        lines.append(f"| {name} | {changed or '-'} | {epoch}/{run['epochs']} "
+                     f"| {_at_epoch(run, epoch)} | {against} |")
     return lines
 
 
