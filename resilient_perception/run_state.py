@@ -38,6 +38,7 @@ __all__ = [
     "restore_optimizer",
     "save_epoch",
     "save_state",
+    "what_it_trains",
     "write_json_atomic",
 ]
 
@@ -69,14 +70,18 @@ def code_commit() -> str:
     return head + ("-dirty" if dirty.strip() else "")
 
 
+def what_it_trains(recipe: dict) -> dict:
+    """``recipe`` without the fields that say how a run computes (:data:`HOW_NOT_WHAT`)."""
+    return {k: v for k, v in recipe.items() if k not in HOW_NOT_WHAT}
+
+
 def check_same_run(directory: Path, saved: dict, settings: dict) -> None:
     """Raise ``ValueError`` unless a saved run's settings are ``settings``.
 
     Both are ``{"recipe": {...}, ...}``; the recipe's :data:`HOW_NOT_WHAT` fields may differ.
     """
     def what(run: dict) -> dict:
-        return {**run, "recipe": {k: v for k, v in run["recipe"].items()
-                                  if k not in HOW_NOT_WHAT}}
+        return {**run, "recipe": what_it_trains(run["recipe"])}
 
     if what(saved) != what(settings):
         raise ValueError(f"{directory} holds a run with other settings ({saved}); "

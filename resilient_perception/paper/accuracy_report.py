@@ -28,7 +28,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..run_state import HOW_NOT_WHAT, read_state_meta  # noqa: E402
+from ..run_state import read_state_meta, what_it_trains  # noqa: E402
 from .gated_modifier import GATE_AVERAGE  # noqa: E402
 from .paper_budget import DeviceRecipe  # noqa: E402
 from .reproduction import mean_ci, paired_t_test  # noqa: E402
@@ -118,17 +118,12 @@ def _device_finals(runs: dict[str, dict], method: str) -> dict[int, tuple[float,
             if _is_main_run(name, method) and run["summary"]}
 
 
-def _what(recipe: dict) -> dict:
-    """A recipe without the fields that say how it computes (precision), not what it trains."""
-    return {k: v for k, v in recipe.items() if k not in HOW_NOT_WHAT}
-
-
 def _reference(runs: dict[str, dict], recipe: dict) -> tuple[str, dict] | None:
     """The run of the default recipe with ``recipe``'s method, seed and length, if any."""
-    want = _what({**DeviceRecipe().asdict(),
+    want = what_it_trains({**DeviceRecipe().asdict(),
                   **{k: recipe[k] for k in ("method", "seed", "epochs")}})
     return next(((name, run) for name, run in runs.items() if name.startswith("devices-")
-                 and _what(run["settings"]["recipe"]) == want), None)
+                 and what_it_trains(run["settings"]["recipe"]) == want), None)
 
 
 def _at_epoch(run: dict, epoch: int) -> str:
@@ -151,7 +146,7 @@ def _pilot_table(runs: dict[str, dict]) -> list[str]:
               and not any(_is_main_run(name, method) for method in METHODS)}
     if not pilots:
         return []
-    default = _what(DeviceRecipe().asdict())
+    default = what_it_trains(DeviceRecipe().asdict())
     lines = ["", "Pilots: runs of a changed recipe (settings that differ from the 40-epoch "
              "runs'), after their latest epoch, beside the reference of the same method, seed "
              "and length after the same epoch:", "",
@@ -159,7 +154,7 @@ def _pilot_table(runs: dict[str, dict]) -> list[str]:
              "| reference: no failure | reference: one failure + Modifier |",
              "|---|---|---|---|---|---|---|---|"]
     for name, run in pilots.items():
-        recipe = _what(run["settings"]["recipe"])
+        recipe = what_it_trains(run["settings"]["recipe"])
         changed = ", ".join(f"{k} {v}" for k, v in recipe.items() if default.get(k) != v)
         epoch = run["log"][-1]["epoch"]
         reference = _reference(runs, recipe)
