@@ -220,6 +220,7 @@ def test_report_compares_finished_seeds_and_lists_running_ones(tmp_path):
     assert "| ours | 40 epochs, 50% overlap, flip + translate | 2 | 81.75 ± " in text
     assert "t-test, ours vs paper, 40 epochs, on the 2 seeds" in text
     assert "| resnet-w16 | 1/24 | 50.00 (flip TTA 52.00) |" in text
+    assert "CPU hours of every epoch above: 0.6 " in text  # 14 epochs of 150 CPU s
     assert "| cifar10 | ours | 2 | 80.00 ± 0.00 | 78.00 ± 0.00 | 77.90 ± 0.00 |" in text
     assert "| cifar10 | paper |" not in text and "earlier gate" in text
     assert "devices-paper-s0." in text

@@ -220,7 +220,9 @@ def _progress_table(runs: dict[str, dict]) -> list[str]:
         lines.append(f"| {name} | {len(run['log'])}/{run['epochs']} | {100 * acc:.2f}{extra} "
                      f"| {cpu:.0f} | {last['cpu_gflops']:.2f} | {last['peak_gflops']:.0f} "
                      f"| {100 * last['utilisation']:.2f} | {run.get('commit', '')[:10]} |")
-    return lines
+    hours = sum(e["cpu_seconds"] for run in runs.values() for e in run["log"]) / 3600
+    return [*lines, "", f"CPU hours of every epoch above: {hours:.1f} (training only: the "
+            "per-epoch test scoring and the steps after a run are not counted)."]
 
 
 def _plot(runs: dict[str, dict], path: Path) -> None:
