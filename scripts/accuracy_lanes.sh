@@ -99,9 +99,10 @@ after() {  # the step after training: the gated Modifier / the drop study
   esac
 }
 
-restore_one() {  # run name: its carried state into OUT unless OUT already has one
+restore_one() {  # run name: its carried state into OUT unless OUT has one or it is recorded
   local dir="$out/$1" state="$carried/$1.safetensors"
-  if [ -f "$state" ] && [ ! -f "$dir/state.safetensors" ] && ! finished "$dir"; then
+  if [ -f "$state" ] && [ ! -f "$dir/state.safetensors" ] && ! finished "$dir" &&
+     ! recorded "$1"; then
     mkdir -p "$dir"
     cp "$state" "$dir/state.safetensors"
     echo "restored $1 from $state"
@@ -124,20 +125,18 @@ run_one() {  # run name, command args...: train it (resumable), then the step af
 }
 
 lane() {  # lane number; runs the queue once over, then exits
-  local n="$1" name args
+  local n="$1" name args pass
   # Runs already under way first (here or carried from another machine): a run carried in
   # should not wait behind queued runs that cannot finish in this session.
-  while read -r name args; do
-    if [ -f "$out/$name/state.safetensors" ] || [ -f "$carried/$name.safetensors" ]; then
+  for pass in under-way all; do
+    while read -r name args; do
+      if recorded "$name" && ! [ -d "$out/$name" ]; then continue; fi
+      if [ "$pass" = under-way ] && ! [ -f "$out/$name/state.safetensors" ] &&
+         ! [ -f "$carried/$name.safetensors" ]; then continue; fi
       # shellcheck disable=SC2086  # args: the queue's words
       run_one "$name" $args
-    fi
-  done < <(queue)
-  while read -r name args; do
-    if recorded "$name" && ! [ -d "$out/$name" ]; then continue; fi
-    # shellcheck disable=SC2086
-    run_one "$name" $args
-  done < <(queue)
+    done < <(queue)
+  done
   echo "lane $n: queue done $(date -Is)" >>"$out/lanes/lane$n.log"
 }
 

@@ -67,3 +67,15 @@ def test_restore_keeps_a_newer_local_state_and_carry_drops_finished_runs(tmp_pat
     said = lanes("carry", runs, carry)
     assert "no longer carried: devices-a" in said
     assert list(carry.iterdir()) == []
+
+
+def test_a_recorded_run_is_never_restored(tmp_path):
+    """A state left in the carry folder after its run finished must not train it again."""
+    recorded = "devices-ours-s0"  # its record is in docs/results/accuracy/records
+    carry, new_machine = tmp_path / "carry", tmp_path / "new"
+    carry.mkdir()
+    (carry / f"{recorded}.safetensors").write_bytes(b"a stale state")
+    lanes("restore", new_machine, carry)
+    assert not (new_machine / recorded).exists()
+    assert "no longer carried" in lanes("carry", new_machine, carry)
+    assert list(carry.iterdir()) == []
