@@ -6,7 +6,8 @@
 #
 # Usage: scripts/accuracy_lanes.sh start|stop|pause|resume|status|report|carry|restore [OUT]
 #   OUT defaults to $ACCURACY_RUNS or ../runs/accuracy (outside the repository, so runs
-#   survive branch changes). LANES (default 2) lanes, one torch thread each, nice 19.
+#   survive branch changes). LANES (default 2) lanes, THREADS (default 1) torch threads
+#   each, nice 19.
 #   start   snapshot the committed HEAD (git archive into OUT/code/<commit>) and start the
 #           lanes on it; every lane walks the same queue, runs under way (here or carried)
 #           first, skips finished runs and runs held by another lane (flock), and continues
@@ -116,7 +117,7 @@ run_one() {  # run name, command args...: train it (resumable), then the step af
   # -n: a run another process holds is skipped; the lock goes with the process.
   if ! finished "$dir"; then
     flock -n "$dir/.lock" nice -n 19 "$python" -m resilient_perception.cli "$@" \
-      --threads 1 --out "$dir" >>"$dir/train.log" 2>&1 || true
+      --threads "${THREADS:-1}" --out "$dir" >>"$dir/train.log" 2>&1 || true
   fi
   if finished "$dir"; then
     flock -n "$dir/.lock" bash -c "$(declare -f after_done after); python='$python'; after $name $dir" \
