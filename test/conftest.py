@@ -7,12 +7,13 @@ file under that name before any test module).
 
 from __future__ import annotations
 
+import faulthandler
 import itertools
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -43,6 +44,56 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 # ROS domains 110-199: away from the default 0 and from other DDS users on the machine.
 # Starting at this process's pid keeps two pytest runs on one machine (mostly) apart.
 _DOMAINS = itertools.count(os.getpid())
+
+
+# How long after its own timeout a test that pytest-timeout could not stop ends the run.
+HANG_BACKSTOP_S = 120.0
+_TERMINAL_STDERR = pytest.StashKey[int]()
+
+
+SHM_WATCH = pytest.StashKey[subprocess.Popen]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the terminal's stderr (tests run with fd 2 captured); watch Fast DDS's segments.
+
+    The tests kill node processes with -9 mid-stream; one killed while it (re)makes a
+    shared-memory segment would hang every later DDS participant on the machine that
+    opens it, running nodes included. The watcher defuses such a segment within seconds
+    (:mod:`resilient_perception.ros.shm_ports`) and says so on the terminal.
+    """
+    config.stash[_TERMINAL_STDERR] = os.dup(sys.stderr.fileno())
+    config.stash[SHM_WATCH] = subprocess.Popen(
+        [sys.executable, "-m", "resilient_perception.ros.shm_ports", "--watch", "0.5",
+         "--parent", str(os.getpid())], stdout=config.stash[_TERMINAL_STDERR])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the segment watcher."""
+    watcher = config.stash.get(SHM_WATCH, None)
+    if watcher is not None:
+        watcher.terminate()
+        watcher.wait()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
+    """End the session, with every thread's stack on stderr, if a test hangs in native code.
+
+    pytest-timeout interrupts a test with SIGALRM, whose Python handler runs only when the
+    main thread returns to the interpreter; a test process stuck inside a DDS call (Fast DDS
+    can deadlock deleting a participant while a peer leaves) never does, and one such test
+    would use up the whole CI run. faulthandler's watchdog is a native thread: it prints
+    where each thread waits and exits, so the run fails within minutes and says where.
+    """
+    marker = item.get_closest_marker("timeout")
+    timeout = marker.args[0] if marker and marker.args else item.config.getini("timeout")
+    faulthandler.dump_traceback_later(float(timeout or 300) + HANG_BACKSTOP_S, exit=True,
+                                      file=item.config.stash[_TERMINAL_STDERR])
+    try:
+        return (yield)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def domain_id() -> int:

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import pytest
 
-from test.conftest import ROOT, domain_id, require_ros
+from test.conftest import ROOT, UDP_ONLY_ENV, domain_id, require_ros
 
 require_ros()
 
@@ -54,10 +54,17 @@ def test_kill_two_cameras_and_restart_one_mid_stream(briefly_trained_onnx, brief
     period = 1.0 / RATE_HZ
     overrides = {"player": {"count": MAX_FRAMES, "rate_hz": RATE_HZ,
                             "wait_for_label_subscribers": 1}}
+    # The cameras take their images over UDP: over shared memory, the player's next send to
+    # a camera killed with -9 can wait out Fast DDS's port health check (1 s) and hold every
+    # camera's image for that long, which would be the player's stall, not the fusion
+    # node's reaction (one CI run: all six devices missed their deadline at once, and the
+    # surrogate frame came 1.02 s after the kill).
+    cameras_over_udp = {f"camera_{i}": UDP_ONLY_ENV for i in range(6)}
     kills: dict[int, tuple[float, float]] = {}  # device -> (wall, monotonic) of the kill
     with (Observer(domain_id=DOMAIN_ID) as observer,
           Pipeline.from_config(MNIST_CONFIG, model_path=briefly_trained_onnx, overrides=overrides,
-                               log_dir=tmp_path, domain_id=DOMAIN_ID) as pipeline):
+                               env=cameras_over_udp, log_dir=tmp_path,
+                               domain_id=DOMAIN_ID) as pipeline):
         monitor = StreamMonitor(observer, {"fused": FUSED_TOPIC}, n_devices=6)
         score = monitor.scores["fused"]
         pipeline.start_ready(observer, timeout=90.0)

@@ -15,6 +15,7 @@ import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from resilient_perception.message_checks import RejectionLog, clip_text
+from resilient_perception.ros.shm_ports import SHM_DIR, defuse_stalled_segments
 from resilient_perception.ros.topics import DIAGNOSTICS_TOPIC, status_name
 
 __all__ = [
@@ -320,9 +321,16 @@ def run_nodes(
     # `kill -USR1` prints every thread's Python stack to the log: what a node that does
     # not stop on SIGINT is doing (the pipeline harness asks before it kills one).
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # A shared-memory segment that a killed process left half-made would hang this process
+    # inside DDS as it creates its node, on any domain (shm_ports says why).
+    defused = defuse_stalled_segments()
     # rclpy's own handlers would shut the context down from another thread at once: a
     # callback then fails mid-way and reliable messages still unacknowledged are lost.
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    for segment in defused:
+        rclpy.logging.get_logger(name).warning(
+            f"{SHM_DIR / segment}: a Fast DDS shared-memory segment left half-made by a "
+            "killed process; marked corrupted so that DDS skips it")
     stop_requested = _handle_stop_signals()
     nodes: list[Any] = []
     code = 0
