@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import os
 import time
 
 import torch
 import torch.nn.functional as F
 
-from resilient_perception.paper.device_cost import machine_info
+from resilient_perception.paper.device_cost import machine_info, write_speed_csv
 from resilient_perception.perception.model import MultiDeviceCNN
 from resilient_perception.perception.views import ViewSpec
 
@@ -81,6 +79,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="CSV of the measurements")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    info = machine_info()
     torch.manual_seed(SEED)
     box = ViewSpec(kind="grid", rows=3, cols=2, overlap=0.5).boxes(32, 32)[0]
     views = torch.rand(BATCH, 6, 3, box.height, box.width)
@@ -98,14 +97,8 @@ def main() -> None:
     print(f"per device: {rows[0]['seconds_per_step'] / rows[1]['seconds_per_step']:.2f}x the "
           "speed of grouped convolutions")
     if args.out:
-        info = machine_info()
-        machine = (f"{info['cpu']}, {info['cores']} cores, torch {info['torch']}, load average "
-                   f"{info['load_average_start'][0]:.2f} before, {os.getloadavg()[0]:.2f} after")
-        with open(args.out, "w", newline="") as fh:
-            fh.write(f"# scripts/device_layout_speed.py, seed {SEED}, one thread, {machine}\n")
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_speed_csv(args.out, f"scripts/device_layout_speed.py, seed {SEED}, one thread",
+                        rows, info)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,12 @@ Run it on an otherwise idle machine (pause the accuracy lanes).
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import time
 
 import numpy as np
 import torch
 
-from resilient_perception.paper.device_cost import machine_info
+from resilient_perception.paper.device_cost import machine_info, write_speed_csv
 from resilient_perception.perception.evaluation import device_outputs
 from resilient_perception.perception.model import MultiDeviceCNN
 from resilient_perception.perception.views import ViewSpec
@@ -54,6 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     torch.set_num_threads(1)
+    info = machine_info()
     torch.manual_seed(SEED)
     rng = np.random.default_rng(SEED)
 
@@ -82,14 +81,8 @@ def main() -> None:
         print(f"{model}: fastest batch {best['batch']}, "
               f"{largest['seconds'] / best['seconds']:.1f}x the speed of batch {largest['batch']}")
     if args.out:
-        info = machine_info()
-        machine = (f"{info['cpu']}, {info['cores']} cores, torch {info['torch']}, load average "
-                   f"{info['load_average_start'][0]:.2f} before, {os.getloadavg()[0]:.2f} after")
-        with open(args.out, "w", newline="") as fh:
-            fh.write(f"# scripts/eval_batch_speed.py, seed {SEED}, one thread, {machine}\n")
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_speed_csv(args.out, f"scripts/eval_batch_speed.py, seed {SEED}, one thread",
+                        rows, info)
 
 
 if __name__ == "__main__":

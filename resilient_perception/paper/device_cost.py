@@ -18,6 +18,7 @@ parameters, ~14.72 KB). The analogue here, all ROS-free:
 
 from __future__ import annotations
 
+import csv
 import os
 import platform
 import time
@@ -173,6 +174,22 @@ def machine_info() -> dict:
         "torch": torch.__version__, "onnxruntime": ort.__version__, "onnx": onnx.__version__,
         "numpy": np.__version__, "load_average_start": list(os.getloadavg()),
     }
+
+
+def write_speed_csv(path: str | os.PathLike[str], source: str, rows: Sequence[dict],
+                    info: dict) -> None:
+    """``rows`` as CSV under one comment line: ``source`` and the machine ``info`` measured on.
+
+    ``info`` is :func:`machine_info` taken before the measurements; the load average after
+    them is added, so a reader sees whether something else ran meanwhile.
+    """
+    machine = (f"{info['cpu']}, {info['cores']} cores, torch {info['torch']}, load average "
+               f"{info['load_average_start'][0]:.2f} before, {os.getloadavg()[0]:.2f} after")
+    with open(path, "w", newline="") as fh:
+        fh.write(f"# {source}, {machine}\n")
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _accuracy(probs, features, weights, biases, data: DeviceViews) -> dict:
