@@ -28,32 +28,20 @@ __all__ = ["EpochMeter", "achieved", "fastest_precision", "format_speed", "forwa
 def forward_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Multiply-accumulates of one forward pass of one input of ``input_shape`` (no batch).
 
-    Counts convolutions (grouped ones per group) and linear layers from the real output
-    shapes, via forward hooks on a zero input in eval mode.
+    Counted from the operators a forward on a zero input in eval mode runs (torch's
+    ``FlopCounterMode``: convolutions, grouped or called functionally, matmuls, einsums), so
+    it does not depend on which modules the forward calls.
     """
-    total = 0
+    from torch.utils.flop_counter import FlopCounterMode
 
-    def count(module: nn.Module, inputs: tuple, output) -> None:
-        nonlocal total
-        out = output[0] if isinstance(output, tuple) else output
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            total += out[0].numel() * (module.in_channels // module.groups) * kh * kw
-        elif isinstance(module, nn.Linear):
-            total += out[0].numel() * module.in_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules()
-             if isinstance(m, nn.Conv2d | nn.Linear)]
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
             model(torch.zeros(1, *input_shape))
     finally:
-        for hook in hooks:
-            hook.remove()
         model.train(was_training)
-    return total
+    return counter.get_total_flops() // 2  # 2 FLOPs per multiply-accumulate
 
 
 @functools.cache

@@ -16,6 +16,7 @@ from resilient_perception.datasets import load_cifar10
 from resilient_perception.paper.gated_modifier import GATE_AVERAGE
 from resilient_perception.paper.paper_budget import DeviceRecipe, train_device_run
 from resilient_perception.perception.checkpoint import load_checkpoint
+from resilient_perception.perception.model import DeviceCNN, MultiDeviceCNN
 from resilient_perception.perception.views import ViewSpec, crop_views
 from resilient_perception.placement.resnet import load_resnet_checkpoint
 from resilient_perception.placement.resnet_recipe import ResNetRecipe, train_resnet_recipe
@@ -140,6 +141,9 @@ def test_augmentation_moves_the_whole_image_so_views_agree(cifar):
 def test_meter_counts_flops_and_measures_the_peak():
     conv = nn.Conv2d(6, 12, 3, padding=1, groups=3)
     assert forward_macs(conv, (6, 8, 8)) == 8 * 8 * 12 * 2 * 9
+    # The six devices run their convolutions functionally, not through their modules.
+    assert forward_macs(MultiDeviceCNN(6, 3, 10), (6, 3, 12, 12)) == 6 * forward_macs(
+        DeviceCNN(3, 10), (3, 12, 12))
     assert matmul_peak("fp32", size=128, seconds=0.05) > 1e8
     meter = EpochMeter(conv, (6, 8, 8))
     meter.start()
