@@ -31,9 +31,10 @@ __all__ = ["SHM_DIR", "STALLED_AFTER_S", "defuse_stalled_segments", "stalled_seg
 SHM_DIR = Path("/dev/shm")
 """Where Fast DDS (through boost.interprocess) keeps its shared-memory segments."""
 
-STALLED_AFTER_S = 2.0
-"""A segment still being made this long after its file last changed has lost its creator
-(making one takes well under a millisecond)."""
+STALLED_AFTER_S = 5.0
+"""A segment still being made this long after its file last changed has lost its creator:
+making one takes well under a millisecond, and the limit outlasts a creator frozen for a
+few seconds (the test suite's freezes last up to 2 s), which would finish it when resumed."""
 
 # boost.interprocess's managed segment starts with its state: 0 uninitialized,
 # 1 initializing, 2 initialized, 3 corrupted (an opener that reads 3 throws).
