@@ -75,7 +75,12 @@ def save_module(path, module: torch.nn.Module, kind: str, metadata: dict | None 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor],
                       metadata: dict[str, str]) -> Path:
-    """Write a safetensors file atomically: a run killed mid-write leaves the old file."""
+    """Write a safetensors file atomically: a run killed mid-write leaves the old file.
+
+    The file holds host copies of the tensors, wherever they were computed: a run trained
+    on a GPU loads on a machine without one.
+    """
+    tensors = {name: tensor.cpu() for name, tensor in tensors.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -7,7 +7,9 @@ its forward multiply-accumulates (2 FLOPs per MAC; the backward pass costs about
 forward). :func:`matmul_peak` measures, in the same process, with the same torch thread
 count and precision, the FLOP/s of a large square matmul: the best case the BLAS/oneDNN
 kernels reach on this CPU. The ratio of the two is the utilisation; small convolutions,
-batch norm and element-wise work keep it well below 1 on CPUs.
+batch norm and element-wise work keep it well below 1 on CPUs. On a CUDA GPU
+(:mod:`.compute`) the peak is the GPU's matmul and the utilisation is over wall time, the
+GPU's time; the CPU seconds are still reported, as the host's share.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .compute import synchronize
 from .perception.modes import PRECISIONS
 
 __all__ = ["EpochMeter", "achieved", "fastest_precision", "format_speed", "forward_macs",
@@ -36,37 +39,44 @@ def forward_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
 
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     try:
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            model(torch.zeros(1, *input_shape))
+            model(torch.zeros(1, *input_shape, device=device))
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2  # 2 FLOPs per multiply-accumulate
 
 
 @functools.cache
-def _peak(threads: int, precision: str, size: int, seconds: float) -> float:
+def _peak(threads: int, precision: str, size: int, seconds: float, device: torch.device
+          ) -> float:
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
     torch.mm(a, b)  # warm-up: kernel selection, page faults
+    synchronize(device)
     best, deadline = float("inf"), time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         start = time.perf_counter()
         torch.mm(a, b)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
 
 
-def matmul_peak(precision: str = "fp32", size: int = 1024, seconds: float = 0.5) -> float:
+def matmul_peak(precision: str = "fp32", size: int = 1024, seconds: float = 0.5,
+                device: torch.device | None = None) -> float:
     """FLOP/s of the fastest of repeated ``size x size`` matmuls in ``seconds`` (cached).
 
-    Uses the current ``torch.get_num_threads()`` and the dtype of ``precision`` (``"bf16"``
-    or ``"fp32"``), so it is the peak of the setting a training run uses.
+    Uses the current ``torch.get_num_threads()``, the dtype of ``precision`` (``"bf16"``
+    or ``"fp32"``) and ``device`` (default the CPU), so it is the peak of the setting a
+    training run uses.
     """
-    return _peak(torch.get_num_threads(), precision, size, seconds)
+    device = torch.device("cpu") if device is None else device
+    return _peak(torch.get_num_threads(), precision, size, seconds, device)
 
 
-def fastest_precision(precision: str = "auto") -> str:
+def fastest_precision(precision: str = "auto", device: torch.device | None = None) -> str:
     """``precision`` itself, or for ``auto`` the faster of bf16 and fp32 matmuls here.
 
     The choice is measured (:func:`matmul_peak` at the current thread count), not guessed from
@@ -78,26 +88,31 @@ def fastest_precision(precision: str = "auto") -> str:
         raise ValueError(f"precision must be auto or one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
         return precision
-    return "bf16" if matmul_peak("bf16") > matmul_peak("fp32") else "fp32"
+    faster = matmul_peak("bf16", device=device) > matmul_peak("fp32", device=device)
+    return "bf16" if faster else "fp32"
 
 
 def achieved(flops_per_image: float, images: int, seconds: float,
-             cpu_seconds: float | None = None, precision: str = "fp32") -> dict:
+             cpu_seconds: float | None = None, precision: str = "fp32",
+             device: torch.device | None = None) -> dict:
     """Achieved training FLOP/s of ``images`` in ``seconds`` beside :func:`matmul_peak`.
 
     ``gflops`` is over wall time, ``cpu_gflops`` over the process's CPU seconds (what a
     shared machine leaves the run does not lower it; wall time if not given);
-    ``peak_gflops`` is the matmul peak at the current thread count and ``precision``, and
-    ``utilisation`` is ``cpu_gflops / peak_gflops``; ``precision`` is the one trained in.
+    ``peak_gflops`` is the matmul peak of ``device`` (default the CPU) at the current thread
+    count and ``precision``, and ``utilisation`` is ``cpu_gflops / peak_gflops`` on the CPU,
+    ``gflops / peak_gflops`` on a GPU; ``precision`` is the one trained in.
     """
+    device = torch.device("cpu") if device is None else device
     cpu = seconds if cpu_seconds is None else cpu_seconds
-    flops, peak = flops_per_image * images, matmul_peak(precision)
+    flops, peak = flops_per_image * images, matmul_peak(precision, device=device)
+    busy = cpu if device.type == "cpu" else seconds
     return {"precision": precision, "seconds": seconds, "cpu_seconds": cpu,
             "images_per_s": images / seconds if seconds > 0 else float("nan"),
             "gflops": flops / seconds / 1e9 if seconds > 0 else float("nan"),
             "cpu_gflops": flops / cpu / 1e9 if cpu > 0 else float("nan"),
             "peak_gflops": peak / 1e9,
-            "utilisation": flops / cpu / peak if cpu > 0 else float("nan")}
+            "utilisation": flops / busy / peak if busy > 0 else float("nan")}
 
 
 def format_speed(speed: dict) -> str:
@@ -111,9 +126,13 @@ class EpochMeter:
     """Times an epoch and reports achieved training FLOP/s and its ratio to the matmul peak."""
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int], precision: str = "fp32"):
-        """Count ``model``'s forward MACs per input of ``input_shape`` once, up front."""
+        """Count ``model``'s forward MACs per input of ``input_shape`` once, up front.
+
+        The epoch runs where ``model``'s parameters are (:mod:`.compute`).
+        """
         self.flops_per_image = 6 * forward_macs(model, input_shape)
         self.precision = precision
+        self.device = next(model.parameters()).device
         self._wall = self._cpu = 0.0
 
     def start(self) -> None:
@@ -122,5 +141,6 @@ class EpochMeter:
 
     def stop(self, images: int) -> dict:
         """:func:`achieved` for the epoch since :meth:`start` over ``images`` images."""
+        synchronize(self.device)
         return achieved(self.flops_per_image, images, time.perf_counter() - self._wall,
-                        time.process_time() - self._cpu, self.precision)
+                        time.process_time() - self._cpu, self.precision, self.device)

@@ -9,9 +9,20 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..perception.modes import PRECISIONS
-from .common import fraction, non_negative_int, positive_float, positive_int
+from .common import (
+    add_device_option,
+    chosen_device,
+    fraction,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+
+if TYPE_CHECKING:
+    import torch
 
 # The methods of paper.paper_budget.DEVICE_METHODS, named here so --help imports no torch.
 DEVICE_METHOD_NAMES = ("paper", "ours")
@@ -26,7 +37,8 @@ def cmd_train_budget_devices(args: argparse.Namespace) -> int:
     from ..throughput import format_speed
 
     torch.set_num_threads(args.threads)
-    precision = _precision(args.precision)
+    device = chosen_device(args)
+    precision = _precision(args.precision, device)
     recipe = DeviceRecipe(method=args.method, epochs=args.epochs, lr=args.lr,
                           schedule=args.schedule, overlap=args.overlap, pad=args.pad,
                           flip=not args.no_flip, val_size=args.val_size,
@@ -34,7 +46,8 @@ def cmd_train_budget_devices(args: argparse.Namespace) -> int:
                           train_limit=args.limit, test_limit=args.test_limit)
     recipe.validate()
     train, test = load_cifar10(args.data_root, "train"), load_cifar10(args.data_root, "test")
-    result = train_device_run(args.out, recipe, train, test, max_epochs=args.chunk)
+    result = train_device_run(args.out, recipe, train, test, max_epochs=args.chunk,
+                              device=device)
     last = result["log"][-1]
     print(f"{args.method} seed {args.seed}: epoch {last['epoch']}/{recipe.epochs}, "
           f"test {100 * last['test_no_failure']:.2f}% no failure, "
@@ -52,14 +65,16 @@ def cmd_train_resnet_recipe(args: argparse.Namespace) -> int:
     from ..throughput import format_speed
 
     torch.set_num_threads(args.threads)
-    precision = _precision(args.precision)
+    device = chosen_device(args)
+    precision = _precision(args.precision, device)
     recipe = ResNetRecipe(base_width=args.base_width, stochastic_depth=args.stochastic_depth,
                           epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           precision=precision, compile=not args.no_compile,
                           seed=args.seed, train_limit=args.limit, test_limit=args.test_limit)
     recipe.validate()
     train, test = load_cifar10(args.data_root, "train"), load_cifar10(args.data_root, "test")
-    log = train_resnet_recipe(args.out, recipe, train, test, max_epochs=args.chunk)
+    log = train_resnet_recipe(args.out, recipe, train, test, max_epochs=args.chunk,
+                              device=device)
     last = log[-1]
     print(f"ResNet width {recipe.base_width}: epoch {last['epoch']}/{recipe.epochs}, test "
           f"{100 * last['test_acc']:.2f}% (flip TTA {100 * last['test_acc_tta']:.2f}%); "
@@ -87,14 +102,15 @@ def cmd_gated_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _precision(requested: str) -> str:
-    """The training precision for ``--precision`` (``auto``: measured here), said aloud."""
+def _precision(requested: str, device: torch.device) -> str:
+    """The training precision for ``--precision`` (``auto``: measured on ``device``), said aloud."""
     from ..throughput import fastest_precision, matmul_peak
 
-    precision = fastest_precision(requested)
+    precision = fastest_precision(requested, device)
     if requested == "auto":
-        print(f"precision auto: {precision} (matmul peak here: fp32 "
-              f"{matmul_peak('fp32') / 1e9:.1f}, bf16 {matmul_peak('bf16') / 1e9:.1f} GFLOP/s)")
+        fp32, bf16 = (matmul_peak(p, device=device) / 1e9 for p in ("fp32", "bf16"))
+        print(f"precision auto: {precision} (matmul peak here: fp32 {fp32:.1f}, "
+              f"bf16 {bf16:.1f} GFLOP/s)")
     return precision
 
 
@@ -109,6 +125,7 @@ def _common(p: argparse.ArgumentParser, epochs: int) -> None:
                    help="autocast precision; auto (default): bf16 where its matmuls run faster "
                    "than fp32's on this machine (CPUs with AMX or AVX512-BF16), else fp32")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads")
+    add_device_option(p)
     p.add_argument("--chunk", type=positive_int, default=None, metavar="N",
                    help="stop after N epochs of this call (resume later)")
     p.add_argument("--limit", type=positive_int, default=None, help="training images")

@@ -14,11 +14,15 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["EXTRAS", "extra_of", "fraction", "grid", "missing_extra_message", "named_path",
-           "onnx_models", "pair",
-           "positive_float", "positive_int", "require_onnx", "schedule", "set_threads",
-           "size", "write_csv", "write_json"]
+if TYPE_CHECKING:  # the parser imports no torch; a command that trains imports it itself
+    import torch
+
+__all__ = ["EXTRAS", "add_device_option", "extra_of", "fraction", "grid",
+           "missing_extra_message", "named_path", "onnx_models", "pair", "positive_float",
+           "positive_int", "require_onnx", "schedule", "set_threads", "size",
+           "chosen_device", "write_csv", "write_json"]
 
 EXTRAS = {"onnx": ("onnx", "onnxruntime"), "bags": ("rosbags",)}
 """setup.py's extras: the modules each brings, which `pip install .` leaves out."""
@@ -146,6 +150,22 @@ def schedule(actions: tuple[str, ...] | None = None) -> Callable[[str], tuple]:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
+
+
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    """``--device``: where a training command computes (:mod:`..compute`)."""
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="where to compute: auto (default: a CUDA GPU when torch sees one, else "
+                   "the CPU), cpu, cuda or cuda:N")
+
+
+def chosen_device(args: argparse.Namespace) -> torch.device:
+    """The device ``--device`` names, announced; ``ValueError`` (exit 2) if it is missing."""
+    from ..compute import compute_device, describe
+
+    device = compute_device(args.device)
+    print(f"device: {describe(device)}")
+    return device
 
 
 def set_threads(threads: int | None) -> None:

@@ -17,6 +17,8 @@ from ..datasets import DATASET_NAMES, IDX_PREFIX, evaluation_data
 from ..perception.modes import PRECISIONS, REDUCED_PRECISIONS
 from ..perception.views import ViewSpec, parse_noise
 from .common import (
+    add_device_option,
+    chosen_device,
     fraction,
     grid,
     named_path,
@@ -119,6 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..perception.validation import VALIDATION_SEED, holdout_split
     from ..throughput import achieved, format_speed, forward_macs
 
+    device = chosen_device(args)
     data = _load(args, _view_spec(args))
     validation = None
     if args.holdout:
@@ -137,7 +140,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                          "or choose another --out")
     if state.exists():
         print(f"continuing the unfinished run in {state}")
-    model, history, metadata = train_devices(data, config, args.non_iid, state_path=state)
+    model, history, metadata = train_devices(data, config, args.non_iid, state_path=state,
+                                             device=device)
     path = save_checkpoint(args.out / "model.safetensors", model,
                            {**metadata, "validation": validation})
     state.unlink()
@@ -149,7 +153,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"saved {path} (train accuracy {100 * last['train_acc']:.2f}%, "
           f"{last['images_per_s']:.0f} images/s)")
     speed = achieved(6 * forward_macs(model, data.views.shape[1:]), last["images"],
-                     last["seconds"], last["cpu_seconds"], config.precision)
+                     last["seconds"], last["cpu_seconds"], config.precision, device)
     print(f"last epoch: {format_speed(speed)}")
     write_json(args.out / "speed.json", speed)
     if args.eval_dataset:
@@ -309,6 +313,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
     _add_data_options(p, "train")
     _add_train_options(p)
+    add_device_option(p)
     p.add_argument("--resume", action="store_true",
                    help="continue the unfinished run in --out from its last finished epoch "
                    "(the state is saved after every epoch; same options required)")

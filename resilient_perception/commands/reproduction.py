@@ -22,7 +22,7 @@ from ..datasets import DATASET_NAMES, evaluation_data
 from ..paper.methods import FULL_PLANS, METHODS
 from ..perception.modes import PRECISIONS
 from ..perception.views import ViewSpec
-from .common import positive_int, recorded_path
+from .common import add_device_option, chosen_device, positive_int, recorded_path
 
 # The protocol's modules (torch, scipy) are imported by each command when it runs.
 
@@ -162,7 +162,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from ..paper.reproduction_report import write_report
 
     options = {"methods": args.methods or tuple(METHODS), "threads": args.threads,
-               "precision": args.precision, "baseline_seeds": args.baseline_seeds}
+               "precision": args.precision, "baseline_seeds": args.baseline_seeds,
+               "device": str(chosen_device(args))}
     if args.seeds:
         options["seeds"] = tuple(range(args.seeds))
     protocol = (quick_protocol if args.quick else full_protocol)(args.datasets, **options)
@@ -235,6 +236,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="torch CPU threads per run (default 1)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="training precision (default fp32)")
+    add_device_option(p)
     p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")
     p.add_argument("--runs", type=Path, default=None,
                    help=f"run cache (default {FULL_RUNS}; {QUICK_RUNS} with --quick)")

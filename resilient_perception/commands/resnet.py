@@ -11,6 +11,8 @@ from pathlib import Path
 
 from ..perception.modes import EVAL_BATCH
 from .common import (
+    add_device_option,
+    chosen_device,
     fraction,
     named_path,
     positive_int,
@@ -35,6 +37,7 @@ def cmd_train_resnet(args: argparse.Namespace) -> int:
     from ..throughput import achieved, format_speed, forward_macs
 
     set_threads(args.threads)
+    device = chosen_device(args)
     config = ResNetTrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, base_width=args.base_width,
         stochastic_depth=args.stochastic_depth, seed=args.seed, train_limit=args.limit,
@@ -47,13 +50,15 @@ def cmd_train_resnet(args: argparse.Namespace) -> int:
     print(f"{'resuming' if resuming else 'training'} ResNet (base width {config.base_width}, "
           f"stochastic depth {config.stochastic_depth}) for {config.epochs} epochs on "
           f"CIFAR-10, {torch.get_num_threads()} torch thread(s), seed {config.seed}")
-    history = train_resnet(args.out, config, train, test, resume=args.resume, chunk=args.chunk)
+    history = train_resnet(args.out, config, train, test, resume=args.resume, chunk=args.chunk,
+                           device=device)
     last = history[-1]
     print(f"epoch {last['epoch']}/{config.epochs}: test accuracy {100 * last['test_acc']:.2f}%; "
           f"wrote {args.out / CHECKPOINT_NAME} and history.csv")
     images = len(spread_subset(train.images, train.labels, config.train_limit)[1])
     model = ResNet(base_width=config.base_width, num_classes=len(train.classes))
-    speed = achieved(6 * forward_macs(model, train.images.shape[1:]), images, last["seconds"])
+    speed = achieved(6 * forward_macs(model, train.images.shape[1:]), images, last["seconds"],
+                     device=device)
     print(f"last epoch: {format_speed(speed)}")
     return 0
 
@@ -76,6 +81,7 @@ def cmd_drop_study(args: argparse.Namespace) -> int:
     from ..placement.resnet_training import CHECKPOINT_NAME
 
     set_threads(args.threads)
+    device = chosen_device(args)
     if (args.checkpoint is None) == (args.untrained_width is None):
         raise ValueError("give a CHECKPOINT written by train-resnet, or --untrained-width W "
                          "for a freshly initialised model (layer numbers only)")
@@ -92,7 +98,8 @@ def cmd_drop_study(args: argparse.Namespace) -> int:
     test = load_cifar10(args.data_root, "test")
     images, labels = spread_subset(test.images, test.labels, args.limit)
     print(f"drop study of {name}: {model.n_blocks} blocks, {len(labels)} CIFAR-10 test images")
-    study = run_drop_study(model, images, labels, batch_size=args.batch_size)
+    study = run_drop_study(model.to(device), images, labels, batch_size=args.batch_size)
+    model.cpu()  # the profile's costs are the robots' CPU's
     profile = build_profile(model, study, name, seed=int(meta.get("seed", 0)),
                             input_shape=tuple(images.shape[1:]))
     rows_one, rows_two = table_one(model, study), table_two(model, study, profile)
@@ -152,6 +159,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-limit", type=positive_int, default=None,
                    help="score each epoch on N evenly spaced test images only")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    add_device_option(p)
     p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out after its last finished epoch (starts "
@@ -180,6 +188,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "chunks stay in the CPU's caches)")
     p.add_argument("--seed", type=int, default=0, help="seed of an untrained model")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    add_device_option(p)
     p.add_argument("--data-root", type=Path, default=None, help="folder holding the datasets")
     p.set_defaults(func=cmd_drop_study)
 

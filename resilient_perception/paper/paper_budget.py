@@ -27,6 +27,8 @@ such run:
   checkpoint: ``evaluate``, ``export`` work on it) and ``evaluation.json`` (every failure
   subset, avg and max fusion, with and without the Modifier) are written; the latter marks
   the run finished.
+* **Device**: the run trains on the CPU or a CUDA GPU (``device``, :mod:`..compute`); its
+  files hold host tensors, so a run may continue on another kind of machine.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..compute import autocast
 from ..datasets import LabeledImages
 from ..perception.checkpoint import save_checkpoint
 from ..perception.evaluation import device_outputs, evaluate_failures, summarise
@@ -118,18 +121,19 @@ def _score(model: MultiDeviceCNN, views: np.ndarray, labels: np.ndarray,
            subsets: list[tuple[int, ...]] | None = None) -> tuple[list[dict], dict]:
     probs, feats = device_outputs(model, views)
     w, b = model.classifier_heads()
-    rows = evaluate_failures(probs, feats, w.detach(), b.detach(), labels, modes=("avg", "max"),
-                             subsets=subsets)
+    rows = evaluate_failures(probs, feats, w.detach().cpu(), b.detach().cpu(), labels,
+                             modes=("avg", "max"), subsets=subsets)
     return rows, summarise(rows)
 
 
 def train_device_run(out: Path, recipe: DeviceRecipe, train_data: LabeledImages,
                      test_data: LabeledImages, progress: bool = True,
-                     max_epochs: int | None = None) -> dict:
+                     max_epochs: int | None = None, device: torch.device | None = None) -> dict:
     """Train (or continue) one run in ``out``; return its metrics log and, once done, summary.
 
     ``max_epochs`` stops after that many epochs of this call (tests; resume for the rest).
-    A finished run (``evaluation.json`` present) returns at once.
+    A finished run (``evaluation.json`` present) returns at once. ``device``: where to
+    train (default the CPU).
     """
     recipe.validate()
     out = Path(out)
@@ -148,7 +152,8 @@ def train_device_run(out: Path, recipe: DeviceRecipe, train_data: LabeledImages,
     cfg.validate(n_devices)
 
     torch.manual_seed(recipe.seed)
-    model = MultiDeviceCNN(n_devices, images.shape[1], len(train_data.classes))
+    device = torch.device("cpu") if device is None else device
+    model = MultiDeviceCNN(n_devices, images.shape[1], len(train_data.classes)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(len(labels) / recipe.batch_size)
@@ -180,9 +185,10 @@ def train_device_run(out: Path, recipe: DeviceRecipe, train_data: LabeledImages,
             batch = images[index]
             if recipe.pad or recipe.flip:
                 batch = augment(batch, rng, pad=recipe.pad, flip=recipe.flip)
-            x, y = views_to_float(_cut(batch, spec)), labels[index]
+            x = views_to_float(_cut(batch, spec).to(device))
+            y = labels[index].to(device)
             dropped = rng.choice(n_devices, size=cfg.drop_k, replace=False).tolist()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.precision == "bf16"):
+            with autocast(device, recipe.precision):
                 logits, feats = model(x)
             logits, feats = logits.float(), feats.float()
             w, b = model.classifier_heads()

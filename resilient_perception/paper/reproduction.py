@@ -63,6 +63,7 @@ import numpy as np
 from scipy import stats
 
 from ..checkpoints import CheckpointError
+from ..compute import compute_device
 from ..perception.checkpoint import load_checkpoint, save_checkpoint
 from ..perception.evaluation import (
     device_outputs,
@@ -195,6 +196,7 @@ class Protocol:
     baseline_seeds: int | None = None  # seeds for methods outside MAIN_METHODS (None = all)
     precision: str = "fp32"
     threads: int = 1
+    device: str = "cpu"  # where runs train (compute.compute_device); not part of a run's key
 
     def __post_init__(self) -> None:
         """Reject unknown methods (naming the valid ones) and an empty seed list."""
@@ -307,13 +309,14 @@ def run_one(protocol: Protocol, root: Path, dataset: str, method: str, seed: int
     if model is None:
         config = protocol.train_config(dataset, method, seed)
         state = folder / TRAINING_STATE
+        device = compute_device(protocol.device)
         try:
             model, history, meta = train_devices(train_data, config, progress=progress,
-                                                 state_path=state)
+                                                 state_path=state, device=device)
         except StaleTrainingState:  # left by a run of an older protocol: start over
             state.unlink()
             model, history, meta = train_devices(train_data, config, progress=progress,
-                                                 state_path=state)
+                                                 state_path=state, device=device)
         meta["run_key"] = key
         save_checkpoint(folder / "model.safetensors", model, meta)
         _write_json_atomic(folder / "history.json", history)

@@ -45,17 +45,21 @@ __all__ = [
 def device_outputs(
     model: MultiDeviceCNN, views: np.ndarray | torch.Tensor, batch_size: int = EVAL_BATCH
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-device ``(probs (M, N, K), features (M, N, D))`` in eval mode (uint8 views in)."""
+    """Per-device ``(probs (M, N, K), features (M, N, D))`` in eval mode (uint8 views in).
+
+    The model runs where its parameters are (:mod:`..compute`); the outputs are on the CPU.
+    """
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     views_t = torch.as_tensor(views) if not torch.is_tensor(views) else views
     probs, feats = [], []
     try:
         with torch.inference_mode():
             for s in range(0, len(views_t), batch_size):
-                logits, f = model(views_to_float(views_t[s : s + batch_size]))
-                probs.append(logits.softmax(dim=-1))
-                feats.append(f)
+                logits, f = model(views_to_float(views_t[s : s + batch_size].to(device)))
+                probs.append(logits.softmax(dim=-1).cpu())
+                feats.append(f.cpu())
     finally:
         model.train(was_training)
     return torch.cat(probs), torch.cat(feats)

@@ -87,6 +87,7 @@ def train_devices(
     classes_per_device: int | None = None,
     progress: bool = True,
     state_path: Path | None = None,
+    device: torch.device | None = None,
 ) -> tuple[MultiDeviceCNN, list[dict], dict]:
     """Jointly train N device CNNs on ``data``; returns the model, history and metadata.
 
@@ -95,6 +96,8 @@ def train_devices(
     ``state_path`` makes the run resumable: the training state is saved there after every
     epoch, and a state already there is continued (:class:`StaleTrainingState` if it was
     saved with other settings). The caller deletes it once the final model is saved.
+    Training runs on ``device`` (default the CPU); the model is returned on the CPU, where
+    it is saved and evaluated.
     """
     metadata = {
         "dataset": data.dataset,
@@ -122,11 +125,13 @@ def train_devices(
     def save_state(state: TrainState) -> None:
         save_training_state(state_path, model, state, metadata)
 
+    model.to(device or torch.device("cpu"))
     history = train(
         model, data.views, data.labels, config, available=data.available,
         sample_mask=mask, progress=progress,
         on_epoch_end=save_state if state_path is not None else None, resume=resume,
     )
+    model.cpu()
     return model, history, {**metadata, "history": history}
 
 

@@ -121,14 +121,18 @@ class _ResidualBlock(nn.Module):
             return x
         return F.pad(x, (0, 0, 0, 0, 0, self.c_out - self.c_in))  # zero channels
 
-    def _conv(self, conv: nn.Conv2d, x: torch.Tensor, device: int) -> torch.Tensor:
-        rows = slice(device * self.c_out, (device + 1) * self.c_out)
+    def _rows(self, device: int) -> slice:
+        """Device ``device``'s rows of every grouped parameter and statistic."""
+        return slice(device * self.c_out, (device + 1) * self.c_out)
+
+    @staticmethod
+    def _conv(conv: nn.Conv2d, x: torch.Tensor, rows: slice) -> torch.Tensor:
         return F.conv2d(x, conv.weight[rows], conv.bias[rows], padding=1)
 
-    def _bn(self, bn: nn.BatchNorm2d, y: torch.Tensor, device: int) -> torch.Tensor:
+    @staticmethod
+    def _bn(bn: nn.BatchNorm2d, y: torch.Tensor, rows: slice) -> torch.Tensor:
         # The running statistics are updated in place through the device's slice; the
         # stack counts num_batches_tracked once per pass, as one BatchNorm2d call would.
-        rows = slice(device * self.c_out, (device + 1) * self.c_out)
         return F.batch_norm(y, bn.running_mean[rows], bn.running_var[rows], bn.weight[rows],
                             bn.bias[rows], bn.training, bn.momentum, bn.eps)
 
@@ -137,8 +141,9 @@ class _ResidualBlock(nn.Module):
         if self.groups == 1:  # the plain modules: what a single device exports to ONNX
             y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
         else:
-            y = F.relu(self._bn(self.bn1, self._conv(self.conv1, x, device), device))
-            y = self._bn(self.bn2, self._conv(self.conv2, y, device), device)
+            rows = self._rows(device)
+            y = F.relu(self._bn(self.bn1, self._conv(self.conv1, x, rows), rows))
+            y = self._bn(self.bn2, self._conv(self.conv2, y, rows), rows)
         return F.relu(y + self.shortcut(x))
 
 

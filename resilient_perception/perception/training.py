@@ -35,9 +35,12 @@ One loop, no framework. Per step (mini-batch)::
   train on their own views (partitions) and every that many steps their models are
   replaced by the average (:meth:`.model.MultiDeviceCNN.average_devices`); the model left
   at the end is the final average.
-* ``precision="bf16"`` runs the forward pass under CPU bfloat16 autocast (convolutions in
+* ``precision="bf16"`` runs the forward pass under bfloat16 autocast (convolutions in
   bf16, loss and optimiser state in fp32): ~1.6x faster on CPUs with AVX512-BF16, at an
   accuracy cost measured in ``docs/results/foundation/``.
+* Training runs where the model's parameters are (the CPU, or a CUDA GPU: :mod:`..compute`);
+  the dataset stays in host memory and each batch moves there as uint8. On a GPU a resumed
+  run is not bit-identical to a straight one (its kernels' order of additions varies).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..compute import autocast
 from .model import DeviceCNN, MultiDeviceCNN, views_to_float
 from .modes import PRECISIONS
 from .modifier import fuse_average, surrogate_logits
@@ -152,7 +156,7 @@ def restore_momentum(optimizer: torch.optim.SGD, buffers: dict[str, torch.Tensor
     for i, p in enumerate(optimizer.param_groups[0]["params"]):
         buffer = buffers.get(f"momentum.{i}")
         if buffer is not None:
-            optimizer.state[p]["momentum_buffer"] = buffer.clone()
+            optimizer.state[p]["momentum_buffer"] = buffer.to(p.device, copy=True)
 
 
 def lr_factor(cfg: SGDConfig, total_steps: int) -> Callable[[int], float]:
@@ -214,9 +218,10 @@ def joint_loss(
         m = ce_mask.to(nll.dtype)
         ce = ((nll * m).sum(dim=0) / m.sum(dim=0).clamp(min=1.0)).sum()
     kl = logits.new_zeros(())
+    device = logits.device
     if dropped is not None and len(dropped) > 0:
-        drop = torch.as_tensor(list(dropped), dtype=torch.long)
-        live = torch.ones(b, n, dtype=torch.bool)
+        drop = torch.as_tensor(list(dropped), dtype=torch.long, device=device)
+        live = torch.ones(b, n, dtype=torch.bool, device=device)
         live[:, drop] = False
         if available is not None:
             live &= available
@@ -231,11 +236,13 @@ def joint_loss(
         v = valid.to(kl_bj.dtype)
         kl = (kl_bj * v).sum() / v.sum().clamp(min=1.0)
         if fused_weight:
-            present = torch.ones(b, n, dtype=torch.bool) if available is None else available
+            present = (torch.ones(b, n, dtype=torch.bool, device=device) if available is None
+                       else available)
             probs = torch.where(live[..., None], logp.exp(), log_phat.exp()[:, None, :])
             ce = ce + fused_weight * _fused_nll(probs, present, labels)
     if fused_weight:
-        present = torch.ones(b, n, dtype=torch.bool) if available is None else available
+        present = (torch.ones(b, n, dtype=torch.bool, device=device) if available is None
+                   else available)
         ce = ce + fused_weight * _fused_nll(logp.exp(), present, labels)
     return ce + lambda_kl * kl, ce, kl
 
@@ -286,7 +293,9 @@ def _run_epoch(
     desc: str,
     max_batches: int | None = None,
     after_step: Callable[[int], None] | None = None,
+    device: torch.device | None = None,
 ) -> dict:
+    device = torch.device("cpu") if device is None else device
     m, n = views.shape[:2]
     order = rng.permutation(m)
     n_batches = math.ceil(m / cfg.batch_size)
@@ -299,19 +308,19 @@ def _run_epoch(
     t0, cpu0 = time.perf_counter(), time.process_time()
     for bi in bar:
         idx = torch.from_numpy(order[bi * cfg.batch_size : (bi + 1) * cfg.batch_size])
-        x = views_to_float(views[idx])
-        y = labels[idx]
-        av = available[idx] if available is not None else None
-        cm = ce_mask[idx] if ce_mask is not None else None
+        x = views_to_float(views[idx].to(device))
+        y = labels[idx].to(device)
+        av = available[idx].to(device) if available is not None else None
+        cm = ce_mask[idx].to(device) if ce_mask is not None else None
         if cfg.failout:
-            survives = torch.from_numpy(rng.random((len(y), n)) >= cfg.failout)
+            survives = torch.from_numpy(rng.random((len(y), n)) >= cfg.failout).to(device)
             survives[~survives.any(dim=1)] = True
             av = survives if av is None else av & survives
             cm = survives if cm is None else cm & survives
         dropped = None
         if cfg.fail_simulation:
             dropped = rng.choice(n, size=cfg.drop_k, replace=False).tolist()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with autocast(device, cfg.precision):
             logits, feats = forward(x)
         logits, feats = logits.float(), feats.float()
         w, b = heads()
@@ -331,7 +340,7 @@ def _run_epoch(
         with torch.no_grad():
             bs = len(y)
             probs = logits.softmax(dim=-1)
-            mask = av if av is not None else torch.ones(bs, n, dtype=torch.bool)
+            mask = av if av is not None else torch.ones(bs, n, dtype=torch.bool, device=device)
             tot["correct"] += int((fuse_average(probs, mask).argmax(1) == y).sum())
             tot["dev_correct"] += float((probs.argmax(2) == y[:, None]).float().mean(1).sum())
             tot["loss"] += float(loss) * bs
@@ -379,6 +388,8 @@ def train(
     resume: TrainState | None = None,
 ) -> list[dict]:
     """Train ``model`` in place (Algorithm 2) and return the per-epoch history.
+
+    Training runs on the device of ``model``'s parameters; the model stays there.
 
     Args:
         model: the N-device model (its current weights are the initialisation).
@@ -432,6 +443,7 @@ def train(
             model, model.classifier_heads, opt, sched, views_t, labels_t, avail_t, ce_mask,
             cfg, rng, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}",
             after_step=federated_average if cfg.fedavg_every else None,
+            device=next(model.parameters()).device,
         )
         history.append({"epoch": epoch + 1, **stats})
         if on_epoch_end is not None:

@@ -35,6 +35,7 @@ __all__ = [
     "build_profile",
     "evaluate_accuracy",
     "run_drop_study",
+    "scoring_batches",
     "spread_subset",
     "table_one",
     "table_two",
@@ -59,11 +60,12 @@ def spread_subset(images: np.ndarray, labels: np.ndarray, limit: int | None
     return images[index], labels[index]
 
 
-def _chunks(images: np.ndarray, labels: np.ndarray, batch_size: int
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def scoring_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
+                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(network input, labels)`` of consecutive batches of uint8 images, on ``device``."""
     for start in range(0, len(labels), batch_size):
-        yield (to_input(images[start:start + batch_size]),
-               torch.from_numpy(labels[start:start + batch_size]))
+        yield (to_input(torch.from_numpy(images[start:start + batch_size]).to(device)),
+               torch.from_numpy(labels[start:start + batch_size]).to(device))
 
 
 def evaluate_accuracy(model: ResNet, images: np.ndarray, labels: np.ndarray,
@@ -74,7 +76,7 @@ def evaluate_accuracy(model: ResNet, images: np.ndarray, labels: np.ndarray,
     model.eval()
     correct = 0
     with torch.inference_mode():
-        for x, y in _chunks(images, labels, batch_size):
+        for x, y in scoring_batches(images, labels, batch_size, next(model.parameters()).device):
             correct += int((model(x, drop_dc, drop_sc).argmax(1) == y).sum())
     return correct / len(labels)
 
@@ -104,7 +106,7 @@ def run_drop_study(model: ResNet, images: np.ndarray, labels: np.ndarray,
     chunks = -(-len(labels) // batch_size)
     bar = tqdm(total=chunks * n, desc="drop study", unit="block", disable=not progress)
     with torch.inference_mode():
-        for x, y in _chunks(images, labels, batch_size):
+        for x, y in scoring_batches(images, labels, batch_size, next(model.parameters()).device):
             inputs = [model.stem(x)]  # inputs[i]: the clean activation entering block i
             for block in model.blocks:
                 inputs.append(block(inputs[-1]))

@@ -17,7 +17,8 @@ after the fast-CIFAR literature (airbench, Keller Jordan; read, not copied):
   so each block starts as its shortcut.
 * **CPU speed**: channels-last tensors, bfloat16 autocast (AMX/AVX512-BF16 kernels), and
   ``torch.compile`` (fuses BN, ReLU and the residual adds, ~1.7x per step on one core;
-  not with stochastic depth, whose per-batch coins break the graph).
+  not with stochastic depth, whose per-batch coins break the graph). The same recipe runs
+  on a CUDA GPU (``device``, :mod:`..compute`).
 
 Stochastic depth (``stochastic_depth=P``, the last block's drop probability, linear decay)
 is the drop-robust variant, trained with the same recipe.
@@ -41,11 +42,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..compute import autocast
 from ..datasets import LabeledImages
 from ..perception.modes import EVAL_BATCH
 from ..run_state import check_same_run, code_commit, load_state, save_epoch
 from ..throughput import EpochMeter
-from .drop_study import spread_subset, to_input
+from .drop_study import scoring_batches, spread_subset, to_input
 from .resnet import ResNet, save_resnet_checkpoint
 from .resnet_training import CHECKPOINT_NAME, augment
 
@@ -97,13 +99,14 @@ class ResNetRecipe:
 
 def evaluate_tta(model: ResNet, images: np.ndarray, labels: np.ndarray,
                  batch_size: int = EVAL_BATCH) -> tuple[float, float]:
-    """``(plain accuracy, flip-TTA accuracy)``: TTA averages the logits of x and flip(x)."""
+    """``(plain accuracy, flip-TTA accuracy)``: TTA averages the logits of x and flip(x).
+
+    The model runs where its parameters are.
+    """
     model.eval()
     plain = tta = 0
     with torch.inference_mode():
-        for start in range(0, len(labels), batch_size):
-            x = to_input(images[start:start + batch_size])
-            y = torch.from_numpy(labels[start:start + batch_size])
+        for x, y in scoring_batches(images, labels, batch_size, next(model.parameters()).device):
             logits = model(x)
             plain += int((logits.argmax(1) == y).sum())
             tta += int(((logits + model(x.flip(3))).argmax(1) == y).sum())
@@ -120,11 +123,13 @@ def _update_ema(ema: ResNet, model: ResNet, decay: float) -> None:
 
 def train_resnet_recipe(out: Path, recipe: ResNetRecipe, train_data: LabeledImages,
                         test_data: LabeledImages, progress: bool = True,
-                        max_epochs: int | None = None) -> list[dict]:
+                        max_epochs: int | None = None,
+                        device: torch.device | None = None) -> list[dict]:
     """Train (or continue) one run in ``out``; return the metrics log so far.
 
     ``max_epochs`` stops after that many epochs of this call (pilots, tests). A finished
-    run (``checkpoint.safetensors`` present) returns its log at once.
+    run (``checkpoint.safetensors`` present) returns its log at once. ``device``: where to
+    train (default the CPU).
     """
     recipe.validate()
     out = Path(out)
@@ -134,7 +139,8 @@ def train_resnet_recipe(out: Path, recipe: ResNetRecipe, train_data: LabeledImag
     torch.manual_seed(recipe.seed)
     model = ResNet(base_width=recipe.base_width, num_classes=len(train_data.classes),
                    in_channels=images.shape[1], stochastic_depth=recipe.stochastic_depth)
-    model = model.to(memory_format=torch.channels_last)
+    device = torch.device("cpu") if device is None else device
+    model = model.to(device, memory_format=torch.channels_last)
     ema = copy.deepcopy(model)
     # No weight decay on BN parameters and biases: it only fights the normalisation.
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -174,10 +180,9 @@ def train_resnet_recipe(out: Path, recipe: ResNetRecipe, train_data: LabeledImag
             for group in optimizer.param_groups:
                 group["lr"] = lr
             index = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
-            x = to_input(augment(images_t[index], rng, pad=recipe.pad))
-            y = labels_t[index]
-            with torch.autocast("cpu", dtype=torch.bfloat16,
-                                enabled=recipe.precision == "bf16"):
+            x = to_input(augment(images_t[index], rng, pad=recipe.pad).to(device))
+            y = labels_t[index].to(device)
+            with autocast(device, recipe.precision):
                 logits = step_fn(x).float()
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)

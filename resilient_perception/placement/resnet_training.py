@@ -112,8 +112,11 @@ def train_resnet(
     resume: bool = False,
     progress: bool = True,
     chunk: int | None = None,
+    device: torch.device | None = None,
 ) -> list[dict]:
     """Train (or, with ``resume``, continue training) a ResNet; returns the history so far.
+
+    ``device``: where to train (default the CPU; :mod:`..compute`).
 
     Writes ``<out>/checkpoint.safetensors`` and ``<out>/history.csv`` after every epoch.
     ``chunk`` stops after that many epochs of this call (resume later for the rest). A
@@ -137,7 +140,8 @@ def train_resnet(
         model = ResNet(base_width=config.base_width, num_classes=n_classes,
                        in_channels=images.shape[1], stochastic_depth=config.stochastic_depth)
         history, extra = [], {}
-    model = model.to(memory_format=torch.channels_last)
+    device = torch.device("cpu") if device is None else device
+    model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=True)
     restore_momentum(optimizer, extra)
@@ -160,8 +164,8 @@ def train_resnet(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             index = order[step * config.batch_size:(step + 1) * config.batch_size]
-            x = to_input(augment(images_t[index], rng))
-            y = labels_t[index]
+            x = to_input(augment(images_t[index], rng).to(device))
+            y = labels_t[index].to(device)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)

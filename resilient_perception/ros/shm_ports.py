@@ -55,10 +55,10 @@ def _state(path: Path) -> int | None:
     return int.from_bytes(head, sys.byteorder) if len(head) == _STATE_BYTES else 0
 
 
-def stalled_segments(shm_dir: Path = SHM_DIR, stalled_after_s: float = STALLED_AFTER_S,
-                     now: float | None = None) -> list[Path]:
+def stalled_segments(shm_dir: Path = SHM_DIR,
+                     stalled_after_s: float = STALLED_AFTER_S) -> list[Path]:
     """Fast DDS segments still being made ``stalled_after_s`` after their file last changed."""
-    now = time.time() if now is None else now
+    now = time.time()
     stalled = []
     try:
         entries = list(os.scandir(shm_dir))
