@@ -174,7 +174,7 @@ def train_resnet(
             loss_sum += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", refresh=False)
         bar.close()
         test_acc = evaluate_accuracy(model, test_images, test_labels)
         history.append({
