@@ -4,7 +4,7 @@
 # `ours`, seeds 0..2, 50%-overlapping views, flip + translate before cutting), 10-epoch
 # pilots of changes to that recipe, and the fast ResNet recipe (plain and stochastic depth).
 #
-# Usage: scripts/accuracy_lanes.sh start|stop|pause|resume|status|report|carry|restore [OUT]
+# Usage: scripts/accuracy_lanes.sh start|stop|pause|resume|status|next|report|carry|restore [OUT]
 #   OUT defaults to $ACCURACY_RUNS or ../runs/accuracy (outside the repository, so runs
 #   survive branch changes). LANES (default 2) lanes, THREADS (default 1) torch threads
 #   each, nice 19.
@@ -19,6 +19,9 @@
 #           test suite or a benchmark runs); resume sends SIGCONT. stop sends SIGTERM (a
 #           run loses its current epoch).
 #   status  lanes' state and every run's progress (epochs done, last test accuracy).
+#   next    the runs `start` would train on this machine, in order, and those it leaves to
+#           another (an unfinished ResNet run where there is neither a CUDA GPU nor native
+#           bf16: its state is too big to carry, so it must finish within one session).
 #   report  docs/results/accuracy/ (tables.md, epochs.csv, curves.png) from the runs so far.
 #   run NAME [OUT]  one run of the queue in the foreground, as a lane runs it (its lock,
 #           code snapshot and step after); exit 1 when another process holds it or it
@@ -125,8 +128,25 @@ run_one() {  # run name, command args...: train it (resumable), then the step af
   fi
 }
 
-lane() {  # lane number; runs the queue once over, then exits
-  local n="$1" name args pass
+# A ResNet run has to finish within its session (its state is too big to carry). Where this
+# machine trains on its CPU in fp32 (no CUDA GPU, no native bf16) a 40-epoch one cannot, so
+# the lanes leave it to a machine that can; `run NAME` still starts it on request.
+resnet_fits() {  # exit 0 where a CUDA GPU, or bf16 matmuls faster than fp32's, are here
+  "$python" -c 'import sys, torch
+from resilient_perception.throughput import fastest_precision
+sys.exit(0 if torch.cuda.is_available() or fastest_precision() == "bf16" else 1)'
+}
+
+left_here() {  # run name: why the lanes leave it to another machine, or nothing
+  case "$1" in
+    resnet-*) if ! finished "$out/$1" && [ "$resnet_fits_here" != yes ]; then
+        echo "a ResNet run has to finish within a session: needs a CUDA GPU or native bf16"
+      fi ;;
+  esac
+}
+
+plan() {  # the runs a lane takes, in order ("NAME ARGS"; "# NAME: why" for one left here)
+  local pass name args why
   # Runs already under way first (here or carried from another machine): a run carried in
   # should not wait behind queued runs that cannot finish in this session.
   for pass in under-way all; do
@@ -134,10 +154,20 @@ lane() {  # lane number; runs the queue once over, then exits
       if recorded "$name" && ! [ -d "$out/$name" ]; then continue; fi
       if [ "$pass" = under-way ] && ! [ -f "$out/$name/state.safetensors" ] &&
          ! [ -f "$carried/$name.safetensors" ]; then continue; fi
-      # shellcheck disable=SC2086  # args: the queue's words
-      run_one "$name" $args
+      why=$(left_here "$name")
+      if [ -n "$why" ]; then echo "# $name: left to another machine ($why)"; continue; fi
+      echo "$name $args"
     done < <(queue)
   done
+}
+
+lane() {  # lane number; runs the queue once over, then exits
+  local n="$1" name args
+  while read -r name args; do
+    if [ "$name" = "#" ]; then echo "lane $n: $args"; continue; fi
+    # shellcheck disable=SC2086  # args: the queue's words
+    run_one "$name" $args
+  done < <(plan)
   echo "lane $n: queue done $(date -Is)" >>"$out/lanes/lane$n.log"
 }
 
@@ -160,6 +190,7 @@ pgids() { cat "$out"/lanes/lane${LANE:-*}.pid 2>/dev/null || true; }  # unquoted
 case "${1:-status}" in
   start)
     snapshot
+    resnet_fits_here=$(resnet_fits && echo yes || echo no)
     for n in $(seq 1 "$lanes"); do
       pidfile="$out/lanes/lane$n.pid"
       if [ -f "$pidfile" ] && kill -0 -- "-$(cat "$pidfile")" 2>/dev/null; then
@@ -170,7 +201,7 @@ case "${1:-status}" in
       # them (sched_autogroup_enabled): nice then ranks a process only within its
       # autogroup, and the lane's nice 19 would leave it an equal share of the CPU against
       # the test suite. Niceing the lane's autogroup makes it yield to everything else.
-      setsid bash -c "echo 19 >/proc/self/autogroup 2>/dev/null || true; $(declare -f queue recorded finished after_done after restore_one run_one lane); out='$out' repo='$repo' python='$python' carried='$carried'; lane $n" \
+      setsid bash -c "echo 19 >/proc/self/autogroup 2>/dev/null || true; $(declare -f queue recorded finished after_done after restore_one run_one left_here plan lane); out='$out' repo='$repo' python='$python' carried='$carried' resnet_fits_here='$resnet_fits_here'; lane $n" \
         >>"$out/lanes/lane$n.log" 2>&1 < /dev/null &
       echo $! >"$pidfile"
       echo "lane $n started (process group $!) on $commit"
@@ -214,6 +245,11 @@ case "${1:-status}" in
     signal=$([ "$1" = stop ] && echo TERM || { [ "$1" = pause ] && echo STOP || echo CONT; })
     for g in $(pgids); do kill -"$signal" -- "-$g" 2>/dev/null && echo "SIG$signal -> $g"; done
     if [ "$1" = stop ]; then rm -f "$out"/lanes/lane${LANE:-*}.pid; fi ;;
+  next)
+    # What `start` would train here, in order, and which runs it leaves to another machine.
+    python="$repo/.venv/bin/python"
+    resnet_fits_here=$(resnet_fits && echo yes || echo no)
+    plan | awk '!seen[$0]++' ;;
   status)
     for f in "$out"/lanes/lane*.pid; do
       [ -f "$f" ] || continue
@@ -242,6 +278,6 @@ EOF
     # (this checkout's code; seconds of CPU).
     "$repo/.venv/bin/resilient-perception" accuracy-report --runs "$out" \
       --out docs/results/accuracy ;;
-  *) echo "usage: $0 start|stop|pause|resume|status|report|carry|restore [OUT] | run NAME [OUT]" >&2
+  *) echo "usage: $0 start|stop|pause|resume|status|next|report|carry|restore [OUT] | run NAME [OUT]" >&2
      exit 2 ;;
 esac

@@ -2,7 +2,8 @@
 
 ``carry`` copies each unfinished run's ``state.safetensors`` under 1 MB into the carry
 folder (committed with the repository), ``restore`` puts them back on a machine that has
-none; finished runs and states too big for the repository stay behind.
+none; finished runs and states too big for the repository stay behind. ``next`` says what
+``start`` would train here: runs under way first, and no ResNet run where it cannot finish.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+
+import torch
+
+from resilient_perception.throughput import fastest_precision
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "accuracy_lanes.sh"
 
@@ -79,3 +84,19 @@ def test_a_recorded_run_is_never_restored(tmp_path):
     assert not (new_machine / recorded).exists()
     assert "no longer carried" in lanes("carry", new_machine, carry)
     assert list(carry.iterdir()) == []
+
+
+def test_next_starts_runs_under_way_first_and_leaves_a_resnet_where_it_cannot_finish(tmp_path):
+    runs, carry = tmp_path / "runs", tmp_path / "carry"
+    carry.mkdir()
+    state(runs, "devices-ours-s0", 100)  # a run under way here (its record notwithstanding)
+    plan = lanes("next", runs, carry).splitlines()
+    assert plan[0].startswith("devices-ours-s0 train-budget-devices ")
+    assert len(plan) == len(set(plan))
+    # A ResNet run's state is too big to carry: it must finish in one session, which takes
+    # a CUDA GPU or native bf16.
+    fits = torch.cuda.is_available() or fastest_precision() == "bf16"
+    resnets = [line for line in plan if line.lstrip("# ").startswith("resnet-")]
+    for line in resnets:
+        assert line.startswith("# ") == (not fits), line
+    assert all(line.startswith("# resnet-") for line in plan if line.startswith("#"))
