@@ -13,7 +13,9 @@ import contextlib
 
 import torch
 
-__all__ = ["autocast", "compute_device", "describe", "synchronize"]
+__all__ = ["CPU", "autocast", "compute_device", "describe", "model_device", "synchronize"]
+
+CPU = torch.device("cpu")  # where a function computes unless told otherwise
 
 
 def compute_device(name: str = "auto") -> torch.device:
@@ -40,6 +42,11 @@ def compute_device(name: str = "auto") -> torch.device:
             raise ValueError(f"device {name}: this machine has {count} CUDA device(s), "
                              f"cuda:0..cuda:{count - 1}")
     return device
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s parameters are: where its forward runs and its inputs must go."""
+    return next(model.parameters()).device
 
 
 def describe(device: torch.device) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .compute import synchronize
+from .compute import CPU, model_device, synchronize
 from .perception.modes import PRECISIONS
 
 __all__ = ["EpochMeter", "achieved", "fastest_precision", "format_speed", "forward_macs",
@@ -39,7 +39,7 @@ def forward_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
 
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     try:
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
             model(torch.zeros(1, *input_shape, device=device))
@@ -65,18 +65,17 @@ def _peak(threads: int, precision: str, size: int, seconds: float, device: torch
 
 
 def matmul_peak(precision: str = "fp32", size: int = 1024, seconds: float = 0.5,
-                device: torch.device | None = None) -> float:
+                device: torch.device = CPU) -> float:
     """FLOP/s of the fastest of repeated ``size x size`` matmuls in ``seconds`` (cached).
 
     Uses the current ``torch.get_num_threads()``, the dtype of ``precision`` (``"bf16"``
     or ``"fp32"``) and ``device`` (default the CPU), so it is the peak of the setting a
     training run uses.
     """
-    device = torch.device("cpu") if device is None else device
     return _peak(torch.get_num_threads(), precision, size, seconds, device)
 
 
-def fastest_precision(precision: str = "auto", device: torch.device | None = None) -> str:
+def fastest_precision(precision: str = "auto", device: torch.device = CPU) -> str:
     """``precision`` itself, or for ``auto`` the faster of bf16 and fp32 matmuls here.
 
     The choice is measured (:func:`matmul_peak` at the current thread count), not guessed from
@@ -94,7 +93,7 @@ def fastest_precision(precision: str = "auto", device: torch.device | None = Non
 
 def achieved(flops_per_image: float, images: int, seconds: float,
              cpu_seconds: float | None = None, precision: str = "fp32",
-             device: torch.device | None = None) -> dict:
+             device: torch.device = CPU) -> dict:
     """Achieved training FLOP/s of ``images`` in ``seconds`` beside :func:`matmul_peak`.
 
     ``gflops`` is over wall time, ``cpu_gflops`` over the process's CPU seconds (what a
@@ -103,7 +102,6 @@ def achieved(flops_per_image: float, images: int, seconds: float,
     count and ``precision``, and ``utilisation`` is ``cpu_gflops / peak_gflops`` on the CPU,
     ``gflops / peak_gflops`` on a GPU; ``precision`` is the one trained in.
     """
-    device = torch.device("cpu") if device is None else device
     cpu = seconds if cpu_seconds is None else cpu_seconds
     flops, peak = flops_per_image * images, matmul_peak(precision, device=device)
     busy = cpu if device.type == "cpu" else seconds
@@ -132,7 +130,7 @@ class EpochMeter:
         """
         self.flops_per_image = 6 * forward_macs(model, input_shape)
         self.precision = precision
-        self.device = next(model.parameters()).device
+        self.device = model_device(model)
         self._wall = self._cpu = 0.0
 
     def start(self) -> None:

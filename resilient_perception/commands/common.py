@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the parser imports no torch; a command that trains imports it itself
     import torch
 
-__all__ = ["EXTRAS", "add_device_option", "extra_of", "fraction", "grid",
+__all__ = ["EXTRAS", "add_device_option", "chosen_device", "extra_of", "fraction", "grid",
            "missing_extra_message", "named_path", "onnx_models", "pair", "positive_float",
-           "positive_int", "require_onnx", "schedule", "set_threads", "size",
-           "chosen_device", "write_csv", "write_json"]
+           "positive_int", "require_onnx", "schedule", "set_threads", "size", "write_csv",
+           "write_json"]
 
 EXTRAS = {"onnx": ("onnx", "onnxruntime"), "bags": ("rosbags",)}
 """setup.py's extras: the modules each brings, which `pip install .` leaves out."""

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..compute import autocast
+from ..compute import CPU, autocast
 from ..datasets import LabeledImages
 from ..perception.checkpoint import save_checkpoint
 from ..perception.evaluation import device_outputs, evaluate_failures, summarise
@@ -128,7 +128,7 @@ def _score(model: MultiDeviceCNN, views: np.ndarray, labels: np.ndarray,
 
 def train_device_run(out: Path, recipe: DeviceRecipe, train_data: LabeledImages,
                      test_data: LabeledImages, progress: bool = True,
-                     max_epochs: int | None = None, device: torch.device | None = None) -> dict:
+                     max_epochs: int | None = None, device: torch.device = CPU) -> dict:
     """Train (or continue) one run in ``out``; return its metrics log and, once done, summary.
 
     ``max_epochs`` stops after that many epochs of this call (tests; resume for the rest).
@@ -152,7 +152,6 @@ def train_device_run(out: Path, recipe: DeviceRecipe, train_data: LabeledImages,
     cfg.validate(n_devices)
 
     torch.manual_seed(recipe.seed)
-    device = torch.device("cpu") if device is None else device
     model = MultiDeviceCNN(n_devices, images.shape[1], len(train_data.classes)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)

@@ -24,6 +24,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from ..compute import model_device
 from .model import MultiDeviceCNN, views_to_float
 from .modes import EVAL_BATCH, FUSION_MODES
 from .modifier import (
@@ -51,7 +52,7 @@ def device_outputs(
     """
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     views_t = torch.as_tensor(views) if not torch.is_tensor(views) else views
     probs, feats = [], []
     try:

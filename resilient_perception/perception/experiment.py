@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..compute import CPU
 from ..datasets import load_dataset
 from .checkpoint import load_training_state, save_training_state
 from .evaluation import device_outputs, evaluate_failures, summarise
@@ -87,7 +88,7 @@ def train_devices(
     classes_per_device: int | None = None,
     progress: bool = True,
     state_path: Path | None = None,
-    device: torch.device | None = None,
+    device: torch.device = CPU,
 ) -> tuple[MultiDeviceCNN, list[dict], dict]:
     """Jointly train N device CNNs on ``data``; returns the model, history and metadata.
 
@@ -125,7 +126,7 @@ def train_devices(
     def save_state(state: TrainState) -> None:
         save_training_state(state_path, model, state, metadata)
 
-    model.to(device or torch.device("cpu"))
+    model.to(device)
     history = train(
         model, data.views, data.labels, config, available=data.available,
         sample_mask=mask, progress=progress,

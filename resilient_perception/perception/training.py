@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..compute import autocast
+from ..compute import CPU, autocast, model_device
 from .model import DeviceCNN, MultiDeviceCNN, views_to_float
 from .modes import PRECISIONS
 from .modifier import fuse_average, surrogate_logits
@@ -219,6 +219,8 @@ def joint_loss(
         ce = ((nll * m).sum(dim=0) / m.sum(dim=0).clamp(min=1.0)).sum()
     kl = logits.new_zeros(())
     device = logits.device
+    present = (torch.ones(b, n, dtype=torch.bool, device=device) if available is None
+               else available)  # the devices the fused output averages
     if dropped is not None and len(dropped) > 0:
         drop = torch.as_tensor(list(dropped), dtype=torch.long, device=device)
         live = torch.ones(b, n, dtype=torch.bool, device=device)
@@ -236,13 +238,9 @@ def joint_loss(
         v = valid.to(kl_bj.dtype)
         kl = (kl_bj * v).sum() / v.sum().clamp(min=1.0)
         if fused_weight:
-            present = (torch.ones(b, n, dtype=torch.bool, device=device) if available is None
-                       else available)
             probs = torch.where(live[..., None], logp.exp(), log_phat.exp()[:, None, :])
             ce = ce + fused_weight * _fused_nll(probs, present, labels)
     if fused_weight:
-        present = (torch.ones(b, n, dtype=torch.bool, device=device) if available is None
-                   else available)
         ce = ce + fused_weight * _fused_nll(logp.exp(), present, labels)
     return ce + lambda_kl * kl, ce, kl
 
@@ -293,9 +291,8 @@ def _run_epoch(
     desc: str,
     max_batches: int | None = None,
     after_step: Callable[[int], None] | None = None,
-    device: torch.device | None = None,
+    device: torch.device = CPU,
 ) -> dict:
-    device = torch.device("cpu") if device is None else device
     m, n = views.shape[:2]
     order = rng.permutation(m)
     n_batches = math.ceil(m / cfg.batch_size)
@@ -444,7 +441,7 @@ def train(
             model, model.classifier_heads, opt, sched, views_t, labels_t, avail_t, ce_mask,
             cfg, rng, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}",
             after_step=federated_average if cfg.fedavg_every else None,
-            device=next(model.parameters()).device,
+            device=model_device(model),
         )
         history.append({"epoch": epoch + 1, **stats})
         if on_epoch_end is not None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..compute import model_device
 from ..perception.model import views_to_float
 from ..perception.modes import EVAL_BATCH
 from .block_profile import BlockProfile
@@ -61,7 +62,7 @@ def spread_subset(images: np.ndarray, labels: np.ndarray, limit: int | None
 
 
 def scoring_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
-                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(network input, labels)`` of consecutive batches of uint8 images, on ``device``."""
     for start in range(0, len(labels), batch_size):
         yield (to_input(torch.from_numpy(images[start:start + batch_size]).to(device)),
@@ -76,7 +77,7 @@ def evaluate_accuracy(model: ResNet, images: np.ndarray, labels: np.ndarray,
     model.eval()
     correct = 0
     with torch.inference_mode():
-        for x, y in scoring_batches(images, labels, batch_size, next(model.parameters()).device):
+        for x, y in scoring_batches(images, labels, batch_size, model_device(model)):
             correct += int((model(x, drop_dc, drop_sc).argmax(1) == y).sum())
     return correct / len(labels)
 
@@ -106,7 +107,7 @@ def run_drop_study(model: ResNet, images: np.ndarray, labels: np.ndarray,
     chunks = -(-len(labels) // batch_size)
     bar = tqdm(total=chunks * n, desc="drop study", unit="block", disable=not progress)
     with torch.inference_mode():
-        for x, y in scoring_batches(images, labels, batch_size, next(model.parameters()).device):
+        for x, y in scoring_batches(images, labels, batch_size, model_device(model)):
             inputs = [model.stem(x)]  # inputs[i]: the clean activation entering block i
             for block in model.blocks:
                 inputs.append(block(inputs[-1]))

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..compute import autocast
+from ..compute import CPU, autocast, model_device
 from ..datasets import LabeledImages
 from ..perception.modes import EVAL_BATCH
 from ..run_state import check_same_run, code_commit, load_state, save_epoch
@@ -106,7 +106,7 @@ def evaluate_tta(model: ResNet, images: np.ndarray, labels: np.ndarray,
     model.eval()
     plain = tta = 0
     with torch.inference_mode():
-        for x, y in scoring_batches(images, labels, batch_size, next(model.parameters()).device):
+        for x, y in scoring_batches(images, labels, batch_size, model_device(model)):
             logits = model(x)
             plain += int((logits.argmax(1) == y).sum())
             tta += int(((logits + model(x.flip(3))).argmax(1) == y).sum())
@@ -124,7 +124,7 @@ def _update_ema(ema: ResNet, model: ResNet, decay: float) -> None:
 def train_resnet_recipe(out: Path, recipe: ResNetRecipe, train_data: LabeledImages,
                         test_data: LabeledImages, progress: bool = True,
                         max_epochs: int | None = None,
-                        device: torch.device | None = None) -> list[dict]:
+                        device: torch.device = CPU) -> list[dict]:
     """Train (or continue) one run in ``out``; return the metrics log so far.
 
     ``max_epochs`` stops after that many epochs of this call (pilots, tests). A finished
@@ -139,7 +139,6 @@ def train_resnet_recipe(out: Path, recipe: ResNetRecipe, train_data: LabeledImag
     torch.manual_seed(recipe.seed)
     model = ResNet(base_width=recipe.base_width, num_classes=len(train_data.classes),
                    in_channels=images.shape[1], stochastic_depth=recipe.stochastic_depth)
-    device = torch.device("cpu") if device is None else device
     model = model.to(device, memory_format=torch.channels_last)
     ema = copy.deepcopy(model)
     # No weight decay on BN parameters and biases: it only fights the normalisation.

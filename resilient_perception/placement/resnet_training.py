@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..compute import CPU
 from ..datasets import LabeledImages
 from ..perception.training import SGDConfig, lr_factor, momentum_buffers, restore_momentum
 from .drop_study import evaluate_accuracy, spread_subset, to_input
@@ -112,7 +113,7 @@ def train_resnet(
     resume: bool = False,
     progress: bool = True,
     chunk: int | None = None,
-    device: torch.device | None = None,
+    device: torch.device = CPU,
 ) -> list[dict]:
     """Train (or, with ``resume``, continue training) a ResNet; returns the history so far.
 
@@ -140,7 +141,6 @@ def train_resnet(
         model = ResNet(base_width=config.base_width, num_classes=n_classes,
                        in_channels=images.shape[1], stochastic_depth=config.stochastic_depth)
         history, extra = [], {}
-    device = torch.device("cpu") if device is None else device
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=True)
