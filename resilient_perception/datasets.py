@@ -485,18 +485,29 @@ def load_dataset(
     ``"idx:<images_path>:<labels_path>"`` loads any IDX image/label pair by path (relative
     paths from the working directory; ``split`` and ``root`` do not apply to it).
     """
+    check_dataset_name(name)
+    if name.startswith(IDX_PREFIX):
+        images, labels = name.removeprefix(IDX_PREFIX).split(":")
+        return load_idx_dataset(images, labels)
+    loaders = {"mnist": load_mnist, "cifar10": load_cifar10, "mvmc": load_mvmc}
+    return loaders[name](root, split)
+
+
+def check_dataset_name(name: str) -> str:
+    """``name`` if :func:`load_dataset` knows its form, else a :class:`DatasetError` saying why.
+
+    Only the form: whether the files exist is found when they are read.
+    """
     if name.startswith(IDX_PREFIX):
         paths = name.removeprefix(IDX_PREFIX).split(":")
         if len(paths) != 2 or not all(paths):
             raise DatasetError(f"dataset {name!r}: expected 'idx:<images_path>:<labels_path>'")
-        return load_idx_dataset(paths[0], paths[1])
-    loaders = {"mnist": load_mnist, "cifar10": load_cifar10, "mvmc": load_mvmc}
-    if name not in loaders:
+    elif name not in DATASET_NAMES:
         raise DatasetError(
             f"unknown dataset {name!r}; valid names are {', '.join(DATASET_NAMES)} "
             f"or 'idx:<images_path>:<labels_path>'"
         )
-    return loaders[name](root, split)
+    return name
 
 
 def evaluation_data(meta: dict, dataset: str | None, split: str) -> tuple[str, str]:

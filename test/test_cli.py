@@ -50,7 +50,7 @@ def test_train_then_evaluate_writes_results(tmp_path):
 
 
 def test_killed_training_resumes_from_its_last_epoch(tmp_path):
-    args = ["train", "--limit", "3000", "--seed", "1", "--threads", "1", "--out", "m"]
+    args = ["train", "--limit", "600", "--seed", "1", "--threads", "1", "--out", "m"]
     env = {**os.environ, "RESILIENT_PERCEPTION_DATA": str(DATA_ROOT)}
     state = tmp_path / "m" / "training-state.safetensors"
     proc = subprocess.Popen([CLI, *args, "--epochs", "3"], cwd=tmp_path, env=env,

@@ -94,6 +94,10 @@ def test_cifar10_splits_and_cache(fresh_cache: Path) -> None:
     assert list(first.classes) == sorted(first.classes) and len(first.classes) == 10
     assert class_counts(first.labels, 10).tolist() == [1000] * 10
 
+
+@needs_data
+def test_cifar10_train_split() -> None:
+    """The usual cache, which the training tests fill and read too: one decode per machine."""
     train = load_cifar10(DATA_ROOT, "train")
     assert train.images.shape == (50_000, 3, 32, 32)
     assert class_counts(train.labels, 10).tolist() == [5000] * 10

@@ -16,7 +16,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..ros.topics import FUSED_TOPIC
-from .common import non_negative_float, positive_float, positive_int, write_json
+from .common import (
+    dataset_name,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    write_json,
+)
 
 __all__ = ["add_parsers", "cmd_bench_bag", "cmd_check_bag", "cmd_record_dataset",
            "cmd_score_bag"]
@@ -138,7 +144,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("record-dataset", help=cmd_record_dataset.__doc__,
                        description=cmd_record_dataset.__doc__ + " The bag holds what the "
                        "dataset player publishes, so replay_node can stand in for it.")
-    p.add_argument("--dataset", default="mnist",
+    p.add_argument("--dataset", type=dataset_name, default="mnist",
                    help=f"one of {', '.join(DATASET_NAMES)} or idx:IMAGES:LABELS "
                    "(default mnist)")
     p.add_argument("--split", default="test", help="dataset split (default test)")

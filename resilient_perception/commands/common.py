@@ -16,17 +16,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..datasets import DatasetError, check_dataset_name
+
 if TYPE_CHECKING:  # the parser imports no torch; a command that trains imports it itself
     import torch
 
-__all__ = ["EXTRAS", "add_device_option", "chosen_device", "extra_of", "fraction", "grid",
-           "missing_extra_message", "named_path", "onnx_models", "pair", "positive_float",
+__all__ = ["EXTRAS", "add_device_option", "chosen_device", "dataset_name", "extra_of", "fraction",
+           "grid", "missing_extra_message", "named_path", "onnx_models", "pair", "positive_float",
            "positive_int", "require_onnx", "schedule", "set_threads", "size", "write_csv",
            "write_json"]
 
 EXTRAS = {"onnx": ("onnx", "onnxruntime"), "bags": ("rosbags",)}
 """setup.py's extras: the modules each brings, which `pip install .` leaves out."""
-"""What the ``[onnx]`` extra installs; ``pip install .`` alone leaves them out."""
 
 
 def write_json(path: Path, payload: object) -> None:
@@ -84,6 +85,14 @@ def named_path(example: str) -> Callable[[str], tuple[str, Path]]:
         return name, Path(path)
 
     return parse
+
+
+def dataset_name(text: str) -> str:
+    """A dataset's name or ``idx:IMAGES:LABELS``, checked before any data or torch loads."""
+    try:
+        return check_dataset_name(text)
+    except DatasetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_int(text: str) -> int:

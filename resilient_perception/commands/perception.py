@@ -19,6 +19,7 @@ from ..perception.views import ViewSpec, parse_noise
 from .common import (
     add_device_option,
     chosen_device,
+    dataset_name,
     fraction,
     grid,
     named_path,
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 def _add_data_options(p: argparse.ArgumentParser, split: str) -> None:
     p.add_argument(
-        "--dataset", default="mnist",
+        "--dataset", type=dataset_name, default="mnist",
         help=f"one of {', '.join(DATASET_NAMES)}, or idx:IMAGES:LABELS for any IDX pair "
         "(default: mnist)",
     )
@@ -115,7 +116,6 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the N device CNNs jointly and save a checkpoint plus the training history."""
-    from ..paper.gated_modifier import subset_views
     from ..perception.checkpoint import save_checkpoint
     from ..perception.experiment import TRAINING_STATE, train_devices
     from ..perception.validation import VALIDATION_SEED, holdout_split
@@ -129,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         fit, _ = holdout_split(len(data.labels), args.holdout)
         validation = {"seed": VALIDATION_SEED, "size": args.holdout, "of": len(data.labels),
                       "limit": args.limit, "limit_rule": "first"}
-        data = subset_views(data, fit)
+        data = data.subset(fit)
     config = _train_config(args)
     print(f"training {data.n_devices} devices on {len(data.labels)} {args.dataset} "
           f"{args.split} samples, views {tuple(data.views.shape[2:])}, "
@@ -320,7 +320,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout", type=positive_int, default=None, metavar="N",
                    help="hold N training samples out of training (a fixed draw) as the "
                    "validation split that `evaluate --gated` fits the Modifier's gate on")
-    p.add_argument("--eval-dataset", default=None, metavar="NAME",
+    p.add_argument("--eval-dataset", type=dataset_name, default=None, metavar="NAME",
                    help="score the trained model on this held-out dataset afterwards, e.g. "
                    "cifar10 (its test split) or idx:IMAGES:LABELS (written to eval-*/)")
     p.add_argument("--out", type=Path, default=Path("runs/train"),
@@ -331,7 +331,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__, description=cmd_evaluate.__doc__)
     p.add_argument("checkpoint", type=Path, help="model.safetensors written by `train`")
     p.add_argument("--split", default="test", help="dataset split to score (default test)")
-    p.add_argument("--dataset", default=None, metavar="NAME",
+    p.add_argument("--dataset", type=dataset_name, default=None, metavar="NAME",
                    help="dataset to score (default: the checkpoint's own, at --split); for "
                    "a checkpoint trained on an IDX pair the held-out pair is required: "
                    "idx:IMAGES:LABELS")
@@ -400,7 +400,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration-samples", type=positive_int, default=1000,
                    help="training views per device that calibrate int8 (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="draw of the calibration views")
-    p.add_argument("--dataset", default=None,
+    p.add_argument("--dataset", type=dataset_name, default=None,
                    help="test data for the accuracy of --int8/--fp16 (default: the "
                    "checkpoint's dataset, test split; idx:IMAGES:LABELS for a held-out pair)")
     p.add_argument("--data-root", type=Path, default=None,

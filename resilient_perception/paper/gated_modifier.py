@@ -35,7 +35,6 @@ trained on, whether to use an option at all:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +52,7 @@ from .reproduction import fit_subset
 
 __all__ = ["GATE_AVERAGE", "GATE_OPTIONS", "GateOption", "cross_fitted", "fit_gate",
            "gated_correctness", "gated_evaluation", "mcnemar", "option_probabilities",
-           "subset_views", "training_splits"]
+           "training_splits"]
 
 
 @dataclass(frozen=True)
@@ -278,12 +277,6 @@ def gated_evaluation(model, fit: DeviceViews, validation: DeviceViews, test: Dev
     }
 
 
-def subset_views(data: DeviceViews, index: np.ndarray) -> DeviceViews:
-    """The samples ``index`` of ``data`` (same spec, classes and names)."""
-    return dataclasses.replace(data, views=data.views[index], available=data.available[index],
-                               labels=data.labels[index])
-
-
 def training_splits(meta: dict, root=None) -> tuple[DeviceViews, DeviceViews]:
     """``(fit, validation)``: a checkpoint's training samples and its held-out validation.
 
@@ -308,5 +301,5 @@ def training_splits(meta: dict, root=None) -> tuple[DeviceViews, DeviceViews]:
         raise ValueError(f"the training split has {len(index)} samples, the checkpoint's "
                          f"validation record {record['of']}: not the data it was trained on")
     fit, validation = holdout_split(len(index), record["size"], record["seed"])
-    return subset_views(data, index[fit]), subset_views(data, index[validation])
+    return data.subset(index[fit]), data.subset(index[validation])
 

@@ -8,6 +8,7 @@ layout (one row per failed device) for a terminal.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,11 @@ class DeviceViews:
     def n_devices(self) -> int:
         """Number of devices (views per sample)."""
         return int(self.views.shape[1])
+
+    def subset(self, index: np.ndarray) -> DeviceViews:
+        """The samples ``index`` (same spec, classes and names)."""
+        return dataclasses.replace(self, views=self.views[index],
+                                   available=self.available[index], labels=self.labels[index])
 
 
 def default_view_spec(dataset: str) -> ViewSpec:
