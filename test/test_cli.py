@@ -88,6 +88,7 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path):
         (("train-budget-devices", "--out", "r", "--pad", "-4"), "--pad: must be >= 0"),
         (("train", "--drop-k", "6", "--limit", "10"), "drop_k"),
         (("evaluate", "missing.safetensors"), "missing.safetensors"),
+        (("evaluate", "m.safetensors", "--dataset", "idx:images-only"), "idx:<images_path>"),
         (("evaluate", "--noise", "9:gaussian:0.1", "x"), "x"),
     ],
 )
