@@ -14,6 +14,7 @@ from resilient_perception.perception.frame_assembly import (
     StallGuard,
     fuse_frame,
 )
+from resilient_perception.perception.modes import FUSION_MODES
 from resilient_perception.perception.modifier import fuse_with_failures
 
 N, K, D = 3, 4, 5
@@ -311,7 +312,7 @@ def _frame(present):
     return Frame(stamp_ns=1, probs=probs, features=features, present=present, first_arrival=0.0)
 
 
-@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("mode", FUSION_MODES)
 @pytest.mark.parametrize("use_modifier", [True, False])
 @pytest.mark.parametrize("present", [[True, False, True], [True, True, True],
                                      [False, True, False], [False, False, False]])

@@ -38,6 +38,7 @@ from resilient_perception.perception.frame_assembly import (
     FrameAssembler,
     fuse_frame,
 )
+from resilient_perception.perception.modes import FUSION_MODES
 from resilient_perception.placement.block_profile import (
     BlockProfile,
     ProfileError,
@@ -238,7 +239,7 @@ def test_frame_assembler_rejects_by_reason_and_releases_in_order(items):
 
 
 @FAST
-@given(st.data(), st.sampled_from(["avg", "max"]), st.booleans())
+@given(st.data(), st.sampled_from(FUSION_MODES), st.booleans())
 def test_fusing_valid_predictions_gives_a_distribution(data, mode, modifier):
     n, k, d = 4, 3, 5
     logits = data.draw(hnp.arrays(np.float32, (n, k), elements=st.floats(-20, 20, width=32)))
@@ -262,6 +263,8 @@ def test_fusing_valid_predictions_gives_a_distribution(data, mode, modifier):
     assert np.isfinite(fused).all() and fused.min() >= 0
     if mode == "avg":
         assert abs(float(fused.sum()) - 1) < 1e-4 or not (modifier or present.all())
+    if mode == "geo":  # renormalised whatever was present
+        assert abs(float(fused.sum()) - 1) < 1e-4
 
 
 # -- activations and plans ----------------------------------------------------------------------

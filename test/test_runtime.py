@@ -18,6 +18,7 @@ import torch
 
 from resilient_perception.perception.frame_assembly import ClassifierHeads, Frame, fuse_frame
 from resilient_perception.perception.model import DeviceCNN, views_to_float
+from resilient_perception.perception.modes import FUSION_MODES
 from resilient_perception.perception.modifier import fuse_with_failures
 from resilient_perception.perception.runtime import DeviceRunner, softmax, views_to_float32
 from test.conftest import domain_id, needs_data
@@ -115,7 +116,7 @@ def test_device_runner_equals_the_torch_module():
     assert np.abs(features - expected_features.numpy()).max() <= TOLERANCE
 
 
-@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("mode", FUSION_MODES)
 def test_numpy_fusion_equals_torch_modifier_for_every_live_set(mode):
     """fuse_frame (the fusion node's numpy path) against fuse_with_failures (torch)."""
     n, k, d = 4, 10, 16

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from resilient_perception.perception.evaluation import evaluate_failures
+from resilient_perception.perception.modes import FUSION_MODES
 from resilient_perception.perception.stream_score import (
     FusedRecord,
     StreamScore,
@@ -54,7 +55,7 @@ def test_failed_set_key_is_order_free():
     assert failed_set_key([]) == "none"
 
 
-@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("mode", FUSION_MODES)
 @pytest.mark.parametrize("use_modifier", [False, True])
 def test_offline_predictions_agree_with_evaluate_failures(mode, use_modifier):
     rng = np.random.default_rng(0)

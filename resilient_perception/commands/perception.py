@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..datasets import DATASET_NAMES, IDX_PREFIX, evaluation_data
-from ..perception.modes import PRECISIONS, REDUCED_PRECISIONS
+from ..perception.modes import FUSION_MODES, PAPER_MODES, PRECISIONS, REDUCED_PRECISIONS
 from ..perception.views import ViewSpec, parse_noise
 from .common import (
     add_device_option,
@@ -342,8 +342,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "(device:kind:level; gaussian level = std / 255, salt_pepper = pixel "
                    "fraction)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
-    p.add_argument("--modes", nargs="+", choices=["avg", "max"], default=["avg", "max"],
-                   help="fusion modes to score (default both)")
+    p.add_argument("--modes", nargs="+", choices=FUSION_MODES, default=list(PAPER_MODES),
+                   help="fusion modes to score: the paper's avg and max (default), and geo, "
+                   "the renormalised geometric mean")
     p.add_argument("--modifier-options", action="store_true",
                    help="also score the reproduction's Modifier options (confidence-weighted, "
                    "affine, calibrated fusion; the learned ones fitted on the checkpoint's "

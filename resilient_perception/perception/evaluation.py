@@ -26,7 +26,7 @@ import torch
 
 from ..compute import model_device
 from .model import MultiDeviceCNN, views_to_float
-from .modes import EVAL_BATCH, FUSION_MODES
+from .modes import EVAL_BATCH, PAPER_MODES
 from .modifier import (
     LearnedModifier,
     device_output_tensors,
@@ -97,7 +97,7 @@ def evaluate_failures(
     biases,
     labels,
     available=None,
-    modes: tuple[str, ...] = FUSION_MODES,
+    modes: tuple[str, ...] = PAPER_MODES,
     subsets: list[tuple[int, ...]] | None = None,
     max_rows: int = 200_000,
     confidence_weighted: bool = False,
@@ -175,7 +175,7 @@ def evaluate_message_loss(
     labels,
     rates: tuple[float, ...],
     available=None,
-    modes: tuple[str, ...] = FUSION_MODES,
+    modes: tuple[str, ...] = PAPER_MODES,
     seed: int = 0,
 ) -> list[dict]:
     """Accuracy when each device's message is lost independently with probability ``rate``.

@@ -20,6 +20,7 @@ from ..datasets import load_dataset
 from .checkpoint import load_training_state, save_training_state
 from .evaluation import device_outputs, evaluate_failures, summarise
 from .model import MultiDeviceCNN
+from .modes import PAPER_MODES
 from .training import TrainConfig, TrainState, train
 from .views import ViewSpec, apply_device_noise, class_specialised_mask, make_views
 
@@ -163,7 +164,7 @@ def evaluate_devices(
     data: DeviceViews,
     noise: dict | None = None,
     seed: int = 0,
-    modes: tuple[str, ...] = ("avg", "max"),
+    modes: tuple[str, ...] = PAPER_MODES,
 ) -> tuple[list[dict], dict]:
     """Score every failure subset, with and without the Modifier; returns rows and summary."""
     views = apply_device_noise(data.views, noise, seed) if noise else data.views

@@ -30,7 +30,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from .modes import FUSION_MODES
+from .modes import FUSION_MODES, PROBABILITY_FLOOR
 
 __all__ = [
     "DEATH_REASONS",
@@ -549,7 +549,7 @@ def fuse_frame(
     Args:
         frame: a frame released by :meth:`FrameAssembler.ready`.
         heads: the classifier heads received so far, or None if none.
-        mode: ``"avg"`` or ``"max"``.
+        mode: one of :data:`.modes.FUSION_MODES` (``"avg"``, ``"max"``, ``"geo"``).
         use_modifier: substitute surrogates for the missing devices.
 
     Returns:
@@ -564,19 +564,30 @@ def fuse_frame(
     if n_live == 0:
         return np.full(frame.probs.shape[1], 1.0 / frame.probs.shape[1], np.float32), []
     head = heads.surrogate_head(present) if use_modifier and heads is not None else None
+    surrogates = head[2] if head is not None else []
+    pooled_over = n_devices if head is not None else n_live  # surrogates count in the means
     if mode == "max":
         pooled = live_probs.max(axis=0)
-    else:  # the mean over the live devices, or over all with the surrogates counted in
-        pooled = live_probs.sum(axis=0) / (n_live if head is None else n_devices)
-    if head is None:
-        return pooled.astype(np.float32, copy=False), []
-    a, b_bar, surrogates = head
+    elif mode == "geo":
+        pooled = np.log(np.maximum(live_probs, PROBABILITY_FLOOR)).sum(axis=0)
+    else:
+        pooled = live_probs.sum(axis=0)
     if surrogates:  # every missing device gets the same surrogate: pooling needs it once
+        a, b_bar, _ = head
         logits = a @ frame.features.reshape(-1) + b_bar
         # max() of a list: a numpy reduction costs more than the rest of this line
         surrogate = np.exp(logits - max(logits.tolist()))
+        surrogate /= surrogate.sum()
         if mode == "max":
-            pooled = np.maximum(pooled, surrogate / surrogate.sum())
+            pooled = np.maximum(pooled, surrogate)
+        elif mode == "geo":
+            pooled += np.log(np.maximum(surrogate, PROBABILITY_FLOOR)) * (n_devices - n_live)
         else:
-            pooled += surrogate * ((n_devices - n_live) / (n_devices * surrogate.sum()))
+            pooled += surrogate * (n_devices - n_live)
+    if mode == "geo":
+        mean_log = pooled / pooled_over
+        pooled = np.exp(mean_log - max(mean_log.tolist()))
+        pooled /= pooled.sum()
+    elif mode == "avg":
+        pooled /= pooled_over
     return pooled.astype(np.float32, copy=False), list(surrogates)  # the cache's is shared

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .modes import EVALUATION_MODES
+from .modes import EVALUATION_MODES, PROBABILITY_FLOOR
 
 __all__ = [
     "LearnedModifier",
@@ -51,6 +51,7 @@ __all__ = [
     "device_surrogate_logits",
     "fuse",
     "fuse_average",
+    "fuse_geometric",
     "fuse_max",
     "fuse_vote",
     "fuse_with_failures",
@@ -219,6 +220,22 @@ def fuse_average(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(any_live[:, None], fused, uniform)
 
 
+def fuse_geometric(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Renormalised geometric mean of ``probs`` (B, N, K) over the devices in ``mask`` -> (B, K).
+
+    The softmax of the mean log-probability; a probability of 0 counts as
+    :data:`.modes.PROBABILITY_FLOOR`, so a class one device rules out keeps a finite score.
+    Rows with an empty mask return the uniform distribution.
+    """
+    mask = mask.to(torch.bool)
+    a, any_live = _live_weights(mask, probs.dtype)
+    logs = torch.where(mask[:, :, None], probs.clamp_min(PROBABILITY_FLOOR).log(),
+                       torch.zeros_like(probs))  # NaN-safe, as in fuse_average
+    fused = torch.softmax(torch.einsum("bn,bnk->bk", a, logs), dim=-1)
+    uniform = torch.full_like(fused, 1.0 / probs.shape[-1])
+    return torch.where(any_live[:, None], fused, uniform)
+
+
 def fuse_max(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Element-wise max of ``probs`` (B, N, K) over the devices in ``mask`` -> (B, K).
 
@@ -247,11 +264,13 @@ def fuse_vote(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def fuse(probs: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """Dispatch to :func:`fuse_average` (``"avg"``), :func:`fuse_max` or :func:`fuse_vote`."""
+    """Pool by ``mode``: :func:`fuse_average`, :func:`fuse_max`, :func:`fuse_geometric` or vote."""
     if mode == "avg":
         return fuse_average(probs, mask)
     if mode == "max":
         return fuse_max(probs, mask)
+    if mode == "geo":
+        return fuse_geometric(probs, mask)
     if mode == "vote":
         return fuse_vote(probs, mask)
     raise ValueError(f"unknown fusion mode {mode!r}; expected one of {EVALUATION_MODES}")
@@ -281,7 +300,7 @@ def fuse_with_failures(
         weights: (N, K, D) classifier weights.
         biases: (N, K) classifier biases.
         live: (B, N) bool.
-        mode: ``"avg"`` or ``"max"``.
+        mode: ``"avg"``, ``"max"``, ``"geo"`` or ``"vote"`` (:func:`fuse`).
         use_modifier: substitute Modifier surrogates for failed devices.
         confidence_weighted: build the surrogate with each live peer weighted by its
             largest class probability instead of equally.

@@ -168,7 +168,7 @@ class FusionNode(Node):
         """Declare and validate the parameters, create the subscriptions and publishers.
 
         Raises:
-            InvalidParameterValueException: for a ``fusion_mode`` other than avg/max or a
+            InvalidParameterValueException: for a ``fusion_mode`` not in FUSION_MODES or a
                 topic format without a ``{}`` field.
         """
         super().__init__(node_name, **kwargs)
@@ -179,7 +179,8 @@ class FusionNode(Node):
             "Number of camera devices (topics are formatted with 0..num_devices-1).", i,
             (1, 64)))
         self.declare_parameter("fusion_mode", "avg", descriptor(
-            "Pooling of the device probabilities: 'avg' or 'max'.", s))
+            "Pooling of the device probabilities: 'avg' or 'max' (the paper's), or 'geo' "
+            "(renormalised geometric mean).", s))
         self.declare_parameter("use_modifier", True, descriptor(
             "Insert Modifier surrogates for dead or late devices (else fuse the present "
             "ones only).", b))
