@@ -185,15 +185,15 @@ def expected(fleet: Fleet, stamp_ns: int, present: list[int]) -> np.ndarray:
     return fused_outputs(stamp_ns, {device: fleet.sent[stamp_ns][device] for device in present})
 
 
-def fused_outputs(stamp_ns: int, outputs: dict[int, tuple[np.ndarray, np.ndarray]]
-                  ) -> np.ndarray:
+def fused_outputs(stamp_ns: int, outputs: dict[int, tuple[np.ndarray, np.ndarray]],
+                  mode: str = "avg") -> np.ndarray:
     """What the node must publish for devices' (features, probs), fused offline."""
     frame = Frame(stamp_ns, np.zeros((N, K), np.float32), np.zeros((N, D), np.float32),
                   np.zeros(N, bool), 0.0)
     for device, (features, probs) in outputs.items():
         frame.features[device], frame.probs[device] = features, probs
         frame.present[device] = True
-    return fuse_frame(frame, HEADS, "avg")[0]
+    return fuse_frame(frame, HEADS, mode)[0]
 
 
 def test_every_frame_fused_and_a_stopped_device_gets_a_surrogate(fleet):
@@ -485,9 +485,9 @@ def own_fleet(tmp_path: Path, env: dict[str, str] | None = None, deadline: float
         yield fleet
 
 
-def free_running_fleet(tmp_path: Path):
+def free_running_fleet(tmp_path: Path, **parameters):
     """A fusion node grouping stamps within 25 ms, fed by this test's devices."""
-    return own_fleet(tmp_path, sync_tolerance=0.025)
+    return own_fleet(tmp_path, sync_tolerance=0.025, **parameters)
 
 
 def publish_scenes(fleet: Fleet, count: int, rng: np.random.Generator, period: float = PERIOD,
@@ -548,9 +548,10 @@ def test_a_camera_at_half_the_rate_gets_a_surrogate_in_the_frames_it_misses(tmp_
     The rule: a frame waits for every live device, so a frame without the slow device is
     released at its ``frame_timeout`` with that device's surrogate (its older prediction is
     not reused); the frames it reports in are complete. It stays alive (heard every 67 ms),
-    and no frame is lost or split.
+    and no frame is lost or split. Pooled by geometric mean: a mode other than the default,
+    with surrogates, fused as offline.
     """
-    with free_running_fleet(tmp_path) as fleet:
+    with free_running_fleet(tmp_path, fusion_mode="geo") as fleet:
         rng = np.random.default_rng(6)
         publish_scenes(fleet, 3, rng)  # every device alive
         fused_before = len(fleet.fused)
@@ -567,8 +568,9 @@ def test_a_camera_at_half_the_rate_gets_a_surrogate_in_the_frames_it_misses(tmp_
             else:
                 assert list(msg.live_devices) == [0, 1] and list(msg.surrogate_devices) == [2]
                 assert msg.latency >= FRAME_TIMEOUT  # it waited for device 2
-            np.testing.assert_allclose(msg.probabilities, fused_outputs(stamp_ns, outputs),
-                                       atol=1e-6)
+            assert msg.fusion_mode == "geo"
+            np.testing.assert_allclose(msg.probabilities,
+                                       fused_outputs(stamp_ns, outputs, "geo"), atol=1e-6)
         assert fleet.latest_diagnostics()["/fusion_node: device 2"]["health"] == "alive"
 
 
