@@ -12,9 +12,14 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from resilient_perception.commands.accuracy import DEVICE_METHOD_NAMES
 from resilient_perception.datasets import load_cifar10
 from resilient_perception.paper.gated_modifier import GATE_AVERAGE
-from resilient_perception.paper.paper_budget import DeviceRecipe, train_device_run
+from resilient_perception.paper.paper_budget import (
+    DEVICE_METHODS,
+    DeviceRecipe,
+    train_device_run,
+)
 from resilient_perception.perception.checkpoint import load_checkpoint
 from resilient_perception.perception.model import DeviceCNN, MultiDeviceCNN
 from resilient_perception.perception.views import ViewSpec, crop_views
@@ -247,3 +252,7 @@ def test_report_compares_finished_seeds_and_lists_running_ones(tmp_path):
         if line.startswith(("| ours | 40", "| paper | 40", "| cifar10 |", "- ")):
             assert line in again.splitlines()
     assert "resnet-w16" not in again
+
+
+def test_the_cli_offers_every_device_method():
+    assert tuple(DEVICE_METHODS) == DEVICE_METHOD_NAMES  # the parser's copy imports no torch

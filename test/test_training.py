@@ -142,6 +142,22 @@ def test_fused_loss_trains_the_surrogate_path(mnist_views):
     assert model.head_weight.grad[0].abs().sum() > 0
 
 
+def test_the_fused_loss_in_the_geometric_mean_scores_that_pooling():
+    """With no device dropped, the geo fused term is the NLL of the softmax of mean log p."""
+    torch.manual_seed(1)
+    logits, feats = torch.randn(8, 6, 10), torch.randn(8, 6, 16)
+    w, b, y = torch.randn(6, 10, 16), torch.randn(6, 10), torch.arange(8) % 10
+    _, ce_devices, _ = joint_loss(logits, feats, w, b, y, fused_weight=0.0)
+    _, ce_geo, _ = joint_loss(logits, feats, w, b, y, fused_weight=1.0, fused_mode="geo")
+    _, ce_avg, _ = joint_loss(logits, feats, w, b, y, fused_weight=1.0)
+    log_geo = torch.log_softmax(torch.log_softmax(logits, -1).mean(1), -1)
+    expected = -log_geo.gather(1, y[:, None]).mean()
+    torch.testing.assert_close(ce_geo - ce_devices, expected)
+    assert not torch.isclose(ce_avg, ce_geo)
+    with pytest.raises(ValueError, match="fused_mode"):
+        TrainConfig(fused_mode="max").validate(6)
+
+
 class _Stop(Exception):
     """Raised from the epoch callback: the run is 'killed' right after a checkpoint."""
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
 
 # The methods of paper.paper_budget.DEVICE_METHODS, named here so --help imports no torch.
-DEVICE_METHOD_NAMES = ("paper", "ours")
+DEVICE_METHOD_NAMES = ("paper", "ours", "ours-geo")
 
 
 def cmd_train_budget_devices(args: argparse.Namespace) -> int:
@@ -141,8 +141,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description=cmd_train_budget_devices.__doc__)
     _common(p, 40)
     p.add_argument("--method", choices=DEVICE_METHOD_NAMES, default="ours",
-                   help="fail-simulation loss: the paper's Algorithm 2, or ours (plus the "
-                   "fused output's loss)")
+                   help="fail-simulation loss: the paper's Algorithm 2, ours (plus the "
+                   "fused output's loss), or ours-geo (that output pooled by geometric mean)")
     p.add_argument("--lr", type=positive_float, default=0.01,
                    help="initial (peak) learning rate")
     p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",

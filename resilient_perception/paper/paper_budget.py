@@ -59,9 +59,13 @@ from ..throughput import EpochMeter
 
 __all__ = ["DEVICE_METHODS", "DeviceRecipe", "train_device_run"]
 
-# The two fail-simulation methods of the paper reproduction (reproduction.METHODS).
+# The two fail-simulation methods of the paper reproduction (reproduction.METHODS), and
+# ours with its fused-output loss scored in the geometric mean that the devices are then
+# pooled by (modes.FUSION_MODES).
 DEVICE_METHODS = {"paper": {"fail_simulation": True, "fused_weight": 0.0},
-                  "ours": {"fail_simulation": True, "fused_weight": 1.0}}
+                  "ours": {"fail_simulation": True, "fused_weight": 1.0},
+                  "ours-geo": {"fail_simulation": True, "fused_weight": 1.0,
+                               "fused_mode": "geo"}}
 MODEL_NAME = "model.safetensors"
 EVALUATION_NAME = "evaluation.json"
 

@@ -238,6 +238,8 @@ class Protocol:
         plan = self.datasets[dataset]
         config = self.train_config(dataset, method, seed).asdict()
         config.pop("num_threads")  # results do not depend on the thread count
+        if config["fused_mode"] == "avg":  # the default: the keys of earlier runs stay valid
+            config.pop("fused_mode")
         key = {"dataset": dataset, "method": method, "seed": seed, "train_config": config,
                "train_limit": plan.train_limit, "test_limit": plan.test_limit,
                "evaluation_version": EVALUATION_VERSION}

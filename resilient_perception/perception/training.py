@@ -61,9 +61,10 @@ from tqdm.auto import tqdm
 from ..compute import CPU, autocast, model_device
 from .model import DeviceCNN, MultiDeviceCNN, views_to_float
 from .modes import PRECISIONS
-from .modifier import fuse_average, surrogate_logits
+from .modifier import fuse, fuse_average, surrogate_logits
 
 __all__ = [
+    "FUSED_LOSS_MODES",
     "PRECISIONS",
     "SGDConfig",
     "TrainConfig",
@@ -78,6 +79,8 @@ __all__ = [
 ]
 
 SCHEDULES = ("cosine", "constant")
+# Poolings the fused-output loss can score (max passes a gradient to one device only).
+FUSED_LOSS_MODES = ("avg", "geo")
 
 
 @dataclass
@@ -110,6 +113,7 @@ class TrainConfig(SGDConfig):
     drop_k: int = 1  # devices dropped per step, 1..N-1
     detach_target: bool = True  # KL target p_j is a constant (see module docstring)
     fused_weight: float = 1.0  # CE of the fused output; 0 = the paper's loss (see docstring)
+    fused_mode: str = "avg"  # the pooling that fused output is scored in: avg, or geo
     seed: int = 0
     num_threads: int | None = None  # torch.set_num_threads; None leaves it unchanged
     precision: str = "fp32"  # "fp32", or "bf16": forward pass under bfloat16 autocast
@@ -125,6 +129,9 @@ class TrainConfig(SGDConfig):
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.fused_mode not in FUSED_LOSS_MODES:
+            raise ValueError(f"fused_mode must be one of {FUSED_LOSS_MODES}, "
+                             f"got {self.fused_mode!r}")
         for name in ("feature_dropout", "failout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -190,6 +197,7 @@ def joint_loss(
     lambda_kl: float = 1.0,
     detach_target: bool = True,
     fused_weight: float = 0.0,
+    fused_mode: str = "avg",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Algorithm 2's loss for one batch: ``(total, ce, kl)``.
 
@@ -204,9 +212,11 @@ def joint_loss(
         dropped: device indices whose failure is simulated (None/empty = no KL term).
         lambda_kl: weight of the KL term.
         detach_target: treat ``p_j`` as a constant target.
-        fused_weight: weight of the cross-entropy of the average-fused output, counted in
+        fused_weight: weight of the cross-entropy of the fused output, counted in
             ``ce``: with all devices, plus (when ``dropped``) with the dropped devices
             replaced by their Modifier surrogate.
+        fused_mode: how that output is pooled: ``"avg"`` (mean), or ``"geo"`` (renormalised
+            geometric mean, :func:`.modifier.fuse_geometric`).
 
     """
     b, n, _ = logits.shape
@@ -239,15 +249,16 @@ def joint_loss(
         kl = (kl_bj * v).sum() / v.sum().clamp(min=1.0)
         if fused_weight:
             probs = torch.where(live[..., None], logp.exp(), log_phat.exp()[:, None, :])
-            ce = ce + fused_weight * _fused_nll(probs, present, labels)
+            ce = ce + fused_weight * _fused_nll(probs, present, labels, fused_mode)
     if fused_weight:
-        ce = ce + fused_weight * _fused_nll(logp.exp(), present, labels)
+        ce = ce + fused_weight * _fused_nll(logp.exp(), present, labels, fused_mode)
     return ce + lambda_kl * kl, ce, kl
 
 
-def _fused_nll(probs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood of the average-fused prediction."""
-    fused = fuse_average(probs, mask).clamp_min(1e-12)
+def _fused_nll(probs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+               mode: str) -> torch.Tensor:
+    """Mean negative log-likelihood of the prediction fused by ``mode``."""
+    fused = fuse(probs, mask, mode).clamp_min(1e-12)
     return -fused.log().gather(1, labels[:, None]).mean()
 
 
@@ -326,7 +337,7 @@ def _run_epoch(
             logits = torch.einsum("bnd,nkd->bnk", feats, w) + b
         loss, ce, kl = joint_loss(
             logits, feats, w, b, y, cm, av, dropped, cfg.lambda_kl, cfg.detach_target,
-            cfg.fused_weight,
+            cfg.fused_weight, cfg.fused_mode,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
