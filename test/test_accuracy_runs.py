@@ -111,6 +111,10 @@ def test_device_run_resumes_and_writes_a_normal_checkpoint(tmp_path, cifar):
     assert meta["train_samples"] == 128 - 32 and meta["validation"]["size"] == 32
     # 63 failure sets x avg/max x with/without the Modifier
     assert len(resumed["rows"]) == 63 * 2 * 2
+    # ours-geo trains the same steps with its fused-output loss scored in the geometric mean
+    geo = DeviceRecipe(**{**recipe.asdict(), "method": "ours-geo"})
+    first = train_device_run(tmp_path / "geo", geo, train, test, progress=False, max_epochs=1)
+    assert first["log"][0]["train_loss"] != straight["log"][0]["train_loss"]
 
 
 def test_a_device_run_continues_in_another_precision_but_not_other_settings(tmp_path, cifar):

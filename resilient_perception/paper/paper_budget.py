@@ -196,8 +196,7 @@ def train_device_run(out: Path, recipe: DeviceRecipe, train_data: LabeledImages,
             logits, feats = logits.float(), feats.float()
             w, b = model.classifier_heads()
             loss, _, _ = joint_loss(logits, feats, w, b, y, dropped=dropped,
-                                    lambda_kl=cfg.lambda_kl, detach_target=cfg.detach_target,
-                                    fused_weight=cfg.fused_weight)
+                                    **cfg.loss_options())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

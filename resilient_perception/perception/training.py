@@ -121,6 +121,11 @@ class TrainConfig(SGDConfig):
     failout: float = 0.0  # probability a device's whole output is dropped per sample
     fedavg_every: int = 0  # FedAvg: average the devices' models every this many steps (0 = off)
 
+    def loss_options(self) -> dict:
+        """The keyword arguments of :func:`joint_loss` this configuration sets."""
+        return {"lambda_kl": self.lambda_kl, "detach_target": self.detach_target,
+                "fused_weight": self.fused_weight, "fused_mode": self.fused_mode}
+
     def validate(self, n_devices: int) -> None:
         """Raise ``ValueError`` for inconsistent settings."""
         if self.epochs < 1 or self.batch_size < 1:
@@ -335,10 +340,8 @@ def _run_epoch(
         if cfg.feature_dropout:
             feats = F.dropout(feats, cfg.feature_dropout)
             logits = torch.einsum("bnd,nkd->bnk", feats, w) + b
-        loss, ce, kl = joint_loss(
-            logits, feats, w, b, y, cm, av, dropped, cfg.lambda_kl, cfg.detach_target,
-            cfg.fused_weight, cfg.fused_mode,
-        )
+        loss, ce, kl = joint_loss(logits, feats, w, b, y, cm, av, dropped,
+                                  **cfg.loss_options())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
