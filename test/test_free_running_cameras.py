@@ -12,6 +12,7 @@ model's: ``test_pipeline`` checks the player pipeline fuses exactly what the mod
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -60,10 +61,18 @@ def test_free_running_foreign_cameras_fuse_complete_frames_and_a_dead_one_is_rep
     from resilient_perception.perception.model import views_to_float
 
     views, labels = mnist_views
+    # Frames wait for a late device up to its deadline (the config's 0.1 s is for a machine
+    # with time to spare): on two cores shared by six drivers and seven nodes a camera process
+    # stalls now and then for a few frames, and those frames would get its surrogate, which is
+    # right but says nothing about grouping. A frame split by the grouping still waits out
+    # the timeout with devices missing, so it still counts as incomplete.
+    nodes = [replace(node, parameters={**node.parameters, "frame_timeout": DEADLINE_S})
+             if node.executable == "fusion_node" else node
+             for node in free_running_pipeline_nodes(briefly_trained_onnx,
+                                                     compressed=COMPRESSED,
+                                                     dds_profile=DDS_PROFILE)]
     with (Observer(domain_id=DOMAIN_ID) as observer,
-          Pipeline(free_running_pipeline_nodes(briefly_trained_onnx, compressed=COMPRESSED,
-                                               dds_profile=DDS_PROFILE),
-                   CONFIG, log_dir=tmp_path, domain_id=DOMAIN_ID) as pipeline):
+          Pipeline(nodes, CONFIG, log_dir=tmp_path, domain_id=DOMAIN_ID) as pipeline):
         fused = observer.collect(msgs.FusedPrediction, FUSED_TOPIC)
         pipeline.start_ready(observer, timeout=120.0)
         schedule = SceneSchedule.at_rate(time.time_ns() + round(WARMUP_S * 1e9), RATE_HZ,
