@@ -87,12 +87,15 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path):
         (("train-budget-devices", "--out", "r", "--lr", "0"), "--lr: must be > 0"),
         (("train-budget-devices", "--out", "r", "--pad", "-4"), "--pad: must be >= 0"),
         (("train", "--drop-k", "6", "--limit", "10"), "drop_k"),
-        (("evaluate", "missing.safetensors"), "missing.safetensors"),
+        (("evaluate", "missing.safetensors"), "missing.safetensors: no such checkpoint"),
+        (("train", "--fused-mode", "max"), "invalid choice: 'max'"),
         (("evaluate", "m.safetensors", "--dataset", "idx:images-only"), "idx:<images_path>"),
         (("evaluate", "--noise", "9:gaussian:0.1", "x"), "x"),
     ],
 )
 def test_bad_options_exit_non_zero_with_a_message(tmp_path, args, message):
+    for name in ("m.safetensors", "model.safetensors"):  # so the option is what is wrong
+        (tmp_path / name).write_bytes(b"")
     result = run(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr

@@ -44,9 +44,10 @@ def test_bench_cost_writes_cost_json(briefly_trained_checkpoint, tmp_path, capsy
 
 
 def test_bench_cost_rejects_a_missing_or_invalid_checkpoint(tmp_path, capsys):
-    status = main(["bench-cost", str(tmp_path / "missing.safetensors"),
-                   "--out", str(tmp_path / "cost")])
-    assert status == 2
+    with pytest.raises(SystemExit) as exited:  # argparse's own check, before ONNX loads
+        main(["bench-cost", str(tmp_path / "missing.safetensors"),
+              "--out", str(tmp_path / "cost")])
+    assert exited.value.code == 2
     assert "no such checkpoint" in capsys.readouterr().err
     bad = tmp_path / "bad" / "model.safetensors"
     bad.parent.mkdir()

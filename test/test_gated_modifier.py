@@ -14,8 +14,10 @@ from resilient_perception.paper.gated_modifier import (
     cross_fitted,
     fit_gate,
     gated_correctness,
+    gated_stem,
     mcnemar,
 )
+from resilient_perception.perception.checkpoint import load_checkpoint
 from resilient_perception.perception.validation import holdout_split
 from test.conftest import DATA_ROOT, needs_data
 
@@ -112,11 +114,25 @@ def test_holdout_split_is_fixed_and_disjoint():
 def test_evaluate_gated_end_to_end(tmp_path, capsys):
     out = tmp_path / "m"
     assert main(["train", "--limit", "1500", "--holdout", "500", "--epochs", "1",
-                 "--threads", "1", "--out", str(out), "--data-root", str(DATA_ROOT)]) == 0
+                 "--fused-mode", "geo", "--threads", "1", "--out", str(out),
+                 "--data-root", str(DATA_ROOT)]) == 0
     checkpoint = str(out / "model.safetensors")
-    assert main(["evaluate", checkpoint, "--limit", "500", "--gated", "--data-root",
-                 str(DATA_ROOT), "--out", str(tmp_path / "e")]) == 0
+    assert load_checkpoint(checkpoint)[1]["train_config"]["fused_mode"] == "geo"
+    assert main(["evaluate", checkpoint, "--limit", "500", "--modes", "avg", "geo",
+                 "--gated", "avg", "geo", "--data-root", str(DATA_ROOT),
+                 "--out", str(tmp_path / "e")]) == 0
     result = json.loads((tmp_path / "e" / "gated.json").read_text())
+    # Each pooling has a gate of its own, and its plain fusion scores as `evaluate` does.
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())["summary"]
+    for mode in ("avg", "geo"):
+        gated = json.loads((tmp_path / "e" / f"{gated_stem(mode)}.json").read_text())
+        assert gated["mode"] == mode
+        for key in ("no_failure", "single_failure_mean"):
+            assert gated["summary"]["none"][key] == pytest.approx(
+                summary[mode]["baseline"][key], abs=1e-9)
+            assert gated["summary"]["modifier"][key] == pytest.approx(
+                summary[mode]["modifier"][key], abs=1e-9)
+    assert "geo fusion" in (tmp_path / "e" / "gated-geo.md").read_text()
     assert result["fit_samples"] == 1000 and result["validation_samples"] == 500
     assert set(result["summary"]) == {"none", "modifier", "gated"}
     assert len(result["gate"]) == 63 and result["average"] == GATE_AVERAGE
@@ -195,3 +211,27 @@ def test_gated_report_bounds_the_gate_by_the_best_option_per_set(tmp_path):
     assert "| idx | defaults | 1 | 40% | 30% | 50% | 100% |" in table
     # Cross-fitted: one averaged (0.94 - 0.92) / 0.04 = 50%, two 75%.
     assert "| idx | defaults | 1 | 50% | 75% |" in table
+
+
+def test_gated_report_compares_a_pooling_with_avg_on_the_same_seeds(tmp_path):
+    from resilient_perception.paper.accuracy_report import gated_report
+
+    def write(seed: int, mode: str, no_failure: float, none: float, gated: float) -> None:
+        folder = tmp_path / "mvmc" / "ours" / f"seed{seed}" / "eval-test"
+        folder.mkdir(parents=True, exist_ok=True)
+        summary = {name: {"no_failure": no_failure, "single_failure_mean": value}
+                   for name, value in (("none", none), ("modifier", none), ("gated", gated))}
+        (folder / f"{gated_stem(mode)}.json").write_text(json.dumps(
+            {"mode": mode, "summary": summary, "average": GATE_AVERAGE}))
+
+    # geo beats avg by 5, 4 and 6 points with no failure; single failures by 1, 2 and 3.
+    for seed, (avg, geo) in enumerate([(0.93, 0.98), (0.94, 0.98), (0.92, 0.98)]):
+        write(seed, "avg", avg, 0.95, 0.95)
+        write(seed, "geo", geo, 0.96 + 0.01 * seed, 0.96 + 0.01 * seed)
+    write(3, "avg", 0.5, 0.5, 0.5)  # a seed gated in avg only is not paired
+    table = gated_report(tmp_path)
+    assert "## Pooled by geo" in table and "## Pooled by max" not in table
+    row = next(line for line in table.splitlines() if line.startswith("| mvmc | ours | 3 | +"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "+5.00" and cells[5] == cells[7] == "+2.00"
+    assert 0 < float(cells[4]) < 0.05 and 0 < float(cells[6]) < 0.2

@@ -95,6 +95,15 @@ def dataset_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def checkpoint_file(text: str) -> Path:
+    """An argparse type: a checkpoint that exists, checked before torch or ROS loads."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such checkpoint (train one with "
+                                         "`resilient-perception train`)")
+    return path
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
     value = int(text)

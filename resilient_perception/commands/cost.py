@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import onnx_models, positive_int, require_onnx, write_json
+from .common import checkpoint_file, onnx_models, positive_int, require_onnx, write_json
 
 
 def cmd_bench_cost(args: argparse.Namespace) -> int:
@@ -22,9 +22,6 @@ def cmd_bench_cost(args: argparse.Namespace) -> int:
     require_onnx("bench-cost")
     from ..paper.device_cost import cost_markdown, run_cost_benchmark
 
-    if not args.checkpoint.is_file():
-        raise ValueError(f"{args.checkpoint}: no such checkpoint (train one with "
-                         "`resilient-perception train`)")
     result = run_cost_benchmark(
         args.checkpoint, onnx_models(args.checkpoint, args.checkpoint.parent / "onnx"),
         args.checkpoint.parent / "onnx-int8", args.data_root, args.repeats,
@@ -42,7 +39,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-cost", help="size, latency and int8 accuracy of one device CNN "
                        "vs the Modifier (the paper's Table 3)",
                        description=cmd_bench_cost.__doc__)
-    p.add_argument("checkpoint", type=Path, help="model.safetensors written by `train` "
+    p.add_argument("checkpoint", type=checkpoint_file, help="model.safetensors written by `train` "
                    "(exported to onnx/ and quantised to onnx-int8/ beside it)")
     p.add_argument("--out", type=Path, default=Path("docs/results/paper/cost"),
                    help="output folder for cost.json and cost.md "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import onnx_models, positive_float, positive_int
+from .common import checkpoint_file, onnx_models, positive_float, positive_int
 from .live import _installed_config
 
 __all__ = ["add_parsers", "cmd_fuzz"]
@@ -28,9 +28,6 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ValueError(f"this command needs ROS 2 and the built package ({exc}); run "
                          "scripts/setup.sh") from exc
-    if not args.checkpoint.is_file():
-        raise ValueError(f"{args.checkpoint}: no such checkpoint (train one with "
-                         "`resilient-perception train`)")
     models = onnx_models(args.checkpoint, args.checkpoint.parent / "onnx")
     report = fuzz.run_fuzz(
         _installed_config(args, pipeline), models, args.out, messages=args.messages,
@@ -45,7 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``fuzz`` on the main parser's subparsers."""
     p = sub.add_parser("fuzz", help="send malformed messages into the live pipeline and check "
                        "it (counts, output, memory)", description=cmd_fuzz.__doc__)
-    p.add_argument("checkpoint", type=Path, help="model.safetensors written by `train` "
+    p.add_argument("checkpoint", type=checkpoint_file, help="model.safetensors written by `train` "
                    "(exported to ONNX beside it)")
     p.add_argument("--messages", type=positive_int, default=1000,
                    help="malformed messages to send (default 1000)")

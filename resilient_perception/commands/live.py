@@ -11,7 +11,15 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import onnx_models, port, positive_int, require_onnx, schedule, write_json
+from .common import (
+    checkpoint_file,
+    onnx_models,
+    port,
+    positive_int,
+    require_onnx,
+    schedule,
+    write_json,
+)
 from .perception import cmd_train, evaluate_checkpoint, parse
 
 
@@ -110,9 +118,6 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     digits from the player and from six free-running camera drivers, side by side
     (free_running.json and free_running.md).
     """
-    if not args.checkpoint.is_file():
-        raise ValueError(f"{args.checkpoint}: no such checkpoint (train one with "
-                         "`resilient-perception train`)")
     models = onnx_models(args.checkpoint, args.checkpoint.parent / "onnx")  # inputs first
     _, pipeline, pipeline_benchmark = _live_imports()
     if args.free_running:
@@ -140,9 +145,6 @@ def cmd_bench_footprint(args: argparse.Namespace) -> int:
     _, pipeline, _ = _live_imports()
     from ..bench.node_footprint import markdown_table, measure_footprint
 
-    if not args.checkpoint.is_file():
-        raise ValueError(f"{args.checkpoint}: no such checkpoint (train one with "
-                         "`resilient-perception train`)")
     models = onnx_models(args.checkpoint, args.checkpoint.parent / "onnx")
     result = measure_footprint(_installed_config(args, pipeline), models,
                                cameras=args.cameras, rate_hz=args.rate, seconds=args.seconds,
@@ -163,7 +165,7 @@ def cmd_bench_footprint(args: argparse.Namespace) -> int:
 
 def _add_bench_options(p: argparse.ArgumentParser, command: str) -> None:
     """The options every live benchmark has: its model, frame rate, logs and params file."""
-    p.add_argument("checkpoint", type=Path, help="model.safetensors written by `train` "
+    p.add_argument("checkpoint", type=checkpoint_file, help="model.safetensors written by `train` "
                    "(exported to ONNX beside it)")
     p.add_argument("--rate", type=float, default=30.0, help="frame rate (default 30)")
     p.add_argument("--log-dir", type=Path, default=Path(f"runs/{command}/logs"),

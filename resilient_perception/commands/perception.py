@@ -14,10 +14,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..datasets import DATASET_NAMES, IDX_PREFIX, evaluation_data
-from ..perception.modes import FUSION_MODES, PAPER_MODES, PRECISIONS, REDUCED_PRECISIONS
+from ..perception.modes import (
+    FUSED_LOSS_MODES,
+    FUSION_MODES,
+    PAPER_MODES,
+    PRECISIONS,
+    REDUCED_PRECISIONS,
+)
 from ..perception.views import ViewSpec, parse_noise
 from .common import (
     add_device_option,
+    checkpoint_file,
     chosen_device,
     dataset_name,
     fraction,
@@ -77,8 +84,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         lambda_kl=args.lambda_kl, fail_simulation=args.fail_sim, drop_k=args.drop_k,
-        fused_weight=args.fused_weight, seed=args.seed, num_threads=args.threads,
-        precision=args.precision,
+        fused_weight=args.fused_weight, fused_mode=args.fused_mode, seed=args.seed,
+        num_threads=args.threads, precision=args.precision,
     )
 
 
@@ -100,6 +107,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="weight of the cross-entropy of the fused output, with all devices and "
                    "with the dropped ones replaced by their surrogate (default 1.0; 0 = the "
                    "paper's loss: per-device cross-entropy + KL only)")
+    p.add_argument("--fused-mode", choices=FUSED_LOSS_MODES, default="avg",
+                   help="the pooling the fused output's cross-entropy is scored in: avg "
+                   "(default) or geo, the renormalised geometric mean (for fusion_mode geo)")
     p.add_argument("--no-fail-sim", dest="fail_sim", action="store_false",
                    help="train without fail-simulation (the paper's baseline)")
     p.add_argument("--drop-k", type=positive_int, default=1,
@@ -213,11 +223,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         evaluate_modifier_options(args.checkpoint, args.split, args.data_root, args.limit, out,
                                   args.dataset)
-    if args.gated:
+    if args.gated is not None:
         from .reproduction import evaluate_gated
 
         evaluate_gated(args.checkpoint, args.split, args.data_root, args.limit, out,
-                       args.dataset)
+                       args.dataset, tuple(args.gated or ("avg",)))
     return 0
 
 
@@ -329,7 +339,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__, description=cmd_evaluate.__doc__)
-    p.add_argument("checkpoint", type=Path, help="model.safetensors written by `train`")
+    p.add_argument("checkpoint", type=checkpoint_file, help="model.safetensors written by `train`")
     p.add_argument("--split", default="test", help="dataset split to score (default test)")
     p.add_argument("--dataset", type=dataset_name, default=None, metavar="NAME",
                    help="dataset to score (default: the checkpoint's own, at --split); for "
@@ -349,10 +359,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="also score the reproduction's Modifier options (confidence-weighted, "
                    "affine, calibrated fusion; the learned ones fitted on the checkpoint's "
                    "training split) with avg fusion: options.json and options.md")
-    p.add_argument("--gated", action="store_true",
+    p.add_argument("--gated", nargs="*", choices=FUSION_MODES, default=None, metavar="MODE",
                    help="gate the Modifier options per failed set on the checkpoint's "
                    "held-out validation split (train --holdout) and score none / plain / "
-                   "gated with paired tests: gated.json and gated.md")
+                   "gated with paired tests, for each fusion MODE given (default avg): "
+                   "gated.json and gated.md for avg, gated-MODE.json/.md for the others")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder for failures.csv and summary.json "
                    "(default: next to the checkpoint, eval-<split>)")
@@ -384,7 +395,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)
-    p.add_argument("checkpoint", type=Path, help="model.safetensors written by `train`")
+    p.add_argument("checkpoint", type=checkpoint_file, help="model.safetensors written by `train`")
     p.add_argument("--out", type=Path, required=True, help="output folder for device_<i>.onnx")
     p.add_argument("--devices", type=int, nargs="+", default=None, metavar="I",
                    help="device ids to export (default: all)")

@@ -100,14 +100,16 @@ def evaluate_modifier_options(checkpoint: Path, split: str, data_root: Path | No
 
 
 def evaluate_gated(checkpoint: Path, split: str, data_root: Path | None, limit: int | None,
-                   out: Path, dataset: str | None = None) -> dict:
-    """Gate the Modifier options on the checkpoint's validation split; write gated.json/.md.
+                   out: Path, dataset: str | None = None,
+                   modes: tuple[str, ...] = ("avg",)) -> dict[str, dict]:
+    """Gate the Modifier options on the checkpoint's validation split, for each fusion mode.
 
     See :mod:`..paper.gated_modifier`: the gate is fitted on the held-out validation split,
     the learned options on the training samples, and none / plain Modifier / gated are
-    scored on ``split`` of ``dataset`` (the checkpoint's own by default) with avg fusion.
+    scored on ``split`` of ``dataset`` (the checkpoint's own by default). Writes
+    :func:`gated_stem` ``.json`` and ``.md`` per mode (``gated.json`` for avg).
     """
-    from ..paper.gated_modifier import gated_evaluation, training_splits
+    from ..paper.gated_modifier import gated_evaluation, gated_stem, training_splits
     from ..perception.checkpoint import load_checkpoint
     from ..perception.experiment import load_device_views
 
@@ -116,16 +118,27 @@ def evaluate_gated(checkpoint: Path, split: str, data_root: Path | None, limit: 
     dataset, described = evaluation_data(meta, dataset, split)
     test = load_device_views(dataset, split, ViewSpec.from_dict(meta["view_spec"]), data_root,
                              limit)
-    result = gated_evaluation(model, fit, validation, test)
-    result.update({"checkpoint": recorded_path(checkpoint), "dataset": dataset,
-                   "train_dataset": meta["dataset"], "train_seed": meta.get("seed")})
+    results = gated_evaluation(model, fit, validation, test, modes=modes)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gated.json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = [f"{described} ({len(test.labels)} samples), avg fusion; gate fitted on "
-             f"{len(validation.labels)} held-out validation samples (alpha "
-             f"{result['alpha']}), learned options fitted on {result['fit_samples']} of the "
-             f"{len(fit.labels)} training samples.", "",
-             "| strategy | no failure % | mean single failure % |", "|---|---|---|"]
+    for mode, result in results.items():
+        result.update({"checkpoint": recorded_path(checkpoint), "dataset": dataset,
+                       "train_dataset": meta["dataset"], "train_seed": meta.get("seed")})
+        stem = out / gated_stem(mode)
+        stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+        text = _gated_markdown(result, f"{described} ({len(test.labels)} samples), {mode} "
+                               f"fusion; gate fitted on {len(validation.labels)} held-out "
+                               f"validation samples (alpha {result['alpha']}), learned options "
+                               f"fitted on {result['fit_samples']} of the {len(fit.labels)} "
+                               "training samples.")
+        stem.with_suffix(".md").write_text(text)
+        print(text, end="")
+        print(f"wrote {stem}.json and {stem}.md")
+    return results
+
+
+def _gated_markdown(result: dict, heading: str) -> str:
+    """``gated.md``: one mode's strategies, options alone, paired tests and the gate's use."""
+    lines = [heading, "", "| strategy | no failure % | mean single failure % |", "|---|---|---|"]
 
     def rows(summaries: dict) -> list[str]:
         return [f"| {name} | {100 * s['no_failure']:.2f} | {100 * s['single_failure_mean']:.2f} |"
@@ -150,10 +163,7 @@ def evaluate_gated(checkpoint: Path, split: str, data_root: Path | None, limit: 
               f"fusion {100 * folds['single_failure_none']:.2f}; "
               + ", ".join(f"{count} averaged {100 * value:.2f}"
                           for count, value in folds["single_failure"].items()) + "."]
-    (out / "gated.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {out / 'gated.json'} and {out / 'gated.md'}")
-    return result
+    return "\n".join(lines) + "\n"
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from ..harness.pipeline import TRANSPORTS
-from .common import onnx_models, positive_float, schedule
+from .common import checkpoint_file, onnx_models, positive_float, schedule
 
 # bench.soak.SOAK_ACTIONS, not imported from there: building the parser imports no ROS
 ACTIONS = ("kill", "restart", "stop", "cont")
@@ -34,9 +34,6 @@ def cmd_soak(args: argparse.Namespace) -> int:
     _, pipeline, _ = _live_imports()  # a clear error without ROS
     from ..bench import soak
 
-    if not args.checkpoint.is_file():
-        raise ValueError(f"{args.checkpoint}: no such checkpoint (train one with "
-                         "`resilient-perception train`)")
     models = onnx_models(args.checkpoint, args.checkpoint.parent / "onnx")
     report = soak.run_soak(_installed_config(args, pipeline), models, args.out, args.log_dir,
                            args.minutes, args.rate, args.schedule,
@@ -51,7 +48,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("soak", help="soak the live pipeline under kills, freezes and "
                        "restarts; report lost frames, memory/FD growth, reaction times",
                        description=cmd_soak.__doc__)
-    p.add_argument("checkpoint", type=Path, help="model.safetensors written by `train` "
+    p.add_argument("checkpoint", type=checkpoint_file, help="model.safetensors written by `train` "
                    "(exported to ONNX beside it)")
     p.add_argument("--minutes", type=positive_float, default=30.0,
                    help="length of the run (default 30); memory growth counts from minute "

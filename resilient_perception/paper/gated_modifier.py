@@ -31,6 +31,8 @@ trained on, whether to use an option at all:
   failed set *chosen on the test split itself*: the most a gate choosing one option could
   recover, which tells apart a gate that chooses badly from options that cannot recover
   more (averaging two options can pass it).
+* **Per fusion mode**: each pooling (avg, max, geo) gets a gate of its own, fitted and
+  scored in that pooling, since an option that helps one can hurt another.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ from ..placement.drop_study import spread_subset
 from .reproduction import fit_subset
 
 __all__ = ["GATE_AVERAGE", "GATE_OPTIONS", "GateOption", "cross_fitted", "fit_gate",
-           "gated_correctness", "gated_evaluation", "mcnemar", "option_probabilities",
-           "training_splits"]
+           "gated_correctness", "gated_evaluation", "gated_stem", "mcnemar",
+           "option_probabilities", "training_splits"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,15 @@ switches options on (MNIST, both methods, and an IDX pair), and three were bette
 on one of the three only."""
 
 
+def gated_stem(mode: str) -> str:
+    """File name, without suffix, of one fusion mode's gated evaluation.
+
+    ``gated`` for avg, the paper's pooling and the one the gate first served, so records
+    written before the gate took a mode stay where every report looks for them.
+    """
+    return "gated" if mode == "avg" else f"gated-{mode}"
+
+
 def mcnemar(a: np.ndarray, b: np.ndarray, alternative: str = "greater") -> float:
     """Exact McNemar p-value that ``a`` (bool per sample) is more often right than ``b``.
 
@@ -98,8 +109,11 @@ def mcnemar(a: np.ndarray, b: np.ndarray, alternative: str = "greater") -> float
 
 def option_probabilities(outputs: tuple, heads: tuple, labels: np.ndarray,
                          available: np.ndarray | None, subsets: list[tuple[int, ...]],
-                         option: GateOption, learned: LearnedModifier | None) -> np.ndarray:
+                         option: GateOption, learned: LearnedModifier | None,
+                         mode: str = "avg") -> np.ndarray:
     """Fused class probabilities ``(len(subsets), M, C)`` of ``option`` per failed set.
+
+    ``mode`` is the fusion rule the aggregator pools with (:data:`.modes.FUSION_MODES`).
 
     A sample with no live device gets all zeros: it is classified wrong whatever is chosen.
     """
@@ -110,7 +124,7 @@ def option_probabilities(outputs: tuple, heads: tuple, labels: np.ndarray,
         for i, failed in enumerate(subsets):
             live = avail.clone()
             live[:, list(failed)] = False
-            fused = fuse_with_failures(probs, features, *heads, live, "avg", option.modifier,
+            fused = fuse_with_failures(probs, features, *heads, live, mode, option.modifier,
                                        option.confidence, learned)
             out[i] = (fused * live.any(1, keepdim=True)).numpy()
     return out
@@ -124,11 +138,11 @@ def _learned_fits(model, fit: DeviceViews, heads: tuple) -> dict[str, LearnedMod
             for name, (affine, calibrated) in LEARNED_VARIANTS.items()}
 
 
-def _all_probabilities(model, data: DeviceViews, heads: tuple, subsets: list[tuple[int, ...]],
-                       learned: dict[str, LearnedModifier]) -> dict[str, np.ndarray]:
-    outputs = device_outputs(model, data.views)
+def _all_probabilities(outputs: tuple, data: DeviceViews, heads: tuple,
+                       subsets: list[tuple[int, ...]], learned: dict[str, LearnedModifier],
+                       mode: str) -> dict[str, np.ndarray]:
     return {o.name: option_probabilities(outputs, heads, data.labels, data.available, subsets,
-                                         o, learned.get(o.learned))
+                                         o, learned.get(o.learned), mode)
             for o in GATE_OPTIONS}
 
 
@@ -231,50 +245,61 @@ def _summary(correct: np.ndarray, subsets: list[tuple[int, ...]]) -> dict:
 
 
 def gated_evaluation(model, fit: DeviceViews, validation: DeviceViews, test: DeviceViews,
-                     alpha: float = 0.05, max_failed: int | None = None) -> dict:
-    """Fit the gate on ``validation`` and score none / plain / gated on ``test``.
+                     alpha: float = 0.05, max_failed: int | None = None,
+                     modes: tuple[str, ...] = ("avg",)) -> dict[str, dict]:
+    """Fit the gate on ``validation`` and score none / plain / gated on ``test``, per mode.
 
     ``fit`` is the training data the learned options are fitted on (never ``validation``);
     ``max_failed`` limits the failed sets to that many devices (default all ``N - 1``).
-    Returns ``gate`` (failed set -> the options averaged, empty for none), ``average``
-    (:data:`GATE_AVERAGE`), ``summary`` per strategy (``none``, ``modifier``, ``gated``),
-    ``options`` (the same summary for every option of :data:`GATE_OPTIONS` used on every
-    failed set: what each would give alone, and per set the best single option),
-    ``cross_fitted`` (:func:`cross_fitted` on the validation split) and ``tests`` (McNemar
-    p-values on the pooled single-failure pairs, both directions).
+    Each fusion mode of ``modes`` gets its own gate: an option that helps one pooling can
+    hurt another (the plain Modifier helps avg on MNIST and lowers geo). The learned options
+    and the device outputs are computed once for all modes.
+
+    Returns, per mode: ``mode``, ``gate`` (failed set -> the options averaged, empty for
+    none), ``average`` (:data:`GATE_AVERAGE`), ``summary`` per strategy (``none``,
+    ``modifier``, ``gated``), ``options`` (the same summary for every option of
+    :data:`GATE_OPTIONS` used on every failed set: what each would give alone, and per set
+    the best single option), ``cross_fitted`` (:func:`cross_fitted` on the validation
+    split) and ``tests`` (McNemar p-values on the pooled single-failure pairs, both
+    directions).
     """
     heads = tuple(t.detach() for t in model.classifier_heads())
     subsets = [s for s in failure_subsets(test.n_devices)
                if max_failed is None or len(s) <= max_failed]
     learned = _learned_fits(model, fit, heads)
-    on_validation = _all_probabilities(model, validation, heads, subsets, learned)
-    gate = fit_gate(on_validation, validation.labels, subsets, alpha)
-    on_test = _all_probabilities(model, test, heads, subsets, learned)
-    alone = {name: gated_correctness(on_test, test.labels, dict.fromkeys(subsets, (name,)),
-                                     subsets) for name in on_test}
-    strategies = {"none": alone["none"], "modifier": alone["modifier"],
-                  "gated": gated_correctness(on_test, test.labels, gate, subsets)}
+    validation_outputs = device_outputs(model, validation.views)
+    test_outputs = device_outputs(model, test.views)
     single = [i for i, s in enumerate(subsets) if len(s) == 1]
-
-    def pooled(name: str) -> np.ndarray:
-        return strategies[name][single].ravel()
-
-    tests = {f"gated vs {other}": {
-        "gain": float(pooled("gated").mean() - pooled(other).mean()),
-        "p_better": mcnemar(pooled("gated"), pooled(other), "greater"),
-        "p_worse": mcnemar(pooled("gated"), pooled(other), "less")}
-        for other in ("none", "modifier")}
-    return {
-        "alpha": alpha, "average": GATE_AVERAGE, "fit_samples": len(fit_subset(fit).labels),
-        "validation_samples": len(validation.labels), "test_samples": len(test.labels),
-        "gate": {",".join(map(str, s)): list(names) for s, names in gate.items()},
-        "options_used": {o.name: sum(o.name in names or (o.name == "none" and not names)
-                                     for names in gate.values()) for o in GATE_OPTIONS},
-        "summary": {name: _summary(c, subsets) for name, c in strategies.items()},
-        "options": {name: _summary(c, subsets) for name, c in alone.items()},
-        "cross_fitted": cross_fitted(on_validation, validation.labels, subsets, alpha),
-        "tests": tests,
-    }
+    results = {}
+    for mode in modes:
+        on_validation = _all_probabilities(validation_outputs, validation, heads, subsets,
+                                           learned, mode)
+        gate = fit_gate(on_validation, validation.labels, subsets, alpha)
+        on_test = _all_probabilities(test_outputs, test, heads, subsets, learned, mode)
+        alone = {name: gated_correctness(on_test, test.labels,
+                                         dict.fromkeys(subsets, (name,)), subsets)
+                 for name in on_test}
+        strategies = {"none": alone["none"], "modifier": alone["modifier"],
+                      "gated": gated_correctness(on_test, test.labels, gate, subsets)}
+        pooled = {name: c[single].ravel() for name, c in strategies.items()}
+        tests = {f"gated vs {other}": {
+            "gain": float(pooled["gated"].mean() - pooled[other].mean()),
+            "p_better": mcnemar(pooled["gated"], pooled[other], "greater"),
+            "p_worse": mcnemar(pooled["gated"], pooled[other], "less")}
+            for other in ("none", "modifier")}
+        results[mode] = {
+            "mode": mode, "alpha": alpha, "average": GATE_AVERAGE,
+            "fit_samples": len(fit_subset(fit).labels),
+            "validation_samples": len(validation.labels), "test_samples": len(test.labels),
+            "gate": {",".join(map(str, s)): list(names) for s, names in gate.items()},
+            "options_used": {o.name: sum(o.name in names or (o.name == "none" and not names)
+                                         for names in gate.values()) for o in GATE_OPTIONS},
+            "summary": {name: _summary(c, subsets) for name, c in strategies.items()},
+            "options": {name: _summary(c, subsets) for name, c in alone.items()},
+            "cross_fitted": cross_fitted(on_validation, validation.labels, subsets, alpha),
+            "tests": tests,
+        }
+    return results
 
 
 def training_splits(meta: dict, root=None) -> tuple[DeviceViews, DeviceViews]:

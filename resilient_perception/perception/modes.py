@@ -7,8 +7,8 @@ parser need these names without importing torch; :mod:`.modifier`, :mod:`.evalua
 
 from __future__ import annotations
 
-__all__ = ["EVALUATION_MODES", "EVAL_BATCH", "FUSION_MODES", "PAPER_MODES", "PRECISIONS",
-           "PROBABILITY_FLOOR", "REDUCED_PRECISIONS"]
+__all__ = ["EVALUATION_MODES", "EVAL_BATCH", "FUSED_LOSS_MODES", "FUSION_MODES", "PAPER_MODES",
+           "PRECISIONS", "PROBABILITY_FLOOR", "REDUCED_PRECISIONS"]
 
 # The paper's two poolings of device probabilities: what the reports score by default.
 PAPER_MODES = ("avg", "max")
@@ -16,6 +16,9 @@ PAPER_MODES = ("avg", "max")
 # log-probability). Each device sees part of the scene, so its evidence multiplies rather than
 # adds: a class one view rules out stays unlikely however much the others like it.
 FUSION_MODES = (*PAPER_MODES, "geo")
+# Poolings the fused-output loss of training can score (max passes a gradient to one device
+# only).
+FUSED_LOSS_MODES = ("avg", "geo")
 # What "geo" takes the logarithm of for a probability of 0: float32's smallest normal number.
 PROBABILITY_FLOOR = 1.1754944e-38
 # Majority voting is the "ensemble voting" baseline of the paper's Figure 7: scored offline

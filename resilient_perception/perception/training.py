@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 
 from ..compute import CPU, autocast, model_device
 from .model import DeviceCNN, MultiDeviceCNN, views_to_float
-from .modes import PRECISIONS
+from .modes import FUSED_LOSS_MODES, PRECISIONS
 from .modifier import fuse, fuse_average, surrogate_logits
 
 __all__ = [
@@ -79,8 +79,6 @@ __all__ = [
 ]
 
 SCHEDULES = ("cosine", "constant")
-# Poolings the fused-output loss can score (max passes a gradient to one device only).
-FUSED_LOSS_MODES = ("avg", "geo")
 
 
 @dataclass
