@@ -14,7 +14,9 @@
 #
 # Resumable: a seed recorded in raw/ and a model scored in tables.md's folders are not
 # redone; a killed training resumes. One torch thread, nice 19, fp32 (the precision every
-# machine has; bf16 is emulated on AVX2). Pause the accuracy lanes while this runs if they
+# machine has; bf16 is emulated on AVX2). A second instance started beside the first takes
+# the runs the first has not claimed (a lock per run), so two use two cores; the last to
+# finish writes the complete report. Pause the accuracy lanes while this runs if they
 # share the cores (scripts/accuracy_lanes.sh pause).
 # Usage: scripts/reproduce_fusion_modes.sh [RUNS]     (default ../runs/fusion-modes; after
 #        scripts/setup.sh; about 15 CPU minutes per MNIST seed and 5 per MVMC seed on AVX2)
@@ -32,6 +34,8 @@ seeded() {  # dataset method seed train-options...
   local dir="$runs/$dataset/$method/seed$seed"
   if [ -f "$raw/$dataset/$method/seed$seed/eval-test/gated-geo.json" ]; then return; fi
   mkdir -p "$dir"
+  exec {lock}>"$dir/lock"
+  flock -n "$lock" || return 0  # another instance trains it
   [ -f "$dir/model.safetensors" ] ||
     rp train "$@" --seed "$seed" --threads 1 --resume --out "$dir" >>"$dir/log.txt" 2>&1
   rp evaluate "$dir/model.safetensors" --modes avg max geo --gated avg max geo \
@@ -39,6 +43,7 @@ seeded() {  # dataset method seed train-options...
   mkdir -p "$raw/$dataset/$method/seed$seed/eval-test"
   cp "$dir"/eval-test/{summary.json,gated.json,gated-max.json,gated-geo.json} \
     "$raw/$dataset/$method/seed$seed/eval-test/"
+  exec {lock}>&-
 }
 
 for seed in 0 1 2; do
