@@ -100,7 +100,9 @@ def test_a_fusion_kill_window_lasts_until_complete_frames_and_at_least_the_bound
     assert [e["window"] for e in events] == [(9.5, window_end), (10.5, window_end), (19.5, 21.0)]
 
 
-def test_a_bad_schedule_option_exits_2(capsys):
+def test_a_bad_schedule_option_exits_2(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")  # so the option is what is wrong
     with pytest.raises(SystemExit) as exc:
         main(["soak", "model.safetensors", "--schedule", "2:pause:fusion"])
     assert exc.value.code == 2
