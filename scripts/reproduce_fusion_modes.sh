@@ -27,7 +27,9 @@ repo=$PWD
 out=docs/results/fusion_modes
 raw=$out/raw
 mkdir -p "$raw"
-rp() { nice -n 19 .venv/bin/resilient-perception "$@"; }
+# One thread for every command, evaluate included: beside other jobs on a 2-core machine
+# torch's default two threads wait on each other (an MNIST gate took 12 CPU minutes, not 2).
+rp() { OMP_NUM_THREADS=1 nice -n 19 .venv/bin/resilient-perception "$@"; }
 
 seeded() {  # dataset method seed train-options...
   local dataset="$1" method="$2" seed="$3"; shift 3
