@@ -9,6 +9,7 @@ malformed predictions.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import time
 from collections import Counter
@@ -186,14 +187,14 @@ def expected(fleet: Fleet, stamp_ns: int, present: list[int]) -> np.ndarray:
 
 
 def fused_outputs(stamp_ns: int, outputs: dict[int, tuple[np.ndarray, np.ndarray]],
-                  mode: str = "avg") -> np.ndarray:
+                  mode: str = "avg", use_modifier: bool = True) -> np.ndarray:
     """What the node must publish for devices' (features, probs), fused offline."""
     frame = Frame(stamp_ns, np.zeros((N, K), np.float32), np.zeros((N, D), np.float32),
                   np.zeros(N, bool), 0.0)
     for device, (features, probs) in outputs.items():
         frame.features[device], frame.probs[device] = features, probs
         frame.present[device] = True
-    return fuse_frame(frame, HEADS, mode)[0]
+    return fuse_frame(frame, HEADS, mode, use_modifier)[0]
 
 
 def test_every_frame_fused_and_a_stopped_device_gets_a_surrogate(fleet):
@@ -419,8 +420,9 @@ def test_sigint_exits_cleanly(fleet):
 
 @pytest.mark.parametrize("parameters", [
     {"num_devices": 0}, {"fusion_mode": "median"}, {"frame_timeout": -1.0},
-    {"stall_threshold": 0.05}],  # under the watchdog's tick (0.1 s): every idle gap a stall
-    ids=["devices", "mode", "timeout", "stall"])
+    {"stall_threshold": 0.05},  # under the watchdog's tick (0.1 s): every idle gap a stall
+    {"surrogate_gate": "no-such-gated.json"}],
+    ids=["devices", "mode", "timeout", "stall", "gate"])
 def test_invalid_parameters_exit_with_code_2(tmp_path, parameters):
     with fusion_pipeline(tmp_path, **parameters) as pipeline:
         pipeline.start()
@@ -572,6 +574,36 @@ def test_a_camera_at_half_the_rate_gets_a_surrogate_in_the_frames_it_misses(tmp_
             np.testing.assert_allclose(msg.probabilities,
                                        fused_outputs(stamp_ns, outputs, "geo"), atol=1e-6)
         assert fleet.latest_diagnostics()["/fusion_node: device 2"]["health"] == "alive"
+
+
+def test_a_surrogate_gate_withholds_the_surrogates_that_did_not_help(tmp_path):
+    """The gate of `evaluate --gated` allows device 1's surrogate and withholds device 2's.
+
+    Device 1 misses every third scene, device 2 the scenes after those: frames without
+    device 1 get its surrogate, frames without device 2 are fused from the live devices
+    alone (as offline with the Modifier off), and /diagnostics counts them.
+    """
+    gate = tmp_path / "gated.json"
+    gate.write_text(json.dumps({"surrogate_gate": {
+        "mode": "avg", "n_devices": N, "failed_sets": {"1": True, "2": False}}}))
+    with free_running_fleet(tmp_path, surrogate_gate=str(gate)) as fleet:
+        rng = np.random.default_rng(7)
+        publish_scenes(fleet, 3, rng)  # every device alive
+        scenes = publish_scenes(fleet, 30, rng, period=1 / 30,
+                                reports=lambda device, k: (device, k % 3) not in ((1, 1), (2, 2)))
+        fleet.spin_for(0.3)
+        by_stamp = fleet.fused_by_stamp()
+        withheld = 0
+        for stamp_ns, outputs in scenes[2:]:
+            (msg, _), = by_stamp[stamp_ns]
+            assert list(msg.live_devices) == sorted(outputs)
+            assert list(msg.surrogate_devices) == ([1] if 1 not in outputs else [])
+            np.testing.assert_allclose(msg.probabilities, fused_outputs(
+                stamp_ns, outputs, use_modifier=2 in outputs), atol=1e-6)
+            withheld += 2 not in outputs
+        assert withheld >= 9
+        fleet.wait_for(lambda: fleet.assembly_counts().get("surrogates_withheld", 0)
+                       >= withheld, "the withheld surrogates counted in /diagnostics")
 
 
 def test_a_backlog_that_outlasts_the_deadline_is_fused_whole(tmp_path):

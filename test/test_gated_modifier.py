@@ -18,6 +18,7 @@ from resilient_perception.paper.gated_modifier import (
     mcnemar,
 )
 from resilient_perception.perception.checkpoint import load_checkpoint
+from resilient_perception.perception.surrogate_gate import SurrogateGate, SurrogateGateError
 from resilient_perception.perception.validation import holdout_split
 from test.conftest import DATA_ROOT, needs_data
 
@@ -133,8 +134,19 @@ def test_evaluate_gated_end_to_end(tmp_path, capsys):
             assert gated["summary"]["modifier"][key] == pytest.approx(
                 summary[mode]["modifier"][key], abs=1e-9)
     assert "geo fusion" in (tmp_path / "e" / "gated-geo.md").read_text()
+    # The gate the fusion node applies: plain surrogates or none per failed set, scored as
+    # the option it chose for that set.
+    geo = json.loads((tmp_path / "e" / "gated-geo.json").read_text())
+    node_gate = SurrogateGate.load(tmp_path / "e" / "gated-geo.json", "geo", 6)
+    assert len(node_gate.failed_sets) == 62  # every failed set with a live device
+    for failed, allowed in node_gate.failed_sets.items():
+        chosen = geo["options"]["modifier" if allowed else "none"]["by_failed_set"][failed]
+        assert geo["summary"]["surrogate_gated"]["by_failed_set"][failed] == chosen
+    assert "surrogate_gated vs none" in geo["tests"]
+    with pytest.raises(SurrogateGateError, match="fitted for fusion mode 'avg'"):
+        SurrogateGate.load(tmp_path / "e" / "gated.json", "geo", 6)
     assert result["fit_samples"] == 1000 and result["validation_samples"] == 500
-    assert set(result["summary"]) == {"none", "modifier", "gated"}
+    assert set(result["summary"]) == {"none", "modifier", "gated", "surrogate_gated"}
     assert len(result["gate"]) == 63 and result["average"] == GATE_AVERAGE
     assert all(len(chosen) <= GATE_AVERAGE for chosen in result["gate"].values())
     assert result["options_used"]["none"] == sum(not c for c in result["gate"].values())
@@ -235,3 +247,22 @@ def test_gated_report_compares_a_pooling_with_avg_on_the_same_seeds(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[3] == "+5.00" and cells[5] == cells[7] == "+2.00"
     assert 0 < float(cells[4]) < 0.05 and 0 < float(cells[6]) < 0.2
+
+
+def test_a_surrogate_gate_file_is_checked_against_the_node_it_serves(tmp_path):
+    path = tmp_path / "gated-geo.json"
+    record = {"mode": "geo", "n_devices": 3, "failed_sets": {"0": True, "1": False,
+                                                          "0,1": False}}
+    path.write_text(json.dumps({"surrogate_gate": record}))
+    gate = SurrogateGate.load(path, "geo", 3)
+    assert gate.allows((0,)) and not gate.allows((1,)) and not gate.allows((1, 0))
+    assert gate.allows((2,)) and gate.withheld == 2  # an unlisted set keeps its surrogates
+    for mode, devices, message in (("avg", 3, "fitted for fusion mode 'geo'"),
+                                   ("geo", 6, "for 3 devices, the node has 6")):
+        with pytest.raises(SurrogateGateError, match=message):
+            SurrogateGate.load(path, mode, devices)
+    with pytest.raises(SurrogateGateError, match="no such file.*--gated geo"):
+        SurrogateGate.load(tmp_path / "missing.json", "geo", 3)
+    path.write_text(json.dumps({"summary": {}}))  # a gated result from before the node gate
+    with pytest.raises(SurrogateGateError, match="not a gated result with a surrogate gate"):
+        SurrogateGate.load(path, "geo", 3)

@@ -33,6 +33,9 @@ trained on, whether to use an option at all:
   more (averaging two options can pass it).
 * **Per fusion mode**: each pooling (avg, max, geo) gets a gate of its own, fitted and
   scored in that pooling, since an option that helps one can hurt another.
+* **For the live node**: the fusion node computes plain surrogates only, so the same test
+  with the plain Modifier as the one option gives the gate it applies per failed set
+  (``surrogate_gate`` in the result; the node's ``surrogate_gate`` parameter).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from ..perception.evaluation import device_outputs, failure_subsets
 from ..perception.experiment import DeviceViews, load_device_views
 from ..perception.learned_modifier import LEARNED_VARIANTS, fit_learned_modifier
 from ..perception.modifier import LearnedModifier, device_output_tensors, fuse_with_failures
+from ..perception.surrogate_gate import failed_set_key
 from ..perception.validation import holdout_split
 from ..perception.views import ViewSpec
 from ..placement.drop_study import spread_subset
@@ -240,7 +244,7 @@ def _summary(correct: np.ndarray, subsets: list[tuple[int, ...]]) -> dict:
     single = [i for i, s in enumerate(subsets) if len(s) == 1]
     return {"no_failure": float(correct[subsets.index(())].mean()),
             "single_failure_mean": float(correct[single].mean()),
-            "by_failed_set": {",".join(map(str, s)): float(correct[i].mean())
+            "by_failed_set": {failed_set_key(s): float(correct[i].mean())
                               for i, s in enumerate(subsets)}}
 
 
@@ -256,8 +260,10 @@ def gated_evaluation(model, fit: DeviceViews, validation: DeviceViews, test: Dev
     and the device outputs are computed once for all modes.
 
     Returns, per mode: ``mode``, ``gate`` (failed set -> the options averaged, empty for
-    none), ``average`` (:data:`GATE_AVERAGE`), ``summary`` per strategy (``none``,
-    ``modifier``, ``gated``), ``options`` (the same summary for every option of
+    none), ``surrogate_gate`` (the gate the fusion node applies, :mod:`.surrogate_gate`:
+    per failed set, plain surrogates only where they beat none on validation), ``average``
+    (:data:`GATE_AVERAGE`), ``summary`` per strategy (``none``, ``modifier``, ``gated``,
+    ``surrogate_gated``), ``options`` (the same summary for every option of
     :data:`GATE_OPTIONS` used on every failed set: what each would give alone, and per set
     the best single option), ``cross_fitted`` (:func:`cross_fitted` on the validation
     split) and ``tests`` (McNemar p-values on the pooled single-failure pairs, both
@@ -279,19 +285,27 @@ def gated_evaluation(model, fit: DeviceViews, validation: DeviceViews, test: Dev
         alone = {name: gated_correctness(on_test, test.labels,
                                          dict.fromkeys(subsets, (name,)), subsets)
                  for name in on_test}
+        # The gate the fusion node can apply: plain surrogates or none, per failed set.
+        surrogate_gate = fit_gate({name: on_validation[name] for name in ("none", "modifier")},
+                                  validation.labels, subsets, alpha, average=1)
         strategies = {"none": alone["none"], "modifier": alone["modifier"],
-                      "gated": gated_correctness(on_test, test.labels, gate, subsets)}
+                      "gated": gated_correctness(on_test, test.labels, gate, subsets),
+                      "surrogate_gated": gated_correctness(on_test, test.labels,
+                                                           surrogate_gate, subsets)}
         pooled = {name: c[single].ravel() for name, c in strategies.items()}
-        tests = {f"gated vs {other}": {
-            "gain": float(pooled["gated"].mean() - pooled[other].mean()),
-            "p_better": mcnemar(pooled["gated"], pooled[other], "greater"),
-            "p_worse": mcnemar(pooled["gated"], pooled[other], "less")}
-            for other in ("none", "modifier")}
+        tests = {f"{one} vs {other}": {
+            "gain": float(pooled[one].mean() - pooled[other].mean()),
+            "p_better": mcnemar(pooled[one], pooled[other], "greater"),
+            "p_worse": mcnemar(pooled[one], pooled[other], "less")}
+            for one, other in (("gated", "none"), ("gated", "modifier"),
+                               ("surrogate_gated", "none"))}
         results[mode] = {
+            "surrogate_gate": {"mode": mode, "n_devices": test.n_devices, "failed_sets": {
+                failed_set_key(s): bool(names) for s, names in surrogate_gate.items() if s}},
             "mode": mode, "alpha": alpha, "average": GATE_AVERAGE,
             "fit_samples": len(fit_subset(fit).labels),
             "validation_samples": len(validation.labels), "test_samples": len(test.labels),
-            "gate": {",".join(map(str, s)): list(names) for s, names in gate.items()},
+            "gate": {failed_set_key(s): list(names) for s, names in gate.items()},
             "options_used": {o.name: sum(o.name in names or (o.name == "none" and not names)
                                          for names in gate.values()) for o in GATE_OPTIONS},
             "summary": {name: _summary(c, subsets) for name, c in strategies.items()},

@@ -19,6 +19,12 @@ Publishes
   first prediction, ERROR dead), and ``/ns/fusion: frame assembly`` for the inputs, rejections
   and frames (names with the node's namespace: two robots' fusion nodes are told apart).
 
+Surrogates: with ``use_modifier`` (the default) a frame's missing devices get Modifier
+surrogates. With ``surrogate_gate`` they get them only for the failed sets where the gate
+of ``evaluate --gated`` found that they help on the model's held-out data
+(:mod:`resilient_perception.perception.surrogate_gate`); elsewhere the frame is fused from
+its live devices, and ``surrogates_withheld`` on ``/diagnostics`` counts those frames.
+
 All fusion logic is in :mod:`resilient_perception.perception.frame_assembly`; this node converts
 messages, forwards QoS events and runs two timers: the watchdog every
 ``watchdog_timeout / 10``, and, only while a frame waits for a late device, the frame
@@ -121,6 +127,7 @@ from resilient_perception.perception.frame_assembly import (
     fuse_frame,
 )
 from resilient_perception.perception.modes import FUSION_MODES
+from resilient_perception.perception.surrogate_gate import SurrogateGate, SurrogateGateError
 from resilient_perception.ros.node_utils import (
     Rejections,
     capped_subscription,
@@ -184,6 +191,11 @@ class FusionNode(Node):
         self.declare_parameter("use_modifier", True, descriptor(
             "Insert Modifier surrogates for dead or late devices (else fuse the present "
             "ones only).", b))
+        self.declare_parameter("surrogate_gate", "", descriptor(
+            "Gated result of `resilient-perception evaluate CHECKPOINT --gated MODE` for "
+            "this model and fusion_mode (gated.json for avg, gated-MODE.json otherwise): "
+            "surrogates only for the failed sets where they beat none on held-out data. "
+            "'' = surrogates for every failed set.", s))
         self.declare_parameter("deadline", 0.5, descriptor(
             "Requested QoS deadline of predictions, s; must be >= the cameras' offered.", d,
             float_range=seconds))
@@ -243,7 +255,8 @@ class FusionNode(Node):
             "bytes.", i, (256, 1 << 30)))
 
         p = {name: self.get_parameter(name).value for name in (
-            "num_devices", "fusion_mode", "use_modifier", "deadline", "liveliness_lease",
+            "num_devices", "fusion_mode", "use_modifier", "surrogate_gate", "deadline",
+            "liveliness_lease",
             "watchdog_timeout", "frame_timeout", "sync_tolerance", "num_classes",
             "feature_dim",
             "prediction_topic_format", "head_topic_format", "output_topic",
@@ -264,6 +277,19 @@ class FusionNode(Node):
                 f"{tick:g} s): the node's callbacks are that far apart when idle")
         self.n_devices = p["num_devices"]
         self.mode, self.use_modifier = p["fusion_mode"], p["use_modifier"]
+        self.surrogate_gate = None
+        if p["surrogate_gate"]:
+            try:
+                self.surrogate_gate = SurrogateGate.load(p["surrogate_gate"], self.mode,
+                                                         self.n_devices)
+            except SurrogateGateError as exc:
+                raise InvalidParameterValueException(
+                    "surrogate_gate", p["surrogate_gate"], str(exc)) from None
+            self.get_logger().info(
+                f"surrogate gate {p['surrogate_gate']}: no surrogates for "
+                f"{self.surrogate_gate.withheld} of "
+                f"{len(self.surrogate_gate.failed_sets)} failed sets")
+        self.surrogates_withheld = 0  # frames the gate fused from their live devices only
         self.stall_guard = StallGuard(p["stall_threshold"])
         self.deadlines_doubted = 0
         self.frame_timeout = p["frame_timeout"]
@@ -488,11 +514,20 @@ class FusionNode(Node):
         self._emit(now, started)
 
     # -- output ----------------------------------------------------------------------------
+    def _surrogates_for(self, frame) -> bool:
+        """Whether ``frame``'s missing devices get surrogates (Modifier on, gate allows)."""
+        if not self.use_modifier or self.surrogate_gate is None or frame.present.all():
+            return self.use_modifier
+        allowed = self.surrogate_gate.allows(tuple(np.flatnonzero(~frame.present)))
+        self.surrogates_withheld += not allowed
+        return allowed
+
     def _emit(self, now: float, started: float) -> None:
         if self.assembler is None:
             return
         for frame in self.assembler.ready(now, self.monitor.live_devices()):
-            probs, surrogates = fuse_frame(frame, self.heads, self.mode, self.use_modifier)
+            probs, surrogates = fuse_frame(frame, self.heads, self.mode,
+                                           self._surrogates_for(frame))
             label = int(np.argmax(probs))
             msg = FusedPrediction(
                 probabilities=probs.tolist(), label=label, confidence=float(probs[label]),
@@ -558,6 +593,7 @@ class FusionNode(Node):
         counts["sync_tolerance_s"] = self.sync_tolerance_ns / 1e9  # score-bag matches with it
         counts["own_stalls"] = self.stall_guard.stalls
         counts["deadlines_doubted"] = self.deadlines_doubted
+        counts["surrogates_withheld"] = self.surrogates_withheld
         counts["devices_with_second_writer"] = ",".join(contested)
         if self._fusion_times:
             times_ms = 1e3 * np.asarray(self._fusion_times)
