@@ -10,7 +10,8 @@
 #    split; `gated-report` pairs the poolings over seeds (gated.md).
 # 2. Per model (tables.md): every finished CIFAR-10 device run of the accuracy lanes in
 #    ../runs/accuracy (their records in docs/results/accuracy/records/ say how each was
-#    trained), scored by `evaluate --modes avg max geo`. The devices are not retrained.
+#    trained), scored and gated by `evaluate --modes avg max geo --gated avg max geo`
+#    (gated-*.json beside each summary.json). The devices are not retrained.
 #
 # Resumable: a seed recorded in raw/ and a model scored in tables.md's folders are not
 # redone; a killed training resumes. One torch thread, nice 19, fp32 (the precision every
@@ -61,7 +62,7 @@ rp gated-report --runs "$raw" --out "$out/gated.md"
 
 score() {  # name, checkpoint
   [ -f "$out/$1/summary.json" ] ||
-    rp evaluate "$2" --modes avg max geo --out "$out/$1" > "$out/$1.txt"
+    rp evaluate "$2" --modes avg max geo --gated avg max geo --out "$out/$1" > "$out/$1.txt"
 }
 for run in ../runs/accuracy/devices-*; do
   [ -f "$run/model.safetensors" ] && score "cifar10-$(basename "$run")" "$run/model.safetensors"
