@@ -225,6 +225,12 @@ def test_report_compares_finished_seeds_and_lists_running_ones(tmp_path):
                "precision": "fp32"},
               [{"epoch": 1, "test_no_failure": 0.75, "test_single_failure_modifier": 0.74,
                 **speed}], None)
+    # A change on top of a pilot's is compared with that pilot: the nearest run it changes.
+    _fake_run(tmp_path / "runs" / "devices-pilot-noaug-geo",
+              {"method": "ours-geo", "seed": 0, "epochs": 2, "pad": 0, "flip": False,
+               "precision": "fp32"},
+              [{"epoch": 1, "test_no_failure": 0.76, "test_single_failure_modifier": 0.75,
+                **speed}], None)
     _fake_run(tmp_path / "runs" / "resnet-w16", {"epochs": 24},
               [{"epoch": 1, "test_acc": 0.5, "test_acc_tta": 0.52, **speed}], None)
     seeds = Path(__file__).resolve().parents[1] / "docs" / "results" / "paper" / "seeds.csv"
@@ -243,7 +249,9 @@ def test_report_compares_finished_seeds_and_lists_running_ones(tmp_path):
         assert f"| {run} | epochs 2, lr 0.05 | 2/2 | {scores} | {reference}" in text
     assert ("| devices-pilot-noaug | epochs 2, pad 0, flip False | 1/2 | 75.00 | 74.00 "
             "| devices-ours-s0 | 72.00 | 70.00 |") in text
-    assert len((tmp_path / "out" / "epochs.csv").read_text().splitlines()) == 1 + 6 * 2 + 1 + 1
+    assert ("| devices-pilot-noaug-geo | method ours-geo, epochs 2, pad 0, flip False | 1/2 "
+            "| 76.00 | 75.00 | devices-pilot-noaug | 75.00 | 74.00 |") in text
+    assert len((tmp_path / "out" / "epochs.csv").read_text().splitlines()) == 1 + 6 * 2 + 3
     assert (tmp_path / "out" / "curves.png").stat().st_size > 10_000
 
     # The run folders go with their machine; the records of the finished runs stay.

@@ -119,12 +119,29 @@ def _device_finals(runs: dict[str, dict], method: str) -> dict[int, tuple[float,
             if _is_main_run(name, method) and run["summary"]}
 
 
-def _reference(runs: dict[str, dict], recipe: dict) -> tuple[str, dict] | None:
-    """The run of the default recipe with ``recipe``'s method, seed and length, if any."""
-    want = what_it_trains({**DeviceRecipe().asdict(),
-                  **{k: recipe[k] for k in ("method", "seed", "epochs")}})
-    return next(((name, run) for name, run in runs.items() if name.startswith("devices-")
-                 and what_it_trains(run["settings"]["recipe"]) == want), None)
+def _reference(runs: dict[str, dict], name: str, recipe: dict) -> tuple[str, dict] | None:
+    """The run ``name`` (trained with ``recipe``) changes least, if any.
+
+    Of the runs with the same seed and length, those whose every change from the default
+    recipe ``recipe`` makes too, with the same value; the one with the most such changes
+    (the nearest ablation: for a pilot of two changes, the pilot of one of them), by name
+    on a tie. The default recipe itself is the reference where no run is nearer.
+    """
+    default = what_it_trains(DeviceRecipe().asdict())
+
+    def changes(trains: dict) -> dict:
+        return {k: v for k, v in trains.items() if default.get(k) != v}
+
+    mine = changes(recipe)
+    found = []
+    for other, run in runs.items():
+        trains = what_it_trains(run["settings"]["recipe"]) if other.startswith("devices-") else {}
+        theirs = changes(trains)
+        if (other != name and trains.get("seed") == recipe["seed"]
+                and trains.get("epochs") == recipe["epochs"]
+                and theirs.items() < mine.items()):
+            found.append((-len(theirs), other, run))
+    return min(found, key=lambda f: f[:2])[1:] if found else None
 
 
 def _at_epoch(run: dict, epoch: int) -> str:
@@ -140,7 +157,7 @@ def _pilot_table(runs: dict[str, dict]) -> list[str]:
     """Device runs of a changed recipe, outside the 40-epoch seeds.
 
     The short pilots (``devices-pilot-*``) and e.g. one seed of a pilot's setting at 40 epochs,
-    each beside the reference run (default recipe, same method, seed and length) after the
+    each beside its reference run (:func:`_reference`: the nearest run it changes) after the
     same epoch, so a run still training is compared where it stands.
     """
     pilots = {name: run for name, run in runs.items() if name.startswith("devices-")
@@ -149,8 +166,9 @@ def _pilot_table(runs: dict[str, dict]) -> list[str]:
         return []
     default = what_it_trains(DeviceRecipe().asdict())
     lines = ["", "Pilots: runs of a changed recipe (settings that differ from the 40-epoch "
-             "runs'), after their latest epoch, beside the reference of the same method, seed "
-             "and length after the same epoch:", "",
+             "runs'), after their latest epoch, beside their reference after the same epoch: "
+             "the run of the same seed and length whose every change they make too, the most "
+             "of them (the default recipe where no run is nearer):", "",
              "| run | settings | epochs | no failure | one failure + Modifier | reference "
              "| reference: no failure | reference: one failure + Modifier |",
              "|---|---|---|---|---|---|---|---|"]
@@ -158,9 +176,9 @@ def _pilot_table(runs: dict[str, dict]) -> list[str]:
         recipe = what_it_trains(run["settings"]["recipe"])
         changed = ", ".join(f"{k} {v}" for k, v in recipe.items() if default.get(k) != v)
         epoch = run["log"][-1]["epoch"]
-        reference = _reference(runs, recipe)
-        if reference is None or reference[0] == name:
-            against = f"{'itself' if reference else '-'} | - | -"
+        reference = _reference(runs, name, recipe)
+        if reference is None:
+            against = "- | - | -"
         else:
             against = f"{reference[0]} | {_at_epoch(reference[1], epoch)}"
         lines.append(f"| {name} | {changed or '-'} | {epoch}/{run['epochs']} "
