@@ -232,7 +232,8 @@ def test_gated_report_compares_a_pooling_with_avg_on_the_same_seeds(tmp_path):
         folder = tmp_path / "mvmc" / "ours" / f"seed{seed}" / "eval-test"
         folder.mkdir(parents=True, exist_ok=True)
         summary = {name: {"no_failure": no_failure, "single_failure_mean": value}
-                   for name, value in (("none", none), ("modifier", none), ("gated", gated))}
+                   for name, value in (("none", none), ("modifier", none), ("gated", gated),
+                                       ("surrogate_gated", none))}
         (folder / f"{gated_stem(mode)}.json").write_text(json.dumps(
             {"mode": mode, "summary": summary, "average": GATE_AVERAGE}))
 
@@ -247,6 +248,10 @@ def test_gated_report_compares_a_pooling_with_avg_on_the_same_seeds(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[3] == "+5.00" and cells[5] == cells[7] == "+2.00"
     assert 0 < float(cells[4]) < 0.05 and 0 < float(cells[6]) < 0.2
+    # The geo table's last column: the node's gate (surrogates or none) over the seeds.
+    geo_row = next(line for line in table.split("## Pooled by geo")[1].splitlines()
+                   if line.startswith("| mvmc | ours | 3 | 98.00"))
+    assert geo_row.endswith("| 97.00 ± 2.48 |")
 
 
 def test_a_surrogate_gate_file_is_checked_against_the_node_it_serves(tmp_path):

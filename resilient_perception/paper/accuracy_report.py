@@ -312,8 +312,9 @@ def write_accuracy_report(root: Path, out: Path, seeds_csv: Path) -> str:
 
 GATED_HEADER = ["| dataset | method | seeds | no failure (none) | one failure: none | plain "
                 "Modifier | gated | gated - none (points) | p, gated vs none | p, gated vs "
-                "plain | recovery: plain | recovery: gated |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "plain | recovery: plain | recovery: gated | the node's gate (surrogates or "
+                "none) |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
 def current_gate(result: dict) -> bool:
@@ -378,11 +379,15 @@ def _gated_row(dataset: str, method: str, results: list[dict]) -> str:
     p_none = paired_t_test(single("gated"), single("none"))[1]
     p_plain = paired_t_test(single("gated"), single("modifier"))[1]
     no_failure = [r["summary"]["none"]["no_failure"] for r in results]
+    # Results from before the node's gate have no score for it.
+    node_gate = (_pct(single("surrogate_gated"))
+                 if all("surrogate_gated" in r["summary"] for r in results) else "-")
     return (f"| {dataset} | {method} | {len(results)} | {_pct(no_failure)} "
             f"| {_pct(single('none'))} | {_pct(single('modifier'))} | {_pct(single('gated'))} "
             f"| {100 * float(np.mean(gain)):+.2f} | {p_none:.3g} | {p_plain:.3g} "
             f"| {_recovery(results, single('modifier'))} "
-            f"| {_recovery(results, single('gated'))} |")
+            f"| {_recovery(results, single('gated'))} "
+            f"| {node_gate} |")
 
 
 def _best_per_set(options: dict) -> float:
