@@ -228,8 +228,9 @@ def test_gated_report_bounds_the_gate_by_the_best_option_per_set(tmp_path):
 def test_gated_report_compares_a_pooling_with_avg_on_the_same_seeds(tmp_path):
     from resilient_perception.paper.accuracy_report import gated_report
 
-    def write(seed: int, mode: str, no_failure: float, none: float, gated: float) -> None:
-        folder = tmp_path / "mvmc" / "ours" / f"seed{seed}" / "eval-test"
+    def write(seed: int, mode: str, no_failure: float, none: float, gated: float,
+              method: str = "ours") -> None:
+        folder = tmp_path / "mvmc" / method / f"seed{seed}" / "eval-test"
         folder.mkdir(parents=True, exist_ok=True)
         summary = {name: {"no_failure": no_failure, "single_failure_mean": value}
                    for name, value in (("none", none), ("modifier", none), ("gated", gated),
@@ -242,7 +243,11 @@ def test_gated_report_compares_a_pooling_with_avg_on_the_same_seeds(tmp_path):
         write(seed, "avg", avg, 0.95, 0.95)
         write(seed, "geo", geo, 0.96 + 0.01 * seed, 0.96 + 0.01 * seed)
     write(3, "avg", 0.5, 0.5, 0.5)  # a seed gated in avg only is not paired
+    # Another method on two of the seeds: paired with the first by seed, pooling by pooling.
+    for seed, no_failure in ((0, 0.95), (1, 0.96)):
+        write(seed, "avg", no_failure, 0.95, 0.95, method="ours-geo")
     table = gated_report(tmp_path)
+    assert "| mvmc | avg | ours-geo - ours | 2 | +2.00 | nan | +0.00 |" in table
     assert "## Pooled by geo" in table and "## Pooled by max" not in table
     row = next(line for line in table.splitlines() if line.startswith("| mvmc | ours | 3 | +"))
     cells = [c.strip() for c in row.strip("|").split("|")]
