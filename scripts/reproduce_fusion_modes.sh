@@ -29,7 +29,8 @@ out=docs/results/fusion_modes
 raw=$out/raw
 mkdir -p "$raw"
 # One thread for every command, evaluate included: beside other jobs on a 2-core machine
-# torch's default two threads wait on each other (an MNIST gate took 12 CPU minutes, not 2).
+# torch's default two threads wait on each other: scoring and gating one MNIST seed in three
+# poolings had not finished after 17 minutes on two threads; on one it takes about 2.
 rp() { OMP_NUM_THREADS=1 nice -n 19 .venv/bin/resilient-perception "$@"; }
 
 seeded() {  # dataset method seed train-options...

@@ -24,7 +24,8 @@ raw=docs/results/gated/raw
 mkdir -p "$raw"
 data="${RESILIENT_PERCEPTION_DATA:-../shared/datasets}"
 # One thread for every command, evaluate included: beside other jobs on a 2-core machine
-# torch's default two threads wait on each other (an MNIST gate took 12 CPU minutes, not 2).
+# torch's default two threads wait on each other: scoring and gating one MNIST seed in three
+# poolings had not finished after 17 minutes on two threads; on one it takes about 2.
 rp() { OMP_NUM_THREADS=1 nice -n 19 .venv/bin/resilient-perception "$@"; }
 mnist_idx="idx:$data/mnist/train-images-idx3-ubyte.gz:$data/mnist/train-labels-idx1-ubyte.gz"
 heldout_idx="idx:$data/mnist/t10k-images-idx3-ubyte.gz:$data/mnist/t10k-labels-idx1-ubyte.gz"
