@@ -276,6 +276,7 @@ def gated_evaluation(model, fit: DeviceViews, validation: DeviceViews, test: Dev
     validation_outputs = device_outputs(model, validation.views)
     test_outputs = device_outputs(model, test.views)
     single = [i for i, s in enumerate(subsets) if len(s) == 1]
+    fit_samples = len(fit_subset(fit).labels)
     results = {}
     for mode in modes:
         on_validation = _all_probabilities(validation_outputs, validation, heads, subsets,
@@ -303,7 +304,7 @@ def gated_evaluation(model, fit: DeviceViews, validation: DeviceViews, test: Dev
             "surrogate_gate": {"mode": mode, "n_devices": test.n_devices, "failed_sets": {
                 failed_set_key(s): bool(names) for s, names in surrogate_gate.items() if s}},
             "mode": mode, "alpha": alpha, "average": GATE_AVERAGE,
-            "fit_samples": len(fit_subset(fit).labels),
+            "fit_samples": fit_samples,
             "validation_samples": len(validation.labels), "test_samples": len(test.labels),
             "gate": {failed_set_key(s): list(names) for s, names in gate.items()},
             "options_used": {o.name: sum(o.name in names or (o.name == "none" and not names)
