@@ -18,6 +18,7 @@ msgs = require_ros()
 
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 from resilient_perception.datasets import load_mnist  # noqa: E402
@@ -212,6 +213,19 @@ def test_late_subscriber_gets_the_head(camera, runner):
     np.testing.assert_array_equal(np.reshape(head.weight, weight.shape), weight)
     np.testing.assert_array_equal(head.bias, bias)
     assert list(head.class_names) == CLASSES
+
+
+def test_the_head_is_repeated_for_a_reader_that_missed_the_latched_one(camera, runner):
+    # A VOLATILE reader gets no latched sample at all: only the camera's repeats
+    # (head_period, 1 s by default) reach it, as they reach a reader the middleware failed.
+    volatile = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.VOLATILE)
+    heads = camera.collect(msgs.ClassifierHead, "head", volatile)
+    camera.wait_for(lambda: len(heads) >= 2, "two repeats of the head")
+    weight, bias = runner.head()
+    for head in heads:
+        np.testing.assert_array_equal(np.reshape(head.weight, weight.shape), weight)
+        np.testing.assert_array_equal(head.bias, bias)
 
 
 def test_bad_images_are_skipped_and_the_node_keeps_working(camera, images):

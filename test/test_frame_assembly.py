@@ -368,8 +368,11 @@ def test_missing_head_of_a_present_device_falls_back_to_present_only():
 def test_heads_are_collected_one_device_at_a_time():
     heads = ClassifierHeads.empty(N, K, D)
     reference = _heads()
-    heads.set_head(0, reference.weights[0], reference.biases[0])
+    assert heads.set_head(0, reference.weights[0], reference.biases[0])
     assert heads.known.tolist() == [True, False, False]
+    # A camera repeats its head: the same one again is not new, a changed one is.
+    assert not heads.set_head(0, reference.weights[0].copy(), reference.biases[0].copy())
+    assert heads.set_head(0, reference.weights[0], reference.biases[0] + 1.0)
     np.testing.assert_array_equal(heads.weights[0], reference.weights[0])
     with pytest.raises(ValueError):
         heads.set_head(1, reference.weights[1][:, :-1], reference.biases[1])

@@ -193,6 +193,10 @@ def test_every_labelled_frame_is_fused_from_all_six_devices(checkpoint, mnist_vi
     extra = set(by_stamp) - {stamp(label) for label in labels}
     assert len(extra) <= int(sent.group(1)) and all(s < stamp(labels[0]) for s in extra)
     assert any(len(by_stamp[s][0].live_devices) == 6 for s in extra)
+    # The cameras repeat their heads every second; the fusion node takes each one once.
+    fusion_log = pipeline.log_path("fusion").read_text()
+    assert [fusion_log.count(f"device {d}: classifier head received") for d in range(6)] \
+        == [1] * 6, fusion_log
 
 
 @needs_data

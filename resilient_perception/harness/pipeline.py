@@ -53,6 +53,7 @@ from ..ros.topics import (
     CAMERA_PREDICTION_TOPIC,
     DIAGNOSTICS_TOPIC,
     FUSION_ASSEMBLY_STATUS,
+    FUSION_DEVICE_STATUS_FORMAT,
     HEAD_TOPIC_FORMAT,
     IMAGE_TOPIC_FORMAT,
     PREDICTION_TOPIC_FORMAT,
@@ -694,9 +695,21 @@ class Observer:
                 kv.key == "heads_known" and kv.value == str(num_devices) for kv in status.values)
                 for array in arrays for status in array.status)
 
+        def missing_heads() -> str:
+            # Per device without a head, whether the fusion node has discovered its writer:
+            # none is a discovery failure, one is a sample the middleware did not deliver.
+            latest = {status.name.rsplit(": ", 1)[-1]: {kv.key: kv.value for kv in status.values}
+                      for array in arrays for status in array.status}
+            lacking = [f"device {d} (head writers discovered: "
+                       f"{values.get('head_publishers', '?')})"
+                       for d in range(num_devices)
+                       if (values := latest.get(FUSION_DEVICE_STATUS_FORMAT.format(d), {}))
+                       .get("head_known") != "True"]
+            return (f"the fusion node to know {num_devices} classifier heads; without one: "
+                    + (", ".join(lacking) if arrays else "no fusion /diagnostics heard"))
+
         try:
-            self.spin_until(heads_known, f"the fusion node to know {num_devices} classifier "
-                            "heads", timeout, pipeline)
+            self.spin_until(heads_known, missing_heads, timeout, pipeline)
         finally:
             self.node.destroy_subscription(subscription)
 

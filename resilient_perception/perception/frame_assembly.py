@@ -475,8 +475,11 @@ class ClassifierHeads:
             known=np.zeros(n_devices, bool),
         )
 
-    def set_head(self, device: int, weight: np.ndarray, bias: np.ndarray) -> None:
+    def set_head(self, device: int, weight: np.ndarray, bias: np.ndarray) -> bool:
         """Store ``device``'s head: weight (K, D), bias (K,).
+
+        Returns:
+            Whether it is new: False for the head already stored (cameras repeat theirs).
 
         Raises:
             ValueError: on a wrong device id, wrong shape or a non-finite value.
@@ -491,10 +494,14 @@ class ClassifierHeads:
             )
         if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
             raise ValueError(f"head of device {device} has non-finite values")
+        if (self.known[device] and np.array_equal(self.weights[device], weight)
+                and np.array_equal(self.biases[device], bias)):
+            return False
         self.weights[device] = weight
         self.biases[device] = bias
         self.known[device] = True
         self._surrogate_heads.clear()
+        return True
 
     def surrogate_head(self, live: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]] | None:
         """The Modifier as one affine map of all devices' features, for a ``live`` set.

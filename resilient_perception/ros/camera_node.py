@@ -15,8 +15,9 @@ remapped input topic plus ``/compressed``. Publishes
 * ``prediction`` (``DevicePrediction``): one per accepted image, ``header`` copied from the
   image (stamp and frame_id), with :func:`~resilient_perception.ros.topics.prediction_qos`
   (deadline and liveliness lease from the parameters);
-* ``head`` (``ClassifierHead``): once on activation, transient local
-  (:func:`~resilient_perception.ros.topics.head_qos`), for the fusion node's Modifier.
+* ``head`` (``ClassifierHead``): on activation and again every ``head_period`` s, transient
+  local (:func:`~resilient_perception.ros.topics.head_qos`), for the fusion node's Modifier
+  (the repeats cover a latched sample the middleware failed to deliver).
 
 A lifecycle node: ``configure`` loads and validates the model, ``activate`` creates the
 subscription and publishers. Publishers exist only while active, so a deactivated camera
@@ -121,7 +122,14 @@ class CameraNode(Node):
         self.declare_parameter("output_topic", CAMERA_PREDICTION_TOPIC, _descriptor(
             "DevicePrediction topic.", s))
         self.declare_parameter("head_topic", CAMERA_HEAD_TOPIC, _descriptor(
-            "ClassifierHead topic (transient local, published once on activation).", s))
+            "ClassifierHead topic (transient local, published on activation and every "
+            "head_period s).", s))
+        self.declare_parameter("head_period", 1.0, _descriptor(
+            "The head is published again every this many s; 0 = once, on activation. It is "
+            "latched, but Fast DDS can fail to deliver a latched sample to a reader that "
+            "joins later (eProsima/Fast-DDS#3822), and the fusion node rejects this "
+            "device's predictions until it has the head; a repeat reaches every matched "
+            "reader at once.", d, float_range=(0.0, 3600.0)))
         self.declare_parameter("crop_view", True, _descriptor(
             "Crop this device's view from a full image per the model's view spec; false "
             "when the image already is the view.", b))
@@ -148,7 +156,7 @@ class CameraNode(Node):
             "Larger serialised images are rejected before they are deserialised, bytes "
             "(the default takes 1920x1080 at 4 bytes a pixel).", i, (1024, 1 << 31)))
         self._model: _Model | None = None
-        self._sub = self._pred_pub = self._head_pub = None
+        self._sub = self._pred_pub = self._head_pub = self._head_timer = None
         self._incompatible_logged = False
         self._decode = decode_image
         self.accepted = 0
@@ -201,7 +209,11 @@ class CameraNode(Node):
         result = super().on_activate(state)  # activates the lifecycle publishers
         if result != TransitionCallbackReturn.SUCCESS:
             return result
-        self._head_pub.publish(self._head_message())
+        head, publisher = self._head_message(), self._head_pub
+        publisher.publish(head)
+        if param("head_period").value > 0:
+            self._head_timer = self.create_timer(param("head_period").value,
+                                                 lambda: publisher.publish(head))
         self._incompatible_logged = False
         compressed = transport == "compressed"
         self._decode = decode_compressed if compressed else decode_image
@@ -244,12 +256,14 @@ class CameraNode(Node):
         return super().on_shutdown(state)
 
     def _destroy_endpoints(self) -> None:
+        if self._head_timer is not None:
+            self.destroy_timer(self._head_timer)
         if self._sub is not None:
             self.destroy_subscription(self._sub)
         for pub in (self._pred_pub, self._head_pub):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
-        self._sub = self._pred_pub = self._head_pub = None
+        self._sub = self._pred_pub = self._head_pub = self._head_timer = None
 
     # -- model -----------------------------------------------------------------------------
     def _load_model(self) -> _Model:

@@ -442,8 +442,8 @@ class FusionNode(Node):
                                    f"a {k}x{dim} head; the devices agree on "
                                    f"{agreed[0]}x{agreed[1]} (kept as this device's vote)")
             return
-        else:
-            self.heads.set_head(device, weight.reshape(k, dim), bias)
+        elif not self.heads.set_head(device, weight.reshape(k, dim), bias):
+            return  # the camera's periodic repeat of the head in use
         self.get_logger().info(f"device {device}: classifier head received")
 
     def _on_prediction(self, device: int, msg: DevicePrediction) -> None:
