@@ -189,7 +189,7 @@ class CameraNode(Node):
         return super().on_configure(state)
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
-        """Create publishers and the image subscription; publish the head once."""
+        """Create publishers and the image subscription; publish the head, and repeat it."""
         param = self.get_parameter
         try:
             qos = prediction_qos(param("deadline").value, param("liveliness_lease").value)

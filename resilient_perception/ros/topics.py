@@ -263,8 +263,9 @@ def image_qos(reliability: str = "reliable", depth: int = IMAGE_QUEUE_DEPTH) -> 
 
 
 head_qos = latched_qos
-"""Profile of ``ClassifierHead`` topics: a camera publishes its head once, latched (the
-fusion node reads them with ``depth=HEAD_QUEUE_DEPTH``)."""
+"""Profile of ``ClassifierHead`` topics: a camera publishes its head latched, and again
+every ``head_period`` s for a reader the latched sample missed (the fusion node reads them
+with ``depth=HEAD_QUEUE_DEPTH``)."""
 plan_qos = latched_qos
 """Profile of :data:`PLAN_TOPIC`: the current plan, latched for stages that start later."""
 
