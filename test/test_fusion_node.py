@@ -95,10 +95,7 @@ class Fleet(Observer):
             self.preds.append(self.node.create_publisher(
                 msgs.DevicePrediction, f"perception/device_{i}/prediction",
                 prediction_qos(deadline, 1.0)))
-            head = msgs.ClassifierHead(device_id=i, num_classes=K, feature_dim=D,
-                                       weight=WEIGHTS[i].ravel().tolist(),
-                                       bias=BIASES[i].tolist())
-            self.heads[i].publish(head)
+        self.publish_heads()
         self.fused: list = []  # (message, monotonic time received)
         self.node.create_subscription(msgs.FusedPrediction, FUSED_TOPIC,
                                       lambda m: self.fused.append((m, time.monotonic())),
@@ -107,6 +104,13 @@ class Fleet(Observer):
         self.sent: dict[int, dict] = {}  # stamp_ns -> {device: (features, probs)}
         self.sent_at: dict[int, float] = {}
         self.k = 0
+
+    def publish_heads(self) -> None:
+        """Publish every device's classifier head (latched), as a camera does."""
+        for i, publisher in enumerate(self.heads):
+            publisher.publish(msgs.ClassifierHead(device_id=i, num_classes=K, feature_dim=D,
+                                                  weight=WEIGHTS[i].ravel().tolist(),
+                                                  bias=BIASES[i].tolist()))
 
     def wait_for(self, condition, what: str, timeout: float = WAIT_S):
         return self.spin_until(condition, what, timeout, self.pipeline)
