@@ -28,9 +28,11 @@ from resilient_perception.placement.resnet_recipe import ResNetRecipe, train_res
 from resilient_perception.placement.resnet_training import augment
 from resilient_perception.run_state import STATE_NAME, load_state, save_state
 from resilient_perception.throughput import (
+    AMX_BF16_FLOPS,
     EpochMeter,
     fastest_precision,
     forward_macs,
+    has_amx_class_bf16,
     matmul_peak,
 )
 from test.conftest import DATA_ROOT, needs_data
@@ -167,6 +169,18 @@ def test_auto_precision_is_the_faster_matmul_here_and_a_named_one_is_kept():
     assert fastest_precision("bf16") == "bf16" and fastest_precision("fp32") == "fp32"
     with pytest.raises(ValueError, match="auto or one of"):
         fastest_precision("fp16")
+
+
+def test_the_amx_check_times_one_thread_and_keeps_the_thread_count():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        amx = has_amx_class_bf16()
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        assert amx == (matmul_peak("bf16") >= AMX_BF16_FLOPS)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _fake_run(folder: Path, recipe: dict, log: list[dict], summary: dict | None) -> None:
