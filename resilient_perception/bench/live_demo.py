@@ -229,8 +229,8 @@ def run_live_demo(
             observer.spin_for(0.02)
             while pending and t >= pending[0].at:
                 event = pending.pop(0)
-                if event.action == "kill":
-                    pipeline.kill(event.node)
+                if event.action == "kill":  # not waiting for the exit: keep scoring
+                    pipeline.kill(event.node, timeout=None)
                 else:
                     pipeline.restart(event.node)
                 reactions.append({**asdict(event), "monotonic": time.monotonic()})
@@ -243,12 +243,7 @@ def run_live_demo(
                 emit(f"dashboard screenshot: {screenshot}")
                 browser = None
         pipeline.interrupt("player")
-        streams = monitor.scores.values()
-        observer.spin_until(
-            lambda: not any(s.unfused() for s in streams),
-            lambda: "every labelled frame fused; " + "; ".join(
-                f"{name}: {s.describe_unfused()}" for name, s in monitor.scores.items()),
-            10.0, pipeline)
+        monitor.drain(observer, 10.0, pipeline)
         pipeline.check()
     for r in reactions:  # kill -> first frame that carries the dead device's surrogate
         device, at = _device_of(r["node"]), r.pop("monotonic")

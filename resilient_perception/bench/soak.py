@@ -330,8 +330,7 @@ def run_soak(
         with contextlib.suppress(PipelineError):
             pipeline.interrupt("player")
         with contextlib.suppress(TimeoutError, PipelineError):
-            observer.spin_until(lambda: not score.unfused(), "every labelled frame fused",
-                                10.0)
+            monitor.drain(observer, 10.0)
         ended = time.monotonic() - t0
     report = _report(monitor, watch, sampler, events, t0, wall0, ended, minutes,
                      rate_hz, schedule)

@@ -472,9 +472,13 @@ class Pipeline:
             timeout -= NATIVE_STACKS_AFTER_S
         return self.wait(name, timeout)
 
-    def kill(self, name: str) -> int | None:
-        """``kill -9`` the node (a crash: no cleanup, DDS learns it from lost liveliness)."""
-        return self.signal(name, signal.SIGKILL)
+    def kill(self, name: str, timeout: float | None = 10.0) -> int | None:
+        """``kill -9`` the node (a crash: no cleanup, DDS learns it from lost liveliness).
+
+        Waits up to ``timeout`` s for the exit (None: does not wait; the process is reaped
+        by a later :meth:`check`, :meth:`wait` or the pipeline's exit).
+        """
+        return self.signal(name, signal.SIGKILL, timeout)
 
     def interrupt(self, name: str, timeout: float = 10.0) -> int | None:
         """SIGINT the node (a clean shutdown) and wait for it to exit."""
