@@ -3,6 +3,7 @@
 #   recipe-w16/     ResNet-50's 3-4-6-3 bottleneck blocks at base width 16, trained with the
 #                   fast recipe for 24 epochs (`train-resnet-recipe`, EMA weights, seed 0)
 #   recipe-w16-sd/  the same with stochastic depth 0.5 (Huang et al.'s linear decay)
+#   recipe-w16-e40/ the width-16 recipe for 40 epochs instead of 24
 #   tables.md, dc_drop_accuracy.png   `drop-report` of the models whose study is done
 # Each model is the accuracy lanes' run of that name (`scripts/accuracy_lanes.sh run`: the
 # same folder, $ACCURACY_RUNS/resnet-w16[-sd], default ../runs/accuracy, the same lock and
@@ -92,5 +93,6 @@ if model resnet-w16 recipe-w16; then studies+=("plain=$out/recipe-w16"); fi
 if model resnet-w16-sd recipe-w16-sd; then
   studies+=("stochastic-depth=$out/recipe-w16-sd")
 fi
+if model resnet-w16-e40 recipe-w16-e40; then studies+=("plain-40-epochs=$out/recipe-w16-e40"); fi
 [ "${#studies[@]}" -gt 0 ] || { echo "no finished model to report" >&2; exit 1; }
 resilient-perception drop-report "${studies[@]}" --out "$out/tables.md"
