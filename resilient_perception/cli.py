@@ -11,8 +11,12 @@ what it needs when it runs, so ``--help`` and ``--version`` answer at interprete
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 
 from . import __version__
 from .commands import (
@@ -51,12 +55,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_exit(signum: int, frame: object) -> None:
+    print("terminated", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``, a CI job cancelled) ends the command like Ctrl-C does.
+
+    By default SIGTERM ends the interpreter on the spot, so the node processes a command
+    started (demo, soak, benchmarks) outlived it; raised as ``SystemExit`` it unwinds the
+    command's ``finally`` blocks, which stop them. Only the main thread can set a handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
     args = build_parser().parse_args(argv)
     started = time.monotonic()
     try:
-        status = args.func(args)
+        with _sigterm_unwinds():
+            status = args.func(args)
     except ValueError as exc:  # DatasetError, CheckpointError, BagError, ... are ValueErrors
         print(f"resilient-perception {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

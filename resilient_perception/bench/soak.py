@@ -19,9 +19,13 @@ What the report says (``report.json``, ``report.md``, ``samples.csv``, ``latency
   and at least until :data:`FUSION_RESTART_BOUND_S` after it is active (its output
   publisher appears on the graph): how soon it fuses them is the restart's own target
   below, so a slow restart is counted there, not again as frames lost outside a window;
-* reaction times: kill/stop of a camera to the first frame with its surrogate, restart/cont
-  to the first frame with it live again, fusion restart to active, to all classifier heads
-  known again (its ``/diagnostics``) and to the first complete frame;
+* for a camera's kill or stop, how many of the frames stamped while it was down carry its
+  surrogate (all of them, when the Modifier is on);
+* reaction times: kill/stop of a camera to the first frame with its surrogate (and how long
+  the fusion process reported itself stalled meanwhile, ``own_stall_s`` on its
+  ``/diagnostics``), restart/cont to the first frame with it live again, fusion restart to
+  active, to all classifier heads known again (its ``/diagnostics``) and to the first
+  complete frame;
 * memory growth and file-descriptor growth per node (target < 5% and 0), measured on each
   node's process alive at the end from :func:`warmup_s` into the run or 60 s after that
   process started, whichever is later (a restarted process warms up again), between the
@@ -61,15 +65,17 @@ from ..harness.pipeline import (
     transport_env,
 )
 from ..harness.stream_monitor import StreamMonitor
+from ..perception.stream_score import StreamScore
 from ..ros.topics import DIAGNOSTICS_TOPIC, FUSED_TOPIC, FUSION_ASSEMBLY_STATUS
 from .live_demo import FailureEvent, parse_schedule
 
 __all__ = ["SOAK_ACTIONS", "markdown_report", "parse_soak_schedule", "plot_report", "run_soak",
-           "soak_nodes", "soak_schedule", "warmup_s"]
+           "soak_nodes", "soak_schedule", "stalled_between", "warmup_s"]
 
 SOAK_ACTIONS = ("kill", "restart", "stop", "cont")
 IN_FLIGHT_S = 0.5  # frames stamped this long before an event may still be in flight
 REACTION_S = 1.0  # the liveliness lease: by then the fusion node no longer waits for a device
+STALL_NOTED_S = 0.25  # the fusion node's default stall_threshold: shorter gaps are not stalls
 FUSION_RESTART_BOUND_S = 2.0  # a restarted fusion node fuses complete frames within this
 INSTANCE_WARMUP_S = 60.0  # a (re)started process's own warm-up before its memory counts
 EDGE_S = 30.0  # RSS and FD medians over the first and last this-many seconds ...
@@ -202,6 +208,8 @@ class _FusionWatch:
         self.pending: dict | None = None  # the restart waiting for its publisher
         self.awaiting_heads: dict | None = None  # the restart waiting for every head
         self.counters: dict[str, str] = {}  # the fusion node's newest frame-assembly status
+        # (arrival, own_stall_s): the fusion process's stalled seconds so far, per /diagnostics
+        self.stall_totals: list[tuple[float, float]] = []
         # device -> diagnostics messages reporting a second publisher or writer, and the last
         self.second_writer: dict[str, dict] = {}
         observer.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC,
@@ -220,6 +228,9 @@ class _FusionWatch:
                 entry["last"] = values["second_writer"]
             if status.name.endswith(f": {FUSION_ASSEMBLY_STATUS}"):
                 self.counters = {kv.key: kv.value for kv in status.values}
+                if "own_stall_s" in self.counters:
+                    self.stall_totals.append((time.monotonic(),
+                                              float(self.counters["own_stall_s"])))
                 if self.awaiting_heads is not None and \
                         self.counters.get("heads_known") == str(self.n):
                     self.awaiting_heads["heads_monotonic"] = time.monotonic()
@@ -235,6 +246,23 @@ class _FusionWatch:
         if self.pending is not None and self._gids() - self.pending["known_gids"]:
             self.pending["active_monotonic"] = time.monotonic()
             self.pending = None
+
+
+def stalled_between(totals: Sequence[tuple[float, float]], start: float,
+                    end: float) -> float | None:
+    """Seconds the fusion process reported itself stalled around ``[start, end]``.
+
+    ``totals`` are ``(arrival, own_stall_s)`` of its ``/diagnostics`` in arrival order
+    (monotonic s). Counted from its last report at or before ``start`` to its first at or
+    after ``end``, so a stall shortly before ``start`` may be counted too; a total that fell
+    is a restarted process counting from 0. None without a report on each side.
+    """
+    before = [i for i, (t, _) in enumerate(totals) if t <= start]
+    after = [i for i, (t, _) in enumerate(totals) if t >= end]
+    if not before or not after:
+        return None
+    seen = [total for _, total in totals[before[-1]:after[0] + 1]]
+    return round(sum(b - a if b >= a else b for a, b in zip(seen[:-1], seen[1:], strict=True)), 3)
 
 
 def _apply(pipeline: Pipeline, event: FailureEvent) -> None:
@@ -376,14 +404,23 @@ def _windows(events: list[dict], ended: float) -> None:
         e["window"] = (e["monotonic"] - IN_FLIGHT_S, end)
 
 
-def _reactions(monitor: StreamMonitor, events: list[dict], n: int) -> None:
-    """Reaction times (s) of every event, into its record."""
+def _reactions(monitor: StreamMonitor, watch: _FusionWatch, events: list[dict]) -> None:
+    """Reaction times (s) of every event, into its record.
+
+    A camera's kill or stop also gets the seconds the fusion process itself was stalled
+    meanwhile (``fusion_stalled_s``): after a peer's ``kill -9`` Fast DDS can hold the
+    fusion node in a ``publish()`` for up to a second, and the frames wait that long
+    whatever the node does.
+    """
+    n = watch.n
     for e in events:
         at, node = e["monotonic"], e["node"]
         device = int(node.removeprefix("camera_")) if node.startswith("camera_") else None
         if device is not None and e["action"] in ("kill", "stop"):
             first = monitor.first_arrival_with_surrogate("fused", device, at)
             e["reaction"] = "first frame with its surrogate"
+            e["fusion_stalled_s"] = (None if first is None
+                                     else stalled_between(watch.stall_totals, at, first))
         elif device is not None:
             first = monitor.first_arrival("fused", at, lambda r, d=device: d in r.live)
             e["reaction"] = "first frame with it live again"
@@ -403,6 +440,25 @@ def _reactions(monitor: StreamMonitor, events: list[dict], n: int) -> None:
         else:
             first, e["reaction"] = None, "-"
         e["reaction_s"] = None if first is None else round(first - at, 4)
+
+
+def _replacements(score: StreamScore, events: list[dict], to_run: float,
+                  ended: float) -> None:
+    """Per camera kill or stop: frames stamped while it was down, and those with its surrogate.
+
+    Into the event's record. Down: from :data:`IN_FLIGHT_S` after the event (frames stamped
+    before may have been predicted) to the camera's next event (its restart or cont), on
+    the source stamps, so however late the frames were fused.
+    """
+    for i, e in enumerate(events):
+        if not (e["node"].startswith("camera_") and e["action"] in ("kill", "stop")):
+            continue
+        device = int(e["node"].removeprefix("camera_"))
+        back = next((b["monotonic"] for b in events[i + 1:] if b["node"] == e["node"]), ended)
+        down = [r for stamp, r in score.fused.items()
+                if e["monotonic"] + IN_FLIGHT_S <= stamp * 1e-9 + to_run < back]
+        e["frames_while_down"] = len(down)
+        e["with_its_surrogate"] = sum(device in r.surrogates for r in down)
 
 
 def _targets_at(changes: list[tuple[float, frozenset[str]]], t: float) -> frozenset[str]:
@@ -450,9 +506,10 @@ def _report(monitor: StreamMonitor, watch: _FusionWatch, sampler: _Sampler,
             events: list[dict], t0: float, wall0: float, ended: float, minutes: float,
             rate_hz: float, schedule: Sequence[FailureEvent]) -> dict:
     score, n = monitor.scores["fused"], watch.n
-    _reactions(monitor, events, n)
+    _reactions(monitor, watch, events)
     _windows(events, t0 + ended)
     to_run = t0 - wall0  # stamps are wall-clock ns; windows are monotonic s
+    _replacements(score, events, to_run, t0 + ended)
 
     def outside(stamps: list[int]) -> list[int]:
         return sorted(s for s in stamps if not any(
@@ -592,6 +649,25 @@ def plot_report(out_dir: Path) -> Path:
     return path
 
 
+def _camera_kill_summary(events: list[dict]) -> list[str]:
+    """A paragraph on the camera kills' reactions and the fusion stalls among them."""
+    kills = [e for e in events if e["action"] == "kill" and e["node"].startswith("camera_")
+             and e.get("reaction_s") is not None]
+    if not kills:
+        return []
+    reactions = np.array([e["reaction_s"] for e in kills])
+    stalled = [e for e in kills if (e.get("fusion_stalled_s") or 0.0) >= STALL_NOTED_S]
+    down = sum(e["frames_while_down"] for e in kills)
+    replaced = sum(e["with_its_surrogate"] for e in kills)
+    return [f"Camera kills: {len(kills)}; of the {down} frames stamped while a killed camera "
+            f"was down, {replaced} carry its surrogate. Reaction (kill to the first frame "
+            f"with its surrogate) median {np.median(reactions):.3f} s, max "
+            f"{reactions.max():.3f} s; the fusion node reported itself stalled for "
+            f"{STALL_NOTED_S:g} s or more in {len(stalled)} of them"
+            + (" (reactions " + ", ".join(f"{e['reaction_s']:.3f}" for e in stalled) + " s)"
+               if stalled else "") + ".", ""]
+
+
 def markdown_report(report: dict) -> str:
     """The soak's report as Markdown: targets, frames, processes and every event."""
     f = report["frames"]
@@ -622,6 +698,7 @@ def markdown_report(report: dict) -> str:
         + ("-" if lat["p50"] is None else f"p50 {1e3 * lat['p50']:.1f} ms, p99 "
            f"{1e3 * lat['p99']:.1f} ms, max {1e3 * lat['max']:.0f} ms") + ".",
         "",
+        *_camera_kill_summary(report["events"]),
         f"Memory and FDs of each node's last process, from {report['warmup_s'] / 60:g} min "
         f"(or {INSTANCE_WARMUP_S:g} s after that process started) to the end; medians of the "
         f"first and last {EDGE_S:g} s (a third of the span when shorter; spans under "
@@ -647,6 +724,8 @@ def markdown_report(report: dict) -> str:
     for e in report["events"]:
         reaction = "-" if e.get("reaction_s") is None else f"{e['reaction_s']:.3f}"
         extra = ""
+        if e.get("fusion_stalled_s"):
+            extra = f" (the fusion node stalled {e['fusion_stalled_s']:.2f} s meanwhile)"
         if "active_after_s" in e:
             extra = (f" (active {_secs(e['active_after_s'])} s and all heads known "
                      f"{_secs(e['heads_known_after_s'])} s after the restart)")

@@ -190,6 +190,8 @@ class StallGuard:
         self.threshold = float(threshold)
         self.stalls = 0
         """Stalls seen so far."""
+        self.stalled_s = 0.0
+        """Their total length, s."""
         self._last: float | None = None
 
     def observe(self, now: float) -> float:
@@ -199,6 +201,7 @@ class StallGuard:
         if gap <= self.threshold:
             return 0.0
         self.stalls += 1
+        self.stalled_s += gap
         return gap
 
 

@@ -592,6 +592,7 @@ class FusionNode(Node):
         counts["heads_of_other_shapes"] = self.head_shapes.votes_for_other_shapes()
         counts["sync_tolerance_s"] = self.sync_tolerance_ns / 1e9  # score-bag matches with it
         counts["own_stalls"] = self.stall_guard.stalls
+        counts["own_stall_s"] = round(self.stall_guard.stalled_s, 3)
         counts["deadlines_doubted"] = self.deadlines_doubted
         counts["surrogates_withheld"] = self.surrogates_withheld
         counts["devices_with_second_writer"] = ",".join(contested)
