@@ -78,14 +78,14 @@ class StreamMonitor:
         return len(next(iter(self.scores.values())).truth)
 
     def drain(self, observer: Observer, timeout: float = 10.0,
-              pipeline: Pipeline | None = None, quiet_s: float = QUIET_S) -> None:
-        """Spin ``observer`` until every labelled frame is fused and ``quiet_s`` passed quietly.
+              pipeline: Pipeline | None = None) -> None:
+        """Spin ``observer`` until every labelled frame is fused and :data:`QUIET_S` passed quietly.
 
         Call it after the source (player) has exited. Labels and fused predictions
         published while the caller did not spin (a slow kill, a stalled machine) wait in the
         observer's readers; stopping at "every label read so far is fused" would end the
         count before they are read, and score fewer frames than were played. So it spins
-        until nothing has arrived for ``quiet_s`` (counted from the drain's start).
+        until nothing has arrived for :data:`QUIET_S` (counted from the drain's start).
 
         Raises:
             TimeoutError: If frames are still unfused or messages still arriving after
@@ -97,7 +97,7 @@ class StreamMonitor:
             return time.monotonic() - max(self.last_arrival, start)
 
         def drained() -> bool:
-            return quiet_for() >= quiet_s and not any(
+            return quiet_for() >= QUIET_S and not any(
                 score.unfused() for score in self.scores.values())
 
         def undrained() -> str:
