@@ -244,6 +244,8 @@ def test_a_stall_of_the_node_itself_is_told_from_silent_devices():
     assert guard.observe(10.0) == 0.0  # the first callback has nothing to compare with
     assert guard.observe(10.1) == 0.0
     assert guard.observe(10.9) == pytest.approx(0.8) and guard.stalls == 1  # stopped 0.8 s
+    assert guard.observe(11.0) == 0.0 and guard.observe(11.5) == pytest.approx(0.5)
+    assert guard.stalls == 2 and guard.stalled_s == pytest.approx(1.3)  # own_stall_s
     with pytest.raises(ValueError):
         StallGuard(threshold=0.0)
 

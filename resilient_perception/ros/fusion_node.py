@@ -65,6 +65,7 @@ its callbacks (:class:`~resilient_perception.perception.frame_assembly.StallGuar
 adds the gap to the devices' silences and to the timeouts of the pending frames and of the
 frames stamped during the stall (their devices may have been held up too: a frozen reader
 can block its writers' ``publish()``, so a camera catches up after the node does).
+``own_stalls`` and their total length ``own_stall_s`` on ``/diagnostics`` count them.
 
 Deadline events: the middleware's deadline clock runs on the arrival of messages, not on
 their processing, so while the node works through a backlog (after a stall of its own, or
