@@ -8,7 +8,8 @@ out every ``heartbeat_period_s``; ``links_per_second`` link measurements cycle t
 links between live robots, each the fleet file's rate with a few percent of noise (below a
 planner's re-plan threshold, so they refresh the estimates without re-planning). A robot
 is lost with :meth:`SimulatedFleet.lose` (its heartbeats stop) and comes back with
-:meth:`SimulatedFleet.revive`. The planner's plans are recorded with their arrival time.
+:meth:`SimulatedFleet.revive`. The planner's plans are recorded with their arrival time,
+each version once (the planner publishes the plan in force again every ``plan_period_s``).
 """
 
 from __future__ import annotations
@@ -55,15 +56,16 @@ class SimulatedFleet:
         self._beats = [node.create_publisher(Header, HEARTBEAT_TOPIC_FORMAT.format(name), 10)
                        for name in self.names]
         self._links = node.create_publisher(LinkMeasurement, LINK_MEASUREMENT_TOPIC, 100)
-        node.create_subscription(PlacementPlan, PLAN_TOPIC,
-                                 lambda msg: self.plans.append(ReceivedPlan(time.monotonic(),
-                                                                            msg)),
-                                 plan_qos())
+        node.create_subscription(PlacementPlan, PLAN_TOPIC, self._on_plan, plan_qos())
         self._pairs = [(i, k) for i in range(len(names)) for k in range(len(names)) if i != k]
         self._next_pair = 0
         node.create_timer(heartbeat_period_s, self._beat)
         # Measurements in batches of ten, at links_per_second overall.
         node.create_timer(10.0 / links_per_second, self._measure)
+
+    def _on_plan(self, msg: PlacementPlan) -> None:
+        if not self.plans or msg.version != self.plans[-1].msg.version:  # not a repeat
+            self.plans.append(ReceivedPlan(time.monotonic(), msg))
 
     def _beat(self) -> None:
         stamp = self.node.get_clock().now().to_msg()

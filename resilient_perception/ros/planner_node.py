@@ -3,7 +3,10 @@
 Reads the fleet file and the block profile (the formats of ``resilient-perception plan``),
 watches every robot's stage heartbeat (``<robot>/stage_alive``) and the link probes'
 ``link_measurements``, and publishes a ``PlacementPlan`` on ``placement_plan`` (RELIABLE,
-TRANSIENT_LOCAL: a stage that starts later still gets the current plan). It re-plans
+TRANSIENT_LOCAL: a stage that starts later still gets the current plan), and the current
+plan again every ``plan_period_s`` (the same version), since Fast DDS can miss delivering
+a latched sample to a reader that joins later (eProsima/Fast-DDS#3822); a stage takes a
+version it has once more without effect. It re-plans
 
 * at once when a robot's heartbeat is older than ``robot_timeout_s`` (robot lost) or a
   robot joins (or comes back),
@@ -119,6 +122,10 @@ class PlannerNode(Node):
         self.replan_period = self.declare_parameter("replan_period_s", 0.0, descriptor(
             "Re-plan every this many seconds (0 = only on changes).", double,
             float_range=(0.0, 86400.0))).value
+        plan_period = self.declare_parameter("plan_period_s", 1.0, descriptor(
+            "Publish the current plan again every this many seconds, for a reader the "
+            "latched one missed (0 = only when it changes).", double,
+            float_range=(0.0, 3600.0))).value
         self.rate_threshold = self.declare_parameter("rate_change_threshold", 0.3, descriptor(
             "Re-plan when a measured rate changes by more than this fraction.", double,
             float_range=(0.0, 100.0))).value
@@ -161,6 +168,9 @@ class PlannerNode(Node):
         self._generation = 0
 
         self._publisher = self.create_publisher(PlacementPlan, PLAN_TOPIC, plan_qos())
+        self._plan_msg: PlacementPlan | None = None  # the plan in force, as published
+        if plan_period > 0:
+            self.create_timer(plan_period, self._publish_again)
         for i, name in enumerate(self.names):
             capped_subscription(self, Header, HEARTBEAT_TOPIC_FORMAT.format(name),
                                 lambda msg, i=i: self._on_heartbeat(i, msg), 10,
@@ -313,6 +323,10 @@ class PlannerNode(Node):
     def _named(self, robots: np.ndarray) -> list[str]:
         return [self.names[i] for i in robots]
 
+    def _publish_again(self) -> None:
+        if self._plan_msg is not None:
+            self._publisher.publish(self._plan_msg)
+
     def _publish(self, job: _Job, result: SolveResult) -> None:
         metrics = evaluate_plan(job.live, result.plan).metrics()
         self.version += 1
@@ -328,6 +342,7 @@ class PlannerNode(Node):
             solve_seconds=result.seconds, reason=job.reason)
         msg.header.stamp = self.get_clock().now().to_msg()
         self._publisher.publish(msg)
+        self._plan_msg = msg
         self.get_logger().info(
             f"plan {self.version} ({job.reason}, {result.status} in {result.seconds:.2f} s): "
             f"units on {[self.names[d] if d >= 0 else '-' for d in msg.devices]}, expected "

@@ -9,7 +9,8 @@ arrived.
 
 Everything it sees is appended to ``output`` as JSON lines (tests and the benchmark read
 it while it runs): ``{"kind": "plan" | "link" | "sent" | "prediction", "t": monotonic
-seconds, ...message fields}``.
+seconds, ...message fields}``; a plan once per version (the planner repeats the plan in
+force).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class RequestNode(Node):
         self._out = Path(output).open("a")  # noqa: SIM115 (closed in destroy_node)
         self.sent = 0
         self._ready = False
+        self._plan_version: int | None = None  # the planner repeats the plan in force
         self._activation = self.create_publisher(
             ActivationTensor, ACTIVATION_TOPIC_FORMAT.format(self.robot), activation_qos())
         self.create_subscription(PlacementPlan, PLAN_TOPIC, self._on_plan, plan_qos())
@@ -88,6 +90,9 @@ class RequestNode(Node):
         self._out.flush()
 
     def _on_plan(self, msg: PlacementPlan) -> None:
+        if msg.version == self._plan_version:
+            return
+        self._plan_version = msg.version
         self._write("plan", version=msg.version, robots=list(msg.robot_names),
                     sources=list(msg.sources), devices=list(msg.devices),
                     alive=list(msg.robots_alive), reason=msg.reason, solver=msg.solver,

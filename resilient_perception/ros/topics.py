@@ -267,7 +267,8 @@ head_qos = latched_qos
 every ``head_period`` s for a reader the latched sample missed (the fusion node reads them
 with ``depth=HEAD_QUEUE_DEPTH``)."""
 plan_qos = latched_qos
-"""Profile of :data:`PLAN_TOPIC`: the current plan, latched for stages that start later."""
+"""Profile of :data:`PLAN_TOPIC`: the current plan, latched for stages that start later
+(and repeated every ``plan_period_s`` by the planner for a reader the latched one missed)."""
 
 
 def label_qos() -> QoSProfile:
