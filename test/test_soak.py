@@ -3,7 +3,8 @@
 The live run is the whole pipeline (player looping MNIST at 30 Hz, six ONNX camera
 processes, fusion, recorder) under the default schedule's first two cycles: the fusion node
 killed -9 and restarted, two cameras killed and restarted, two frozen for 2 s, the fusion
-node frozen twice for 1 s.
+node frozen twice for 1 s. The soak command also runs as a real CLI process once, to be
+stopped with SIGTERM: no node process may outlive it.
 """
 
 from __future__ import annotations
