@@ -435,6 +435,56 @@ def test_invalid_parameters_exit_with_code_2(tmp_path, parameters):
     assert "invalid parameter" in log and "Traceback" not in log
 
 
+def test_a_camera_the_node_does_not_hear_is_reported_and_ends_the_node(tmp_path):
+    """A head publisher in the graph that never reaches the node: ERROR, then exit 3.
+
+    A camera sends its head at once (transient local), so one that DDS shows but the node
+    never hears means the node is not receiving from it. Here the silent publisher stands
+    in for that; a camera heard once and silent since (as one killed) is not unheard.
+    """
+    with fusion_pipeline(tmp_path, OWN_DOMAIN_ID, num_devices=N, diagnostics_period=0.25,
+                         unheard_timeout=1.0, exit_when_unheard=True) as pipeline, \
+            Observer("cameras", domain_id=OWN_DOMAIN_ID) as cameras:
+        pipeline.start()
+        diagnostics = cameras.collect(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+
+        def statuses() -> dict[str, dict[str, str]]:
+            return {status.name: {kv.key: kv.value for kv in status.values}
+                    | {"_level": status.level, "_message": status.message}
+                    for status in diagnostics[-1].status} if diagnostics else {}
+
+        heads = [cameras.node.create_publisher(msgs.ClassifierHead,
+                                               f"perception/device_{i}/head", head_qos())
+                 for i in range(2)]
+        for i, publisher in enumerate(heads):  # devices 0 and 1: heard once, then silent
+            publisher.publish(msgs.ClassifierHead(device_id=i, num_classes=K, feature_dim=D,
+                                                  weight=WEIGHTS[i].ravel().tolist(),
+                                                  bias=BIASES[i].tolist()))
+        cameras.spin_until(lambda: statuses().get("/fusion_node: frame assembly", {})
+                           .get("heads_known") == "2", "both heads heard", WAIT_S, pipeline)
+        heard_at = time.monotonic()
+        # Three unheard_timeouts of silence from both: neither is unheard.
+        cameras.spin_until(lambda: time.monotonic() - heard_at > 3.0, "3 s", WAIT_S, pipeline)
+        count = len(diagnostics)
+        cameras.spin_until(lambda: len(diagnostics) > count, "diagnostics", WAIT_S, pipeline)
+        assert statuses()["/fusion_node: frame assembly"]["devices_unheard"] == ""
+        assert pipeline.running(NAME)
+
+        cameras.node.create_publisher(msgs.ClassifierHead, "perception/device_2/head",
+                                      head_qos())  # in the graph, never sends
+        cameras.spin_until(lambda: statuses().get("/fusion_node: frame assembly", {})
+                           .get("devices_unheard") == "2", "device 2 reported unheard",
+                           WAIT_S, pipeline)
+        device_2 = statuses()["/fusion_node: device 2"]
+        assert device_2["_level"] == DiagnosticStatus.ERROR
+        assert device_2["unheard_publishers"] == "1"
+        assert "not heard from /cameras on /perception/device_2/head" in device_2["_message"]
+        assert statuses()["/fusion_node: device 0"]["unheard_publishers"] == "0"
+        assert pipeline.wait(NAME, timeout=WAIT_S) == 3
+    log = pipeline.log_path(NAME).read_text()
+    assert "exiting with code 3 (exit_when_unheard)" in log and "Traceback" not in log
+
+
 def test_an_early_bad_head_is_outvoted_by_the_real_heads(tmp_path):
     """An 11-class head published before the real ones no longer decides the class count."""
     with fusion_pipeline(tmp_path, OWN_DOMAIN_ID, num_devices=N, frame_timeout=FRAME_TIMEOUT,

@@ -36,7 +36,9 @@ What the report says (``report.json``, ``report.md``, ``samples.csv``, ``latency
   The peak is reported beside it, and the descriptors open at the end that were not at the
   start are named (``/proc/<pid>/fd``), so a growth says what grew;
 * how often the fusion node reported a second publisher or writer on a device's topic
-  (after a camera's kill -9 its dead endpoints stay in the graph for a few seconds);
+  (after a camera's kill -9 its dead endpoints stay in the graph for a few seconds), and a
+  camera it did not hear although DDS showed it (``unheard_publishers``: the node is not
+  receiving from it), with when it first and last said so;
 * a plot of memory and latency over time with the events marked (:func:`plot_report`).
 """
 
@@ -212,6 +214,9 @@ class _FusionWatch:
         self.stall_totals: list[tuple[float, float]] = []
         # device -> diagnostics messages reporting a second publisher or writer, and the last
         self.second_writer: dict[str, dict] = {}
+        # device -> diagnostics messages saying the fusion node does not hear its camera
+        # (unheard_publishers): their count, the first's and the last's arrival, the last
+        self.unheard: dict[str, dict] = {}
         observer.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC,
                                           self._on_diagnostics, 50)
 
@@ -226,6 +231,11 @@ class _FusionWatch:
                 entry = self.second_writer.setdefault(status.hardware_id, {"reports": 0})
                 entry["reports"] += 1
                 entry["last"] = values["second_writer"]
+            if values.get("unheard_publishers", "0") != "0":
+                entry = self.unheard.setdefault(status.hardware_id,
+                                                {"reports": 0, "first": time.monotonic()})
+                entry["reports"] += 1
+                entry["last"], entry["message"] = time.monotonic(), status.message
             if status.name.endswith(f": {FUSION_ASSEMBLY_STATUS}"):
                 self.counters = {kv.key: kv.value for kv in status.values}
                 if "own_stall_s" in self.counters:
@@ -547,6 +557,11 @@ def _report(monitor: StreamMonitor, watch: _FusionWatch, sampler: _Sampler,
         "fusion_counters_at_end": watch.counters,
         # a killed camera's endpoints stay in the graph until DDS drops them: expected here
         "second_writer_reports": watch.second_writer,
+        # a camera the fusion node does not hear although DDS shows it (not receiving)
+        "unheard_reports": {
+            device: {"reports": e["reports"], "first_s": round(e["first"] - t0, 1),
+                     "last_s": round(e["last"] - t0, 1), "last": e["message"]}
+            for device, e in watch.unheard.items()},
         "criteria": {
             "lost_outside_windows": {"value": len(lost_outside), "target": "0",
                                      "passed": not lost_outside},
@@ -668,6 +683,17 @@ def _camera_kill_summary(events: list[dict]) -> list[str]:
                if stalled else "") + ".", ""]
 
 
+def _unheard_summary(unheard: dict[str, dict]) -> list[str]:
+    """A line on the cameras the fusion node reported it did not hear (none: none)."""
+    if not unheard:
+        return ["The fusion node heard every camera DDS showed it (no `unheard_publishers`).",
+                ""]
+    return ["The fusion node reported cameras it did not hear although DDS showed them: "
+            + "; ".join(f"{device} in {e['reports']} diagnostics from {e['first_s']:g} s to "
+                        f"{e['last_s']:g} s" for device, e in sorted(unheard.items())) + ".",
+            ""]
+
+
 def markdown_report(report: dict) -> str:
     """The soak's report as Markdown: targets, frames, processes and every event."""
     f = report["frames"]
@@ -699,6 +725,7 @@ def markdown_report(report: dict) -> str:
            f"{1e3 * lat['p99']:.1f} ms, max {1e3 * lat['max']:.0f} ms") + ".",
         "",
         *_camera_kill_summary(report["events"]),
+        *_unheard_summary(report.get("unheard_reports", {})),
         f"Memory and FDs of each node's last process, from {report['warmup_s'] / 60:g} min "
         f"(or {INSTANCE_WARMUP_S:g} s after that process started) to the end; medians of the "
         f"first and last {EDGE_S:g} s (a third of the span when shorter; spans under "

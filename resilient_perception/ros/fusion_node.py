@@ -87,6 +87,19 @@ that device's status WARN, naming each writer's node (``publishers``, ``writers_
 status). A camera killed with ``kill -9`` and restarted shows two publishers until DDS
 drops the dead one's endpoints (its participant lease), but only one writer heard.
 
+Unheard cameras: a camera sends its classifier head as it starts (transient local, so a
+reader that matches later gets it too) and again every ``head_period``. A head publisher
+that the graph has shown for ``unheard_timeout`` without one message from it reaching this
+node means this node is not receiving from that camera, although DDS matched them: Fast
+DDS's shared-memory transport can stop delivering to one reader after its peers
+crash-loop (docs/results.md, "Soak with chaos"), and nothing else would tell: the device
+just looks dead. Its status turns ERROR ("not heard from ...", ``unheard_publishers``;
+``devices_unheard`` in the frame-assembly status). With ``exit_when_unheard`` the node then
+exits with code 3, so that a launch with ``respawn=True`` starts it again with a new DDS
+participant. A camera killed after it was heard is not unheard (its endpoints linger in
+the graph until its lease runs out, but that is its death, found by the QoS events and the
+watchdog).
+
 Revival: only accepted predictions count as hearing from a device, except that a *stale*
 prediction (its frame was already released) from a device that is not ALIVE revives it.
 Frames never wait for dead or never-heard devices, so without this a device that comes
@@ -109,6 +122,7 @@ from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.task import Future
 
 from resilient_perception.message_checks import (
     HeadShapes,
@@ -148,7 +162,7 @@ from resilient_perception.ros.topics import (
     head_qos,
     prediction_qos,
 )
-from resilient_perception.ros.writer_watch import WriterWatch
+from resilient_perception.ros.writer_watch import TopicWriters, WriterWatch
 
 __all__ = ["FUSION_MODES", "REJECTION_REASONS", "FusionNode", "main"]
 
@@ -254,6 +268,14 @@ class FusionNode(Node):
         self.declare_parameter("max_head_bytes", 1 << 20, descriptor(
             "Larger serialised ClassifierHeads are rejected before they are deserialised, "
             "bytes.", i, (256, 1 << 30)))
+        self.declare_parameter("unheard_timeout", 5.0, descriptor(
+            "A device's classifier-head publisher (QoS-compatible) in the graph this long "
+            "with nothing received from it makes the device ERROR on /diagnostics: this "
+            "node is not receiving from a camera that runs, s; 0 = off. Cameras send their "
+            "head at start and every head_period.", d, float_range=(0.0, 3600.0)))
+        self.declare_parameter("exit_when_unheard", False, descriptor(
+            "Exit with code 3 when a device is unheard (unheard_timeout), for a launch "
+            "with respawn=True to start the node again with a new DDS participant.", b))
 
         p = {name: self.get_parameter(name).value for name in (
             "num_devices", "fusion_mode", "use_modifier", "surrogate_gate", "deadline",
@@ -263,7 +285,7 @@ class FusionNode(Node):
             "prediction_topic_format", "head_topic_format", "output_topic",
             "stall_threshold", "diagnostics_period", "max_stamp_ahead_s", "max_stamp_age_s",
             "probability_tolerance", "max_abs_value", "max_prediction_bytes",
-            "max_head_bytes")}
+            "max_head_bytes", "unheard_timeout", "exit_when_unheard")}
         if p["fusion_mode"] not in FUSION_MODES:
             raise InvalidParameterValueException(
                 "fusion_mode", p["fusion_mode"], f"must be one of {FUSION_MODES}")
@@ -329,7 +351,7 @@ class FusionNode(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self._subs = []
         self._deadlines: list[float] = []
-        watched = {}  # (device, "prediction" | "head") -> topic, for the writer watch
+        watched = {}  # (device, "prediction" | "head") -> subscription, for the writer watch
         for device in range(self.n_devices):
             events = SubscriptionEventCallbacks(
                 deadline=self.rejections.guard(
@@ -356,11 +378,17 @@ class FusionNode(Node):
             self._subs += [predictions, heads]
             # The deadline in force (qos_overrides may have changed the parameter's), s
             self._deadlines.append(predictions.qos_profile.deadline.nanoseconds * 1e-9)
-            watched[device, "prediction"] = predictions.topic_name
-            watched[device, "head"] = heads.topic_name
+            watched[device, "prediction"] = predictions
+            watched[device, "head"] = heads
         # No DDS security in these wheels: anyone on the domain may write a device's topics.
-        # Who does is checked with every diagnostics message.
-        self.writers = WriterWatch(self, watched)
+        # Who does, and whose heads never arrive, is checked with every diagnostics message.
+        self.writers = WriterWatch(self, watched, p["unheard_timeout"])
+        self.exit_when_unheard = p["exit_when_unheard"]
+        self._unheard_logged: dict[int, tuple[str, ...]] = {}
+        # Done when the node should exit on its own (exit_when_unheard); run_node waits on
+        # it, and exit_code is the process's exit code then.
+        self.finished = Future()
+        self.exit_code: int | None = None
         # Cancelled while no frame is pending: in steady state every frame completes as
         # its last device reports, and the timer never fires.
         on_tick = self.rejections.guard(self._on_tick, "timer")
@@ -556,21 +584,27 @@ class FusionNode(Node):
             rates = [(c - b) / (now - then) for c, b in zip(counts_now, before, strict=True)]
         self._last_counts = (now, counts_now)
         writers = self.writers.check()
-        contested = []
+        contested, unheard_devices = [], []
         for device, rec in snapshot.items():
             health = DeviceHealth(rec["health"])
             mine = [writers[device, "prediction"], writers[device, "head"]]
             second = "; ".join(w.describe() for w in mine if w.contested)
             if second:
                 contested.append(str(device))
+            unheard = self._unheard(device, mine[1])
+            if unheard:
+                unheard_devices.append(str(device))
             level = _LEVELS[health]
+            if second:
+                level = max(level, DiagnosticStatus.WARN)
             status = DiagnosticStatus(
-                level=max(level, DiagnosticStatus.WARN) if second else level,
+                level=DiagnosticStatus.ERROR if unheard else level,
                 name=diagnostic_name(self, FUSION_DEVICE_STATUS_FORMAT.format(device)),
                 hardware_id=f"device_{device}",
-                message=(_MESSAGES.get(health, health.value)
-                         + (f" ({rec['reason']})" if rec["reason"] else ""))
-                + (f"; {second}" if second else ""))
+                message="; ".join(part for part in (
+                    _MESSAGES.get(health, health.value)
+                    + (f" ({rec['reason']})" if rec["reason"] else ""), second, unheard)
+                    if part))
             head = self.heads is not None and bool(self.heads.known[device])
             values = {"health": health.value, "messages": rec["messages"],
                       "rate_hz": round(rates[device], 2),
@@ -580,6 +614,7 @@ class FusionNode(Node):
                       "publishers": len(mine[0].publishers),
                       "writers_heard": len(mine[0].heard),
                       "head_publishers": len(mine[1].publishers),
+                      "unheard_publishers": len(mine[1].unheard),
                       "second_writer": second}
             status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
             array.status.append(status)
@@ -597,6 +632,7 @@ class FusionNode(Node):
         counts["deadlines_doubted"] = self.deadlines_doubted
         counts["surrogates_withheld"] = self.surrogates_withheld
         counts["devices_with_second_writer"] = ",".join(contested)
+        counts["devices_unheard"] = ",".join(unheard_devices)
         if self._fusion_times:
             times_ms = 1e3 * np.asarray(self._fusion_times)
             counts["fusion_ms_p50"] = round(float(np.percentile(times_ms, 50)), 4)
@@ -607,15 +643,33 @@ class FusionNode(Node):
             message=f"{self.fused_count} frames fused, {rejected} inputs rejected",
             values=[KeyValue(key=k, value=str(v)) for k, v in counts.items()]))
         self._diag_pub.publish(array)
+        if unheard_devices and self.exit_when_unheard and not self.finished.done():
+            self.get_logger().fatal(f"not receiving from device(s) {', '.join(unheard_devices)}"
+                                    ": exiting with code 3 (exit_when_unheard)")
+            self.exit_code = 3
+            self.finished.set_result(True)
+
+    def _unheard(self, device: int, head: TopicWriters) -> str:
+        """What to say of ``head``'s unheard publishers ('' if none), logged once each."""
+        if not head.unheard:
+            self._unheard_logged.pop(device, None)
+            return ""
+        said = (f"not heard from {', '.join(head.unheard)} on {head.topic} in "
+                f"{self.writers.unheard_after_s:g} s although DDS shows it: this node is not "
+                "receiving from it")
+        if self._unheard_logged.get(device) != head.unheard:
+            self._unheard_logged[device] = head.unheard
+            self.get_logger().error(f"device {device}: {said}")
+        return said
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run a fusion node until SIGINT/SIGTERM; return the process exit code.
 
     Exit codes: 0 after SIGINT/SIGTERM, 2 for a parameter of the wrong type or an invalid
-    value.
+    value, 3 when a device was unheard and ``exit_when_unheard`` is set.
     """
-    return run_node(FusionNode, "fusion_node", argv)
+    return run_node(FusionNode, "fusion_node", argv, on_exit=lambda node: node.exit_code)
 
 
 if __name__ == "__main__":
