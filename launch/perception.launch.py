@@ -7,6 +7,7 @@ r"""The perception pipeline: N camera nodes and the fusion node, plus the datase
     ros2 launch resilient_perception perception.launch.py one_process:=true \
         model_path:=/abs/onnx_dir/device_{}.onnx
     ros2 launch resilient_perception perception.launch.py dashboard:=true dashboard_port:=8080
+    ros2 launch resilient_perception perception.launch.py player:=false respawn:=true
 
 Nodes (names, executables, per-node parameters, remappings) come from
 ``resilient_perception.harness.pipeline.pipeline_nodes``, the function ``Pipeline`` uses to
@@ -47,10 +48,14 @@ def _nodes(context: LaunchContext) -> list[Node]:
     # name (/camera_2, /robot1/camera_2), which beats the config file's sections; without
     # one it would use /**, which the config file's `fusion:` / `player:` sections beat.
     # use_sim_time is a process-wide -p: it reaches every node of a one-process container.
+    # The player ends with its split; every other node is restarted when it exits, if asked
+    # (a crashed camera, or a fusion node with exit_when_unheard).
+    respawn = arg("respawn") == "true"
     return [Node(package=PACKAGE, executable=spec.executable, name=spec.name,
                  namespace=arg("namespace"), parameters=[arg("config"), spec.parameters],
                  ros_arguments=["-p", f"use_sim_time:={arg('use_sim_time')}"],
-                 remappings=list(spec.remappings), output="screen")
+                 remappings=list(spec.remappings), output="screen",
+                 respawn=respawn and spec.name != "player", respawn_delay=1.0)
             for spec in specs]
 
 
@@ -78,6 +83,10 @@ def generate_launch_description() -> LaunchDescription:
             "one_process", default_value="false", choices=["true", "false"],
             description="The cameras and the fusion node in one process "
                         "(perception_container) instead of one process each"),
+        DeclareLaunchArgument(
+            "respawn", default_value="false", choices=["true", "false"],
+            description="Restart every node but the player 1 s after it exits (a crash, "
+                        "or the fusion node's exit_when_unheard)"),
         DeclareLaunchArgument(
             "dashboard", default_value="false", choices=["true", "false"],
             description="Also serve the live dashboard (a web page of the pipeline)"),
