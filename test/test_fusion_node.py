@@ -24,6 +24,7 @@ msgs = require_ros()
 
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from rclpy.event_handler import PublisherEventCallbacks  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
@@ -465,12 +466,18 @@ def test_a_camera_the_node_does_not_hear_is_reported_and_ends_the_node(tmp_path)
                                                   bias=BIASES[i].tolist()))
         cameras.spin_until(lambda: statuses().get("/fusion_node: frame assembly", {})
                            .get("heads_known") == "2", "both heads heard", WAIT_S, pipeline)
+        # A volatile head writer cannot match the node's transient-local reader: DDS never
+        # pairs them, so the node cannot hear it and does not blame itself.
+        cameras.node.create_publisher(
+            msgs.ClassifierHead, "perception/device_2/head", QoSProfile(depth=1),
+            event_callbacks=PublisherEventCallbacks(incompatible_qos=lambda _event: None))
         heard_at = time.monotonic()
-        # Three unheard_timeouts of silence from both: neither is unheard.
+        # Three unheard_timeouts of silence from all three: none is unheard.
         cameras.spin_until(lambda: time.monotonic() - heard_at > 3.0, "3 s", WAIT_S, pipeline)
         count = len(diagnostics)
         cameras.spin_until(lambda: len(diagnostics) > count, "diagnostics", WAIT_S, pipeline)
         assert statuses()["/fusion_node: frame assembly"]["devices_unheard"] == ""
+        assert statuses()["/fusion_node: device 2"]["head_publishers"] == "1"
         assert pipeline.running(NAME)
 
         cameras.node.create_publisher(msgs.ClassifierHead, "perception/device_2/head",
