@@ -268,7 +268,7 @@ class FusionNode(Node):
         self.declare_parameter("max_head_bytes", 1 << 20, descriptor(
             "Larger serialised ClassifierHeads are rejected before they are deserialised, "
             "bytes.", i, (256, 1 << 30)))
-        self.declare_parameter("unheard_timeout", 5.0, descriptor(
+        self.declare_parameter("unheard_timeout", 10.0, descriptor(
             "A device's classifier-head publisher (QoS-compatible) in the graph this long "
             "with nothing received from it makes the device ERROR on /diagnostics: this "
             "node is not receiving from a camera that runs, s; 0 = off. Cameras send their "
