@@ -104,12 +104,9 @@ class WriterWatch:
             if len(ever) > self.MAX_EVER_HEARD:
                 del ever[next(iter(ever))]
 
-    def check(self, now: float | None = None) -> dict[Hashable, TopicWriters]:
-        """Every topic's publishers, writers heard since the last check, unheard publishers.
-
-        ``now`` (monotonic seconds, default the present) dates the publishers first seen.
-        """
-        now = time.monotonic() if now is None else now
+    def check(self) -> dict[Hashable, TopicWriters]:
+        """Every topic's publishers, writers heard since the last check, unheard publishers."""
+        now = time.monotonic()  # dates the publishers seen for the first time
         out = {}
         for key, topic in self.topics.items():
             infos = {bytes(info.endpoint_gid): info
