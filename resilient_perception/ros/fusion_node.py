@@ -98,7 +98,8 @@ just looks dead. Its status turns ERROR ("not heard from ...", ``unheard_publish
 exits with code 3, so that a launch with ``respawn=True`` starts it again with a new DDS
 participant. A camera killed after it was heard is not unheard (its endpoints linger in
 the graph until its lease runs out, but that is its death, found by the QoS events and the
-watchdog).
+watchdog), so a node gone deaf to cameras it had heard is reported once one of them
+restarts, as crash-looping cameras do.
 
 Revival: only accepted predictions count as hearing from a device, except that a *stale*
 prediction (its frame was already released) from a device that is not ALIVE revives it.
