@@ -287,13 +287,22 @@ def test_the_page_shows_a_live_pipeline_and_a_kill(briefly_trained_onnx, tmp_pat
                 f"{TILE.format(2)}.dataset.surrogate == 'true'", 5.0, period=0.02)
             delay = time.monotonic() - dead_seen[0]
             assert shown and delay <= DEAD_SHOWN_WITHIN_S, f"dead tile after {delay:.2f} s"
-            # The kill touches device 2 alone: the others stay alive. One of them may show
+            # The kill touches device 2 alone: the others are alive. One of them may show
             # "late" (alive, but a fused frame of the last 2 s carried its surrogate): with
             # a browser, six cameras and the fusion node on two cores, a camera's prediction
-            # can miss the 0.1 s frame timeout, and the page is right to say so.
-            others = {device: browser.evaluate(f"{TILE.format(device)}.dataset.state")
-                      for device in (0, 1, 3, 4, 5)}
-            assert set(others.values()) <= {"live", "late"}, others
+            # can miss the 0.1 s frame timeout, and the page is right to say so. Waited for,
+            # not read at once: after a peer's kill -9, Fast DDS can hold the other writers'
+            # publish() for seconds (docs/results.md, "Soak with chaos"; in one CI run every
+            # camera's predictions came 3 s late), and the fusion node then rightly reports
+            # them dead until they come again.
+            others = " && ".join(f"['live', 'late'].includes({TILE.format(device)}"
+                                 ".dataset.state)" for device in (0, 1, 3, 4, 5))
+            try:
+                browser.wait_for(f"{others} && {TILE.format(2)}.dataset.state == 'dead'", 20.0)
+            except TimeoutError:
+                states = {device: browser.evaluate(f"{TILE.format(device)}.dataset.state")
+                          for device in range(6)}
+                raise AssertionError(f"the tiles 20 s after the kill: {states}") from None
             assert "device 2 dead" in browser.evaluate(
                 "document.getElementById('event-list').textContent")
             assert int(browser.evaluate(f"{plot}.updates")) > updates

@@ -24,7 +24,13 @@ from resilient_perception.harness.pipeline import (  # noqa: E402
     package_prefix,
 )
 from resilient_perception.ros.perception_container import camera_arguments  # noqa: E402
-from resilient_perception.ros.topics import FUSED_TOPIC, LABEL_TOPIC, label_qos  # noqa: E402
+from resilient_perception.ros.topics import (  # noqa: E402
+    FUSED_TOPIC,
+    HEAD_TOPIC_FORMAT,
+    LABEL_TOPIC,
+    head_qos,
+    label_qos,
+)
 
 MNIST_CONFIG = ROOT / "config" / "mnist_6cam.yaml"
 COUNT = 30
@@ -89,6 +95,28 @@ def test_one_process_fuses_every_labelled_frame_from_all_six_devices(
         np.testing.assert_allclose(msg.probabilities, expected, atol=1e-4)
     log = pipeline.log_path(CONTAINER_NAME).read_text()
     assert all(f"device {i}: device_{i}.onnx on CPUExecutionProvider" in log for i in range(6))
+
+
+def test_the_container_exits_3_when_its_fusion_node_does_not_hear_a_camera(
+        briefly_trained_onnx, tmp_path):
+    """``exit_when_unheard`` ends the whole process, so a respawning launch restarts it."""
+    config = tmp_path / "config.yaml"
+    config.write_text(MNIST_CONFIG.read_text().replace(
+        "unheard_timeout: 10.0", "unheard_timeout: 1.0").replace(
+        "exit_when_unheard: false", "exit_when_unheard: true"))
+    with (Observer(domain_id=DOMAIN_ID) as observer,
+          Pipeline.from_config(config, model_path=briefly_trained_onnx, num_cameras=2,
+                               player=False, one_process=True, log_dir=tmp_path,
+                               domain_id=DOMAIN_ID) as pipeline):
+        pipeline.start()
+        # A head publisher that never sends: the container's fusion node cannot hear it.
+        silent = observer.node.create_publisher(msgs.ClassifierHead,
+                                                HEAD_TOPIC_FORMAT.format(1), head_qos())
+        observer.spin_until(lambda: silent.get_subscription_count() > 0, "the fusion node",
+                            30.0, pipeline)
+        assert pipeline.wait(CONTAINER_NAME, timeout=30.0) == 3
+        log = pipeline.log_path(CONTAINER_NAME).read_text()
+    assert "exiting with code 3 (exit_when_unheard)" in log and "Traceback" not in log
 
 
 def container_exit(tmp_path: Path, **parameters) -> tuple[int, str]:

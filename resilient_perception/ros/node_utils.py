@@ -304,7 +304,7 @@ def run_nodes(
 
     ``create_nodes`` makes them (after ``rclpy.init``); ``on_created`` and ``on_exit`` run
     for each in order, and the first non-None result of ``on_created`` ends the process
-    with that code. Only a single node's ``finished`` future is waited for.
+    with that code. The process ends when any node's ``finished`` future is done.
     """
     import rclpy
     from rclpy.exceptions import (
@@ -347,14 +347,17 @@ def run_nodes(
         executor = SingleThreadedExecutor()
         for node in nodes:
             executor.add_node(node)
-        finished = getattr(nodes[0], "finished", None) if len(nodes) == 1 else None
+        # A node that can end on its own (a player at the end of its split, a fusion node
+        # that stopped hearing a camera) has a `finished` future; the process ends with the
+        # first one done. It is polled after every callback: rclpy's
+        # spin_until_future_complete adds a done-callback to the future on each call, which
+        # bounded waits would pile up for as long as the node runs.
+        finished = [future for node in nodes
+                    if (future := getattr(node, "finished", None)) is not None]
         # A signal handler runs between Python instructions, not inside the executor's wait,
         # so waits are bounded: a stop request is seen within WAKE_S.
-        while not stop_requested.is_set() and not (finished is not None and finished.done()):
-            if finished is not None:
-                executor.spin_until_future_complete(finished, timeout_sec=WAKE_S)
-            else:
-                executor.spin_once(timeout_sec=WAKE_S)
+        while not stop_requested.is_set() and not any(future.done() for future in finished):
+            executor.spin_once(timeout_sec=WAKE_S)
     finally:
         # Leaving (the nodes' own clean-up, the flush, then DDS: destroying the participant)
         # has no time limit of its own: bound it, and leave the threads' stacks in the log

@@ -122,10 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the cameras (and fusion node) in one process until SIGINT/SIGTERM.
 
     Exit codes: 0 after SIGINT/SIGTERM, 1 when a camera cannot configure or activate, 2 for
-    a parameter of the wrong type or out of its range.
+    a parameter of the wrong type or out of its range, 3 when the fusion node did not hear a
+    camera and its ``exit_when_unheard`` is set.
     """
     return run_nodes(container_nodes, "perception_container", argv,
-                     on_created=_autostart_cameras)
+                     on_created=_autostart_cameras,
+                     on_exit=lambda node: getattr(node, "exit_code", None))
 
 
 if __name__ == "__main__":
