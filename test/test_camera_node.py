@@ -51,6 +51,7 @@ CLASSES = [str(k) for k in range(10)]
 DEVICE = 2
 WAIT_S = 15.0  # upper bound of any single wait; a healthy run needs well under 1 s each
 DOMAIN_ID = domain_id()
+OWN_DOMAIN_ID = domain_id()  # for a test whose counts the module's camera must not join
 # The camera nodes take their images over UDP, not Fast DDS's shared memory: this process
 # outlives the module's node processes, which take the same shared-memory ports in turn,
 # and in 1 of 5 CI runs a camera node matched the test's image publisher on both ends and
@@ -88,7 +89,8 @@ def runner(model_files) -> DeviceRunner:
     return DeviceRunner.from_onnx(model_files["onnx"], threads=1)
 
 
-def camera_pipeline(log_dir: Path, twin: bool = False, **parameters) -> Pipeline:
+def camera_pipeline(log_dir: Path, twin: bool = False, domain: int = DOMAIN_ID,
+                    **parameters) -> Pipeline:
     """The installed camera_node as ``camera_2``, its images remapped as in the launch file.
 
     ``twin``: a second robot's ``camera_2`` beside it, in namespace ``/robot_b`` (its topics
@@ -98,14 +100,14 @@ def camera_pipeline(log_dir: Path, twin: bool = False, **parameters) -> Pipeline
     return Pipeline([NodeSpec(name, "camera_node", parameters,
                               remappings=(("image_raw", "camera_2/image_raw"),),
                               env=UDP_ONLY_ENV)
-                     for name in names], log_dir=log_dir, domain_id=DOMAIN_ID)
+                     for name in names], log_dir=log_dir, domain_id=domain)
 
 
 class Camera(Observer):
     """This test's rclpy node talking to the camera node of ``pipeline``."""
 
     def __init__(self, pipeline: Pipeline) -> None:
-        super().__init__("camera_node_test", domain_id=DOMAIN_ID)
+        super().__init__("camera_node_test", domain_id=pipeline.domain_id)
         self.pipeline, self.log = pipeline, pipeline.log_path(NAME)
         self.images = self.node.create_publisher(Image, "camera_2/image_raw", image_qos())
         # Requested deadline/lease >= the node's offered 0.5 s / 1.0 s: compatible.
@@ -152,10 +154,12 @@ class Camera(Observer):
 
 
 @contextlib.contextmanager
-def running_camera(log_dir: Path, twin: bool = False, **parameters) -> Iterator[Camera]:
+def running_camera(log_dir: Path, twin: bool = False, domain: int = DOMAIN_ID,
+                   **parameters) -> Iterator[Camera]:
     """Start the camera node; yield this test's side once the node's topics are up."""
     compressed = parameters.get("image_transport") == "compressed"
-    with camera_pipeline(log_dir, twin, **parameters) as pipeline, Camera(pipeline) as cam:
+    with camera_pipeline(log_dir, twin, domain, **parameters) as pipeline, \
+            Camera(pipeline) as cam:
         pipeline.start()
         # With compressed images the node listens on camera_2/image_raw/compressed, which
         # the test's driver publisher joins afterwards; raw images reach cam.images.
@@ -172,8 +176,15 @@ def camera(model_files, tmp_path_factory):
     # With a twin in another robot's namespace: /diagnostics must tell the two apart.
     with running_camera(tmp_path_factory.mktemp("camera_run"), twin=True, device_id=DEVICE,
                         model_path=str(model_files["onnx"]),
-                        image_reliability="reliable") as cam:
+                        image_reliability="reliable", max_image_wait=0.0) as cam:
         yield cam
+
+
+def latest_counters(diagnostics: list[DiagnosticArray]) -> dict[str, int] | None:
+    """The camera's newest integer counters on ``/diagnostics``, if any came yet."""
+    return next(({kv.key: int(kv.value) for kv in status.values if kv.value.isdigit()}
+                 for array in reversed(diagnostics) for status in array.status
+                 if status.name == STATUS), None)
 
 
 def image_msg(image: np.ndarray, sec: int, nanosec: int = 0, encoding: str = "mono8") -> Image:
@@ -250,9 +261,7 @@ def test_oversized_and_malformed_images_are_counted_and_good_ones_still_served(
     diagnostics = camera.collect(DiagnosticArray, "/diagnostics")
 
     def counters() -> dict[str, int] | None:
-        return next(({kv.key: int(kv.value) for kv in status.values if kv.value.isdigit()}
-                     for array in reversed(diagnostics) for status in array.status
-                     if status.name == STATUS), None)
+        return latest_counters(diagnostics)
 
     before = camera.wait_for(counters, "the camera's counters")
     huge = image_msg(np.zeros((1, 4000, 5000), np.uint8), sec=300)  # 20 MB
@@ -275,6 +284,41 @@ def test_oversized_and_malformed_images_are_counted_and_good_ones_still_served(
     assert camera.pipeline.running(NAME)
     log = camera.log.read_text()
     assert max(len(line) for line in log.splitlines()) < 600 and "Traceback" not in log
+
+
+def test_a_camera_behind_its_images_skips_the_ones_that_waited_too_long(
+        model_files, images, tmp_path):
+    """A burst of 30 images: taken one by one, all but the first wait at least one image's
+    conversion and inference, far over a 1 ms ``max_image_wait``; every image is either
+    predicted or counted ``late``, and the ones predicted are the burst's, each once."""
+    burst = [image_msg(np.repeat(np.repeat(images[40 + k], 16, 1), 16, 2), sec=950, nanosec=k)
+             for k in range(30)]  # 448x448: each one takes the node a while
+    with running_camera(tmp_path, domain=OWN_DOMAIN_ID, device_id=DEVICE,
+                        model_path=str(model_files["onnx"]), image_reliability="reliable",
+                        max_image_wait=0.001) as cam:
+        cam.ask(image_msg(images[39], sec=949))  # discovery settled
+        cam.spin_for(1.5)  # the node idle again, and one /diagnostics after its last image
+        before = cam.wait_for(lambda: latest_counters(cam.diagnostics), "the camera's counters")
+        for msg in burst:
+            cam.images.publish(msg)
+        seen = len(cam.diagnostics)
+
+        def taken(counts: dict[str, int]) -> int:
+            return counts["accepted"] + counts["rejected"] - before["accepted"] - before["rejected"]
+
+        def counted() -> dict[str, int] | None:
+            counts = latest_counters(cam.diagnostics[seen:])
+            return counts if counts and taken(counts) >= len(burst) else None
+
+        counts = cam.wait_for(counted, lambda: f"every image counted: "
+                              f"{latest_counters(cam.diagnostics)}, before {before}")
+        predicted = [p.header.stamp.nanosec for p in cam.predictions
+                     if p.header.stamp.sec == 950]
+    late, accepted = (counts[k] - before[k] for k in ("late", "accepted"))
+    assert taken(counts) == len(burst) and late + accepted == len(burst), (before, counts)
+    assert late >= 1, (before, counts)
+    assert sorted(predicted) == sorted(set(predicted)) and len(predicted) == accepted
+    assert "rejected (late): waited" in cam.log.read_text()
 
 
 def test_diagnostics_give_received_input_rate_and_inference_time(camera, images):
@@ -474,7 +518,8 @@ def test_a_4000x4000_image_leaves_the_camera_less_than_250_mb_larger(model_files
     import psutil
 
     with running_camera(tmp_path, device_id=DEVICE, model_path=str(model_files["onnx"]),
-                        image_reliability="reliable", max_image_bytes=64 << 20) as cam:
+                        image_reliability="reliable", max_image_bytes=64 << 20,
+                        max_image_wait=0.0) as cam:
         cam.ask(image_msg(images[5], sec=900))
         process = psutil.Process(cam.pipeline.pid(NAME))
         before = process.memory_info().rss

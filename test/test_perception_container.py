@@ -50,12 +50,13 @@ def stamp(msg) -> int:
 
 
 def test_camera_arguments_are_what_a_camera_process_gets():
-    assert camera_arguments(2, "cam{}/image", "onnx/device_{}.onnx", "reliable") == [
+    assert camera_arguments(2, "cam{}/image", "onnx/device_{}.onnx", "reliable", 0.0) == [
         "--ros-args", "-r", "__node:=camera_2", "-p", "device_id:=2",
         "-r", "image_raw:=cam2/image", "-r", "prediction:=perception/device_2/prediction",
         "-r", "head:=perception/device_2/head", "-p", "model_path:=onnx/device_2.onnx",
-        "-p", "image_reliability:=reliable"]
-    assert "model_path" not in " ".join(camera_arguments(0))
+        "-p", "image_reliability:=reliable", "-p", "max_image_wait:=0.0"]
+    assert not {"model_path", "max_image_wait"} & {
+        arg.split(":=")[0] for arg in camera_arguments(0)}
 
 
 @needs_data

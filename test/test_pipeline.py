@@ -72,7 +72,7 @@ def test_command_lines_are_the_launch_files(tmp_path):
         "-r", "image_raw:=camera_2/image_raw", "-r", "prediction:=perception/device_2/prediction",
         "-r", "head:=perception/device_2/head"]
     camera = pipeline.nodes["camera_2"].parameters
-    assert camera == {"device_id": 2, "image_reliability": "reliable",
+    assert camera == {"device_id": 2, "image_reliability": "reliable", "max_image_wait": 0.0,
                       "model_path": str(Path("onnx/device_2.onnx").resolve())}
     assert pipeline.nodes["fusion"].parameters["num_devices"] == 6
     assert pipeline.nodes["player"].parameters == {

@@ -93,20 +93,26 @@ def free_running_pipeline_nodes(
     *,
     compressed: Iterable[int] = (),
     sync_tolerance: float = FREE_RUNNING_SYNC_TOLERANCE_S,
+    frame_timeout: float | None = None,
     dds_profile: str | os.PathLike[str] | None = None,
 ) -> list[NodeSpec]:
     """Fusion and camera nodes (no player) set up for :func:`camera_drivers`' cameras.
 
-    ``dds_profile``: a Fast DDS XML profile for the cameras' processes, as for the drivers.
+    ``frame_timeout`` (None: the config's) is the fusion node's, and the cameras'
+    ``max_image_wait`` with it: an image that waited longer gives a prediction its frame no
+    longer waits for. ``dds_profile``: a Fast DDS XML profile for the cameras' processes,
+    as for the drivers.
     """
     compressed = set(compressed)
     nodes = []
     for spec in pipeline_nodes(num_cameras, player=False, model_path=model_path,
-                               image_reliability="best_effort"):
+                               image_reliability="best_effort", max_image_wait=frame_timeout):
         extra: dict[str, Any] = {}
         env = spec.env
         if spec.executable == "fusion_node":
             extra["sync_tolerance"] = sync_tolerance
+            if frame_timeout is not None:
+                extra["frame_timeout"] = frame_timeout
         else:
             env = {**env, **_profile_env(dds_profile)}
             if spec.parameters["device_id"] in compressed:

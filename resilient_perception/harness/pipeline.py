@@ -125,6 +125,7 @@ def pipeline_nodes(
     model_path: str | os.PathLike[str] | None = None,
     image_topic_format: str = IMAGE_TOPIC_FORMAT,
     image_reliability: str = "reliable",
+    max_image_wait: float | None = None,
     one_process: bool = False,
 ) -> list[NodeSpec]:
     """The perception pipeline's nodes in start order: fusion, cameras, then the player.
@@ -145,7 +146,9 @@ def pipeline_nodes(
             player, replay and benchmarks publish RELIABLE and every frame counts) or
             ``"best_effort"`` (matched by any camera driver; the launch files' choice when
             the cameras are the user's).
-
+        max_image_wait: The cameras' ``max_image_wait`` (s; 0 = every image). None: 0 with
+            ``"reliable"`` images (every frame of the player counts, however late), the
+            node's default (skip images that waited too long) with ``"best_effort"``.
         one_process: The fusion node and the cameras in one process
             (``perception_container``, node ``perception``), with the same node names,
             topics and parameters; the player stays its own process.
@@ -157,11 +160,15 @@ def pipeline_nodes(
         raise ValueError(f"num_cameras must be >= 1, got {num_cameras}")
     if image_topic_format.format(0) == image_topic_format.format(1):
         raise ValueError(f"image_topic_format needs a '{{}}' field, got {image_topic_format!r}")
+    if max_image_wait is None and image_reliability == "reliable":
+        max_image_wait = 0.0
+    wait = {} if max_image_wait is None else {"max_image_wait": float(max_image_wait)}
     if one_process:
         nodes = [NodeSpec(CONTAINER_NAME, "perception_container", {
             "num_cameras": num_cameras, "fusion": True,
             "image_topic_format": image_topic_format, "image_reliability": image_reliability,
-            "model_path_format": "" if model_path is None else os.fspath(model_path)})]
+            "model_path_format": "" if model_path is None else os.fspath(model_path),
+            **wait})]
     else:
         nodes = [NodeSpec("fusion", "fusion_node", {
             "num_devices": num_cameras, "prediction_topic_format": PREDICTION_TOPIC_FORMAT,
@@ -170,7 +177,7 @@ def pipeline_nodes(
             model = {} if model_path is None else {
                 "model_path": os.fspath(model_path).replace("{}", str(i))}
             nodes.append(NodeSpec(f"camera_{i}", "camera_node", {
-                "device_id": i, "image_reliability": image_reliability, **model}, (
+                "device_id": i, "image_reliability": image_reliability, **wait, **model}, (
                 (CAMERA_IMAGE_TOPIC, image_topic_format.format(i)),
                 (CAMERA_PREDICTION_TOPIC, PREDICTION_TOPIC_FORMAT.format(i)),
                 (CAMERA_HEAD_TOPIC, HEAD_TOPIC_FORMAT.format(i)))))

@@ -25,6 +25,11 @@ stops asserting liveliness and the fusion node sees it as gone. With ``autostart
 default) the node configures and activates itself, so it runs without a lifecycle manager;
 if that fails the process exits with code 1.
 
+An image that waited in the queue longer than ``max_image_wait`` (0.1 s) is skipped as
+``late``: a camera short of CPU catches up with its driver at once instead of publishing
+predictions too old to be fused (``max_image_wait:=0`` works through every image, as the
+package's player pipelines do).
+
 Bad images are counted per reason on ``/diagnostics`` (``accepted``, ``rejected`` and one
 counter per reason) and logged at most once per reason every few seconds, with the text
 they echo clipped; the node never crashes on a message. An image whose serialised size is
@@ -79,7 +84,7 @@ __all__ = ["CameraNode", "autostart", "main"]
 
 BACKENDS = ("onnxruntime", "torch")
 IMAGE_TRANSPORTS = ("raw", "compressed")
-REJECTION_REASONS = ("oversize", "malformed", "bad_image", "inference_error",
+REJECTION_REASONS = ("late", "oversize", "malformed", "bad_image", "inference_error",
                      "callback_error")
 
 
@@ -152,6 +157,13 @@ class CameraNode(Node):
             "qos_overrides.<topic>.subscription.* parameters apply on top.", s))
         self.declare_parameter("image_queue_depth", IMAGE_QUEUE_DEPTH, _descriptor(
             "Images the subscription holds while the node is busy.", i, (1, 10000)))
+        self.declare_parameter("max_image_wait", 0.1, _descriptor(
+            "An image that waited longer than this in the subscription's queue (s, from its "
+            "arrival in this process) is skipped and counted 'late': its prediction would "
+            "reach the fusion node after the frame timeout (0.1 s by default) released its "
+            "frame, and working through such a backlog keeps a camera short of CPU behind "
+            "for seconds. 0 = every image (a replay where every frame counts).", d,
+            float_range=(0.0, 3600.0)))
         self.declare_parameter("max_image_bytes", 8 << 20, _descriptor(
             "Larger serialised images are rejected before they are deserialised, bytes "
             "(the default takes 1920x1080 at 4 bytes a pixel).", i, (1024, 1 << 31)))
@@ -223,6 +235,7 @@ class CameraNode(Node):
             self, CompressedImage if compressed else Image,
             self.resolve_topic_name(topic) + "/compressed" if compressed else topic,
             self._on_image, images, param("max_image_bytes").value, self.rejections, "image",
+            max_wait_s=param("max_image_wait").value,
             qos_overriding_options=QoSOverridingOptions.with_default_policies(),
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible))
         self.get_logger().info(f"active: {self._sub.topic_name} -> {self._pred_pub.topic_name}")

@@ -211,7 +211,7 @@ def capped_subscription(node: Any, msg_type: type, topic: str,
                         callback: Callable[[Any], None], qos: Any, max_bytes: int,
                         rejections: Rejections, what: str, reason_prefix: str = "",
                         on_info: Callable[[Mapping[str, Any]], None] | None = None,
-                        **kwargs: Any) -> Any:
+                        max_wait_s: float = 0.0, **kwargs: Any) -> Any:
     """A subscription that refuses messages over ``max_bytes`` before deserialising them.
 
     The subscription takes the serialised (CDR) message; one longer than ``max_bytes`` is
@@ -221,7 +221,11 @@ def capped_subscription(node: Any, msg_type: type, topic: str,
     ``reason_prefix`` in front, for a node that tells its topics apart). The rest reach
     ``callback`` as messages, through :meth:`Rejections.guard`. ``on_info``, if given, sees
     every message's ``MessageInfo`` first, rejected ones included (a second writer is news
-    whatever it sends; :class:`.writer_watch.WriterWatch`). ``kwargs`` go to
+    whatever it sends; :class:`.writer_watch.WriterWatch`). With ``max_wait_s`` > 0, a
+    message that waited longer than that between its arrival in this process
+    (``MessageInfo.received_timestamp``, this machine's clock, whatever the sender's) and its
+    turn is counted as ``late`` and dropped before it is deserialised: a node that fell
+    behind skips what it can no longer use instead of staying behind. ``kwargs`` go to
     ``create_subscription`` (e.g. ``event_callbacks``).
     """
     from rclpy.serialization import deserialize_message
@@ -240,12 +244,20 @@ def capped_subscription(node: Any, msg_type: type, topic: str,
             return
         guarded(msg)
 
-    if on_info is not None:
-        guarded_info = rejections.guard(on_info, what)
+    if on_info is not None or max_wait_s > 0:
+        guarded_info = rejections.guard(on_info, what) if on_info is not None else None
+        max_wait_ns = round(max_wait_s * 1e9)
 
         # rclpy passes MessageInfo to a callback that takes two arguments
         def receive_with_info(data: bytes, info: Mapping[str, Any]) -> None:
-            guarded_info(info)
+            if guarded_info is not None:
+                guarded_info(info)
+            arrived = info.get("received_timestamp", 0)  # 0: a middleware that does not say
+            waited = time.time_ns() - arrived
+            if max_wait_ns and arrived and waited > max_wait_ns:
+                rejections.reject(what, f"{reason_prefix}late",
+                                  f"waited {waited * 1e-9:.3f} s, limit {max_wait_s:g} s")
+                return
             receive(data)
 
         return node.create_subscription(msg_type, topic, receive_with_info, qos, raw=True,

@@ -49,12 +49,14 @@ FUSION_NAME = "fusion"
 
 
 def camera_arguments(device_id: int, image_topic_format: str = IMAGE_TOPIC_FORMAT,
-                     model_path_format: str = "", image_reliability: str = "") -> list[str]:
+                     model_path_format: str = "", image_reliability: str = "",
+                     max_image_wait: float = -1.0) -> list[str]:
     """The node arguments of camera ``device_id`` in the container.
 
-    The same name, ``device_id``, remappings, model and image reliability as
+    The same name, ``device_id``, remappings, model, image reliability and image wait as
     ``pipeline_nodes`` gives the camera's own process (an empty ``model_path_format`` or
-    ``image_reliability`` leaves the camera's parameter to the params files); node
+    ``image_reliability``, or a negative ``max_image_wait``, leaves the camera's parameter
+    to the params files); node
     arguments win over the process's, so ``-r __node:=...`` of the container does not
     rename its cameras.
     """
@@ -67,6 +69,8 @@ def camera_arguments(device_id: int, image_topic_format: str = IMAGE_TOPIC_FORMA
         args += ["-p", f"model_path:={model_path_format.replace('{}', str(device_id))}"]
     if image_reliability:
         args += ["-p", f"image_reliability:={image_reliability}"]
+    if max_image_wait >= 0:
+        args += ["-p", f"max_image_wait:={float(max_image_wait)}"]
     return args
 
 
@@ -94,6 +98,9 @@ def container_nodes() -> list[Node]:
     image_reliability = container.declare_parameter("image_reliability", "", descriptor(
         "The cameras' image_reliability ('best_effort' or 'reliable'); empty: each "
         "camera's own parameter.", string)).value
+    max_image_wait = container.declare_parameter("max_image_wait", -1.0, descriptor(
+        "The cameras' max_image_wait (s; 0 = every image); negative: each camera's own.",
+        ParameterType.PARAMETER_DOUBLE, float_range=(-1.0, 3600.0))).value
     if image_reliability not in ("", *IMAGE_RELIABILITIES):
         raise ValueError(f"image_reliability must be empty or one of {IMAGE_RELIABILITIES}, "
                          f"got {image_reliability!r}")
@@ -109,7 +116,7 @@ def container_nodes() -> list[Node]:
         nodes.append(FusionNode(FUSION_NAME, cli_args=[
             "--ros-args", "-r", f"__node:={FUSION_NAME}", "-p", f"num_devices:={num_cameras}"]))
     nodes += [CameraNode(CAMERA_NAME_FORMAT.format(i), cli_args=camera_arguments(
-        i, image_topic_format, model_path_format, image_reliability))
+        i, image_topic_format, model_path_format, image_reliability, max_image_wait))
         for i in range(first, first + num_cameras)]
     return nodes
 
