@@ -91,6 +91,9 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path):
         (("train", "--fused-mode", "max"), "invalid choice: 'max'"),
         (("evaluate", "m.safetensors", "--dataset", "idx:images-only"), "idx:<images_path>"),
         (("evaluate", "--noise", "9:gaussian:0.1", "x"), "x"),
+        (("bench-pipeline", "m.safetensors", "--busy", "2"), "go with --free-running"),
+        (("bench-pipeline", "m.safetensors", "--free-running", "--starve-camera", "2"),
+         "--starve-camera needs --busy"),
     ],
 )
 def test_bad_options_exit_non_zero_with_a_message(tmp_path, args, message):

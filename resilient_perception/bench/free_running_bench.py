@@ -9,7 +9,15 @@ processes over DDS (fusion + six ONNX camera nodes):
   own phase (0-15 ms) and +-3 ms jitter, 640x480 YUYV BEST_EFFORT (one JPEG on
   ``image_raw/compressed``), each digit held ``hold`` frames; the cameras subscribe best
   effort, the fusion node groups stamps within ``sync_tolerance``, and the cameras and
-  drivers use ``config/fastdds_large_images.xml`` (:mod:`~..harness.free_running`).
+  drivers use ``config/fastdds_large_images.xml`` (:mod:`~..harness.free_running`);
+* **free-running, every image**: the same with the cameras' ``max_image_wait`` 0, so a
+  camera that falls behind works through its queue instead of skipping what waited too long.
+
+With ``busy`` > 0, that many busy-looping processes run beside the pipeline in every mode:
+a machine with other work on it, where a camera node gets less CPU than its frame rate needs.
+With ``starve_camera`` as well, the busy processes and that camera node's main thread are
+held on one CPU (the others run where they like): one camera short of CPU among five that
+are not.
 
 Per mode: the fraction of frames fused complete (all six devices live, no surrogate),
 end-to-end latency p50 / p99 (``FusedPrediction.latency``: the frame's earliest stamp to the
@@ -22,6 +30,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +50,7 @@ from resilient_perception.harness.pipeline import Observer, Pipeline
 from resilient_perception.msg import FrameLabel, FusedPrediction
 from resilient_perception.ros.topics import FUSED_TOPIC, LABEL_TOPIC, label_qos
 
-__all__ = ["markdown_report", "run_free_running_benchmark"]
+__all__ = ["markdown_report", "run_free_running_benchmark", "skip_comparison"]
 
 WARMUP_S = 8.0
 """Drivers start, the cameras match them and every device is heard before frame 0."""
@@ -53,7 +63,8 @@ def _stamp(msg) -> int:
 
 
 def _player_mode(config: Path, onnx_pattern: str, log_dir: Path, start: int, scenes: int,
-                 rate_hz: float, n: int, domain_id: int) -> dict:
+                 rate_hz: float, n: int, domain_id: int,
+                 started: Callable[[Pipeline], None]) -> dict:
     overrides = {"player": {"start_index": start, "count": scenes, "rate_hz": rate_hz,
                             "on_end": "shutdown", "wait_for_label_subscribers": 1}}
     with (Observer(name="benchmark_monitor", domain_id=domain_id) as observer,
@@ -63,6 +74,7 @@ def _player_mode(config: Path, onnx_pattern: str, log_dir: Path, start: int, sce
         labels = observer.collect(FrameLabel, LABEL_TOPIC, label_qos())
         fused = observer.collect(FusedPrediction, FUSED_TOPIC)
         pipeline.start_ready(observer, timeout=120.0)
+        started(pipeline)
         observer.spin_until(lambda: not pipeline.running("player"), "the player's end",
                             60.0 + 2 * scenes / rate_hz, pipeline)
         observer.spin_for(1.0)  # frames in flight
@@ -82,13 +94,16 @@ def _player_mode(config: Path, onnx_pattern: str, log_dir: Path, start: int, sce
 
 def _free_running_mode(config: Path, onnx_pattern: str, log_dir: Path, start: int,
                        scenes: int, hold: int, rate_hz: float, n: int, labels: np.ndarray,
-                       profile: Path, seed: int, domain_id: int) -> dict:
+                       profile: Path, seed: int, domain_id: int,
+                       started: Callable[[Pipeline], None],
+                       max_image_wait: float | None = None) -> dict:
     nodes = free_running_pipeline_nodes(onnx_pattern, n, compressed=COMPRESSED,
-                                        dds_profile=profile)
+                                        max_image_wait=max_image_wait, dds_profile=profile)
     with (Observer(name="benchmark_monitor", domain_id=domain_id) as observer,
           Pipeline(nodes, config, log_dir=log_dir, domain_id=domain_id) as pipeline):
         fused = observer.collect(FusedPrediction, FUSED_TOPIC)
         pipeline.start_ready(observer, timeout=120.0)
+        started(pipeline)
         schedule = SceneSchedule.at_rate(time.time_ns() + round(WARMUP_S * 1e9), rate_hz,
                                          hold, scenes, MAX_PHASE_MS)
         with Pipeline(camera_drivers(schedule, n, seed=seed, compressed=COMPRESSED,
@@ -114,13 +129,26 @@ def run_free_running_benchmark(
     seed: int = 1,
     n_cameras: int = 6,
     log_dir: Path | None = None,
+    busy: int = 0,
+    starve_camera: int | None = None,
     emit: Callable[[str], None] = print,
 ) -> dict:
-    """Run both modes on digits ``start_index .. start_index + scenes - 1``; write the results.
+    """Run the modes on digits ``start_index .. start_index + scenes - 1``; write the results.
 
     ``config`` is the pipeline's params file; the Fast DDS profile is the
-    ``fastdds_large_images.xml`` beside it. ``seed`` draws the drivers' phases and jitter.
+    ``fastdds_large_images.xml`` beside it. ``seed`` draws the drivers' phases and jitter;
+    ``busy`` busy-looping processes run beside every mode, on one CPU with camera
+    ``starve_camera``'s main thread if that is given.
     """
+    if starve_camera is not None and not (busy and 0 <= starve_camera < n_cameras):
+        raise ValueError(f"starving a camera needs busy processes and a camera 0.."
+                         f"{n_cameras - 1}, got --busy {busy} --starve-camera {starve_camera}")
+    cpu = max(os.sched_getaffinity(0))
+
+    def started(pipeline: Pipeline) -> None:
+        if starve_camera is not None:
+            os.sched_setaffinity(pipeline.pid(f"camera_{starve_camera}"), {cpu})
+
     out_dir.mkdir(parents=True, exist_ok=True)
     log_dir = log_dir or out_dir / "logs"
     profile = Path(config).parent / "fastdds_large_images.xml"
@@ -134,15 +162,26 @@ def run_free_running_benchmark(
                    "start_index": start_index, "hold_frames": hold, "seed": seed,
                    "max_phase_ms": MAX_PHASE_MS, "jitter_ms": 3.0, "size": "640x480",
                    "compressed_cameras": list(COMPRESSED),
-                   "sync_tolerance_s": FREE_RUNNING_SYNC_TOLERANCE_S},
+                   "sync_tolerance_s": FREE_RUNNING_SYNC_TOLERANCE_S,
+                   "busy_processes": busy, "starved_camera": starve_camera},
     }
-    emit(f"player: {scenes} digits at {rate_hz:g} Hz ...")
-    result["player"] = _player_mode(config, onnx_pattern, log_dir / "player", start_index,
-                                    scenes, rate_hz, n_cameras, domain_id)
-    emit(f"free-running: the same digits, {hold} frames each ...")
-    result["free_running"] = _free_running_mode(
-        config, onnx_pattern, log_dir / "free_running", start_index, scenes, hold, rate_hz,
-        n_cameras, labels, profile, seed, domain_id)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+    try:
+        for hog in hogs if starve_camera is not None else ():
+            os.sched_setaffinity(hog.pid, {cpu})
+        emit(f"player: {scenes} digits at {rate_hz:g} Hz ...")
+        result["player"] = _player_mode(config, onnx_pattern, log_dir / "player", start_index,
+                                        scenes, rate_hz, n_cameras, domain_id, started)
+        for key, max_image_wait, what in (("free_running", None, ""),
+                                          ("free_running_every_image", 0.0, ", every image")):
+            emit(f"free-running{what}: the same digits, {hold} frames each ...")
+            result[key] = _free_running_mode(
+                config, onnx_pattern, log_dir / key, start_index, scenes, hold, rate_hz,
+                n_cameras, labels, profile, seed, domain_id, started, max_image_wait)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
     result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
     (out_dir / "free_running.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "free_running.md").write_text(markdown_report(result))
@@ -168,7 +207,12 @@ def markdown_report(result: dict) -> str:
         f"{', '.join(map(str, cfg['compressed_cameras']))} JPEG), phases 0-"
         f"{cfg['max_phase_ms']:g} ms (seed {cfg['seed']}), +-{cfg['jitter_ms']:g} ms jitter, "
         f"each digit held {cfg['hold_frames']} frames, sync_tolerance "
-        f"{cfg['sync_tolerance_s']:g} s. Machine: {machine['cpu']}, {machine['cores']} cores, "
+        f"{cfg['sync_tolerance_s']:g} s; the cameras skip images that waited over their "
+        f"max_image_wait, except in the every-image row. "
+        f"{cfg.get('busy_processes', 0)} busy-looping processes beside the pipeline"
+        + ("" if cfg.get("starved_camera") is None else
+           f", on one CPU with camera {cfg['starved_camera']}'s main thread") + ". "
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, "
         f"1-minute load average {machine['load_average_1min_start']:.1f} at the start and "
         f"{machine['load_average_1min_end']:.1f} at the end. Raw data: `free_running.json`.",
         "",
@@ -176,9 +220,44 @@ def markdown_report(result: dict) -> str:
         "| accuracy, % |",
         "|---|---|---|---|---|---|",
     ]
-    for name, key in (("player", "player"), ("free-running", "free_running")):
+    for name, key in (("player", "player"), ("free-running", "free_running"),
+                      ("free-running, every image", "free_running_every_image")):
+        if key not in result:  # runs from before that mode
+            continue
         r = result[key]
         lines.append(f"| {name} | {r['frames']} | {r['fused']} | {_pct(r['complete_fraction'])} "
                      f"| {_ms(r['latency_s']['p50'])} / {_ms(r['latency_s']['p99'])} | "
                      f"{_pct(r['accuracy'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def skip_comparison(runs: dict[str, dict]) -> str:
+    """Runs of the benchmark (name -> ``free_running.json``) as one markdown table.
+
+    Per run the complete frames and latency p99 with and without skipping images that
+    waited too long, then the means and a paired t-test over the runs.
+    """
+    from resilient_perception.paper.reproduction import paired_t_test
+
+    keys = ("free_running", "free_running_every_image")
+    complete = {key: [100 * r[key]["complete_fraction"] for r in runs.values()] for key in keys}
+    p99 = {key: [1e3 * r[key]["latency_s"]["p99"] for r in runs.values()] for key in keys}
+    lines = ["| run | busy processes | starved camera | load at start / end "
+             "| complete %, skipping / every image | latency p99 ms, skipping / every image |",
+             "|---|---|---|---|---|---|"]
+    for i, (name, r) in enumerate(runs.items()):
+        starved = r["config"].get("starved_camera")
+        lines.append(
+            f"| {name} | {r['config'].get('busy_processes', 0)} | "
+            f"{'-' if starved is None else starved} | "
+            f"{r['machine']['load_average_1min_start']:.1f} / "
+            f"{r['machine']['load_average_1min_end']:.1f} | {complete[keys[0]][i]:.1f} / "
+            f"{complete[keys[1]][i]:.1f} | {p99[keys[0]][i]:.1f} / {p99[keys[1]][i]:.1f} |")
+    lines.append(f"| mean | | | | {np.mean(complete[keys[0]]):.1f} / "
+                 f"{np.mean(complete[keys[1]]):.1f} | {np.mean(p99[keys[0]]):.1f} / "
+                 f"{np.mean(p99[keys[1]]):.1f} |")
+    tests = [(what, *paired_t_test(values[keys[0]], values[keys[1]]))
+             for what, values in (("complete", complete), ("latency p99", p99))]
+    lines += ["", "Paired t-test over the runs, skipping vs every image: " + "; ".join(
+        f"{what} t = {t:.2f}, p = {p:.3f}" for what, t, p in tests) + "."]
     return "\n".join(lines) + "\n"

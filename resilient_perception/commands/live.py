@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .common import (
     checkpoint_file,
+    non_negative_int,
     onnx_models,
     port,
     positive_int,
@@ -118,13 +119,19 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     digits from the player and from six free-running camera drivers, side by side
     (free_running.json and free_running.md).
     """
+    if (args.busy or args.starve_camera is not None) and not args.free_running:
+        raise ValueError("--busy and --starve-camera go with --free-running")
+    if args.starve_camera is not None and not args.busy:
+        raise ValueError("--starve-camera needs --busy 1 or more (the processes it shares a "
+                         "CPU with)")
     models = onnx_models(args.checkpoint, args.checkpoint.parent / "onnx")  # inputs first
     _, pipeline, pipeline_benchmark = _live_imports()
     if args.free_running:
         from ..bench.free_running_bench import run_free_running_benchmark
 
         run_free_running_benchmark(_installed_config(args, pipeline), models, args.out,
-                                   args.rate, args.digits, args.hold, log_dir=args.log_dir)
+                                   args.rate, args.digits, args.hold, log_dir=args.log_dir,
+                                   busy=args.busy, starve_camera=args.starve_camera)
         print((args.out / "free_running.md").read_text(), end="")
         return 0
     result = pipeline_benchmark.run_pipeline_benchmark(
@@ -242,6 +249,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="with --free-running: test digits played (default 200)")
     p.add_argument("--hold", type=positive_int, default=5,
                    help="with --free-running: frames each digit holds (default 5)")
+    p.add_argument("--busy", type=non_negative_int, default=0,
+                   help="with --free-running: busy-looping processes beside the pipeline, "
+                   "other work on the machine (default 0)")
+    p.add_argument("--starve-camera", type=non_negative_int, default=None, metavar="K",
+                   help="with --free-running and --busy: the busy processes and camera K's "
+                   "main thread on one CPU, one camera short of CPU among the others")
     p.set_defaults(func=cmd_bench_pipeline)
 
     p = sub.add_parser("bench-footprint", help="resident memory and start-up time of the "

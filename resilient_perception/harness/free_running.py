@@ -94,19 +94,22 @@ def free_running_pipeline_nodes(
     compressed: Iterable[int] = (),
     sync_tolerance: float = FREE_RUNNING_SYNC_TOLERANCE_S,
     frame_timeout: float | None = None,
+    max_image_wait: float | None = None,
     dds_profile: str | os.PathLike[str] | None = None,
 ) -> list[NodeSpec]:
     """Fusion and camera nodes (no player) set up for :func:`camera_drivers`' cameras.
 
     ``frame_timeout`` (None: the config's) is the fusion node's, and the cameras'
-    ``max_image_wait`` with it: an image that waited longer gives a prediction its frame no
-    longer waits for. ``dds_profile``: a Fast DDS XML profile for the cameras' processes,
-    as for the drivers.
+    ``max_image_wait`` with it unless that is given (None: the config's): an image that
+    waited longer gives a prediction its frame no longer waits for. ``dds_profile``: a Fast
+    DDS XML profile for the cameras' processes, as for the drivers.
     """
+    if max_image_wait is None:
+        max_image_wait = frame_timeout
     compressed = set(compressed)
     nodes = []
     for spec in pipeline_nodes(num_cameras, player=False, model_path=model_path,
-                               image_reliability="best_effort", max_image_wait=frame_timeout):
+                               image_reliability="best_effort", max_image_wait=max_image_wait):
         extra: dict[str, Any] = {}
         env = spec.env
         if spec.executable == "fusion_node":
