@@ -56,9 +56,8 @@ def camera_arguments(device_id: int, image_topic_format: str = IMAGE_TOPIC_FORMA
     The same name, ``device_id``, remappings, model, image reliability and image wait as
     ``pipeline_nodes`` gives the camera's own process (an empty ``model_path_format`` or
     ``image_reliability``, or a negative ``max_image_wait``, leaves the camera's parameter
-    to the params files); node
-    arguments win over the process's, so ``-r __node:=...`` of the container does not
-    rename its cameras.
+    to the params files); node arguments win over the process's, so ``-r __node:=...`` of
+    the container does not rename its cameras.
     """
     args = ["--ros-args", "-r", f"__node:={CAMERA_NAME_FORMAT.format(device_id)}",
             "-p", f"device_id:={device_id}",
