@@ -26,7 +26,7 @@ default) the node configures and activates itself, so it runs without a lifecycl
 if that fails the process exits with code 1.
 
 An image that waited in the queue longer than ``max_image_wait`` (0.1 s) is skipped as
-``late``: a camera short of CPU catches up with its driver at once instead of publishing
+``late``: a camera short of CPU stays within that much of its driver instead of publishing
 predictions too old to be fused (``max_image_wait:=0`` works through every image, as the
 package's player pipelines do).
 
