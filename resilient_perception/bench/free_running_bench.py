@@ -21,7 +21,11 @@ are not.
 
 Per mode: the fraction of frames fused complete (all six devices live, no surrogate),
 end-to-end latency p50 / p99 (``FusedPrediction.latency``: the frame's earliest stamp to the
-fused publish) and accuracy. Writes ``free_running.json`` (raw) and ``free_running.md``.
+fused publish) and accuracy, beside the model's accuracy computed here, offline, from the same
+images (:func:`~..harness.free_running.camera_probabilities`: the dataset's pixels for the
+player, the drivers' enlarged YUYV and JPEG images for the cameras) and the share of complete
+frames labelled as offline: what the images cost, apart from what the pipeline loses. Writes
+``free_running.json`` (raw) and ``free_running.md``.
 The benchmark measures; it asserts nothing.
 """
 
@@ -43,6 +47,7 @@ from resilient_perception.harness.free_running import (
     FREE_RUNNING_SYNC_TOLERANCE_S,
     SceneSchedule,
     camera_drivers,
+    camera_probabilities,
     free_running_pipeline_nodes,
     score_fused,
 )
@@ -56,6 +61,7 @@ WARMUP_S = 8.0
 """Drivers start, the cameras match them and every device is heard before frame 0."""
 MAX_PHASE_MS = 15.0
 COMPRESSED = (5,)
+DRIVER_SIZE = (640, 480)
 
 
 def _stamp(msg) -> int:
@@ -94,7 +100,7 @@ def _player_mode(config: Path, onnx_pattern: str, log_dir: Path, start: int, sce
 
 def _free_running_mode(config: Path, onnx_pattern: str, log_dir: Path, start: int,
                        scenes: int, hold: int, rate_hz: float, n: int, labels: np.ndarray,
-                       profile: Path, seed: int, domain_id: int,
+                       offline: np.ndarray, profile: Path, seed: int, domain_id: int,
                        started: Callable[[Pipeline], None],
                        max_image_wait: float | None = None) -> dict:
     nodes = free_running_pipeline_nodes(onnx_pattern, n, compressed=COMPRESSED,
@@ -107,13 +113,14 @@ def _free_running_mode(config: Path, onnx_pattern: str, log_dir: Path, start: in
         schedule = SceneSchedule.at_rate(time.time_ns() + round(WARMUP_S * 1e9), rate_hz,
                                          hold, scenes, MAX_PHASE_MS)
         with Pipeline(camera_drivers(schedule, n, seed=seed, compressed=COMPRESSED,
+                                     size=DRIVER_SIZE,
                                      start_index=start, dds_profile=profile),
                       log_dir=log_dir / "drivers", domain_id=domain_id) as drivers:
             drivers.start()
             observer.spin_until(lambda: time.time_ns() > schedule.end_ns + 500_000_000,
                                 "the end of the schedule",
                                 WARMUP_S + schedule.frames / rate_hz + 60.0, pipeline)
-    score = score_fused(fused, schedule, labels, n)
+    score = score_fused(fused, schedule, labels, n, offline)
     del score["records"]
     return score
 
@@ -154,16 +161,27 @@ def run_free_running_benchmark(
     profile = Path(config).parent / "fastdds_large_images.xml"
     data = load_dataset("mnist", "test")
     labels = data.labels[start_index:start_index + scenes]
+    emit("the model offline, on the dataset's pixels and on the drivers' images ...")
+    images = data.images[start_index:start_index + scenes]
+    player_offline, offline = (
+        camera_probabilities(onnx_pattern, images, n_cameras, compressed=COMPRESSED,
+                             size=size).mean(axis=1).argmax(-1)
+        for size in (None, DRIVER_SIZE))
     domain_id = int(os.environ.get("ROS_DOMAIN_ID", "0"))
     result: dict = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "load_average_1min_start": os.getloadavg()[0]},
         "config": {"rate_hz": rate_hz, "cameras": n_cameras, "digits": scenes,
                    "start_index": start_index, "hold_frames": hold, "seed": seed,
-                   "max_phase_ms": MAX_PHASE_MS, "jitter_ms": 3.0, "size": "640x480",
+                   "max_phase_ms": MAX_PHASE_MS, "jitter_ms": 3.0,
+                   "size": "x".join(map(str, DRIVER_SIZE)),
                    "compressed_cameras": list(COMPRESSED),
                    "sync_tolerance_s": FREE_RUNNING_SYNC_TOLERANCE_S,
                    "busy_processes": busy, "starved_camera": starve_camera},
+        "offline": {"dataset_pixels_accuracy": float(np.mean(player_offline == labels)),
+                    "driver_images_accuracy": float(np.mean(offline == labels)),
+                    "digits_labelled_otherwise": [
+                        start_index + int(i) for i in np.flatnonzero(player_offline != offline)]},
     }
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
     try:
@@ -177,7 +195,7 @@ def run_free_running_benchmark(
             emit(f"free-running{what}: the same digits, {hold} frames each ...")
             result[key] = _free_running_mode(
                 config, onnx_pattern, log_dir / key, start_index, scenes, hold, rate_hz,
-                n_cameras, labels, profile, seed, domain_id, started, max_image_wait)
+                n_cameras, labels, offline, profile, seed, domain_id, started, max_image_wait)
     finally:
         for hog in hogs:
             hog.kill()
@@ -217,17 +235,29 @@ def markdown_report(result: dict) -> str:
         f"{machine['load_average_1min_end']:.1f} at the end. Raw data: `free_running.json`.",
         "",
         "| mode | frames | fused | complete (6 live, no surrogate), % | latency p50 / p99, ms "
-        "| accuracy, % |",
-        "|---|---|---|---|---|---|",
+        "| accuracy, % | the model offline on the same images, % | complete frames labelled "
+        "as offline, % |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    offline = result.get("offline", {})
     for name, key in (("player", "player"), ("free-running", "free_running"),
                       ("free-running, every image", "free_running_every_image")):
         if key not in result:  # runs from before that mode
             continue
         r = result[key]
+        same_images = (offline.get("dataset_pixels_accuracy") if key == "player"
+                       else r.get("offline_accuracy"))
         lines.append(f"| {name} | {r['frames']} | {r['fused']} | {_pct(r['complete_fraction'])} "
                      f"| {_ms(r['latency_s']['p50'])} / {_ms(r['latency_s']['p99'])} | "
-                     f"{_pct(r['accuracy'])} |")
+                     f"{_pct(r['accuracy'])} | {_pct(same_images)} | "
+                     f"{_pct(r.get('complete_as_offline'))} |")
+    if offline:
+        lines += ["", "Offline, the model labels "
+                  f"{_pct(offline['dataset_pixels_accuracy'])}% of the digits right from the "
+                  f"dataset's pixels (what the player sends) and "
+                  f"{_pct(offline['driver_images_accuracy'])}% from the drivers' images, "
+                  "decoded and cut as the camera nodes do; digits labelled otherwise: "
+                  f"{', '.join(map(str, offline['digits_labelled_otherwise'])) or 'none'}."]
     return "\n".join(lines) + "\n"
 
 

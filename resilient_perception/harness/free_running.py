@@ -26,12 +26,20 @@ from typing import Any
 
 import numpy as np
 
-from ..ros.free_running_camera_node import SceneSchedule
+from ..ros.free_running_camera_node import SceneSchedule, driver_image
+from ..ros.image_conversion import (
+    DeviceInput,
+    array_to_image,
+    decode_compressed,
+    decode_image,
+    encode,
+)
 from ..ros.topics import IMAGE_TOPIC_FORMAT
 from .pipeline import NodeSpec, pipeline_nodes
 
 __all__ = ["FREE_RUNNING_SYNC_TOLERANCE_S", "LARGE_IMAGES_PROFILE", "SceneSchedule",
-           "camera_drivers", "free_running_pipeline_nodes", "score_fused"]
+           "camera_drivers", "camera_probabilities", "free_running_pipeline_nodes",
+           "score_fused"]
 
 LARGE_IMAGES_PROFILE = "fastdds_large_images.xml"
 """Fast DDS profile in ``config/`` for images over 512 KB: without it six 640x480 YUYV
@@ -124,15 +132,53 @@ def free_running_pipeline_nodes(
     return nodes
 
 
+def camera_probabilities(
+    onnx_pattern: str,
+    images: np.ndarray,
+    num_cameras: int = 6,
+    *,
+    compressed: Iterable[int] = (),
+    size: tuple[int, int] | None = (640, 480),
+) -> np.ndarray:
+    """What each camera node computes from its driver's image of each scene, here, offline.
+
+    :func:`camera_drivers`' messages of ``images`` ``(scenes, C, H, W)`` (the drivers'
+    :func:`driver_image` at ``size``; None: the dataset's own pixels, as the player sends
+    them), decoded and cut as the camera nodes do (:class:`DeviceInput`), through the same
+    ONNX exports (``onnx_pattern``: ``.../device_{}.onnx``). Returns the probabilities
+    ``(scenes, cameras, classes)``; their mean over the cameras is what the fusion node
+    fuses (``fusion_mode`` avg) from a complete frame of that scene. The two sizes side by
+    side tell what the drivers' images (enlarged, YUYV or JPEG) cost from what the pipeline
+    loses.
+    """
+    from ..perception.runtime import DeviceRunner  # onnxruntime, for the offline score only
+
+    compressed = set(compressed)
+    probabilities = []
+    for camera in range(num_cameras):
+        runner = DeviceRunner.from_onnx(onnx_pattern.format(camera), threads=1)
+        device_input = DeviceInput.from_metadata(runner.metadata, camera, runner.in_channels,
+                                                 runner.input_hw)
+        jpeg = size is not None and camera in compressed
+        decode = decode_compressed if jpeg else decode_image
+        views = np.stack([device_input(*decode(
+            array_to_image(*encode(image)) if size is None else driver_image(image, size, jpeg)))
+            for image in images])
+        probabilities.append(runner.run(views)[0])
+    return np.stack(probabilities, axis=1)
+
+
 def _stamp_ns(msg: Any) -> int:
     return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
 
 
 def score_fused(fused: Sequence[Any], schedule: SceneSchedule, labels: np.ndarray,
-                num_devices: int = 6) -> dict:
+                num_devices: int = 6, offline: np.ndarray | None = None) -> dict:
     """Score ``FusedPrediction`` messages against the scenes they were stamped in.
 
-    Only frames stamped within the schedule count. ``labels[s]`` is scene ``s``'s class.
+    Only frames stamped within the schedule count. ``labels[s]`` is scene ``s``'s class;
+    ``offline[s]`` (optional) the class the model gives scene ``s`` from the drivers'
+    images (:func:`camera_probabilities`, averaged over the cameras).
 
     Returns:
         ``frames`` (scheduled), ``fused`` (fused messages in the schedule), ``complete``
@@ -140,7 +186,9 @@ def score_fused(fused: Sequence[Any], schedule: SceneSchedule, labels: np.ndarra
         the larger of frames and fused: a frame split in two counts against it),
         ``frames_seen`` (distinct scheduled frames fused), ``accuracy`` (fused messages whose
         label is their scene's), ``latency_s`` p50 / p99, and per message ``(frame, scene,
-        correct, complete)`` as ``records``.
+        label, complete)`` as ``records``; with ``offline``, ``offline_accuracy`` (the fused
+        messages' scenes scored by the offline classes) and ``complete_as_offline`` (the
+        fraction of complete messages labelled with their scene's offline class).
     """
     all_devices = list(range(num_devices))
     records = []
@@ -151,18 +199,27 @@ def score_fused(fused: Sequence[Any], schedule: SceneSchedule, labels: np.ndarra
         if scene is None:
             continue
         complete = list(msg.live_devices) == all_devices and not list(msg.surrogate_devices)
-        records.append((schedule.frame_of(stamp), scene, int(msg.label) == int(labels[scene]),
-                        complete))
+        records.append((schedule.frame_of(stamp), scene, int(msg.label), complete))
         latencies.append(float(msg.latency))
-    complete = sum(r[3] for r in records)
-    return {
+    complete = [r for r in records if r[3]]
+    score = {
         "frames": schedule.frames,
         "fused": len(records),
         "frames_seen": len({r[0] for r in records}),
-        "complete": complete,
-        "complete_fraction": complete / max(schedule.frames, len(records)),
-        "accuracy": sum(r[2] for r in records) / len(records) if records else None,
+        "complete": len(complete),
+        "complete_fraction": len(complete) / max(schedule.frames, len(records)),
+        "accuracy": _mean(label == labels[scene] for _, scene, label, _ in records),
         "latency_s": {f"p{q}": float(np.percentile(latencies, q)) if latencies else None
                       for q in (50, 99)},
-        "records": records,
     }
+    if offline is not None:
+        score["offline_accuracy"] = _mean(offline[scene] == labels[scene]
+                                          for _, scene, _, _ in records)
+        score["complete_as_offline"] = _mean(label == offline[scene]
+                                             for _, scene, label, _ in complete)
+    return score | {"records": records}
+
+
+def _mean(flags: Iterable[bool]) -> float | None:
+    flags = list(flags)
+    return float(np.mean(flags)) if flags else None

@@ -53,13 +53,11 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
 
 from resilient_perception.msg import ClassifierHead, DevicePrediction
-from resilient_perception.perception.views import ViewSpec, crop_view
 from resilient_perception.ros.image_conversion import (
+    DeviceInput,
     ImageConversionError,
     decode_compressed,
     decode_image,
-    resize_view,
-    to_model_input,
 )
 from resilient_perception.ros.node_utils import (
     InputStats,
@@ -89,12 +87,10 @@ REJECTION_REASONS = ("late", "oversize", "malformed", "bad_image", "inference_er
 
 
 class _Model:
-    """What configure loaded: the runner and how to cut this device's view."""
+    """What configure loaded: the runner and how to make its input from an image."""
 
-    def __init__(self, runner, classes: list[str], view_spec: ViewSpec | None,
-                 input_hw: tuple[int, int] | None, image_hw: tuple[int, int] | None) -> None:
-        self.runner, self.classes = runner, classes
-        self.view_spec, self.input_hw, self.image_hw = view_spec, input_hw, image_hw
+    def __init__(self, runner, classes: list[str], device_input: DeviceInput) -> None:
+        self.runner, self.classes, self.device_input = runner, classes, device_input
 
 
 class CameraNode(Node):
@@ -286,7 +282,6 @@ class CameraNode(Node):
             DeviceRunner,
             ExportError,
             parse_provider_options,
-            training_image_hw,
             view_hw,
         )
 
@@ -326,29 +321,18 @@ class CameraNode(Node):
                                  f"is {device_id}")
         else:
             raise ValueError(f"model_path must be a .onnx or .safetensors file, got {path}")
-        try:
-            image_hw = training_image_hw(meta)
-        except ExportError:
-            image_hw = None  # an export without it: views are cut in proportion instead
-        spec = None
-        if param("crop_view").value:
-            spec = ViewSpec.from_dict(meta["view_spec"])
-            if spec.kind != "grid":
-                spec = None  # "cameras" views are whole camera images: nothing to crop
-            elif not device_id < spec.rows * spec.cols:
-                raise ValueError(f"device_id {device_id} has no view in a "
-                                 f"{spec.rows}x{spec.cols} grid")
+        device_input = DeviceInput.from_metadata(meta, device_id, runner.in_channels, input_hw,
+                                                 crop=param("crop_view").value)
         if input_hw is not None:
             # The first forward pass builds the backend's kernels for this shape (hundreds of
             # ms with several cameras starting on one CPU): do it now, not on the first
             # frame, which would otherwise miss its fusion deadline.
             runner.run(np.zeros((1, runner.in_channels, *input_hw), np.uint8))
         size = "any size" if input_hw is None else f"{input_hw[0]}x{input_hw[1]}"
+        cut = "cropped from the full image" if device_input.view_spec else "image used as the view"
         self.get_logger().info(
-            f"device {device_id}: {path.name} on {runner.provider}, view {size}, "
-            f"{'cropped from the full image' if spec else 'image used as the view'}")
-        return _Model(runner, list(meta.get("classes") or ()), spec, input_hw,
-                      image_hw if spec is not None else None)
+            f"device {device_id}: {path.name} on {runner.provider}, view {size}, {cut}")
+        return _Model(runner, list(meta.get("classes") or ()), device_input)
 
     def _head_message(self) -> ClassifierHead:
         weight, bias = self._model.runner.head()
@@ -361,32 +345,11 @@ class CameraNode(Node):
         return msg
 
     # -- images ----------------------------------------------------------------------------
-    def _view(self, msg: Image | CompressedImage) -> np.ndarray:
-        """The device's uint8 ``(C, h, w)`` view of an image message; raises on bad input."""
-        model = self._model
-        pixels, encoding = self._decode(msg)
-        if model.image_hw is not None and pixels.shape[:2] != model.image_hw:
-            # Another resolution: the whole image to the training images' size first, so
-            # the view is the box it was trained on (boxes cut in proportion from a large
-            # image differ: MNIST's 3 rows of 10 overlap by a pixel in 28, not in 480). An
-            # image with fewer pixels than the grid has cells is refused all the same.
-            if model.view_spec is not None:
-                model.view_spec.boxes(*pixels.shape[:2])
-            pixels = resize_view(pixels.transpose(2, 0, 1), model.image_hw).transpose(1, 2, 0)
-        if model.view_spec is not None:
-            # The view is cut before it is converted: converting a whole 640x480 image
-            # took 5 ms, most of it for pixels of the other devices.
-            box = model.view_spec.boxes(*pixels.shape[:2])[self.get_parameter("device_id").value]
-            pixels = crop_view(pixels.transpose(2, 0, 1), box).transpose(1, 2, 0)
-        image = to_model_input(pixels, encoding, model.runner.in_channels)
-        if model.input_hw is not None and tuple(image.shape[1:]) != model.input_hw:
-            image = resize_view(image, model.input_hw)  # another camera resolution
-        return image
-
     def _on_image(self, msg: Image) -> None:
         start = time.perf_counter()
         try:
-            probs, features = self._model.runner.run(self._view(msg)[None])
+            model = self._model
+            probs, features = model.runner.run(model.device_input(*self._decode(msg))[None])
         except (ImageConversionError, ValueError) as exc:
             self.rejections.reject("image", "bad_image", str(exc))
             self.inputs.add(time.monotonic(), None)

@@ -42,7 +42,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from resilient_perception.datasets import DatasetError, load_dataset
 from resilient_perception.ros.node_utils import descriptor, run_node
 
-__all__ = ["TRANSPORTS", "FreeRunningCameraNode", "SceneSchedule", "main", "yuyv"]
+__all__ = ["TRANSPORTS", "FreeRunningCameraNode", "SceneSchedule", "driver_image", "main",
+           "yuyv"]
 
 TRANSPORTS = ("raw", "compressed")
 QUEUED_FRAMES = 4
@@ -122,6 +123,30 @@ def yuyv(bgr: np.ndarray) -> np.ndarray:
     return packed
 
 
+def driver_image(image: np.ndarray, size: tuple[int, int], compressed: bool = False,
+                 jpeg_quality: int = 80) -> Image | CompressedImage:
+    """A dataset image ``(C, H, W)`` as this driver sends it, header unset.
+
+    Enlarged to ``size`` (width, height) with nearest neighbour (the scene's own pixels: a
+    bilinear blur cost the small MNIST model 3 points), then YUYV ``Image`` or, with
+    ``compressed``, a JPEG ``CompressedImage`` of ``jpeg_quality``.
+    """
+    import cv2
+
+    pixels = np.ascontiguousarray(image.transpose(1, 2, 0))
+    bgr = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR if pixels.shape[2] == 1
+                       else cv2.COLOR_RGB2BGR)
+    bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_NEAREST)
+    if compressed:
+        ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        if not ok:
+            raise RuntimeError("OpenCV could not JPEG-encode the image")
+        return CompressedImage(format="bgr8; jpeg compressed bgr8", data=encoded.tobytes())
+    width, height = size
+    return Image(height=height, width=width, encoding="yuv422_yuy2", is_bigendian=0,
+                 step=2 * width, data=yuyv(bgr).tobytes())
+
+
 class FreeRunningCameraNode(Node):
     """Publishes a dataset's frames as one free-running camera driver would."""
 
@@ -193,7 +218,7 @@ class FreeRunningCameraNode(Node):
         self._phase_ns = round(p["phase_ms"] * 1e6)
         self._jitter_ns = round(p["jitter_ms"] * 1e6)
         self._random = random.Random(p["seed"])
-        self._shown: tuple[int, bytes] | None = None  # (scene, encoded pixels)
+        self._shown: tuple[int, Image | CompressedImage] | None = None  # (scene, image)
         self.published = self.dropped = 0
         topic = "image_raw/compressed" if self._compressed else "image_raw"
         self._pub = self.create_publisher(CompressedImage if self._compressed else Image,
@@ -217,26 +242,11 @@ class FreeRunningCameraNode(Node):
                    "epoch_ns", "rate_hz", "phase_ms", "max_phase_ms", "jitter_ms", "seed",
                    "width", "height", "transport", "jpeg_quality", "frame_id")
 
-    def _pixels(self, scene: int) -> bytes:
-        """The scene's image as this camera sends it (encoded once per scene)."""
+    def _message(self, scene: int) -> Image | CompressedImage:
+        """The scene's image message (made once per scene; each publish sets its header)."""
         if self._shown is None or self._shown[0] != scene:
-            import cv2
-
-            image = np.ascontiguousarray(self._images[scene].transpose(1, 2, 0))
-            bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR if image.shape[2] == 1
-                               else cv2.COLOR_RGB2BGR)
-            # Nearest: the scene's own pixels, enlarged (a bilinear blur cost the small
-            # MNIST model 3 points).
-            bgr = cv2.resize(bgr, self._size, interpolation=cv2.INTER_NEAREST)
-            if self._compressed:
-                ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY,
-                                                         self._jpeg_quality])
-                if not ok:
-                    raise RuntimeError("OpenCV could not JPEG-encode the image")
-                pixels = encoded.tobytes()
-            else:
-                pixels = yuyv(bgr).tobytes()
-            self._shown = (scene, pixels)
+            self._shown = (scene, driver_image(self._images[scene], self._size,
+                                               self._compressed, self._jpeg_quality))
         return self._shown[1]
 
     def _capture_ns(self, frame: int) -> int:
@@ -260,13 +270,7 @@ class FreeRunningCameraNode(Node):
             self._next_capture_ns = self._capture_ns(self._next_frame)
 
     def _publish(self, capture_ns: int) -> None:
-        pixels = self._pixels(self.schedule.shown_scene(capture_ns))
-        if self._compressed:
-            msg = CompressedImage(format="bgr8; jpeg compressed bgr8", data=pixels)
-        else:
-            width, height = self._size
-            msg = Image(height=height, width=width, encoding="yuv422_yuy2", is_bigendian=0,
-                        step=2 * width, data=pixels)
+        msg = self._message(self.schedule.shown_scene(capture_ns))
         msg.header.stamp = Time(sec=capture_ns // 10**9, nanosec=capture_ns % 10**9)
         msg.header.frame_id = self._frame_id
         self._pub.publish(msg)

@@ -18,7 +18,8 @@ What camera drivers send besides those is decoded with OpenCV (imported only the
 (or mono8/mono16 for a grey PNG or JPEG).
 
 :func:`to_model_input` turns such an array into what a device CNN was trained on: uint8,
-channel-first, RGB for 3 input channels or BT.601 luma for 1 (see its docstring).
+channel-first, RGB for 3 input channels or BT.601 luma for 1 (see its docstring);
+:class:`DeviceInput` is a camera node's whole path from a decoded image to its device's view.
 
 :func:`camera_images` and :func:`encode` go the other way, from a dataset frame to each
 camera's pixels: the player node publishes them and a camera bag records the same.
@@ -33,9 +34,12 @@ import numpy as np
 
 from resilient_perception.datasets import Dataset, MultiViewImages
 from resilient_perception.message_checks import clip_text
+from resilient_perception.perception.runtime import ExportError, training_image_hw
+from resilient_perception.perception.views import ViewSpec, crop_view
 
 __all__ = [
     "ENCODINGS",
+    "DeviceInput",
     "ImageConversionError",
     "array_to_image",
     "camera_images",
@@ -298,6 +302,69 @@ def to_model_input(array: np.ndarray, encoding: str, in_channels: int) -> np.nda
         luma = _to_rgb(pixels, enc.color_order).astype(np.float32) @ _LUMA
         out = np.clip(np.rint(luma), 0, 255).astype(np.uint8)[:, :, None]
     return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+@dataclass(frozen=True)
+class DeviceInput:
+    """How a camera node turns a decoded camera image into its device CNN's input.
+
+    The camera node and anything that must compute what it computes (the free-running
+    benchmark's offline score) call this one path. An image of another size than the
+    training images' ``image_hw`` is first stretched to it, so the view is the box the
+    device was trained on (boxes cut in proportion from a large image differ: MNIST's 3 rows
+    of 10 overlap by a pixel in 28, not in 480); then ``view_spec``'s box for ``device_id``
+    is cut (None: the image is the view), converted (:func:`to_model_input`) and, if its
+    size is still not ``input_hw`` (a camera of another aspect, no view spec), resized.
+    """
+
+    device_id: int
+    in_channels: int
+    view_spec: ViewSpec | None = None
+    image_hw: tuple[int, int] | None = None
+    input_hw: tuple[int, int] | None = None
+
+    @classmethod
+    def from_metadata(cls, metadata: dict, device_id: int, in_channels: int,
+                      input_hw: tuple[int, int] | None, crop: bool = True) -> DeviceInput:
+        """The input of a model with ``metadata`` (an export's, or a checkpoint's meta).
+
+        ``crop`` False (or a ``cameras`` view spec) uses the whole image as the view.
+
+        Raises:
+            ValueError: If ``device_id`` has no cell in the model's grid.
+        """
+        spec = ViewSpec.from_dict(metadata["view_spec"]) if crop else None
+        if spec is None or spec.kind != "grid":
+            return cls(device_id, in_channels, None, None, input_hw)
+        if not device_id < spec.rows * spec.cols:
+            raise ValueError(f"device_id {device_id} has no view in a "
+                             f"{spec.rows}x{spec.cols} grid")
+        try:
+            image_hw = training_image_hw(metadata)
+        except ExportError:
+            image_hw = None  # an export without it: views are cut in proportion instead
+        return cls(device_id, in_channels, spec, image_hw, input_hw)
+
+    def __call__(self, pixels: np.ndarray, encoding: str) -> np.ndarray:
+        """``(H, W, C)`` pixels of ``encoding`` -> the device's uint8 ``(C, h, w)`` view.
+
+        Raises:
+            ImageConversionError: For an encoding or layout that cannot be converted.
+            ValueError: For an image with fewer pixels than the grid has cells.
+        """
+        if self.view_spec is not None:
+            if self.image_hw is not None and pixels.shape[:2] != self.image_hw:
+                self.view_spec.boxes(*pixels.shape[:2])  # refuses an image under the grid
+                pixels = resize_view(pixels.transpose(2, 0, 1),
+                                     self.image_hw).transpose(1, 2, 0)
+            # The view is cut before it is converted: converting a whole 640x480 image
+            # took 5 ms, most of it for pixels of the other devices.
+            box = self.view_spec.boxes(*pixels.shape[:2])[self.device_id]
+            pixels = crop_view(pixels.transpose(2, 0, 1), box).transpose(1, 2, 0)
+        image = to_model_input(pixels, encoding, self.in_channels)
+        if self.input_hw is not None and tuple(image.shape[1:]) != self.input_hw:
+            image = resize_view(image, self.input_hw)  # another camera resolution
+        return image
 
 
 _NATURAL_ENCODING = {1: "mono8", 3: "rgb8", 4: "rgba8"}
