@@ -14,8 +14,8 @@ conversion. It stands in for one usb_cam or v4l2_camera process on its own clock
   scene ``s``, each held for ``hold_frames`` frames (real scenes change slower than the
   frame rate); the first scene before the epoch, the last one after the schedule;
 * scaled to ``width`` x ``height`` (nearest neighbour) and packed as YUYV
-  (``yuv422_yuy2``, usb_cam's default) with OpenCV, or with ``transport: compressed``
-  JPEG-encoded on ``image_raw/compressed``
+  (``yuv422_yuy2``, usb_cam's default; BT.601 video range, as V4L2 cameras send it), or
+  with ``transport: compressed`` JPEG-encoded on ``image_raw/compressed``
   (``sensor_msgs/CompressedImage``, as image_transport's compressed plugin publishes it);
 * BEST_EFFORT, depth 5 (``qos_profile_sensor_data``, what drivers offer).
 
@@ -40,10 +40,10 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 
 from resilient_perception.datasets import DatasetError, load_dataset
+from resilient_perception.ros.image_conversion import bgr_to_yuyv
 from resilient_perception.ros.node_utils import descriptor, run_node
 
-__all__ = ["TRANSPORTS", "FreeRunningCameraNode", "SceneSchedule", "driver_image", "main",
-           "yuyv"]
+__all__ = ["TRANSPORTS", "FreeRunningCameraNode", "SceneSchedule", "driver_image", "main"]
 
 TRANSPORTS = ("raw", "compressed")
 QUEUED_FRAMES = 4
@@ -108,21 +108,6 @@ class SceneSchedule:
         return min(max(self.frame_of(stamp_ns), 0) // self.hold_frames, self.scenes - 1)
 
 
-def yuyv(bgr: np.ndarray) -> np.ndarray:
-    """A ``(H, W, 3)`` BGR image packed as YUYV 4:2:2 ``(H, W, 2)`` (OpenCV's BT.601 YUV)."""
-    import cv2
-
-    if bgr.shape[1] % 2:
-        raise ValueError(f"YUYV needs an even width, got {bgr.shape[1]}")
-    yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV).astype(np.uint16)
-    packed = np.empty((*bgr.shape[:2], 2), np.uint8)
-    packed[:, :, 0] = yuv[:, :, 0]
-    # One U and one V per pixel pair: their mean, rounded.
-    packed[:, 0::2, 1] = (yuv[:, 0::2, 1] + yuv[:, 1::2, 1] + 1) // 2
-    packed[:, 1::2, 1] = (yuv[:, 0::2, 2] + yuv[:, 1::2, 2] + 1) // 2
-    return packed
-
-
 def driver_image(image: np.ndarray, size: tuple[int, int], compressed: bool = False,
                  jpeg_quality: int = 80) -> Image | CompressedImage:
     """A dataset image ``(C, H, W)`` as this driver sends it, header unset.
@@ -144,7 +129,7 @@ def driver_image(image: np.ndarray, size: tuple[int, int], compressed: bool = Fa
         return CompressedImage(format="bgr8; jpeg compressed bgr8", data=encoded.tobytes())
     width, height = size
     return Image(height=height, width=width, encoding="yuv422_yuy2", is_bigendian=0,
-                 step=2 * width, data=yuyv(bgr).tobytes())
+                 step=2 * width, data=bgr_to_yuyv(bgr).tobytes())
 
 
 class FreeRunningCameraNode(Node):

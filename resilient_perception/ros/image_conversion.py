@@ -42,6 +42,7 @@ __all__ = [
     "DeviceInput",
     "ImageConversionError",
     "array_to_image",
+    "bgr_to_yuyv",
     "camera_images",
     "decode_compressed",
     "decode_image",
@@ -89,6 +90,11 @@ _OPENCV_ENCODINGS: dict[str, tuple[int, str]] = {
     "bayer_gbrg8": (1, "COLOR_BayerGR2BGR"),
     "bayer_grbg8": (1, "COLOR_BayerGB2BGR"),
 }
+
+# BT.601 video range: (Y, U, V) offsets removed, rows of (B, G, R) weights.
+_BT601_VIDEO_RANGE = np.float32([[24.966, 128.553, 65.481],
+                                 [112.0, -74.203, -37.797],
+                                 [-18.214, -93.786, 112.0]]) / 255.0
 
 # ITU-R BT.601 luma weights (R, G, B): what PIL's "L" mode and OpenCV's RGB2GRAY use.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -152,6 +158,24 @@ def image_to_array(msg: Any) -> np.ndarray:
     wire = enc.dtype.newbyteorder(">" if msg.is_bigendian else "<")
     pixels = rows.view(wire).reshape(height, width, enc.channels)
     return pixels.astype(enc.dtype.newbyteorder("="), copy=True)
+
+
+def bgr_to_yuyv(bgr: np.ndarray) -> np.ndarray:
+    """A ``(H, W, 3)`` uint8 BGR image packed as YUYV 4:2:2 ``(H, W, 2)``, as cameras send it.
+
+    ITU-R BT.601 in video range (Y 16-235, U and V 16-240), what V4L2 cameras' YUYV is and
+    what OpenCV's ``COLOR_YUV2BGR_YUYV`` (and so cv_bridge and :func:`decode_image`) undo;
+    OpenCV's ``COLOR_BGR2YUV`` is full range and would come back up to 20 levels off. One U
+    and one V per pixel pair: their mean.
+    """
+    if bgr.shape[1] % 2:
+        raise ValueError(f"YUYV needs an even width, got {bgr.shape[1]}")
+    yuv = bgr.astype(np.float32) @ _BT601_VIDEO_RANGE.T + np.float32([16.0, 128.0, 128.0])
+    packed = np.empty((*bgr.shape[:2], 2), np.float32)
+    packed[:, :, 0] = yuv[:, :, 0]
+    packed[:, 0::2, 1] = (yuv[:, 0::2, 1] + yuv[:, 1::2, 1]) / 2
+    packed[:, 1::2, 1] = (yuv[:, 0::2, 2] + yuv[:, 1::2, 2]) / 2
+    return np.clip(np.rint(packed), 0, 255).astype(np.uint8)
 
 
 def decode_image(msg: Any) -> tuple[np.ndarray, str]:
