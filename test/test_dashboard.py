@@ -4,6 +4,7 @@ headless Chromium against a live pipeline (six tiles, a kill, the latency plot, 
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.request
@@ -312,3 +313,75 @@ def test_the_page_shows_a_live_pipeline_and_a_kill(briefly_trained_onnx, tmp_pat
             shot = browser.screenshot(tmp_path / "dashboard.png")
     assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 10_000
     print(f"dead tile {delay:.3f} s after the fusion node's report; screenshot {shot}")
+
+
+@pytest.mark.ros
+@pytest.mark.timeout(90)
+def test_previews_of_a_yuyv_camera_and_a_compressed_one(tmp_path):
+    # Drivers' images, not the player's: YUYV on camera_0/image_raw and JPEG on
+    # camera_1/image_raw/compressed, best effort; each preview must show its camera's colours.
+    import threading
+
+    import cv2
+
+    from test.conftest import require_ros
+
+    require_ros()
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CompressedImage, Image
+
+    from resilient_perception.harness.dashboard import dashboard_node, wait_for_dashboard_url
+    from resilient_perception.harness.pipeline import Observer, Pipeline, package_prefix
+    from resilient_perception.ros.image_conversion import bgr_to_yuyv
+    from resilient_perception.ros.topics import IMAGE_TOPIC_FORMAT
+
+    if not (package_prefix() / "lib" / "resilient_perception" / "dashboard_node").is_file():
+        pytest.skip("nodes not installed: run scripts/setup.sh")
+    bgr = np.zeros((480, 640, 3), np.uint8)
+    bgr[:, :320] = (0, 0, 220)  # red left
+    bgr[:, 320:] = (220, 0, 0)  # blue right
+    raw = Image(height=480, width=640, encoding="yuv422_yuy2", step=1280,
+                data=bgr_to_yuyv(bgr).tobytes())
+    jpeg = CompressedImage(format="bgr8; jpeg compressed bgr8",
+                           data=cv2.imencode(".jpg", bgr[:, ::-1].copy())[1].tobytes())
+    images: list[dict] = []
+
+    def read_events(url: str) -> None:
+        with urllib.request.urlopen(url + "events", timeout=30) as events:
+            while not images:
+                line = events.readline().decode()
+                if not line:  # the node stopped
+                    return
+                if line == "event: images\n":
+                    previews = json.loads(events.readline().decode()[len("data: "):])
+                    if {"0", "1"} <= previews.keys():
+                        images.append(previews)
+
+    domain = domain_id()
+    with (Observer(name="preview_test", domain_id=domain) as observer,
+          Pipeline([dashboard_node(2)], log_dir=tmp_path, domain_id=domain) as pipeline):
+        pipeline.start()
+        url = wait_for_dashboard_url(observer, 30.0, pipeline)
+        publishers = [
+            (observer.node.create_publisher(Image, IMAGE_TOPIC_FORMAT.format(0),
+                                            qos_profile_sensor_data), raw),
+            (observer.node.create_publisher(CompressedImage,
+                                            IMAGE_TOPIC_FORMAT.format(1) + "/compressed",
+                                            qos_profile_sensor_data), jpeg)]
+        reader = threading.Thread(target=read_events, args=(url,), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 30.0
+        while not images and time.monotonic() < deadline:
+            for publisher, msg in publishers:
+                publisher.publish(msg)
+            observer.spin_for(0.1)
+        pipeline.check()
+    assert images, "no previews of cameras 0 and 1 within 30 s"
+    for device, (left, right) in (("0", (2, 0)), ("1", (0, 2))):  # BGR channel that is high
+        data = images[0][device].removeprefix("data:image/jpeg;base64,")
+        preview = cv2.imdecode(np.frombuffer(base64.b64decode(data), np.uint8),
+                               cv2.IMREAD_COLOR)
+        h, w = preview.shape[:2]
+        for x, channel in ((w // 4, left), (3 * w // 4, right)):
+            pixel = preview[h // 2, x].astype(int)
+            assert pixel[channel] > 180 and pixel.sum() - pixel[channel] < 60, (device, pixel)

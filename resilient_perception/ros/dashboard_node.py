@@ -14,9 +14,11 @@ Subscribes, all with :func:`~resilient_perception.ros.topics.dashboard_qos` (bes
 a slow dashboard loses messages, it never slows a publisher), except the latched plan
 (:func:`~resilient_perception.ros.topics.plan_qos`):
 
-* sampled every ``sample_period``: ``image_topic_format.format(i)`` (``sensor_msgs/Image``,
-  depth 1, kept serialised: only the newest image of a camera is decoded, when the page's
-  previews are next pushed), ``prediction_topic_format.format(i)`` (``DevicePrediction``),
+* sampled every ``sample_period``: ``image_topic_format.format(i)`` (``sensor_msgs/Image``)
+  and the same plus ``/compressed`` (``sensor_msgs/CompressedImage``, image_transport's
+  compressed transport), depth 1, kept serialised: only the newest image of a camera is
+  decoded, when the page's previews are next pushed; ``prediction_topic_format.format(i)``
+  (``DevicePrediction``),
   ``fused_topic`` (``FusedPrediction``) and ``label_topic`` (``FrameLabel``);
 * with a callback each: ``/diagnostics``, ``plan_topic`` (``PlacementPlan``),
   ``link_topic`` (``LinkMeasurement``), ``distributed_topic`` (``DistributedPrediction``).
@@ -52,7 +54,7 @@ from rcl_interfaces.msg import ParameterType
 from rclpy.node import Node
 from rclpy.serialization import deserialize_message
 from rclpy.subscription import Subscription
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from resilient_perception.dashboard.preview import preview_jpeg
 from resilient_perception.dashboard.server import DashboardServer
@@ -65,7 +67,11 @@ from resilient_perception.msg import (
     LinkMeasurement,
     PlacementPlan,
 )
-from resilient_perception.ros.image_conversion import decode_image, to_model_input
+from resilient_perception.ros.image_conversion import (
+    decode_compressed,
+    decode_image,
+    to_model_input,
+)
 from resilient_perception.ros.node_utils import Rejections, descriptor, publish_counters, run_node
 from resilient_perception.ros.topics import (
     CAMERA_STATUS,
@@ -149,7 +155,8 @@ class DashboardNode(Node):
             "Name of the fusion node whose per-device /diagnostics give the tiles' health "
             "(relative: in this node's namespace; or fully qualified).", s))
         for name, default, what in (
-                ("image_topic_format", IMAGE_TOPIC_FORMAT, "Image topic of camera i: format(i)."),
+                ("image_topic_format", IMAGE_TOPIC_FORMAT, "Image topic of camera i: format(i) "
+                 "(its /compressed too)."),
                 ("prediction_topic_format", PREDICTION_TOPIC_FORMAT,
                  "DevicePrediction topic of device i: format(i)."),
                 ("fused_topic", FUSED_TOPIC, "FusedPrediction topic."),
@@ -176,9 +183,9 @@ class DashboardNode(Node):
         self._namespace = self.get_namespace().rstrip("/")
         self.state = DashboardState(self.n_devices, p["window_s"], p["accuracy_window"])
         self.rejections = Rejections(self, REJECTION_REASONS)
-        # The newest serialised image per camera and the preview made of it: decoding waits
-        # until the page wants a preview.
-        self._images: dict[int, tuple[int, bytes]] = {}
+        # The newest serialised image per camera (raw or compressed, whichever came last) and
+        # the preview made of it: decoding waits until the page wants a preview.
+        self._images: dict[int, tuple[int, bytes, type]] = {}
         self._previews: dict[int, tuple[int, str]] = {}
         self._images_lock = threading.Lock()
         qos = dashboard_qos()
@@ -189,10 +196,12 @@ class DashboardNode(Node):
         sample = self._sampler.create_subscription
         self._sampled: list[tuple[Subscription, Any]] = []
         for device in range(self.n_devices):
+            topic = p["image_topic_format"].format(device)
             self._sampled += [
-                (sample(Image, p["image_topic_format"].format(device), _unused,
-                        dashboard_qos(1), raw=True),
-                 lambda data, dev=device: self._on_image(dev, data)),
+                (sample(msg_type, name, _unused, dashboard_qos(1), raw=True),
+                 lambda data, dev=device, kind=msg_type: self._on_image(dev, data, kind))
+                for msg_type, name in ((Image, topic), (CompressedImage, f"{topic}/compressed"))]
+            self._sampled += [
                 (sample(DevicePrediction, p["prediction_topic_format"].format(device), _unused,
                         qos), lambda msg, dev=device: self._on_prediction(dev, msg))]
         # predictions before the fused output that uses them, labels after it
@@ -227,10 +236,10 @@ class DashboardNode(Node):
                     self.rejections.reject(subscription.topic_name, "callback_error",
                                            f"{type(exc).__name__}: {exc}")
 
-    def _on_image(self, device: int, data: bytes) -> None:
+    def _on_image(self, device: int, data: bytes, kind: type) -> None:
         with self._images_lock:
-            seq = self._images.get(device, (0, b""))[0] + 1
-            self._images[device] = (seq, data)
+            seq = self._images.get(device, (0,))[0] + 1
+            self._images[device] = (seq, data, kind)
         self.state.on_image(device)
 
     def _on_prediction(self, device: int, msg: DevicePrediction) -> None:
@@ -275,11 +284,12 @@ class DashboardNode(Node):
     def _preview_urls(self) -> dict[int, str]:
         with self._images_lock:
             newest = dict(self._images)
-        for device, (seq, data) in newest.items():
+        for device, (seq, data, kind) in newest.items():
             if self._previews.get(device, (0, ""))[0] == seq:
                 continue
+            decode = decode_compressed if kind is CompressedImage else decode_image
             try:
-                pixels, encoding = decode_image(deserialize_message(data, Image))
+                pixels, encoding = decode(deserialize_message(data, kind))
                 rgb = to_model_input(pixels, encoding, 3).transpose(1, 2, 0)
                 jpeg = preview_jpeg(rgb, self.image_width)
             except Exception as exc:  # a bad image costs its preview, nothing else
