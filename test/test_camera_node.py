@@ -253,6 +253,39 @@ def test_bad_images_are_skipped_and_the_node_keeps_working(camera, images):
     assert "unsupported image encoding 'yuv422_weird'" in camera.log.read_text()
 
 
+def test_unstamped_images_are_rejected_or_stamped_on_arrival(camera, runner, images,
+                                                            model_files, tmp_path):
+    # A driver that does not stamp: by default its images are refused (all would share one
+    # frame at the fusion node); with stamp_source 'arrival' each is stamped when it came.
+    view = crop_views(images[5:6], SPEC.boxes(28, 28))[:, DEVICE]
+    probs, _ = runner.run(view)
+    camera.images.publish(image_msg(images[5], sec=0))
+    camera.ask(image_msg(images[6], sec=980))  # in order, after the unstamped one
+    assert camera.received(Time(sec=0)) is None
+    camera.wait_for(lambda: (latest_counters(camera.diagnostics) or {}).get("unstamped"),
+                    "the unstamped image counted")
+    assert "header.stamp is 0" in camera.log.read_text()
+
+    with running_camera(tmp_path, domain=OWN_DOMAIN_ID, device_id=DEVICE,
+                        model_path=str(model_files["onnx"]), image_reliability="reliable",
+                        stamp_source="arrival") as cam:
+        first_sent = time.time_ns()
+        last = 0.0
+
+        def answered():
+            nonlocal last
+            if time.monotonic() - last > 1.0:  # again, in case discovery was settling
+                cam.images.publish(image_msg(images[5], sec=0))
+                last = time.monotonic()
+            return cam.predictions[0] if cam.predictions else None
+
+        pred = cam.wait_for(answered, lambda: f"a prediction: {cam.delivery()}")
+        answered_at = time.time_ns()
+    stamp = pred.header.stamp.sec * 10**9 + pred.header.stamp.nanosec
+    assert first_sent <= stamp <= answered_at, (first_sent, stamp, answered_at)
+    np.testing.assert_allclose(pred.probabilities, probs[0], atol=1e-5)
+
+
 def test_oversized_and_malformed_images_are_counted_and_good_ones_still_served(
         camera, runner, images):
     from diagnostic_msgs.msg import DiagnosticArray

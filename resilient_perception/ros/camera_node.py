@@ -30,6 +30,12 @@ An image that waited in the queue longer than ``max_image_wait`` (0.1 s) is skip
 predictions too old to be fused (``max_image_wait:=0`` works through every image, as the
 package's player pipelines do).
 
+A prediction carries its image's ``header.stamp``, by which the fusion node groups the
+cameras' frames; an image stamped 0 (a driver that does not stamp) is rejected as
+``unstamped``, since every such frame would share one stamp. ``stamp_source:=arrival``
+stamps each prediction with its image's arrival in this process instead, for such a driver
+or one that stamps on a clock of its own.
+
 Bad images are counted per reason on ``/diagnostics`` (``accepted``, ``rejected`` and one
 counter per reason) and logged at most once per reason every few seconds, with the text
 they echo clipped; the node never crashes on a message. An image whose serialised size is
@@ -46,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import ParameterType
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import Node, State, TransitionCallbackReturn
@@ -82,8 +89,9 @@ __all__ = ["CameraNode", "autostart", "main"]
 
 BACKENDS = ("onnxruntime", "torch")
 IMAGE_TRANSPORTS = ("raw", "compressed")
-REJECTION_REASONS = ("late", "oversize", "malformed", "bad_image", "inference_error",
-                     "callback_error")
+STAMP_SOURCES = ("header", "arrival")
+REJECTION_REASONS = ("late", "oversize", "malformed", "unstamped", "bad_image",
+                     "inference_error", "callback_error")
 
 
 class _Model:
@@ -160,6 +168,13 @@ class CameraNode(Node):
             "frame, and working through such a backlog keeps a camera short of CPU behind "
             "for seconds. 0 = every image (a replay where every frame counts).", d,
             float_range=(0.0, 3600.0)))
+        self.declare_parameter("stamp_source", "header", _descriptor(
+            "Stamp of the predictions, by which the fusion node groups the cameras' frames: "
+            "'header': the image's header.stamp (a driver's capture time; an image stamped "
+            "0 is rejected as 'unstamped'); 'arrival': the image's arrival in this process, "
+            "on this machine's clock, for a driver that leaves the stamp at 0 or stamps on "
+            "a clock of its own (the cameras' arrivals then must fall within the fusion "
+            "node's sync_tolerance).", s))
         self.declare_parameter("max_image_bytes", 8 << 20, _descriptor(
             "Larger serialised images are rejected before they are deserialised, bytes "
             "(the default takes 1920x1080 at 4 bytes a pixel).", i, (1024, 1 << 31)))
@@ -167,6 +182,8 @@ class CameraNode(Node):
         self._sub = self._pred_pub = self._head_pub = self._head_timer = None
         self._incompatible_logged = False
         self._decode = decode_image
+        self._stamp_on_arrival = False
+        self._arrival_ns = 0  # of the image being handled, with stamp_source 'arrival'
         self.accepted = 0
         self.rejections = Rejections(self, REJECTION_REASONS)
         self.inputs = InputStats()
@@ -207,6 +224,9 @@ class CameraNode(Node):
             if transport not in IMAGE_TRANSPORTS:
                 raise ValueError(f"image_transport must be one of {IMAGE_TRANSPORTS}, got "
                                  f"{transport!r}")
+            if param("stamp_source").value not in STAMP_SOURCES:
+                raise ValueError(f"stamp_source must be one of {STAMP_SOURCES}, got "
+                                 f"{param('stamp_source').value!r}")
         except ValueError as exc:
             self.get_logger().error(f"activate failed: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -225,6 +245,7 @@ class CameraNode(Node):
         self._incompatible_logged = False
         compressed = transport == "compressed"
         self._decode = decode_compressed if compressed else decode_image
+        self._stamp_on_arrival = param("stamp_source").value == "arrival"
         # As image_transport does: the base topic remapped first, then "/compressed" added.
         topic = param("input_topic").value
         self._sub = capped_subscription(
@@ -232,6 +253,7 @@ class CameraNode(Node):
             self.resolve_topic_name(topic) + "/compressed" if compressed else topic,
             self._on_image, images, param("max_image_bytes").value, self.rejections, "image",
             max_wait_s=param("max_image_wait").value,
+            on_info=self._note_arrival if self._stamp_on_arrival else None,
             qos_overriding_options=QoSOverridingOptions.with_default_policies(),
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible))
         self.get_logger().info(f"active: {self._sub.topic_name} -> {self._pred_pub.topic_name}")
@@ -345,8 +367,21 @@ class CameraNode(Node):
         return msg
 
     # -- images ----------------------------------------------------------------------------
+    def _note_arrival(self, info: Any) -> None:
+        # Called just before the image's own callback (one executor thread).
+        self._arrival_ns = info.get("received_timestamp") or time.time_ns()
+
     def _on_image(self, msg: Image) -> None:
         start = time.perf_counter()
+        if self._stamp_on_arrival:
+            msg.header.stamp = Time(sec=self._arrival_ns // 10**9,
+                                    nanosec=self._arrival_ns % 10**9)
+        elif not (msg.header.stamp.sec or msg.header.stamp.nanosec):
+            self.rejections.reject("image", "unstamped",
+                                   "header.stamp is 0: the driver does not stamp its images "
+                                   "(stamp_source:=arrival stamps them on arrival)")
+            self.inputs.add(time.monotonic(), None)
+            return
         try:
             model = self._model
             probs, features = model.runner.run(model.device_input(*self._decode(msg))[None])
