@@ -14,7 +14,9 @@ cameras and ``bench-pipeline --free-running`` both build their run from here::
     score = score_fused(fused_messages, schedule, labels)
 
 The scenes are scored by the schedule, not a label topic: every stamp of a frame maps to
-its scene (:meth:`SceneSchedule.scene_of`).
+its scene (:meth:`SceneSchedule.scene_of`). :func:`camera_probabilities` computes offline
+what the camera nodes compute from the drivers' images, so a fused frame can be compared
+with the model exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..perception.runtime import DeviceRunner
 from ..ros.free_running_camera_node import SceneSchedule, driver_image
 from ..ros.image_conversion import (
     DeviceInput,
@@ -151,8 +154,6 @@ def camera_probabilities(
     side tell what the drivers' images (enlarged, YUYV or JPEG) cost from what the pipeline
     loses.
     """
-    from ..perception.runtime import DeviceRunner  # onnxruntime, for the offline score only
-
     compressed = set(compressed)
     probabilities = []
     for camera in range(num_cameras):
