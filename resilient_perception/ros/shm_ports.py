@@ -11,7 +11,19 @@ always adds the shared-memory transport, so no profile avoids it.
 
 Marking such a segment corrupted, the state boost checks, makes a process waiting on it
 give up that port and take the next one, and a later one skip it: one port number is lost,
-not the machine. The nodes do it before they join DDS (:func:`run_node
+not the machine.
+
+A process that dies without closing its participant (killed, crashed) leaves its segments
+behind whole, and nothing removes them: a participant's data segment (``fastdds_`` and 16
+hex digits, up to several MB) has a name no later process takes, so ``/dev/shm``, which is
+memory, fills up (9.5 GB on a machine after a day of test runs; eProsima/Fast-DDS#2790),
+and a port left mid-write can crash the next participant that reopens it
+(eProsima/Fast-DDS#6501). Fast DDS's own ``fastdds shm clean`` tells them by their lock
+files (``_el``, ``_sl``), which a live owner holds locked: :func:`remove_zombie_segments`
+removes the segments whose every lock file nobody holds, as that command does, and only
+those older than a few seconds (a lock file just made may not be locked yet).
+
+The nodes do both before they join DDS (:func:`run_node
 <resilient_perception.ros.node_utils.run_nodes>`); ``python -m
 resilient_perception.ros.shm_ports`` does it by hand, and ``--watch`` keeps doing it (the
 test suite runs one beside its nodes, which it kills mid-stream).
@@ -20,13 +32,15 @@ test suite runs one beside its nodes, which it kills mid-stream).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import re
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["SHM_DIR", "STALLED_AFTER_S", "defuse_stalled_segments", "stalled_segments"]
+__all__ = ["SHM_DIR", "STALLED_AFTER_S", "defuse_stalled_segments", "remove_zombie_segments",
+           "stalled_segments"]
 
 SHM_DIR = Path("/dev/shm")
 """Where Fast DDS (through boost.interprocess) keeps its shared-memory segments."""
@@ -43,6 +57,7 @@ _STATE_BYTES = 4
 # Ports ("fastdds_port7411") and participants' data segments ("fastdds_" and 16 hex digits);
 # not their lock files ("_el", "_sl") or named mutexes ("sem.fastdds_..._mutex").
 _SEGMENT_NAME = re.compile(r"fastdds_(port\d+|[0-9a-f]{16})")
+_LOCK_SUFFIXES = ("_el", "_sl")  # held exclusively / shared by the segment's live users
 
 
 def _state(path: Path) -> int | None:
@@ -99,8 +114,52 @@ def defuse_stalled_segments(shm_dir: Path = SHM_DIR,
     return defused
 
 
+def remove_zombie_segments(shm_dir: Path = SHM_DIR,
+                           older_than_s: float = STALLED_AFTER_S) -> list[tuple[str, int]]:
+    """Remove the Fast DDS segments whose owners are gone; their names and sizes (bytes).
+
+    A segment is a zombie when it has a lock file older than ``older_than_s`` and no process
+    holds any of its lock files. Each is removed with its lock files (and a port's named
+    mutex) while this process holds them all, so no participant takes it up meanwhile.
+    """
+    removed = []
+    now = time.time()
+    try:
+        names = {entry.name for entry in os.scandir(shm_dir)}
+    except OSError:  # no /dev/shm: nothing Fast DDS could have left there
+        return []
+    for name in sorted(names):
+        if not _SEGMENT_NAME.fullmatch(name):
+            continue
+        locks = [shm_dir / (name + suffix) for suffix in _LOCK_SUFFIXES
+                 if name + suffix in names]
+        if not locks:
+            continue  # a port only ever opened for writing: no owner to judge by
+        held = []
+        try:
+            for lock in locks:
+                if now - lock.stat().st_mtime < older_than_s:
+                    break
+                descriptor = os.open(lock, os.O_RDONLY)
+                held.append(descriptor)
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                segment = shm_dir / name
+                size = segment.stat().st_size if segment.exists() else 0
+                mutex = shm_dir / f"sem.{name}_mutex"
+                for path in (segment, *locks, mutex):
+                    path.unlink(missing_ok=True)
+                removed.append((name, size))
+        except OSError:  # a lock held (its owner lives), or files gone meanwhile
+            pass
+        finally:
+            for descriptor in held:
+                os.close(descriptor)
+    return removed
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Defuse stalled segments once, or every ``--watch`` seconds while ``--parent`` lives."""
+    """Defuse stalled segments and remove zombies, once or every ``--watch`` seconds."""
     parser = argparse.ArgumentParser(
         prog="python -m resilient_perception.ros.shm_ports", description=__doc__.split("\n")[0])
     parser.add_argument("--shm-dir", type=Path, default=SHM_DIR, help="default: %(default)s")
@@ -115,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in defuse_stalled_segments(args.shm_dir):
             print(f"defused {args.shm_dir / name}: a half-made Fast DDS segment whose "
                   "creator is gone", flush=True)
+        removed = remove_zombie_segments(args.shm_dir)
+        if removed:
+            print(f"removed {len(removed)} Fast DDS segments whose processes are gone "
+                  f"({sum(size for _, size in removed) / 1e6:.1f} MB)", flush=True)
         if args.watch is None:
             return 0
         if args.parent is not None and not _alive(args.parent):
