@@ -95,10 +95,14 @@ def test_only_segments_stalled_past_the_limit_are_marked_corrupted(tmp_path):
     assert defuse_stalled_segments(tmp_path) == []  # once is enough
 
 
-def test_the_command_says_what_it_defused_and_a_bad_period_exits_2(tmp_path, capsys):
+def test_the_command_says_what_it_defused_and_removed_and_a_bad_period_exits_2(tmp_path, capsys):
     segment(tmp_path / "fastdds_port7002", INITIALIZING, age_s=10)
+    segment(tmp_path / "fastdds_port7004_el", None, age_s=10)
+    segment(tmp_path / "fastdds_port7004", INITIALIZED, age_s=10, size=2_000_000)
     assert main(["--shm-dir", str(tmp_path)]) == 0
-    assert "fastdds_port7002: a half-made Fast DDS segment" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "fastdds_port7002: a half-made Fast DDS segment" in out
+    assert "removed 1 Fast DDS segments whose processes are gone (2.0 MB)" in out
     with pytest.raises(SystemExit) as exited:
         main(["--watch", "0"])
     assert exited.value.code == 2

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"defused {args.shm_dir / name}: a half-made Fast DDS segment whose "
                   "creator is gone", flush=True)
         removed = remove_zombie_segments(args.shm_dir)
-        if removed:
+        if removed and args.watch is None:  # routine while watching: every kill leaves some
             print(f"removed {len(removed)} Fast DDS segments whose processes are gone "
                   f"({sum(size for _, size in removed) / 1e6:.1f} MB)", flush=True)
         if args.watch is None:
