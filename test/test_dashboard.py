@@ -317,9 +317,13 @@ def test_the_page_shows_a_live_pipeline_and_a_kill(briefly_trained_onnx, tmp_pat
 
 @pytest.mark.ros
 @pytest.mark.timeout(90)
-def test_previews_of_a_yuyv_camera_and_a_compressed_one(tmp_path):
-    # Drivers' images, not the player's: YUYV on camera_0/image_raw and JPEG on
-    # camera_1/image_raw/compressed, best effort; each preview must show its camera's colours.
+@pytest.mark.parametrize("transport", ["raw", "compressed"])
+def test_previews_of_yuyv_or_compressed_cameras(transport, tmp_path):
+    # Drivers' images, not the player's, best effort: YUYV on camera_<i>/image_raw, or JPEG
+    # on camera_<i>/image_raw/compressed with image_transport compressed (and then nothing
+    # subscribes to the raw topics: a driver encodes JPEG only for a subscriber). Each
+    # preview must show its camera's colours.
+    import dataclasses
     import threading
 
     import cv2
@@ -337,13 +341,18 @@ def test_previews_of_a_yuyv_camera_and_a_compressed_one(tmp_path):
 
     if not (package_prefix() / "lib" / "resilient_perception" / "dashboard_node").is_file():
         pytest.skip("nodes not installed: run scripts/setup.sh")
-    bgr = np.zeros((480, 640, 3), np.uint8)
-    bgr[:, :320] = (0, 0, 220)  # red left
-    bgr[:, 320:] = (220, 0, 0)  # blue right
-    raw = Image(height=480, width=640, encoding="yuv422_yuy2", step=1280,
-                data=bgr_to_yuyv(bgr).tobytes())
-    jpeg = CompressedImage(format="bgr8; jpeg compressed bgr8",
-                           data=cv2.imencode(".jpg", bgr[:, ::-1].copy())[1].tobytes())
+    red_blue = np.zeros((480, 640, 3), np.uint8)
+    red_blue[:, :320] = (0, 0, 220)  # BGR: red left, blue right
+    red_blue[:, 320:] = (220, 0, 0)
+    views = [red_blue, red_blue[:, ::-1].copy()]  # camera 1: blue left
+    if transport == "raw":
+        msgs_ = [Image(height=480, width=640, encoding="yuv422_yuy2", step=1280,
+                       data=bgr_to_yuyv(bgr).tobytes()) for bgr in views]
+        topics = [IMAGE_TOPIC_FORMAT.format(i) for i in range(2)]
+    else:
+        msgs_ = [CompressedImage(format="bgr8; jpeg compressed bgr8",
+                                 data=cv2.imencode(".jpg", bgr)[1].tobytes()) for bgr in views]
+        topics = [IMAGE_TOPIC_FORMAT.format(i) + "/compressed" for i in range(2)]
     images: list[dict] = []
 
     def read_events(url: str) -> None:
@@ -358,25 +367,26 @@ def test_previews_of_a_yuyv_camera_and_a_compressed_one(tmp_path):
                         images.append(previews)
 
     domain = domain_id()
+    node = dashboard_node(2)
+    node = dataclasses.replace(node, parameters={**node.parameters,
+                                                 "image_transport": transport})
     with (Observer(name="preview_test", domain_id=domain) as observer,
-          Pipeline([dashboard_node(2)], log_dir=tmp_path, domain_id=domain) as pipeline):
+          Pipeline([node], log_dir=tmp_path, domain_id=domain) as pipeline):
         pipeline.start()
         url = wait_for_dashboard_url(observer, 30.0, pipeline)
-        publishers = [
-            (observer.node.create_publisher(Image, IMAGE_TOPIC_FORMAT.format(0),
-                                            qos_profile_sensor_data), raw),
-            (observer.node.create_publisher(CompressedImage,
-                                            IMAGE_TOPIC_FORMAT.format(1) + "/compressed",
-                                            qos_profile_sensor_data), jpeg)]
+        publishers = [observer.node.create_publisher(type(msg), topic, qos_profile_sensor_data)
+                      for msg, topic in zip(msgs_, topics, strict=True)]
         reader = threading.Thread(target=read_events, args=(url,), daemon=True)
         reader.start()
         deadline = time.monotonic() + 30.0
         while not images and time.monotonic() < deadline:
-            for publisher, msg in publishers:
+            for publisher, msg in zip(publishers, msgs_, strict=True):
                 publisher.publish(msg)
             observer.spin_for(0.1)
+        raw_readers = observer.node.count_subscribers(IMAGE_TOPIC_FORMAT.format(0))
         pipeline.check()
     assert images, "no previews of cameras 0 and 1 within 30 s"
+    assert raw_readers == (1 if transport == "raw" else 0)
     for device, (left, right) in (("0", (2, 0)), ("1", (0, 2))):  # BGR channel that is high
         data = images[0][device].removeprefix("data:image/jpeg;base64,")
         preview = cv2.imdecode(np.frombuffer(base64.b64decode(data), np.uint8),
@@ -385,3 +395,25 @@ def test_previews_of_a_yuyv_camera_and_a_compressed_one(tmp_path):
         for x, channel in ((w // 4, left), (3 * w // 4, right)):
             pixel = preview[h // 2, x].astype(int)
             assert pixel[channel] > 180 and pixel.sum() - pixel[channel] < 60, (device, pixel)
+
+
+@pytest.mark.ros
+def test_the_dashboard_refuses_an_unknown_image_transport(tmp_path):
+    import dataclasses
+
+    from test.conftest import require_ros
+
+    require_ros()
+    from resilient_perception.harness.dashboard import DASHBOARD_NODE, dashboard_node
+    from resilient_perception.harness.pipeline import Pipeline, package_prefix
+
+    if not (package_prefix() / "lib" / "resilient_perception" / "dashboard_node").is_file():
+        pytest.skip("nodes not installed: run scripts/setup.sh")
+    node = dashboard_node(2)
+    node = dataclasses.replace(node, parameters={**node.parameters,
+                                                 "image_transport": "theora"})
+    with Pipeline([node], log_dir=tmp_path, domain_id=domain_id()) as pipeline:
+        pipeline.start()
+        assert pipeline.wait(DASHBOARD_NODE, timeout=30) == 2
+        log = pipeline.log_path(DASHBOARD_NODE).read_text()
+    assert "image_transport must be one of ('raw', 'compressed'), got 'theora'" in log

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..ros.topics import IMAGE_TRANSPORTS
 from .common import (
     checkpoint_file,
     non_negative_int,
@@ -88,7 +89,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return dashboard_node.main([
         "resilient-perception", "--ros-args", "-r", "__node:=dashboard",
         "-p", f"port:={args.port}", "-p", f"bind_address:={args.bind}",
-        "-p", f"num_devices:={args.cameras}", "-p", f"fusion_node:={args.fusion_node}"])
+        "-p", f"num_devices:={args.cameras}", "-p", f"fusion_node:={args.fusion_node}",
+        "-p", f"image_transport:={args.image_transport}"])
 
 
 def _live_imports():
@@ -222,6 +224,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fusion-node", default="fusion",
                    help="name of the fusion node whose /diagnostics give the devices' health "
                    "(default fusion)")
+    p.add_argument("--image-transport", choices=IMAGE_TRANSPORTS, default="raw",
+                   help="read the camera previews as sensor_msgs/Image (raw, default) or from "
+                   "image_transport's compressed topics (IMAGE/compressed)")
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("bench-pipeline", help="benchmark the live pipeline (latency, failure "

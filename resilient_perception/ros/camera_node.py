@@ -80,6 +80,7 @@ from resilient_perception.ros.topics import (
     CAMERA_PREDICTION_TOPIC,
     CAMERA_STATUS,
     IMAGE_QUEUE_DEPTH,
+    IMAGE_TRANSPORTS,
     head_qos,
     image_qos,
     prediction_qos,
@@ -88,7 +89,6 @@ from resilient_perception.ros.topics import (
 __all__ = ["CameraNode", "autostart", "main"]
 
 BACKENDS = ("onnxruntime", "torch")
-IMAGE_TRANSPORTS = ("raw", "compressed")
 STAMP_SOURCES = ("header", "arrival")
 REJECTION_REASONS = ("late", "oversize", "malformed", "unstamped", "bad_image",
                      "inference_error", "callback_error")

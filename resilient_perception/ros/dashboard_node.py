@@ -14,11 +14,11 @@ Subscribes, all with :func:`~resilient_perception.ros.topics.dashboard_qos` (bes
 a slow dashboard loses messages, it never slows a publisher), except the latched plan
 (:func:`~resilient_perception.ros.topics.plan_qos`):
 
-* sampled every ``sample_period``: ``image_topic_format.format(i)`` (``sensor_msgs/Image``)
-  and the same plus ``/compressed`` (``sensor_msgs/CompressedImage``, image_transport's
-  compressed transport), depth 1, kept serialised: only the newest image of a camera is
-  decoded, when the page's previews are next pushed; ``prediction_topic_format.format(i)``
-  (``DevicePrediction``),
+* sampled every ``sample_period``: ``image_topic_format.format(i)`` (``sensor_msgs/Image``;
+  with ``image_transport:=compressed`` the same plus ``/compressed``, a
+  ``sensor_msgs/CompressedImage`` as image_transport's compressed plugin publishes it),
+  depth 1, kept serialised: only the newest image of a camera is decoded, when the page's
+  previews are next pushed; ``prediction_topic_format.format(i)`` (``DevicePrediction``),
   ``fused_topic`` (``FusedPrediction``) and ``label_topic`` (``FrameLabel``);
 * with a callback each: ``/diagnostics``, ``plan_topic`` (``PlacementPlan``),
   ``link_topic`` (``LinkMeasurement``), ``distributed_topic`` (``DistributedPrediction``).
@@ -80,6 +80,7 @@ from resilient_perception.ros.topics import (
     FUSED_TOPIC,
     FUSION_DEVICE_STATUS_FORMAT,
     IMAGE_TOPIC_FORMAT,
+    IMAGE_TRANSPORTS,
     LABEL_TOPIC,
     LINK_MEASUREMENT_TOPIC,
     PLAN_TOPIC,
@@ -143,6 +144,11 @@ class DashboardNode(Node):
             d, float_range=(0.01, 1.0)))
         self.declare_parameter("image_period", 0.5, descriptor(
             "Seconds between the camera preview pushes.", d, float_range=(0.05, 60.0)))
+        self.declare_parameter("image_transport", "raw", descriptor(
+            "How the cameras' images are read for the previews, as the camera nodes read "
+            "them: 'raw' (sensor_msgs/Image on image_topic_format) or 'compressed' "
+            "(sensor_msgs/CompressedImage on it plus '/compressed'). One of the two: an "
+            "image_transport publisher encodes JPEG only while someone subscribes.", s))
         self.declare_parameter("image_width", 160, descriptor(
             "Largest width of a camera preview, pixels (larger images are shrunk).", i,
             (16, 4096)))
@@ -155,8 +161,7 @@ class DashboardNode(Node):
             "Name of the fusion node whose per-device /diagnostics give the tiles' health "
             "(relative: in this node's namespace; or fully qualified).", s))
         for name, default, what in (
-                ("image_topic_format", IMAGE_TOPIC_FORMAT, "Image topic of camera i: format(i) "
-                 "(its /compressed too)."),
+                ("image_topic_format", IMAGE_TOPIC_FORMAT, "Image topic of camera i: format(i)."),
                 ("prediction_topic_format", PREDICTION_TOPIC_FORMAT,
                  "DevicePrediction topic of device i: format(i)."),
                 ("fused_topic", FUSED_TOPIC, "FusedPrediction topic."),
@@ -168,13 +173,18 @@ class DashboardNode(Node):
             self.declare_parameter(name, default, descriptor(what, s))
         p = {name: self.get_parameter(name).value for name in (
             "num_devices", "bind_address", "port", "push_period", "sample_period",
-            "image_period",
+            "image_period", "image_transport",
             "image_width", "window_s", "accuracy_window", "fusion_node", "image_topic_format",
             "prediction_topic_format", "fused_topic", "label_topic", "plan_topic",
             "link_topic", "distributed_topic")}
         for name in ("image_topic_format", "prediction_topic_format"):
             if p[name].format(0) == p[name].format(1):
                 raise ValueError(f"{name} {p[name]!r} needs a '{{}}' field")
+        if p["image_transport"] not in IMAGE_TRANSPORTS:
+            raise ValueError(f"image_transport must be one of {IMAGE_TRANSPORTS}, got "
+                             f"{p['image_transport']!r}")
+        compressed = p["image_transport"] == "compressed"
+        image_type = CompressedImage if compressed else Image
         self.n_devices = p["num_devices"]
         self.image_width = p["image_width"]
         # Statuses are named with fully qualified node names: only this robot's fusion node
@@ -183,9 +193,11 @@ class DashboardNode(Node):
         self._namespace = self.get_namespace().rstrip("/")
         self.state = DashboardState(self.n_devices, p["window_s"], p["accuracy_window"])
         self.rejections = Rejections(self, REJECTION_REASONS)
-        # The newest serialised image per camera (raw or compressed, whichever came last) and
-        # the preview made of it: decoding waits until the page wants a preview.
-        self._images: dict[int, tuple[int, bytes, type]] = {}
+        # The newest serialised image per camera and the preview made of it: decoding waits
+        # until the page wants a preview.
+        self._images: dict[int, tuple[int, bytes]] = {}
+        self._image_type = image_type
+        self._decode = decode_compressed if compressed else decode_image
         self._previews: dict[int, tuple[int, str]] = {}
         self._images_lock = threading.Lock()
         qos = dashboard_qos()
@@ -196,12 +208,10 @@ class DashboardNode(Node):
         sample = self._sampler.create_subscription
         self._sampled: list[tuple[Subscription, Any]] = []
         for device in range(self.n_devices):
-            topic = p["image_topic_format"].format(device)
+            topic = p["image_topic_format"].format(device) + ("/compressed" if compressed else "")
             self._sampled += [
-                (sample(msg_type, name, _unused, dashboard_qos(1), raw=True),
-                 lambda data, dev=device, kind=msg_type: self._on_image(dev, data, kind))
-                for msg_type, name in ((Image, topic), (CompressedImage, f"{topic}/compressed"))]
-            self._sampled += [
+                (sample(image_type, topic, _unused, dashboard_qos(1), raw=True),
+                 lambda data, dev=device: self._on_image(dev, data)),
                 (sample(DevicePrediction, p["prediction_topic_format"].format(device), _unused,
                         qos), lambda msg, dev=device: self._on_prediction(dev, msg))]
         # predictions before the fused output that uses them, labels after it
@@ -236,10 +246,10 @@ class DashboardNode(Node):
                     self.rejections.reject(subscription.topic_name, "callback_error",
                                            f"{type(exc).__name__}: {exc}")
 
-    def _on_image(self, device: int, data: bytes, kind: type) -> None:
+    def _on_image(self, device: int, data: bytes) -> None:
         with self._images_lock:
-            seq = self._images.get(device, (0,))[0] + 1
-            self._images[device] = (seq, data, kind)
+            seq = self._images.get(device, (0, b""))[0] + 1
+            self._images[device] = (seq, data)
         self.state.on_image(device)
 
     def _on_prediction(self, device: int, msg: DevicePrediction) -> None:
@@ -284,12 +294,11 @@ class DashboardNode(Node):
     def _preview_urls(self) -> dict[int, str]:
         with self._images_lock:
             newest = dict(self._images)
-        for device, (seq, data, kind) in newest.items():
+        for device, (seq, data) in newest.items():
             if self._previews.get(device, (0, ""))[0] == seq:
                 continue
-            decode = decode_compressed if kind is CompressedImage else decode_image
             try:
-                pixels, encoding = decode(deserialize_message(data, kind))
+                pixels, encoding = self._decode(deserialize_message(data, self._image_type))
                 rgb = to_model_input(pixels, encoding, 3).transpose(1, 2, 0)
                 jpeg = preview_jpeg(rgb, self.image_width)
             except Exception as exc:  # a bad image costs its preview, nothing else

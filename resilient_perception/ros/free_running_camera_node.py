@@ -42,10 +42,10 @@ from sensor_msgs.msg import CompressedImage, Image
 from resilient_perception.datasets import DatasetError, load_dataset
 from resilient_perception.ros.image_conversion import bgr_to_yuyv
 from resilient_perception.ros.node_utils import descriptor, run_node
+from resilient_perception.ros.topics import IMAGE_TRANSPORTS
 
-__all__ = ["TRANSPORTS", "FreeRunningCameraNode", "SceneSchedule", "driver_image", "main"]
+__all__ = ["FreeRunningCameraNode", "SceneSchedule", "driver_image", "main"]
 
-TRANSPORTS = ("raw", "compressed")
 QUEUED_FRAMES = 4
 """Frames a late tick still publishes (V4L2 drivers queue about four capture buffers)."""
 
@@ -175,9 +175,9 @@ class FreeRunningCameraNode(Node):
             self.declare_parameter(name, default, descriptor(text, kind, int_range,
                                                              float_range))
         p = {name: self.get_parameter(name).value for name in self._parameters}
-        if p["transport"] not in TRANSPORTS:
+        if p["transport"] not in IMAGE_TRANSPORTS:
             raise InvalidParameterValueException("transport", p["transport"],
-                                                 f"must be one of {TRANSPORTS}")
+                                                 f"must be one of {IMAGE_TRANSPORTS}")
         if p["width"] % 2:
             raise InvalidParameterValueException("width", p["width"], "YUYV needs it even")
         epoch = p["epoch_ns"] or time.time_ns()

@@ -47,6 +47,7 @@ __all__ = [
     "IMAGE_QUEUE_DEPTH",
     "IMAGE_RELIABILITIES",
     "IMAGE_TOPIC_FORMAT",
+    "IMAGE_TRANSPORTS",
     "LABEL_TOPIC",
     "LINK_MEASUREMENT_TOPIC",
     "PLAN_TOPIC",
@@ -80,6 +81,10 @@ HEAD_TOPIC_FORMAT = "perception/device_{}/head"
 """Device ``i``'s ``ClassifierHead`` (latched)."""
 CAMERA_IMAGE_TOPIC = "image_raw"
 """A camera node's image input, before remapping."""
+IMAGE_TRANSPORTS = ("raw", "compressed")
+"""How a camera's images are read: ``sensor_msgs/Image`` on its image topic, or
+``sensor_msgs/CompressedImage`` on the topic plus ``/compressed`` (image_transport's
+compressed plugin)."""
 CAMERA_PREDICTION_TOPIC = "prediction"
 """A camera node's prediction output, before remapping."""
 CAMERA_HEAD_TOPIC = "head"
