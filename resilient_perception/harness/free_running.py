@@ -65,6 +65,7 @@ def camera_drivers(
     size: tuple[int, int] = (640, 480),
     image_topic_format: str = IMAGE_TOPIC_FORMAT,
     dds_profile: str | os.PathLike[str] | None = None,
+    stamped: bool = True,
 ) -> list[NodeSpec]:
     """One ``free_running_camera_node`` per camera (node ``driver_i``) for ``schedule``.
 
@@ -72,6 +73,7 @@ def camera_drivers(
     cameras in ``compressed``), with a phase drawn uniformly from ``0 ..
     schedule.max_phase_ns`` (``seed``) and its own jitter seed. ``dds_profile`` is a Fast
     DDS XML profile for the drivers' processes (e.g. :data:`LARGE_IMAGES_PROFILE`).
+    ``stamped`` False: the drivers stamp their images 0 (drivers that do not stamp).
     """
     rng = np.random.default_rng(seed)
     phases = rng.uniform(0.0, schedule.max_phase_ns * 1e-6, num_cameras)
@@ -87,7 +89,7 @@ def camera_drivers(
             "max_phase_ms": schedule.max_phase_ns * 1e-6, "jitter_ms": jitter_ms,
             "seed": seed * 1000 + i, "width": size[0], "height": size[1],
             "transport": "compressed" if i in compressed else "raw",
-            "frame_id": f"camera_{i}"},
+            "frame_id": f"camera_{i}", "stamp_images": stamped},
             (("image_raw", topic), ("image_raw/compressed", f"{topic}/compressed")),
             env=_profile_env(dds_profile)))
     return nodes
@@ -107,13 +109,15 @@ def free_running_pipeline_nodes(
     frame_timeout: float | None = None,
     max_image_wait: float | None = None,
     dds_profile: str | os.PathLike[str] | None = None,
+    stamp_source: str = "header",
 ) -> list[NodeSpec]:
     """Fusion and camera nodes (no player) set up for :func:`camera_drivers`' cameras.
 
     ``frame_timeout`` (None: the config's) is the fusion node's, and the cameras'
     ``max_image_wait`` with it unless that is given (None: the config's): an image that
     waited longer gives a prediction its frame no longer waits for. ``dds_profile``: a Fast
-    DDS XML profile for the cameras' processes, as for the drivers.
+    DDS XML profile for the cameras' processes, as for the drivers. ``stamp_source`` is the
+    cameras' (``arrival`` for drivers that do not stamp).
     """
     if max_image_wait is None:
         max_image_wait = frame_timeout
@@ -129,6 +133,7 @@ def free_running_pipeline_nodes(
                 extra["frame_timeout"] = frame_timeout
         else:
             env = {**env, **_profile_env(dds_profile)}
+            extra["stamp_source"] = stamp_source
             if spec.parameters["device_id"] in compressed:
                 extra["image_transport"] = "compressed"
         nodes.append(replace(spec, parameters={**spec.parameters, **extra}, env=env))

@@ -5,7 +5,8 @@ conversion. It stands in for one usb_cam or v4l2_camera process on its own clock
 
 * captures at ``rate_hz`` that sit ``phase_ms`` after the shared ``epoch_ns`` grid, each a
   further uniform ``+-jitter_ms`` off (seeded by ``seed``), stamped with the capture time,
-  as a V4L2 driver stamps a frame with its buffer's capture timestamp. The sensor keeps its
+  as a V4L2 driver stamps a frame with its buffer's capture timestamp (``stamp_images:
+  false``: stamped 0, as a driver that does not stamp). The sensor keeps its
   clock when the process is short of CPU: a timer tick that comes late publishes the frames
   captured since the last one (late, but stamped when they were taken), up to
   ``QUEUED_FRAMES`` of them, as a driver's queue of capture buffers holds them; older ones
@@ -171,6 +172,8 @@ class FreeRunningCameraNode(Node):
             ("jpeg_quality", 80, "JPEG quality of the compressed transport (image_transport's "
              "default).", i, (1, 100), None),
             ("frame_id", "camera", "header.frame_id of the images.", s, None, None),
+            ("stamp_images", True, "header.stamp is the capture time; false: 0, as a driver "
+             "that does not stamp its images.", ParameterType.PARAMETER_BOOL, None, None),
         ):
             self.declare_parameter(name, default, descriptor(text, kind, int_range,
                                                              float_range))
@@ -200,6 +203,7 @@ class FreeRunningCameraNode(Node):
         self._size = (p["width"], p["height"])
         self._compressed = p["transport"] == "compressed"
         self._jpeg_quality, self._frame_id = p["jpeg_quality"], p["frame_id"]
+        self._stamp_images = p["stamp_images"]
         self._phase_ns = round(p["phase_ms"] * 1e6)
         self._jitter_ns = round(p["jitter_ms"] * 1e6)
         self._random = random.Random(p["seed"])
@@ -225,7 +229,7 @@ class FreeRunningCameraNode(Node):
 
     _parameters = ("dataset", "data_dir", "split", "start_index", "scenes", "hold_frames",
                    "epoch_ns", "rate_hz", "phase_ms", "max_phase_ms", "jitter_ms", "seed",
-                   "width", "height", "transport", "jpeg_quality", "frame_id")
+                   "width", "height", "transport", "jpeg_quality", "frame_id", "stamp_images")
 
     def _message(self, scene: int) -> Image | CompressedImage:
         """The scene's image message (made once per scene; each publish sets its header)."""
@@ -256,7 +260,8 @@ class FreeRunningCameraNode(Node):
 
     def _publish(self, capture_ns: int) -> None:
         msg = self._message(self.schedule.shown_scene(capture_ns))
-        msg.header.stamp = Time(sec=capture_ns // 10**9, nanosec=capture_ns % 10**9)
+        stamp_ns = capture_ns if self._stamp_images else 0
+        msg.header.stamp = Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
         msg.header.frame_id = self._frame_id
         self._pub.publish(msg)
         self.published += 1
