@@ -323,7 +323,6 @@ def test_previews_of_yuyv_or_compressed_cameras(transport, tmp_path):
     # on camera_<i>/image_raw/compressed with image_transport compressed (and then nothing
     # subscribes to the raw topics: a driver encodes JPEG only for a subscriber). Each
     # preview must show its camera's colours.
-    import dataclasses
     import threading
 
     import cv2
@@ -367,11 +366,9 @@ def test_previews_of_yuyv_or_compressed_cameras(transport, tmp_path):
                         images.append(previews)
 
     domain = domain_id()
-    node = dashboard_node(2)
-    node = dataclasses.replace(node, parameters={**node.parameters,
-                                                 "image_transport": transport})
     with (Observer(name="preview_test", domain_id=domain) as observer,
-          Pipeline([node], log_dir=tmp_path, domain_id=domain) as pipeline):
+          Pipeline([dashboard_node(2, image_transport=transport)], log_dir=tmp_path,
+                   domain_id=domain) as pipeline):
         pipeline.start()
         url = wait_for_dashboard_url(observer, 30.0, pipeline)
         publishers = [observer.node.create_publisher(type(msg), topic, qos_profile_sensor_data)
@@ -399,8 +396,6 @@ def test_previews_of_yuyv_or_compressed_cameras(transport, tmp_path):
 
 @pytest.mark.ros
 def test_the_dashboard_refuses_an_unknown_image_transport(tmp_path):
-    import dataclasses
-
     from test.conftest import require_ros
 
     require_ros()
@@ -409,10 +404,8 @@ def test_the_dashboard_refuses_an_unknown_image_transport(tmp_path):
 
     if not (package_prefix() / "lib" / "resilient_perception" / "dashboard_node").is_file():
         pytest.skip("nodes not installed: run scripts/setup.sh")
-    node = dashboard_node(2)
-    node = dataclasses.replace(node, parameters={**node.parameters,
-                                                 "image_transport": "theora"})
-    with Pipeline([node], log_dir=tmp_path, domain_id=domain_id()) as pipeline:
+    with Pipeline([dashboard_node(2, image_transport="theora")], log_dir=tmp_path,
+                  domain_id=domain_id()) as pipeline:
         pipeline.start()
         assert pipeline.wait(DASHBOARD_NODE, timeout=30) == 2
         log = pipeline.log_path(DASHBOARD_NODE).read_text()

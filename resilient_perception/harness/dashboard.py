@@ -19,11 +19,11 @@ DASHBOARD_NODE = "dashboard"
 
 
 def dashboard_node(num_cameras: int, port: int = 0, bind_address: str = "127.0.0.1",
-                   fusion_node: str = "fusion") -> NodeSpec:
+                   fusion_node: str = "fusion", image_transport: str = "raw") -> NodeSpec:
     """The dashboard node of a pipeline with ``num_cameras`` cameras (port 0: a free one)."""
     return NodeSpec(DASHBOARD_NODE, "dashboard_node", {
         "num_devices": num_cameras, "port": port, "bind_address": bind_address,
-        "fusion_node": fusion_node})
+        "fusion_node": fusion_node, "image_transport": image_transport})
 
 
 def wait_for_dashboard_url(observer: Observer, timeout: float,

@@ -166,10 +166,12 @@ def camera_probabilities(
         device_input = DeviceInput.from_metadata(runner.metadata, camera, runner.in_channels,
                                                  runner.input_hw)
         jpeg = size is not None and camera in compressed
+        if size is None:  # the player's messages: the dataset's pixels
+            messages = [array_to_image(*encode(image)) for image in images]
+        else:
+            messages = [driver_image(image, size, jpeg) for image in images]
         decode = decode_compressed if jpeg else decode_image
-        views = np.stack([device_input(*decode(
-            array_to_image(*encode(image)) if size is None else driver_image(image, size, jpeg)))
-            for image in images])
+        views = np.stack([device_input(*decode(msg)) for msg in messages])
         probabilities.append(runner.run(views)[0])
     return np.stack(probabilities, axis=1)
 

@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ..ros.shm_ports import defuse_stalled_segments, remove_zombie_segments
+from ..ros.shm_ports import clear_dead_segments
 from ..ros.topics import (
     CAMERA_HEAD_TOPIC,
     CAMERA_IMAGE_TOPIC,
@@ -635,8 +635,7 @@ class Observer:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
-        defuse_stalled_segments()  # one would hang this process in DDS (see run_nodes)
-        remove_zombie_segments()
+        clear_dead_segments()  # a stalled one would hang this process in DDS (see run_nodes)
         self.context = rclpy.Context()
         self.context.init(domain_id=domain_id)
         self.node = rclpy.create_node(name, context=self.context)

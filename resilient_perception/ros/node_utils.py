@@ -15,11 +15,7 @@ import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from resilient_perception.message_checks import RejectionLog, clip_text
-from resilient_perception.ros.shm_ports import (
-    SHM_DIR,
-    defuse_stalled_segments,
-    remove_zombie_segments,
-)
+from resilient_perception.ros.shm_ports import SHM_DIR, clear_dead_segments, removal_summary
 from resilient_perception.ros.topics import DIAGNOSTICS_TOPIC, status_name
 
 __all__ = [
@@ -341,8 +337,7 @@ def run_nodes(
     # A shared-memory segment that a killed process left half-made would hang this process
     # inside DDS as it creates its node, on any domain, and whole ones left by dead
     # processes fill /dev/shm and can crash it (shm_ports says why).
-    defused = defuse_stalled_segments()
-    removed = remove_zombie_segments()
+    defused, removed = clear_dead_segments()
     # rclpy's own handlers would shut the context down from another thread at once: a
     # callback then fails mid-way and reliable messages still unacknowledged are lost.
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
@@ -351,9 +346,7 @@ def run_nodes(
             f"{SHM_DIR / segment}: a Fast DDS shared-memory segment left half-made by a "
             "killed process; marked corrupted so that DDS skips it")
     if removed:
-        rclpy.logging.get_logger(name).info(
-            f"removed {len(removed)} Fast DDS shared-memory segments of processes that are "
-            f"gone from {SHM_DIR} ({sum(size for _, size in removed) / 1e6:.1f} MB)")
+        rclpy.logging.get_logger(name).info(f"removed {removal_summary(removed)} from {SHM_DIR}")
     stop_requested = _handle_stop_signals()
     nodes: list[Any] = []
     code = 0

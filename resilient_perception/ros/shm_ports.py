@@ -39,8 +39,8 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["SHM_DIR", "STALLED_AFTER_S", "defuse_stalled_segments", "remove_zombie_segments",
-           "stalled_segments"]
+__all__ = ["SHM_DIR", "STALLED_AFTER_S", "clear_dead_segments", "defuse_stalled_segments",
+           "remove_zombie_segments", "removal_summary", "stalled_segments"]
 
 SHM_DIR = Path("/dev/shm")
 """Where Fast DDS (through boost.interprocess) keeps its shared-memory segments."""
@@ -158,6 +158,21 @@ def remove_zombie_segments(shm_dir: Path = SHM_DIR,
     return removed
 
 
+def removal_summary(removed: list[tuple[str, int]]) -> str:
+    """What :func:`remove_zombie_segments` removed, in words."""
+    return (f"{len(removed)} Fast DDS segments whose processes are gone "
+            f"({sum(size for _, size in removed) / 1e6:.1f} MB)")
+
+
+def clear_dead_segments(shm_dir: Path = SHM_DIR) -> tuple[list[str], list[tuple[str, int]]]:
+    """Defuse the stalled segments and remove the zombies; what each did.
+
+    What a process does before it joins DDS: a stalled segment would hang it there, a
+    zombie port can crash it (see the module's text).
+    """
+    return defuse_stalled_segments(shm_dir), remove_zombie_segments(shm_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Defuse stalled segments and remove zombies, once or every ``--watch`` seconds."""
     parser = argparse.ArgumentParser(
@@ -171,13 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.watch is not None and args.watch <= 0:
         parser.error("--watch takes a period > 0 seconds")
     while True:
-        for name in defuse_stalled_segments(args.shm_dir):
+        defused, removed = clear_dead_segments(args.shm_dir)
+        for name in defused:
             print(f"defused {args.shm_dir / name}: a half-made Fast DDS segment whose "
                   "creator is gone", flush=True)
-        removed = remove_zombie_segments(args.shm_dir)
         if removed and args.watch is None:  # routine while watching: every kill leaves some
-            print(f"removed {len(removed)} Fast DDS segments whose processes are gone "
-                  f"({sum(size for _, size in removed) / 1e6:.1f} MB)", flush=True)
+            print(f"removed {removal_summary(removed)}", flush=True)
         if args.watch is None:
             return 0
         if args.parent is not None and not _alive(args.parent):
