@@ -286,6 +286,49 @@ def test_unstamped_images_are_rejected_or_stamped_on_arrival(camera, runner, ima
     np.testing.assert_allclose(pred.probabilities, probs[0], atol=1e-5)
 
 
+def test_stamps_on_the_cameras_own_clock_are_put_on_this_machines(runner, images,
+                                                                   model_files, tmp_path):
+    # A driver stamping with the camera's own clock (seconds since it powered up), which
+    # restarts once: every prediction's stamp must lie between its image's send and now on
+    # this machine's clock, which the camera's stamps (a few seconds) never do.
+    sent = {}  # image index -> host time of the send
+    views = crop_views(images[20:60], SPEC.boxes(28, 28))[:, DEVICE]
+    expected = runner.run(views)[0]
+    with running_camera(tmp_path, domain=OWN_DOMAIN_ID, device_id=DEVICE,
+                        model_path=str(model_files["onnx"]), image_reliability="reliable",
+                        stamp_source="camera_clock") as cam:
+
+        def step(powered_up_ns: int) -> None:
+            last = -1.0
+            answers = len(cam.predictions)
+
+            def answered():
+                nonlocal last
+                if time.monotonic() - last > 1.0:  # again, in case discovery was settling
+                    index = 20 + len(sent)
+                    sent[index] = time.time_ns()
+                    own = sent[index] - powered_up_ns
+                    cam.images.publish(image_msg(images[index], sec=own // 10**9,
+                                                 nanosec=own % 10**9))
+                    last = time.monotonic()
+                return len(cam.predictions) > answers
+
+            cam.wait_for(answered, lambda: f"a prediction: {cam.delivery()}")
+
+        for powered_up in (time.time_ns() - 5 * 10**9, time.time_ns() - 2 * 10**8):
+            for _ in range(5):
+                step(powered_up)
+        cam.wait_for(lambda: (latest_counters(cam.diagnostics) or {}).get(
+            "camera_clock_restarts", 0) >= 1, "the camera clock's restart on /diagnostics")
+        done = time.time_ns()
+    assert len(sent) < 40
+    for pred in cam.predictions:
+        index = 20 + int(np.abs(expected - pred.probabilities).sum(axis=1).argmin())
+        np.testing.assert_allclose(pred.probabilities, expected[index - 20], atol=1e-5)
+        stamp = pred.header.stamp.sec * 10**9 + pred.header.stamp.nanosec
+        assert sent[index] <= stamp <= done, (index, sent[index], stamp, done)
+
+
 def test_oversized_and_malformed_images_are_counted_and_good_ones_still_served(
         camera, runner, images):
     from diagnostic_msgs.msg import DiagnosticArray

@@ -1,6 +1,6 @@
 """The pipeline fed by the player and by free-running cameras, on the same digits, side by side.
 
-``bench-pipeline --free-running``. Four modes in one run, each a fresh pipeline of separate
+``bench-pipeline --free-running``. Five modes in one run, each a fresh pipeline of separate
 processes over DDS (fusion + six ONNX camera nodes):
 
 * **player**: the package's player publishes each digit once, all cameras one stamp,
@@ -12,6 +12,9 @@ processes over DDS (fusion + six ONNX camera nodes):
   drivers use ``config/fastdds_large_images.xml`` (:mod:`~..harness.free_running`);
 * **free-running, every image**: the same with the cameras' ``max_image_wait`` 0, so a
   camera that falls behind works through its queue instead of skipping what waited too long;
+* **free-running, on the cameras' own clocks**: drivers stamping with clocks of their own
+  (10 .. 1000 s at the epoch, -50 .. +50 ppm fast), the cameras translating the stamps onto
+  this machine's clock from the images' arrivals (``stamp_source: camera_clock``);
 * **free-running, unstamped**: drivers that stamp their images 0, the cameras stamping each
   prediction with its image's arrival (``stamp_source: arrival``), so the fusion node groups
   arrival times. Its frames are scored by the scene at their earliest arrival, and its
@@ -66,11 +69,15 @@ WARMUP_S = 8.0
 MAX_PHASE_MS = 15.0
 COMPRESSED = (5,)
 DRIVER_SIZE = (640, 480)
-FREE_RUNNING_MODES = (("free_running", None, True), ("free_running_every_image", 0.0, True),
-                      ("free_running_unstamped", None, False))
-"""Key, the cameras' ``max_image_wait`` (None: the default) and whether the drivers stamp."""
+FREE_RUNNING_MODES = (("free_running", None, "host"), ("free_running_every_image", 0.0, "host"),
+                      ("free_running_camera_clock", None, "camera"),
+                      ("free_running_unstamped", None, "none"))
+"""Key, the cameras' ``max_image_wait`` (None: the default) and the drivers' stamp clock."""
+STAMP_SOURCE_FOR_CLOCK = {"host": "header", "camera": "camera_clock", "none": "arrival"}
+"""The cameras' ``stamp_source`` for each of the drivers' ``stamp_clock``."""
 MODE_NAMES = {"player": "player", "free_running": "free-running",
               "free_running_every_image": "free-running, every image",
+              "free_running_camera_clock": "free-running, on the cameras' own clocks",
               "free_running_unstamped": "free-running, unstamped, stamped on arrival"}
 
 
@@ -112,10 +119,10 @@ def _free_running_mode(config: Path, onnx_pattern: str, log_dir: Path, start: in
                        scenes: int, hold: int, rate_hz: float, n: int, labels: np.ndarray,
                        offline: np.ndarray, profile: Path, seed: int, domain_id: int,
                        started: Callable[[Pipeline], None],
-                       max_image_wait: float | None = None, stamped: bool = True) -> dict:
+                       max_image_wait: float | None = None, stamp_clock: str = "host") -> dict:
     nodes = free_running_pipeline_nodes(onnx_pattern, n, compressed=COMPRESSED,
                                         max_image_wait=max_image_wait, dds_profile=profile,
-                                        stamp_source="header" if stamped else "arrival")
+                                        stamp_source=STAMP_SOURCE_FOR_CLOCK[stamp_clock])
     with (Observer(name="benchmark_monitor", domain_id=domain_id) as observer,
           Pipeline(nodes, config, log_dir=log_dir, domain_id=domain_id) as pipeline):
         fused = observer.collect(FusedPrediction, FUSED_TOPIC)
@@ -125,7 +132,7 @@ def _free_running_mode(config: Path, onnx_pattern: str, log_dir: Path, start: in
                                          hold, scenes, MAX_PHASE_MS)
         with Pipeline(camera_drivers(schedule, n, seed=seed, compressed=COMPRESSED,
                                      size=DRIVER_SIZE, start_index=start,
-                                     dds_profile=profile, stamped=stamped),
+                                     dds_profile=profile, stamp_clock=stamp_clock),
                       log_dir=log_dir / "drivers", domain_id=domain_id) as drivers:
             drivers.start()
             observer.spin_until(lambda: time.time_ns() > schedule.end_ns + 500_000_000,
@@ -201,12 +208,12 @@ def run_free_running_benchmark(
         emit(f"player: {scenes} digits at {rate_hz:g} Hz ...")
         result["player"] = _player_mode(config, onnx_pattern, log_dir / "player", start_index,
                                         scenes, rate_hz, n_cameras, domain_id, started)
-        for key, max_image_wait, stamped in FREE_RUNNING_MODES:
+        for key, max_image_wait, stamp_clock in FREE_RUNNING_MODES:
             emit(f"{MODE_NAMES[key]}: the same digits, {hold} frames each ...")
             result[key] = _free_running_mode(
                 config, onnx_pattern, log_dir / key, start_index, scenes, hold, rate_hz,
                 n_cameras, labels, offline, profile, seed, domain_id, started, max_image_wait,
-                stamped)
+                stamp_clock)
     finally:
         for hog in hogs:
             hog.kill()

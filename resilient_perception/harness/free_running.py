@@ -65,7 +65,7 @@ def camera_drivers(
     size: tuple[int, int] = (640, 480),
     image_topic_format: str = IMAGE_TOPIC_FORMAT,
     dds_profile: str | os.PathLike[str] | None = None,
-    stamped: bool = True,
+    stamp_clock: str = "host",
 ) -> list[NodeSpec]:
     """One ``free_running_camera_node`` per camera (node ``driver_i``) for ``schedule``.
 
@@ -73,10 +73,14 @@ def camera_drivers(
     cameras in ``compressed``), with a phase drawn uniformly from ``0 ..
     schedule.max_phase_ns`` (``seed``) and its own jitter seed. ``dds_profile`` is a Fast
     DDS XML profile for the drivers' processes (e.g. :data:`LARGE_IMAGES_PROFILE`).
-    ``stamped`` False: the drivers stamp their images 0 (drivers that do not stamp).
+    ``stamp_clock`` is the drivers' (``STAMP_CLOCKS``): with ``camera`` each camera's clock
+    reads 10 .. 1000 s at the epoch and runs -50 .. +50 ppm fast (``seed``), as the crystals
+    of cameras that stamp with their own clock do.
     """
     rng = np.random.default_rng(seed)
     phases = rng.uniform(0.0, schedule.max_phase_ns * 1e-6, num_cameras)
+    clocks_at_epoch = rng.uniform(10.0, 1000.0, num_cameras)
+    drifts_ppm = rng.uniform(-50.0, 50.0, num_cameras)
     compressed = set(compressed)
     rate_hz = 1e9 / schedule.period_ns
     nodes = []
@@ -89,7 +93,9 @@ def camera_drivers(
             "max_phase_ms": schedule.max_phase_ns * 1e-6, "jitter_ms": jitter_ms,
             "seed": seed * 1000 + i, "width": size[0], "height": size[1],
             "transport": "compressed" if i in compressed else "raw",
-            "frame_id": f"camera_{i}", "stamp_images": stamped},
+            "frame_id": f"camera_{i}", "stamp_clock": stamp_clock,
+            "camera_clock_at_epoch_s": float(clocks_at_epoch[i]),
+            "camera_clock_drift_ppm": float(drifts_ppm[i])},
             (("image_raw", topic), ("image_raw/compressed", f"{topic}/compressed")),
             env=_profile_env(dds_profile)))
     return nodes
@@ -117,7 +123,8 @@ def free_running_pipeline_nodes(
     ``max_image_wait`` with it unless that is given (None: the config's): an image that
     waited longer gives a prediction its frame no longer waits for. ``dds_profile``: a Fast
     DDS XML profile for the cameras' processes, as for the drivers. ``stamp_source`` is the
-    cameras' (``arrival`` for drivers that do not stamp).
+    cameras' (``camera_clock`` for drivers stamping on their own clocks, ``arrival`` for
+    drivers that do not stamp).
     """
     if max_image_wait is None:
         max_image_wait = frame_timeout

@@ -32,9 +32,12 @@ package's player pipelines do).
 
 A prediction carries its image's ``header.stamp``, by which the fusion node groups the
 cameras' frames; an image stamped 0 (a driver that does not stamp) is rejected as
-``unstamped``, since every such frame would share one stamp. ``stamp_source:=arrival``
-stamps each prediction with its image's arrival in this process instead, for such a driver
-or one that stamps on a clock of its own.
+``unstamped``, since every such frame would share one stamp. A driver that stamps on a clock
+of its own (time since the camera started, a hardware counter) needs
+``stamp_source:=camera_clock``: its stamps are moved onto this machine's clock by an offset
+estimated from their arrivals (:class:`~..perception.camera_clock.CameraClock`), keeping
+their spacing. ``stamp_source:=arrival`` stamps each prediction with its image's arrival in
+this process, for a driver that does not stamp at all.
 
 Bad images are counted per reason on ``/diagnostics`` (``accepted``, ``rejected`` and one
 counter per reason) and logged at most once per reason every few seconds, with the text
@@ -60,6 +63,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
 
 from resilient_perception.msg import ClassifierHead, DevicePrediction
+from resilient_perception.perception.camera_clock import CameraClock
 from resilient_perception.ros.image_conversion import (
     DeviceInput,
     ImageConversionError,
@@ -89,7 +93,7 @@ from resilient_perception.ros.topics import (
 __all__ = ["CameraNode", "autostart", "main"]
 
 BACKENDS = ("onnxruntime", "torch")
-STAMP_SOURCES = ("header", "arrival")
+STAMP_SOURCES = ("header", "camera_clock", "arrival")
 REJECTION_REASONS = ("late", "oversize", "malformed", "unstamped", "bad_image",
                      "inference_error", "callback_error")
 
@@ -170,11 +174,13 @@ class CameraNode(Node):
             float_range=(0.0, 3600.0)))
         self.declare_parameter("stamp_source", "header", _descriptor(
             "Stamp of the predictions, by which the fusion node groups the cameras' frames: "
-            "'header': the image's header.stamp (a driver's capture time; an image stamped "
-            "0 is rejected as 'unstamped'); 'arrival': the image's arrival in this process, "
-            "on this machine's clock, for a driver that leaves the stamp at 0 or stamps on "
-            "a clock of its own (the cameras' arrivals then must fall within the fusion "
-            "node's sync_tolerance).", s))
+            "'header': the image's header.stamp (a driver's capture time on this machine's "
+            "clock; an image stamped 0 is rejected as 'unstamped'); 'camera_clock': "
+            "header.stamp taken on a clock of the camera's own, moved onto this machine's "
+            "clock by the least (arrival - stamp) of the last 10 s (its offset is on "
+            "/diagnostics); 'arrival': the image's arrival in this process, for a driver that "
+            "leaves the stamp at 0 (every delay before the arrival enters the stamp, so the "
+            "cameras' arrivals must fall within the fusion node's sync_tolerance).", s))
         self.declare_parameter("max_image_bytes", 8 << 20, _descriptor(
             "Larger serialised images are rejected before they are deserialised, bytes "
             "(the default takes 1920x1080 at 4 bytes a pixel).", i, (1024, 1 << 31)))
@@ -182,8 +188,9 @@ class CameraNode(Node):
         self._sub = self._pred_pub = self._head_pub = self._head_timer = None
         self._incompatible_logged = False
         self._decode = decode_image
-        self._stamp_on_arrival = False
-        self._arrival_ns = 0  # of the image being handled, with stamp_source 'arrival'
+        self._stamp_source = "header"
+        self._camera_clock: CameraClock | None = None  # with stamp_source 'camera_clock'
+        self._arrival_ns = 0  # of the image being handled, unless stamp_source is 'header'
         self.accepted = 0
         self.rejections = Rejections(self, REJECTION_REASONS)
         self.inputs = InputStats()
@@ -194,14 +201,21 @@ class CameraNode(Node):
         """Counts (received = accepted + rejected), input rate and inference p50/p99 (10 s).
 
         ``image_publishers`` is how many image publishers the subscription has matched: 0
-        with images expected tells a topic, transport or QoS mismatch from lost images.
+        with images expected tells a topic, transport or QoS mismatch from lost images. With
+        ``stamp_source: camera_clock``, also the camera clock's estimated offset from this
+        machine's and how often the estimate started again (the camera clock jumped back).
         """
         matched = self._sub.get_publisher_count() if self._sub is not None else 0
+        clock = self._camera_clock
+        offset = None if clock is None else clock.offset_ns
         return {"image_publishers": matched,
                 "received": self.accepted + self.rejections.total, "accepted": self.accepted,
                 "rejected": self.rejections.total, **self.rejections.counts,
                 **{("inference_" + k if k.endswith("_ms") else k): v
-                   for k, v in self.inputs.summary(time.monotonic()).items()}}
+                   for k, v in self.inputs.summary(time.monotonic()).items()},
+                **({} if clock is None else {
+                    "camera_clock_offset_s": None if offset is None else offset / 1e9,
+                    "camera_clock_restarts": clock.restarts})}
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -245,7 +259,8 @@ class CameraNode(Node):
         self._incompatible_logged = False
         compressed = transport == "compressed"
         self._decode = decode_compressed if compressed else decode_image
-        self._stamp_on_arrival = param("stamp_source").value == "arrival"
+        self._stamp_source = param("stamp_source").value
+        self._camera_clock = CameraClock() if self._stamp_source == "camera_clock" else None
         # As image_transport does: the base topic remapped first, then "/compressed" added.
         topic = param("input_topic").value
         self._sub = capped_subscription(
@@ -253,7 +268,7 @@ class CameraNode(Node):
             self.resolve_topic_name(topic) + "/compressed" if compressed else topic,
             self._on_image, images, param("max_image_bytes").value, self.rejections, "image",
             max_wait_s=param("max_image_wait").value,
-            on_info=self._note_arrival if self._stamp_on_arrival else None,
+            on_info=None if self._stamp_source == "header" else self._note_arrival,
             qos_overriding_options=QoSOverridingOptions.with_default_policies(),
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible))
         self.get_logger().info(f"active: {self._sub.topic_name} -> {self._pred_pub.topic_name}")
@@ -373,15 +388,17 @@ class CameraNode(Node):
 
     def _on_image(self, msg: Image) -> None:
         start = time.perf_counter()
-        if self._stamp_on_arrival:
-            msg.header.stamp = Time(sec=self._arrival_ns // 10**9,
-                                    nanosec=self._arrival_ns % 10**9)
+        if self._stamp_source == "arrival":
+            msg.header.stamp = _time(self._arrival_ns)
         elif not (msg.header.stamp.sec or msg.header.stamp.nanosec):
             self.rejections.reject("image", "unstamped",
                                    "header.stamp is 0: the driver does not stamp its images "
                                    "(stamp_source:=arrival stamps them on arrival)")
             self.inputs.add(time.monotonic(), None)
             return
+        elif self._camera_clock is not None:
+            stamp_ns = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+            msg.header.stamp = _time(self._camera_clock.translate(stamp_ns, self._arrival_ns))
         try:
             model = self._model
             probs, features = model.runner.run(model.device_input(*self._decode(msg))[None])
@@ -400,6 +417,10 @@ class CameraNode(Node):
         self._pred_pub.publish(out)
         self.accepted += 1
         self.inputs.add(time.monotonic(), out.inference_time)
+
+
+def _time(stamp_ns: int) -> Time:
+    return Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
 
 
 def autostart(node: CameraNode) -> int | None:

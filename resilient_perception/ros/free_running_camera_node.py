@@ -5,12 +5,14 @@ conversion. It stands in for one usb_cam or v4l2_camera process on its own clock
 
 * captures at ``rate_hz`` that sit ``phase_ms`` after the shared ``epoch_ns`` grid, each a
   further uniform ``+-jitter_ms`` off (seeded by ``seed``), stamped with the capture time,
-  as a V4L2 driver stamps a frame with its buffer's capture timestamp (``stamp_images:
-  false``: stamped 0, as a driver that does not stamp). The sensor keeps its
-  clock when the process is short of CPU: a timer tick that comes late publishes the frames
-  captured since the last one (late, but stamped when they were taken), up to
-  ``QUEUED_FRAMES`` of them, as a driver's queue of capture buffers holds them; older ones
-  are lost (``dropped``);
+  as a V4L2 driver stamps a frame with its buffer's capture timestamp (``stamp_clock``:
+  ``host``, this machine's clock; ``camera``, a clock of the camera's own that reads
+  ``camera_clock_at_epoch_s`` at the epoch and runs ``camera_clock_drift_ppm`` fast, as
+  cameras that stamp with their hardware clock do; ``none``: stamped 0, as a driver that
+  does not stamp). The sensor keeps its clock when the process is short of CPU: a timer
+  tick that comes late publishes the frames captured since the last one (late, but stamped
+  when they were taken), up to ``QUEUED_FRAMES`` of them, as a driver's queue of capture
+  buffers holds them; older ones are lost (``dropped``);
 * the scene of :class:`SceneSchedule` at that stamp: dataset frame ``start_index + s`` for
   scene ``s``, each held for ``hold_frames`` frames (real scenes change slower than the
   frame rate); the first scene before the epoch, the last one after the schedule;
@@ -45,9 +47,11 @@ from resilient_perception.ros.image_conversion import bgr_to_yuyv
 from resilient_perception.ros.node_utils import descriptor, run_node
 from resilient_perception.ros.topics import IMAGE_TRANSPORTS
 
-__all__ = ["FreeRunningCameraNode", "SceneSchedule", "driver_image", "main"]
+__all__ = ["STAMP_CLOCKS", "FreeRunningCameraNode", "SceneSchedule", "driver_image", "main"]
 
 QUEUED_FRAMES = 4
+STAMP_CLOCKS = ("host", "camera", "none")
+"""The clocks a driver can stamp its images with (``stamp_clock``)."""
 """Frames a late tick still publishes (V4L2 drivers queue about four capture buffers)."""
 
 
@@ -172,8 +176,14 @@ class FreeRunningCameraNode(Node):
             ("jpeg_quality", 80, "JPEG quality of the compressed transport (image_transport's "
              "default).", i, (1, 100), None),
             ("frame_id", "camera", "header.frame_id of the images.", s, None, None),
-            ("stamp_images", True, "header.stamp is the capture time; false: 0, as a driver "
-             "that does not stamp its images.", ParameterType.PARAMETER_BOOL, None, None),
+            ("stamp_clock", "host", "header.stamp is the capture time on 'host': this "
+             "machine's clock; 'camera': the camera's own clock (camera_clock_*); 'none': "
+             "0, as a driver that does not stamp its images.", s, None, None),
+            ("camera_clock_at_epoch_s", 100.0, "With stamp_clock 'camera': what the camera's "
+             "clock reads at epoch_ns, s.", d, None, (1.0, 1e6)),
+            ("camera_clock_drift_ppm", 0.0, "With stamp_clock 'camera': how much faster the "
+             "camera's clock runs than this machine's, parts per million.", d, None,
+             (-1000.0, 1000.0)),
         ):
             self.declare_parameter(name, default, descriptor(text, kind, int_range,
                                                              float_range))
@@ -181,6 +191,9 @@ class FreeRunningCameraNode(Node):
         if p["transport"] not in IMAGE_TRANSPORTS:
             raise InvalidParameterValueException("transport", p["transport"],
                                                  f"must be one of {IMAGE_TRANSPORTS}")
+        if p["stamp_clock"] not in STAMP_CLOCKS:
+            raise InvalidParameterValueException("stamp_clock", p["stamp_clock"],
+                                                 f"must be one of {STAMP_CLOCKS}")
         if p["width"] % 2:
             raise InvalidParameterValueException("width", p["width"], "YUYV needs it even")
         epoch = p["epoch_ns"] or time.time_ns()
@@ -203,7 +216,9 @@ class FreeRunningCameraNode(Node):
         self._size = (p["width"], p["height"])
         self._compressed = p["transport"] == "compressed"
         self._jpeg_quality, self._frame_id = p["jpeg_quality"], p["frame_id"]
-        self._stamp_images = p["stamp_images"]
+        self._stamp_clock = p["stamp_clock"]
+        self._camera_clock_at_epoch_ns = round(p["camera_clock_at_epoch_s"] * 1e9)
+        self._camera_clock_rate = 1.0 + p["camera_clock_drift_ppm"] * 1e-6
         self._phase_ns = round(p["phase_ms"] * 1e6)
         self._jitter_ns = round(p["jitter_ms"] * 1e6)
         self._random = random.Random(p["seed"])
@@ -229,7 +244,8 @@ class FreeRunningCameraNode(Node):
 
     _parameters = ("dataset", "data_dir", "split", "start_index", "scenes", "hold_frames",
                    "epoch_ns", "rate_hz", "phase_ms", "max_phase_ms", "jitter_ms", "seed",
-                   "width", "height", "transport", "jpeg_quality", "frame_id", "stamp_images")
+                   "width", "height", "transport", "jpeg_quality", "frame_id", "stamp_clock",
+                   "camera_clock_at_epoch_s", "camera_clock_drift_ppm")
 
     def _message(self, scene: int) -> Image | CompressedImage:
         """The scene's image message (made once per scene; each publish sets its header)."""
@@ -243,6 +259,15 @@ class FreeRunningCameraNode(Node):
         jitter = self._random.uniform(-1.0, 1.0) * self._jitter_ns
         return self.schedule.epoch_ns + frame * self.schedule.period_ns + self._phase_ns + round(
             jitter)
+
+    def _stamp_ns(self, capture_ns: int) -> int:
+        """The stamp a frame captured at ``capture_ns`` (this machine's clock) carries."""
+        if self._stamp_clock == "host":
+            return capture_ns
+        if self._stamp_clock == "none":
+            return 0
+        return self._camera_clock_at_epoch_ns + round(
+            (capture_ns - self.schedule.epoch_ns) * self._camera_clock_rate)
 
     def _capture(self) -> None:
         """Publish the frames captured since the last tick, oldest first."""
@@ -260,7 +285,7 @@ class FreeRunningCameraNode(Node):
 
     def _publish(self, capture_ns: int) -> None:
         msg = self._message(self.schedule.shown_scene(capture_ns))
-        stamp_ns = capture_ns if self._stamp_images else 0
+        stamp_ns = self._stamp_ns(capture_ns)
         msg.header.stamp = Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
         msg.header.frame_id = self._frame_id
         self._pub.publish(msg)
