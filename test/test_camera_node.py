@@ -321,6 +321,7 @@ def test_stamps_on_the_cameras_own_clock_are_put_on_this_machines(runner, images
         cam.wait_for(lambda: (latest_counters(cam.diagnostics) or {}).get(
             "camera_clock_restarts", 0) >= 1, "the camera clock's restart on /diagnostics")
         done = time.time_ns()
+        assert "the camera's clock jumped" in cam.log.read_text()
     assert len(sent) < 40
     for pred in cam.predictions:
         index = 20 + int(np.abs(expected - pred.probabilities).sum(axis=1).argmin())
@@ -443,6 +444,18 @@ def test_model_for_another_device_fails_configure(model_files, tmp_path):
     code, log = exit_code_and_log(tmp_path, device_id=3, model_path=str(model_files["onnx"]))
     assert code == 1
     assert "holds device 2, but device_id is 3" in log and "autostart failed" in log
+
+
+@pytest.mark.parametrize(("parameters", "message"), [
+    ({"stamp_source": "exposure"}, "stamp_source must be one of"),
+    ({"stamp_source": "camera_clock", "use_sim_time": True}, "with use_sim_time use")],
+    ids=["unknown", "sim_time"])
+def test_a_stamp_source_that_cannot_work_fails_activate(model_files, tmp_path, parameters,
+                                                        message):
+    code, log = exit_code_and_log(tmp_path, device_id=DEVICE,
+                                  model_path=str(model_files["onnx"]), **parameters)
+    assert code == 1
+    assert message in log and "autostart failed" in log
 
 
 def test_checkpoint_runs_with_torch(model_files, images, tmp_path):

@@ -46,8 +46,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
 
 from resilient_perception.datasets import load_dataset
 from resilient_perception.harness.free_running import (
@@ -58,9 +60,17 @@ from resilient_perception.harness.free_running import (
     free_running_pipeline_nodes,
     score_fused,
 )
-from resilient_perception.harness.pipeline import Observer, Pipeline
+from resilient_perception.harness.pipeline import NodeSpec, Observer, Pipeline
 from resilient_perception.msg import FrameLabel, FusedPrediction
-from resilient_perception.ros.topics import FUSED_TOPIC, LABEL_TOPIC, label_qos
+from resilient_perception.ros.free_running_camera_node import camera_clock_reading
+from resilient_perception.ros.topics import (
+    CAMERA_STATUS,
+    DIAGNOSTICS_TOPIC,
+    FUSED_TOPIC,
+    LABEL_TOPIC,
+    label_qos,
+    status_name,
+)
 
 __all__ = ["markdown_report", "run_free_running_benchmark", "skip_comparison"]
 
@@ -126,21 +136,59 @@ def _free_running_mode(config: Path, onnx_pattern: str, log_dir: Path, start: in
     with (Observer(name="benchmark_monitor", domain_id=domain_id) as observer,
           Pipeline(nodes, config, log_dir=log_dir, domain_id=domain_id) as pipeline):
         fused = observer.collect(FusedPrediction, FUSED_TOPIC)
+        diagnostics = observer.collect(DiagnosticArray, DIAGNOSTICS_TOPIC)
         pipeline.start_ready(observer, timeout=120.0)
         started(pipeline)
         schedule = SceneSchedule.at_rate(time.time_ns() + round(WARMUP_S * 1e9), rate_hz,
                                          hold, scenes, MAX_PHASE_MS)
-        with Pipeline(camera_drivers(schedule, n, seed=seed, compressed=COMPRESSED,
-                                     size=DRIVER_SIZE, start_index=start,
-                                     dds_profile=profile, stamp_clock=stamp_clock),
-                      log_dir=log_dir / "drivers", domain_id=domain_id) as drivers:
+        driver_nodes = camera_drivers(schedule, n, seed=seed, compressed=COMPRESSED,
+                                      size=DRIVER_SIZE, start_index=start,
+                                      dds_profile=profile, stamp_clock=stamp_clock)
+        with Pipeline(driver_nodes, log_dir=log_dir / "drivers",
+                      domain_id=domain_id) as drivers:
             drivers.start()
             observer.spin_until(lambda: time.time_ns() > schedule.end_ns + 500_000_000,
                                 "the end of the schedule",
                                 WARMUP_S + schedule.frames / rate_hz + 60.0, pipeline)
     score = score_fused(fused, schedule, labels, n, offline)
     del score["records"]
+    if stamp_clock == "camera":
+        score["camera_clocks"] = _camera_clock_estimates(diagnostics, driver_nodes, schedule)
     return score
+
+
+def _camera_clock_estimates(diagnostics: list[Any], drivers: list[NodeSpec],
+                            schedule: SceneSchedule) -> list[dict]:
+    """Per camera, the least delay its clock offset estimate carried during the schedule.
+
+    That is its ``camera_clock_offset_s`` on ``/diagnostics`` minus the true offset of its
+    driver's clock, in ms; each report is compared with the driver's clock at the report's
+    stamp (this machine's clock).
+    """
+    estimates = []
+    for i, driver in enumerate(drivers):
+        name = status_name(f"/camera_{i}", CAMERA_STATUS)
+        clock = (driver.parameters["camera_clock_at_epoch_s"],
+                 driver.parameters["camera_clock_drift_ppm"])
+        least_ms, restarts = [], 0
+        for array in diagnostics:
+            now = array.header.stamp.sec * 10**9 + array.header.stamp.nanosec
+            for status in array.status:
+                values = {kv.key: kv.value for kv in status.values}
+                if (status.name != name or not schedule.epoch_ns <= now <= schedule.end_ns
+                        or values.get("camera_clock_offset_s") in (None, "None")):
+                    continue
+                true_offset_ns = now - camera_clock_reading(now, schedule.epoch_ns, *clock)
+                least_ms.append((float(values["camera_clock_offset_s"]) * 1e9
+                                 - true_offset_ns) * 1e-6)
+                restarts = int(values["camera_clock_restarts"])
+        estimates.append({"camera": i, "reports": len(least_ms),
+                          "least_delay_ms": {q: float(np.percentile(least_ms, p))
+                                             if least_ms else None
+                                             for q, p in (("min", 0), ("p50", 50),
+                                                          ("max", 100))},
+                          "restarts": restarts})
+    return estimates
 
 
 def run_free_running_benchmark(
@@ -268,6 +316,15 @@ def markdown_report(result: dict) -> str:
                      f"| {_ms(r['latency_s']['p50'])} / {_ms(r['latency_s']['p99'])} | "
                      f"{_pct(r['accuracy'])} | {_pct(same_images)} | "
                      f"{_pct(r.get('complete_as_offline'))} |")
+    clocks = result.get("free_running_camera_clock", {}).get("camera_clocks")
+    if clocks:
+        lines += ["", "On their own clocks, the least delay each camera's estimate carried "
+                  "(its `camera_clock_offset_s` on `/diagnostics` minus the true offset of its "
+                  "driver's clock), p50 / max over the schedule, ms: " + "; ".join(
+                      f"camera {c['camera']} {c['least_delay_ms']['p50']:.1f} / "
+                      f"{c['least_delay_ms']['max']:.1f}"
+                      + (f" ({c['restarts']} restarts)" if c["restarts"] else "")
+                      for c in clocks if c["reports"]) + "."]
     if offline:
         lines += ["", "Offline, the model labels "
                   f"{_pct(offline['dataset_pixels_accuracy'])}% of the digits right from the "

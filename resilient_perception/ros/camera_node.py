@@ -241,6 +241,11 @@ class CameraNode(Node):
             if param("stamp_source").value not in STAMP_SOURCES:
                 raise ValueError(f"stamp_source must be one of {STAMP_SOURCES}, got "
                                  f"{param('stamp_source').value!r}")
+            if param("stamp_source").value != "header" and param("use_sim_time").value:
+                # Arrivals are on this machine's clock, the fusion node's on /clock.
+                raise ValueError(f"stamp_source {param('stamp_source').value!r} stamps on "
+                                 "this machine's clock, not the simulation's: with "
+                                 "use_sim_time use stamp_source 'header'")
         except ValueError as exc:
             self.get_logger().error(f"activate failed: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -396,9 +401,16 @@ class CameraNode(Node):
                                    "(stamp_source:=arrival stamps them on arrival)")
             self.inputs.add(time.monotonic(), None)
             return
-        elif self._camera_clock is not None:
+        elif (clock := self._camera_clock) is not None:
+            restarts = clock.restarts
             stamp_ns = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-            msg.header.stamp = _time(self._camera_clock.translate(stamp_ns, self._arrival_ns))
+            msg.header.stamp = _time(clock.translate(stamp_ns, self._arrival_ns))
+            if clock.restarts > restarts:
+                self.get_logger().warning(
+                    "the camera's clock jumped (a stamp earlier than the last, or an image "
+                    "over 1 s later than its offset says): its offset estimated again, now "
+                    f"{clock.offset_ns / 1e9:.3f} s ({clock.restarts} restarts)",
+                    throttle_duration_sec=5.0)
         try:
             model = self._model
             probs, features = model.runner.run(model.device_input(*self._decode(msg))[None])

@@ -47,7 +47,8 @@ from resilient_perception.ros.image_conversion import bgr_to_yuyv
 from resilient_perception.ros.node_utils import descriptor, run_node
 from resilient_perception.ros.topics import IMAGE_TRANSPORTS
 
-__all__ = ["STAMP_CLOCKS", "FreeRunningCameraNode", "SceneSchedule", "driver_image", "main"]
+__all__ = ["STAMP_CLOCKS", "FreeRunningCameraNode", "SceneSchedule", "camera_clock_reading",
+           "driver_image", "main"]
 
 QUEUED_FRAMES = 4
 STAMP_CLOCKS = ("host", "camera", "none")
@@ -137,6 +138,16 @@ def driver_image(image: np.ndarray, size: tuple[int, int], compressed: bool = Fa
                  step=2 * width, data=bgr_to_yuyv(bgr).tobytes())
 
 
+def camera_clock_reading(host_ns: int, epoch_ns: int, at_epoch_s: float,
+                         drift_ppm: float) -> int:
+    """What a camera clock reads at ``host_ns`` (this machine's clock), ns.
+
+    The clock reads ``at_epoch_s`` at ``epoch_ns`` and runs ``drift_ppm`` parts per million
+    faster than this machine's (``stamp_clock: camera``).
+    """
+    return round(at_epoch_s * 1e9 + (host_ns - epoch_ns) * (1.0 + drift_ppm * 1e-6))
+
+
 class FreeRunningCameraNode(Node):
     """Publishes a dataset's frames as one free-running camera driver would."""
 
@@ -217,8 +228,7 @@ class FreeRunningCameraNode(Node):
         self._compressed = p["transport"] == "compressed"
         self._jpeg_quality, self._frame_id = p["jpeg_quality"], p["frame_id"]
         self._stamp_clock = p["stamp_clock"]
-        self._camera_clock_at_epoch_ns = round(p["camera_clock_at_epoch_s"] * 1e9)
-        self._camera_clock_rate = 1.0 + p["camera_clock_drift_ppm"] * 1e-6
+        self._camera_clock = (p["camera_clock_at_epoch_s"], p["camera_clock_drift_ppm"])
         self._phase_ns = round(p["phase_ms"] * 1e6)
         self._jitter_ns = round(p["jitter_ms"] * 1e6)
         self._random = random.Random(p["seed"])
@@ -266,8 +276,7 @@ class FreeRunningCameraNode(Node):
             return capture_ns
         if self._stamp_clock == "none":
             return 0
-        return self._camera_clock_at_epoch_ns + round(
-            (capture_ns - self.schedule.epoch_ns) * self._camera_clock_rate)
+        return camera_clock_reading(capture_ns, self.schedule.epoch_ns, *self._camera_clock)
 
     def _capture(self) -> None:
         """Publish the frames captured since the last tick, oldest first."""
