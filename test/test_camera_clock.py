@@ -73,17 +73,36 @@ def test_a_camera_clock_that_restarts_starts_the_estimate_again():
     np.testing.assert_array_equal(translated[100:] - captures[100:], LEAST_DELAY_NS)
 
 
-def test_after_an_image_held_up_for_seconds_the_estimate_recovers():
+def test_images_held_up_for_seconds_keep_their_capture_stamps():
+    # A driver that stalled for 2 s sends its queued frames at once, then runs on.
     delays = np.full(200, 3_000_000, np.int64)
     delays[::10] = LEAST_DELAY_NS
-    delays[50] = 2_000_000_000  # this process stalled for 2 s while it arrived
+    delays[50:54] = 2_000_000_000 - np.arange(4) * PERIOD_NS  # all four arrive together
     captures, stamps, arrivals = _stream(200, delays_ns=delays)
     clock = CameraClock(restart_s=1.0)
     translated = _translate(clock, stamps, arrivals)
+    assert clock.restarts == 0
+    np.testing.assert_array_equal(translated - captures, LEAST_DELAY_NS)
+
+
+def test_a_camera_clock_that_paused_starts_the_estimate_again_after_restart_s():
+    # The camera slept 5 s with its clock stopped: from image 100 on, every image's
+    # arrival - stamp is 5 s above the estimate.
+    captures, stamps, arrivals = _stream(300)
+    captures[100:] += 5 * 10**9
+    arrivals[100:] += 5 * 10**9
+    clock = CameraClock(restart_s=1.0)
+    translated = _translate(clock, stamps, arrivals)
     assert clock.restarts == 1
-    assert translated[50] == arrivals[50]  # the estimate started again from that image
-    # Back to the least delay with the next image that came at once (image 60).
-    np.testing.assert_array_equal(translated[60:] - captures[60:], LEAST_DELAY_NS)
+    assert (translated <= arrivals).all()
+    # Images of the first second after the pause still carry the old estimate (5 s early);
+    # from the restart on the new offset, exact from the next image that came at once.
+    restart = 100 + int(np.argmax(arrivals[100:] - arrivals[100] >= 10**9))
+    exact = restart + (-restart) % 10
+    np.testing.assert_array_equal(translated[100:restart] - captures[100:restart],
+                                  LEAST_DELAY_NS - 5 * 10**9)
+    assert (translated[restart:] >= captures[restart:]).all()
+    np.testing.assert_array_equal(translated[exact:] - captures[exact:], LEAST_DELAY_NS)
 
 
 def test_bad_settings_are_refused():

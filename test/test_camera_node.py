@@ -321,7 +321,7 @@ def test_stamps_on_the_cameras_own_clock_are_put_on_this_machines(runner, images
         cam.wait_for(lambda: (latest_counters(cam.diagnostics) or {}).get(
             "camera_clock_restarts", 0) >= 1, "the camera clock's restart on /diagnostics")
         done = time.time_ns()
-        assert "the camera's clock jumped" in cam.log.read_text()
+        assert "the camera's clock jumped back or paused" in cam.log.read_text()
     assert len(sent) < 40
     for pred in cam.predictions:
         index = 20 + int(np.abs(expected - pred.probabilities).sum(axis=1).argmin())

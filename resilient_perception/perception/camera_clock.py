@@ -13,8 +13,10 @@ is the offset plus the least delay. The translated stamps keep the capture stamp
 (the camera's own precision), shifted by that least delay, which is close to the same
 for every camera on one machine. The minimum is taken over a sliding window, so a camera
 clock running slower than the host's (drift) is followed; a faster one lowers the minimum
-at once. A camera clock that jumps back (a restart) or an offset far above the estimate
-starts the estimate again from that image.
+at once. A camera clock that jumps back (the camera restarted) starts the estimate again
+from that image, as does one that paused (offsets above the estimate by more than
+``restart_s`` for ``restart_s`` of arrivals). An image that is merely late (a driver that
+stalled and sends its queued frames) keeps the estimate, so its stamp is still its capture.
 
 No ROS here: the camera node calls :meth:`CameraClock.translate` with the image's stamp and
 its arrival (``MessageInfo.received_timestamp``), both in nanoseconds.
@@ -33,9 +35,9 @@ class CameraClock:
     def __init__(self, window_s: float = 10.0, restart_s: float = 1.0) -> None:
         """The offset is the least ``arrival - stamp`` of the last ``window_s`` seconds.
 
-        An image whose ``arrival - stamp`` exceeds the estimate by more than ``restart_s``
-        (a camera clock set back or restarted; or an image delayed that long) starts the
-        estimate again, as does a stamp earlier than the previous image's.
+        A stamp earlier than the previous image's starts the estimate again, as do images
+        whose ``arrival - stamp`` all exceed the estimate by more than ``restart_s`` for
+        ``restart_s`` seconds of arrivals.
         """
         if window_s <= 0 or restart_s <= 0:
             raise ValueError(f"need window_s > 0 and restart_s > 0, got {window_s}, "
@@ -47,6 +49,8 @@ class CameraClock:
         # (arrival, arrival - stamp), offsets increasing: the front is the window's minimum.
         self._window: deque[tuple[int, int]] = deque()
         self._last_stamp_ns: int | None = None
+        self._above_since_ns: int | None = None  # arrival of the first of the images in a
+        # row whose offsets exceed the estimate by more than restart_ns
 
     @property
     def offset_ns(self) -> int | None:
@@ -64,10 +68,16 @@ class CameraClock:
         """
         offset = arrival_ns - stamp_ns
         estimate = self.offset_ns
-        if estimate is not None and (offset - estimate > self.restart_ns
-                                     or stamp_ns < self._last_stamp_ns):
-            self._window.clear()
-            self.restarts += 1
+        if estimate is not None:
+            if offset - estimate <= self.restart_ns:
+                self._above_since_ns = None
+            elif self._above_since_ns is None:
+                self._above_since_ns = arrival_ns
+            if (stamp_ns < self._last_stamp_ns or self._above_since_ns is not None
+                    and arrival_ns - self._above_since_ns >= self.restart_ns):
+                self._window.clear()
+                self._above_since_ns = None
+                self.restarts += 1
         self._last_stamp_ns = stamp_ns
         while self._window and self._window[-1][1] >= offset:
             self._window.pop()

@@ -407,8 +407,9 @@ class CameraNode(Node):
             msg.header.stamp = _time(clock.translate(stamp_ns, self._arrival_ns))
             if clock.restarts > restarts:
                 self.get_logger().warning(
-                    "the camera's clock jumped (a stamp earlier than the last, or an image "
-                    "over 1 s later than its offset says): its offset estimated again, now "
+                    "the camera's clock jumped back or paused (a stamp earlier than the last, "
+                    "or 1 s of images all over 1 s later than its offset says): its offset is "
+                    "estimated again, now "
                     f"{clock.offset_ns / 1e9:.3f} s ({clock.restarts} restarts)",
                     throttle_duration_sec=5.0)
         try:

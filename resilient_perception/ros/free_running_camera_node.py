@@ -51,9 +51,9 @@ __all__ = ["STAMP_CLOCKS", "FreeRunningCameraNode", "SceneSchedule", "camera_clo
            "driver_image", "main"]
 
 QUEUED_FRAMES = 4
+"""Frames a late tick still publishes (V4L2 drivers queue about four capture buffers)."""
 STAMP_CLOCKS = ("host", "camera", "none")
 """The clocks a driver can stamp its images with (``stamp_clock``)."""
-"""Frames a late tick still publishes (V4L2 drivers queue about four capture buffers)."""
 
 
 @dataclass(frozen=True)
