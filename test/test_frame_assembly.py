@@ -83,6 +83,44 @@ def test_a_prediction_that_could_have_joined_a_released_frame_is_stale():
     assert _add(assembler, 111 * MS, 2, now=1.0) is AddResult.ACCEPTED  # the next scene
 
 
+def _free_running(assembler, scenes, phases_ms, skip=()):
+    """Scenes 33 ms apart, each device ``phase`` ms into it (except ``(scene, device)`` in
+    ``skip``); every frame released at its timeout. Returns the released frames."""
+    frames = []
+    for k in range(scenes):
+        now = k * 0.033
+        for device, phase in enumerate(phases_ms):
+            if (k, device) not in skip:
+                _add(assembler, (33 * k + phase) * MS, device, now=now)
+        frames += assembler.ready(now, {0, 1, 2})
+    return frames + assembler.ready(1e3, {0, 1, 2})
+
+
+def test_split_frames_are_counted_with_the_spread_they_needed():
+    # Free-running cameras 0, 9 and 14 ms into each scene, the tolerance left at 0: every
+    # scene's three predictions become three frames. The first two of each lack devices whose
+    # predictions sit in the frames after them; the third's missing ones are a scene later.
+    assembler = FrameAssembler(N, K, D, TIMEOUT)
+    frames = _free_running(assembler, 10, (0, 9, 14))
+    assert len(frames) == 30 and not any(f.present.all() for f in frames)
+    assert assembler.split_frames == 20
+    assert assembler.widest_split_ns == 14 * MS
+    # With a tolerance that covers the spread: one complete frame per scene, none split.
+    assembler = FrameAssembler(N, K, D, TIMEOUT, sync_tolerance_ns=20 * MS)
+    frames = _free_running(assembler, 10, (0, 9, 14))
+    assert len(frames) == 10 and all(f.present.all() for f in frames)
+    assert assembler.split_frames == 0
+
+
+def test_a_camera_that_skipped_an_image_did_not_split_its_frame():
+    # Camera 2 skips scene 4: that frame is released without it, and its next prediction is
+    # a frame period later, so the frame was not split.
+    assembler = FrameAssembler(N, K, D, TIMEOUT, sync_tolerance_ns=20 * MS)
+    frames = _free_running(assembler, 10, (0, 9, 14), skip={(4, 2)})
+    assert [f.present.all() for f in frames].count(False) == 1
+    assert assembler.split_frames == 0 and assembler.widest_split_ns == 0
+
+
 def test_a_zero_tolerance_groups_exact_stamps_only():
     assembler = FrameAssembler(N, K, D, TIMEOUT)
     assert _add(assembler, 100, 0, now=0.0) is AddResult.ACCEPTED

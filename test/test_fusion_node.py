@@ -608,6 +608,27 @@ def test_free_running_devices_within_the_sync_tolerance_fuse_as_one_frame(tmp_pa
                                        atol=1e-6)
 
 
+def test_free_running_devices_with_the_tolerance_left_at_0_are_reported_split(tmp_path):
+    """The same devices with ``sync_tolerance`` 0: every scene is fused as one frame per
+    device, and the node says so (counted, WARN on /diagnostics, logged with the spread it
+    would have needed), where before it fused them with surrogates and said nothing."""
+    with own_fleet(tmp_path) as fleet:
+        rng = np.random.default_rng(6)
+        publish_scenes(fleet, 3, rng)
+        publish_scenes(fleet, 10, rng)
+
+        def reported():
+            status = fleet.latest_diagnostics().get("/fusion_node: frame assembly", {})
+            return status if int(status.get("split_frames", 0)) >= 10 else None
+
+        status = fleet.wait_for(reported, "split frames on /diagnostics")
+        # Phases 0, 9 and 14 ms, +-3 ms each: the widest scene spread up to 20 ms.
+        assert 6.0 <= float(status["widest_split_ms"]) <= 20.0, status
+        assert any(s.level == DiagnosticStatus.WARN and "raise sync_tolerance" in s.message
+                   for array in fleet.diagnostics for s in array.status)
+        assert "frames split" in fleet.log.read_text()
+
+
 def test_a_camera_at_half_the_rate_gets_a_surrogate_in_the_frames_it_misses(tmp_path):
     """Devices 0 and 1 at 30 Hz, device 2 at 15 Hz (every other scene), free-running stamps.
 

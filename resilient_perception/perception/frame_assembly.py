@@ -24,6 +24,7 @@ stop waiting for it.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -49,6 +50,7 @@ T = TypeVar("T")
 
 # deadline / liveliness come from the subscription's QoS events, watchdog from check_watchdog
 DEATH_REASONS = ("deadline", "liveliness", "watchdog")
+STAMP_GAPS_KEPT = 16  # per device, for the median gap between its stamps (its frame period)
 
 
 class DeviceHealth(enum.Enum):
@@ -281,6 +283,12 @@ class FrameAssembler:
     oldest pending one out, and it is returned by the next :meth:`ready` call whatever its
     state (the node calls :meth:`ready` after every :meth:`add`, so that queue holds at most
     one frame).
+
+    A frame released without a live device whose prediction sits in a newer pending frame
+    less than half that device's frame period away (the median gap of its stamps) was split:
+    one scene's stamps spread wider than ``sync_tolerance_ns`` (free-running cameras with the
+    tolerance left at 0). :attr:`split_frames` counts them and :attr:`widest_split_ns` keeps
+    the widest spread such a frame needed, so the node can say what to set.
     """
 
     def __init__(
@@ -307,6 +315,12 @@ class FrameAssembler:
         self._last_released_ns: int | None = None  # the released frames' latest first stamp
         self._stall: tuple[int, float] | None = None  # (last stamp it covers, its seconds)
         self._counts = {result.value: 0 for result in AddResult}
+        self._last_stamp: list[int | None] = [None] * n_devices
+        self._gaps: list[deque[int]] = [deque(maxlen=STAMP_GAPS_KEPT) for _ in range(n_devices)]
+        self.split_frames = 0
+        """Frames released without a device whose prediction for the scene sat in another."""
+        self.widest_split_ns = 0
+        """The widest stamp spread of a split frame and its device's prediction, ns."""
 
     @property
     def pending_count(self) -> int:
@@ -363,6 +377,10 @@ class FrameAssembler:
                 self._force_out_oldest()
         frame.stamp_ns = min(frame.stamp_ns, stamp_ns)
         frame.latest_ns = max(frame.latest_ns, stamp_ns)
+        last = self._last_stamp[device]
+        if last is not None and stamp_ns > last:
+            self._gaps[device].append(stamp_ns - last)
+        self._last_stamp[device] = stamp_ns
         frame.probs[device] = probs
         frame.features[device] = features
         frame.present[device] = True
@@ -448,7 +466,29 @@ class FrameAssembler:
             if not (complete or now - oldest.first_arrival >= self.frame_timeout):
                 break
             released.append(self._release_oldest())
+            if not complete:
+                self._note_split(oldest, live)
         return released
+
+    def _note_split(self, frame: Frame, live: set[int]) -> None:
+        """Count ``frame``, released incomplete, as split if it was.
+
+        It was if a live device it lacks reported in a newer pending frame that shares no
+        device with it, less than half that device's frame period after its earliest stamp.
+        """
+        widest = None
+        for device in live:
+            if frame.present[device] or not self._gaps[device]:
+                continue
+            half_period = float(np.median(self._gaps[device])) / 2
+            for pending in self._pending.values():
+                spread = pending.latest_ns - frame.stamp_ns
+                if (pending.present[device] and spread < half_period
+                        and not (pending.present & frame.present).any()):
+                    widest = max(spread, widest or 0)
+        if widest is not None:
+            self.split_frames += 1
+            self.widest_split_ns = max(self.widest_split_ns, widest)
 
 
 @dataclass

@@ -323,6 +323,7 @@ class FusionNode(Node):
         self.probability_tolerance = p["probability_tolerance"]
         self.max_abs = p["max_abs_value"]
         self.assembler: FrameAssembler | None = None
+        self._splits_reported = 0  # the assembler's split_frames at the last diagnostics
         # Silences and frame waits are measured on the node clock, and a simulated clock
         # jumps: to the simulation's time at the first /clock message, back when a bag loops
         # or a simulation resets. A jump is not silence: what is measured moves with it
@@ -435,6 +436,7 @@ class FusionNode(Node):
         self.assembler = FrameAssembler(self.n_devices, n_classes, feature_dim,
                                         self.frame_timeout,
                                         sync_tolerance_ns=self.sync_tolerance_ns)
+        self._splits_reported = 0
         self.heads = ClassifierHeads.empty(self.n_devices, n_classes, feature_dim)
         for device in range(self.n_devices):
             if (head := self.head_shapes.head(device)) is not None:
@@ -555,6 +557,7 @@ class FusionNode(Node):
     def _emit(self, now: float, started: float) -> None:
         if self.assembler is None:
             return
+        splits = self.assembler.split_frames
         for frame in self.assembler.ready(now, self.monitor.live_devices()):
             probs, surrogates = fuse_frame(frame, self.heads, self.mode,
                                            self._surrogates_for(frame))
@@ -569,6 +572,14 @@ class FusionNode(Node):
             self._pub.publish(msg)
             self.fused_count += 1
             self._fusion_times.append(time.perf_counter() - started)
+        if self.assembler.split_frames > splits:
+            self.get_logger().warning(
+                f"{self.assembler.split_frames} frames split: one scene's stamps spread up to "
+                f"{self.assembler.widest_split_ns / 1e6:.1f} ms across the cameras, wider than "
+                f"sync_tolerance ({self.sync_tolerance_ns / 1e6:g} ms), so its predictions "
+                "were fused as separate frames with surrogates. For free-running cameras set "
+                "sync_tolerance to cover that spread and stay below one frame period minus it.",
+                throttle_duration_sec=10.0)
         if not self.assembler.pending_count:
             self._release_timer.cancel()
         elif self._release_timer.is_canceled():
@@ -628,6 +639,10 @@ class FusionNode(Node):
         counts["head_shape"] = f"{shape[0]}x{shape[1]}" if shape else ""
         counts["heads_of_other_shapes"] = self.head_shapes.votes_for_other_shapes()
         counts["sync_tolerance_s"] = self.sync_tolerance_ns / 1e9  # score-bag matches with it
+        splits = self.assembler.split_frames if self.assembler else 0
+        counts["split_frames"] = splits
+        counts["widest_split_ms"] = (round(self.assembler.widest_split_ns / 1e6, 3)
+                                     if self.assembler else 0.0)
         counts["own_stalls"] = self.stall_guard.stalls
         counts["own_stall_s"] = round(self.stall_guard.stalled_s, 3)
         counts["deadlines_doubted"] = self.deadlines_doubted
@@ -638,10 +653,13 @@ class FusionNode(Node):
             times_ms = 1e3 * np.asarray(self._fusion_times)
             counts["fusion_ms_p50"] = round(float(np.percentile(times_ms, 50)), 4)
             counts["fusion_ms_p99"] = round(float(np.percentile(times_ms, 99)), 4)
+        splitting = splits > self._splits_reported  # since the last report
+        self._splits_reported = splits
         array.status.append(DiagnosticStatus(
-            level=DiagnosticStatus.OK, name=diagnostic_name(self, FUSION_ASSEMBLY_STATUS),
-            hardware_id="fusion",
-            message=f"{self.fused_count} frames fused, {rejected} inputs rejected",
+            level=DiagnosticStatus.WARN if splitting else DiagnosticStatus.OK,
+            name=diagnostic_name(self, FUSION_ASSEMBLY_STATUS), hardware_id="fusion",
+            message=f"{self.fused_count} frames fused, {rejected} inputs rejected"
+            + ("; frames split: raise sync_tolerance" if splitting else ""),
             values=[KeyValue(key=k, value=str(v)) for k, v in counts.items()]))
         self._diag_pub.publish(array)
         if unheard_devices and self.exit_when_unheard and not self.finished.done():
