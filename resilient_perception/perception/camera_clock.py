@@ -10,13 +10,15 @@ and a scene's six arrivals spread further than its captures did.
 arrivals: each image gives ``arrival - stamp`` = (the clocks' offset) + (this image's
 delay), and the delay is never negative, so the smallest ``arrival - stamp`` seen recently
 is the offset plus the least delay. The translated stamps keep the capture stamps' spacing
-(the camera's own precision), shifted by that least delay, which is close to the same
-for every camera on one machine. The minimum is taken over a sliding window, so a camera
-clock running slower than the host's (drift) is followed; a faster one lowers the minimum
-at once. A camera clock that jumps back (the camera restarted) starts the estimate again
-from that image, as does one that paused (offsets above the estimate by more than
-``restart_s`` for ``restart_s`` of arrivals). An image that is merely late (a driver that
-stalled and sends its queued frames) keeps the estimate, so its stamp is still its capture.
+(the camera's own precision), shifted by that least delay: 1-2 ms for the package's test
+drivers on one machine, more for a camera whose readout, transfer or encoder takes longer,
+so cameras of different kinds differ by that much. The minimum is taken over a sliding
+window, so a camera clock running slower than the host's (drift) is followed; a faster one
+lowers the minimum at once. A camera clock that jumps back (the camera restarted) starts the
+estimate again from that image, as does one that paused (offsets above the estimate by more
+than ``restart_s`` for ``restart_s`` of arrivals). An image that is merely late (a driver
+that stalled and sends its queued frames) keeps the estimate, so its stamp is still its
+capture.
 
 No ROS here: the camera node calls :meth:`CameraClock.translate` with the image's stamp and
 its arrival (``MessageInfo.received_timestamp``), both in nanoseconds.
