@@ -120,6 +120,19 @@ def test_latency_bins_and_events_keep_the_window():
     assert state.snapshot(117.0)["events"] == []
 
 
+def test_frames_that_start_to_split_are_one_event():
+    state = DashboardState(1)
+    counts = {"sync_tolerance_s": "0.0", "widest_split_ms": "14.2"}
+    for t, splits in enumerate((0, 0, 3, 9, 15, 15, 15, 18)):
+        state.on_frame_assembly({**counts, "split_frames": str(splits)}, float(t))
+    # Splitting from t=2 to t=4, and again at t=7: two events, each when it started.
+    events = state.snapshot(8.0)["events"]
+    assert [(e["t"], e["kind"]) for e in events] == [(-6.0, "split"), (-1.0, "split")]
+    assert events[0]["text"] == "frames split: stamps up to 14.2 ms apart, sync_tolerance 0.0 s"
+    state.on_frame_assembly({"heads_known": "1"}, 9.0)  # an older fusion node: no counter
+    assert len(state.snapshot(9.0)["events"]) == 2
+
+
 def test_plan_links_and_requests():
     state = DashboardState(1)
     plan = {"version": 2, "reason": "rate change", "units": ["stem", "b1"],

@@ -126,6 +126,8 @@ class DashboardState:
         self._plan: dict | None = None
         self._links: dict[tuple[str, str], dict] = {}
         self._requests: deque[tuple[float, float]] = deque()
+        self._split_frames: int | None = None  # the fusion node's count at its last report
+        self._splitting = False
 
     # -- inputs ----------------------------------------------------------------------------
     def on_device_health(self, device: int, health: str, reason: str, now: float) -> None:
@@ -140,6 +142,24 @@ class DashboardState:
                 elif health == "alive" and view.health == "dead":
                     self._event(now, "alive", f"device {device} alive again")
             view.health, view.reason = health, reason
+
+    def on_frame_assembly(self, values: Mapping[str, str], now: float) -> None:
+        """The fusion node's frame assembly counters: an event when frames start to split.
+
+        One event when splitting starts (a report with more split frames after one without),
+        not one a second while it lasts.
+        """
+        with self._lock:
+            splits = _number(values.get("split_frames"))
+            if splits is None:
+                return
+            before, self._split_frames = self._split_frames, int(splits)
+            splitting = before is not None and splits > before  # a restart counts from 0
+            if splitting and not self._splitting:
+                self._event(now, "split", f"frames split: stamps up to "
+                            f"{values.get('widest_split_ms', '?')} ms apart, sync_tolerance "
+                            f"{values.get('sync_tolerance_s', '?')} s")
+            self._splitting = splitting
 
     def on_camera_status(self, device: int, values: Mapping[str, str], now: float) -> None:
         """A camera node's own ``/diagnostics`` values (input rate, inference time, count)."""

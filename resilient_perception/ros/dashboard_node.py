@@ -78,6 +78,7 @@ from resilient_perception.ros.topics import (
     DIAGNOSTICS_TOPIC,
     DISTRIBUTED_PREDICTION_TOPIC,
     FUSED_TOPIC,
+    FUSION_ASSEMBLY_STATUS,
     FUSION_DEVICE_STATUS_FORMAT,
     IMAGE_TOPIC_FORMAT,
     IMAGE_TRANSPORTS,
@@ -268,10 +269,13 @@ class DashboardNode(Node):
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         now = time.monotonic()
         for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if status.name == status_name(self.fusion_node, FUSION_ASSEMBLY_STATUS):
+                self.state.on_frame_assembly(values, now)
+                continue
             device = _device_of(status.hardware_id, self.n_devices)
             if device is None:
                 continue
-            values = {kv.key: kv.value for kv in status.values}
             if status.name == status_name(
                     self.fusion_node, FUSION_DEVICE_STATUS_FORMAT.format(device)):
                 self.state.on_device_health(device, values["health"], values.get("reason", ""),

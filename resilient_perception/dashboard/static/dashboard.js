@@ -4,7 +4,8 @@
 "use strict";
 
 const EVENT_COLOURS = { dead: "#c8312b", deadline: "#e0702a", alive: "#2e9d4a",
-                        restart: "#2b6cc8", plan: "#7b4fd6", kill: "#000" };
+                        restart: "#2b6cc8", plan: "#7b4fd6", kill: "#000",
+                        split: "#b8860b" };
 const tiles = document.getElementById("tiles");
 let windowS = 60;
 
