@@ -1,6 +1,6 @@
 """The pipeline fed by the player and by free-running cameras, on the same digits, side by side.
 
-``bench-pipeline --free-running``. Five modes in one run, each a fresh pipeline of separate
+``bench-pipeline --free-running``. Six modes in one run, each a fresh pipeline of separate
 processes over DDS (fusion + six ONNX camera nodes):
 
 * **player**: the package's player publishes each digit once, all cameras one stamp,
@@ -12,6 +12,8 @@ processes over DDS (fusion + six ONNX camera nodes):
   drivers use ``config/fastdds_large_images.xml`` (:mod:`~..harness.free_running`);
 * **free-running, every image**: the same with the cameras' ``max_image_wait`` 0, so a
   camera that falls behind works through its queue instead of skipping what waited too long;
+* **free-running, sync_tolerance left at 0**: the fusion node's default, which groups exact
+  stamps only: what a user who forgets the tolerance gets, and what the node says of it;
 * **free-running, on the cameras' own clocks**: drivers stamping with clocks of their own
   (10 .. 1000 s at the epoch, -50 .. +50 ppm fast), the cameras translating the stamps onto
   this machine's clock from the images' arrivals (``stamp_source: camera_clock``);
@@ -26,7 +28,8 @@ With ``starve_camera`` as well, the busy processes and that camera node's main t
 held on one CPU (the others run where they like): one camera short of CPU among five that
 are not.
 
-Per mode: the fraction of frames fused complete (all six devices live, no surrogate),
+Per mode: the fraction of frames fused complete (all six devices live, no surrogate), the
+frames the fusion node counted as split (``split_frames`` on ``/diagnostics``),
 end-to-end latency p50 / p99 (``FusedPrediction.latency``: the frame's earliest stamp to the
 fused publish) and accuracy, beside the model's accuracy computed here, offline, from the same
 images (:func:`~..harness.free_running.camera_probabilities`: the dataset's pixels for the
@@ -67,6 +70,7 @@ from resilient_perception.ros.topics import (
     CAMERA_STATUS,
     DIAGNOSTICS_TOPIC,
     FUSED_TOPIC,
+    FUSION_ASSEMBLY_STATUS,
     LABEL_TOPIC,
     label_qos,
     status_name,
@@ -79,14 +83,18 @@ WARMUP_S = 8.0
 MAX_PHASE_MS = 15.0
 COMPRESSED = (5,)
 DRIVER_SIZE = (640, 480)
-FREE_RUNNING_MODES = (("free_running", None, "host"), ("free_running_every_image", 0.0, "host"),
-                      ("free_running_camera_clock", None, "camera"),
-                      ("free_running_unstamped", None, "none"))
-"""Key, the cameras' ``max_image_wait`` (None: the default) and the drivers' stamp clock."""
+FREE_RUNNING_MODES = (("free_running", None, "host", None),
+                      ("free_running_every_image", 0.0, "host", None),
+                      ("free_running_tolerance_0", None, "host", 0.0),
+                      ("free_running_camera_clock", None, "camera", None),
+                      ("free_running_unstamped", None, "none", None))
+"""Key, the cameras' ``max_image_wait`` and the fusion node's ``sync_tolerance`` (None: the
+defaults) and the drivers' stamp clock."""
 STAMP_SOURCE_FOR_CLOCK = {"host": "header", "camera": "camera_clock", "none": "arrival"}
 """The cameras' ``stamp_source`` for each of the drivers' ``stamp_clock``."""
 MODE_NAMES = {"player": "player", "free_running": "free-running",
               "free_running_every_image": "free-running, every image",
+              "free_running_tolerance_0": "free-running, sync_tolerance left at 0",
               "free_running_camera_clock": "free-running, on the cameras' own clocks",
               "free_running_unstamped": "free-running, unstamped, stamped on arrival"}
 
@@ -129,8 +137,11 @@ def _free_running_mode(config: Path, onnx_pattern: str, log_dir: Path, start: in
                        scenes: int, hold: int, rate_hz: float, n: int, labels: np.ndarray,
                        offline: np.ndarray, profile: Path, seed: int, domain_id: int,
                        started: Callable[[Pipeline], None],
-                       max_image_wait: float | None = None, stamp_clock: str = "host") -> dict:
+                       max_image_wait: float | None = None, stamp_clock: str = "host",
+                       sync_tolerance: float | None = None) -> dict:
+    tolerance = FREE_RUNNING_SYNC_TOLERANCE_S if sync_tolerance is None else sync_tolerance
     nodes = free_running_pipeline_nodes(onnx_pattern, n, compressed=COMPRESSED,
+                                        sync_tolerance=tolerance,
                                         max_image_wait=max_image_wait, dds_profile=profile,
                                         stamp_source=STAMP_SOURCE_FOR_CLOCK[stamp_clock])
     with (Observer(name="benchmark_monitor", domain_id=domain_id) as observer,
@@ -152,9 +163,20 @@ def _free_running_mode(config: Path, onnx_pattern: str, log_dir: Path, start: in
                                 WARMUP_S + schedule.frames / rate_hz + 60.0, pipeline)
     score = score_fused(fused, schedule, labels, n, offline)
     del score["records"]
+    score |= _split_frames(diagnostics)
     if stamp_clock == "camera":
         score["camera_clocks"] = _camera_clock_estimates(diagnostics, driver_nodes, schedule)
     return score
+
+
+def _split_frames(diagnostics: list[Any]) -> dict:
+    """The fusion node's last ``split_frames`` and ``widest_split_ms`` on ``/diagnostics``."""
+    assembly = [{kv.key: kv.value for kv in status.values} for array in diagnostics
+                for status in array.status
+                if status.name.endswith(f": {FUSION_ASSEMBLY_STATUS}")]
+    last = assembly[-1] if assembly else {}
+    return {"split_frames": int(last["split_frames"]) if "split_frames" in last else None,
+            "widest_split_ms": float(last.get("widest_split_ms", 0.0))}
 
 
 def _camera_clock_estimates(diagnostics: list[Any], drivers: list[NodeSpec],
@@ -256,12 +278,12 @@ def run_free_running_benchmark(
         emit(f"player: {scenes} digits at {rate_hz:g} Hz ...")
         result["player"] = _player_mode(config, onnx_pattern, log_dir / "player", start_index,
                                         scenes, rate_hz, n_cameras, domain_id, started)
-        for key, max_image_wait, stamp_clock in FREE_RUNNING_MODES:
+        for key, max_image_wait, stamp_clock, sync_tolerance in FREE_RUNNING_MODES:
             emit(f"{MODE_NAMES[key]}: the same digits, {hold} frames each ...")
             result[key] = _free_running_mode(
                 config, onnx_pattern, log_dir / key, start_index, scenes, hold, rate_hz,
                 n_cameras, labels, offline, profile, seed, domain_id, started, max_image_wait,
-                stamp_clock)
+                stamp_clock, sync_tolerance)
     finally:
         for hog in hogs:
             hog.kill()
@@ -276,12 +298,18 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{1e3 * seconds:.1f}"
 
 
+def _splits(mode: dict) -> str:
+    if mode.get("split_frames") is None:  # the player, or runs from before the counter
+        return "-"
+    return f"{mode['split_frames']} ({mode['widest_split_ms']:.1f})"
+
+
 def _pct(fraction: float | None) -> str:
     return "-" if fraction is None else f"{100 * fraction:.1f}"
 
 
 def markdown_report(result: dict) -> str:
-    """The two modes side by side."""
+    """The modes side by side, one row each, with what the run recorded besides."""
     cfg, machine = result["config"], result["machine"]
     lines = [
         f"# Player vs free-running cameras: {cfg['cameras']} cameras at {cfg['rate_hz']:g} "
@@ -291,8 +319,10 @@ def markdown_report(result: dict) -> str:
         f"{', '.join(map(str, cfg['compressed_cameras']))} JPEG), phases 0-"
         f"{cfg['max_phase_ms']:g} ms (seed {cfg['seed']}), +-{cfg['jitter_ms']:g} ms jitter, "
         f"each digit held {cfg['hold_frames']} frames, sync_tolerance "
-        f"{cfg['sync_tolerance_s']:g} s; the cameras skip images that waited over their "
-        f"max_image_wait, except in the every-image row. "
+        f"{cfg['sync_tolerance_s']:g} s"
+        + (" (0 in its row)" if "free_running_tolerance_0" in result else "")
+        + "; the cameras skip images that waited over their max_image_wait, except in the "
+        "every-image row. "
         f"{cfg.get('busy_processes', 0)} busy-looping processes beside the pipeline"
         + ("" if cfg.get("starved_camera") is None else
            f", on one CPU with camera {cfg['starved_camera']}'s main thread") + ". "
@@ -302,8 +332,8 @@ def markdown_report(result: dict) -> str:
         "",
         "| mode | frames | fused | complete (6 live, no surrogate), % | latency p50 / p99, ms "
         "| accuracy, % | the model offline on the same images, % | complete frames labelled "
-        "as offline, % |",
-        "|---|---|---|---|---|---|---|---|",
+        "as offline, % | split frames counted by the fusion node (widest spread, ms) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     offline = result.get("offline", {})
     for key, name in MODE_NAMES.items():
@@ -315,7 +345,7 @@ def markdown_report(result: dict) -> str:
         lines.append(f"| {name} | {r['frames']} | {r['fused']} | {_pct(r['complete_fraction'])} "
                      f"| {_ms(r['latency_s']['p50'])} / {_ms(r['latency_s']['p99'])} | "
                      f"{_pct(r['accuracy'])} | {_pct(same_images)} | "
-                     f"{_pct(r.get('complete_as_offline'))} |")
+                     f"{_pct(r.get('complete_as_offline'))} | {_splits(r)} |")
     clocks = result.get("free_running_camera_clock", {}).get("camera_clocks")
     if clocks:
         lines += ["", "On their own clocks, the least delay each camera's estimate carried "
