@@ -88,8 +88,8 @@ FREE_RUNNING_MODES = (("free_running", None, "host", None),
                       ("free_running_tolerance_0", None, "host", 0.0),
                       ("free_running_camera_clock", None, "camera", None),
                       ("free_running_unstamped", None, "none", None))
-"""Key, the cameras' ``max_image_wait`` and the fusion node's ``sync_tolerance`` (None: the
-defaults) and the drivers' stamp clock."""
+"""Key, the cameras' ``max_image_wait`` (None: the default), the drivers' stamp clock and
+the fusion node's ``sync_tolerance`` (None: ``FREE_RUNNING_SYNC_TOLERANCE_S``)."""
 STAMP_SOURCE_FOR_CLOCK = {"host": "header", "camera": "camera_clock", "none": "arrival"}
 """The cameras' ``stamp_source`` for each of the drivers' ``stamp_clock``."""
 MODE_NAMES = {"player": "player", "free_running": "free-running",

@@ -268,14 +268,15 @@ class DashboardNode(Node):
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         now = time.monotonic()
+        assembly = status_name(self.fusion_node, FUSION_ASSEMBLY_STATUS)
         for status in msg.status:
-            values = {kv.key: kv.value for kv in status.values}
-            if status.name == status_name(self.fusion_node, FUSION_ASSEMBLY_STATUS):
-                self.state.on_frame_assembly(values, now)
+            if status.name == assembly:
+                self.state.on_frame_assembly({kv.key: kv.value for kv in status.values}, now)
                 continue
             device = _device_of(status.hardware_id, self.n_devices)
             if device is None:
                 continue
+            values = {kv.key: kv.value for kv in status.values}
             if status.name == status_name(
                     self.fusion_node, FUSION_DEVICE_STATUS_FORMAT.format(device)):
                 self.state.on_device_health(device, values["health"], values.get("reason", ""),
