@@ -610,8 +610,8 @@ def test_free_running_devices_within_the_sync_tolerance_fuse_as_one_frame(tmp_pa
 
 def test_free_running_devices_with_the_tolerance_left_at_0_are_reported_split(tmp_path):
     """The same devices with ``sync_tolerance`` 0: every scene is fused as one frame per
-    device, and the node says so (counted, WARN on /diagnostics, logged with the spread it
-    would have needed), where before it fused them with surrogates and said nothing."""
+    device, each with surrogates, and the node says so: counted, WARN on /diagnostics, and
+    logged with the spread the tolerance must cover."""
     with own_fleet(tmp_path) as fleet:
         rng = np.random.default_rng(6)
         publish_scenes(fleet, 3, rng)
