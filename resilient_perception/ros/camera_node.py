@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import ParameterType
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import Node, State, TransitionCallbackReturn
@@ -75,6 +74,7 @@ from resilient_perception.ros.node_utils import (
     Rejections,
     capped_subscription,
     run_node,
+    stamp_time,
 )
 from resilient_perception.ros.node_utils import descriptor as _descriptor
 from resilient_perception.ros.node_utils import publish_counters as _publish_counters
@@ -394,7 +394,7 @@ class CameraNode(Node):
     def _on_image(self, msg: Image) -> None:
         start = time.perf_counter()
         if self._stamp_source == "arrival":
-            msg.header.stamp = _time(self._arrival_ns)
+            msg.header.stamp = stamp_time(self._arrival_ns)
         elif not (msg.header.stamp.sec or msg.header.stamp.nanosec):
             self.rejections.reject("image", "unstamped",
                                    "header.stamp is 0: the driver does not stamp its images "
@@ -404,7 +404,7 @@ class CameraNode(Node):
         elif (clock := self._camera_clock) is not None:
             restarts = clock.restarts
             stamp_ns = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-            msg.header.stamp = _time(clock.translate(stamp_ns, self._arrival_ns))
+            msg.header.stamp = stamp_time(clock.translate(stamp_ns, self._arrival_ns))
             if clock.restarts > restarts:
                 self.get_logger().warning(
                     "the camera's clock jumped back or paused (a stamp earlier than the last, "
@@ -430,10 +430,6 @@ class CameraNode(Node):
         self._pred_pub.publish(out)
         self.accepted += 1
         self.inputs.add(time.monotonic(), out.inference_time)
-
-
-def _time(stamp_ns: int) -> Time:
-    return Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
 
 
 def autostart(node: CameraNode) -> int | None:

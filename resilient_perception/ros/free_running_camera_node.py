@@ -35,7 +35,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import ParameterType
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
@@ -44,7 +43,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from resilient_perception.datasets import DatasetError, load_dataset
 from resilient_perception.ros.image_conversion import bgr_to_yuyv
-from resilient_perception.ros.node_utils import descriptor, run_node
+from resilient_perception.ros.node_utils import descriptor, run_node, stamp_time
 from resilient_perception.ros.topics import IMAGE_TRANSPORTS
 
 __all__ = ["STAMP_CLOCKS", "FreeRunningCameraNode", "SceneSchedule", "camera_clock_reading",
@@ -294,8 +293,7 @@ class FreeRunningCameraNode(Node):
 
     def _publish(self, capture_ns: int) -> None:
         msg = self._message(self.schedule.shown_scene(capture_ns))
-        stamp_ns = self._stamp_ns(capture_ns)
-        msg.header.stamp = Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
+        msg.header.stamp = stamp_time(self._stamp_ns(capture_ns))
         msg.header.frame_id = self._frame_id
         self._pub.publish(msg)
         self.published += 1

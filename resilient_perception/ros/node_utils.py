@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
+from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from resilient_perception.message_checks import RejectionLog, clip_text
@@ -33,7 +34,13 @@ __all__ = [
     "publish_counters",
     "run_node",
     "run_nodes",
+    "stamp_time",
 ]
+
+def stamp_time(stamp_ns: int) -> Time:
+    """A ``header.stamp`` of ``stamp_ns`` nanoseconds."""
+    return Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
+
 
 # Period of throttled warnings about bad messages, seconds.
 THROTTLE_S = 5.0
